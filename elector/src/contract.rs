@@ -1,0 +1,196 @@
+//! The public contract shared by the elector, the webhook and the tests: every
+//! annotation, label, environment variable and derived object name lives here, once.
+//! Changing a value here is a breaking change for users (see DESIGN.md, "Contract").
+
+/// Prefix of every annotation and label we own.
+pub const DOMAIN: &str = "ldap-elector.dev";
+
+// ---- StatefulSet annotations (set by the consumer) ----
+
+/// Opt-in: `"true"` on a StatefulSet makes the webhook inject its pods.
+pub const ANNOTATION_INJECT: &str = "ldap-elector.dev/inject";
+/// Comma-separated names of Services that must route only to the leader.
+pub const ANNOTATION_LEADER_SERVICE: &str = "ldap-elector.dev/leader-service";
+/// Optional tuning, copied into the sidecar's environment (seconds, e.g. `"8"`).
+pub const ANNOTATION_LEASE_DURATION: &str = "ldap-elector.dev/lease-duration";
+pub const ANNOTATION_RENEW_PERIOD: &str = "ldap-elector.dev/renew-period";
+pub const ANNOTATION_RENEW_DEADLINE: &str = "ldap-elector.dev/renew-deadline";
+/// Optional health check of the sidecar, e.g. `tcp://127.0.0.1:389`.
+pub const ANNOTATION_HEALTH_CHECK: &str = "ldap-elector.dev/health-check";
+
+// ---- Pod label and annotations (set by webhook and elector) ----
+
+/// Pod label: `leader` on exactly the Lease holder, `standby` on the others.
+pub const LABEL_ROLE: &str = "ldap-elector.dev/role";
+pub const ROLE_LEADER: &str = "leader";
+pub const ROLE_STANDBY: &str = "standby";
+/// Pod annotation holding the fencing term (the Lease's `leaseTransitions`) of the
+/// last label write; every elector label write tests it.
+pub const ANNOTATION_TERM: &str = "ldap-elector.dev/term";
+/// Pod annotation marking a pod as injected (makes injection idempotent).
+pub const ANNOTATION_STATUS: &str = "ldap-elector.dev/status";
+pub const STATUS_INJECTED: &str = "injected";
+
+// ---- Lease annotations (set by the leader) ----
+
+/// The leader's contextCSN, published on each renew for catch-up gating.
+pub const LEASE_ANNOTATION_CONTEXT_CSN: &str = "ldap-elector.dev/context-csn";
+
+// ---- Sidecar environment ----
+
+pub const ENV_POD_NAME: &str = "POD_NAME";
+pub const ENV_POD_NAMESPACE: &str = "POD_NAMESPACE";
+pub const ENV_POD_UID: &str = "POD_UID";
+pub const ENV_STATEFULSET: &str = "ELECTOR_STATEFULSET";
+pub const ENV_LEASE_NAME: &str = "ELECTOR_LEASE_NAME";
+pub const ENV_LEASE_DURATION: &str = "ELECTOR_LEASE_DURATION";
+pub const ENV_RENEW_PERIOD: &str = "ELECTOR_RENEW_PERIOD";
+pub const ENV_RENEW_DEADLINE: &str = "ELECTOR_RENEW_DEADLINE";
+pub const ENV_HEALTH_CHECK: &str = "ELECTOR_HEALTH_CHECK";
+pub const ENV_HEALTH_INTERVAL: &str = "ELECTOR_HEALTH_INTERVAL";
+pub const ENV_HEALTH_FAILURES: &str = "ELECTOR_HEALTH_FAILURES";
+pub const ENV_PROBE_ADDR: &str = "ELECTOR_PROBE_ADDR";
+pub const ENV_KUBECONFIG: &str = "KUBECONFIG";
+
+/// Name of the sidecar container the webhook injects.
+pub const SIDECAR_CONTAINER: &str = "ldap-elector";
+/// Volume carrying the sidecar's projected service-account token.
+pub const TOKEN_VOLUME: &str = "ldap-elector-token";
+/// Where the projected token is mounted in the sidecar (the in-cluster default path,
+/// so kube's in-cluster config finds it).
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Lifetime requested for the projected token (the kubelet refreshes it at 80 %).
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+
+/// Label on every object the reconciler creates, so it can find and clean them up.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "ldap-elector";
+/// Label naming the StatefulSet a generated object belongs to.
+pub const LABEL_STATEFULSET: &str = "ldap-elector.dev/statefulset";
+
+/// The Lease the pods of `statefulset` compete for.
+pub fn lease_name(statefulset: &str) -> String {
+    format!("{statefulset}-leader")
+}
+
+/// The ServiceAccount, Role and RoleBinding of the electors of `statefulset`.
+pub fn identity_name(statefulset: &str) -> String {
+    format!("{statefulset}-ldap-elector")
+}
+
+/// The name of pod `ordinal` of `statefulset`.
+pub fn pod_name(statefulset: &str, ordinal: u32) -> String {
+    format!("{statefulset}-{ordinal}")
+}
+
+/// The StatefulSet and ordinal of a StatefulSet pod name (`ldap-server-1` → (`ldap-server`, 1)).
+pub fn split_pod_name(pod: &str) -> Option<(&str, u32)> {
+    let (set, ordinal) = pod.rsplit_once('-')?;
+    if set.is_empty() || ordinal.is_empty() || (ordinal.len() > 1 && ordinal.starts_with('0')) {
+        return None;
+    }
+    Some((set, ordinal.parse().ok()?))
+}
+
+/// Whether a StatefulSet's annotations opt it in.
+pub fn is_opted_in(annotations: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+    annotations.and_then(|a| a.get(ANNOTATION_INJECT)).is_some_and(|v| v == "true")
+}
+
+/// The Services named by the leader-service annotation, trimmed, empties dropped.
+pub fn leader_services(annotations: Option<&std::collections::BTreeMap<String, String>>) -> Vec<String> {
+    annotations
+        .and_then(|a| a.get(ANNOTATION_LEADER_SERVICE))
+        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// The least-privilege rules of an elector's Role: its one Lease, its own StatefulSet
+/// (read-only, to learn the replica count) and the pods `0..replicas` of that StatefulSet;
+/// nothing else (no Secrets, no other Lease, no create or delete). List and
+/// watch are only usable with a `metadata.name` field selector under `resourceNames`,
+/// which is exactly how the elector watches.
+pub fn elector_role_rules(statefulset: &str, replicas: u32) -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
+    use k8s_openapi::api::rbac::v1::PolicyRule;
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let pods = (0..replicas.max(1)).map(|i| pod_name(statefulset, i)).collect();
+    vec![
+        PolicyRule {
+            api_groups: Some(strings(&["coordination.k8s.io"])),
+            resources: Some(strings(&["leases"])),
+            resource_names: Some(vec![lease_name(statefulset)]),
+            verbs: strings(&["get", "list", "watch", "update"]),
+            ..Default::default()
+        },
+        PolicyRule {
+            api_groups: Some(strings(&["apps"])),
+            resources: Some(strings(&["statefulsets"])),
+            resource_names: Some(vec![statefulset.to_string()]),
+            verbs: strings(&["get"]),
+            ..Default::default()
+        },
+        PolicyRule {
+            api_groups: Some(strings(&[""])),
+            resources: Some(strings(&["pods"])),
+            resource_names: Some(pods),
+            verbs: strings(&["get", "list", "watch", "patch"]),
+            ..Default::default()
+        },
+    ]
+}
+
+// ---- Sidecar probes (served by the elector, wired into the pod by the webhook) ----
+
+/// Liveness endpoint of the elector's probe server: the process and its main loop make
+/// progress. A failure restarts the sidecar (the watchdog has fenced slapd by then).
+pub const PROBE_PATH_LIVE: &str = "/livez";
+/// Readiness endpoint. A native sidecar's readiness counts towards the POD's readiness,
+/// so this must mean "the elector runs", never "this pod is the leader": a healthy
+/// standby must stay Ready (the old design's bug).
+pub const PROBE_PATH_READY: &str = "/readyz";
+/// Default port of the probe server; the webhook sets `ELECTOR_PROBE_ADDR=0.0.0.0:<port>`.
+pub const DEFAULT_PROBE_PORT: u16 = 8086;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_names_round_trip() {
+        assert_eq!(split_pod_name(&pod_name("ldap-server", 1)), Some(("ldap-server", 1)));
+        assert_eq!(split_pod_name("a-b-12"), Some(("a-b", 12)));
+        assert_eq!(split_pod_name("nodash"), None);
+        assert_eq!(split_pod_name("x-"), None);
+        assert_eq!(split_pod_name("x-01"), None);
+        assert_eq!(split_pod_name("x-y"), None);
+    }
+
+    #[test]
+    fn opt_in_requires_exact_true() {
+        let mut a = std::collections::BTreeMap::new();
+        assert!(!is_opted_in(Some(&a)));
+        a.insert(ANNOTATION_INJECT.into(), "yes".into());
+        assert!(!is_opted_in(Some(&a)));
+        a.insert(ANNOTATION_INJECT.into(), "true".into());
+        assert!(is_opted_in(Some(&a)));
+        assert!(!is_opted_in(None));
+    }
+
+    #[test]
+    fn leader_services_are_trimmed_and_skip_empties() {
+        let mut a = std::collections::BTreeMap::new();
+        a.insert(ANNOTATION_LEADER_SERVICE.into(), " a-primary, ,b ".into());
+        assert_eq!(leader_services(Some(&a)), vec!["a-primary", "b"]);
+        assert!(leader_services(None).is_empty());
+    }
+
+    #[test]
+    fn role_is_scoped_by_resource_names() {
+        let rules = elector_role_rules("ldap", 2);
+        for rule in &rules {
+            assert!(rule.resource_names.as_ref().is_some_and(|n| !n.is_empty()));
+            assert!(!rule.verbs.iter().any(|v| v == "*" || v == "delete" || v == "create"));
+        }
+        assert_eq!(rules[2].resource_names.as_deref(), Some(&["ldap-0".to_string(), "ldap-1".to_string()][..]));
+    }
+}

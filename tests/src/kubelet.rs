@@ -1,0 +1,340 @@
+//! A test kubelet: registers a Node, binds pending pods to it, marks them Running/Ready
+//! with placeholder IPs from TEST-NET-1 (192.0.2.0/24: strings only, never connected
+//! to), runs chosen containers as local processes with a pod-bound service-account token,
+//! signals them on request, and finalises deleted pods after SIGTERM and the grace period.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Binding, Container, Node, ObjectReference, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+
+use crate::bed::{kubeconfig_yaml, Bed, Token};
+use crate::process::{Child, Signal};
+
+/// How to run one container of a pod as a local process.
+#[derive(Clone, Debug)]
+pub struct Runner {
+    /// The container (or init container) name this runner takes.
+    pub container: String,
+    /// The local program standing in for the container image's entrypoint; it gets the
+    /// container's `args`.
+    pub program: PathBuf,
+    /// Extra environment, e.g. addresses of local stand-ins.
+    pub env: Vec<(String, String)>,
+}
+
+type PodKey = (String, String);
+
+struct Running {
+    uid: String,
+    children: BTreeMap<String, Child>,
+}
+
+struct Inner {
+    client: Client,
+    node: String,
+    api_url: String,
+    ca_pem: String,
+    dir: PathBuf,
+    runners: Mutex<Vec<Runner>>,
+    pods: Mutex<HashMap<PodKey, Running>>,
+    ips: Mutex<HashMap<String, String>>,
+    // Token requests need the bed; keep what they need.
+    token_client: Client,
+}
+
+pub struct Kubelet {
+    inner: Arc<Inner>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Kubelet {
+    /// Registers node `node` and starts serving it.
+    pub async fn start(bed: &Bed, node: &str) -> anyhow::Result<Kubelet> {
+        let client = bed.admin_client()?;
+        register_node(&client, node).await?;
+        let dir = bed.dir.join("kubelet").join(node);
+        std::fs::create_dir_all(&dir)?;
+        let inner = Arc::new(Inner {
+            client: client.clone(),
+            node: node.to_string(),
+            api_url: bed.api_url.clone(),
+            ca_pem: bed.ca_pem.clone(),
+            dir,
+            runners: Mutex::new(Vec::new()),
+            pods: Mutex::new(HashMap::new()),
+            ips: Mutex::new(HashMap::new()),
+            token_client: client,
+        });
+        let task = tokio::spawn(run(inner.clone()));
+        Ok(Kubelet { inner, task })
+    }
+
+    /// From now on, containers named `runner.container` run as local processes.
+    pub fn add_runner(&self, runner: Runner) {
+        lock(&self.inner.runners).push(runner);
+    }
+
+    /// Sends `signal` to the process of `container` in `namespace/pod`; false if none runs.
+    pub fn signal(&self, namespace: &str, pod: &str, container: &str, signal: Signal) -> bool {
+        let pods = lock(&self.inner.pods);
+        match pods.get(&(namespace.to_string(), pod.to_string())).and_then(|r| r.children.get(container)) {
+            Some(child) if child.is_running() => {
+                child.signal(signal);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The PID of the process of `container` in `namespace/pod`, if it runs.
+    pub fn pid(&self, namespace: &str, pod: &str, container: &str) -> Option<u32> {
+        let pods = lock(&self.inner.pods);
+        let child = pods.get(&(namespace.to_string(), pod.to_string()))?.children.get(container)?;
+        child.is_running().then(|| child.pid())
+    }
+
+    /// Starts the container again after it exited (a kubelet's container restart).
+    pub async fn restart(&self, namespace: &str, pod: &str, container: &str) -> anyhow::Result<()> {
+        let pod: Pod = Api::namespaced(self.inner.client.clone(), namespace).get(pod).await?;
+        start_container(&self.inner, &pod, container).await
+    }
+
+    /// The log file of a container's process.
+    pub fn log_path(&self, namespace: &str, pod: &str, container: &str) -> PathBuf {
+        self.inner.dir.join(format!("{namespace}_{pod}_{container}.log"))
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.task.abort();
+        lock(&self.inner.pods).clear(); // Child::drop kills each process
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn register_node(client: &Client, node: &str) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let body: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node, "kubernetes.io/os": "linux"}},
+    }))?;
+    match nodes.create(&PostParams::default(), &body).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e).context("registering the test node"),
+    }
+    let status = serde_json::json!({"status": {
+        "conditions": [{"type": "Ready", "status": "True", "reason": "TestKubeletReady",
+                        "message": "test kubelet", "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
+        "addresses": [{"type": "InternalIP", "address": "192.0.2.254"}],
+        "capacity": {"cpu": "64", "memory": "256Gi", "pods": "250", "ephemeral-storage": "500Gi"},
+        "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "250", "ephemeral-storage": "500Gi"},
+    }});
+    nodes.patch_status(node, &PatchParams::default(), &Patch::Merge(&status)).await?;
+    Ok(())
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+async fn run(inner: Arc<Inner>) {
+    let pods: Api<Pod> = Api::all(inner.client.clone());
+    let mut events = watcher(pods, watcher::Config::default()).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        let pod = match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,
+            Ok(watcher::Event::Delete(pod)) => {
+                forget(&inner, &pod);
+                continue;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "test kubelet watch error (retrying)");
+                continue;
+            }
+        };
+        if let Err(e) = sync_pod(&inner, &pod).await {
+            tracing::warn!(pod = %pod.name_any(), error = %format!("{e:#}"), "test kubelet could not sync pod");
+        }
+    }
+}
+
+fn forget(inner: &Inner, pod: &Pod) {
+    let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let mut pods = lock(&inner.pods);
+    if pods.get(&key).is_some_and(|r| Some(r.uid.as_str()) == pod.metadata.uid.as_deref()) {
+        pods.remove(&key);
+    }
+}
+
+async fn sync_pod(inner: &Arc<Inner>, pod: &Pod) -> anyhow::Result<()> {
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let api: Api<Pod> = Api::namespaced(inner.client.clone(), &ns);
+    let spec = pod.spec.as_ref().context("pod without spec")?;
+    match spec.node_name.as_deref() {
+        None if pod.metadata.deletion_timestamp.is_none() => return bind(&api, &name, &inner.node).await,
+        Some(n) if n == inner.node => {}
+        _ => return Ok(()),
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        let inner = inner.clone();
+        let pod = pod.clone();
+        tokio::spawn(async move { terminate(&inner, &pod).await });
+        return Ok(());
+    }
+    let key = (ns.clone(), name.clone());
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let started = lock(&inner.pods).get(&key).is_some_and(|r| r.uid == uid);
+    if !started {
+        lock(&inner.pods).insert(key, Running { uid: uid.clone(), children: BTreeMap::new() });
+        let runners = lock(&inner.runners).clone();
+        for container in all_containers(pod) {
+            if runners.iter().any(|r| r.container == container.name) {
+                start_container(inner, pod, &container.name).await?;
+            }
+        }
+    }
+    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+        mark_running(inner, &api, pod).await?;
+    }
+    Ok(())
+}
+
+fn all_containers(pod: &Pod) -> Vec<&Container> {
+    let Some(spec) = pod.spec.as_ref() else { return Vec::new() };
+    spec.init_containers.iter().flatten().chain(spec.containers.iter()).collect()
+}
+
+async fn bind(api: &Api<Pod>, name: &str, node: &str) -> anyhow::Result<()> {
+    let binding = Binding {
+        metadata: kube::api::ObjectMeta { name: Some(name.to_string()), ..Default::default() },
+        target: ObjectReference { kind: Some("Node".into()), name: Some(node.into()), ..Default::default() },
+    };
+    match api.create_subresource::<_, serde_json::Value>("binding", name, &PostParams::default(), &binding).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn mark_running(inner: &Inner, api: &Api<Pod>, pod: &Pod) -> anyhow::Result<()> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let ip = {
+        let mut ips = lock(&inner.ips);
+        let n = ips.len() % 250 + 1;
+        ips.entry(uid).or_insert_with(|| format!("192.0.2.{n}")).clone()
+    };
+    let t = now();
+    let statuses = |cs: &[Container], sidecar_only: bool| -> Vec<serde_json::Value> {
+        cs.iter()
+            .filter(|c| !sidecar_only || c.restart_policy.as_deref() == Some("Always"))
+            .map(|c| {
+                serde_json::json!({"name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "",
+                    "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": t}}})
+            })
+            .collect()
+    };
+    let spec = pod.spec.as_ref().context("pod without spec")?;
+    let cond = |ty: &str| serde_json::json!({"type": ty, "status": "True", "lastTransitionTime": t});
+    let status = serde_json::json!({"status": {
+        "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "192.0.2.254", "startTime": t,
+        "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
+        "containerStatuses": statuses(&spec.containers, false),
+        "initContainerStatuses": statuses(spec.init_containers.as_deref().unwrap_or_default(), true),
+    }});
+    api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await?;
+    Ok(())
+}
+
+async fn start_container(inner: &Arc<Inner>, pod: &Pod, container_name: &str) -> anyhow::Result<()> {
+    let runner = lock(&inner.runners)
+        .iter()
+        .find(|r| r.container == container_name)
+        .cloned()
+        .with_context(|| format!("no runner for container {container_name}"))?;
+    let container = all_containers(pod)
+        .into_iter()
+        .find(|c| c.name == container_name)
+        .with_context(|| format!("pod has no container {container_name}"))?
+        .clone();
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let pod_dir = inner.dir.join(format!("{ns}_{name}"));
+    std::fs::create_dir_all(&pod_dir)?;
+
+    let mut cmd = Command::new(&runner.program);
+    cmd.args(container.args.iter().flatten());
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for e in container.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => Some(v.clone()),
+            (None, Some(from)) => from.field_ref.as_ref().and_then(|f| match f.field_path.as_str() {
+                "metadata.name" => Some(name.clone()),
+                "metadata.namespace" => Some(ns.clone()),
+                "metadata.uid" => Some(uid.clone()),
+                "spec.nodeName" => Some(inner.node.clone()),
+                "spec.serviceAccountName" => pod.spec.as_ref().and_then(|s| s.service_account_name.clone()),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if let Some(v) = value {
+            cmd.env(&e.name, v);
+        }
+    }
+    cmd.env("POD_NAME", &name).env("POD_NAMESPACE", &ns).env("POD_UID", &uid);
+    cmd.envs(runner.env.iter().map(|(k, v)| (k, v)));
+
+    // The API identity a real kubelet would project: the pod's service account, bound to
+    // this pod, delivered via a kubeconfig whose token file we own.
+    let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+    let token = crate::bed::request_token(&inner.token_client, &ns, &sa, Some((&name, &uid))).await?;
+    let token_file = pod_dir.join(format!("{container_name}.token"));
+    std::fs::write(&token_file, token)?;
+    let kubeconfig = pod_dir.join(format!("{container_name}.kubeconfig"));
+    std::fs::write(&kubeconfig, kubeconfig_yaml(&inner.api_url, &inner.ca_pem, Token::File(&token_file)))?;
+    cmd.env("KUBECONFIG", &kubeconfig);
+
+    let log = inner.dir.join(format!("{ns}_{name}_{container_name}.log"));
+    let child = Child::spawn(&format!("{ns}/{name}/{container_name}"), cmd, &log)?;
+    let mut pods = lock(&inner.pods);
+    if let Some(running) = pods.get_mut(&(ns, name)) {
+        running.children.insert(container_name.to_string(), child);
+    }
+    Ok(())
+}
+
+/// What a kubelet does on pod deletion: SIGTERM every process, SIGKILL after the grace
+/// period, then remove the pod object (grace 0, guarded by the pod's UID).
+async fn terminate(inner: &Inner, pod: &Pod) {
+    let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let grace = Duration::from_secs(pod.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u64);
+    let children = lock(&inner.pods).remove(&key).map(|r| r.children).unwrap_or_default();
+    futures::future::join_all(children.values().map(|c| c.stop(grace))).await;
+    drop(children);
+    let api: Api<Pod> = Api::namespaced(inner.client.clone(), &key.0);
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+        ..Default::default()
+    };
+    if let Err(e) = api.delete(&key.1, &dp).await {
+        tracing::debug!(pod = %key.1, error = %e, "finalising deleted pod");
+    }
+}

@@ -1,0 +1,11 @@
+//! Test support for ldap-elector: a real control plane on loopback (`bed`), a test
+//! kubelet that runs pods as local processes (`kubelet`), and waiting helpers.
+pub mod bed;
+pub mod kubelet;
+pub mod pki;
+pub mod process;
+pub mod wait;
+
+pub use bed::Bed;
+pub use kubelet::Kubelet;
+pub use wait::wait_for;

@@ -1,0 +1,1 @@
+//! admission (work in progress)

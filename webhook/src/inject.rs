@@ -1,0 +1,1 @@
+//! inject (work in progress)
