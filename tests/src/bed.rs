@@ -105,7 +105,7 @@ impl Bed {
             format!("--service-account-key-file={}", d("sa.pub")),
             format!("--service-account-signing-key-file={}", d("sa.key")),
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            "--allow-privileged=false".into(),
+            "--allow-privileged=true".into(), // as real clusters: Pod Security decides
             "--profiling=false".into(),
             "--v=1".into(),
         ];

@@ -1,0 +1,51 @@
+//! Small builders for the objects e2e tests create.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::api::PostParams;
+use kube::{Api, Client};
+use serde_json::json;
+
+/// Creates namespace `name`, optionally enforcing a Pod Security level.
+pub async fn namespace(client: &Client, name: &str, enforce: Option<&str>) -> anyhow::Result<Namespace> {
+    let mut labels = serde_json::Map::new();
+    if let Some(level) = enforce {
+        labels.insert("pod-security.kubernetes.io/enforce".into(), level.into());
+    }
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))?;
+    Ok(Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?)
+}
+
+/// A StatefulSet whose pods pass Pod Security `restricted`; one `ldap` container.
+pub fn statefulset(name: &str, replicas: i32, annotations: serde_json::Value) -> anyhow::Result<StatefulSet> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 10,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "ldap",
+                        "image": "registry.invalid/openldap:2.5",
+                        "ports": [{"name": "ldap", "containerPort": 389}],
+                        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                    }],
+                },
+            },
+        },
+    }))?)
+}
+
+/// A ClusterIP Service selecting `selector` on port 389.
+pub fn service(name: &str, selector: serde_json::Value) -> anyhow::Result<Service> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"selector": selector, "ports": [{"name": "ldap", "port": 389, "targetPort": 389}]},
+    }))?)
+}
