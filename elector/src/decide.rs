@@ -79,8 +79,10 @@ impl Timing {
 
     /// The longest renew deadline that keeps invariant 2 for this lease duration.
     pub fn max_safe_renew_deadline(&self) -> Duration {
+        // The leader's clock may run slow and the follower's fast, by ρ each: the leader
+        // fences within (D + F)·(1+ρ) real time, the follower waits at least L·(1−ρ).
         let follower_wait = self.lease_duration.mul_f64(1.0 - MAX_CLOCK_DRIFT);
-        follower_wait.saturating_sub(FENCE_BUDGET).div_f64(1.0 + MAX_CLOCK_DRIFT)
+        follower_wait.div_f64(1.0 + MAX_CLOCK_DRIFT).saturating_sub(FENCE_BUDGET)
     }
 }
 
@@ -261,7 +263,7 @@ mod tests {
         let t = Timing::default();
         let max = t.max_safe_renew_deadline();
         assert!(max > 5 * S && max < 7 * S, "{max:?}");
-        assert!(max.mul_f64(1.0 + MAX_CLOCK_DRIFT) + FENCE_BUDGET <= t.lease_duration.mul_f64(1.0 - MAX_CLOCK_DRIFT));
+        assert!((max + FENCE_BUDGET).mul_f64(1.0 + MAX_CLOCK_DRIFT) <= t.lease_duration.mul_f64(1.0 - MAX_CLOCK_DRIFT));
     }
 
     #[test]

@@ -1,6 +1,14 @@
 //! ldap-elector: Lease-based leader election for an OpenLDAP Mirror-Mode pair.
 //!
-//! Pure cores (`decide`, `contract`) are separate from the edges that do I/O.
+//! Pure cores (`decide`, `contract`, the patch and Lease transformations) are kept apart
+//! from the edges that do I/O (`run`, `lease::LeaseClient`, `labels::PodLabeler`).
+pub mod args;
 pub mod clock;
 pub mod contract;
 pub mod decide;
+pub mod health;
+pub mod hook;
+pub mod labels;
+pub mod lease;
+pub mod probe;
+pub mod run;

@@ -1,1 +1,101 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use ldap_elector::args::{Cli, Command, Config};
+use ldap_elector::probe::{self, Heartbeat};
+use ldap_elector::{health, run};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.run.log_format);
+    let config = match cli.run.clone().into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ldap-elector: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ldap-elector: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => runtime.block_on(elect(config)),
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ELECTOR_LOG")
+        .unwrap_or_else(|_| "info,kube_client=warn,kube_runtime=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn elect(config: Config) -> ExitCode {
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ldap-elector: cannot configure the Kubernetes client: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let terminate = CancellationToken::new();
+    let tasks = CancellationToken::new();
+    let heartbeat = Heartbeat::default();
+    heartbeat.beat();
+
+    if let Some(addr) = &config.probe_addr {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let stale = config.timing.lease_duration * 2;
+                tokio::spawn(probe::serve(listener, heartbeat.clone(), stale, tasks.clone()));
+            }
+            Err(e) => {
+                eprintln!("ldap-elector: cannot listen on probe address {addr}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (health_tx, health_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(health::monitor(
+        config.health_check.clone(),
+        config.health_interval,
+        config.health_failures,
+        health_tx,
+        tasks.clone(),
+    ));
+    let (deleting_tx, deleting_rx) = tokio::sync::watch::channel(false);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
+    tokio::spawn(run::watch_own_pod(pods, config.identity.clone(), deleting_tx, tasks.clone()));
+    tokio::spawn(forward_sigterm(terminate.clone()));
+
+    let elector = run::Elector::new(config, client, heartbeat);
+    let exit = elector.run(health_rx, deleting_rx, terminate).await;
+    tasks.cancel();
+    tracing::info!(?exit, "ldap-elector stopped");
+    ExitCode::SUCCESS
+}
+
+async fn forward_sigterm(terminate: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("termination signal: standing down");
+    terminate.cancel();
+}

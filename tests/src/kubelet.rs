@@ -153,7 +153,8 @@ fn now() -> String {
 
 async fn run(inner: Arc<Inner>) {
     let pods: Api<Pod> = Api::all(inner.client.clone());
-    let mut events = watcher(pods, watcher::Config::default()).default_backoff().boxed();
+    let mut events =
+        watcher(pods, watcher::Config::default()).backoff(ldap_elector::run::QuickBackoff::default()).boxed();
     while let Some(event) = events.next().await {
         let pod = match event {
             Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,

@@ -1,8 +1,10 @@
 //! Test support for ldap-elector: a real control plane on loopback (`bed`), a test
 //! kubelet that runs pods as local processes (`kubelet`), and waiting helpers.
 pub mod bed;
+pub mod electors;
 pub mod fixtures;
 pub mod kubelet;
+pub mod observer;
 pub mod pki;
 pub mod process;
 pub mod wait;

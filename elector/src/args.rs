@@ -1,0 +1,203 @@
+//! Command line and environment. Every flag has an environment fallback (the webhook
+//! injects the environment); defaults are the safe ones; validation happens at start-up.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::contract;
+use crate::decide::Timing;
+use crate::health::HealthCheck;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ldap-elector",
+    version,
+    about = "Lease-based leader election sidecar for an OpenLDAP Mirror-Mode pair"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the elector (the default when no subcommand is given).
+    Run,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// This pod's name: the candidate identity written into the Lease.
+    #[arg(long, env = contract::ENV_POD_NAME)]
+    pub pod_name: Option<String>,
+    /// This pod's namespace (also the Lease's).
+    #[arg(long, env = contract::ENV_POD_NAMESPACE)]
+    pub namespace: Option<String>,
+    /// The StatefulSet whose pods compete; derived from the pod name when absent.
+    #[arg(long, env = contract::ENV_STATEFULSET)]
+    pub statefulset: Option<String>,
+    /// The Lease to compete for; default `<statefulset>-leader`.
+    #[arg(long, env = contract::ENV_LEASE_NAME)]
+    pub lease_name: Option<String>,
+    /// How long followers wait after the last renew they saw before taking over
+    /// (whole seconds; e.g. `8` or `8s`).
+    #[arg(long, env = contract::ENV_LEASE_DURATION, default_value = "8s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How often the leader renews.
+    #[arg(long, env = contract::ENV_RENEW_PERIOD, default_value = "2s", value_parser = parse_duration)]
+    pub renew_period: Duration,
+    /// How long after its last successful renew the leader demotes itself; must leave
+    /// room before the lease duration (validated).
+    #[arg(long, env = contract::ENV_RENEW_DEADLINE, default_value = "5s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+    /// Health check of the local slapd: `none`, `tcp://HOST:PORT` or `exec:COMMAND ARGS…`.
+    /// An unhealthy pod never acquires; a leader failing it demotes and releases.
+    #[arg(long, env = contract::ENV_HEALTH_CHECK, default_value = "none", value_parser = HealthCheck::parse)]
+    pub health_check: HealthCheck,
+    /// Interval between health checks.
+    #[arg(long, env = contract::ENV_HEALTH_INTERVAL, default_value = "1s", value_parser = parse_duration)]
+    pub health_interval: Duration,
+    /// Consecutive failed checks before the pod counts as unhealthy.
+    #[arg(long, env = contract::ENV_HEALTH_FAILURES, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub health_failures: u32,
+    /// Command run on every role change with the new role (`leader` or `standby`) as its
+    /// last argument, e.g. to fence slapd; a failing hook on `standby` is logged, a
+    /// failing hook on `leader` keeps the pod from taking writes (it releases).
+    #[arg(long, env = "ELECTOR_ON_ROLE_CHANGE")]
+    pub on_role_change: Option<String>,
+    /// Address of the plain-HTTP /livez and /readyz endpoints (`off` to disable).
+    #[arg(long, env = contract::ENV_PROBE_ADDR, default_value = "0.0.0.0:8086")]
+    pub probe_addr: String,
+    /// Log format.
+    #[arg(long, env = "ELECTOR_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    pub log_format: String,
+}
+
+/// Everything the elector needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub identity: String,
+    pub namespace: String,
+    pub statefulset: String,
+    pub lease_name: String,
+    pub timing: Timing,
+    /// Timeout of every API call: shorter than the renew period so a hung call cannot
+    /// eat the leader's whole renew deadline.
+    pub api_timeout: Duration,
+    pub health_check: HealthCheck,
+    pub health_interval: Duration,
+    pub health_failures: u32,
+    pub on_role_change: Option<String>,
+    pub probe_addr: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("missing {0}: set the flag or the environment variable (the webhook injects it)")]
+    Missing(&'static str),
+    #[error("cannot derive the StatefulSet from pod name {0:?}; set --statefulset")]
+    NoStatefulSet(String),
+    #[error("pod {pod:?} is not a member of StatefulSet {statefulset:?}")]
+    NotAMember { pod: String, statefulset: String },
+    #[error(transparent)]
+    Timing(#[from] crate::decide::TimingError),
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let identity = self.pod_name.filter(|s| !s.is_empty()).ok_or(ConfigError::Missing("pod name (POD_NAME)"))?;
+        let namespace =
+            self.namespace.filter(|s| !s.is_empty()).ok_or(ConfigError::Missing("namespace (POD_NAMESPACE)"))?;
+        let statefulset = match self.statefulset.filter(|s| !s.is_empty()) {
+            Some(s) => s,
+            None => contract::split_pod_name(&identity)
+                .map(|(set, _)| set.to_string())
+                .ok_or_else(|| ConfigError::NoStatefulSet(identity.clone()))?,
+        };
+        if contract::split_pod_name(&identity).map(|(set, _)| set) != Some(statefulset.as_str()) {
+            return Err(ConfigError::NotAMember { pod: identity, statefulset });
+        }
+        let timing = Timing {
+            lease_duration: self.lease_duration,
+            renew_period: self.renew_period,
+            renew_deadline: self.renew_deadline,
+        };
+        timing.validate()?;
+        Ok(Config {
+            lease_name: self.lease_name.filter(|s| !s.is_empty()).unwrap_or_else(|| contract::lease_name(&statefulset)),
+            identity,
+            namespace,
+            statefulset,
+            api_timeout: timing.renew_period.mul_f64(0.75),
+            timing,
+            health_check: self.health_check,
+            health_interval: self.health_interval,
+            health_failures: self.health_failures,
+            on_role_change: self.on_role_change.filter(|s| !s.trim().is_empty()),
+            probe_addr: Some(self.probe_addr).filter(|a| a != "off"),
+        })
+    }
+}
+
+/// `8`, `8s`, `1.5s`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, scale) = if let Some(ms) = s.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(secs) = s.strip_suffix('s') {
+        (secs, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| format!("{s:?} is not a duration (e.g. 8, 8s, 500ms)"))?;
+    if !value.is_finite() || value <= 0.0 || value > 3600.0 {
+        return Err(format!("{s:?} must be more than 0 and at most an hour"));
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["ldap-elector", "--pod-name", "ldap-1", "--namespace", "ns", "--probe-addr", "off"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        cli.run.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_valid_and_derive_names_from_the_pod() {
+        let c = args(&[]).unwrap();
+        assert_eq!(c.statefulset, "ldap");
+        assert_eq!(c.lease_name, "ldap-leader");
+        assert_eq!(c.timing, Timing::default());
+        assert!(c.api_timeout < c.timing.renew_period);
+        assert_eq!(c.probe_addr, None);
+    }
+
+    #[test]
+    fn unsafe_timings_are_rejected_with_the_reason() {
+        let err = args(&["--renew-deadline", "7s"]).unwrap_err();
+        assert!(err.contains("renew deadline") && err.contains("unsafe"), "{err}");
+    }
+
+    #[test]
+    fn a_pod_outside_the_statefulset_is_rejected() {
+        let err = args(&["--statefulset", "other"]).unwrap_err();
+        assert!(err.contains("not a member"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("8"), Ok(Duration::from_secs(8)));
+        assert_eq!(parse_duration("8s"), Ok(Duration::from_secs(8)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

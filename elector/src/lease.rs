@@ -1,0 +1,209 @@
+//! The Lease at the edge: pure transformations of the Lease object for acquire, renew and
+//! release, and a thin client that writes them with resourceVersion compare-and-swap
+//! (a 409 is reported, never overwritten) and a timeout on every call.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::PostParams;
+use kube::Api;
+
+use crate::clock::Moment;
+use crate::decide::Observed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("conflict: the Lease changed since it was read")]
+    Conflict,
+    #[error("the Lease {0} does not exist (the webhook's reconciler creates it)")]
+    NotFound(String),
+    #[error("forbidden: {0} (check the elector's Role)")]
+    Forbidden(String),
+    #[error("API call timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("API error: {0}")]
+    Api(#[source] kube::Error),
+}
+
+impl From<kube::Error> for LeaseError {
+    fn from(e: kube::Error) -> Self {
+        match e {
+            kube::Error::Api(s) if s.code == 409 => LeaseError::Conflict,
+            kube::Error::Api(s) if s.code == 403 => LeaseError::Forbidden(s.message),
+            other => LeaseError::Api(other),
+        }
+    }
+}
+
+/// The decision core's view of a Lease, seen (changed) at `seen_change_at`.
+pub fn observe(lease: &Lease, seen_change_at: Moment) -> Observed {
+    let spec = lease.spec.clone().unwrap_or_default();
+    Observed {
+        holder: spec.holder_identity.filter(|h| !h.is_empty()),
+        transitions: spec.lease_transitions.unwrap_or(0),
+        lease_duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
+        seen_change_at,
+    }
+}
+
+/// The Lease after `identity` takes it: a new term (transitions + 1).
+pub fn acquired(lease: &Lease, identity: &str, lease_duration: Duration) -> Lease {
+    let mut next = lease.clone();
+    let spec = next.spec.get_or_insert_with(LeaseSpec::default);
+    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    spec.holder_identity = Some(identity.to_string());
+    spec.lease_duration_seconds = Some(lease_duration.as_secs().min(i32::MAX as u64) as i32);
+    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+    spec.acquire_time = Some(now.clone());
+    spec.renew_time = Some(now);
+    spec.preferred_holder = None;
+    next
+}
+
+/// The Lease after its holder renews it.
+pub fn renewed(lease: &Lease) -> Lease {
+    let mut next = lease.clone();
+    next.spec.get_or_insert_with(LeaseSpec::default).renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+    next
+}
+
+/// The Lease after its holder gives it up: no holder, so any standby may take it at once.
+pub fn released(lease: &Lease) -> Lease {
+    let mut next = lease.clone();
+    let spec = next.spec.get_or_insert_with(LeaseSpec::default);
+    spec.holder_identity = None;
+    spec.acquire_time = None;
+    spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+    next
+}
+
+/// Whether `candidate` is a newer version of the object than `known` (resourceVersions are
+/// etcd revisions in practice; when either does not parse, assume newer).
+pub fn is_newer(candidate: &Lease, known: Option<&Lease>) -> bool {
+    let rv = |l: &Lease| l.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+    match (rv(candidate), known.and_then(rv)) {
+        (Some(c), Some(k)) => c > k,
+        _ => known.is_none_or(|k| k.metadata.resource_version != candidate.metadata.resource_version),
+    }
+}
+
+/// Reads and writes one Lease; every call bounded by a timeout.
+#[derive(Clone)]
+pub struct LeaseClient {
+    api: Api<Lease>,
+    name: String,
+}
+
+impl LeaseClient {
+    pub fn new(api: Api<Lease>, name: &str) -> Self {
+        LeaseClient { api, name: name.to_string() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn api(&self) -> &Api<Lease> {
+        &self.api
+    }
+
+    pub async fn get(&self, timeout: Duration) -> Result<Lease, LeaseError> {
+        match tokio::time::timeout(timeout, self.api.get_opt(&self.name)).await {
+            Err(_) => Err(LeaseError::Timeout(timeout)),
+            Ok(Ok(Some(lease))) => Ok(lease),
+            Ok(Ok(None)) => Err(LeaseError::NotFound(self.name.clone())),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Creates the Lease when it is absent and the Role allows it (normally the
+    /// reconciler pre-creates it and the elector may not create anything).
+    pub async fn create_empty(&self, timeout: Duration) -> Result<Lease, LeaseError> {
+        let lease = Lease {
+            metadata: kube::api::ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+            spec: Some(LeaseSpec::default()),
+        };
+        match tokio::time::timeout(timeout, self.api.create(&PostParams::default(), &lease)).await {
+            Err(_) => Err(LeaseError::Timeout(timeout)),
+            Ok(Ok(l)) => Ok(l),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Compare-and-swap: replaces the Lease only if its resourceVersion is still the one
+    /// in `next.metadata` (409 → `LeaseError::Conflict`).
+    pub async fn write(&self, next: &Lease, timeout: Duration) -> Result<Lease, LeaseError> {
+        debug_assert!(next.metadata.resource_version.is_some(), "CAS needs a resourceVersion");
+        match tokio::time::timeout(timeout, self.api.replace(&self.name, &PostParams::default(), next)).await {
+            Err(_) => Err(LeaseError::Timeout(timeout)),
+            Ok(Ok(l)) => Ok(l),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: Option<&str>, transitions: i32, rv: &str) -> Lease {
+        Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some("ldap-leader".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(String::from),
+                lease_transitions: Some(transitions),
+                lease_duration_seconds: Some(8),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn acquiring_starts_a_new_term_and_keeps_the_resource_version_for_cas() {
+        let next = acquired(&lease(Some("ldap-0"), 4, "17"), "ldap-1", Duration::from_secs(8));
+        let spec = next.spec.as_ref().unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("ldap-1"));
+        assert_eq!(spec.lease_transitions, Some(5));
+        assert!(spec.acquire_time.is_some() && spec.renew_time.is_some());
+        assert_eq!(next.metadata.resource_version.as_deref(), Some("17"));
+        let empty = Lease { spec: None, ..lease(None, 0, "1") };
+        assert_eq!(acquired(&empty, "a", Duration::from_secs(8)).spec.unwrap().lease_transitions, Some(1));
+    }
+
+    #[test]
+    fn renewing_keeps_holder_and_term() {
+        let next = renewed(&lease(Some("ldap-1"), 5, "20"));
+        let spec = next.spec.unwrap();
+        assert_eq!((spec.holder_identity.as_deref(), spec.lease_transitions), (Some("ldap-1"), Some(5)));
+        assert!(spec.renew_time.is_some());
+    }
+
+    #[test]
+    fn releasing_clears_the_holder_but_keeps_the_term() {
+        let next = released(&lease(Some("ldap-1"), 5, "20"));
+        let o = observe(&next, Moment::ZERO);
+        assert_eq!(o.holder, None);
+        assert_eq!(o.transitions, 5);
+    }
+
+    #[test]
+    fn observe_treats_empty_holder_as_none() {
+        let o = observe(&lease(Some(""), 2, "3"), Moment::ZERO);
+        assert_eq!(o.holder, None);
+        assert_eq!(o.lease_duration, Duration::from_secs(8));
+    }
+
+    #[test]
+    fn newer_compares_revisions_numerically() {
+        assert!(is_newer(&lease(None, 0, "10"), Some(&lease(None, 0, "9"))));
+        assert!(!is_newer(&lease(None, 0, "9"), Some(&lease(None, 0, "10"))));
+        assert!(!is_newer(&lease(None, 0, "10"), Some(&lease(None, 0, "10"))));
+        assert!(is_newer(&lease(None, 0, "x"), Some(&lease(None, 0, "y"))));
+        assert!(is_newer(&lease(None, 0, "1"), None));
+    }
+}

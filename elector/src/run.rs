@@ -1,0 +1,359 @@
+//! The election loop: feeds the pure `decide` core with the Lease (from a watch, never by
+//! polling), health, shutdown and the boot-time clock, and carries out its actions.
+//!
+//! Order of a term, for each leader:
+//! 1. CAS-acquire the Lease (term N = leaseTransitions), counting from when it was *sent*;
+//! 2. demote every other pod still labelled leader (role=standby, term=N);
+//! 3. label itself leader with a patch that tests its own term annotation;
+//! 4. only then run the role-change hook with `leader` (e.g. make slapd writable).
+//!
+//! Stepping down is the reverse: hook `standby` first (local and fast), label standby,
+//! and on release clear the Lease's holder so a standby takes over at once.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::Config;
+use crate::clock::Moment;
+use crate::contract::{ROLE_LEADER, ROLE_STANDBY};
+use crate::decide::{decide, Action, Leading, Me, Observed};
+use crate::hook::RoleHook;
+use crate::labels::PodLabeler;
+use crate::lease::{self, LeaseClient, LeaseError};
+use crate::probe::Heartbeat;
+
+/// Longest time the loop sleeps without re-deciding (health and deadlines are re-read).
+const TICK: Duration = Duration::from_secs(1);
+/// Backoff bounds after a failed API call.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Why the loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM: stood down (and released if leading).
+    Terminated,
+}
+
+pub struct Elector {
+    cfg: Config,
+    lease: LeaseClient,
+    labels: PodLabeler,
+    hook: RoleHook,
+    heartbeat: Heartbeat,
+    /// Latest Lease object seen (the base of every CAS write) and its observation.
+    current: Option<Lease>,
+    observed: Option<Observed>,
+    leading: Option<Leading>,
+    /// Leader label and hook done for the current term.
+    in_office: bool,
+    stopping: bool,
+    failures: u32,
+    retry_at: Option<Moment>,
+}
+
+impl Elector {
+    pub fn new(cfg: Config, client: Client, heartbeat: Heartbeat) -> Self {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+        let labels = PodLabeler::new(client, &cfg.namespace, &cfg.statefulset, &cfg.identity, cfg.api_timeout);
+        Elector {
+            lease: LeaseClient::new(leases, &cfg.lease_name),
+            labels,
+            hook: RoleHook::new(cfg.on_role_change.clone(), cfg.timing.renew_period),
+            heartbeat,
+            cfg,
+            current: None,
+            observed: None,
+            leading: None,
+            in_office: false,
+            stopping: false,
+            failures: 0,
+            retry_at: None,
+        }
+    }
+
+    /// Runs until `terminate` (SIGTERM). `healthy` carries the health verdict; `deleting`
+    /// turns true when the pod is being deleted (hand over, but keep running until SIGTERM).
+    pub async fn run(
+        mut self,
+        mut healthy: watch::Receiver<bool>,
+        mut deleting: watch::Receiver<bool>,
+        terminate: CancellationToken,
+    ) -> Exit {
+        let tasks = CancellationToken::new();
+        let _stop_tasks = tasks.clone().drop_guard();
+        let (lease_tx, mut lease_rx) = watch::channel(None);
+        tokio::spawn(watch_lease(self.lease.api().clone(), self.cfg.lease_name.clone(), lease_tx, tasks.clone()));
+
+        // On start a pod is standby: fence locally, then make sure the label says so.
+        self.hook.run(ROLE_STANDBY).await;
+        if let Err(e) = self.labels.label_self_standby(0).await {
+            tracing::warn!(error = %e, "could not label this pod standby at start (will be corrected on the next term)");
+        }
+        self.reread().await;
+        tracing::info!(
+            namespace = %self.cfg.namespace, statefulset = %self.cfg.statefulset, pod = %self.cfg.identity,
+            lease = %self.cfg.lease_name, timing = ?self.cfg.timing, "elector started"
+        );
+
+        loop {
+            self.heartbeat.beat();
+            if terminate.is_cancelled() {
+                self.stopping = true;
+            }
+            let now = Moment::now();
+            let me = Me {
+                identity: &self.cfg.identity,
+                eligible: *healthy.borrow(),
+                stopping: self.stopping || *deleting.borrow(),
+                leading: self.leading,
+            };
+            let mut action = decide(self.observed.as_ref(), &me, now, &self.cfg.timing);
+            if matches!(action, Action::Acquire | Action::Renew) {
+                if let Some(t) = self.retry_at.filter(|t| now < *t) {
+                    action = Action::Wait(Some(t));
+                }
+            }
+            match action {
+                Action::Acquire => self.acquire().await,
+                Action::Renew => self.renew(now).await,
+                Action::Demote(reason) => self.step_down(&format!("{reason:?}")).await,
+                Action::Release(reason) => {
+                    self.step_down(&format!("{reason:?}")).await;
+                    self.release().await;
+                }
+                Action::Wait(until) => {
+                    if terminate.is_cancelled() && self.leading.is_none() {
+                        tracing::info!(pod = %self.cfg.identity, "stood down; exiting");
+                        return Exit::Terminated;
+                    }
+                    if self.leading.is_some() && !self.in_office && self.retry_at.is_none_or(|t| now >= t) {
+                        self.take_office().await;
+                        continue;
+                    }
+                    let wake = until.map_or(TICK, |t| t.since(now).min(TICK));
+                    tokio::select! {
+                        Ok(()) = lease_rx.changed() => {
+                            if let Some(seen) = lease_rx.borrow_and_update().clone() {
+                                self.on_lease(seen);
+                            }
+                        }
+                        _ = healthy.changed() => {}
+                        _ = deleting.changed() => {}
+                        _ = terminate.cancelled(), if !self.stopping => {}
+                        _ = tokio::time::sleep(wake) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_lease(&mut self, seen: Lease) {
+        if lease::is_newer(&seen, self.current.as_ref()) {
+            self.observed = Some(lease::observe(&seen, Moment::now()));
+            self.current = Some(seen);
+        }
+    }
+
+    async fn reread(&mut self) {
+        match self.lease.get(self.cfg.api_timeout).await {
+            Ok(l) => {
+                self.on_lease(l);
+                self.succeeded();
+            }
+            Err(LeaseError::NotFound(_)) => match self.lease.create_empty(self.cfg.api_timeout).await {
+                Ok(l) => self.on_lease(l),
+                Err(e) => self.failed("the Lease does not exist and cannot be created", &e),
+            },
+            Err(e) => self.failed("reading the Lease", &e),
+        }
+    }
+
+    async fn acquire(&mut self) {
+        let Some(base) = self.current.clone() else { return self.reread().await };
+        let sent = Moment::now();
+        let next = lease::acquired(&base, &self.cfg.identity, self.cfg.timing.lease_duration);
+        match self.lease.write(&next, self.cfg.api_timeout).await {
+            Ok(won) => {
+                let term = lease::observe(&won, sent).transitions;
+                tracing::info!(pod = %self.cfg.identity, term, previous = ?self.observed.as_ref().and_then(|o| o.holder.clone()), "acquired the Lease");
+                self.leading = Some(Leading { term, renewed_at: sent });
+                self.in_office = false;
+                self.on_lease(won);
+                self.succeeded();
+            }
+            Err(LeaseError::Conflict) => self.reread().await,
+            Err(e) => self.failed("acquiring the Lease", &e),
+        }
+    }
+
+    async fn renew(&mut self, now: Moment) {
+        let (Some(base), Some(leading)) = (self.current.clone(), self.leading) else { return };
+        let deadline = leading.renewed_at + self.cfg.timing.renew_deadline;
+        let timeout = self.cfg.api_timeout.min(deadline.since(now));
+        let sent = Moment::now();
+        match self.lease.write(&lease::renewed(&base), timeout).await {
+            Ok(renewed) => {
+                if let Some(l) = self.leading.as_mut() {
+                    l.renewed_at = sent;
+                }
+                self.on_lease(renewed);
+                self.succeeded();
+            }
+            // Someone else wrote the Lease: read it; `decide` demotes us if it is not ours.
+            Err(LeaseError::Conflict) => self.reread().await,
+            Err(e) => self.failed("renewing the Lease", &e),
+        }
+    }
+
+    /// Steps 2–4 of a term, bounded by the renew deadline.
+    async fn take_office(&mut self) {
+        let Some(leading) = self.leading else { return };
+        let remaining = (leading.renewed_at + self.cfg.timing.renew_deadline).since(Moment::now());
+        let labels = self.labels.clone();
+        let steps = async {
+            let demoted = labels.demote_others(leading.term).await?;
+            labels.label_self(ROLE_LEADER, leading.term).await?;
+            Ok::<_, crate::labels::LabelError>(demoted)
+        };
+        match tokio::time::timeout(remaining, steps).await {
+            Ok(Ok(demoted)) => {
+                // The deadline may have passed while labelling; decide() will demote then.
+                if Moment::now() >= leading.renewed_at + self.cfg.timing.renew_deadline {
+                    return;
+                }
+                if !self.hook.run(ROLE_LEADER).await {
+                    tracing::error!(pod = %self.cfg.identity, term = leading.term, "role-change hook failed for leader; releasing");
+                    self.step_down("HookFailed").await;
+                    self.release().await;
+                    return;
+                }
+                self.in_office = true;
+                self.succeeded();
+                tracing::info!(pod = %self.cfg.identity, term = leading.term, demoted = ?demoted, role = ROLE_LEADER, "took office: labelled leader");
+            }
+            Ok(Err(e)) => self.failed("labelling the pods for the new term", &e),
+            Err(_) => self.failed("labelling the pods for the new term", &"renew deadline reached"),
+        }
+    }
+
+    /// Stop leading: fence locally first, then label standby (best effort).
+    async fn step_down(&mut self, reason: &str) {
+        let Some(leading) = self.leading.take() else { return };
+        self.in_office = false;
+        self.hook.run(ROLE_STANDBY).await;
+        tracing::warn!(pod = %self.cfg.identity, term = leading.term, reason, role = ROLE_STANDBY, "stepped down");
+        if let Err(e) = self.labels.label_self_standby(leading.term).await {
+            tracing::info!(error = %e, "could not label this pod standby (the next leader demotes it before labelling itself)");
+        }
+    }
+
+    /// Clear the holder so a standby takes over at once (CAS; skipped if not ours).
+    async fn release(&mut self) {
+        for _ in 0..2 {
+            let Some(base) = self.current.clone() else { return };
+            if lease::observe(&base, Moment::now()).holder.as_deref() != Some(self.cfg.identity.as_str()) {
+                return;
+            }
+            match self.lease.write(&lease::released(&base), self.cfg.api_timeout).await {
+                Ok(released) => {
+                    tracing::info!(pod = %self.cfg.identity, "released the Lease");
+                    self.on_lease(released);
+                    return;
+                }
+                Err(LeaseError::Conflict) => self.reread().await,
+                Err(e) => return self.failed("releasing the Lease (followers take over after expiry)", &e),
+            }
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+    }
+
+    fn failed(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        self.failures = self.failures.saturating_add(1);
+        let backoff = BACKOFF_MIN.saturating_mul(1 << self.failures.min(5)).min(BACKOFF_MAX);
+        self.retry_at = Some(Moment::now() + backoff);
+        tracing::warn!(pod = %self.cfg.identity, failures = self.failures, retry_in = ?backoff, error = %error, "{what} failed");
+    }
+}
+
+/// A watcher's retry backoff: 100 ms doubling to at most 1 s, so that after an API outage
+/// followers see the Lease again within a renew period (kube's default grows to 30 s).
+#[derive(Clone, Debug)]
+pub struct QuickBackoff(Duration);
+
+impl Default for QuickBackoff {
+    fn default() -> Self {
+        QuickBackoff(Duration::from_millis(100))
+    }
+}
+
+impl Iterator for QuickBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let current = self.0;
+        self.0 = (current * 2).min(Duration::from_secs(1));
+        Some(current)
+    }
+}
+
+impl kube::runtime::utils::Backoff for QuickBackoff {
+    fn reset(&mut self) {
+        *self = QuickBackoff::default();
+    }
+}
+
+/// Calls `on` with every version of the object `name` (a watch restricted to that name, so
+/// `resourceNames` RBAC applies), restarting with backoff after errors, until `on` returns
+/// false or `cancel`. Nobody polls: followers learn of renewals and releases from here.
+async fn watch_named<K>(api: Api<K>, name: String, mut on: impl FnMut(K) -> bool, cancel: CancellationToken)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher(api, config).backoff(QuickBackoff::default()).boxed();
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => return,
+            e = events.next() => e,
+        };
+        match event {
+            Some(Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object))) => {
+                if !on(object) {
+                    return;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::debug!(object = %name, error = %e, "watch error (restarting with backoff)"),
+            None => return,
+        }
+    }
+}
+
+/// Publishes the latest version of the Lease (older unread versions are superseded).
+async fn watch_lease(api: Api<Lease>, name: String, tx: watch::Sender<Option<Lease>>, cancel: CancellationToken) {
+    watch_named(api, name, |lease| tx.send(Some(lease)).is_ok(), cancel).await
+}
+
+/// Sets `deleting` once this pod has a deletionTimestamp.
+pub async fn watch_own_pod(api: Api<Pod>, name: String, deleting: watch::Sender<bool>, cancel: CancellationToken) {
+    let pod = name.clone();
+    let on_pod = move |p: Pod| {
+        if p.metadata.deletion_timestamp.is_some() && !*deleting.borrow() {
+            tracing::info!(pod = %pod, "pod is being deleted: handing over");
+            let _ = deleting.send(true);
+        }
+        true
+    };
+    watch_named(api, name, on_pod, cancel).await
+}

@@ -1,0 +1,161 @@
+//! A StatefulSet whose pods run the real `ldap-elector` binary through the test kubelet,
+//! with exactly the identity the webhook's reconciler creates (ServiceAccount, Role from
+//! `contract::elector_role_rules`, RoleBinding, pre-created Lease).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use ldap_elector::contract;
+use serde_json::json;
+
+use crate::kubelet::Runner;
+use crate::observer::Observer;
+use crate::{fixtures, Bed, Kubelet};
+
+/// The `ldap-elector` binary, built once per test process (debug profile, shared target).
+pub fn elector_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "ldap-elector", "--bin", "ldap-elector"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build for ldap-elector");
+        assert!(status.success(), "building ldap-elector failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        target.join("debug").join("ldap-elector")
+    })
+    .clone()
+}
+
+/// Creates the elector identity for `statefulset` as the reconciler does.
+pub async fn create_identity(client: &Client, ns: &str, statefulset: &str, replicas: u32) -> anyhow::Result<()> {
+    let name = contract::identity_name(statefulset);
+    let pp = PostParams::default();
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": name}, "automountServiceAccountToken": false}))?;
+    Api::<ServiceAccount>::namespaced(client.clone(), ns).create(&pp, &sa).await?;
+    let role = Role {
+        metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+        rules: Some(contract::elector_role_rules(statefulset, replicas)),
+    };
+    Api::<Role>::namespaced(client.clone(), ns).create(&pp, &role).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+    }))?;
+    Api::<RoleBinding>::namespaced(client.clone(), ns).create(&pp, &binding).await?;
+    let lease: Lease =
+        serde_json::from_value(json!({"metadata": {"name": contract::lease_name(statefulset)}, "spec": {}}))?;
+    Api::<Lease>::namespaced(client.clone(), ns).create(&pp, &lease).await?;
+    Ok(())
+}
+
+/// A StatefulSet (pod template as the webhook would leave it) with the elector sidecar.
+pub fn elected_statefulset(name: &str, replicas: i32, env: &[(&str, &str)]) -> anyhow::Result<StatefulSet> {
+    let mut set = fixtures::statefulset(name, replicas, json!({}))?;
+    let env: Vec<serde_json::Value> = env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
+    let patch = json!({"spec": {"template": {
+        "metadata": {"labels": {contract::LABEL_ROLE: contract::ROLE_STANDBY}},
+        "spec": {
+            "serviceAccountName": contract::identity_name(name),
+            "automountServiceAccountToken": false,
+            "initContainers": [{
+                "name": contract::SIDECAR_CONTAINER,
+                "image": "registry.invalid/ldap-elector:test",
+                "restartPolicy": "Always",
+                "env": env,
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    }}});
+    let mut value = serde_json::to_value(&set)?;
+    json_merge(&mut value, &patch);
+    set = serde_json::from_value(value)?;
+    Ok(set)
+}
+
+fn json_merge(a: &mut serde_json::Value, b: &serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                json_merge(a.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
+/// A bed, a kubelet running the elector sidecars, a namespace and an observer.
+pub struct Pair {
+    pub bed: Bed,
+    pub kubelet: Kubelet,
+    pub client: Client,
+    pub namespace: String,
+    pub statefulset: String,
+    pub observer: Observer,
+}
+
+impl Pair {
+    /// Starts `replicas` electors at once (Parallel pod management) with elector `env`.
+    pub async fn start(replicas: i32, env: &[(&str, &str)]) -> anyhow::Result<Pair> {
+        let bed = Bed::start().await?;
+        let kubelet = Kubelet::start(&bed, "bed-node").await?;
+        kubelet.add_runner(Runner {
+            container: contract::SIDECAR_CONTAINER.into(),
+            program: elector_binary(),
+            env: vec![
+                ("ELECTOR_PROBE_ADDR".into(), "off".into()),
+                ("ELECTOR_LOG_FORMAT".into(), "text".into()),
+                ("ELECTOR_LOG".into(), "info,ldap_elector=debug".into()),
+            ],
+        });
+        let client = bed.admin_client()?;
+        let namespace = "ldap".to_string();
+        let statefulset = "ldap-server".to_string();
+        fixtures::namespace(&client, &namespace, Some("restricted")).await?;
+        create_identity(&client, &namespace, &statefulset, replicas as u32).await?;
+        let observer = Observer::start(client.clone(), &namespace, &format!("app={statefulset}"));
+        Api::<StatefulSet>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &elected_statefulset(&statefulset, replicas, env)?)
+            .await?;
+        Ok(Pair { bed, kubelet, client, namespace, statefulset, observer })
+    }
+
+    pub fn pod(&self, ordinal: u32) -> String {
+        contract::pod_name(&self.statefulset, ordinal)
+    }
+
+    /// Sends a signal to the elector of `pod`.
+    pub fn signal(&self, pod: &str, signal: crate::process::Signal) -> bool {
+        self.kubelet.signal(&self.namespace, pod, contract::SIDECAR_CONTAINER, signal)
+    }
+
+    /// The elector log of `pod`.
+    pub fn log(&self, pod: &str) -> String {
+        std::fs::read_to_string(self.kubelet.log_path(&self.namespace, pod, contract::SIDECAR_CONTAINER))
+            .unwrap_or_default()
+    }
+
+    /// Scales the StatefulSet.
+    pub async fn scale(&self, replicas: i32) -> anyhow::Result<()> {
+        Api::<StatefulSet>::namespaced(self.client.clone(), &self.namespace)
+            .patch(&self.statefulset, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": replicas}})))
+            .await?;
+        Ok(())
+    }
+
+    /// Waits for a single leader, bounded.
+    pub async fn leader(&self, timeout: Duration) -> anyhow::Result<String> {
+        self.observer.wait_for_single_leader(timeout).await
+    }
+}
