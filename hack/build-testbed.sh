@@ -28,7 +28,9 @@ fi
 step "to build: ${missing[*]} -> $BIN"
 
 command -v go >/dev/null 2>&1 || fail "go toolchain" "'go' is not on PATH; install Go >= 1.25 (https://go.dev/doc/install)"
-export GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=local
+# GOTOOLCHAIN stays at its default (auto): an older local Go fetches the toolchain Kubernetes
+# asks for through the module proxy.
+export GOFLAGS=-mod=mod CGO_ENABLED=0
 step "module proxy: resolving k8s.io/kubernetes@$K8S_VERSION"
 modjson=$(timeout 120 go mod download -json "k8s.io/kubernetes@$K8S_VERSION" 2>&1) ||
   fail "module proxy" "cannot download k8s.io/kubernetes@$K8S_VERSION (GOPROXY=$(go env GOPROXY)): $modjson"

@@ -101,9 +101,15 @@ impl Observer {
 
     /// The timeline, one line per change, for failure messages.
     pub fn timeline(&self) -> String {
+        self.timeline_from(0).join("\n")
+    }
+
+    /// Timeline lines from entry `index` on (for printing a timeline as it grows).
+    pub fn timeline_from(&self, index: usize) -> Vec<String> {
         self.lock()
             .timeline
             .iter()
+            .skip(index)
             .map(|e| {
                 format!(
                     "+{:>8.3}s {} -> {:?} (leaders: {:?})",
@@ -113,8 +119,7 @@ impl Observer {
                     e.leaders
                 )
             })
-            .collect::<Vec<_>>()
-            .join("\n")
+            .collect()
     }
 
     /// Fails with the timeline if two pods were ever labelled leader at once.

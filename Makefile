@@ -1,0 +1,41 @@
+# One entry point. `make demo` and `make test` are the two set-up commands of README.md.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: demo test unit e2e lint fmt bed testbed-binaries clean-beds
+
+## demo: a local control plane, the webhook, an annotated StatefulSet, an election and a failover, live
+demo: testbed-binaries
+	$(CARGO) run --quiet -p ldap-elector-tests --bin demo
+
+## test: everything CI runs after the lint gates: unit tests and e2e tests on the real bed
+test: testbed-binaries
+	$(CARGO) test --workspace --no-fail-fast
+
+## unit: pure logic only (no control plane)
+unit:
+	$(CARGO) test -p ldap-elector -p ldap-elector-webhook -p ldap-elector-certs
+
+## e2e: end-to-end tests against the real control plane
+e2e: testbed-binaries
+	$(CARGO) test -p ldap-elector-tests --no-fail-fast
+
+## lint: the formatting and clippy gates of CI
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## bed: start a bare test bed and keep it running (Ctrl-C stops it)
+bed: testbed-binaries
+	$(CARGO) run --quiet -p ldap-elector-tests --bin testbed
+
+## testbed-binaries: build (or reuse from ~/.cache) etcd, kube-apiserver, kube-controller-manager, kubectl, helm
+testbed-binaries:
+	@bash hack/build-testbed.sh >/dev/null
+
+## clean-beds: remove test-bed directories kept with LDAP_ELECTOR_KEEP_BED=1
+clean-beds:
+	rm -rf "$${TMPDIR:-/tmp}"/ldap-elector-bed-*
