@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test unit e2e lint fmt bed testbed-binaries clean-beds
+.PHONY: demo test unit e2e lint fmt bed bench testbed-binaries clean-beds
 
 ## demo: a local control plane, the webhook, an annotated StatefulSet, an election and a failover, live
 demo: testbed-binaries
@@ -39,3 +39,7 @@ testbed-binaries:
 ## clean-beds: remove test-bed directories kept with LDAP_ELECTOR_KEEP_BED=1
 clean-beds:
 	rm -rf "$${TMPDIR:-/tmp}"/ldap-elector-bed-*
+
+## bench: failover latencies (p50/p99 over BENCH_RUNS=20), API requests/min, RSS — prints a table
+bench: testbed-binaries
+	$(CARGO) run --quiet -p ldap-elector-tests --bin bench

@@ -41,10 +41,22 @@ pub struct Bed {
     keep: bool,
 }
 
+/// Optional features of a bed.
+#[derive(Clone, Debug, Default)]
+pub struct BedOptions {
+    /// Write an audit log (`audit.log`, one JSON line per request, metadata level) so that
+    /// benchmarks can count API requests per client.
+    pub audit: bool,
+}
+
 impl Bed {
     /// Builds (or finds cached) binaries, starts the control plane and waits until the
     /// API server is ready and the controllers run.
     pub async fn start() -> anyhow::Result<Bed> {
+        Bed::start_with(BedOptions::default()).await
+    }
+
+    pub async fn start_with(options: BedOptions) -> anyhow::Result<Bed> {
         let started = std::time::Instant::now();
         let bin = binaries()?;
         let dir = fresh_dir()?;
@@ -109,6 +121,14 @@ impl Bed {
             "--profiling=false".into(),
             "--v=1".into(),
         ];
+        let mut apiserver_args = apiserver_args;
+        if options.audit {
+            let policy =
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n";
+            write_private(&dir.join("audit-policy.yaml"), policy)?;
+            apiserver_args.push(format!("--audit-policy-file={}", d("audit-policy.yaml")));
+            apiserver_args.push(format!("--audit-log-path={}", d("audit.log")));
+        }
         let apiserver = spawn_apiserver(&bin, &dir, &apiserver_args)?;
 
         let kcm_kubeconfig = dir.join("kcm.kubeconfig");

@@ -19,21 +19,36 @@ use crate::kubelet::Runner;
 use crate::observer::Observer;
 use crate::{fixtures, Bed, Kubelet};
 
-/// The `ldap-elector` binary, built once per test process (debug profile, shared target).
-pub fn elector_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "ldap-elector", "--bin", "ldap-elector"])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build for ldap-elector");
-        assert!(status.success(), "building ldap-elector failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-        target.join("debug").join("ldap-elector")
-    })
-    .clone()
+/// The `ldap-elector` binary, built once per test process in the shared target directory
+/// (the release profile for benchmarks, debug for tests).
+pub fn elector_binary(release: bool) -> PathBuf {
+    static BINS: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
+    BINS[release as usize]
+        .get_or_init(|| {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            let mut args = vec!["build", "--quiet", "-p", "ldap-elector", "--bin", "ldap-elector"];
+            if release {
+                args.push("--release");
+            }
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(&args)
+                .current_dir(&root)
+                .status()
+                .expect("running cargo build for ldap-elector");
+            assert!(status.success(), "building ldap-elector failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+            target.join(if release { "release" } else { "debug" }).join("ldap-elector")
+        })
+        .clone()
+}
+
+/// Options of a `Pair`.
+#[derive(Clone, Debug, Default)]
+pub struct PairOptions {
+    /// Audit log on the API server (for counting requests).
+    pub audit: bool,
+    /// Run the release build of the elector (for benchmarks).
+    pub release: bool,
 }
 
 /// Creates the elector identity for `statefulset` as the reconciler does.
@@ -108,11 +123,15 @@ pub struct Pair {
 impl Pair {
     /// Starts `replicas` electors at once (Parallel pod management) with elector `env`.
     pub async fn start(replicas: i32, env: &[(&str, &str)]) -> anyhow::Result<Pair> {
-        let bed = Bed::start().await?;
+        Pair::start_with(replicas, env, PairOptions::default()).await
+    }
+
+    pub async fn start_with(replicas: i32, env: &[(&str, &str)], options: PairOptions) -> anyhow::Result<Pair> {
+        let bed = Bed::start_with(crate::bed::BedOptions { audit: options.audit }).await?;
         let kubelet = Kubelet::start(&bed, "bed-node").await?;
         kubelet.add_runner(Runner {
             container: contract::SIDECAR_CONTAINER.into(),
-            program: elector_binary(),
+            program: elector_binary(options.release),
             env: vec![
                 ("ELECTOR_PROBE_ADDR".into(), "off".into()),
                 ("ELECTOR_LOG_FORMAT".into(), "text".into()),
