@@ -109,10 +109,11 @@ impl Elector {
                 self.stopping = true;
             }
             let now = Moment::now();
+            // borrow_and_update marks the values seen, so `changed()` below waits for news.
             let me = Me {
                 identity: &self.cfg.identity,
-                eligible: *healthy.borrow(),
-                stopping: self.stopping || *deleting.borrow(),
+                eligible: *healthy.borrow_and_update(),
+                stopping: self.stopping || *deleting.borrow_and_update(),
                 leading: self.leading,
             };
             let mut action = decide(self.observed.as_ref(), &me, now, &self.cfg.timing);
@@ -134,8 +135,13 @@ impl Elector {
                         tracing::info!(pod = %self.cfg.identity, "stood down; exiting");
                         return Exit::Terminated;
                     }
-                    if self.leading.is_some() && !self.in_office && self.retry_at.is_none_or(|t| now >= t) {
+                    let retry_due = self.retry_at.is_none_or(|t| now >= t);
+                    if self.leading.is_some() && !self.in_office && retry_due {
                         self.take_office().await;
+                        continue;
+                    }
+                    if self.current.is_none() && retry_due {
+                        self.reread().await; // not readable yet (absent, forbidden, API down)
                         continue;
                     }
                     let wake = until.map_or(TICK, |t| t.since(now).min(TICK));
@@ -145,8 +151,8 @@ impl Elector {
                                 self.on_lease(seen);
                             }
                         }
-                        _ = healthy.changed() => {}
-                        _ = deleting.changed() => {}
+                        Ok(()) = healthy.changed() => {}
+                        Ok(()) = deleting.changed() => {}
                         _ = terminate.cancelled(), if !self.stopping => {}
                         _ = tokio::time::sleep(wake) => {}
                     }

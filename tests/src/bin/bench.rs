@@ -144,15 +144,29 @@ async fn steady_state(pair: &Pair) -> anyhow::Result<String> {
             })
             .unwrap_or_else(|| "?".into())
     };
+    // CPU seconds (user + system) since the process started, from /proc/<pid>/stat.
+    let cpu = |pod: &str| {
+        pair.kubelet
+            .pid(&pair.namespace, pod, SIDECAR_CONTAINER)
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .and_then(|s| {
+                let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+                let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+                Some(format!("{:.2}", ticks as f64 / 100.0))
+            })
+            .unwrap_or_else(|| "?".into())
+    };
     Ok(format!(
-        "| steady state ({}s window) | API requests/min | by verb | RSS (KiB) |\n|---|---|---|---|\n\
-         | leader {leader} | {leader_rpm:.1} | {} | {} |\n| follower {follower} | {follower_rpm:.1} | {} | {} |\n\
+        "| steady state ({}s window) | API requests/min | by verb | RSS (KiB) | CPU s since start |\n|---|---|---|---|---|\n\
+         | leader {leader} | {leader_rpm:.1} | {} | {} | {} |\n| follower {follower} | {follower_rpm:.1} | {} | {} | {} |\n\
          (a watch counts once, when its response starts; the renew period is 2 s → 30 renews/min)",
         window.as_secs(),
         leader_verbs.join(", "),
         rss(&leader),
+        cpu(&leader),
         follower_verbs.join(", "),
-        rss(&follower)
+        rss(&follower),
+        cpu(&follower)
     ))
 }
 

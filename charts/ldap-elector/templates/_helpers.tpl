@@ -1,0 +1,139 @@
+{{/*
+Naming and labels. Every object of this chart carries the app.kubernetes.io/* labels
+(BSI APP.4.4.A8); the selector labels are the stable subset used by the Deployment,
+Service, PodDisruptionBudget, NetworkPolicy and spread constraints.
+*/}}
+
+{{- define "ldap-elector.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Base name of the release's objects: "<release>" if it already contains the chart name. */}}
+{{- define "ldap-elector.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the webhook's Deployment, Service, ServiceAccount and RBAC objects. */}}
+{{- define "ldap-elector.webhookName" -}}
+{{- printf "%s-webhook" (include "ldap-elector.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ldap-elector.serviceAccountName" -}}
+{{- default (include "ldap-elector.webhookName" .) .Values.serviceAccount.name }}
+{{- end }}
+
+{{/* The Secret holding the serving certificate (secret and certManager modes). */}}
+{{- define "ldap-elector.certSecretName" -}}
+{{- if eq .Values.certMode "files" }}
+{{- required "files.secretName is required when certMode=files" .Values.files.secretName }}
+{{- else }}
+{{- default (printf "%s-tls" (include "ldap-elector.webhookName" .)) .Values.certSecret.name }}
+{{- end }}
+{{- end }}
+
+{{- define "ldap-elector.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ldap-elector.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ldap-elector.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end }}
+
+{{- define "ldap-elector.labels" -}}
+helm.sh/chart: {{ include "ldap-elector.chart" . }}
+{{ include "ldap-elector.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ldap-elector
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+An image reference from {repository, tag, digest}: a digest wins (pinning, BSI SYS.1.6.A6);
+the tag defaults to the chart's appVersion; "latest" is refused.
+*/}}
+{{- define "ldap-elector.image" -}}
+{{- $img := .image }}
+{{- $repo := required (printf "%s.repository is required" .what) $img.repository }}
+{{- if $img.digest }}
+{{- if not (hasPrefix "sha256:" $img.digest) }}
+{{- fail (printf "%s.digest must look like sha256:<hex>, got %q" .what $img.digest) }}
+{{- end }}
+{{- printf "%s@%s" $repo $img.digest }}
+{{- else }}
+{{- $tag := default .appVersion $img.tag }}
+{{- if eq $tag "latest" }}
+{{- fail (printf "%s.tag must not be \"latest\": pin a version or a digest" .what) }}
+{{- end }}
+{{- printf "%s:%s" $repo $tag }}
+{{- end }}
+{{- end }}
+
+{{- define "ldap-elector.webhookImage" -}}
+{{- include "ldap-elector.image" (dict "image" .Values.image "what" "image" "appVersion" .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "ldap-elector.sidecarImage" -}}
+{{- include "ldap-elector.image" (dict "image" .Values.sidecar.image "what" "sidecar.image" "appVersion" .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+Namespaces the webhooks never see: kube-system, the release namespace (the webhook must
+never depend on itself) and any the admin adds.
+*/}}
+{{- define "ldap-elector.excludedNamespaces" -}}
+{{- $ns := list "kube-system" .Release.Namespace }}
+{{- range .Values.webhookConfiguration.excludeNamespaces }}
+{{- $ns = append $ns . }}
+{{- end }}
+{{- toYaml (uniq $ns) }}
+{{- end }}
+
+{{- define "ldap-elector.namespaceSelector" -}}
+{{- with .Values.webhookConfiguration.namespaceSelector.matchLabels }}
+matchLabels:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+matchExpressions:
+  - key: kubernetes.io/metadata.name
+    operator: NotIn
+    values:
+      {{- include "ldap-elector.excludedNamespaces" . | nindent 6 }}
+{{- with .Values.webhookConfiguration.namespaceSelector.matchExpressions }}
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Validation of values that would otherwise render a broken or unsafe install.
+*/}}
+{{- define "ldap-elector.validate" -}}
+{{- if not (has .Values.certMode (list "secret" "certManager" "files")) }}
+{{- fail (printf "certMode must be one of secret, certManager, files; got %q" .Values.certMode) }}
+{{- end }}
+{{- if not (has .Values.tlsProfile (list "bsi" "rustls-default")) }}
+{{- fail (printf "tlsProfile must be bsi or rustls-default; got %q" .Values.tlsProfile) }}
+{{- end }}
+{{- if not (has .Values.failurePolicy (list "Fail" "Ignore")) }}
+{{- fail (printf "failurePolicy must be Fail or Ignore; got %q" .Values.failurePolicy) }}
+{{- end }}
+{{- if or (lt (int .Values.timeoutSeconds) 1) (gt (int .Values.timeoutSeconds) 30) }}
+{{- fail "timeoutSeconds must be between 1 and 30 (the API server's limit)" }}
+{{- end }}
+{{- if and (eq .Values.certMode "files") (not .Values.files.caBundle) }}
+{{- fail "files.caBundle (base64 PEM of the CA that signed files.secretName) is required when certMode=files" }}
+{{- end }}
+{{- end }}

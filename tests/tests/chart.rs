@@ -1,0 +1,537 @@
+//! The Helm chart: it lints strictly, renders in every certificate mode, refuses unsafe
+//! values, is accepted by a real API server (server-side dry run) in a namespace that
+//! enforces Pod Security `restricted`, and once installed its pods are admitted there, its
+//! ServiceAccount may create exactly the per-StatefulSet RBAC it needs (no `escalate`),
+//! and an upgrade keeps the caBundle the webhook published.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
+use k8s_openapi::ByteString;
+use kube::api::{ListParams, PostParams};
+use kube::Api;
+use ldap_elector::contract;
+use ldap_elector_tests::bed::{binaries, random_hex};
+use ldap_elector_tests::{fixtures, wait_for, Bed};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(60);
+const RELEASE: &str = "ldap-elector";
+const NS: &str = "ldap-elector";
+/// Object names with the default values and release name `ldap-elector`.
+const WEBHOOK: &str = "ldap-elector-webhook";
+const WEBHOOK_CONFIG: &str = "ldap-elector";
+const TLS_SECRET: &str = "ldap-elector-webhook-tls";
+const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const KUBE_VERSION: &str = "1.35.0";
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ldap-elector")
+}
+
+/// Runs `cmd` (feeding `stdin`), failing with its stderr unless it exits 0.
+fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> anyhow::Result<Output> {
+    let out = output(cmd, stdin)?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{cmd:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+fn output(cmd: &mut Command, stdin: Option<&[u8]>) -> anyhow::Result<Output> {
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    if let Some(input) = stdin {
+        child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?.write_all(input)?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// `helm` without a cluster, with its state in a throwaway directory.
+struct OfflineHelm {
+    bin: PathBuf,
+    home: PathBuf,
+}
+
+impl OfflineHelm {
+    fn new() -> anyhow::Result<Self> {
+        let home = std::env::temp_dir().join(format!("ldap-elector-helm-{}", random_hex(6)?));
+        std::fs::create_dir_all(&home)?;
+        Ok(OfflineHelm { bin: binaries()?.join("helm"), home })
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env("KUBECONFIG", self.home.join("no-cluster"))
+            .env("HELM_CACHE_HOME", self.home.join("cache"))
+            .env("HELM_CONFIG_HOME", self.home.join("config"))
+            .env("HELM_DATA_HOME", self.home.join("data"));
+        cmd
+    }
+}
+
+impl Drop for OfflineHelm {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+/// `helm template` args for the release with extra `--set`-style args.
+fn template_args<'a>(chart: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["template", RELEASE, chart, "--namespace", NS, "--kube-version", KUBE_VERSION];
+    args.extend_from_slice(extra);
+    args
+}
+
+const CERT_MANAGER: &[&str] = &["--set", "certMode=certManager"];
+const FILES: &[&str] = &["--set", "certMode=files", "--set", "files.secretName=my-tls", "--set", "files.caBundle=Q0E="];
+
+#[test]
+fn chart_lints_strictly_and_renders_in_every_cert_mode_and_refuses_unsafe_values() -> anyhow::Result<()> {
+    let helm = OfflineHelm::new()?;
+    let chart = chart().display().to_string();
+    for (mode, extra) in [("secret", &[][..]), ("certManager", CERT_MANAGER), ("files", FILES)] {
+        let mut lint = vec!["lint", "--strict", &chart, "--namespace", NS, "--kube-version", KUBE_VERSION];
+        lint.extend_from_slice(extra);
+        run(&mut helm.cmd(&lint), None).map_err(|e| e.context(format!("helm lint --strict, certMode={mode}")))?;
+        let out = run(&mut helm.cmd(&template_args(&chart, extra)), None)?;
+        let text = String::from_utf8(out.stdout)?;
+        for kind in ["Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"] {
+            assert!(text.contains(&format!("\nkind: {kind}\n")), "certMode={mode}: no {kind} rendered");
+        }
+        assert!(text.contains("kind: MutatingWebhookConfiguration"), "certMode={mode}");
+        match mode {
+            "secret" => {
+                assert!(text.contains("--cert-mode=secret") && text.contains(&format!("--cert-secret={TLS_SECRET}")));
+                assert!(!text.contains("caBundle:"), "no caBundle without a cluster in secret mode");
+                assert!(text.contains("kind: Role\n"), "secret mode needs the Secret Role");
+            }
+            "certManager" => {
+                assert!(text.contains("kind: Certificate") && text.contains("kind: Issuer"));
+                assert!(text.contains(&format!("cert-manager.io/inject-ca-from: {NS}/{WEBHOOK}")));
+                assert!(text.contains("--cert-mode=files") && !text.contains("kind: Role\n"));
+                assert!(
+                    !text.contains("mutatingwebhookconfigurations"),
+                    "no caBundle rights when cert-manager injects"
+                );
+            }
+            _ => {
+                assert!(text.contains("secretName: my-tls") && text.contains("caBundle: Q0E="));
+                assert!(text.contains("--cert-file=/etc/ldap-elector-webhook/tls/tls.crt"));
+            }
+        }
+    }
+
+    // Values that would produce an unsafe or broken install are refused with a clear message.
+    let refused: &[(&[&str], &str)] = &[
+        (&["--set", "image.tag=latest"], "latest"),
+        (&["--set", "sidecar.image.tag=latest"], "latest"),
+        (&["--set", "failurePolicy=Maybe"], "failurePolicy"),
+        (&["--set", "timeoutSeconds=31"], "timeoutSeconds"),
+        (&["--set", "certMode=files", "--set", "files.secretName=x"], "files.caBundle"),
+        (&["--set", "tlsProfile=legacy"], "tlsProfile"),
+        (&["--set", "sidecar.image.digest=md5:abc"], "digest"),
+        (&["--set", "tokenExpirationSeconds=60"], "tokenExpirationSeconds"),
+    ];
+    for (extra, needle) in refused {
+        let out = output(&mut helm.cmd(&template_args(&chart, extra)), None)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} must be refused");
+        assert!(stderr.contains(needle), "{extra:?}: error should mention {needle}: {stderr}");
+    }
+
+    // An old cluster is refused by kubeVersion (native sidecars are GA only since 1.33).
+    let mut old = template_args(&chart, &[]);
+    old[6] = "1.32.0";
+    let out = output(&mut helm.cmd(&old), None)?;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("kubeVersion"));
+    Ok(())
+}
+
+/// Every Pod Security `restricted` rule (and our stricter defaults) a pod spec breaks.
+fn restricted_violations(spec: &Value) -> Vec<String> {
+    let mut v = Vec::new();
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        if spec[host] == json!(true) {
+            v.push(format!("{host}=true"));
+        }
+    }
+    let pod_sc = &spec["securityContext"];
+    const VOLUMES: [&str; 8] =
+        ["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"];
+    for vol in spec["volumes"].as_array().into_iter().flatten() {
+        let kinds: Vec<&String> = vol.as_object().into_iter().flat_map(|o| o.keys()).filter(|k| *k != "name").collect();
+        if kinds.iter().any(|k| !VOLUMES.contains(&k.as_str())) {
+            v.push(format!("volume {} has type {kinds:?}", vol["name"]));
+        }
+    }
+    let containers = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().into_iter().flatten())
+        .collect::<Vec<_>>();
+    if containers.is_empty() {
+        v.push("no containers".into());
+    }
+    for c in containers {
+        let name = c["name"].as_str().unwrap_or("?");
+        let sc = &c["securityContext"];
+        let either = |key: &str| if sc[key].is_null() { pod_sc[key].clone() } else { sc[key].clone() };
+        if sc["privileged"] == json!(true) {
+            v.push(format!("{name}: privileged"));
+        }
+        if sc["allowPrivilegeEscalation"] != json!(false) {
+            v.push(format!("{name}: allowPrivilegeEscalation is not false"));
+        }
+        if either("runAsNonRoot") != json!(true) {
+            v.push(format!("{name}: runAsNonRoot is not true"));
+        }
+        if either("runAsUser") == json!(0) {
+            v.push(format!("{name}: runAsUser 0"));
+        }
+        let seccomp = either("seccompProfile")["type"].clone();
+        if seccomp != json!("RuntimeDefault") && seccomp != json!("Localhost") {
+            v.push(format!("{name}: seccompProfile {seccomp}"));
+        }
+        if !sc["capabilities"]["drop"].as_array().is_some_and(|d| d.contains(&json!("ALL"))) {
+            v.push(format!("{name}: capabilities do not drop ALL"));
+        }
+        if sc["capabilities"]["add"].as_array().is_some_and(|a| a.iter().any(|c| c != "NET_BIND_SERVICE")) {
+            v.push(format!("{name}: adds capabilities"));
+        }
+        if c["ports"].as_array().is_some_and(|p| p.iter().any(|p| !p["hostPort"].is_null())) {
+            v.push(format!("{name}: hostPort"));
+        }
+        // Not part of `restricted`, but our defaults (BSI SYS.1.6.A15/A23, APP.4.4.A11).
+        if sc["readOnlyRootFilesystem"] != json!(true) {
+            v.push(format!("{name}: root filesystem is writable"));
+        }
+        for (kind, resources) in [
+            ("requests", &["cpu", "memory", "ephemeral-storage"][..]),
+            ("limits", &["memory", "ephemeral-storage"][..]),
+        ] {
+            for r in resources {
+                if c["resources"][kind][r].is_null() {
+                    v.push(format!("{name}: no {kind}.{r}"));
+                }
+            }
+        }
+        for probe in ["livenessProbe", "readinessProbe"] {
+            if c[probe].is_null() {
+                v.push(format!("{name}: no {probe}"));
+            }
+        }
+    }
+    v
+}
+
+fn forbidden<T>(result: Result<T, kube::Error>, what: &str) {
+    match result {
+        Err(kube::Error::Api(e)) if e.code == 403 => {}
+        other => panic!("{what}: expected 403 Forbidden, got {:?}", other.map(|_| ())),
+    }
+}
+
+fn items_of_kind<'a>(items: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    items.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn one<'a>(items: &'a [Value], kind: &str) -> &'a Value {
+    let found = items_of_kind(items, kind);
+    assert_eq!(found.len(), 1, "expected one {kind}, got {}", found.len());
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_chart_passes_server_dry_run_in_a_namespace_enforcing_restricted() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let client = bed.admin_client()?;
+    fixtures::namespace(&client, NS, Some("restricted")).await?;
+    // Deployments are only warned about (enforcement is on pods): warn too, and fail on a warning.
+    run(bed.kubectl().args(["label", "namespace", NS, "pod-security.kubernetes.io/warn=restricted"]), None)?;
+
+    let chart = chart().display().to_string();
+    let rendered = run(bed.helm().args(template_args(&chart, &[])), None)?.stdout;
+    let applied = run(bed.kubectl().args(["apply", "--dry-run=server", "-o", "json", "-f", "-"]), Some(&rendered))?;
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    assert!(!stderr.contains("PodSecurity"), "Pod Security warnings: {stderr}");
+    let list: Value = serde_json::from_slice(&applied.stdout)?;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let kinds: Vec<&str> = items.iter().filter_map(|o| o["kind"].as_str()).collect();
+    for kind in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "MutatingWebhookConfiguration",
+    ] {
+        assert!(kinds.contains(&kind), "server dry run lacks {kind}: {kinds:?}");
+    }
+
+    // app.kubernetes.io/* labels on every object (BSI APP.4.4.A8).
+    for o in &items {
+        let labels = &o["metadata"]["labels"];
+        for key in ["name", "instance", "version", "managed-by", "component", "part-of"] {
+            assert!(
+                labels[format!("app.kubernetes.io/{key}")].is_string(),
+                "{} lacks app.kubernetes.io/{key}",
+                o["kind"]
+            );
+        }
+        if o["metadata"]["namespace"].is_string() {
+            assert_eq!(o["metadata"]["namespace"], NS, "{} outside the release namespace", o["kind"]);
+        }
+    }
+
+    // The Deployment: 2 replicas, restricted pods, explicit projected token only.
+    let deploy = one(&items, "Deployment");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let spec = &deploy["spec"]["template"]["spec"];
+    let violations = restricted_violations(spec);
+    assert!(violations.is_empty(), "restricted violations: {violations:#?}");
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert_eq!(spec["securityContext"]["runAsUser"], 65532);
+    assert_eq!(spec["serviceAccountName"], WEBHOOK);
+    let container = &spec["containers"][0];
+    let token_volume = spec["volumes"]
+        .as_array()
+        .and_then(|vols| vols.iter().find(|v| v["projected"]["sources"][0]["serviceAccountToken"].is_object()))
+        .expect("a projected token volume");
+    assert_eq!(token_volume["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"], 3600);
+    let mount = container["volumeMounts"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == token_volume["name"]))
+        .expect("the token volume is mounted");
+    assert_eq!(mount["mountPath"], TOKEN_MOUNT);
+    assert_eq!(mount["readOnly"], true);
+    let args: Vec<&str> = container["args"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    for expected in [
+        "--listen=0.0.0.0:8443",
+        "--health-listen=0.0.0.0:8080",
+        "--tls-profile=bsi",
+        "--cert-mode=secret",
+        "--service-name=ldap-elector-webhook",
+        "--webhook-config=ldap-elector",
+        "--sidecar-image=ghcr.io/ldap-elector/ldap-elector:0.1.0",
+    ] {
+        assert!(args.contains(&expected), "{expected} missing from {args:?}");
+    }
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], "health", "{probe}");
+    }
+    let ports = container["ports"].as_array().cloned().unwrap_or_default();
+    assert!(ports.iter().any(|p| p["name"] == "https" && p["containerPort"] == 8443));
+
+    // The Service exposes only 443 -> https (8443); PDB keeps one replica.
+    let service = one(&items, "Service");
+    assert_eq!(
+        service["spec"]["ports"],
+        json!([{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}])
+    );
+    assert_eq!(one(&items, "PodDisruptionBudget")["spec"]["minAvailable"], 1);
+
+    // NetworkPolicy: in only to 8443, out only to the API server ports.
+    let np = &one(&items, "NetworkPolicy")["spec"];
+    assert_eq!(np["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(np["ingress"], json!([{"ports": [{"port": 8443, "protocol": "TCP"}]}]));
+    assert_eq!(np["egress"], json!([{"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}]));
+
+    // RBAC: enumerated, no wildcards; cluster-scoped write on the webhook config by name only;
+    // Secrets only in the release namespace.
+    for role in items_of_kind(&items, "ClusterRole").into_iter().chain(items_of_kind(&items, "Role")) {
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            for key in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                assert!(!rule[key].as_array().into_iter().flatten().any(|x| x == "*"), "wildcard in {rule}");
+            }
+            let verbs = rule["verbs"].as_array().cloned().unwrap_or_default();
+            assert!(!verbs.iter().any(|v| v == "escalate" || v == "bind" || v == "impersonate"), "{rule}");
+            if rule["resources"].as_array().is_some_and(|r| r.iter().any(|r| r == "mutatingwebhookconfigurations")) {
+                assert_eq!(rule["resourceNames"], json!([WEBHOOK_CONFIG]));
+            }
+            if role["kind"] == "ClusterRole" {
+                assert!(!rule["resources"].as_array().into_iter().flatten().any(|r| r == "secrets"), "{rule}");
+            }
+        }
+    }
+
+    // Exactly the rules the webhook's code needs (`cluster_role_rules`, `namespace_role_rules`).
+    let rules = |kind: &str| -> Vec<Value> {
+        one(&items, kind)["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let mut r = r.clone();
+                if let Some(o) = r.as_object_mut() {
+                    o.retain(|k, _| ["apiGroups", "resources", "resourceNames", "verbs"].contains(&k.as_str()));
+                }
+                r
+            })
+            .collect()
+    };
+    let expected = |rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>| -> Vec<Value> {
+        rules.iter().map(|r| serde_json::to_value(r).expect("rule serialises")).collect()
+    };
+    assert_eq!(rules("ClusterRole"), expected(ldap_elector_webhook::reconcile::cluster_role_rules(WEBHOOK_CONFIG)));
+    assert_eq!(rules("Role"), expected(ldap_elector_webhook::reconcile::namespace_role_rules(TLS_SECRET)));
+
+    // The webhook configuration.
+    let mwc = one(&items, "MutatingWebhookConfiguration");
+    assert_eq!(mwc["metadata"]["name"], WEBHOOK_CONFIG);
+    let hooks = mwc["webhooks"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = hooks.iter().filter_map(|h| h["name"].as_str()).collect();
+    assert_eq!(names, ["pods.ldap-elector.dev", "services.ldap-elector.dev"]);
+    let pods = &hooks[0];
+    assert_eq!(pods["failurePolicy"], "Fail");
+    assert_eq!(pods["timeoutSeconds"], 5);
+    assert_eq!(pods["sideEffects"], "None");
+    assert_eq!(pods["reinvocationPolicy"], "Never");
+    assert_eq!(pods["admissionReviewVersions"], json!(["v1"]));
+    assert_eq!(pods["rules"][0]["operations"], json!(["CREATE"]));
+    assert_eq!(pods["rules"][0]["resources"], json!(["pods"]));
+    assert_eq!(
+        pods["clientConfig"]["service"],
+        json!({"name": WEBHOOK, "namespace": NS, "path": "/mutate", "port": 443})
+    );
+    assert!(pods["clientConfig"]["caBundle"].is_null(), "the webhook publishes caBundle itself");
+    assert_eq!(
+        pods["namespaceSelector"]["matchExpressions"],
+        json!([{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", NS]}])
+    );
+    assert_eq!(
+        pods["matchConditions"][0]["expression"],
+        "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, r.kind == 'StatefulSet')"
+    );
+    let services = &hooks[1];
+    assert_eq!(services["failurePolicy"], "Ignore");
+    assert_eq!(services["rules"][0]["operations"], json!(["CREATE", "UPDATE"]));
+    assert_eq!(services["rules"][0]["resources"], json!(["services"]));
+    assert_eq!(services["namespaceSelector"], pods["namespaceSelector"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_chart_runs_restricted_grants_elector_rbac_without_escalate_and_keeps_ca_bundle_on_upgrade(
+) -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let client = bed.admin_client()?;
+    fixtures::namespace(&client, NS, Some("restricted")).await?;
+    let chart = chart().display().to_string();
+    // Against the real server: the kubeVersion constraint is checked against its /version.
+    let installed = run(bed.helm().args(["install", RELEASE, &chart, "--namespace", NS]), None)?;
+    let notes = String::from_utf8_lossy(&installed.stdout);
+    assert!(notes.contains("ldap-elector.dev/inject=true"), "NOTES tell how to opt in: {notes}");
+
+    // The ReplicaSet controller creates the pods; Pod Security `restricted` admits them.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), NS);
+    let selector = format!("app.kubernetes.io/instance={RELEASE}");
+    let admitted = wait_for("2 webhook pods admitted in the restricted namespace", T, || async {
+        let list = pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| e.to_string())?;
+        if list.items.len() == 2 {
+            return Ok(list.items);
+        }
+        let rs = sets.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let conditions: Vec<_> = rs.items.iter().filter_map(|r| r.status.as_ref()?.conditions.clone()).collect();
+        Err(format!("{} pods; ReplicaSet conditions: {conditions:?}", list.items.len()))
+    })
+    .await?;
+    for pod in &admitted {
+        let spec = serde_json::to_value(pod.spec.as_ref().expect("spec"))?;
+        let violations = restricted_violations(&spec);
+        assert!(violations.is_empty(), "admitted pod: {violations:#?}");
+        // No implicit token volume came back (ServiceAccount admission plugin).
+        let volumes: Vec<&str> =
+            spec["volumes"].as_array().into_iter().flatten().filter_map(|v| v["name"].as_str()).collect();
+        assert!(!volumes.iter().any(|v| v.starts_with("kube-api-access-")), "default token volume: {volumes:?}");
+        let mounts = &spec["containers"][0]["volumeMounts"];
+        let token_mounts: Vec<&Value> =
+            mounts.as_array().into_iter().flatten().filter(|m| m["mountPath"] == TOKEN_MOUNT).collect();
+        assert_eq!(token_mounts.len(), 1, "{mounts}");
+        assert_eq!(token_mounts[0]["name"], "api-token");
+    }
+
+    // The webhook's identity may create the elector's per-StatefulSet RBAC and Lease in a
+    // tenant namespace without `escalate`/`bind`, because it holds those rights itself.
+    fixtures::namespace(&client, "tenant", None).await?;
+    let webhook = bed.service_account_client(NS, WEBHOOK).await?;
+    let sa_name = contract::identity_name("ldap");
+    let pp = PostParams::default();
+    Api::<ServiceAccount>::namespaced(webhook.clone(), "tenant")
+        .create(&pp, &serde_json::from_value(json!({"metadata": {"name": sa_name}}))?)
+        .await?;
+    let role = Role {
+        metadata: serde_json::from_value(json!({"name": sa_name}))?,
+        rules: Some(contract::elector_role_rules("ldap", 2)),
+    };
+    Api::<Role>::namespaced(webhook.clone(), "tenant").create(&pp, &role).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": sa_name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa_name},
+        "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": "tenant"}],
+    }))?;
+    Api::<RoleBinding>::namespaced(webhook.clone(), "tenant").create(&pp, &binding).await?;
+    let lease: Lease = serde_json::from_value(json!({"metadata": {"name": contract::lease_name("ldap")}, "spec": {}}))?;
+    Api::<Lease>::namespaced(webhook.clone(), "tenant").create(&pp, &lease).await?;
+
+    // ... and nothing beyond: no Secrets outside its own, no other webhook config, no ClusterRoles.
+    forbidden(
+        Api::<Secret>::namespaced(webhook.clone(), "tenant").list(&ListParams::default()).await,
+        "list tenant Secrets",
+    );
+    forbidden(Api::<Secret>::namespaced(webhook.clone(), NS).get("other").await, "get another Secret");
+    forbidden(
+        Api::<MutatingWebhookConfiguration>::all(webhook.clone()).get("someone-elses").await,
+        "get another webhook configuration",
+    );
+    forbidden(
+        Api::<ClusterRole>::all(webhook.clone())
+            .create(&pp, &serde_json::from_value(json!({"metadata": {"name": "x"}}))?)
+            .await,
+        "create a ClusterRole",
+    );
+    // Its own TLS Secret: allowed (not found yet, as no webhook ran), its configuration readable.
+    match Api::<Secret>::namespaced(webhook.clone(), NS).get(TLS_SECRET).await {
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        other => panic!("own TLS Secret: expected 404, got {:?}", other.map(|_| ())),
+    }
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(webhook.clone());
+    let mut config = configs.get(WEBHOOK_CONFIG).await?;
+
+    // The webhook publishes its caBundle (as certs::publish_ca_bundle does) ...
+    let ca = ByteString(bed.ca_pem.clone().into_bytes());
+    for hook in config.webhooks.iter_mut().flatten() {
+        hook.client_config.ca_bundle = Some(ca.clone());
+    }
+    configs.replace(WEBHOOK_CONFIG, &pp, &config).await?;
+
+    // ... and a Helm upgrade that changes the configuration keeps it, via `lookup`.
+    run(bed.helm().args(["upgrade", RELEASE, &chart, "--namespace", NS, "--set", "timeoutSeconds=4"]), None)?;
+    let after = Api::<MutatingWebhookConfiguration>::all(client.clone()).get(WEBHOOK_CONFIG).await?;
+    for hook in after.webhooks.iter().flatten() {
+        assert_eq!(hook.timeout_seconds, Some(4), "{}: upgrade applied", hook.name);
+        assert_eq!(hook.client_config.ca_bundle.as_ref(), Some(&ca), "{}: caBundle kept", hook.name);
+    }
+    let manifest = run(bed.helm().args(["get", "manifest", RELEASE, "--namespace", NS]), None)?;
+    assert!(String::from_utf8_lossy(&manifest.stdout).contains("caBundle: "), "rendered from the live object");
+    Ok(())
+}

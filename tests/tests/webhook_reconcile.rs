@@ -1,0 +1,556 @@
+//! The webhook against the real bed: the reconciler creates the per-StatefulSet RBAC,
+//! Lease and leader selector (and takes them away again), and the admission server
+//! injects opted-in pods that still pass Pod Security `restricted`. Both run in-process
+//! as a ServiceAccount holding exactly the ClusterRole documented in `reconcile.rs`, so a
+//! missing rule (or an RBAC escalation refusal) fails here.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use clap::Parser;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use ldap_elector::contract;
+use ldap_elector_tests::bed::free_port;
+use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
+use ldap_elector_webhook::args::Args;
+use ldap_elector_webhook::reconcile::{cluster_role_rules, run_reconciler};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(90);
+const WEBHOOK_NS: &str = "ldap-elector-system";
+const WEBHOOK_SA: &str = "ldap-elector-webhook";
+const WEBHOOK_CONFIG: &str = "ldap-elector";
+
+/// The webhook's log lines, shown for failed tests (`RUST_LOG` overrides the filter).
+fn logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "warn,kube_client=off,ldap_elector_webhook=info,ldap_elector_webhook::admission=error".into()
+    });
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// Namespace, ServiceAccount and ClusterRole(Binding) of the webhook, exactly as
+/// documented; returns a client acting as that ServiceAccount.
+async fn webhook_identity(bed: &Bed) -> anyhow::Result<Client> {
+    let admin = bed.admin_client()?;
+    fixtures::namespace(&admin, WEBHOOK_NS, None).await?;
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": WEBHOOK_SA}}))?;
+    Api::<ServiceAccount>::namespaced(admin.clone(), WEBHOOK_NS).create(&PostParams::default(), &sa).await?;
+    let role = ClusterRole {
+        metadata: ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
+        rules: Some(cluster_role_rules(WEBHOOK_CONFIG)),
+        ..Default::default()
+    };
+    Api::<ClusterRole>::all(admin.clone()).create(&PostParams::default(), &role).await?;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_SA},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": WEBHOOK_SA},
+        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
+    }))?;
+    Api::<ClusterRoleBinding>::all(admin).create(&PostParams::default(), &binding).await?;
+    bed.service_account_client(WEBHOOK_NS, WEBHOOK_SA).await
+}
+
+fn owned_by(meta: &ObjectMeta, sts: &StatefulSet) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "StatefulSet" && Some(&o.uid) == sts.metadata.uid.as_ref() && o.controller == Some(true))
+}
+
+fn labelled_for(meta: &ObjectMeta, sts: &str) -> bool {
+    let labels = meta.labels.clone().unwrap_or_default();
+    labels.get(contract::LABEL_MANAGED_BY).map(String::as_str) == Some(contract::MANAGED_BY)
+        && labels.get(contract::LABEL_STATEFULSET).map(String::as_str) == Some(sts)
+}
+
+/// `namespace/name` of kind `K` exists, is owned by `sts` and carries our labels.
+async fn generated<K>(client: &Client, ns: &str, name: &str, sts: &StatefulSet) -> Result<K, String>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let object = api.get_opt(name).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{name} absent"))?;
+    let sts_name = sts.name_any();
+    if owned_by(object.meta(), sts) && labelled_for(object.meta(), &sts_name) {
+        Ok(object)
+    } else {
+        Err(format!("{name} lacks owner reference or labels: {:?}", object.meta()))
+    }
+}
+
+async fn absent<K>(client: &Client, ns: &str, name: &str) -> Result<(), String>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(name).await.map_err(|e| e.to_string())? {
+        None => Ok(()),
+        Some(_) => Err(format!("{} {name} still exists", K::kind(&()))),
+    }
+}
+
+async fn selector(services: &Api<Service>, name: &str) -> Result<BTreeMap<String, String>, String> {
+    let svc = services.get(name).await.map_err(|e| e.to_string())?;
+    Ok(svc.spec.and_then(|s| s.selector).unwrap_or_default())
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciler_creates_identity_role_lease_and_selector_follows_scale_and_undoes_all_on_opt_out(
+) -> anyhow::Result<()> {
+    logs();
+    let bed = Bed::start().await?;
+    let admin = bed.admin_client()?;
+    let webhook = webhook_identity(&bed).await?;
+    let ns = "reconcile";
+    fixtures::namespace(&admin, ns, None).await?;
+    let services: Api<Service> = Api::namespaced(admin.clone(), ns);
+    services.create(&PostParams::default(), &fixtures::service("ldap-primary", json!({"app": "ldap"}))?).await?;
+    let sets: Api<StatefulSet> = Api::namespaced(admin.clone(), ns);
+    let annotations = json!({contract::ANNOTATION_INJECT: "true", contract::ANNOTATION_LEADER_SERVICE: "ldap-primary"});
+    let sts = sets.create(&PostParams::default(), &fixtures::statefulset("ldap", 2, annotations)?).await?;
+    // A bystander: never touched.
+    sets.create(&PostParams::default(), &fixtures::statefulset("other", 1, json!({}))?).await?;
+
+    let shutdown = CancellationToken::new();
+    let reconciler = tokio::spawn(run_reconciler(webhook, shutdown.clone()));
+    let identity = contract::identity_name("ldap");
+    let lease_name = contract::lease_name("ldap");
+
+    let (role, binding) =
+        wait_for("ServiceAccount, Role, RoleBinding and Lease owned by the StatefulSet", T, || async {
+            let sa: ServiceAccount = generated(&admin, ns, &identity, &sts).await?;
+            let role: Role = generated(&admin, ns, &identity, &sts).await?;
+            let binding: RoleBinding = generated(&admin, ns, &identity, &sts).await?;
+            let _: Lease = generated(&admin, ns, &lease_name, &sts).await?;
+            if sa.automount_service_account_token != Some(false) {
+                return Err("ServiceAccount automounts its token".to_string());
+            }
+            Ok((role, binding))
+        })
+        .await?;
+    assert_eq!(role.rules, Some(contract::elector_role_rules("ldap", 2)));
+    assert_eq!((binding.role_ref.kind.as_str(), binding.role_ref.name.as_str()), ("Role", identity.as_str()));
+    let subjects = binding.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!((subjects[0].kind.as_str(), subjects[0].name.as_str()), ("ServiceAccount", identity.as_str()));
+    assert_eq!(subjects[0].namespace.as_deref(), Some(ns));
+
+    wait_for("the leader Service selects role=leader and keeps its own key", T, || async {
+        let seen = selector(&services, "ldap-primary").await?;
+        let want = map(&[("app", "ldap"), (contract::LABEL_ROLE, contract::ROLE_LEADER)]);
+        if seen == want {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await?;
+
+    // An elector takes the Lease; someone strips our label from it. The next reconcile
+    // re-applies the metadata and must leave the electors' spec alone.
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), ns);
+    let mut lease = leases.get(&lease_name).await?;
+    lease.spec.get_or_insert_with(Default::default).holder_identity = Some("ldap-0".into());
+    lease.spec.get_or_insert_with(Default::default).lease_transitions = Some(4);
+    lease.metadata.labels.get_or_insert_with(BTreeMap::new).remove(contract::LABEL_STATEFULSET);
+    leases.replace(&lease_name, &PostParams::default(), &lease).await?;
+
+    sets.patch("ldap", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}}))).await?;
+    let want3 = contract::elector_role_rules("ldap", 3);
+    wait_for("Role lists 3 pods after scaling to 3", T, || async {
+        let role: Role = generated(&admin, ns, &identity, &sts).await?;
+        if role.rules.as_ref() == Some(&want3) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", role.rules))
+        }
+    })
+    .await?;
+    let lease: Lease =
+        wait_for("Lease labels restored", T, || generated::<Lease>(&admin, ns, &lease_name, &sts)).await?;
+    let spec = lease.spec.unwrap_or_default();
+    assert_eq!(spec.holder_identity.as_deref(), Some("ldap-0"), "reconciler overwrote the Lease spec");
+    assert_eq!(spec.lease_transitions, Some(4), "reconciler overwrote the Lease spec");
+
+    let opt_out = json!({"metadata": {"annotations": {contract::ANNOTATION_INJECT: null, contract::ANNOTATION_LEADER_SERVICE: null}}});
+    sets.patch("ldap", &PatchParams::default(), &Patch::Merge(opt_out)).await?;
+    wait_for("generated objects deleted and selector restored after opt-out", T, || async {
+        absent::<ServiceAccount>(&admin, ns, &identity).await?;
+        absent::<Role>(&admin, ns, &identity).await?;
+        absent::<RoleBinding>(&admin, ns, &identity).await?;
+        absent::<Lease>(&admin, ns, &lease_name).await?;
+        let svc = services.get("ldap-primary").await.map_err(|e| e.to_string())?;
+        let seen = svc.spec.clone().and_then(|s| s.selector).unwrap_or_default();
+        if seen != map(&[("app", "ldap")]) {
+            return Err(format!("selector {seen:?}"));
+        }
+        if svc.labels().contains_key(contract::LABEL_STATEFULSET) {
+            return Err(format!("Service still marked: {:?}", svc.labels()));
+        }
+        Ok(())
+    })
+    .await?;
+
+    let other = contract::identity_name("other");
+    absent::<Role>(&admin, ns, &other).await.map_err(anyhow::Error::msg)?;
+    absent::<Lease>(&admin, ns, &contract::lease_name("other")).await.map_err(anyhow::Error::msg)?;
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), reconciler).await.context("reconciler stops on shutdown")??;
+    Ok(())
+}
+
+/// A serving certificate for `127.0.0.1` and its CA, written to files.
+fn serving_files(bed: &Bed) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf, String)> {
+    let validity = Duration::from_secs(24 * 3600);
+    let ca = ldap_elector_certs::generate_ca("webhook-e2e-ca", validity)?;
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let serving = ldap_elector_certs::issue_serving(&ca, &[], &[loopback], validity)?;
+    let dir = bed.dir.join("webhook");
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, &serving.cert_pem)?;
+    std::fs::write(&key, &serving.key_pem)?;
+    Ok((cert, key, ca.cert_pem()))
+}
+
+/// `GET path` on a plain-HTTP port; the status code.
+async fn http_status(port: u16, path: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+    response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or(response)
+}
+
+fn injection_problems(pod: &Pod, sts: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let inits = spec.init_containers.clone().unwrap_or_default();
+    match inits.first() {
+        Some(c) if c.name == contract::SIDECAR_CONTAINER && c.restart_policy.as_deref() == Some("Always") => {}
+        other => problems.push(format!("first init container is not the native sidecar: {:?}", other.map(|c| &c.name))),
+    }
+    if spec.automount_service_account_token != Some(false) {
+        problems.push("automountServiceAccountToken is not false".into());
+    }
+    if spec.service_account_name.as_deref() != Some(contract::identity_name(sts).as_str()) {
+        problems.push(format!("serviceAccountName {:?}", spec.service_account_name));
+    }
+    for c in spec.containers.iter().chain(inits.iter().filter(|c| c.name != contract::SIDECAR_CONTAINER)) {
+        let mounts = c.volume_mounts.clone().unwrap_or_default();
+        if let Some(m) = mounts
+            .iter()
+            .find(|m| m.mount_path.starts_with(contract::TOKEN_MOUNT_PATH) || m.name.starts_with("kube-api-access-"))
+        {
+            problems.push(format!("container {} mounts a token: {m:?}", c.name));
+        }
+    }
+    if spec.volumes.iter().flatten().any(|v| v.name.starts_with("kube-api-access-")) {
+        problems.push("default token volume still present".into());
+    }
+    if pod.labels().get(contract::LABEL_ROLE).map(String::as_str) != Some(contract::ROLE_STANDBY) {
+        problems.push(format!("role label {:?}", pod.labels().get(contract::LABEL_ROLE)));
+    }
+    if pod.annotations().get(contract::ANNOTATION_STATUS).map(String::as_str) != Some(contract::STATUS_INJECTED) {
+        problems.push("no injection marker".into());
+    }
+    problems
+}
+
+fn is_running(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_injects_opted_in_pods_under_restricted_pod_security_and_leaves_others_alone() -> anyhow::Result<()> {
+    logs();
+    let bed = Bed::start().await?;
+    let _kubelet = Kubelet::start(&bed, "bed-node").await?;
+    let admin = bed.admin_client()?;
+    let webhook = webhook_identity(&bed).await?;
+
+    let (cert, key, ca_pem) = serving_files(&bed)?;
+    let (port, health_port) = (free_port()?, free_port()?);
+    let settings = Args::try_parse_from([
+        "ldap-elector-webhook".to_string(),
+        format!("--listen=127.0.0.1:{port}"),
+        format!("--health-listen=127.0.0.1:{health_port}"),
+        "--cert-mode=files".into(),
+        format!("--cert-file={}", cert.display()),
+        format!("--key-file={}", key.display()),
+        "--sidecar-image=registry.invalid/ldap-elector:e2e".into(),
+    ])?
+    .into_settings()
+    .map_err(anyhow::Error::msg)?;
+    let shutdown = CancellationToken::new();
+    let app = tokio::spawn(ldap_elector_webhook::app::run(settings, webhook, shutdown.clone(), Duration::ZERO));
+    wait_for("webhook /readyz", T, || async {
+        match http_status(health_port, "/readyz").await? {
+            200 => Ok(()),
+            status => Err(format!("status {status}")),
+        }
+    })
+    .await?;
+
+    let ns = "inject";
+    fixtures::namespace(&admin, ns, Some("restricted")).await?;
+    let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": [{
+            "name": "inject.ldap-elector.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "IfNeeded",
+            "timeoutSeconds": 5,
+            "clientConfig": {
+                "url": format!("https://127.0.0.1:{port}/mutate"),
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(&ca_pem),
+            },
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+        }],
+    }))?;
+    Api::<MutatingWebhookConfiguration>::all(admin.clone()).create(&PostParams::default(), &mwc).await?;
+
+    let services: Api<Service> = Api::namespaced(admin.clone(), ns);
+    services.create(&PostParams::default(), &fixtures::service("ldap-primary", json!({"app": "ldap"}))?).await?;
+    let sets: Api<StatefulSet> = Api::namespaced(admin.clone(), ns);
+    let annotations = json!({contract::ANNOTATION_INJECT: "true", contract::ANNOTATION_LEADER_SERVICE: "ldap-primary"});
+    let ldap = sets.create(&PostParams::default(), &fixtures::statefulset("ldap", 2, annotations)?).await?;
+    sets.create(&PostParams::default(), &fixtures::statefulset("plain", 1, json!({}))?).await?;
+
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    wait_for("both ldap pods admitted injected and Running", T, || async {
+        let mut problems = Vec::new();
+        for name in ["ldap-0", "ldap-1"] {
+            match pods.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => problems.push(format!("{name}: not created (yet)")),
+                Some(pod) => {
+                    problems.extend(injection_problems(&pod, "ldap").into_iter().map(|p| format!("{name}: {p}")));
+                    if !is_running(&pod) {
+                        problems.push(format!("{name}: not Running"));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    })
+    .await?;
+
+    let plain = wait_for("the un-annotated pod is admitted", T, || async {
+        pods.get_opt("plain-0").await.map_err(|e| e.to_string())?.ok_or_else(|| "not created (yet)".to_string())
+    })
+    .await?;
+    let spec = plain.spec.clone().unwrap_or_default();
+    assert!(spec.init_containers.unwrap_or_default().is_empty(), "plain-0 got an init container");
+    assert_eq!(spec.service_account_name.as_deref(), Some("default"));
+    assert_ne!(spec.automount_service_account_token, Some(false));
+    assert!(spec.volumes.iter().flatten().any(|v| v.name.starts_with("kube-api-access-")), "plain-0 lost its token");
+    assert!(!plain.labels().contains_key(contract::LABEL_ROLE));
+    assert!(!plain.annotations().contains_key(contract::ANNOTATION_STATUS));
+
+    wait_for("the leader Service selects role=leader", T, || async {
+        let seen = selector(&services, "ldap-primary").await?;
+        if seen.get(contract::LABEL_ROLE).map(String::as_str) == Some(contract::ROLE_LEADER) {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await?;
+
+    // Opting out, then restarting the pods: the new pods come back plain, and once no pod
+    // runs an elector any more the reconciler removes the RBAC and restores the selector.
+    let opt_out = json!({"metadata": {"annotations": {contract::ANNOTATION_INJECT: null}}});
+    sets.patch("ldap", &PatchParams::default(), &Patch::Merge(opt_out)).await?;
+    // While injected pods run, the opt-out waits: the leader must keep the rights to
+    // remove its own label, and the write Service must keep selecting only the leader.
+    let events: Api<Event> = Api::namespaced(admin.clone(), ns);
+    wait_for("an OptOutPending Event on the StatefulSet", T, || async {
+        let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let pending = list.items.iter().any(|e| {
+            e.reason.as_deref() == Some("OptOutPending")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("ldap")
+        });
+        if pending {
+            Ok(())
+        } else {
+            Err(format!("events: {:?}", list.items.iter().map(|e| e.reason.clone()).collect::<Vec<_>>()))
+        }
+    })
+    .await?;
+    let _: Role = generated(&admin, ns, &contract::identity_name("ldap"), &ldap).await.map_err(anyhow::Error::msg)?;
+    let _: Lease = generated(&admin, ns, &contract::lease_name("ldap"), &ldap).await.map_err(anyhow::Error::msg)?;
+    let seen = selector(&services, "ldap-primary").await.map_err(anyhow::Error::msg)?;
+    assert_eq!(seen.get(contract::LABEL_ROLE).map(String::as_str), Some(contract::ROLE_LEADER));
+
+    let old: Vec<String> =
+        pods.list(&ListParams::default().labels("app=ldap")).await?.items.iter().filter_map(|p| p.uid()).collect();
+    pods.delete_collection(&DeleteParams::default(), &ListParams::default().labels("app=ldap")).await?;
+    wait_for("restarted pods are not injected and the opt-out is complete", T, || async {
+        let list = pods.list(&ListParams::default().labels("app=ldap")).await.map_err(|e| e.to_string())?;
+        let fresh: Vec<&Pod> = list.items.iter().filter(|p| p.uid().is_some_and(|u| !old.contains(&u))).collect();
+        if fresh.len() != 2 || fresh.iter().any(|p| p.annotations().contains_key(contract::ANNOTATION_STATUS)) {
+            return Err(format!(
+                "{} fresh pods, injected: {:?}",
+                fresh.len(),
+                fresh.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+            ));
+        }
+        absent::<Role>(&admin, ns, &contract::identity_name("ldap")).await?;
+        absent::<Lease>(&admin, ns, &contract::lease_name("ldap")).await?;
+        let seen = selector(&services, "ldap-primary").await?;
+        if seen != map(&[("app", "ldap")]) {
+            return Err(format!("selector {seen:?}"));
+        }
+        Ok(())
+    })
+    .await?;
+
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), app).await.context("webhook stops on shutdown")??;
+    stopped?;
+    Ok(())
+}
+
+/// The certificate a TLS client sees at `127.0.0.1:port` when it trusts `ca_pem` and asks
+/// for `server_name`.
+async fn presented_certificate(
+    port: u16,
+    ca_pem: &[u8],
+    server_name: &str,
+) -> Result<rustls_pki_types::CertificateDer<'static>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(der.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let provider = ldap_elector_webhook::tls::crypto_provider(ldap_elector_webhook::tls::TlsProfile::Bsi);
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first().cloned());
+    peer.map(|c| c.into_owned()).ok_or_else(|| "no peer certificate".to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_mode_publishes_the_ca_bundle_and_serves_the_secret_certificate() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use ldap_elector_webhook::reconcile::namespace_role_rules;
+    use rustls_pki_types::pem::PemObject;
+    const TLS_SECRET: &str = "ldap-elector-webhook-tls";
+    logs();
+    let bed = Bed::start().await?;
+    let admin = bed.admin_client()?;
+    let webhook = webhook_identity(&bed).await?;
+    // The webhook's namespaced Role for its Secret, exactly as documented.
+    let role = Role {
+        metadata: ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
+        rules: Some(namespace_role_rules(TLS_SECRET)),
+    };
+    Api::<Role>::namespaced(admin.clone(), WEBHOOK_NS).create(&PostParams::default(), &role).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_SA},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WEBHOOK_SA},
+        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), WEBHOOK_NS).create(&PostParams::default(), &binding).await?;
+    // A configuration without caBundle, as the chart installs it; it matches no namespace.
+    let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": [{
+            "name": "inject.ldap-elector.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Ignore", "timeoutSeconds": 5,
+            "clientConfig": {"service": {"namespace": WEBHOOK_NS, "name": WEBHOOK_SA, "path": "/mutate"}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {"ldap-elector.dev/never": "true"}},
+        }],
+    }))?;
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+    configs.create(&PostParams::default(), &mwc).await?;
+
+    let (port, health_port) = (free_port()?, free_port()?);
+    let settings = Args::try_parse_from([
+        "ldap-elector-webhook".to_string(),
+        format!("--listen=127.0.0.1:{port}"),
+        format!("--health-listen=127.0.0.1:{health_port}"),
+        format!("--namespace={WEBHOOK_NS}"),
+        "--reconcile=false".into(),
+        "--sidecar-image=registry.invalid/ldap-elector:e2e".into(),
+    ])?
+    .into_settings()
+    .map_err(anyhow::Error::msg)?;
+    let shutdown = CancellationToken::new();
+    let app = tokio::spawn(ldap_elector_webhook::app::run(settings, webhook, shutdown.clone(), Duration::ZERO));
+    wait_for("webhook /readyz", T, || async {
+        match http_status(health_port, "/readyz").await? {
+            200 => Ok(()),
+            status => Err(format!("status {status}")),
+        }
+    })
+    .await?;
+
+    let secret = Api::<Secret>::namespaced(admin.clone(), WEBHOOK_NS).get(TLS_SECRET).await?;
+    let data = secret.data.unwrap_or_default();
+    let key = |k: &str| data.get(k).map(|b| b.0.clone()).with_context(|| format!("Secret lacks {k}"));
+    let (ca, crt) = (key("ca.crt")?, key("tls.crt")?);
+    let published = configs.get(WEBHOOK_CONFIG).await?.webhooks.unwrap_or_default()[0]
+        .client_config
+        .ca_bundle
+        .clone()
+        .context("caBundle not published")?
+        .0;
+    let published_ders: Vec<_> =
+        rustls_pki_types::CertificateDer::pem_slice_iter(&published).collect::<Result<_, _>>()?;
+    for der in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        assert!(published_ders.contains(&der?), "caBundle lacks a CA of the Secret");
+    }
+    let served = presented_certificate(port, &published, &format!("{WEBHOOK_SA}.{WEBHOOK_NS}.svc"))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let stored = rustls_pki_types::CertificateDer::pem_slice_iter(&crt).next().context("tls.crt is empty")??;
+    assert_eq!(served, stored, "the webhook serves the Secret's certificate");
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), app).await.context("webhook stops on shutdown")???;
+    Ok(())
+}

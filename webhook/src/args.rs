@@ -1,0 +1,285 @@
+//! Command line and environment of `ldap-elector-webhook`. Every flag has an environment
+//! fallback, defaults are the safe ones, and [`Args::into_settings`] validates everything
+//! at start-up so a bad value fails the process with one clear line instead of failing
+//! every pod creation later.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::inject::InjectConfig;
+use crate::tls::TlsProfile;
+
+/// Where the serving certificate comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum CertMode {
+    /// Generate and rotate the certificate in a Secret of the webhook's namespace and keep
+    /// the `caBundle` of the MutatingWebhookConfiguration in sync (no cert-manager needed).
+    #[default]
+    Secret,
+    /// Serve PEM files (e.g. a cert-manager Secret mounted as a volume), reloaded by
+    /// polling; the `caBundle` is someone else's job (e.g. cert-manager's CA injector).
+    Files,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (production).
+    #[default]
+    Json,
+    /// Human-readable lines (development).
+    Text,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ldap-elector-webhook",
+    version,
+    about = "Mutating admission webhook that injects the ldap-elector sidecar into opted-in StatefulSet pods, \
+             and the reconciler that creates their RBAC, Lease and leader Service selector"
+)]
+pub struct Args {
+    /// HTTPS address of the admission endpoint (`POST /mutate`).
+    #[arg(long, env = "WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Plain-HTTP address of `/livez` and `/readyz` (keep it cluster-internal).
+    #[arg(long, env = "WEBHOOK_HEALTH_LISTEN", default_value = "0.0.0.0:8080")]
+    pub health_listen: SocketAddr,
+    /// TLS profile: `bsi` (TR-02102-2: AES-GCM, P-256/P-384, EMS) or `rustls-default`.
+    #[arg(long, env = "WEBHOOK_TLS_PROFILE", value_enum, default_value_t = TlsProfile::Bsi)]
+    pub tls_profile: TlsProfile,
+    /// Where the serving certificate comes from.
+    #[arg(long, env = "WEBHOOK_CERT_MODE", value_enum, default_value_t = CertMode::Secret)]
+    pub cert_mode: CertMode,
+    /// The webhook's own namespace (downward API); holds the certificate Secret.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The Service the API server calls; its DNS names go into the certificate.
+    #[arg(long, env = "WEBHOOK_SERVICE_NAME", default_value = "ldap-elector-webhook")]
+    pub service_name: String,
+    /// Secret mode: the `kubernetes.io/tls` Secret holding certificate, key and CA list.
+    #[arg(long, env = "WEBHOOK_CERT_SECRET", default_value = "ldap-elector-webhook-tls")]
+    pub cert_secret: String,
+    /// Files mode: PEM certificate chain (polled for changes).
+    #[arg(long, env = "WEBHOOK_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Files mode: PEM private key (polled for changes).
+    #[arg(long, env = "WEBHOOK_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Secret mode: an IP address SAN for the generated certificate (repeatable), for tests
+    /// registering `https://127.0.0.1:<port>`. Not supported yet (the Secret store issues
+    /// DNS SANs only), so it is refused at start rather than silently ignored.
+    #[arg(long = "extra-ip-san", env = "WEBHOOK_EXTRA_IP_SAN", value_delimiter = ',')]
+    pub extra_ip_san: Vec<IpAddr>,
+    /// Secret mode: the MutatingWebhookConfiguration whose `caBundle` is kept in sync.
+    #[arg(long, env = "WEBHOOK_CONFIGURATION", default_value = "ldap-elector")]
+    pub webhook_config: String,
+    /// The elector image to inject; pin a digest in production (`repo@sha256:…`).
+    #[arg(long, env = "ELECTOR_IMAGE")]
+    pub sidecar_image: String,
+    /// imagePullPolicy of the injected sidecar.
+    #[arg(
+        long,
+        env = "ELECTOR_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent",
+        value_parser = ["Always", "IfNotPresent", "Never"]
+    )]
+    pub sidecar_image_pull_policy: String,
+    /// Run the reconciler (per-StatefulSet ServiceAccount, Role, RoleBinding, Lease and
+    /// leader Service selector). `--reconcile=false` serves admission only.
+    #[arg(
+        long,
+        env = "WEBHOOK_RECONCILE",
+        default_value_t = true,
+        action = ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub reconcile: bool,
+    /// Log format.
+    #[arg(long, env = "WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+/// The certificate source, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertSource {
+    Secret(SecretCert),
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// Secret mode: where the bundle lives and whose `caBundle` to keep in sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretCert {
+    pub namespace: String,
+    pub secret: String,
+    /// The Service's DNS names, the serving certificate's SANs.
+    pub dns_names: Vec<String>,
+    pub webhook_config: String,
+}
+
+/// Everything the webhook needs, validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub health_listen: SocketAddr,
+    pub tls_profile: TlsProfile,
+    pub cert: CertSource,
+    pub inject: InjectConfig,
+    pub reconcile: bool,
+}
+
+impl Args {
+    /// Validates the flags; the error is one line saying which flag to fix.
+    pub fn into_settings(self) -> Result<Settings, String> {
+        let mut inject = InjectConfig::new(self.sidecar_image.trim());
+        inject.image_pull_policy = self.sidecar_image_pull_policy;
+        inject.validate().map_err(|e| format!("--sidecar-image/--sidecar-image-pull-policy: {e}"))?;
+        if self.listen.port() == 0 || self.health_listen.port() == 0 {
+            return Err("--listen and --health-listen need a non-zero port".into());
+        }
+        if self.listen == self.health_listen {
+            return Err(format!("--listen and --health-listen must differ (both {})", self.listen));
+        }
+        let cert = match self.cert_mode {
+            CertMode::Secret => {
+                let namespace = self.namespace.filter(|n| !n.trim().is_empty()).ok_or(
+                    "--cert-mode=secret needs --namespace (POD_NAMESPACE, from the downward API) for the Secret",
+                )?;
+                for (flag, value) in [
+                    ("--service-name", &self.service_name),
+                    ("--cert-secret", &self.cert_secret),
+                    ("--webhook-config", &self.webhook_config),
+                ] {
+                    if !is_dns_label_like(value) {
+                        return Err(format!("{flag} {value:?} is not a valid Kubernetes object name"));
+                    }
+                }
+                if self.cert_file.is_some() || self.key_file.is_some() {
+                    return Err("--cert-file/--key-file only apply to --cert-mode=files".into());
+                }
+                if !self.extra_ip_san.is_empty() {
+                    // ldap_elector_certs::ensure_secret issues and checks DNS SANs only;
+                    // an IP SAN needs an `ip_addrs` parameter there first.
+                    return Err("--extra-ip-san is not supported yet: the Secret store issues DNS SANs only; \
+                                use --cert-mode=files with a certificate carrying the IP SAN"
+                        .into());
+                }
+                let dns_names = ldap_elector_certs::webhook_dns_names(&self.service_name, &namespace);
+                CertSource::Secret(SecretCert {
+                    namespace,
+                    secret: self.cert_secret,
+                    dns_names,
+                    webhook_config: self.webhook_config,
+                })
+            }
+            CertMode::Files => match (self.cert_file, self.key_file) {
+                (Some(cert), Some(key)) => {
+                    if !self.extra_ip_san.is_empty() {
+                        return Err("--extra-ip-san applies to --cert-mode=secret; in files mode the \
+                                    certificate file decides its SANs"
+                            .into());
+                    }
+                    CertSource::Files { cert, key }
+                }
+                _ => return Err("--cert-mode=files needs both --cert-file and --key-file".into()),
+            },
+        };
+        Ok(Settings {
+            listen: self.listen,
+            health_listen: self.health_listen,
+            tls_profile: self.tls_profile,
+            cert,
+            inject,
+            reconcile: self.reconcile,
+        })
+    }
+}
+
+/// RFC 1123 subdomain, as Kubernetes names most objects.
+fn is_dns_label_like(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("ldap-elector-webhook").chain(args.iter().copied()))
+    }
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        parse(args).map_err(|e| e.to_string())?.into_settings()
+    }
+
+    #[test]
+    fn defaults_are_secret_mode_bsi_and_reconcile_on() {
+        let s = settings(&["--sidecar-image=r/e:1", "--namespace=sys"]).unwrap();
+        assert_eq!(s.tls_profile, TlsProfile::Bsi);
+        assert!(s.reconcile);
+        assert_eq!(s.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(s.health_listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(s.inject.image_pull_policy, "IfNotPresent");
+        let CertSource::Secret(SecretCert { namespace, secret, dns_names, webhook_config }) = s.cert else { panic!() };
+        assert_eq!(
+            (namespace.as_str(), secret.as_str(), webhook_config.as_str()),
+            ("sys", "ldap-elector-webhook-tls", "ldap-elector")
+        );
+        assert!(dns_names.contains(&"ldap-elector-webhook.sys.svc".to_string()));
+    }
+
+    #[test]
+    fn sidecar_image_is_required() {
+        assert!(parse(&["--namespace=sys"]).is_err());
+        assert!(settings(&["--sidecar-image=  ", "--namespace=sys"]).unwrap_err().contains("--sidecar-image"));
+    }
+
+    #[test]
+    fn secret_mode_needs_a_namespace() {
+        let err = settings(&["--sidecar-image=r/e:1"]).unwrap_err();
+        assert!(err.contains("POD_NAMESPACE"), "{err}");
+    }
+
+    #[test]
+    fn files_mode_needs_both_files() {
+        let err = settings(&["--sidecar-image=r/e:1", "--cert-mode=files", "--cert-file=/c"]).unwrap_err();
+        assert!(err.contains("--key-file"), "{err}");
+        let s = settings(&["--sidecar-image=r/e:1", "--cert-mode=files", "--cert-file=/c", "--key-file=/k"]).unwrap();
+        assert_eq!(s.cert, CertSource::Files { cert: "/c".into(), key: "/k".into() });
+    }
+
+    #[test]
+    fn reconcile_can_be_switched_off_and_bad_values_are_refused() {
+        let base = ["--sidecar-image=r/e:1", "--namespace=sys"];
+        let off = |v: &str| settings(&[base[0], base[1], v]).map(|s| s.reconcile);
+        assert_eq!(off("--reconcile=false"), Ok(false));
+        assert_eq!(off("--reconcile=true"), Ok(true));
+        assert!(off("--reconcile=maybe").is_err());
+        assert!(settings(&[base[0], base[1], "--tls-profile=x25519"]).is_err());
+        assert!(settings(&[base[0], base[1], "--sidecar-image-pull-policy=Sometimes"]).is_err());
+        assert!(settings(&[base[0], base[1], "--listen=0.0.0.0:8080"]).unwrap_err().contains("differ"));
+        assert!(settings(&[base[0], base[1], "--cert-secret=Bad_Name"]).unwrap_err().contains("--cert-secret"));
+        assert!(settings(&[base[0], base[1], "--extra-ip-san=127.0.0.1"]).unwrap_err().contains("--extra-ip-san"));
+        assert!(settings(&[base[0], base[1], "--extra-ip-san=not-an-ip"]).is_err());
+    }
+
+    #[test]
+    fn every_flag_has_an_env_fallback() {
+        use clap::CommandFactory;
+        for arg in Args::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(arg.get_env().is_some(), "--{id} has no environment fallback");
+        }
+    }
+}
