@@ -1,15 +1,32 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests need (Debian). Idempotent and quiet when all is there.
+# slapd and ldap-utils are for the Mirror-Mode e2e tests, which run their own slapd instances
+# on loopback: the system instance the package sets up is stopped and disabled.
 set -euo pipefail
 need=()
 command -v go >/dev/null || need+=(golang-go)
 command -v make >/dev/null || need+=(make)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
+{ command -v slapd >/dev/null || [ -x /usr/sbin/slapd ]; } || need+=(slapd)
+command -v ldapsearch >/dev/null || need+=(ldap-utils)
+SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 if [ ${#need[@]} -eq 0 ]; then
   echo "[install-deps] all system packages present"
   exit 0
 fi
-SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 echo "[install-deps] installing: ${need[*]}"
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+if printf '%s\n' "${need[@]}" | grep -qx slapd; then
+  # No questions; the package's own database is never used (tests configure their own).
+  echo "slapd slapd/no_configuration boolean true" | $SUDO debconf-set-selections
+fi
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+if printf '%s\n' "${need[@]}" | grep -qx slapd; then
+  # Stop and disable the system instance if the package started one.
+  $SUDO service slapd stop >/dev/null 2>&1 || true
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now slapd >/dev/null 2>&1 || true
+  else
+    $SUDO update-rc.d slapd disable >/dev/null 2>&1 || true
+  fi
+fi

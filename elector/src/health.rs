@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::ldap::{Credentials, LdapCheck};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCheck {
     /// Always healthy (no check configured).
@@ -15,12 +17,25 @@ pub enum HealthCheck {
     Tcp(String),
     /// This command exits 0 (program and arguments, split on whitespace).
     Exec(Vec<String>),
+    /// Connect, bind, read the rootDSE and the suffix's contextCSN:
+    /// `ldap://HOST:PORT?base=SUFFIX` or `ldapi://%2Fpath%2Fsock?base=SUFFIX`.
+    Ldap(LdapCheck),
 }
 
 impl HealthCheck {
+    /// Parses a check; an LDAP check takes its bind credentials from
+    /// `ELECTOR_LDAP_BIND_DN` / `ELECTOR_LDAP_BIND_PASSWORD_FILE` (see [`HealthCheck::parse_with`]).
     pub fn parse(s: &str) -> Result<HealthCheck, String> {
+        HealthCheck::parse_with(s, &Credentials::from_env())
+    }
+
+    /// Parses a check; an LDAP check binds with `creds` (simple bind with a DN, else SASL
+    /// EXTERNAL over ldapi or anonymously over ldap).
+    pub fn parse_with(s: &str, creds: &Credentials) -> Result<HealthCheck, String> {
         let s = s.trim();
-        if s.is_empty() || s == "none" {
+        if s.starts_with("ldap://") || s.starts_with("ldapi://") {
+            Ok(HealthCheck::Ldap(LdapCheck::parse(s)?.with_credentials(creds)?))
+        } else if s.is_empty() || s == "none" {
             Ok(HealthCheck::None)
         } else if let Some(addr) = s.strip_prefix("tcp://") {
             if addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
@@ -36,18 +51,42 @@ impl HealthCheck {
                 Ok(HealthCheck::Exec(argv))
             }
         } else {
-            Err(format!("{s:?}: expected none, tcp://HOST:PORT or exec:COMMAND"))
+            Err(format!(
+                "{s:?}: expected none, tcp://HOST:PORT, exec:COMMAND, ldap://HOST:PORT?base=SUFFIX or \
+                 ldapi://%2Fpath%2Fsock?base=SUFFIX"
+            ))
+        }
+    }
+
+    /// Replaces the bind credentials of an LDAP check (e.g. from flags); other checks are
+    /// returned unchanged.
+    pub fn with_ldap_credentials(self, creds: &Credentials) -> Result<HealthCheck, String> {
+        match self {
+            HealthCheck::Ldap(check) => Ok(HealthCheck::Ldap(check.with_credentials(creds)?)),
+            other => Ok(other),
         }
     }
 
     /// One check, bounded by `timeout`. `Err` says what failed.
     pub async fn check(&self, timeout: Duration) -> Result<(), String> {
+        self.check_detailed(timeout).await.map(drop)
+    }
+
+    /// One check, bounded by `timeout`; on success the LDAP check also returns the newest
+    /// contextCSN of the data database (`None` for the other checks, or when the suffix
+    /// carries none yet).
+    pub async fn check_detailed(&self, timeout: Duration) -> Result<Option<String>, String> {
         let run = async {
             match self {
-                HealthCheck::None => Ok(()),
+                HealthCheck::None => Ok(None),
+                HealthCheck::Ldap(check) => check
+                    .probe(timeout)
+                    .await
+                    .map(|status| status.newest_csn().map(String::from))
+                    .map_err(|e| format!("ldap {e}")),
                 HealthCheck::Tcp(addr) => tokio::net::TcpStream::connect(addr.as_str())
                     .await
-                    .map(drop)
+                    .map(|_| None)
                     .map_err(|e| format!("tcp {addr}: {e}")),
                 HealthCheck::Exec(argv) => {
                     let status = tokio::process::Command::new(&argv[0])
@@ -60,7 +99,7 @@ impl HealthCheck {
                         .await
                         .map_err(|e| format!("exec {}: {e}", argv[0]))?;
                     if status.success() {
-                        Ok(())
+                        Ok(None)
                     } else {
                         Err(format!("exec {}: {status}", argv[0]))
                     }
@@ -101,6 +140,19 @@ pub async fn monitor(
     tx: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
+    monitor_with_csn(check, interval, threshold, tx, None, cancel).await
+}
+
+/// As [`monitor`], and publishes the newest contextCSN of every passing check into `csn`
+/// (the last seen value stays while checks fail).
+pub async fn monitor_with_csn(
+    check: HealthCheck,
+    interval: Duration,
+    threshold: u32,
+    tx: watch::Sender<bool>,
+    csn: Option<watch::Sender<Option<String>>>,
+    cancel: CancellationToken,
+) {
     let mut verdict = Verdict::initial();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -109,7 +161,17 @@ pub async fn monitor(
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let result = check.check(interval.max(Duration::from_millis(500))).await;
+        let result = check.check_detailed(interval.max(Duration::from_millis(500))).await;
+        if let (Some(csn), Ok(Some(seen))) = (&csn, &result) {
+            csn.send_if_modified(|c| {
+                let changed = c.as_deref() != Some(seen.as_str());
+                if changed {
+                    *c = Some(seen.clone());
+                }
+                changed
+            });
+        }
+        let result = result.map(drop);
         let next = verdict.record(result.is_ok(), threshold);
         if next.healthy != verdict.healthy {
             match &result {
@@ -138,6 +200,13 @@ mod tests {
         assert!(HealthCheck::parse("tcp://nohost").is_err());
         assert!(HealthCheck::parse("http://x").is_err());
         assert!(HealthCheck::parse("exec:").is_err());
+        let ldap = HealthCheck::parse_with("ldap://127.0.0.1:389?base=dc=example,dc=org", &Credentials::default());
+        assert!(matches!(&ldap, Ok(HealthCheck::Ldap(c)) if c.base == "dc=example,dc=org"), "{ldap:?}");
+        let ldapi = HealthCheck::parse_with("ldapi://%2Frun%2Fldapi?base=dc=x", &Credentials::default());
+        assert!(matches!(&ldapi, Ok(HealthCheck::Ldap(c)) if c.bind == crate::ldap::Bind::SaslExternal), "{ldapi:?}");
+        let dn_only = Credentials { bind_dn: Some("cn=admin,dc=x".into()), password_file: None };
+        assert!(HealthCheck::parse_with("ldap://h:389?base=dc=x", &dn_only).is_err());
+        assert!(HealthCheck::parse_with("ldap://h:389", &Credentials::default()).is_err());
     }
 
     #[test]

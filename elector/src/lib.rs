@@ -9,6 +9,7 @@ pub mod decide;
 pub mod health;
 pub mod hook;
 pub mod labels;
+pub mod ldap;
 pub mod lease;
 pub mod probe;
 pub mod run;

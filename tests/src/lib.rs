@@ -7,7 +7,9 @@ pub mod kubelet;
 pub mod observer;
 pub mod pki;
 pub mod process;
+pub mod slapd;
 pub mod wait;
+pub mod webhook;
 
 pub use bed::Bed;
 pub use kubelet::Kubelet;

@@ -5,7 +5,6 @@
 //! missing rule (or an RBAC escalation refusal) fails here.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,51 +15,28 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use ldap_elector::contract;
 use ldap_elector_tests::bed::free_port;
+use ldap_elector_tests::webhook::{
+    http_status, serving_files, webhook_identity, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
+};
 use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
 use ldap_elector_webhook::args::Args;
-use ldap_elector_webhook::reconcile::{cluster_role_rules, run_reconciler};
+use ldap_elector_webhook::reconcile::run_reconciler;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(90);
-const WEBHOOK_NS: &str = "ldap-elector-system";
-const WEBHOOK_SA: &str = "ldap-elector-webhook";
-const WEBHOOK_CONFIG: &str = "ldap-elector";
-
 /// The webhook's log lines, shown for failed tests (`RUST_LOG` overrides the filter).
 fn logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         "warn,kube_client=off,ldap_elector_webhook=info,ldap_elector_webhook::admission=error".into()
     });
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
-}
-
-/// Namespace, ServiceAccount and ClusterRole(Binding) of the webhook, exactly as
-/// documented; returns a client acting as that ServiceAccount.
-async fn webhook_identity(bed: &Bed) -> anyhow::Result<Client> {
-    let admin = bed.admin_client()?;
-    fixtures::namespace(&admin, WEBHOOK_NS, None).await?;
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": WEBHOOK_SA}}))?;
-    Api::<ServiceAccount>::namespaced(admin.clone(), WEBHOOK_NS).create(&PostParams::default(), &sa).await?;
-    let role = ClusterRole {
-        metadata: ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
-        rules: Some(cluster_role_rules(WEBHOOK_CONFIG)),
-        ..Default::default()
-    };
-    Api::<ClusterRole>::all(admin.clone()).create(&PostParams::default(), &role).await?;
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": WEBHOOK_SA},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": WEBHOOK_SA},
-        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
-    }))?;
-    Api::<ClusterRoleBinding>::all(admin).create(&PostParams::default(), &binding).await?;
-    bed.service_account_client(WEBHOOK_NS, WEBHOOK_SA).await
 }
 
 fn owned_by(meta: &ObjectMeta, sts: &StatefulSet) -> bool {
@@ -221,31 +197,6 @@ async fn reconciler_creates_identity_role_lease_and_selector_follows_scale_and_u
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(30), reconciler).await.context("reconciler stops on shutdown")??;
     Ok(())
-}
-
-/// A serving certificate for `127.0.0.1` and its CA, written to files.
-fn serving_files(bed: &Bed) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf, String)> {
-    let validity = Duration::from_secs(24 * 3600);
-    let ca = ldap_elector_certs::generate_ca("webhook-e2e-ca", validity)?;
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let serving = ldap_elector_certs::issue_serving(&ca, &[], &[loopback], validity)?;
-    let dir = bed.dir.join("webhook");
-    std::fs::create_dir_all(&dir)?;
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&cert, &serving.cert_pem)?;
-    std::fs::write(&key, &serving.key_pem)?;
-    Ok((cert, key, ca.cert_pem()))
-}
-
-/// `GET path` on a plain-HTTP port; the status code.
-async fn http_status(port: u16, path: &str) -> Result<u16, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
-    response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or(response)
 }
 
 fn injection_problems(pod: &Pod, sts: &str) -> Vec<String> {

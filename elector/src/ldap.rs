@@ -1,0 +1,492 @@
+//! The LDAP edges of the elector: a health check of the local slapd (connect, bind, read
+//! the rootDSE and the data database's `contextCSN`) and the built-in write fence
+//! (`olcReadOnly` on the data database, set and read over ldapi with SASL EXTERNAL).
+//!
+//! Every step runs under one deadline, and an error names the step that failed. Plain
+//! `ldap://` and `ldapi://` only: the check talks to slapd in the same pod.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
+use tokio::time::Instant;
+
+/// Bind DN of the health check (simple bind); without it the check binds with SASL
+/// EXTERNAL over ldapi, or not at all (anonymous) over ldap.
+pub const ENV_LDAP_BIND_DN: &str = "ELECTOR_LDAP_BIND_DN";
+/// File holding the password of the bind DN (read on every check, so rotation works).
+pub const ENV_LDAP_BIND_PASSWORD_FILE: &str = "ELECTOR_LDAP_BIND_PASSWORD_FILE";
+
+/// How the check authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bind {
+    /// No bind (anonymous); the default over `ldap://` without a bind DN.
+    Anonymous,
+    /// Simple bind; the password is read from the file on every check.
+    Simple { dn: String, password_file: PathBuf },
+    /// SASL EXTERNAL (peer credentials); the default over `ldapi://` without a bind DN.
+    SaslExternal,
+}
+
+/// Credentials from flags or the environment, applied to a parsed check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub bind_dn: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+impl Credentials {
+    /// From `ELECTOR_LDAP_BIND_DN` and `ELECTOR_LDAP_BIND_PASSWORD_FILE` (empty = unset).
+    pub fn from_env() -> Credentials {
+        let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Credentials {
+            bind_dn: var(ENV_LDAP_BIND_DN),
+            password_file: var(ENV_LDAP_BIND_PASSWORD_FILE).map(PathBuf::from),
+        }
+    }
+}
+
+/// An LDAP health check: `ldap://HOST:PORT?base=SUFFIX` or `ldapi://%2Fpath%2Fsock?base=SUFFIX`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LdapCheck {
+    /// The connection URL without the query (`ldap://127.0.0.1:389`, `ldapi://%2Frun%2Fslapd%2Fldapi`).
+    pub url: String,
+    /// Suffix of the data database, whose `contextCSN` is read.
+    pub base: String,
+    pub bind: Bind,
+}
+
+/// What a passing check saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// The suffix entry's `contextCSN` values (one per server ID that wrote), sorted.
+    pub context_csn: Vec<String>,
+}
+
+impl Status {
+    /// The newest `contextCSN` (CSNs are fixed-width timestamps first, so they sort as text).
+    pub fn newest_csn(&self) -> Option<&str> {
+        self.context_csn.iter().max().map(String::as_str)
+    }
+}
+
+/// The step of an LDAP exchange that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Connect,
+    ReadPassword,
+    Bind,
+    RootDse,
+    ContextCsn,
+    ReadConfig,
+    WriteConfig,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Connect => "connect",
+            Step::ReadPassword => "read bind password file",
+            Step::Bind => "bind",
+            Step::RootDse => "read rootDSE",
+            Step::ContextCsn => "read contextCSN",
+            Step::ReadConfig => "read cn=config",
+            Step::WriteConfig => "modify cn=config",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LdapError {
+    #[error("{url}: {step}: no answer before the deadline ({timeout:?} for the whole exchange)")]
+    Timeout { url: String, step: Step, timeout: Duration },
+    #[error("{url}: {step}: {message}")]
+    Failed { url: String, step: Step, message: String, code: Option<u32> },
+    #[error("{0}")]
+    BadUrl(String),
+}
+
+impl LdapError {
+    /// The LDAP result code, when the server answered with an error result.
+    pub fn result_code(&self) -> Option<u32> {
+        match self {
+            LdapError::Failed { code, .. } => *code,
+            _ => None,
+        }
+    }
+}
+
+impl LdapCheck {
+    /// Parses the URL; the bind is SASL EXTERNAL over ldapi and anonymous over ldap until
+    /// credentials are applied with [`LdapCheck::with_credentials`].
+    pub fn parse(s: &str) -> Result<LdapCheck, String> {
+        const EXPECTED: &str = "expected ldap://HOST:PORT?base=SUFFIX or ldapi://%2Fpath%2Fto%2Fsocket?base=SUFFIX";
+        let s = s.trim();
+        let (scheme, rest) = if let Some(rest) = s.strip_prefix("ldap://") {
+            ("ldap", rest)
+        } else if let Some(rest) = s.strip_prefix("ldapi://") {
+            ("ldapi", rest)
+        } else {
+            return Err(format!("{s:?}: {EXPECTED}"));
+        };
+        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let authority = authority.strip_suffix('/').unwrap_or(authority);
+        if scheme == "ldap" {
+            let valid = authority
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !valid {
+                return Err(format!("{s:?}: {EXPECTED} (host and port are required)"));
+            }
+        } else {
+            let path = percent_decode(authority).map_err(|e| format!("{s:?}: {e}"))?;
+            if !path.starts_with('/') || authority.contains('/') || path.contains(':') {
+                return Err(format!("{s:?}: {EXPECTED} (the socket path is absolute and percent-encoded, %2F for /)"));
+            }
+        }
+        let mut base = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "base" => base = Some(percent_decode(value).map_err(|e| format!("{s:?}: {e}"))?),
+                other => return Err(format!("{s:?}: unknown parameter {other:?} (only base=SUFFIX)")),
+            }
+        }
+        let base = base.map(|b| b.trim().to_string()).filter(|b| !b.is_empty()).ok_or_else(|| {
+            format!("{s:?}: base=SUFFIX is required (the data database's suffix, e.g. dc=example,dc=org)")
+        })?;
+        let bind = if scheme == "ldapi" { Bind::SaslExternal } else { Bind::Anonymous };
+        Ok(LdapCheck { url: format!("{scheme}://{authority}"), base, bind })
+    }
+
+    /// Applies a bind DN and password file: a DN makes the bind simple and needs the file.
+    pub fn with_credentials(mut self, creds: &Credentials) -> Result<LdapCheck, String> {
+        match (&creds.bind_dn, &creds.password_file) {
+            (Some(dn), Some(file)) => {
+                self.bind = Bind::Simple { dn: dn.trim().to_string(), password_file: file.clone() }
+            }
+            (Some(_), None) => {
+                return Err(format!(
+                    "a bind DN ({ENV_LDAP_BIND_DN}) needs a password file ({ENV_LDAP_BIND_PASSWORD_FILE})"
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(format!(
+                    "a password file ({ENV_LDAP_BIND_PASSWORD_FILE}) needs a bind DN ({ENV_LDAP_BIND_DN})"
+                ))
+            }
+            (None, None) => {}
+        }
+        Ok(self)
+    }
+
+    /// One check: connect, bind, read the rootDSE, read the suffix's `contextCSN`; all
+    /// within `timeout`.
+    pub async fn probe(&self, timeout: Duration) -> Result<Status, LdapError> {
+        let deadline = Deadline { at: Instant::now() + timeout, timeout };
+        let mut session = Session::open(&self.url, deadline).await?;
+        session.bind(&self.bind, deadline).await?;
+        let url = &self.url;
+        let dse = deadline
+            .step(url, Step::RootDse, async {
+                let (entries, _) =
+                    session.ldap.search("", Scope::Base, "(objectClass=*)", vec!["namingContexts"]).await?.success()?;
+                Ok(entries.len())
+            })
+            .await?;
+        if dse != 1 {
+            return Err(failed(url, Step::RootDse, format!("expected one entry, got {dse}")));
+        }
+        let context_csn = deadline
+            .step(url, Step::ContextCsn, async {
+                let (entries, _) = session
+                    .ldap
+                    .search(&self.base, Scope::Base, "(objectClass=*)", vec!["contextCSN"])
+                    .await?
+                    .success()?;
+                Ok(entries)
+            })
+            .await?
+            .into_iter()
+            .flat_map(|e| attribute(SearchEntry::construct(e), "contextCSN"))
+            .collect::<Vec<_>>();
+        session.close().await;
+        let mut context_csn = context_csn;
+        context_csn.sort();
+        Ok(Status { context_csn })
+    }
+}
+
+/// Sets `olcReadOnly` of `database_dn` (e.g. `olcDatabase={1}mdb,cn=config`) over
+/// `ldapi_url` with SASL EXTERNAL. Takes effect at once, also on open client connections
+/// (their writes get `53 unwillingToPerform`); replication into the database still applies.
+///
+/// Latency: usually a few milliseconds, but slapd pauses all its threads for a cn=config
+/// change, and a syncrepl consumer that has just (re)connected holds that pause off until
+/// a message arrives or its syncrepl `timeout=` passes (2.5.13, observed and in the
+/// source). Budget that timeout; on `Timeout` the change is still queued in slapd and will
+/// apply later, so read back with [`is_read_only`] before trusting either state.
+pub async fn set_read_only(
+    ldapi_url: &str,
+    database_dn: &str,
+    read_only: bool,
+    timeout: Duration,
+) -> Result<(), LdapError> {
+    let deadline = Deadline { at: Instant::now() + timeout, timeout };
+    let mut session = Session::open_ldapi(ldapi_url, deadline).await?;
+    let value = if read_only { "TRUE" } else { "FALSE" };
+    deadline
+        .step(ldapi_url, Step::WriteConfig, async {
+            session
+                .ldap
+                .modify(database_dn, vec![Mod::Replace("olcReadOnly", HashSet::from([value]))])
+                .await?
+                .success()?;
+            Ok(())
+        })
+        .await?;
+    session.close().await;
+    Ok(())
+}
+
+/// Reads `olcReadOnly` of `database_dn` from cn=config (absent = writable). cn=monitor is
+/// not used: its `readOnly` does not follow `olcReadOnly` (slapd 2.5).
+pub async fn is_read_only(ldapi_url: &str, database_dn: &str, timeout: Duration) -> Result<bool, LdapError> {
+    let deadline = Deadline { at: Instant::now() + timeout, timeout };
+    let mut session = Session::open_ldapi(ldapi_url, deadline).await?;
+    let entries = deadline
+        .step(ldapi_url, Step::ReadConfig, async {
+            let (entries, _) = session
+                .ldap
+                .search(database_dn, Scope::Base, "(objectClass=*)", vec!["olcReadOnly"])
+                .await?
+                .success()?;
+            Ok(entries)
+        })
+        .await?;
+    session.close().await;
+    let values: Vec<String> =
+        entries.into_iter().flat_map(|e| attribute(SearchEntry::construct(e), "olcReadOnly")).collect();
+    match values.as_slice() {
+        [] => Ok(false),
+        [v] if v.eq_ignore_ascii_case("TRUE") => Ok(true),
+        [v] if v.eq_ignore_ascii_case("FALSE") => Ok(false),
+        other => Err(failed(ldapi_url, Step::ReadConfig, format!("unexpected olcReadOnly {other:?}"))),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    async fn step<T>(
+        self,
+        url: &str,
+        step: Step,
+        work: impl std::future::Future<Output = Result<T, ldap3::LdapError>>,
+    ) -> Result<T, LdapError> {
+        match tokio::time::timeout_at(self.at, work).await {
+            Err(_) => Err(LdapError::Timeout { url: url.to_string(), step, timeout: self.timeout }),
+            Ok(Err(e)) => {
+                let code = match &e {
+                    ldap3::LdapError::LdapResult { result } => Some(result.rc),
+                    _ => None,
+                };
+                Err(LdapError::Failed { url: url.to_string(), step, message: e.to_string(), code })
+            }
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+}
+
+fn failed(url: &str, step: Step, message: String) -> LdapError {
+    LdapError::Failed { url: url.to_string(), step, message, code: None }
+}
+
+/// A connection with its driver task; dropping it aborts the driver (and closes the socket).
+struct Session {
+    url: String,
+    ldap: Ldap,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    async fn open(url: &str, deadline: Deadline) -> Result<Session, LdapError> {
+        let settings = LdapConnSettings::new().set_conn_timeout(deadline.timeout);
+        let (conn, ldap) = deadline.step(url, Step::Connect, LdapConnAsync::with_settings(settings, url)).await?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = conn.drive().await {
+                tracing::debug!(error = %e, "LDAP connection ended");
+            }
+        });
+        Ok(Session { url: url.to_string(), ldap, driver })
+    }
+
+    /// Opens `ldapi_url` and binds with SASL EXTERNAL.
+    async fn open_ldapi(ldapi_url: &str, deadline: Deadline) -> Result<Session, LdapError> {
+        if !ldapi_url.starts_with("ldapi://") {
+            return Err(LdapError::BadUrl(format!("{ldapi_url:?}: cn=config is reached over ldapi:// only")));
+        }
+        let mut session = Session::open(ldapi_url, deadline).await?;
+        session.bind(&Bind::SaslExternal, deadline).await?;
+        Ok(session)
+    }
+
+    async fn bind(&mut self, bind: &Bind, deadline: Deadline) -> Result<(), LdapError> {
+        let url = self.url.clone();
+        match bind {
+            Bind::Anonymous => Ok(()),
+            Bind::SaslExternal => {
+                deadline
+                    .step(&url, Step::Bind, async { self.ldap.sasl_external_bind().await?.success().map(drop) })
+                    .await
+            }
+            Bind::Simple { dn, password_file } => {
+                let password = read_password(password_file).await.map_err(|m| failed(&url, Step::ReadPassword, m))?;
+                deadline
+                    .step(&url, Step::Bind, async { self.ldap.simple_bind(dn, &password).await?.success().map(drop) })
+                    .await
+            }
+        }
+    }
+
+    /// Unbinds (best effort, briefly) and stops the driver.
+    async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.ldap.unbind()).await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+async fn read_password(file: &Path) -> Result<String, String> {
+    let raw = tokio::fs::read_to_string(file).await.map_err(|e| format!("{}: {e}", file.display()))?;
+    let password = raw.trim_end_matches(['\n', '\r']).to_string();
+    if password.is_empty() {
+        // An empty password would make the simple bind an unauthenticated one.
+        return Err(format!("{}: empty password", file.display()));
+    }
+    Ok(password)
+}
+
+/// The values of `name` (matched case-insensitively, as LDAP attribute names are).
+fn attribute(entry: SearchEntry, name: &str) -> Vec<String> {
+    entry.attrs.into_iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).flat_map(|(_, v)| v).collect()
+}
+
+/// `%XX` decoding; rejects malformed escapes and non-UTF-8 results.
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).ok_or_else(|| format!("truncated %-escape at {i}"))?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad %-escape %{hex}"))?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "%-escapes do not decode to UTF-8".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tcp_and_ldapi_urls_with_the_base() {
+        assert_eq!(
+            LdapCheck::parse("ldap://127.0.0.1:389?base=dc=example,dc=org"),
+            Ok(LdapCheck {
+                url: "ldap://127.0.0.1:389".into(),
+                base: "dc=example,dc=org".into(),
+                bind: Bind::Anonymous
+            })
+        );
+        assert_eq!(
+            LdapCheck::parse("ldapi://%2Frun%2Fslapd%2Fldapi/?base=dc%3Dexample%2Cdc%3Dorg"),
+            Ok(LdapCheck {
+                url: "ldapi://%2Frun%2Fslapd%2Fldapi".into(),
+                base: "dc=example,dc=org".into(),
+                bind: Bind::SaslExternal
+            })
+        );
+        assert_eq!(LdapCheck::parse("ldap://[::1]:3890?base=o=x").map(|c| c.url), Ok("ldap://[::1]:3890".into()));
+    }
+
+    #[test]
+    fn rejects_urls_without_host_port_socket_or_base() {
+        for bad in [
+            "ldap://127.0.0.1?base=dc=x",
+            "ldap://:389?base=dc=x",
+            "ldap://h:0?base=dc=x",
+            "ldap://h:389",
+            "ldap://h:389?base=",
+            "ldap://h:389?base=dc=x&scope=sub",
+            "ldapi://?base=dc=x",
+            "ldapi:///run/ldapi?base=dc=x",
+            "ldapi://relative?base=dc=x",
+            "ldapi://%2Frun%2?base=dc=x",
+            "ldaps://h:636?base=dc=x",
+            "tcp://h:389",
+        ] {
+            assert!(LdapCheck::parse(bad).is_err(), "{bad} should be rejected");
+        }
+        let err = LdapCheck::parse("ldap://h:389").unwrap_err();
+        assert!(err.contains("base=SUFFIX is required"), "{err}");
+    }
+
+    #[test]
+    fn credentials_make_the_bind_simple_and_must_come_in_pairs() {
+        let check = LdapCheck::parse("ldapi://%2Fs?base=dc=x").unwrap();
+        let creds = Credentials { bind_dn: Some("cn=admin,dc=x".into()), password_file: Some("/pw".into()) };
+        assert_eq!(
+            check.clone().with_credentials(&creds).map(|c| c.bind),
+            Ok(Bind::Simple { dn: "cn=admin,dc=x".into(), password_file: "/pw".into() })
+        );
+        assert_eq!(check.clone().with_credentials(&Credentials::default()).map(|c| c.bind), Ok(Bind::SaslExternal));
+        let dn_only = Credentials { password_file: None, ..creds.clone() };
+        assert!(check.clone().with_credentials(&dn_only).is_err());
+        let file_only = Credentials { bind_dn: None, ..creds };
+        assert!(check.with_credentials(&file_only).is_err());
+    }
+
+    #[test]
+    fn the_newest_csn_is_the_largest() {
+        let status = Status {
+            context_csn: vec![
+                "20240101120000.000001Z#000000#002#000000".into(),
+                "20240101120001.000000Z#000000#001#000000".into(),
+            ],
+        };
+        assert_eq!(status.newest_csn(), Some("20240101120001.000000Z#000000#001#000000"));
+        assert_eq!(Status::default().newest_csn(), None);
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_fails_at_connect_and_a_silent_one_times_out() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let check = LdapCheck::parse(&format!("ldap://127.0.0.1:{port}?base=dc=x")).unwrap();
+        // Accepts (backlog) but never answers: the rootDSE read hits the deadline.
+        let err = check.probe(Duration::from_millis(300)).await.unwrap_err();
+        assert!(matches!(err, LdapError::Timeout { step: Step::RootDse, .. }), "{err}");
+        drop(listener);
+        let err = check.probe(Duration::from_secs(2)).await.unwrap_err();
+        assert!(matches!(err, LdapError::Failed { step: Step::Connect, .. }), "{err}");
+        let missing = LdapCheck::parse("ldapi://%2Fnonexistent%2Fsock?base=dc=x").unwrap();
+        let err = missing.probe(Duration::from_secs(2)).await.unwrap_err();
+        assert!(matches!(err, LdapError::Failed { step: Step::Connect, .. }), "{err}");
+    }
+}

@@ -1,0 +1,157 @@
+//! The webhook run in-process against a bed, as a ServiceAccount holding exactly the
+//! ClusterRole of `reconcile::cluster_role_rules` (a missing rule fails the tests), serving
+//! a certificate for 127.0.0.1 and registered with `clientConfig.url`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use clap::Parser;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use ldap_elector_webhook::args::Args;
+use ldap_elector_webhook::reconcile::cluster_role_rules;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::bed::free_port;
+use crate::{fixtures, wait_for, Bed};
+
+pub const WEBHOOK_NS: &str = "ldap-elector-system";
+pub const WEBHOOK_SA: &str = "ldap-elector-webhook";
+pub const WEBHOOK_CONFIG: &str = "ldap-elector";
+pub const SIDECAR_IMAGE: &str = "registry.invalid/ldap-elector:e2e";
+
+/// Namespace, ServiceAccount and ClusterRole(Binding) of the webhook, exactly as
+/// documented; returns a client acting as that ServiceAccount.
+pub async fn webhook_identity(bed: &Bed) -> anyhow::Result<Client> {
+    let admin = bed.admin_client()?;
+    fixtures::namespace(&admin, WEBHOOK_NS, None).await?;
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": WEBHOOK_SA}}))?;
+    Api::<ServiceAccount>::namespaced(admin.clone(), WEBHOOK_NS).create(&PostParams::default(), &sa).await?;
+    let role = ClusterRole {
+        metadata: ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
+        rules: Some(cluster_role_rules(WEBHOOK_CONFIG)),
+        ..Default::default()
+    };
+    Api::<ClusterRole>::all(admin.clone()).create(&PostParams::default(), &role).await?;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_SA},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": WEBHOOK_SA},
+        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
+    }))?;
+    Api::<ClusterRoleBinding>::all(admin).create(&PostParams::default(), &binding).await?;
+    bed.service_account_client(WEBHOOK_NS, WEBHOOK_SA).await
+}
+
+/// A serving certificate for `127.0.0.1` and its CA, written to files: (cert, key, CA PEM).
+pub fn serving_files(bed: &Bed) -> anyhow::Result<(PathBuf, PathBuf, String)> {
+    let validity = Duration::from_secs(24 * 3600);
+    let ca = ldap_elector_certs::generate_ca("webhook-e2e-ca", validity)?;
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let serving = ldap_elector_certs::issue_serving(&ca, &[], &[loopback], validity)?;
+    let dir = bed.dir.join("webhook");
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, &serving.cert_pem)?;
+    std::fs::write(&key, &serving.key_pem)?;
+    Ok((cert, key, ca.cert_pem()))
+}
+
+/// `GET path` on a plain-HTTP port; the status code.
+pub async fn http_status(port: u16, path: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+    response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or(response)
+}
+
+/// A running in-process webhook (files mode) with its reconciler.
+pub struct Webhook {
+    pub port: u16,
+    pub health_port: u16,
+    pub ca_pem: String,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), ldap_elector_webhook::app::AppError>>>,
+}
+
+impl Webhook {
+    /// Starts the webhook as its own ServiceAccount and waits until `/readyz`.
+    pub async fn start(bed: &Bed) -> anyhow::Result<Webhook> {
+        let client = webhook_identity(bed).await?;
+        let (cert, key, ca_pem) = serving_files(bed)?;
+        let (port, health_port) = (free_port()?, free_port()?);
+        let settings = Args::try_parse_from([
+            "ldap-elector-webhook".to_string(),
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--health-listen=127.0.0.1:{health_port}"),
+            "--cert-mode=files".into(),
+            format!("--cert-file={}", cert.display()),
+            format!("--key-file={}", key.display()),
+            format!("--sidecar-image={SIDECAR_IMAGE}"),
+        ])?
+        .into_settings()
+        .map_err(anyhow::Error::msg)?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(ldap_elector_webhook::app::run(settings, client, shutdown.clone(), Duration::ZERO));
+        wait_for("webhook /readyz", Duration::from_secs(60), || async {
+            match http_status(health_port, "/readyz").await? {
+                200 => Ok(()),
+                status => Err(format!("status {status}")),
+            }
+        })
+        .await?;
+        Ok(Webhook { port, health_port, ca_pem, shutdown, task: Some(task) })
+    }
+
+    /// Registers the webhook for pod CREATE in `namespace` with `failure_policy`.
+    pub async fn register(&self, bed: &Bed, namespace: &str, failure_policy: &str) -> anyhow::Result<()> {
+        let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": WEBHOOK_CONFIG},
+            "webhooks": [{
+                "name": "pods.ldap-elector.dev",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": failure_policy,
+                "reinvocationPolicy": "Never",
+                "timeoutSeconds": 5,
+                "clientConfig": {
+                    "url": format!("https://127.0.0.1:{}/mutate", self.port),
+                    "caBundle": base64::engine::general_purpose::STANDARD.encode(&self.ca_pem),
+                },
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                           "resources": ["pods"], "scope": "Namespaced"}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "matchConditions": [{"name": "statefulset-pods",
+                    "expression": "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, r.kind == 'StatefulSet')"}],
+            }],
+        }))?;
+        let api = Api::<MutatingWebhookConfiguration>::all(bed.admin_client()?);
+        let _ = api.delete(WEBHOOK_CONFIG, &DeleteParams::default()).await;
+        api.create(&PostParams::default(), &mwc).await?;
+        Ok(())
+    }
+
+    /// Stops the webhook gracefully and waits for it.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task).await???;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,135 @@
+//! The whole product on the real bed: the webhook (registered by URL on loopback) injects
+//! the pods the real StatefulSet controller creates, the reconciler creates their identity
+//! and points the write Service at the leader, the electors (local processes with their
+//! pod-bound tokens) elect one leader, and the write Service's EndpointSlice follows it.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use ldap_elector::contract;
+use ldap_elector_tests::electors::elector_binary;
+use ldap_elector_tests::kubelet::Runner;
+use ldap_elector_tests::observer::Observer;
+use ldap_elector_tests::webhook::Webhook;
+use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(90);
+const NS: &str = "ldap";
+const STS: &str = "ldap-server";
+const PRIMARY: &str = "ldap-server-primary";
+
+/// The ready endpoints of `service`, as (pod name, address).
+async fn ready_endpoints(client: &Client, service: &str) -> Result<Vec<(String, String)>, String> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
+    let list = slices
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut ready: Vec<(String, String)> = list
+        .items
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+        .map(|e| {
+            let pod = e.target_ref.as_ref().and_then(|t| t.name.clone()).unwrap_or_default();
+            (pod, e.addresses.first().cloned().unwrap_or_default())
+        })
+        .collect();
+    ready.sort();
+    Ok(ready)
+}
+
+async fn wait_endpoints_are(client: &Client, pod: &str) -> anyhow::Result<()> {
+    wait_for(&format!("{PRIMARY} to list exactly {pod}"), T, || async {
+        let ready = ready_endpoints(client, PRIMARY).await?;
+        match ready.as_slice() {
+            [(p, _)] if p == pod => Ok(()),
+            other => Err(format!("ready endpoints: {other:?}")),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotate_inject_elect_route_and_fail_over() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let kubelet = Kubelet::start(&bed, "bed-node").await?;
+    kubelet.add_runner(Runner {
+        container: contract::SIDECAR_CONTAINER.into(),
+        program: elector_binary(false),
+        env: vec![("ELECTOR_PROBE_ADDR".into(), "off".into()), ("ELECTOR_LOG_FORMAT".into(), "text".into())],
+    });
+    let admin = bed.admin_client()?;
+    let mut webhook = Webhook::start(&bed).await?;
+    fixtures::namespace(&admin, NS, Some("restricted")).await?;
+    webhook.register(&bed, NS, "Fail").await?;
+
+    Api::<Service>::namespaced(admin.clone(), NS)
+        .create(&PostParams::default(), &fixtures::service(PRIMARY, json!({"app": STS}))?)
+        .await?;
+    let observer = Observer::start(admin.clone(), NS, &format!("app={STS}"));
+    let annotations = json!({contract::ANNOTATION_INJECT: "true", contract::ANNOTATION_LEADER_SERVICE: PRIMARY});
+    Api::<StatefulSet>::namespaced(admin.clone(), NS)
+        .create(&PostParams::default(), &fixtures::statefulset(STS, 2, annotations)?)
+        .await?;
+
+    let leader = observer.wait_for_single_leader(T).await?;
+    wait_endpoints_are(&admin, &leader).await?;
+
+    // The admitted pods: injected, and the slapd container holds no API token.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    for name in [contract::pod_name(STS, 0), contract::pod_name(STS, 1)] {
+        let pod = pods.get(&name).await?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        assert_eq!(spec.automount_service_account_token, Some(false), "{name}");
+        let ldap = spec.containers.iter().find(|c| c.name == "ldap").expect("the ldap container");
+        let mounts: Vec<&str> = ldap.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+        assert!(
+            !mounts.iter().any(|m| m.contains("serviceaccount")),
+            "{name}: ldap container mounts a token: {mounts:?}"
+        );
+        let sidecar = spec.init_containers.iter().flatten().find(|c| c.name == contract::SIDECAR_CONTAINER);
+        assert!(sidecar.is_some_and(|c| c.restart_policy.as_deref() == Some("Always")), "{name}: no native sidecar");
+    }
+
+    // Deleting the leader pod: it hands over before it goes; the Service follows.
+    let fault = Instant::now();
+    pods.delete(&leader, &DeleteParams::default()).await?;
+    let (next, at) = wait_for("a new leader after deleting the leader pod", T, || async {
+        observer.new_leader_after(Some(&leader), fault).ok_or_else(|| observer.timeline())
+    })
+    .await?;
+    println!("leader pod deleted: {leader} -> {next} in {:?}", at - fault);
+    wait_endpoints_are(&admin, &next).await?;
+    observer.wait_for_single_leader(T).await?;
+
+    // With the webhook down and failurePolicy Fail, pods of opted-in StatefulSets are not
+    // created at all (never an uninjected, unfenced slapd): the controller reports it.
+    webhook.stop().await?;
+    let standby =
+        if next == contract::pod_name(STS, 0) { contract::pod_name(STS, 1) } else { contract::pod_name(STS, 0) };
+    pods.delete(&standby, &DeleteParams::default()).await?;
+    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
+    wait_for("FailedCreate on the StatefulSet naming the webhook", T, || async {
+        let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let failed = list.items.iter().find(|e| {
+            e.reason.as_deref() == Some("FailedCreate")
+                && e.note.as_deref().is_some_and(|n| n.contains("ldap-elector.dev") && n.contains(&standby))
+        });
+        failed
+            .map(|_| ())
+            .ok_or_else(|| format!("{:?}", list.items.iter().map(|e| (&e.reason, &e.note)).collect::<Vec<_>>()))
+    })
+    .await?;
+    assert!(pods.get_opt(&standby).await?.is_none(), "{standby} was created without the webhook");
+    // The leader keeps leading, and the write Service keeps pointing at it.
+    wait_endpoints_are(&admin, &next).await?;
+    observer.assert_never_two_leaders();
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! A real OpenLDAP Mirror-Mode pair (two Debian slapd 2.5 processes on loopback, no
+//! Kubernetes): replication both ways, the elector's LDAP health check, and the
+//! `olcReadOnly` write fence of the elector library.
+
+use std::time::{Duration, Instant};
+
+use ldap_elector::health::HealthCheck;
+use ldap_elector::ldap::{self, Credentials};
+use ldap_elector_tests::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, DATA_DB, SUFFIX};
+use ldap_elector_tests::wait_for;
+
+const REPLICATE: Duration = Duration::from_secs(15);
+const CHECK: Duration = Duration::from_secs(2);
+
+/// Waits until node `i` lists `uid` (polling over one open connection).
+async fn wait_visible(pair: &MirrorPair, i: u32, uid: &str, present: bool) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let conn = tokio::sync::Mutex::new(pair.node(i).admin().await?);
+    let what = format!("uid={uid} {} on node {i}", if present { "present" } else { "absent" });
+    wait_for(&what, REPLICATE, || async {
+        let uids = conn.lock().await.uids().await?;
+        if uids.iter().any(|u| u == uid) == present {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("{uids:?}"))
+        }
+    })
+    .await?;
+    Ok(started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pair_replicates_both_ways_and_a_restarted_node_catches_up() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let pair = MirrorPair::start(PairOptions::default()).await?;
+    println!("pair up and base entries replicated in {:?}", started.elapsed());
+
+    pair.add_entry(1, "alice").await?;
+    println!("1 -> 2 replication: {:?}", wait_visible(&pair, 2, "alice", true).await?);
+    pair.add_entry(2, "bob").await?;
+    println!("2 -> 1 replication: {:?}", wait_visible(&pair, 1, "bob", true).await?);
+    let (uids, csn) = pair.wait_converged(REPLICATE).await?;
+    assert_eq!(uids, ["alice", "bob"]);
+    // Both servers wrote, so the suffix carries one contextCSN per server ID.
+    assert_eq!(csn.len(), 2, "{csn:?}");
+    assert!(csn[0].contains("#001#") && csn[1].contains("#002#"), "{csn:?}");
+
+    // Node 2 misses an add and a delete while down; on restart it catches up by itself.
+    pair.node(2).kill9().await;
+    assert!(!pair.node(2).is_running());
+    pair.add_entry(1, "carol").await?;
+    pair.delete_entry(1, "alice").await?;
+    let restarted = Instant::now();
+    pair.node(2).start().await?;
+    let (uids, _) = pair.wait_converged(REPLICATE).await?;
+    println!("node 2 restarted and caught up in {:?}", restarted.elapsed());
+    assert_eq!(uids, ["bob", "carol"]);
+
+    // A graceful stop and start on the same directory and port works as well.
+    pair.node(1).stop().await;
+    pair.add_entry(2, "dave").await?;
+    pair.node(1).start().await?;
+    let (uids, _) = pair.wait_converged(REPLICATE).await?;
+    assert_eq!(uids, ["bob", "carol", "dave"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ldap_health_check_passes_on_a_running_node_and_fails_after_kill_9() -> anyhow::Result<()> {
+    let pair = MirrorPair::start(PairOptions::default()).await?;
+    let password_file = pair.dir.join("admin.password");
+    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n"))?;
+    let admin = Credentials { bind_dn: Some(ADMIN_DN.into()), password_file: Some(password_file.clone()) };
+    let node = pair.node(1);
+    let over_tcp =
+        HealthCheck::parse_with(&format!("{}?base={SUFFIX}", node.ldap_url()), &admin).map_err(anyhow::Error::msg)?;
+    let over_ldapi = HealthCheck::parse_with(&format!("{}?base={SUFFIX}", node.ldapi_url()), &Credentials::default())
+        .map_err(anyhow::Error::msg)?;
+
+    let newest = pair.context_csn(1).await?.into_iter().max();
+    assert!(newest.is_some());
+    let t = Instant::now();
+    assert_eq!(over_tcp.check_detailed(CHECK).await, Ok(newest.clone()));
+    println!("ldap:// check (simple bind) took {:?}", t.elapsed());
+    let t = Instant::now();
+    assert_eq!(over_ldapi.check_detailed(CHECK).await, Ok(newest.clone()));
+    println!("ldapi:// check (SASL EXTERNAL) took {:?}", t.elapsed());
+
+    // The CSN it reports follows writes.
+    pair.add_entry(2, "erin").await?;
+    wait_for("the check to report a newer contextCSN", REPLICATE, || async {
+        match over_tcp.check_detailed(CHECK).await {
+            Ok(csn) if csn > newest => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+
+    // Wrong credentials and a suffix the server does not hold fail, naming the step.
+    let wrong_file = pair.dir.join("wrong.password");
+    std::fs::write(&wrong_file, "not-the-password")?;
+    let wrong = Credentials { password_file: Some(wrong_file), ..admin.clone() };
+    let err = HealthCheck::parse_with(&format!("{}?base={SUFFIX}", node.ldap_url()), &wrong)
+        .map_err(anyhow::Error::msg)?
+        .check(CHECK)
+        .await
+        .unwrap_err();
+    assert!(err.contains("bind") && err.contains("rc=49"), "{err}");
+    let probe = ldap::LdapCheck::parse(&format!("{}?base={SUFFIX}", node.ldap_url()))
+        .and_then(|c| c.with_credentials(&wrong))
+        .map_err(anyhow::Error::msg)?
+        .probe(CHECK)
+        .await
+        .unwrap_err();
+    assert!(matches!(probe, ldap::LdapError::Failed { step: ldap::Step::Bind, .. }), "{probe}");
+    assert_eq!(probe.result_code(), Some(49), "invalidCredentials");
+    let err = HealthCheck::parse_with(&format!("{}?base=dc=nowhere", node.ldap_url()), &admin)
+        .map_err(anyhow::Error::msg)?
+        .check(CHECK)
+        .await
+        .unwrap_err();
+    assert!(err.contains("contextCSN") && err.contains("rc=32"), "{err}");
+
+    // A read-only node is still healthy (health is liveness, not role).
+    ldap::set_read_only(&node.ldapi_url(), DATA_DB, true, CHECK).await?;
+    assert!(over_tcp.check(CHECK).await.is_ok());
+    ldap::set_read_only(&node.ldapi_url(), DATA_DB, false, CHECK).await?;
+
+    node.kill9().await;
+    let t = Instant::now();
+    let err = over_tcp.check(CHECK).await.unwrap_err();
+    println!("check after kill -9 failed in {:?}: {err}", t.elapsed());
+    assert!(err.contains("connect"), "{err}");
+    let err = over_ldapi.check(CHECK).await.unwrap_err();
+    assert!(err.contains("connect"), "{err}");
+    // The peer is unaffected.
+    let peer = HealthCheck::parse_with(&format!("{}?base={SUFFIX}", pair.node(2).ldap_url()), &admin)
+        .map_err(anyhow::Error::msg)?;
+    assert!(peer.check(CHECK).await.is_ok());
+
+    node.start().await?;
+    wait_for("the check to pass again after restart", REPLICATE, || over_tcp.check(CHECK)).await?;
+    wait_for("the ldapi check to pass again after restart", REPLICATE, || over_ldapi.check(CHECK)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_fence_refuses_writes_on_open_connections_while_replication_still_applies() -> anyhow::Result<()> {
+    let pair = MirrorPair::start(PairOptions::default()).await?;
+    let node = pair.node(1);
+    let ldapi = node.ldapi_url();
+    // A client connection opened BEFORE the fence (as kube-proxy would keep it).
+    let mut client = node.admin().await?;
+    assert_eq!(client.add_person("before").await?.rc, 0);
+    assert!(!ldap::is_read_only(&ldapi, DATA_DB, CHECK).await?);
+
+    let t = Instant::now();
+    ldap::set_read_only(&ldapi, DATA_DB, true, CHECK).await?;
+    let fence = t.elapsed();
+    let refused = client.add_person("refused").await?;
+    println!("fence: set_read_only(true) took {fence:?}; next write on the open connection: {refused}");
+    assert_eq!(refused.rc, 53, "unwillingToPerform expected, got {refused}");
+    assert_eq!(client.delete_person("before").await?.rc, 53);
+    assert_eq!(node.admin().await?.add_person("refused-new-conn").await?.rc, 53);
+    // The library and an independent cn=config read agree.
+    assert!(ldap::is_read_only(&ldapi, DATA_DB, CHECK).await?);
+    assert!(pair.read_only(1).await?);
+
+    // A change on the peer still replicates INTO the read-only node.
+    pair.add_entry(2, "from-peer").await?;
+    println!("2 -> read-only 1 replication: {:?}", wait_visible(&pair, 1, "from-peer", true).await?);
+
+    let t = Instant::now();
+    ldap::set_read_only(&ldapi, DATA_DB, false, CHECK).await?;
+    let unfence = t.elapsed();
+    let accepted = client.add_person("after").await?;
+    println!("unfence: set_read_only(false) took {unfence:?}; next write: {accepted}");
+    assert_eq!(accepted.rc, 0, "{accepted}");
+    assert!(!ldap::is_read_only(&ldapi, DATA_DB, CHECK).await?);
+    assert!(!pair.read_only(1).await?);
+
+    // is_read_only reads the truth, whoever set it.
+    pair.set_read_only(1, true).await?;
+    assert!(ldap::is_read_only(&ldapi, DATA_DB, CHECK).await?);
+    pair.set_read_only(1, false).await?;
+    assert!(!ldap::is_read_only(&ldapi, DATA_DB, CHECK).await?);
+
+    // The fence only takes ldapi, names a missing database, and fails clearly on a dead socket.
+    assert!(ldap::set_read_only(&node.ldap_url(), DATA_DB, true, CHECK).await.is_err());
+    let err = ldap::set_read_only(&ldapi, "olcDatabase={9}mdb,cn=config", true, CHECK).await.unwrap_err();
+    assert_eq!(err.result_code(), Some(32), "noSuchObject: {err}");
+    let (uids, _) = pair.wait_converged(REPLICATE).await?;
+    assert_eq!(uids, ["after", "before", "from-peer"]);
+    node.kill9().await;
+    let err = ldap::is_read_only(&ldapi, DATA_DB, CHECK).await.unwrap_err();
+    assert!(matches!(err, ldap::LdapError::Failed { step: ldap::Step::Connect, .. }), "{err}");
+    Ok(())
+}
+
+/// slapd pauses its thread pool for every cn=config change; a syncrepl consumer that has
+/// just reconnected blocks in its refresh read until a message arrives or the syncrepl
+/// `timeout=` passes, so the fence (and every other operation on that server) can wait up
+/// to that timeout. This pins the bound the elector's timing must budget for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_can_stall_up_to_the_syncrepl_timeout_after_the_peer_reconnects() -> anyhow::Result<()> {
+    let opts = PairOptions::default();
+    let sync_timeout = Duration::from_secs(u64::from(opts.sync_timeout));
+    let pair = std::sync::Arc::new(MirrorPair::start(opts).await?);
+    let ldapi = pair.node(1).ldapi_url();
+    pair.node(2).kill9().await;
+    pair.node(2).start().await?;
+    let restarted = Instant::now();
+
+    // Reads on node 1 meanwhile, to see whether they stall with the fence.
+    let reads = tokio::spawn({
+        let pair = pair.clone();
+        async move {
+            let mut conn = pair.node(1).admin().await?;
+            let mut worst = Duration::ZERO;
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            while restarted.elapsed() < Duration::from_secs(3) + sync_timeout {
+                tick.tick().await;
+                let t = Instant::now();
+                // A read stalled past the rig's operation timeout counts as that long.
+                let _ = conn.uids().await;
+                worst = worst.max(t.elapsed());
+            }
+            anyhow::Ok(worst)
+        }
+    });
+
+    // Fence and unfence node 1 while its consumer reconnects and refreshes.
+    let mut worst = Duration::ZERO;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for round in 0..60 {
+        if restarted.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        tick.tick().await;
+        let t = Instant::now();
+        ldap::set_read_only(&ldapi, DATA_DB, round % 2 == 0, sync_timeout + Duration::from_secs(3)).await?;
+        worst = worst.max(t.elapsed());
+    }
+    let worst_read = reads.await??;
+    println!(
+        "after the peer restarted: slowest fence {worst:?}, slowest read on the same node {worst_read:?} \
+         (syncrepl timeout {sync_timeout:?})"
+    );
+    assert!(worst <= sync_timeout + Duration::from_millis(1500), "fence took {worst:?}");
+
+    // Once the consumer has been through one pause it polls, and fences are prompt again.
+    let t = Instant::now();
+    ldap::set_read_only(&ldapi, DATA_DB, false, CHECK).await?;
+    assert!(t.elapsed() < Duration::from_secs(1), "fence took {:?}", t.elapsed());
+    assert!(!ldap::is_read_only(&ldapi, DATA_DB, CHECK).await?);
+    pair.wait_converged(REPLICATE).await?;
+    Ok(())
+}
