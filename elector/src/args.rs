@@ -7,7 +7,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::contract;
 use crate::decide::Timing;
+use crate::fence::{Fence, LdapFence};
 use crate::health::HealthCheck;
+use crate::ldap::Credentials;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the elector (the default when no subcommand is given).
     Run,
+    /// Internal: the watchdog process the elector starts and feeds (see `watchdog.rs`).
+    #[command(hide = true)]
+    Watchdog,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -66,13 +71,36 @@ pub struct RunArgs {
     /// Command run on every role change with the new role (`leader` or `standby`) as its
     /// last argument, e.g. to fence slapd; a failing hook on `standby` is logged, a
     /// failing hook on `leader` keeps the pod from taking writes (it releases).
-    #[arg(long, env = "ELECTOR_ON_ROLE_CHANGE")]
+    #[arg(long, env = contract::ENV_ON_ROLE_CHANGE)]
     pub on_role_change: Option<String>,
+    /// Built-in write fence: the ldapi URL of the local slapd (e.g.
+    /// `ldapi://%2Frun%2Fslapd%2Fldapi`); standby sets `olcReadOnly: TRUE` on the data
+    /// database over SASL EXTERNAL, the leader sets FALSE after it holds Lease and label.
+    #[arg(long, env = contract::ENV_FENCE_LDAPI)]
+    pub fence_ldapi: Option<String>,
+    /// The cn=config entry of the data database the built-in fence toggles.
+    #[arg(long, env = contract::ENV_FENCE_DATABASE, default_value = "olcDatabase={1}mdb,cn=config")]
+    pub fence_database: String,
+    /// Availability over consistency: a standby whose contextCSN is behind the leader's
+    /// published one takes over anyway once the Lease has been free this long (`off`:
+    /// never — the pair then stays without a writer until the old leader returns).
+    #[arg(long, env = contract::ENV_CATCH_UP_GRACE, default_value = "30s")]
+    pub catch_up_grace: String,
+    /// Bind DN of the LDAP health check (simple bind); without it SASL EXTERNAL over ldapi.
+    #[arg(long, env = crate::ldap::ENV_LDAP_BIND_DN)]
+    pub ldap_bind_dn: Option<String>,
+    /// File with the password of the bind DN (read on every check, so it can rotate).
+    #[arg(long, env = crate::ldap::ENV_LDAP_BIND_PASSWORD_FILE)]
+    pub ldap_bind_password_file: Option<std::path::PathBuf>,
+    /// Start the watchdog process that fences slapd when this elector stops renewing
+    /// (paused, hung, killed). On by default when a fence is configured.
+    #[arg(long, env = contract::ENV_WATCHDOG, default_value_t = true, action = clap::ArgAction::Set)]
+    pub watchdog: bool,
     /// Address of the plain-HTTP /livez and /readyz endpoints (`off` to disable).
     #[arg(long, env = contract::ENV_PROBE_ADDR, default_value = "0.0.0.0:8086")]
     pub probe_addr: String,
     /// Log format.
-    #[arg(long, env = "ELECTOR_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    #[arg(long, env = contract::ENV_LOG_FORMAT, default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
 }
 
@@ -91,6 +119,9 @@ pub struct Config {
     pub health_interval: Duration,
     pub health_failures: u32,
     pub on_role_change: Option<String>,
+    pub fence_ldapi: Option<LdapFence>,
+    pub catch_up_grace: Option<Duration>,
+    pub watchdog: bool,
     pub probe_addr: Option<String>,
 }
 
@@ -104,6 +135,12 @@ pub enum ConfigError {
     NotAMember { pod: String, statefulset: String },
     #[error(transparent)]
     Timing(#[from] crate::decide::TimingError),
+    #[error("health check: {0}")]
+    HealthCheck(String),
+    #[error("--catch-up-grace: {0} (or `off`)")]
+    CatchUpGrace(String),
+    #[error("--fence-ldapi must be an ldapi:// URL, got {0:?}")]
+    FenceUrl(String),
 }
 
 impl RunArgs {
@@ -133,12 +170,43 @@ impl RunArgs {
             statefulset,
             api_timeout: timing.renew_period.mul_f64(0.75),
             timing,
-            health_check: self.health_check,
+            health_check: self
+                .health_check
+                .with_ldap_credentials(&Credentials {
+                    bind_dn: self.ldap_bind_dn.filter(|s| !s.is_empty()),
+                    password_file: self.ldap_bind_password_file,
+                })
+                .map_err(ConfigError::HealthCheck)?,
             health_interval: self.health_interval,
             health_failures: self.health_failures,
             on_role_change: self.on_role_change.filter(|s| !s.trim().is_empty()),
+            fence_ldapi: match self.fence_ldapi.filter(|s| !s.trim().is_empty()) {
+                Some(url) if url.starts_with("ldapi://") => {
+                    Some(LdapFence { ldapi_url: url, database_dn: self.fence_database })
+                }
+                Some(url) => return Err(ConfigError::FenceUrl(url)),
+                None => None,
+            },
+            catch_up_grace: parse_optional_duration(&self.catch_up_grace).map_err(ConfigError::CatchUpGrace)?,
+            watchdog: self.watchdog,
             probe_addr: Some(self.probe_addr).filter(|a| a != "off"),
         })
+    }
+}
+
+impl Config {
+    /// The write fence this configuration describes; its steps are bounded by `FENCE_BUDGET`.
+    pub fn fence(&self) -> Fence {
+        Fence::new(self.fence_ldapi.clone(), self.on_role_change.clone(), crate::decide::FENCE_BUDGET)
+    }
+}
+
+/// A duration, or `off`.
+pub fn parse_optional_duration(s: &str) -> Result<Option<Duration>, String> {
+    if s.trim() == "off" {
+        Ok(None)
+    } else {
+        parse_duration(s).map(Some)
     }
 }
 
@@ -178,6 +246,17 @@ mod tests {
         assert_eq!(c.timing, Timing::default());
         assert!(c.api_timeout < c.timing.renew_period);
         assert_eq!(c.probe_addr, None);
+        assert_eq!(c.catch_up_grace, Some(Duration::from_secs(30)));
+        assert_eq!(c.fence_ldapi, None);
+        assert!(c.watchdog);
+    }
+
+    #[test]
+    fn fence_and_grace_options() {
+        let c = args(&["--fence-ldapi", "ldapi://%2Frun%2Fldapi", "--catch-up-grace", "off"]).unwrap();
+        assert_eq!(c.catch_up_grace, None);
+        assert_eq!(c.fence_ldapi.unwrap().database_dn, "olcDatabase={1}mdb,cn=config");
+        assert!(args(&["--fence-ldapi", "ldap://127.0.0.1"]).unwrap_err().contains("ldapi://"));
     }
 
     #[test]

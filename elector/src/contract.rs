@@ -51,6 +51,12 @@ pub const ENV_HEALTH_INTERVAL: &str = "ELECTOR_HEALTH_INTERVAL";
 pub const ENV_HEALTH_FAILURES: &str = "ELECTOR_HEALTH_FAILURES";
 pub const ENV_PROBE_ADDR: &str = "ELECTOR_PROBE_ADDR";
 pub const ENV_KUBECONFIG: &str = "KUBECONFIG";
+pub const ENV_ON_ROLE_CHANGE: &str = "ELECTOR_ON_ROLE_CHANGE";
+pub const ENV_FENCE_LDAPI: &str = "ELECTOR_FENCE_LDAPI";
+pub const ENV_FENCE_DATABASE: &str = "ELECTOR_FENCE_DATABASE";
+pub const ENV_CATCH_UP_GRACE: &str = "ELECTOR_CATCH_UP_GRACE";
+pub const ENV_WATCHDOG: &str = "ELECTOR_WATCHDOG";
+pub const ENV_LOG_FORMAT: &str = "ELECTOR_LOG_FORMAT";
 
 /// Name of the sidecar container the webhook injects.
 pub const SIDECAR_CONTAINER: &str = "ldap-elector";

@@ -207,6 +207,46 @@ fn decide_as_follower(lease: Option<&Observed>, me: &Me<'_>, now: Moment) -> Act
     }
 }
 
+/// Catch-up gating (pure). A standby is caught up when, for every server ID in the
+/// contextCSN the leader published, it holds a CSN at least as new. CSNs look like
+/// `20261125183700.123456Z#000000#001#000000` (time, count, server ID, modifier), so
+/// within one server ID they order as text.
+pub fn caught_up(mine: &[String], leaders: &[String]) -> bool {
+    let sid = |csn: &str| csn.split('#').nth(2).map(str::to_owned);
+    leaders.iter().all(|theirs| {
+        let Some(their_sid) = sid(theirs) else { return true };
+        mine.iter().any(|m| sid(m).as_deref() == Some(their_sid.as_str()) && m.as_str() >= theirs.as_str())
+    })
+}
+
+/// Since when the Lease has been free on this candidate's clock: released (no holder) since
+/// it was seen so, or expired since `seen_change_at + lease_duration`. `None` while held.
+pub fn free_since(lease: &Observed, now: Moment) -> Option<Moment> {
+    match lease.holder() {
+        None => Some(lease.seen_change_at),
+        Some(_) => Some(lease.seen_change_at + lease.lease_duration).filter(|t| *t <= now),
+    }
+}
+
+/// Whether a healthy standby may take over: caught up with the leader's published
+/// contextCSN, or the leader has been gone for longer than `grace` (the operator's
+/// availability-over-consistency allowance; `None` = never promote a standby that is behind).
+pub fn may_promote(
+    mine: &[String],
+    leaders: &[String],
+    lease: Option<&Observed>,
+    now: Moment,
+    grace: Option<Duration>,
+) -> bool {
+    if caught_up(mine, leaders) {
+        return true;
+    }
+    match (grace, lease.and_then(|l| free_since(l, now))) {
+        (Some(grace), Some(since)) => now.since(since) >= grace,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,5 +410,35 @@ mod tests {
             decide(Some(&lease(Some("a"), 4, 10.0)), &me, at(11.0), &Timing::default()),
             Action::Release(ReleaseReason::Unhealthy)
         );
+    }
+    fn csn(time: &str, sid: u8) -> String {
+        format!("{time}.000000Z#000000#{sid:03x}#000000")
+    }
+
+    #[test]
+    fn caught_up_compares_per_server_id() {
+        let leader = vec![csn("20261125100000", 1), csn("20261125100500", 2)];
+        assert!(caught_up(&leader, &leader));
+        assert!(caught_up(&[csn("20261125100000", 1), csn("20261125100600", 2)], &leader));
+        assert!(!caught_up(&[csn("20261125100000", 1), csn("20261125100400", 2)], &leader));
+        assert!(!caught_up(&[csn("20261125100000", 1)], &leader), "no CSN for server 2");
+        // A newer CSN of another server does not make up for a missing one.
+        assert!(!caught_up(&[csn("20261125110000", 1)], &[csn("20261125100000", 2)]));
+        assert!(caught_up(&[], &[]), "nothing published: nothing to wait for");
+    }
+
+    #[test]
+    fn a_standby_behind_waits_unless_the_leader_is_gone_longer_than_the_grace() {
+        let behind = vec![csn("20261125100000", 1)];
+        let leader = vec![csn("20261125100500", 1)];
+        let held = lease(Some("b"), 3, 10.0);
+        let grace = Some(30 * S);
+        assert!(!may_promote(&behind, &leader, Some(&held), at(12.0), grace), "held");
+        assert!(!may_promote(&behind, &leader, Some(&held), at(40.0), grace), "expired at 18 s, only 22 s ago");
+        assert!(may_promote(&behind, &leader, Some(&held), at(48.0), grace), "expired 30 s ago");
+        assert!(!may_promote(&behind, &leader, Some(&held), at(1000.0), None), "grace off: never");
+        let released = lease(None, 3, 10.0);
+        assert!(may_promote(&behind, &leader, Some(&released), at(40.0), grace));
+        assert!(may_promote(&leader, &leader, Some(&held), at(12.0), None), "caught up: at once");
     }
 }

@@ -72,21 +72,19 @@ impl HealthCheck {
         self.check_detailed(timeout).await.map(drop)
     }
 
-    /// One check, bounded by `timeout`; on success the LDAP check also returns the newest
-    /// contextCSN of the data database (`None` for the other checks, or when the suffix
-    /// carries none yet).
-    pub async fn check_detailed(&self, timeout: Duration) -> Result<Option<String>, String> {
+    /// One check, bounded by `timeout`; on success the LDAP check also returns the
+    /// contextCSN values of the data database, one per server ID, sorted (empty for the
+    /// other checks, or when the suffix carries none yet).
+    pub async fn check_detailed(&self, timeout: Duration) -> Result<Vec<String>, String> {
         let run = async {
             match self {
-                HealthCheck::None => Ok(None),
-                HealthCheck::Ldap(check) => check
-                    .probe(timeout)
-                    .await
-                    .map(|status| status.newest_csn().map(String::from))
-                    .map_err(|e| format!("ldap {e}")),
+                HealthCheck::None => Ok(Vec::new()),
+                HealthCheck::Ldap(check) => {
+                    check.probe(timeout).await.map(|status| status.context_csn).map_err(|e| format!("ldap {e}"))
+                }
                 HealthCheck::Tcp(addr) => tokio::net::TcpStream::connect(addr.as_str())
                     .await
-                    .map(|_| None)
+                    .map(|_| Vec::new())
                     .map_err(|e| format!("tcp {addr}: {e}")),
                 HealthCheck::Exec(argv) => {
                     let status = tokio::process::Command::new(&argv[0])
@@ -99,7 +97,7 @@ impl HealthCheck {
                         .await
                         .map_err(|e| format!("exec {}: {e}", argv[0]))?;
                     if status.success() {
-                        Ok(None)
+                        Ok(Vec::new())
                     } else {
                         Err(format!("exec {}: {status}", argv[0]))
                     }
@@ -140,19 +138,22 @@ pub async fn monitor(
     tx: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
-    monitor_with_csn(check, interval, threshold, tx, None, cancel).await
+    monitor_with_csn(check, interval, threshold, tx, None, &tokio::sync::Notify::new(), cancel).await
 }
 
-/// As [`monitor`], and publishes the newest contextCSN of every passing check into `csn`
-/// (the last seen value stays while checks fail).
+/// As [`monitor`], and publishes the contextCSN values of every passing check into `csn`
+/// (the last seen values stay while checks fail). `recheck` asks for a check before the
+/// next tick (at most every `RECHECK_MIN`), e.g. while a standby waits to catch up.
 pub async fn monitor_with_csn(
     check: HealthCheck,
     interval: Duration,
     threshold: u32,
     tx: watch::Sender<bool>,
-    csn: Option<watch::Sender<Option<String>>>,
+    csn: Option<watch::Sender<Vec<String>>>,
+    recheck: &tokio::sync::Notify,
     cancel: CancellationToken,
 ) {
+    const RECHECK_MIN: Duration = Duration::from_millis(50);
     let mut verdict = Verdict::initial();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -160,13 +161,14 @@ pub async fn monitor_with_csn(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
+            _ = recheck.notified() => tokio::time::sleep(RECHECK_MIN).await,
         }
         let result = check.check_detailed(interval.max(Duration::from_millis(500))).await;
-        if let (Some(csn), Ok(Some(seen))) = (&csn, &result) {
+        if let (Some(csn), Ok(seen)) = (&csn, &result) {
             csn.send_if_modified(|c| {
-                let changed = c.as_deref() != Some(seen.as_str());
+                let changed = !seen.is_empty() && c != seen;
                 if changed {
-                    *c = Some(seen.clone());
+                    c.clone_from(seen);
                 }
                 changed
             });

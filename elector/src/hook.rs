@@ -16,6 +16,10 @@ impl RoleHook {
         RoleHook { argv, timeout }
     }
 
+    pub fn is_configured(&self) -> bool {
+        self.argv.is_some()
+    }
+
     /// Runs the hook for `role`; true when there is none or it exited 0 within the timeout.
     pub async fn run(&self, role: &str) -> bool {
         let Some(argv) = &self.argv else { return true };

@@ -10,6 +10,7 @@ use kube::api::PostParams;
 use kube::Api;
 
 use crate::clock::Moment;
+use crate::contract::LEASE_ANNOTATION_CONTEXT_CSN;
 use crate::decide::Observed;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,30 @@ pub fn released(lease: &Lease) -> Lease {
     spec.acquire_time = None;
     spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
     next
+}
+
+/// `lease` carrying the holder's contextCSN values (space-separated) for catch-up gating;
+/// unchanged when there are none to publish.
+pub fn with_context_csn(mut lease: Lease, csn: &[String]) -> Lease {
+    if !csn.is_empty() {
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(LEASE_ANNOTATION_CONTEXT_CSN.into(), csn.join(" "));
+    }
+    lease
+}
+
+/// The contextCSN values the holder last published.
+pub fn published_csn(lease: &Lease) -> Vec<String> {
+    lease
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LEASE_ANNOTATION_CONTEXT_CSN))
+        .map(|v| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
 }
 
 /// Whether `candidate` is a newer version of the object than `known` (resourceVersions are
@@ -196,6 +221,14 @@ mod tests {
         let o = observe(&lease(Some(""), 2, "3"), Moment::ZERO);
         assert_eq!(o.holder, None);
         assert_eq!(o.lease_duration, Duration::from_secs(8));
+    }
+
+    #[test]
+    fn context_csn_round_trips_through_the_annotation() {
+        let csn = vec!["20261125100000.000000Z#000000#001#000000".to_string(), "x#0#002#0".to_string()];
+        let l = with_context_csn(lease(Some("a"), 1, "1"), &csn);
+        assert_eq!(published_csn(&l), csn);
+        assert!(published_csn(&with_context_csn(lease(None, 0, "1"), &[])).is_empty());
     }
 
     #[test]

@@ -1,10 +1,12 @@
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use ldap_elector::args::{Cli, Command, Config};
 use ldap_elector::probe::{self, Heartbeat};
+use ldap_elector::watchdog::{self, Watchdog};
 use ldap_elector::{health, run};
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +29,10 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => runtime.block_on(elect(config)),
+        Command::Watchdog => {
+            runtime.block_on(watchdog::serve(config.fence()));
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -38,6 +44,22 @@ fn init_logging(format: &str) {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
+    }
+}
+
+/// The watchdog: this binary again, with the same flags, as `... watchdog`.
+fn start_watchdog(config: &Config) -> Option<Watchdog> {
+    if !config.watchdog || !config.fence().is_configured() {
+        return None;
+    }
+    let flags: Vec<String> = std::env::args().skip(1).filter(|a| a != "run").collect();
+    let program = std::env::current_exe().ok()?;
+    match Watchdog::spawn(&program, &flags) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the watchdog; a paused elector would not fence slapd");
+            None
+        }
     }
 }
 
@@ -66,21 +88,24 @@ async fn elect(config: Config) -> ExitCode {
             }
         }
     }
-    let (health_tx, health_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(health::monitor(
-        config.health_check.clone(),
-        config.health_interval,
-        config.health_failures,
-        health_tx,
-        tasks.clone(),
-    ));
-    let (deleting_tx, deleting_rx) = tokio::sync::watch::channel(false);
+    let (health_tx, healthy) = tokio::sync::watch::channel(false);
+    let (csn_tx, csn) = tokio::sync::watch::channel(Vec::new());
+    let recheck = Arc::new(tokio::sync::Notify::new());
+    {
+        let (check, interval, failures) = (config.health_check.clone(), config.health_interval, config.health_failures);
+        let (recheck, tasks) = (recheck.clone(), tasks.clone());
+        tokio::spawn(async move {
+            health::monitor_with_csn(check, interval, failures, health_tx, Some(csn_tx), &recheck, tasks).await
+        });
+    }
+    let (deleting_tx, deleting) = tokio::sync::watch::channel(false);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
     tokio::spawn(run::watch_own_pod(pods, config.identity.clone(), deleting_tx, tasks.clone()));
     tokio::spawn(forward_sigterm(terminate.clone()));
 
-    let elector = run::Elector::new(config, client, heartbeat);
-    let exit = elector.run(health_rx, deleting_rx, terminate).await;
+    let watchdog = start_watchdog(&config);
+    let elector = run::Elector::new(config, client, heartbeat, watchdog);
+    let exit = elector.run(run::Inputs { healthy, csn, deleting, recheck }, terminate).await;
     tasks.cancel();
     tracing::info!(?exit, "ldap-elector stopped");
     ExitCode::SUCCESS

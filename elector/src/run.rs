@@ -23,11 +23,12 @@ use tokio_util::sync::CancellationToken;
 use crate::args::Config;
 use crate::clock::Moment;
 use crate::contract::{ROLE_LEADER, ROLE_STANDBY};
-use crate::decide::{decide, Action, Leading, Me, Observed};
-use crate::hook::RoleHook;
+use crate::decide::{decide, may_promote, Action, Leading, Me, Observed};
+use crate::fence::Fence;
 use crate::labels::PodLabeler;
 use crate::lease::{self, LeaseClient, LeaseError};
 use crate::probe::Heartbeat;
+use crate::watchdog::Watchdog;
 
 /// Longest time the loop sleeps without re-deciding (health and deadlines are re-read).
 const TICK: Duration = Duration::from_secs(1);
@@ -42,12 +43,28 @@ pub enum Exit {
     Terminated,
 }
 
+/// What the elector learns from the rest of the process.
+pub struct Inputs {
+    /// The health verdict.
+    pub healthy: watch::Receiver<bool>,
+    /// The local slapd's contextCSN values (empty without an LDAP check).
+    pub csn: watch::Receiver<Vec<String>>,
+    /// Turns true when the pod is being deleted: hand over, keep running until SIGTERM.
+    pub deleting: watch::Receiver<bool>,
+    /// Asks the health monitor for a check now (while waiting to catch up).
+    pub recheck: std::sync::Arc<tokio::sync::Notify>,
+}
+
 pub struct Elector {
     cfg: Config,
     lease: LeaseClient,
     labels: PodLabeler,
-    hook: RoleHook,
+    fence: Fence,
+    watchdog: Option<Watchdog>,
     heartbeat: Heartbeat,
+    /// The local contextCSN as last seen (published by the leader on each write).
+    my_csn: Vec<String>,
+    waiting_to_catch_up: bool,
     /// Latest Lease object seen (the base of every CAS write) and its observation.
     current: Option<Lease>,
     observed: Option<Observed>,
@@ -60,14 +77,17 @@ pub struct Elector {
 }
 
 impl Elector {
-    pub fn new(cfg: Config, client: Client, heartbeat: Heartbeat) -> Self {
+    pub fn new(cfg: Config, client: Client, heartbeat: Heartbeat, watchdog: Option<Watchdog>) -> Self {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
         let labels = PodLabeler::new(client, &cfg.namespace, &cfg.statefulset, &cfg.identity, cfg.api_timeout);
         Elector {
             lease: LeaseClient::new(leases, &cfg.lease_name),
             labels,
-            hook: RoleHook::new(cfg.on_role_change.clone(), cfg.timing.renew_period),
+            fence: cfg.fence(),
+            watchdog,
             heartbeat,
+            my_csn: Vec::new(),
+            waiting_to_catch_up: false,
             cfg,
             current: None,
             observed: None,
@@ -79,21 +99,16 @@ impl Elector {
         }
     }
 
-    /// Runs until `terminate` (SIGTERM). `healthy` carries the health verdict; `deleting`
-    /// turns true when the pod is being deleted (hand over, but keep running until SIGTERM).
-    pub async fn run(
-        mut self,
-        mut healthy: watch::Receiver<bool>,
-        mut deleting: watch::Receiver<bool>,
-        terminate: CancellationToken,
-    ) -> Exit {
+    /// Runs until `terminate` (SIGTERM).
+    pub async fn run(mut self, inputs: Inputs, terminate: CancellationToken) -> Exit {
+        let Inputs { mut healthy, mut csn, mut deleting, recheck } = inputs;
         let tasks = CancellationToken::new();
         let _stop_tasks = tasks.clone().drop_guard();
         let (lease_tx, mut lease_rx) = watch::channel(None);
         tokio::spawn(watch_lease(self.lease.api().clone(), self.cfg.lease_name.clone(), lease_tx, tasks.clone()));
 
         // On start a pod is standby: fence locally, then make sure the label says so.
-        self.hook.run(ROLE_STANDBY).await;
+        self.fence.apply(ROLE_STANDBY).await;
         if let Err(e) = self.labels.label_self_standby(0).await {
             tracing::warn!(error = %e, "could not label this pod standby at start (will be corrected on the next term)");
         }
@@ -110,9 +125,12 @@ impl Elector {
             }
             let now = Moment::now();
             // borrow_and_update marks the values seen, so `changed()` below waits for news.
+            self.my_csn.clone_from(&csn.borrow_and_update());
+            let healthy_now = *healthy.borrow_and_update();
+            let eligible = healthy_now && (self.leading.is_some() || self.caught_up_or_graced(now, &recheck));
             let me = Me {
                 identity: &self.cfg.identity,
-                eligible: *healthy.borrow_and_update(),
+                eligible,
                 stopping: self.stopping || *deleting.borrow_and_update(),
                 leading: self.leading,
             };
@@ -133,6 +151,9 @@ impl Elector {
                 Action::Wait(until) => {
                     if terminate.is_cancelled() && self.leading.is_none() {
                         tracing::info!(pod = %self.cfg.identity, "stood down; exiting");
+                        if let Some(w) = self.watchdog.take() {
+                            w.stop().await;
+                        }
                         return Exit::Terminated;
                     }
                     let retry_due = self.retry_at.is_none_or(|t| now >= t);
@@ -152,6 +173,7 @@ impl Elector {
                             }
                         }
                         Ok(()) = healthy.changed() => {}
+                        Ok(()) = csn.changed() => {}
                         Ok(()) = deleting.changed() => {}
                         _ = terminate.cancelled(), if !self.stopping => {}
                         _ = tokio::time::sleep(wake) => {}
@@ -159,6 +181,23 @@ impl Elector {
                 }
             }
         }
+    }
+
+    /// Catch-up gating for a follower: caught up with the leader's published contextCSN,
+    /// or the Lease free for longer than the grace. While waiting, ask for fresh checks.
+    fn caught_up_or_graced(&mut self, now: Moment, recheck: &tokio::sync::Notify) -> bool {
+        let published = self.current.as_ref().map(lease::published_csn).unwrap_or_default();
+        let ok = may_promote(&self.my_csn, &published, self.observed.as_ref(), now, self.cfg.catch_up_grace);
+        let free = self.observed.as_ref().is_some_and(|o| crate::decide::free_since(o, now).is_some());
+        if !ok && free {
+            recheck.notify_one();
+            if !self.waiting_to_catch_up {
+                tracing::warn!(pod = %self.cfg.identity, mine = ?self.my_csn, leader = ?published,
+                    grace = ?self.cfg.catch_up_grace, "the Lease is free but this slapd is behind the leader: waiting to catch up");
+            }
+        }
+        self.waiting_to_catch_up = !ok && free;
+        ok
     }
 
     fn on_lease(&mut self, seen: Lease) {
@@ -185,13 +224,17 @@ impl Elector {
     async fn acquire(&mut self) {
         let Some(base) = self.current.clone() else { return self.reread().await };
         let sent = Moment::now();
-        let next = lease::acquired(&base, &self.cfg.identity, self.cfg.timing.lease_duration);
+        let next = lease::with_context_csn(
+            lease::acquired(&base, &self.cfg.identity, self.cfg.timing.lease_duration),
+            &self.my_csn,
+        );
         match self.lease.write(&next, self.cfg.api_timeout).await {
             Ok(won) => {
                 let term = lease::observe(&won, sent).transitions;
                 tracing::info!(pod = %self.cfg.identity, term, previous = ?self.observed.as_ref().and_then(|o| o.holder.clone()), "acquired the Lease");
                 self.leading = Some(Leading { term, renewed_at: sent });
                 self.in_office = false;
+                self.feed_watchdog(sent).await;
                 self.on_lease(won);
                 self.succeeded();
             }
@@ -205,11 +248,12 @@ impl Elector {
         let deadline = leading.renewed_at + self.cfg.timing.renew_deadline;
         let timeout = self.cfg.api_timeout.min(deadline.since(now));
         let sent = Moment::now();
-        match self.lease.write(&lease::renewed(&base), timeout).await {
+        match self.lease.write(&lease::with_context_csn(lease::renewed(&base), &self.my_csn), timeout).await {
             Ok(renewed) => {
                 if let Some(l) = self.leading.as_mut() {
                     l.renewed_at = sent;
                 }
+                self.feed_watchdog(sent).await;
                 self.on_lease(renewed);
                 self.succeeded();
             }
@@ -235,8 +279,8 @@ impl Elector {
                 if Moment::now() >= leading.renewed_at + self.cfg.timing.renew_deadline {
                     return;
                 }
-                if !self.hook.run(ROLE_LEADER).await {
-                    tracing::error!(pod = %self.cfg.identity, term = leading.term, "role-change hook failed for leader; releasing");
+                if !self.fence.apply(ROLE_LEADER).await {
+                    tracing::error!(pod = %self.cfg.identity, term = leading.term, "could not lift the write fence; releasing");
                     self.step_down("HookFailed").await;
                     self.release().await;
                     return;
@@ -254,21 +298,32 @@ impl Elector {
     async fn step_down(&mut self, reason: &str) {
         let Some(leading) = self.leading.take() else { return };
         self.in_office = false;
-        self.hook.run(ROLE_STANDBY).await;
+        self.fence.apply(ROLE_STANDBY).await;
+        if let Some(w) = self.watchdog.as_mut() {
+            w.disarm().await;
+        }
         tracing::warn!(pod = %self.cfg.identity, term = leading.term, reason, role = ROLE_STANDBY, "stepped down");
         if let Err(e) = self.labels.label_self_standby(leading.term).await {
             tracing::info!(error = %e, "could not label this pod standby (the next leader demotes it before labelling itself)");
         }
     }
 
-    /// Clear the holder so a standby takes over at once (CAS; skipped if not ours).
+    /// Clear the holder so a standby takes over at once (CAS; skipped if not ours). The
+    /// slapd is fenced by now, so its contextCSN is final: publish it, and the standby
+    /// takes over as soon as it has replicated everything.
     async fn release(&mut self) {
+        if let Ok(last) = self.cfg.health_check.check_detailed(self.cfg.api_timeout).await {
+            if !last.is_empty() {
+                self.my_csn = last;
+            }
+        }
         for _ in 0..2 {
             let Some(base) = self.current.clone() else { return };
             if lease::observe(&base, Moment::now()).holder.as_deref() != Some(self.cfg.identity.as_str()) {
                 return;
             }
-            match self.lease.write(&lease::released(&base), self.cfg.api_timeout).await {
+            let next = lease::with_context_csn(lease::released(&base), &self.my_csn);
+            match self.lease.write(&next, self.cfg.api_timeout).await {
                 Ok(released) => {
                     tracing::info!(pod = %self.cfg.identity, "released the Lease");
                     self.on_lease(released);
@@ -277,6 +332,14 @@ impl Elector {
                 Err(LeaseError::Conflict) => self.reread().await,
                 Err(e) => return self.failed("releasing the Lease (followers take over after expiry)", &e),
             }
+        }
+    }
+
+    /// The watchdog fences slapd at this term's deadline unless fed again.
+    async fn feed_watchdog(&mut self, renewed_at: Moment) {
+        let deadline = renewed_at + self.cfg.timing.renew_deadline;
+        if let Some(w) = self.watchdog.as_mut() {
+            w.arm(deadline).await;
         }
     }
 

@@ -251,6 +251,13 @@ impl Bed {
         }
     }
 
+    /// Kills the API server (SIGKILL): an outage that starts at once.
+    pub fn kill_apiserver(&self) {
+        if let Some(child) = self.apiserver.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            child.kill_now();
+        }
+    }
+
     /// Starts the API server again with the same flags and port; waits until ready.
     pub async fn start_apiserver(&self) -> anyhow::Result<()> {
         {

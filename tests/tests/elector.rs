@@ -133,8 +133,10 @@ async fn a_leader_paused_past_its_lease_never_relabels_itself_and_stands_down() 
 async fn api_server_outage_demotes_the_leader_within_its_deadline_and_one_leader_returns() -> anyhow::Result<()> {
     let pair = Pair::start(2, &[]).await?;
     let leader = pair.leader(ELECT).await?;
+    // kill -9: the outage starts at a known instant (a SIGTERMed API server keeps serving
+    // while it drains).
+    pair.bed.kill_apiserver();
     let outage = Instant::now();
-    pair.bed.stop_apiserver().await;
     wait_for("the leader to stand down while the API is away", Duration::from_secs(15), || async {
         let log = pair.log(&leader);
         if log.contains("RenewDeadlinePassed") {
@@ -144,8 +146,9 @@ async fn api_server_outage_demotes_the_leader_within_its_deadline_and_one_leader
         }
     })
     .await?;
-    let demoted_after = outage.elapsed();
-    println!("leader stood down {demoted_after:?} after the API server stopped");
+    // Reported, not asserted (noisy machines): the bound is the renew deadline (5 s) after
+    // the last successful renew, which was at most a renew period before the outage.
+    println!("leader stood down at most {:?} after the API server died", outage.elapsed());
     wait_for("20 s of outage", Duration::from_secs(30), || async {
         if outage.elapsed() >= Duration::from_secs(20) {
             Ok(())
@@ -155,12 +158,21 @@ async fn api_server_outage_demotes_the_leader_within_its_deadline_and_one_leader
     })
     .await?;
     pair.bed.start_apiserver().await?;
-    let after = Instant::now();
-    wait_for("a leader again after the outage", ELECT, || async {
-        pair.observer.new_leader_after(None, after).ok_or_else(|| pair.observer.timeline())
+    // Exactly one leader again, and it is the Lease holder.
+    let leases: Api<Lease> = Api::namespaced(pair.client.clone(), &pair.namespace);
+    wait_for("one leader label on the Lease holder after the outage", ELECT, || async {
+        let holder = leases
+            .get(&contract::lease_name(&pair.statefulset))
+            .await
+            .map_err(|e| e.to_string())?
+            .spec
+            .and_then(|s| s.holder_identity);
+        match (pair.observer.leaders().as_slice(), holder) {
+            ([one], Some(holder)) if *one == holder => Ok(()),
+            (labels, holder) => Err(format!("labels {labels:?}, holder {holder:?}\n{}", pair.observer.timeline())),
+        }
     })
     .await?;
-    pair.leader(ELECT).await?;
     pair.observer.assert_never_two_leaders();
     Ok(())
 }
