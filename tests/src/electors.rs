@@ -49,6 +49,12 @@ pub struct PairOptions {
     pub audit: bool,
     /// Run the release build of the elector (for benchmarks).
     pub release: bool,
+    /// The program the test kubelet runs as the sidecar container (e.g. a peer
+    /// implementation for comparisons); default: the `ldap-elector` binary.
+    pub program: Option<PathBuf>,
+    /// The process environment the test kubelet adds for the sidecar; default: the
+    /// elector's test settings (probe server off, text logs, debug level).
+    pub runner_env: Option<Vec<(String, String)>>,
 }
 
 /// Creates the elector identity for `statefulset` as the reconciler does.
@@ -131,12 +137,14 @@ impl Pair {
         let kubelet = Kubelet::start(&bed, "bed-node").await?;
         kubelet.add_runner(Runner {
             container: contract::SIDECAR_CONTAINER.into(),
-            program: elector_binary(options.release),
-            env: vec![
-                ("ELECTOR_PROBE_ADDR".into(), "off".into()),
-                ("ELECTOR_LOG_FORMAT".into(), "text".into()),
-                ("ELECTOR_LOG".into(), "info,ldap_elector=debug".into()),
-            ],
+            program: options.program.unwrap_or_else(|| elector_binary(options.release)),
+            env: options.runner_env.unwrap_or_else(|| {
+                vec![
+                    ("ELECTOR_PROBE_ADDR".into(), "off".into()),
+                    ("ELECTOR_LOG_FORMAT".into(), "text".into()),
+                    ("ELECTOR_LOG".into(), "info,ldap_elector=debug".into()),
+                ]
+            }),
         });
         let client = bed.admin_client()?;
         let namespace = "ldap".to_string();

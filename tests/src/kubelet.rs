@@ -27,8 +27,19 @@ pub struct Runner {
     /// The local program standing in for the container image's entrypoint; it gets the
     /// container's `args`.
     pub program: PathBuf,
-    /// Extra environment, e.g. addresses of local stand-ins.
+    /// Extra environment, e.g. addresses of local stand-ins. Values may name the pod:
+    /// `{pod}` becomes the pod's name and `{ordinal}` its StatefulSet ordinal (the number
+    /// after the last `-`; empty for other pods), so that each pod's process reaches ITS
+    /// OWN stand-in (e.g. `ldapi://%2Ftmp%2Fslapd-{ordinal}.sock`).
     pub env: Vec<(String, String)>,
+}
+
+impl Runner {
+    /// `value` with `{pod}` and `{ordinal}` replaced for pod `pod`.
+    pub fn expand(value: &str, pod: &str) -> String {
+        let ordinal = pod.rsplit_once('-').map(|(_, n)| n).filter(|n| n.parse::<u32>().is_ok()).unwrap_or_default();
+        value.replace("{pod}", pod).replace("{ordinal}", ordinal)
+    }
 }
 
 type PodKey = (String, String);
@@ -300,7 +311,7 @@ async fn start_container(inner: &Arc<Inner>, pod: &Pod, container_name: &str) ->
         }
     }
     cmd.env("POD_NAME", &name).env("POD_NAMESPACE", &ns).env("POD_UID", &uid);
-    cmd.envs(runner.env.iter().map(|(k, v)| (k, v)));
+    cmd.envs(runner.env.iter().map(|(k, v)| (k, Runner::expand(v, &name))));
 
     // The API identity a real kubelet would project: the pod's service account, bound to
     // this pod, delivered via a kubeconfig whose token file we own.
@@ -337,5 +348,18 @@ async fn terminate(inner: &Inner, pod: &Pod) {
     };
     if let Err(e) = api.delete(&key.1, &dp).await {
         tracing::debug!(pod = %key.1, error = %e, "finalising deleted pod");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Runner;
+
+    #[test]
+    fn env_placeholders_name_the_pod_and_its_ordinal() {
+        assert_eq!(Runner::expand("ldapi://%2Ftmp%2Fn-{ordinal}.sock", "ldap-server-1"), "ldapi://%2Ftmp%2Fn-1.sock");
+        assert_eq!(Runner::expand("sh hook {pod} {pod}", "ldap-server-0"), "sh hook ldap-server-0 ldap-server-0");
+        assert_eq!(Runner::expand("x{ordinal}y", "standalone"), "xy");
+        assert_eq!(Runner::expand("plain", "ldap-server-0"), "plain");
     }
 }

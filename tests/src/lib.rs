@@ -3,10 +3,13 @@
 pub mod bed;
 pub mod electors;
 pub mod fixtures;
+pub mod forwarder;
 pub mod kubelet;
+pub mod measure;
 pub mod observer;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod slapd;
 pub mod wait;
 pub mod webhook;

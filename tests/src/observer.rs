@@ -1,16 +1,22 @@
-//! An independent observer: its own watch on the pods of a StatefulSet records every role
-//! label change in one timeline (a watch delivers changes in etcd order, so the timeline is
-//! a linearisation) and flags any moment with two pods labelled leader.
+//! An independent observer: its own watches on the pods of a StatefulSet (and, optionally,
+//! the EndpointSlices of the write Service) record every role label change and every change
+//! of ready endpoints in one timeline, and flag any moment with two pods labelled leader or
+//! two ready endpoints. One watch delivers its changes in etcd order, so each timeline of
+//! one kind is a linearisation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use ldap_elector::contract::{LABEL_ROLE, ROLE_LEADER};
+
+/// The pseudo pod name of endpoint entries in the timeline.
+const ENDPOINTS: &str = "(write Service endpoints)";
 
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -23,6 +29,8 @@ pub struct Entry {
 #[derive(Default)]
 struct State {
     roles: BTreeMap<String, Option<String>>,
+    /// Ready endpoints (pod names) per EndpointSlice.
+    ready: BTreeMap<String, BTreeSet<String>>,
     timeline: Vec<Entry>,
     violations: Vec<Entry>,
 }
@@ -30,7 +38,62 @@ struct State {
 pub struct Observer {
     state: Arc<Mutex<State>>,
     started: Instant,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Applies watcher events to a map keyed by name, dropping names a re-list no longer
+/// shows (deleted while the watch was down). Calls `changed` with the map after changes.
+async fn follow<K, V>(
+    api: Api<K>,
+    config: watcher::Config,
+    state: Arc<Mutex<State>>,
+    value: impl Fn(&K) -> V + Send + 'static,
+    map: impl Fn(&mut State) -> &mut BTreeMap<String, V> + Send + 'static,
+    changed: impl Fn(&mut State, &str) + Send + 'static,
+) where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    V: PartialEq + Send + 'static,
+{
+    let mut events = watcher(api, config).backoff(ldap_elector::run::QuickBackoff::default()).boxed();
+    let mut relisted: Option<BTreeSet<String>> = None;
+    while let Some(event) = events.next().await {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let (name, v) = match event {
+            Ok(watcher::Event::Init) => {
+                relisted = Some(BTreeSet::new());
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                let keep = relisted.take().unwrap_or_default();
+                let gone: Vec<String> = map(&mut st).keys().filter(|k| !keep.contains(*k)).cloned().collect();
+                for name in gone {
+                    map(&mut st).remove(&name);
+                    changed(&mut st, &name);
+                }
+                continue;
+            }
+            Ok(watcher::Event::InitApply(o)) => {
+                relisted.get_or_insert_with(BTreeSet::new).insert(o.name_any());
+                (o.name_any(), Some(value(&o)))
+            }
+            Ok(watcher::Event::Apply(o)) => (o.name_any(), Some(value(&o))),
+            Ok(watcher::Event::Delete(o)) => (o.name_any(), None),
+            Err(_) => continue,
+        };
+        let m = map(&mut st);
+        let differs = match &v {
+            Some(v) => m.get(&name) != Some(v),
+            None => m.contains_key(&name),
+        };
+        if !differs {
+            continue;
+        }
+        match v {
+            Some(v) => m.insert(name.clone(), v),
+            None => m.remove(&name),
+        };
+        changed(&mut st, &name);
+    }
 }
 
 impl Observer {
@@ -38,38 +101,61 @@ impl Observer {
     pub fn start(client: Client, namespace: &str, selector: &str) -> Observer {
         let state = Arc::new(Mutex::new(State::default()));
         let api: Api<Pod> = Api::namespaced(client, namespace);
-        let config = watcher::Config::default().labels(selector);
-        let s = state.clone();
-        let task = tokio::spawn(async move {
-            let mut events = watcher(api, config).backoff(ldap_elector::run::QuickBackoff::default()).boxed();
-            while let Some(event) = events.next().await {
-                let (pod, role) = match event {
-                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                        let role = p.labels().get(LABEL_ROLE).cloned();
-                        (p.name_any(), role)
-                    }
-                    Ok(watcher::Event::Delete(p)) => (p.name_any(), None),
-                    _ => continue,
-                };
-                let mut st = s.lock().unwrap_or_else(|p| p.into_inner());
-                if st.roles.get(&pod) == Some(&role) {
-                    continue;
-                }
-                st.roles.insert(pod.clone(), role.clone());
+        let task = tokio::spawn(follow(
+            api,
+            watcher::Config::default().labels(selector),
+            state.clone(),
+            |p: &Pod| p.labels().get(LABEL_ROLE).cloned(),
+            |st: &mut State| &mut st.roles,
+            |st: &mut State, pod: &str| {
+                let role = st.roles.get(pod).cloned().flatten();
                 let leaders: Vec<String> = st
                     .roles
                     .iter()
                     .filter(|(_, r)| r.as_deref() == Some(ROLE_LEADER))
                     .map(|(p, _)| p.clone())
                     .collect();
-                let entry = Entry { at: Instant::now(), pod, role, leaders };
+                let entry = Entry { at: Instant::now(), pod: pod.to_string(), role, leaders };
                 if entry.leaders.len() > 1 {
                     st.violations.push(entry.clone());
                 }
                 st.timeline.push(entry);
-            }
-        });
-        Observer { state, started: Instant::now(), task }
+            },
+        ));
+        Observer { state, started: Instant::now(), tasks: vec![task] }
+    }
+
+    /// Also watches the ready endpoints of `service` (never more than one may be ready).
+    pub fn watch_service(&mut self, client: Client, namespace: &str, service: &str) {
+        let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
+        let config = watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
+        self.tasks.push(tokio::spawn(follow(
+            api,
+            config,
+            self.state.clone(),
+            |slice: &EndpointSlice| {
+                slice
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+                    .map(|e| e.target_ref.as_ref().and_then(|t| t.name.clone()).unwrap_or_default())
+                    .collect::<BTreeSet<String>>()
+            },
+            |st: &mut State| &mut st.ready,
+            |st: &mut State, _slice: &str| {
+                let ready: Vec<String> = st.ready.values().flatten().cloned().collect();
+                let entry = Entry { at: Instant::now(), pod: ENDPOINTS.into(), role: None, leaders: ready };
+                if entry.leaders.len() > 1 {
+                    st.violations.push(entry.clone());
+                }
+                st.timeline.push(entry);
+            },
+        )));
+    }
+
+    /// The ready endpoints of the watched Service, as last observed.
+    pub fn ready_endpoints(&self) -> Vec<String> {
+        self.lock().ready.values().flatten().cloned().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -78,7 +164,8 @@ impl Observer {
 
     /// The pods labelled leader right now, as last observed.
     pub fn leaders(&self) -> Vec<String> {
-        self.lock().timeline.last().map(|e| e.leaders.clone()).unwrap_or_default()
+        let st = self.lock();
+        st.roles.iter().filter(|(_, r)| r.as_deref() == Some(ROLE_LEADER)).map(|(p, _)| p.clone()).collect()
     }
 
     /// When `pod` was last seen becoming leader, if ever, after `since`.
@@ -122,10 +209,15 @@ impl Observer {
             .collect()
     }
 
-    /// Fails with the timeline if two pods were ever labelled leader at once.
+    /// Fails with the timeline if two pods were ever labelled leader at once, or two
+    /// endpoints of the write Service were ready at once.
     pub fn assert_never_two_leaders(&self) {
         let violations = self.lock().violations.clone();
-        assert!(violations.is_empty(), "two leaders observed: {violations:?}\ntimeline:\n{}", self.timeline());
+        assert!(
+            violations.is_empty(),
+            "two leaders (or ready endpoints) observed: {violations:?}\ntimeline:\n{}",
+            self.timeline()
+        );
     }
 
     /// Waits until exactly one pod is leader and returns it.
@@ -142,6 +234,8 @@ impl Observer {
 
 impl Drop for Observer {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
