@@ -423,6 +423,105 @@ pub(crate) mod tests {
         assert!(BSI_GROUPS.contains(&n.group));
     }
 
+    /// ClientHello extensions for hand-written hellos: P-256, uncompressed points,
+    /// signature algorithms (ecdsa_secp256r1_sha256, rsa_pkcs1_sha256), extended master secret.
+    const EXT_GROUPS: &[u8] = &[0x00, 0x0a, 0x00, 0x04, 0x00, 0x02, 0x00, 0x17];
+    const EXT_POINT_FORMATS: &[u8] = &[0x00, 0x0b, 0x00, 0x02, 0x01, 0x00];
+    const EXT_SIGNATURE_ALGORITHMS: &[u8] = &[0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x04, 0x01];
+    const EXT_EMS: &[u8] = &[0x00, 0x17, 0x00, 0x00];
+
+    /// A ClientHello written by hand (rustls cannot speak TLS 1.0/1.1 or leave out EMS):
+    /// `legacy_version` = `version`, no `supported_versions` extension (so `version` is the
+    /// highest the client speaks), ECDHE and CBC suites, the given compression methods and
+    /// extensions.
+    fn raw_client_hello(version: u16, compression: &[u8], extensions: &[&[u8]]) -> Vec<u8> {
+        let mut body = version.to_be_bytes().to_vec();
+        body.extend([0x42; 32]); // random
+        body.push(0); // no session id
+
+        // TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, _AES_128_CBC_SHA, TLS_RSA_WITH_AES_128_CBC_SHA
+        let suites: [u16; 3] = [0xc02b, 0xc009, 0x002f];
+        body.extend(((suites.len() * 2) as u16).to_be_bytes());
+        suites.iter().for_each(|s| body.extend(s.to_be_bytes()));
+        body.push(compression.len() as u8);
+        body.extend(compression);
+        let extensions = extensions.concat();
+        body.extend((extensions.len() as u16).to_be_bytes());
+        body.extend(extensions);
+        let mut handshake = vec![1]; // client_hello
+        handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+        handshake.extend(body);
+        let mut record = vec![0x16, 0x03, 0x01]; // handshake record, TLS 1.0 record layer
+        record.extend((handshake.len() as u16).to_be_bytes());
+        record.extend(handshake);
+        record
+    }
+
+    /// Sends `hello` to a BSI server; the server's answer (until it closes or 2 s of
+    /// silence) and whether the handshake failed on its side.
+    async fn answer_to(hello: &[u8]) -> (Vec<u8>, bool) {
+        let cert = TestCert::generate();
+        let (mut client, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(TlsAcceptor::from(Arc::new(bsi_server(&cert))).accept(server_io));
+        client.write_all(hello).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), client.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend(&buf[..n]);
+        }
+        drop(client);
+        (answer, server.await.unwrap().is_err())
+    }
+
+    /// A single fatal alert record with `description`: type 21, TLS 1.2 record layer,
+    /// length 2, level 2 (fatal).
+    fn fatal_alert(description: u8) -> [u8; 7] {
+        [21, 3, 3, 0, 2, 2, description]
+    }
+
+    #[tokio::test]
+    async fn bsi_refuses_tls11_and_tls10_clients_with_a_protocol_version_alert() {
+        let extensions = [EXT_GROUPS, EXT_POINT_FORMATS, EXT_SIGNATURE_ALGORITHMS];
+        for (name, version) in [("TLS 1.1", 0x0302u16), ("TLS 1.0", 0x0301)] {
+            let (answer, failed) = answer_to(&raw_client_hello(version, &[0], &extensions)).await;
+            assert!(failed, "{name}: handshake must fail");
+            assert_eq!(answer, fatal_alert(70), "{name}: expected a fatal protocol_version alert: {answer:02x?}");
+            // signature_algorithms is a TLS 1.2 extension that many clients capped at 1.1
+            // send anyway; without it rustls refuses even earlier: handshake_failure.
+            let (answer, failed) = answer_to(&raw_client_hello(version, &[0], &extensions[..2])).await;
+            assert!(failed, "{name} without signature_algorithms: handshake must fail");
+            assert_eq!(answer, fatal_alert(40), "{name}: {answer:02x?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bsi_requires_extended_master_secret_and_null_compression_from_tls12_clients() {
+        let with_ems = [EXT_GROUPS, EXT_POINT_FORMATS, EXT_SIGNATURE_ALGORITHMS, EXT_EMS];
+        // The same TLS 1.2 hello with EMS gets a ServerHello (a handshake record) ...
+        let (answer, _) = answer_to(&raw_client_hello(0x0303, &[0], &with_ems)).await;
+        assert_eq!(answer.get(..2), Some(&[22, 3][..]), "expected a ServerHello: {answer:02x?}");
+        assert_eq!(answer.get(5), Some(&2), "expected a ServerHello: {answer:02x?}");
+        // ... without EMS a fatal handshake_failure (RFC 7627; TR-02102-2) ...
+        let (answer, failed) = answer_to(&raw_client_hello(0x0303, &[0], &with_ems[..3])).await;
+        assert!(failed);
+        assert_eq!(answer, fatal_alert(40), "without EMS: {answer:02x?}");
+        // ... and offering only DEFLATE compression (CRIME) a fatal illegal_parameter.
+        let (answer, failed) = answer_to(&raw_client_hello(0x0303, &[1], &with_ems)).await;
+        assert!(failed);
+        assert_eq!(answer, fatal_alert(47), "deflate only: {answer:02x?}");
+    }
+
+    #[test]
+    fn bsi_server_config_has_no_early_data_no_tickets_and_requires_ems() {
+        let config = bsi_server(&TestCert::generate());
+        assert_eq!(config.max_early_data_size, 0, "0-RTT must be off");
+        assert_eq!(config.send_tls13_tickets, 0);
+        assert!(config.require_ems);
+    }
+
     #[tokio::test]
     async fn rustls_default_profile_accepts_x25519() {
         let cert = TestCert::generate();
