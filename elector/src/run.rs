@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 use crate::args::Config;
 use crate::clock::Moment;
 use crate::contract::{ROLE_LEADER, ROLE_STANDBY};
+use crate::decide::FENCE_BUDGET;
 use crate::decide::{decide, may_promote, Action, Leading, Me, Observed};
-use crate::fence::Fence;
+use crate::fence::{Desired, FenceKeeper};
 use crate::labels::PodLabeler;
 use crate::lease::{self, LeaseClient, LeaseError};
 use crate::probe::Heartbeat;
@@ -59,7 +60,8 @@ pub struct Elector {
     cfg: Config,
     lease: LeaseClient,
     labels: PodLabeler,
-    fence: Fence,
+    fence: FenceKeeper,
+    _fence_stop: tokio_util::sync::DropGuard,
     watchdog: Option<Watchdog>,
     heartbeat: Heartbeat,
     /// The local contextCSN as last seen (published by the leader on each write).
@@ -80,10 +82,12 @@ impl Elector {
     pub fn new(cfg: Config, client: Client, heartbeat: Heartbeat, watchdog: Option<Watchdog>) -> Self {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
         let labels = PodLabeler::new(client, &cfg.namespace, &cfg.statefulset, &cfg.identity, cfg.api_timeout);
+        let fence_stop = CancellationToken::new();
         Elector {
             lease: LeaseClient::new(leases, &cfg.lease_name),
             labels,
-            fence: cfg.fence(),
+            fence: FenceKeeper::start(cfg.fence(), fence_stop.clone()),
+            _fence_stop: fence_stop.drop_guard(),
             watchdog,
             heartbeat,
             my_csn: Vec::new(),
@@ -108,7 +112,9 @@ impl Elector {
         tokio::spawn(watch_lease(self.lease.api().clone(), self.cfg.lease_name.clone(), lease_tx, tasks.clone()));
 
         // On start a pod is standby: fence locally, then make sure the label says so.
-        self.fence.apply(ROLE_STANDBY).await;
+        if !self.fence.set(Desired::Standby, FENCE_BUDGET).await {
+            tracing::warn!(pod = %self.cfg.identity, "slapd not fenced yet at start (the fence keeps retrying)");
+        }
         if let Err(e) = self.labels.label_self_standby(0).await {
             tracing::warn!(error = %e, "could not label this pod standby at start (will be corrected on the next term)");
         }
@@ -253,6 +259,7 @@ impl Elector {
                 if let Some(l) = self.leading.as_mut() {
                     l.renewed_at = sent;
                 }
+                self.fence.extend(sent + self.cfg.timing.renew_deadline);
                 self.feed_watchdog(sent).await;
                 self.on_lease(renewed);
                 self.succeeded();
@@ -279,7 +286,9 @@ impl Elector {
                 if Moment::now() >= leading.renewed_at + self.cfg.timing.renew_deadline {
                     return;
                 }
-                if !self.fence.apply(ROLE_LEADER).await {
+                let deadline = leading.renewed_at + self.cfg.timing.renew_deadline;
+                let remaining = deadline.since(Moment::now());
+                if !self.fence.set(Desired::Leader { until: deadline }, remaining).await {
                     tracing::error!(pod = %self.cfg.identity, term = leading.term, "could not lift the write fence; releasing");
                     self.step_down("HookFailed").await;
                     self.release().await;
@@ -298,7 +307,9 @@ impl Elector {
     async fn step_down(&mut self, reason: &str) {
         let Some(leading) = self.leading.take() else { return };
         self.in_office = false;
-        self.fence.apply(ROLE_STANDBY).await;
+        if !self.fence.set(Desired::Standby, FENCE_BUDGET).await {
+            tracing::error!(pod = %self.cfg.identity, "slapd not fenced within the budget (the fence keeps retrying)");
+        }
         if let Some(w) = self.watchdog.as_mut() {
             w.disarm().await;
         }

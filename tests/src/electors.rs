@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{EnvVar, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::kubelet::Runner;
 use crate::observer::Observer;
+use crate::webhook::Webhook;
 use crate::{fixtures, Bed, Kubelet};
 
 /// The `ldap-elector` binary, built once per test process in the shared target directory
@@ -55,7 +56,16 @@ pub struct PairOptions {
     /// The process environment the test kubelet adds for the sidecar; default: the
     /// elector's test settings (probe server off, text logs, debug level).
     pub runner_env: Option<Vec<(String, String)>>,
+    /// The whole product: the webhook (in-process, registered by URL, failurePolicy Fail)
+    /// injects the pods of an *annotated* StatefulSet and its reconciler creates the
+    /// identity and points the write Service `ldap-server-primary` at the leader (which the
+    /// observer then watches too). Without it the test creates the identity and a pod
+    /// template with the sidecar itself.
+    pub webhook: bool,
 }
+
+/// The write Service of a `Pair` started with `webhook`.
+pub const WRITE_SERVICE: &str = "ldap-server-primary";
 
 /// Creates the elector identity for `statefulset` as the reconciler does.
 pub async fn create_identity(client: &Client, ns: &str, statefulset: &str, replicas: u32) -> anyhow::Result<()> {
@@ -124,6 +134,8 @@ pub struct Pair {
     pub namespace: String,
     pub statefulset: String,
     pub observer: Observer,
+    /// The in-process webhook, when started with `PairOptions::webhook`.
+    pub webhook: Option<Webhook>,
 }
 
 impl Pair {
@@ -150,12 +162,34 @@ impl Pair {
         let namespace = "ldap".to_string();
         let statefulset = "ldap-server".to_string();
         fixtures::namespace(&client, &namespace, Some("restricted")).await?;
-        create_identity(&client, &namespace, &statefulset, replicas as u32).await?;
-        let observer = Observer::start(client.clone(), &namespace, &format!("app={statefulset}"));
-        Api::<StatefulSet>::namespaced(client.clone(), &namespace)
-            .create(&PostParams::default(), &elected_statefulset(&statefulset, replicas, env)?)
-            .await?;
-        Ok(Pair { bed, kubelet, client, namespace, statefulset, observer })
+        let mut observer = Observer::start(client.clone(), &namespace, &format!("app={statefulset}"));
+        let sets = Api::<StatefulSet>::namespaced(client.clone(), &namespace);
+        let webhook = if options.webhook {
+            let webhook = Webhook::start(&bed).await?;
+            webhook.register(&bed, &namespace, "Fail").await?;
+            Api::<Service>::namespaced(client.clone(), &namespace)
+                .create(&PostParams::default(), &fixtures::service(WRITE_SERVICE, json!({"app": statefulset}))?)
+                .await?;
+            observer.watch_service(client.clone(), &namespace, WRITE_SERVICE);
+            let annotations =
+                json!({contract::ANNOTATION_INJECT: "true", contract::ANNOTATION_LEADER_SERVICE: WRITE_SERVICE});
+            let mut set = fixtures::statefulset(&statefulset, replicas, annotations)?;
+            if let Some(template) = set.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+                let ldap = &mut template.containers[0];
+                ldap.env = Some(
+                    env.iter()
+                        .map(|(k, v)| EnvVar { name: k.to_string(), value: Some(v.to_string()), ..Default::default() })
+                        .collect(),
+                );
+            }
+            sets.create(&PostParams::default(), &set).await?;
+            Some(webhook)
+        } else {
+            create_identity(&client, &namespace, &statefulset, replicas as u32).await?;
+            sets.create(&PostParams::default(), &elected_statefulset(&statefulset, replicas, env)?).await?;
+            None
+        };
+        Ok(Pair { bed, kubelet, client, namespace, statefulset, observer, webhook })
     }
 
     pub fn pod(&self, ordinal: u32) -> String {

@@ -41,8 +41,10 @@ pub struct Observer {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Applies watcher events to a map keyed by name, dropping names a re-list no longer
-/// shows (deleted while the watch was down). Calls `changed` with the map after changes.
+/// Applies watcher events to a map keyed by name. A re-list (after a watch broke) is a
+/// consistent snapshot: it is applied as one step when it is complete, never item by item
+/// (that would show a mix of old and new states that never existed), and names it no
+/// longer shows are dropped. Calls `changed` for each changed name, after the whole step.
 async fn follow<K, V>(
     api: Api<K>,
     config: watcher::Config,
@@ -55,44 +57,47 @@ async fn follow<K, V>(
     V: PartialEq + Send + 'static,
 {
     let mut events = watcher(api, config).backoff(ldap_elector::run::QuickBackoff::default()).boxed();
-    let mut relisted: Option<BTreeSet<String>> = None;
+    let mut relist: Option<BTreeMap<String, V>> = None;
     while let Some(event) = events.next().await {
-        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-        let (name, v) = match event {
+        let updates: Vec<(String, Option<V>)> = match event {
             Ok(watcher::Event::Init) => {
-                relisted = Some(BTreeSet::new());
-                continue;
-            }
-            Ok(watcher::Event::InitDone) => {
-                let keep = relisted.take().unwrap_or_default();
-                let gone: Vec<String> = map(&mut st).keys().filter(|k| !keep.contains(*k)).cloned().collect();
-                for name in gone {
-                    map(&mut st).remove(&name);
-                    changed(&mut st, &name);
-                }
+                relist = Some(BTreeMap::new());
                 continue;
             }
             Ok(watcher::Event::InitApply(o)) => {
-                relisted.get_or_insert_with(BTreeSet::new).insert(o.name_any());
-                (o.name_any(), Some(value(&o)))
+                relist.get_or_insert_with(BTreeMap::new).insert(o.name_any(), value(&o));
+                continue;
             }
-            Ok(watcher::Event::Apply(o)) => (o.name_any(), Some(value(&o))),
-            Ok(watcher::Event::Delete(o)) => (o.name_any(), None),
+            Ok(watcher::Event::InitDone) => {
+                let mut snapshot = relist.take().unwrap_or_default();
+                let st = &mut *state.lock().unwrap_or_else(|p| p.into_inner());
+                let mut names: BTreeSet<String> = map(st).keys().cloned().collect();
+                names.extend(snapshot.keys().cloned());
+                names.into_iter().map(|n| (n.clone(), snapshot.remove(&n))).collect()
+            }
+            Ok(watcher::Event::Apply(o)) => vec![(o.name_any(), Some(value(&o)))],
+            Ok(watcher::Event::Delete(o)) => vec![(o.name_any(), None)],
             Err(_) => continue,
         };
-        let m = map(&mut st);
-        let differs = match &v {
-            Some(v) => m.get(&name) != Some(v),
-            None => m.contains_key(&name),
-        };
-        if !differs {
-            continue;
+        let st = &mut *state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut touched = Vec::new();
+        for (name, v) in updates {
+            let m = map(st);
+            let differs = match &v {
+                Some(v) => m.get(&name) != Some(v),
+                None => m.contains_key(&name),
+            };
+            if differs {
+                match v {
+                    Some(v) => m.insert(name.clone(), v),
+                    None => m.remove(&name),
+                };
+                touched.push(name);
+            }
         }
-        match v {
-            Some(v) => m.insert(name.clone(), v),
-            None => m.remove(&name),
-        };
-        changed(&mut st, &name);
+        for name in touched {
+            changed(st, &name);
+        }
     }
 }
 

@@ -130,8 +130,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn measure_contender(c: Contender, runs: usize, window: Duration) -> anyhow::Result<Outcome> {
-    let options =
-        PairOptions { audit: true, release: true, program: c.program.clone(), runner_env: Some(c.runner_env.clone()) };
+    let options = PairOptions {
+        audit: true,
+        release: true,
+        program: c.program.clone(),
+        runner_env: Some(c.runner_env.clone()),
+        ..Default::default()
+    };
     let pair = Pair::start_with(2, c.env, options).await?;
     // Allow up to MAX_CANDIDATES pods to label themselves (the reconciler sizes the Role by replicas).
     let rules = contract::elector_role_rules(&pair.statefulset, MAX_CANDIDATES as u32);
