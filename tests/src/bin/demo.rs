@@ -1,11 +1,17 @@
 //! `make demo`: the whole story on a local bed, with a live timeline. A real control plane
-//! starts, electors run beside each pod of a 2-replica StatefulSet, one is elected and
-//! labelled leader, then the leader is killed (kill -9) and the standby takes over; then
-//! the new leader is stopped gracefully and hands over at once.
+//! starts; the admission webhook is installed (registered by URL on loopback); a 2-replica
+//! StatefulSet is created with one annotation; the real StatefulSet controller creates its
+//! pods, which arrive injected with the elector sidecar and its identity; the electors
+//! elect a leader and the write Service's endpoints follow it; then the leader is killed
+//! (kill -9) and the standby takes over; then the new leader is stopped gracefully and
+//! hands over at once.
 
 use std::time::{Duration, Instant};
 
-use ldap_elector_tests::electors::Pair;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use ldap_elector::contract;
+use ldap_elector_tests::electors::{Pair, PairOptions, WRITE_SERVICE};
 use ldap_elector_tests::process::Signal;
 use ldap_elector_tests::wait_for;
 
@@ -17,14 +23,36 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let t0 = Instant::now();
-    say(t0, "starting etcd, kube-apiserver (RBAC), kube-controller-manager and a test kubelet on loopback");
-    let pair = Pair::start(2, &[]).await?;
-    say(t0, &format!("control plane up; logs in {}", pair.bed.dir.display()));
+    say(t0, "starting etcd, kube-apiserver (RBAC, Pod Security), kube-controller-manager, a test kubelet,");
+    say(t0, "and the ldap-elector webhook (its own ServiceAccount, least-privilege ClusterRole, TLS on loopback)");
+    let pair = Pair::start_with(2, &[], PairOptions { webhook: true, ..Default::default() }).await?;
+    say(t0, &format!("up; logs in {}", pair.bed.dir.display()));
     say(
         t0,
         &format!(
-            "StatefulSet {}/{} created with 2 replicas; electors start with their pods",
-            pair.namespace, pair.statefulset
+            "created Service {WRITE_SERVICE} and StatefulSet {}/{} (2 replicas) annotated {}: \"true\"",
+            pair.namespace,
+            pair.statefulset,
+            contract::ANNOTATION_INJECT
+        ),
+    );
+    let pods: Api<Pod> = Api::namespaced(pair.client.clone(), &pair.namespace);
+    let pod = wait_for("the first pod to be admitted", Duration::from_secs(60), || async {
+        pods.get_opt(&pair.pod(0)).await.map_err(|e| e.to_string())?.ok_or_else(|| "not yet".to_string())
+    })
+    .await?;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let sidecar = spec.init_containers.iter().flatten().any(|c| c.name == contract::SIDECAR_CONTAINER);
+    say(
+        t0,
+        &format!(
+            "{} admitted by the real StatefulSet controller: sidecar injected: {sidecar}; serviceAccount {}; \
+             token automount {:?}; label {}={}",
+            pair.pod(0),
+            spec.service_account_name.unwrap_or_default(),
+            spec.automount_service_account_token,
+            contract::LABEL_ROLE,
+            pod.metadata.labels.unwrap_or_default().get(contract::LABEL_ROLE).cloned().unwrap_or_default()
         ),
     );
 
@@ -36,7 +64,17 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let leader = follow(&pair, t0, &print_timeline, None).await?;
-    say(t0, &format!("elected: {leader}. Now kill -9 its elector (crash): the standby waits for the lease to expire"));
+    wait_for("the write Service to follow", Duration::from_secs(30), || async {
+        if pair.observer.ready_endpoints() == vec![leader.clone()] {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    })
+    .await?;
+    print_timeline();
+    say(t0, &format!("elected: {leader}; {WRITE_SERVICE} routes only to it."));
+    say(t0, "now kill -9 its elector (crash): the standby waits for the lease to expire, then takes over");
     let fault = Instant::now();
     pair.signal(&leader, Signal::Kill);
     let next = follow(&pair, t0, &print_timeline, Some(&leader)).await?;
