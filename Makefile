@@ -43,3 +43,19 @@ clean-beds:
 ## bench: failover latencies (p50/p99 over BENCH_RUNS=20), API requests/min, RSS — prints a table
 bench: testbed-binaries
 	$(CARGO) run --quiet -p ldap-elector-tests --bin bench
+
+.PHONY: peers compare
+
+## peers: build (or reuse from ~/.cache) the client-go leader-election baseline (tests/peers/client-go-elector)
+peers:
+	@bash hack/build-peers.sh >/dev/null
+
+## compare: ldap-elector vs client-go (defaults and our timings) on the real bed -> results/compare-<date>.{md,svg}
+compare: testbed-binaries peers
+	$(CARGO) run --quiet -p ldap-elector-tests --bin compare
+
+.PHONY: webhook-bench
+
+## webhook-bench: admission load on the release webhook pinned to one core, cert rotation halfway (WEBHOOK_BENCH_SECS=60) — prints a table
+webhook-bench: testbed-binaries
+	$(CARGO) run --quiet --release -p ldap-elector-tests --bin webhook-bench

@@ -13,12 +13,13 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = "nothing (the first probe did not answer)".to_string();
     loop {
-        let last = match tokio::time::timeout_at(deadline, probe()).await {
+        match tokio::time::timeout_at(deadline, probe()).await {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(seen)) => seen.to_string(),
-            Err(_) => "probe did not answer before the deadline".to_string(),
-        };
+            Ok(Err(seen)) => last = seen.to_string(),
+            Err(_) => last = format!("{last} (the probe running at the deadline did not answer)"),
+        }
         if tokio::time::Instant::now() >= deadline {
             anyhow::bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
         }

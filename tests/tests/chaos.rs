@@ -103,6 +103,9 @@ fn wrapper(dir: &std::path::Path, proxies: &[Proxy]) -> anyhow::Result<std::path
 struct Chaos {
     pair: Pair,
     proxies: Vec<Proxy>,
+    /// Pods whose elector process a fault ended (kill -9, SIGTERM): restarted when healing,
+    /// as a kubelet restarts a container. New pods are started by the test kubelet itself.
+    ended: std::sync::Mutex<Vec<String>>,
 }
 
 impl Chaos {
@@ -129,28 +132,29 @@ impl Chaos {
         self.pair.kubelet.pid(&self.pair.namespace, pod, contract::SIDECAR_CONTAINER).is_some()
     }
 
-    /// Restarts every elector whose process is gone (a kubelet restarting a container).
+    /// Restarts the electors a fault ended, once their process is gone (a kubelet
+    /// restarting a container).
     async fn heal_processes(&self) -> anyhow::Result<()> {
-        let pods: Api<Pod> = Api::namespaced(self.pair.client.clone(), &self.pair.namespace);
-        for i in 0..2 {
-            let pod = self.pair.pod(i);
-            let exists = pods.get_opt(&pod).await?.is_some_and(|p| p.metadata.deletion_timestamp.is_none());
-            if exists && !self.running(&pod) {
+        let ended: Vec<String> = self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for pod in ended {
+            if !self.running(&pod) {
                 self.pair.kubelet.restart(&self.pair.namespace, &pod, contract::SIDECAR_CONTAINER).await?;
+                self.ended.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != pod);
             }
         }
         Ok(())
     }
 
+    fn end(&self, pod: &str, signal: Signal) {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner()).push(pod.to_string());
+        self.pair.signal(pod, signal);
+    }
+
     async fn apply(&self, fault: Fault) -> anyhow::Result<()> {
         let p = &self.pair;
         match fault {
-            Fault::KillElector { leader } => {
-                p.signal(&self.pick(leader).await?, Signal::Kill);
-            }
-            Fault::TermElector { leader } => {
-                p.signal(&self.pick(leader).await?, Signal::Term);
-            }
+            Fault::KillElector { leader } => self.end(&self.pick(leader).await?, Signal::Kill),
+            Fault::TermElector { leader } => self.end(&self.pick(leader).await?, Signal::Term),
             Fault::PauseElector { leader, for_ } => {
                 let pod = self.pick(leader).await?;
                 p.signal(&pod, Signal::Stop);
@@ -244,7 +248,7 @@ async fn random_faults_never_produce_two_leaders_and_a_leader_always_returns() -
     services.create(&PostParams::default(), &fixtures::service(PRIMARY, selector)?).await?;
     let (client, namespace) = (pair.client.clone(), pair.namespace.clone());
     pair.observer.watch_service(client, &namespace, PRIMARY);
-    let chaos = Chaos { pair, proxies };
+    let chaos = Chaos { pair, proxies, ended: Default::default() };
     chaos.wait_healed().await?;
 
     let mut recoveries = Vec::new();

@@ -8,6 +8,7 @@
 //! - RSS and CPU time of each elector process (release build).
 //!
 //! The measurements live in `ldap_elector_tests::measure` (shared with `make compare`).
+//! `ELECTOR_BINARY=<path>` measures another build, e.g. the static musl binary of the image.
 
 use std::time::Duration;
 
@@ -23,7 +24,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let runs = measure::runs();
-    let options = PairOptions { audit: true, release: true, ..Default::default() };
+    let program = std::env::var_os("ELECTOR_BINARY").map(std::path::PathBuf::from);
+    let options = PairOptions { audit: true, release: true, program, ..Default::default() };
     let pair = Pair::start_with(2, &[], options).await?;
     pair.leader(Duration::from_secs(60)).await?;
 

@@ -1,0 +1,1021 @@
+//! `make webhook-bench`: load on the admission webhook, with a certificate rotation in the
+//! middle. Prints numbers (no assertions on time — the machines are noisy):
+//! - the RELEASE `ldap-elector-webhook` runs as its own process, pinned to one core with
+//!   `taskset -c 0`, in files mode (`--reconcile=false`) as its ServiceAccount against a
+//!   real bed; everything else (bed, load generator) is kept off that core when there is
+//!   more than one;
+//! - the load generator POSTs the `fresh-pod` AdmissionReview of the webhook's fixtures,
+//!   pointed at a real opted-in StatefulSet (so the owner lookup is a cache hit; the API
+//!   server's audit log shows whether it was), over N keep-alive connections (HTTP/1.1, or
+//!   HTTP/2 with `WEBHOOK_BENCH_H2=1`) and checks every answer: 200, `allowed: true`, a
+//!   patch, the request's uid;
+//! - phase 1, saturation: closed loop (each connection sends the next review when the last
+//!   one is answered) for `WEBHOOK_BENCH_SATURATE_SECS` (default 10): the most the webhook
+//!   does on one core;
+//! - phase 2, steady load: open loop at `WEBHOOK_BENCH_RATE` reviews/s (default 2000) for
+//!   `WEBHOOK_BENCH_SECS` (default 60). Latency counts from when a review was *due*, so a
+//!   stall is not hidden by the load generator waiting for it. Halfway, a new serving
+//!   certificate (same CA, new key) replaces the files the webhook polls, the way the
+//!   kubelet updates a Secret volume (new directory, atomic `..data` symlink swap). A
+//!   prober opens a fresh TLS connection every 200 ms, sends one review, and records which
+//!   leaf certificate it was served, until the new one shows up;
+//! - webhook RSS (current and peak) and CPU time from `/proc`, log bytes per review.
+//!
+//! Other knobs: `WEBHOOK_BENCH_CONNS` (default 16); `WEBHOOK_BENCH_BINARY` (a webhook build
+//! to run instead of the release one, e.g. with symbols for `perf`); `WEBHOOK_LOG` is passed
+//! to the webhook (e.g. `WEBHOOK_LOG=warn` to see what the per-review log line costs).
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::api::PostParams;
+use kube::Api;
+use ldap_elector::contract;
+use ldap_elector_certs::{generate_ca, issue_serving, Ca};
+use ldap_elector_tests::bed::{free_port, BedOptions};
+use ldap_elector_tests::measure::{self, Machine, Usage};
+use ldap_elector_tests::process::Child;
+use ldap_elector_tests::webhook::{http_status, webhook_identity, SIDECAR_IMAGE, WEBHOOK_NS, WEBHOOK_SA};
+use ldap_elector_tests::{fixtures, wait_for, Bed};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+/// The StatefulSet the reviewed pod belongs to (the fixture's names).
+const NAMESPACE: &str = "ldap";
+const STATEFULSET: &str = "ldap-server";
+/// A realistic review: a fresh pod of an opted-in StatefulSet, as the API server sends it.
+const REVIEW_FIXTURE: &str = include_str!("../../../webhook/tests/fixtures/fresh-pod.review.json");
+/// The core the webhook is pinned to.
+const WEBHOOK_CORE: usize = 0;
+/// How often the prober opens a fresh connection.
+const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+/// Not measured: connections set up, first reviews answered.
+const WARM_UP: Duration = Duration::from_secs(3);
+/// After the run, how long to keep probing for the rotated certificate (the webhook polls
+/// its files every `app::FILE_POLL_INTERVAL`, 10 s).
+const ROTATION_GRACE: Duration = Duration::from_secs(30);
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The knobs, from the environment.
+#[derive(Clone, Debug)]
+struct Settings {
+    secs: u64,
+    saturate_secs: u64,
+    rate: f64,
+    conns: usize,
+    h2: bool,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Settings> {
+        let s = Settings {
+            secs: env_or("WEBHOOK_BENCH_SECS", 60)?,
+            saturate_secs: env_or("WEBHOOK_BENCH_SATURATE_SECS", 10)?,
+            rate: env_or("WEBHOOK_BENCH_RATE", 2000.0)?,
+            conns: env_or("WEBHOOK_BENCH_CONNS", 16)?,
+            h2: env_or("WEBHOOK_BENCH_H2", 0u8)? != 0,
+        };
+        if s.secs < 4 || s.conns == 0 || s.rate.is_nan() || s.rate <= 0.0 {
+            bail!("need WEBHOOK_BENCH_SECS ≥ 4, WEBHOOK_BENCH_CONNS ≥ 1 and WEBHOOK_BENCH_RATE > 0: {s:?}");
+        }
+        Ok(s)
+    }
+
+    fn protocol(&self) -> &'static str {
+        if self.h2 {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        }
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,kube_client=off".into()),
+        )
+        .init();
+    let settings = Settings::from_env()?;
+    let machine = Machine::detect();
+    // Everything but the webhook (this process's threads, the bed's processes, which
+    // inherit the mask) stays off the webhook's core, so "one core" means one core.
+    let others: Vec<usize> = (0..machine.cores).filter(|&c| c != WEBHOOK_CORE).collect();
+    let pinned_away = !others.is_empty() && pin_current_thread(&others).is_ok();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(others.len().max(1))
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(run(settings, machine, pinned_away))
+}
+
+/// `sched_setaffinity` for the calling thread; threads and processes it starts inherit it.
+fn pin_current_thread(cores: &[usize]) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it for cores < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cores.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+async fn run(settings: Settings, machine: Machine, pinned_away: bool) -> anyhow::Result<()> {
+    let binary = webhook_binary();
+    let taskset = which("taskset");
+    let bed = Bed::start_with(BedOptions { audit: true }).await?;
+    let admin = bed.admin_client()?;
+
+    // The webhook's identity, and an opted-in StatefulSet for the owner cache to hold.
+    webhook_identity(&bed).await?;
+    fixtures::namespace(&admin, NAMESPACE, None).await?;
+    let annotations = json!({
+        contract::ANNOTATION_INJECT: "true",
+        contract::ANNOTATION_LEADER_SERVICE: format!("{STATEFULSET}-primary"),
+    });
+    // No replicas: the controller creates no pods, the reviews are ours alone.
+    let sts = fixtures::statefulset(STATEFULSET, 0, annotations)?;
+    let sts = Api::<StatefulSet>::namespaced(admin.clone(), NAMESPACE).create(&PostParams::default(), &sts).await?;
+    let owner_uid = sts.metadata.uid.context("StatefulSet without uid")?;
+    let (uid, body) = review_body(&owner_uid)?;
+
+    // A token of the webhook's ServiceAccount, a kubeconfig reading it, serving files.
+    let dir = bed.dir.join("webhook-bench");
+    std::fs::create_dir_all(&dir)?;
+    let token = bed.service_account_token(WEBHOOK_NS, WEBHOOK_SA, None).await?;
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token)?;
+    let kubeconfig = dir.join("webhook.kubeconfig");
+    std::fs::write(&kubeconfig, bed.kubeconfig_for_token_file(&token_file))?;
+    let ca = generate_ca("webhook-bench-ca", Duration::from_secs(24 * 3600))?;
+    let mut certs = CertDir::create(&dir.join("tls"), &ca)?;
+
+    let (port, health_port) = (free_port()?, free_port()?);
+    let args = [
+        format!("--listen=127.0.0.1:{port}"),
+        format!("--health-listen=127.0.0.1:{health_port}"),
+        "--cert-mode=files".into(),
+        format!("--cert-file={}", certs.cert_path().display()),
+        format!("--key-file={}", certs.key_path().display()),
+        format!("--sidecar-image={SIDECAR_IMAGE}"),
+        "--reconcile=false".into(),
+    ];
+    let mut cmd = match &taskset {
+        Some(taskset) => {
+            let mut cmd = Command::new(taskset);
+            cmd.arg("-c").arg(WEBHOOK_CORE.to_string()).arg(&binary);
+            cmd
+        }
+        None => {
+            eprintln!("webhook-bench: `taskset` (util-linux) not found; the webhook runs unpinned");
+            Command::new(&binary)
+        }
+    };
+    cmd.args(&args).env("KUBECONFIG", &kubeconfig);
+    let log = bed.dir.join("webhook.log");
+    let webhook = Child::spawn("ldap-elector-webhook", cmd, &log)?;
+    wait_for("webhook /readyz", Duration::from_secs(60), || async {
+        match http_status(health_port, "/readyz").await? {
+            200 => Ok(()),
+            status => Err(format!("status {status}")),
+        }
+    })
+    .await
+    .with_context(|| format!("see {}", log.display()))?;
+    let affinity = cpus_allowed(webhook.pid()).unwrap_or_else(|| "?".into());
+    let idle_rss = Usage::of(Some(webhook.pid())).rss_kib;
+
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.cert_der().clone())?;
+    let target = Arc::new(Target {
+        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        tls: client_config(roots, settings.h2),
+        body: Bytes::from(body),
+        uid,
+        h2: settings.h2,
+    });
+
+    // One fully checked review (the patch decodes to a JSON Patch adding the sidecar),
+    // then the warm-up: connections open, the owner cache has answered.
+    let (mut sender, old_leaf) = connect(&target).await?;
+    let answer = post(&mut sender, &target).await.map_err(anyhow::Error::msg)?;
+    check_patch(&answer.patch)?;
+    drop(sender);
+    let not_rotated = Arc::new(AtomicBool::new(false));
+    run_phase(&target, settings.conns, Schedule::Closed, WARM_UP, &not_rotated).await;
+
+    let audit = bed.dir.join("audit.log");
+    let audit_from = std::fs::metadata(&audit).map(|m| m.len()).unwrap_or(0);
+    let log_from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let self_cpu_0 = own_cpu();
+
+    // Phase 1: saturation.
+    let cpu_0 = Usage::of(Some(webhook.pid())).cpu;
+    let saturation =
+        run_phase(&target, settings.conns, Schedule::Closed, secs(settings.saturate_secs), &not_rotated).await;
+    let cpu_1 = Usage::of(Some(webhook.pid())).cpu;
+    let self_cpu_1 = own_cpu();
+
+    // Phase 2: steady rate, with the rotation halfway and the prober throughout.
+    let steady_for = secs(settings.secs);
+    let started = Instant::now();
+    let rotated: Arc<Mutex<Option<Rotated>>> = Arc::default();
+    let rotated_flag = Arc::new(AtomicBool::new(false));
+    let rotation = tokio::spawn({
+        let (rotated, flag) = (rotated.clone(), rotated_flag.clone());
+        async move {
+            tokio::time::sleep(steady_for / 2).await;
+            let new_leaf = certs.rotate(&ca)?;
+            *rotated.lock().unwrap_or_else(|p| p.into_inner()) = Some(Rotated { at: Instant::now(), leaf: new_leaf });
+            flag.store(true, Ordering::Relaxed);
+            anyhow::Ok(())
+        }
+    });
+    let prober = tokio::spawn(probe(target.clone(), old_leaf.clone(), rotated.clone(), started + steady_for));
+    let schedule = Schedule::Rate { per_connection: Duration::from_secs_f64(settings.conns as f64 / settings.rate) };
+    let steady = run_phase(&target, settings.conns, schedule, steady_for, &rotated_flag).await;
+    let cpu_2 = Usage::of(Some(webhook.pid())).cpu;
+    let self_cpu_2 = own_cpu();
+    rotation.await??;
+    let mut probes = prober.await?;
+    let rotated = rotated.lock().unwrap_or_else(|p| p.into_inner()).take().context("no rotation happened")?;
+    // The poll may not have come round yet within a short run: keep handshaking a while.
+    let mut served_new = probes.first_new;
+    let deadline = Instant::now() + ROTATION_GRACE;
+    while served_new.is_none() && Instant::now() < deadline {
+        if let Ok((_, leaf)) = connect(&target).await {
+            if leaf == rotated.leaf {
+                served_new = Some(Instant::now());
+            }
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+    // Confirmation after the run: a fresh handshake gets the new leaf.
+    let final_leaf = connect(&target).await.map(|(_, leaf)| leaf).ok();
+    let confirmed = final_leaf.as_ref() == Some(&rotated.leaf);
+    probes.rotation_at = Some(rotated.at.duration_since(started));
+
+    let usage = Usage::of(Some(webhook.pid()));
+    let peak_rss_kib = peak_rss(webhook.pid());
+    let live_gets = owner_gets(&audit, audit_from);
+    let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0).saturating_sub(log_from);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let reloads = log_text.matches("reloaded TLS serving certificate").count();
+    let unusable = log_text.matches("certificate files are unusable").count();
+    webhook.stop(Duration::from_secs(15)).await;
+
+    let report = Report {
+        settings,
+        machine,
+        loadavg: std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string(),
+        pinned: taskset.is_some(),
+        pinned_away,
+        affinity,
+        body_bytes: target.body.len(),
+        response_bytes: answer.body_bytes,
+        patch_bytes: answer.patch.len(),
+        saturation,
+        saturation_cpu: cpu_diff(cpu_1, cpu_0),
+        saturation_client_cpu: self_cpu_1.saturating_sub(self_cpu_0),
+        steady,
+        steady_cpu: cpu_diff(cpu_2, cpu_1),
+        steady_client_cpu: self_cpu_2.saturating_sub(self_cpu_1),
+        probes,
+        rotation_to_served: served_new.map(|t| t.saturating_duration_since(rotated.at)),
+        confirmed,
+        reloads,
+        unusable,
+        idle_rss_kib: idle_rss,
+        rss_kib: usage.rss_kib,
+        peak_rss_kib,
+        live_gets,
+        log_bytes,
+        binary_bytes: std::fs::metadata(&binary).map(|m| m.len()).ok(),
+    };
+    println!("\n{}", report.markdown());
+    Ok(())
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn cpu_diff(after: Option<Duration>, before: Option<Duration>) -> Option<Duration> {
+    Some(after?.saturating_sub(before?))
+}
+
+/// The release `ldap-elector-webhook`, built in the shared target directory (as
+/// `electors::elector_binary` does for the elector); `WEBHOOK_BENCH_BINARY` names another
+/// build instead (e.g. one with symbols, for `perf`).
+fn webhook_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("WEBHOOK_BENCH_BINARY") {
+        return PathBuf::from(path);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--release", "-p", "ldap-elector-webhook", "--bin", "ldap-elector-webhook"])
+        .current_dir(&root)
+        .status()
+        .expect("running cargo build for ldap-elector-webhook");
+    assert!(status.success(), "building ldap-elector-webhook failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    target.join("release").join("ldap-elector-webhook")
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+}
+
+/// The fixture review, pointed at the real StatefulSet; compact, as the API server sends
+/// it. Returns the request uid and the body.
+fn review_body(owner_uid: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    let mut review: serde_json::Value = serde_json::from_str(REVIEW_FIXTURE)?;
+    let request = &mut review["request"];
+    request["namespace"] = json!(NAMESPACE);
+    let meta = &mut request["object"]["metadata"];
+    meta["namespace"] = json!(NAMESPACE);
+    let owner = &mut meta["ownerReferences"][0];
+    owner["name"] = json!(STATEFULSET);
+    owner["uid"] = json!(owner_uid);
+    let uid = review["request"]["uid"].as_str().context("fixture without request uid")?.to_string();
+    Ok((uid, serde_json::to_vec(&review)?))
+}
+
+/// Serving certificate and key laid out as the kubelet lays out a Secret volume:
+/// `tls.crt -> ..data/tls.crt`, `..data -> ..<generation>/`. A rotation writes a new
+/// generation directory and swaps `..data` with one `rename`, so the webhook never reads a
+/// new certificate with an old key.
+struct CertDir {
+    dir: PathBuf,
+    generation: u32,
+}
+
+impl CertDir {
+    fn create(dir: &Path, ca: &Ca) -> anyhow::Result<CertDir> {
+        std::fs::create_dir_all(dir)?;
+        let mut certs = CertDir { dir: dir.to_path_buf(), generation: 0 };
+        certs.rotate(ca)?;
+        for name in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), dir.join(name))?;
+        }
+        Ok(certs)
+    }
+
+    fn cert_path(&self) -> PathBuf {
+        self.dir.join("tls.crt")
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.dir.join("tls.key")
+    }
+
+    /// A new serving certificate for 127.0.0.1 from `ca` (new key), swapped in atomically;
+    /// returns its DER.
+    fn rotate(&mut self, ca: &Ca) -> anyhow::Result<CertificateDer<'static>> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        self.generation += 1;
+        let serving = issue_serving(ca, &[], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], Duration::from_secs(24 * 3600))?;
+        let generation = format!("..generation-{}", self.generation);
+        let gen_dir = self.dir.join(&generation);
+        std::fs::create_dir(&gen_dir)?;
+        std::fs::write(gen_dir.join("tls.crt"), &serving.cert_pem)?;
+        let mut key =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(gen_dir.join("tls.key"))?;
+        key.write_all(serving.key_pem.as_bytes())?;
+        key.sync_all()?;
+        let tmp = self.dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&generation, &tmp)?;
+        std::fs::rename(&tmp, self.dir.join("..data"))?;
+        Ok(CertificateDer::from_pem_slice(serving.cert_pem.as_bytes())?)
+    }
+}
+
+/// The rotation, as the prober and the report see it.
+struct Rotated {
+    at: Instant,
+    leaf: CertificateDer<'static>,
+}
+
+fn client_config(roots: RootCertStore, h2: bool) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    Arc::new(config)
+}
+
+/// Where and what to send.
+struct Target {
+    addr: SocketAddr,
+    tls: Arc<ClientConfig>,
+    body: Bytes,
+    uid: String,
+    h2: bool,
+}
+
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// A new TLS connection (full handshake: the webhook issues no tickets) and the leaf
+/// certificate it was served.
+async fn connect(target: &Target) -> anyhow::Result<(Sender, CertificateDer<'static>)> {
+    let tcp = TcpStream::connect(target.addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+    let tls = TlsConnector::from(target.tls.clone()).connect(name, tcp).await?;
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).context("no server certificate")?;
+    let leaf = leaf.clone().into_owned();
+    let io = TokioIo::new(tls);
+    let sender = if target.h2 {
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        Sender::H2(sender)
+    } else {
+        let (sender, conn) = http1::handshake(io).await?;
+        tokio::spawn(conn);
+        Sender::H1(sender)
+    };
+    Ok((sender, leaf))
+}
+
+#[derive(Deserialize)]
+struct ReviewOut {
+    response: Option<ResponseOut>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut {
+    uid: String,
+    allowed: bool,
+    patch: Option<PatchBytes>,
+    patch_type: Option<String>,
+}
+
+/// `patch` is `[]byte` on the API server's side, which Go's JSON decoding accepts as a
+/// base64 string or as an array of numbers (what kube-rs' `AdmissionResponse` writes).
+struct PatchBytes(Vec<u8>);
+
+impl<'de> Deserialize<'de> for PatchBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PatchBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a base64 string or an array of bytes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PatchBytes, E> {
+                base64::engine::general_purpose::STANDARD.decode(v).map(PatchBytes).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<PatchBytes, A::Error> {
+                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    bytes.push(b);
+                }
+                Ok(PatchBytes(bytes))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A checked answer: the decoded JSON Patch and the response body's size.
+struct Answer {
+    patch: Vec<u8>,
+    body_bytes: usize,
+}
+
+/// One review; `Ok` when the answer is 200, allowed, for our uid, with a JSON Patch.
+/// Anything else is a failed request, described.
+async fn post(sender: &mut Sender, target: &Target) -> Result<Answer, String> {
+    // HTTP/2 needs the authority in the URI; HTTP/1.1 sends it as Host.
+    let uri = if target.h2 { format!("https://127.0.0.1:{}/mutate", target.addr.port()) } else { "/mutate".into() };
+    let request = Request::post(uri)
+        .header(header::HOST, format!("127.0.0.1:{}", target.addr.port()))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json")
+        .body(Full::new(target.body.clone()))
+        .map_err(|e| e.to_string())?;
+    let response = match sender {
+        Sender::H1(s) => {
+            s.ready().await.map_err(|e| format!("connection: {e}"))?;
+            s.send_request(request).await
+        }
+        Sender::H2(s) => {
+            s.ready().await.map_err(|e| format!("connection: {e}"))?;
+            s.send_request(request).await
+        }
+    }
+    .map_err(|e| format!("request: {e}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+    if status != StatusCode::OK {
+        return Err(format!("status {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)])));
+    }
+    let review: ReviewOut = serde_json::from_slice(&body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+    let r = review.response.ok_or("AdmissionReview without response")?;
+    match r {
+        ResponseOut { allowed: false, .. } => Err("denied".into()),
+        ResponseOut { ref uid, .. } if *uid != target.uid => Err(format!("answer for uid {uid}")),
+        ResponseOut { patch: Some(PatchBytes(patch)), patch_type: Some(t), .. }
+            if t == "JSONPatch" && patch.first() == Some(&b'[') =>
+        {
+            Ok(Answer { patch, body_bytes: body.len() })
+        }
+        _ => Err("allowed without a JSON Patch".into()),
+    }
+}
+
+/// The one review checked in depth: the patch is a JSON Patch adding our sidecar.
+fn check_patch(patch: &[u8]) -> anyhow::Result<()> {
+    let ops: Vec<serde_json::Value> = serde_json::from_slice(patch)?;
+    let adds_sidecar = ops.iter().any(|op| {
+        op["path"].as_str().is_some_and(|p| p.starts_with("/spec/initContainers"))
+            && op.to_string().contains(contract::SIDECAR_CONTAINER)
+    });
+    if !adds_sidecar {
+        bail!("the patch does not add the {} init container: {ops:?}", contract::SIDECAR_CONTAINER);
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Schedule {
+    /// Next review as soon as the last is answered.
+    Closed,
+    /// Each connection sends one review every `per_connection`; latency counts from when
+    /// it was due.
+    Rate { per_connection: Duration },
+}
+
+/// What one phase measured.
+#[derive(Debug, Default)]
+struct Phase {
+    wall: Duration,
+    latencies: Vec<Duration>,
+    failed: usize,
+    /// Failures after the certificate files were rotated.
+    failed_after_rotation: usize,
+    reconnects: usize,
+    errors: Vec<String>,
+}
+
+impl Phase {
+    fn ok(&self) -> usize {
+        self.latencies.len()
+    }
+
+    fn rate(&self) -> f64 {
+        self.ok() as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    fn merge(&mut self, other: Phase) {
+        self.latencies.extend(other.latencies);
+        self.failed += other.failed;
+        self.failed_after_rotation += other.failed_after_rotation;
+        self.reconnects += other.reconnects;
+        for e in other.errors {
+            if self.errors.len() < 5 && !self.errors.contains(&e) {
+                self.errors.push(e);
+            }
+        }
+    }
+}
+
+/// `conns` connections for `duration`; failures after `rotated` turned true are counted
+/// apart.
+async fn run_phase(
+    target: &Arc<Target>,
+    conns: usize,
+    schedule: Schedule,
+    duration: Duration,
+    rotated: &Arc<AtomicBool>,
+) -> Phase {
+    let start = Instant::now();
+    let end = start + duration;
+    let workers: Vec<_> = (0..conns)
+        .map(|i| {
+            // Spread the connections' schedules evenly over one interval.
+            let first = match schedule {
+                Schedule::Closed => start,
+                Schedule::Rate { per_connection } => start + per_connection.mul_f64(i as f64 / conns as f64),
+            };
+            tokio::spawn(worker(target.clone(), schedule, first, end, rotated.clone()))
+        })
+        .collect();
+    let mut phase = Phase::default();
+    for w in workers {
+        match w.await {
+            Ok(p) => phase.merge(p),
+            Err(e) => {
+                phase.failed += 1;
+                phase.errors.push(format!("worker: {e}"));
+            }
+        }
+    }
+    phase.wall = start.elapsed().min(duration.max(Duration::from_millis(1)));
+    phase
+}
+
+async fn worker(
+    target: Arc<Target>,
+    schedule: Schedule,
+    first: Instant,
+    end: Instant,
+    rotated: Arc<AtomicBool>,
+) -> Phase {
+    let mut phase = Phase::default();
+    let mut sender: Option<Sender> = None;
+    let mut due = first;
+    let mut connected_once = false;
+    loop {
+        let started = match schedule {
+            Schedule::Closed => Instant::now(),
+            Schedule::Rate { per_connection } => {
+                tokio::time::sleep_until(due).await;
+                let this = due;
+                due += per_connection;
+                this
+            }
+        };
+        if started >= end {
+            break;
+        }
+        if sender.is_none() {
+            match connect(&target).await {
+                Ok((s, _)) => {
+                    phase.reconnects += usize::from(connected_once);
+                    connected_once = true;
+                    sender = Some(s);
+                }
+                Err(e) => {
+                    phase.failed += 1;
+                    phase.failed_after_rotation += usize::from(rotated.load(Ordering::Relaxed));
+                    phase.errors.truncate(4);
+                    phase.errors.push(format!("connect: {e}"));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(s) = sender.as_mut() else { continue };
+        match post(s, &target).await {
+            Ok(_) => phase.latencies.push(started.elapsed()),
+            Err(e) => {
+                phase.failed += 1;
+                phase.failed_after_rotation += usize::from(rotated.load(Ordering::Relaxed));
+                phase.errors.truncate(4);
+                phase.errors.push(e);
+                sender = None;
+            }
+        }
+    }
+    phase
+}
+
+/// Fresh connections during the steady phase: which certificate each was served, and
+/// whether its review succeeded.
+#[derive(Debug, Default)]
+struct Probes {
+    latencies: Vec<Duration>,
+    failed: usize,
+    old: usize,
+    new: usize,
+    /// Served the old certificate after the new one had been seen.
+    old_after_new: usize,
+    other: usize,
+    first_new: Option<Instant>,
+    rotation_at: Option<Duration>,
+    errors: Vec<String>,
+}
+
+async fn probe(
+    target: Arc<Target>,
+    old_leaf: CertificateDer<'static>,
+    rotated: Arc<Mutex<Option<Rotated>>>,
+    end: Instant,
+) -> Probes {
+    let mut probes = Probes::default();
+    let mut ticker = tokio::time::interval(PROBE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while Instant::now() < end {
+        ticker.tick().await;
+        let started = Instant::now();
+        let outcome = match connect(&target).await {
+            Ok((mut sender, leaf)) => post(&mut sender, &target).await.map(|_| leaf),
+            Err(e) => Err(format!("connect: {e}")),
+        };
+        match outcome {
+            Ok(leaf) => {
+                probes.latencies.push(started.elapsed());
+                let new_leaf = rotated.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|r| r.leaf.clone());
+                if leaf == old_leaf {
+                    probes.old += 1;
+                    probes.old_after_new += usize::from(probes.first_new.is_some());
+                } else if Some(&leaf) == new_leaf.as_ref() {
+                    probes.new += 1;
+                    probes.first_new.get_or_insert(started);
+                } else {
+                    probes.other += 1;
+                }
+            }
+            Err(e) => {
+                probes.failed += 1;
+                if probes.errors.len() < 5 {
+                    probes.errors.push(e);
+                }
+            }
+        }
+    }
+    probes
+}
+
+/// Live GETs of StatefulSets by the webhook's ServiceAccount in the audit log since byte
+/// `from`: owner lookups that missed the cache.
+fn owner_gets(audit: &Path, from: u64) -> Option<usize> {
+    let log = std::fs::read(audit).ok()?;
+    let user = format!("system:serviceaccount:{WEBHOOK_NS}:{WEBHOOK_SA}");
+    let tail = log.get(from as usize..).unwrap_or_default();
+    let n = tail
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .filter(|e| {
+            e["user"]["username"] == user.as_str()
+                && e["verb"] == "get"
+                && e["objectRef"]["resource"] == "statefulsets"
+                && e["stage"] == "ResponseComplete"
+        })
+        .count();
+    Some(n)
+}
+
+fn status_field(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    Some(line[field.len()..].trim().to_string())
+}
+
+/// Peak resident set (`VmHWM`), KiB.
+fn peak_rss(pid: u32) -> Option<u64> {
+    status_field(pid, "VmHWM:")?.split_whitespace().next()?.parse().ok()
+}
+
+/// The cores `pid` may run on.
+fn cpus_allowed(pid: u32) -> Option<String> {
+    status_field(pid, "Cpus_allowed_list:")
+}
+
+/// CPU time (user + system) of this process, all threads.
+fn own_cpu() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+struct Report {
+    settings: Settings,
+    machine: Machine,
+    loadavg: String,
+    pinned: bool,
+    pinned_away: bool,
+    affinity: String,
+    body_bytes: usize,
+    response_bytes: usize,
+    patch_bytes: usize,
+    saturation: Phase,
+    saturation_cpu: Option<Duration>,
+    saturation_client_cpu: Duration,
+    steady: Phase,
+    steady_cpu: Option<Duration>,
+    steady_client_cpu: Duration,
+    probes: Probes,
+    rotation_to_served: Option<Duration>,
+    confirmed: bool,
+    reloads: usize,
+    unusable: usize,
+    idle_rss_kib: Option<u64>,
+    rss_kib: Option<u64>,
+    peak_rss_kib: Option<u64>,
+    live_gets: Option<usize>,
+    log_bytes: u64,
+    binary_bytes: Option<u64>,
+}
+
+fn lat(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map(|k| format!("{:.1} MiB", k as f64 * 1024.0 / MIB)).unwrap_or_else(|| "?".into())
+}
+
+/// CPU time as a share of one core over `wall`, and per review.
+fn share(cpu: Option<Duration>, wall: Duration, reviews: usize) -> String {
+    let Some(cpu) = cpu else { return "?".into() };
+    let per_review = cpu.as_secs_f64() * 1e6 / reviews.max(1) as f64;
+    format!("{:.0} % ({per_review:.0} µs/review)", 100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9))
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+impl Report {
+    fn phase_row(&self, out: &mut String, name: &str, p: &Phase, cpu: Option<Duration>, client: Duration) {
+        let pct = |n| lat(measure::percentile(&p.latencies, n));
+        let _ = writeln!(
+            out,
+            "| {name} | {:.0} s | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            p.wall.as_secs_f64(),
+            p.ok() + p.failed,
+            p.rate(),
+            pct(50),
+            pct(99),
+            pct(100),
+            p.failed,
+            share(cpu, p.wall, p.ok() + p.failed),
+            share(Some(client), p.wall, p.ok() + p.failed),
+        );
+    }
+
+    fn markdown(&self) -> String {
+        let s = &self.settings;
+        let mut out = String::new();
+        let _ = writeln!(out, "## Webhook\n");
+        let _ = writeln!(
+            out,
+            "`make webhook-bench` on {} (load average at the end: {}). Release `ldap-elector-webhook` {}; \
+             load generator and test bed {}. {} keep-alive {} connections posting the `fresh-pod` \
+             AdmissionReview ({} bytes) of an opted-in StatefulSet; every answer checked (200, allowed, \
+             JSON Patch, uid; {} bytes carrying a {}-byte patch). CPU: share of one core. Latency is \
+             client-side, from when a review was due.\n",
+            self.machine,
+            self.loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+            if self.pinned {
+                format!("pinned with `taskset -c {WEBHOOK_CORE}` (allowed cores: {})", self.affinity)
+            } else {
+                format!("NOT pinned (`taskset` missing; allowed cores: {})", self.affinity)
+            },
+            if self.pinned_away { "on the other core(s)" } else { "sharing the webhook's core" },
+            s.conns,
+            s.protocol(),
+            self.body_bytes,
+            self.response_bytes,
+            self.patch_bytes,
+        );
+        let _ = writeln!(
+            out,
+            "| phase | time | reviews | reviews/s | p50 | p99 | max | failed | webhook CPU | load generator CPU |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+        self.phase_row(
+            &mut out,
+            "saturation (closed loop)",
+            &self.saturation,
+            self.saturation_cpu,
+            self.saturation_client_cpu,
+        );
+        self.phase_row(
+            &mut out,
+            &format!("steady {:.0}/s (open loop), cert rotated halfway", s.rate),
+            &self.steady,
+            self.steady_cpu,
+            self.steady_client_cpu,
+        );
+        let p = &self.probes;
+        let _ = writeln!(
+            out,
+            "| fresh connection + review, 1 per {} ms (same time) | | {} | | {} | {} | {} | {} | | |",
+            PROBE_INTERVAL.as_millis(),
+            p.latencies.len() + p.failed,
+            lat(measure::percentile(&p.latencies, 50)),
+            lat(measure::percentile(&p.latencies, 99)),
+            lat(measure::percentile(&p.latencies, 100)),
+            p.failed,
+        );
+        let _ = writeln!(out, "\n| webhook | |\n|---|---|");
+        let _ = writeln!(
+            out,
+            "| RSS idle / after the run / peak (VmHWM) | {} / {} / {} |",
+            mib(self.idle_rss_kib),
+            mib(self.rss_kib),
+            mib(self.peak_rss_kib)
+        );
+        let rotation_at = p.rotation_at.map(|d| format!("{:.1} s", d.as_secs_f64())).unwrap_or_else(|| "?".into());
+        let served = self
+            .rotation_to_served
+            .map(|d| format!("{:.1} s later", d.as_secs_f64()))
+            .unwrap_or_else(|| "**never**".into());
+        let _ = writeln!(
+            out,
+            "| certificate rotation | new cert + key (same CA) swapped in at {rotation_at}; first served on a fresh \
+             handshake {served}; after the run a fresh handshake gets the new leaf: {}; fresh connections served \
+             old/new/other: {}/{}/{} (old after new: {}); reloads logged: {}, `unusable` warnings: {} |",
+            if self.confirmed { "yes" } else { "**no**" },
+            p.old,
+            p.new,
+            p.other,
+            p.old_after_new,
+            self.reloads,
+            self.unusable,
+        );
+        let _ = writeln!(
+            out,
+            "| failed reviews | saturation {}, steady {} ({} after the rotation), fresh connections {}; \
+             reconnects {} |",
+            self.saturation.failed,
+            self.steady.failed,
+            self.steady.failed_after_rotation,
+            p.failed,
+            self.saturation.reconnects + self.steady.reconnects,
+        );
+        let reviews = self.saturation.ok() + self.steady.ok() + p.latencies.len();
+        let _ = writeln!(
+            out,
+            "| owner lookups sent to the API server (audit log) | {} of {reviews} reviews |",
+            self.live_gets.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+        );
+        let _ = writeln!(
+            out,
+            "| log volume (one JSON line per review) | {:.0} bytes per review |",
+            self.log_bytes as f64 / reviews.max(1) as f64
+        );
+        if let Some(bytes) = self.binary_bytes {
+            let _ = writeln!(out, "| release binary | {:.1} MB |", bytes as f64 / 1e6);
+        }
+        let p99 = measure::percentile(&self.steady.latencies, 99);
+        let rate_ok = self.steady.rate() >= 2000.0 * 0.99;
+        let rss_ok = self.peak_rss_kib.is_some_and(|k| k as f64 * 1024.0 <= 30.0 * MIB);
+        let rotation_failed = self.steady.failed_after_rotation + p.failed;
+        let _ = writeln!(
+            out,
+            "\nTargets: p99 < 5 ms at ≥ 2,000 reviews/s on one core: {} (p99 {} at {:.0}/s); RSS ≤ 30 MiB: {} \
+             (peak {}); zero failed requests during rotation: {} ({}).",
+            verdict(p99 < Duration::from_millis(5) && rate_ok),
+            lat(p99),
+            self.steady.rate(),
+            verdict(rss_ok),
+            mib(self.peak_rss_kib),
+            verdict(rotation_failed == 0 && self.steady.failed == 0 && self.confirmed),
+            rotation_failed,
+        );
+        let errors: Vec<_> = self.saturation.errors.iter().chain(&self.steady.errors).chain(&p.errors).collect();
+        if !errors.is_empty() {
+            let _ = writeln!(out, "\nFirst errors: {errors:?}");
+        }
+        out
+    }
+}
