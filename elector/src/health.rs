@@ -229,9 +229,11 @@ mod tests {
     async fn checks_really_check() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        assert_eq!(HealthCheck::Tcp(addr.clone()).check(Duration::from_secs(1)).await, Ok(()));
+        assert_eq!(HealthCheck::Tcp(addr).check(Duration::from_secs(1)).await, Ok(()));
         drop(listener);
-        assert!(HealthCheck::Tcp(addr).check(Duration::from_secs(1)).await.is_err());
+        // Port 1 (tcpmux) is never handed out as an ephemeral port, so unlike the port just
+        // released, no parallel test can be listening there.
+        assert!(HealthCheck::Tcp("127.0.0.1:1".into()).check(Duration::from_secs(1)).await.is_err());
         assert_eq!(HealthCheck::Exec(vec!["true".into()]).check(Duration::from_secs(1)).await, Ok(()));
         assert!(HealthCheck::Exec(vec!["false".into()]).check(Duration::from_secs(1)).await.is_err());
         assert!(HealthCheck::Exec(vec!["sleep".into(), "5".into()]).check(Duration::from_millis(100)).await.is_err());

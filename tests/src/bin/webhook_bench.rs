@@ -246,6 +246,7 @@ async fn run(settings: Settings, machine: Machine, pinned_away: bool) -> anyhow:
         run_phase(&target, settings.conns, Schedule::Closed, secs(settings.saturate_secs), &not_rotated).await;
     let cpu_1 = Usage::of(Some(webhook.pid())).cpu;
     let self_cpu_1 = own_cpu();
+    let log_1 = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
 
     // Phase 2: steady rate, with the rotation halfway and the prober throughout.
     let steady_for = secs(settings.secs);
@@ -267,6 +268,7 @@ async fn run(settings: Settings, machine: Machine, pinned_away: bool) -> anyhow:
     let steady = run_phase(&target, settings.conns, schedule, steady_for, &rotated_flag).await;
     let cpu_2 = Usage::of(Some(webhook.pid())).cpu;
     let self_cpu_2 = own_cpu();
+    let log_2 = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     rotation.await??;
     let mut probes = prober.await?;
     let rotated = rotated.lock().unwrap_or_else(|p| p.into_inner()).take().context("no rotation happened")?;
@@ -291,6 +293,10 @@ async fn run(settings: Settings, machine: Machine, pinned_away: bool) -> anyhow:
     let live_gets = owner_gets(&audit, audit_from);
     let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0).saturating_sub(log_from);
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut saturation = saturation;
+    let mut steady = steady;
+    saturation.handler = handler_durations(&log_text, log_from, log_1);
+    steady.handler = handler_durations(&log_text, log_1, log_2);
     let reloads = log_text.matches("reloaded TLS serving certificate").count();
     let unusable = log_text.matches("certificate files are unusable").count();
     webhook.stop(Duration::from_secs(15)).await;
@@ -595,6 +601,9 @@ struct Phase {
     failed: usize,
     /// Failures after the certificate files were rotated.
     failed_after_rotation: usize,
+    /// The webhook's own `duration_ms` of each review (decode, owner lookup, inject; not
+    /// TLS, HTTP, the log line or serialisation), from its log.
+    handler: Vec<Duration>,
     reconnects: usize,
     errors: Vec<String>,
 }
@@ -769,6 +778,16 @@ async fn probe(
     probes
 }
 
+/// `duration_ms` of the webhook's "admission review" log lines between two byte offsets.
+fn handler_durations(log: &str, from: u64, to: u64) -> Vec<Duration> {
+    let part = log.get(from as usize..(to as usize).min(log.len())).unwrap_or_default();
+    part.lines()
+        .filter(|l| l.contains("\"admission review\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["duration_ms"].as_f64())
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .collect()
+}
+
 /// Live GETs of StatefulSets by the webhook's ServiceAccount in the audit log since byte
 /// `from`: owner lookups that missed the cache.
 fn owner_gets(audit: &Path, from: u64) -> Option<usize> {
@@ -876,9 +895,15 @@ fn verdict(ok: bool) -> &'static str {
 impl Report {
     fn phase_row(&self, out: &mut String, name: &str, p: &Phase, cpu: Option<Duration>, client: Duration) {
         let pct = |n| lat(measure::percentile(&p.latencies, n));
+        let handler = if p.handler.is_empty() {
+            "–".to_string()
+        } else {
+            let h = |n| lat(measure::percentile(&p.handler, n));
+            format!("{} / {}", h(50), h(99))
+        };
         let _ = writeln!(
             out,
-            "| {name} | {:.0} s | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {:.0} s | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             p.wall.as_secs_f64(),
             p.ok() + p.failed,
             p.rate(),
@@ -886,6 +911,7 @@ impl Report {
             pct(99),
             pct(100),
             p.failed,
+            handler,
             share(cpu, p.wall, p.ok() + p.failed),
             share(Some(client), p.wall, p.ok() + p.failed),
         );
@@ -901,7 +927,8 @@ impl Report {
              load generator and test bed {}. {} keep-alive {} connections posting the `fresh-pod` \
              AdmissionReview ({} bytes) of an opted-in StatefulSet; every answer checked (200, allowed, \
              JSON Patch, uid; {} bytes carrying a {}-byte patch). CPU: share of one core. Latency is \
-             client-side, from when a review was due.\n",
+             client-side, from when a review was due; \"handler\" is the webhook's own `duration_ms` (decode, \
+             owner lookup, inject: not TLS, HTTP, the log line or the JSON encoding of the answer).\n",
             self.machine,
             self.loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
             if self.pinned {
@@ -918,9 +945,10 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| phase | time | reviews | reviews/s | p50 | p99 | max | failed | webhook CPU | load generator CPU |"
+            "| phase | time | reviews | reviews/s | p50 | p99 | max | failed | handler p50 / p99 | webhook CPU \
+             | load generator CPU |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
         self.phase_row(
             &mut out,
             "saturation (closed loop)",
@@ -938,7 +966,7 @@ impl Report {
         let p = &self.probes;
         let _ = writeln!(
             out,
-            "| fresh connection + review, 1 per {} ms (same time) | | {} | | {} | {} | {} | {} | | |",
+            "| fresh connection + review, 1 per {} ms (same time) | | {} | | {} | {} | {} | {} | | | |",
             PROBE_INTERVAL.as_millis(),
             p.latencies.len() + p.failed,
             lat(measure::percentile(&p.latencies, 50)),
