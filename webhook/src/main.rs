@@ -19,7 +19,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One worker per CPU the process may use (affinity mask and cgroup CPU quota: the
+    // chart's 500m limit gives one), at most two. Two workers time-sliced on one CPU stall
+    // each other's reviews (`make webhook-bench`: three times the handler's p99).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ldap-elector-webhook: cannot start the runtime: {e}");

@@ -239,6 +239,8 @@ async fn run(settings: Settings, machine: Machine, pinned_away: bool) -> anyhow:
     let audit_from = std::fs::metadata(&audit).map(|m| m.len()).unwrap_or(0);
     let log_from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let self_cpu_0 = own_cpu();
+    let wpid = webhook.pid().to_string();
+    let waits_0 = [runqueue_wait(&wpid), runqueue_wait("self")];
 
     // Phase 1: saturation.
     let cpu_0 = Usage::of(Some(webhook.pid())).cpu;
@@ -247,6 +249,7 @@ async fn run(settings: Settings, machine: Machine, pinned_away: bool) -> anyhow:
     let cpu_1 = Usage::of(Some(webhook.pid())).cpu;
     let self_cpu_1 = own_cpu();
     let log_1 = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let waits_1 = [runqueue_wait(&wpid), runqueue_wait("self")];
 
     // Phase 2: steady rate, with the rotation halfway and the prober throughout.
     let steady_for = secs(settings.secs);
@@ -269,6 +272,7 @@ async fn run(settings: Settings, machine: Machine, pinned_away: bool) -> anyhow:
     let cpu_2 = Usage::of(Some(webhook.pid())).cpu;
     let self_cpu_2 = own_cpu();
     let log_2 = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let waits_2 = [runqueue_wait(&wpid), runqueue_wait("self")];
     rotation.await??;
     let mut probes = prober.await?;
     let rotated = rotated.lock().unwrap_or_else(|p| p.into_inner()).take().context("no rotation happened")?;
@@ -317,6 +321,8 @@ async fn run(settings: Settings, machine: Machine, pinned_away: bool) -> anyhow:
         steady,
         steady_cpu: cpu_diff(cpu_2, cpu_1),
         steady_client_cpu: self_cpu_2.saturating_sub(self_cpu_1),
+        saturation_waits: [cpu_diff(waits_1[0], waits_0[0]), cpu_diff(waits_1[1], waits_0[1])],
+        steady_waits: [cpu_diff(waits_2[0], waits_1[0]), cpu_diff(waits_2[1], waits_1[1])],
         probes,
         rotation_to_served: served_new.map(|t| t.saturating_duration_since(rotated.at)),
         confirmed,
@@ -823,6 +829,18 @@ fn cpus_allowed(pid: u32) -> Option<String> {
     status_field(pid, "Cpus_allowed_list:")
 }
 
+/// Time the threads of `pid` (or "self") spent runnable but waiting for a CPU, from
+/// `/proc/<pid>/task/*/schedstat` (second field, ns).
+fn runqueue_wait(pid: &str) -> Option<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    Some(Duration::from_nanos(ns))
+}
+
 /// CPU time (user + system) of this process, all threads.
 fn own_cpu() -> Duration {
     // SAFETY: getrusage writes into the zeroed struct we pass.
@@ -851,6 +869,9 @@ struct Report {
     steady: Phase,
     steady_cpu: Option<Duration>,
     steady_client_cpu: Duration,
+    /// Time runnable but not running (webhook, load generator) per phase.
+    saturation_waits: [Option<Duration>; 2],
+    steady_waits: [Option<Duration>; 2],
     probes: Probes,
     rotation_to_served: Option<Duration>,
     confirmed: bool,
@@ -1010,6 +1031,27 @@ impl Report {
             p.failed,
             self.saturation.reconnects + self.steady.reconnects,
         );
+        let waited = |w: Option<Duration>, phase: &Phase| {
+            w.map(|w| format!("{:.0} ms/s", w.as_secs_f64() * 1000.0 / phase.wall.as_secs_f64().max(1e-9)))
+                .unwrap_or_else(|| "?".into())
+        };
+        let _ = writeln!(
+            out,
+            "| waiting for a CPU while runnable (`/proc/*/task/*/schedstat`) | webhook: saturation {}, steady {}; \
+             load generator: saturation {}, steady {} |",
+            waited(self.saturation_waits[0], &self.saturation),
+            waited(self.steady_waits[0], &self.steady),
+            waited(self.saturation_waits[1], &self.saturation),
+            waited(self.steady_waits[1], &self.steady),
+        );
+        if let Some(cpu) = self.saturation_cpu.filter(|_| self.saturation.ok() > 0) {
+            let per_review = cpu.as_secs_f64() / self.saturation.ok() as f64;
+            let _ = writeln!(
+                out,
+                "| capacity of one core at the saturation phase's CPU per review | ≈ {:.0} reviews/s |",
+                1.0 / per_review.max(1e-9)
+            );
+        }
         let reviews = self.saturation.ok() + self.steady.ok() + p.latencies.len();
         let _ = writeln!(
             out,
