@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use base64::Engine;
 use clap::Parser;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -21,9 +20,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use ldap_elector::contract;
 use ldap_elector_tests::bed::free_port;
-use ldap_elector_tests::webhook::{
-    http_status, serving_files, webhook_identity, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
-};
+use ldap_elector_tests::webhook::{http_status, webhook_identity, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA};
 use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
 use ldap_elector_webhook::args::Args;
 use ldap_elector_webhook::reconcile::run_reconciler;
@@ -244,51 +241,13 @@ async fn webhook_injects_opted_in_pods_under_restricted_pod_security_and_leaves_
     let bed = Bed::start().await?;
     let _kubelet = Kubelet::start(&bed, "bed-node").await?;
     let admin = bed.admin_client()?;
-    let webhook = webhook_identity(&bed).await?;
-
-    let (cert, key, ca_pem) = serving_files(&bed)?;
-    let (port, health_port) = (free_port()?, free_port()?);
-    let settings = Args::try_parse_from([
-        "ldap-elector-webhook".to_string(),
-        format!("--listen=127.0.0.1:{port}"),
-        format!("--health-listen=127.0.0.1:{health_port}"),
-        "--cert-mode=files".into(),
-        format!("--cert-file={}", cert.display()),
-        format!("--key-file={}", key.display()),
-        "--sidecar-image=registry.invalid/ldap-elector:e2e".into(),
-    ])?
-    .into_settings()
-    .map_err(anyhow::Error::msg)?;
-    let shutdown = CancellationToken::new();
-    let app = tokio::spawn(ldap_elector_webhook::app::run(settings, webhook, shutdown.clone(), Duration::ZERO));
-    wait_for("webhook /readyz", T, || async {
-        match http_status(health_port, "/readyz").await? {
-            200 => Ok(()),
-            status => Err(format!("status {status}")),
-        }
-    })
-    .await?;
+    // The shared in-process webhook: its own ServiceAccount with exactly the documented
+    // ClusterRole, files mode, registered by URL with failurePolicy Fail.
+    let mut webhook = Webhook::start(&bed).await?;
 
     let ns = "inject";
     fixtures::namespace(&admin, ns, Some("restricted")).await?;
-    let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": WEBHOOK_CONFIG},
-        "webhooks": [{
-            "name": "inject.ldap-elector.dev",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "reinvocationPolicy": "IfNeeded",
-            "timeoutSeconds": 5,
-            "clientConfig": {
-                "url": format!("https://127.0.0.1:{port}/mutate"),
-                "caBundle": base64::engine::general_purpose::STANDARD.encode(&ca_pem),
-            },
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-        }],
-    }))?;
-    Api::<MutatingWebhookConfiguration>::all(admin.clone()).create(&PostParams::default(), &mwc).await?;
+    webhook.register(&bed, ns, "Fail").await?;
 
     let services: Api<Service> = Api::namespaced(admin.clone(), ns);
     services.create(&PostParams::default(), &fixtures::service("ldap-primary", json!({"app": "ldap"}))?).await?;
@@ -389,9 +348,7 @@ async fn webhook_injects_opted_in_pods_under_restricted_pod_security_and_leaves_
     })
     .await?;
 
-    shutdown.cancel();
-    let stopped = tokio::time::timeout(Duration::from_secs(30), app).await.context("webhook stops on shutdown")??;
-    stopped?;
+    webhook.stop().await.context("webhook stops on shutdown")?;
     Ok(())
 }
 
