@@ -86,10 +86,15 @@ pub struct Webhook {
 impl Webhook {
     /// Starts the webhook as its own ServiceAccount and waits until `/readyz`.
     pub async fn start(bed: &Bed) -> anyhow::Result<Webhook> {
+        Self::start_with(bed, &[]).await
+    }
+
+    /// [`Webhook::start`] with extra command-line flags (e.g. `--reconcile=false`).
+    pub async fn start_with(bed: &Bed, flags: &[&str]) -> anyhow::Result<Webhook> {
         let client = webhook_identity(bed).await?;
         let (cert, key, ca_pem) = serving_files(bed)?;
         let (port, health_port) = (free_port()?, free_port()?);
-        let settings = Args::try_parse_from([
+        let mut args = vec![
             "ldap-elector-webhook".to_string(),
             format!("--listen=127.0.0.1:{port}"),
             format!("--health-listen=127.0.0.1:{health_port}"),
@@ -97,9 +102,9 @@ impl Webhook {
             format!("--cert-file={}", cert.display()),
             format!("--key-file={}", key.display()),
             format!("--sidecar-image={SIDECAR_IMAGE}"),
-        ])?
-        .into_settings()
-        .map_err(anyhow::Error::msg)?;
+        ];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let settings = Args::try_parse_from(args)?.into_settings().map_err(anyhow::Error::msg)?;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(ldap_elector_webhook::app::run(settings, client, shutdown.clone(), Duration::ZERO));
         wait_for("webhook /readyz", Duration::from_secs(60), || async {
@@ -112,8 +117,14 @@ impl Webhook {
         Ok(Webhook { port, health_port, ca_pem, shutdown, task: Some(task) })
     }
 
-    /// Registers the webhook for pod CREATE in `namespace` with `failure_policy`.
+    /// Registers the webhook as the chart does, for `namespace`: pod CREATE with
+    /// `failure_policy`, and Service CREATE/UPDATE with `Ignore`.
     pub async fn register(&self, bed: &Bed, namespace: &str, failure_policy: &str) -> anyhow::Result<()> {
+        let client_config = json!({
+            "url": format!("https://127.0.0.1:{}/mutate", self.port),
+            "caBundle": base64::engine::general_purpose::STANDARD.encode(&self.ca_pem),
+        });
+        let namespace_selector = json!({"matchLabels": {"kubernetes.io/metadata.name": namespace}});
         let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
             "metadata": {"name": WEBHOOK_CONFIG},
             "webhooks": [{
@@ -123,15 +134,23 @@ impl Webhook {
                 "failurePolicy": failure_policy,
                 "reinvocationPolicy": "Never",
                 "timeoutSeconds": 5,
-                "clientConfig": {
-                    "url": format!("https://127.0.0.1:{}/mutate", self.port),
-                    "caBundle": base64::engine::general_purpose::STANDARD.encode(&self.ca_pem),
-                },
+                "clientConfig": client_config,
                 "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                            "resources": ["pods"], "scope": "Namespaced"}],
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "namespaceSelector": namespace_selector,
                 "matchConditions": [{"name": "statefulset-pods",
                     "expression": "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, r.kind == 'StatefulSet')"}],
+            }, {
+                "name": "services.ldap-elector.dev",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Ignore",
+                "reinvocationPolicy": "Never",
+                "timeoutSeconds": 5,
+                "clientConfig": client_config,
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                           "resources": ["services"], "scope": "Namespaced"}],
+                "namespaceSelector": namespace_selector,
             }],
         }))?;
         let api = Api::<MutatingWebhookConfiguration>::all(bed.admin_client()?);

@@ -1,7 +1,8 @@
 //! The whole product on the real bed: the webhook (registered by URL on loopback) injects
 //! the pods the real StatefulSet controller creates, the reconciler creates their identity
 //! and points the write Service at the leader, the electors (local processes with their
-//! pod-bound tokens) elect one leader, and the write Service's EndpointSlice follows it.
+//! pod-bound tokens) elect one leader, and the write Service's EndpointSlice follows it —
+//! never listing two ready pods, even when the Service existed before the StatefulSet.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ const T: Duration = Duration::from_secs(90);
 const NS: &str = "ldap";
 const STS: &str = "ldap-server";
 const PRIMARY: &str = "ldap-server-primary";
+/// A second write Service, created after the StatefulSet.
+const LATE: &str = "ldap-server-rw";
 
 /// The ready endpoints of `service`, as (pod name, address).
 async fn ready_endpoints(client: &Client, service: &str) -> Result<Vec<(String, String)>, String> {
@@ -70,17 +73,36 @@ async fn annotate_inject_elect_route_and_fail_over() -> anyhow::Result<()> {
     fixtures::namespace(&admin, NS, Some("restricted")).await?;
     webhook.register(&bed, NS, "Fail").await?;
 
-    Api::<Service>::namespaced(admin.clone(), NS)
-        .create(&PostParams::default(), &fixtures::service(PRIMARY, json!({"app": STS}))?)
-        .await?;
-    let observer = Observer::start(admin.clone(), NS, &format!("app={STS}"));
-    let annotations = json!({contract::ANNOTATION_INJECT: "true", contract::ANNOTATION_LEADER_SERVICE: PRIMARY});
+    // The write Service exists before the StatefulSet and selects every pod: the webhook
+    // refuses the pods until the reconciler has added the leader selector, so it never
+    // lists two ready endpoints (the observer watches it from before the first pod).
+    let services: Api<Service> = Api::namespaced(admin.clone(), NS);
+    services.create(&PostParams::default(), &fixtures::service(PRIMARY, json!({"app": STS}))?).await?;
+    let mut observer = Observer::start(admin.clone(), NS, &format!("app={STS}"));
+    observer.watch_service(admin.clone(), NS, PRIMARY);
+    let annotations =
+        json!({contract::ANNOTATION_INJECT: "true", contract::ANNOTATION_LEADER_SERVICE: format!("{PRIMARY}, {LATE}")});
     Api::<StatefulSet>::namespaced(admin.clone(), NS)
         .create(&PostParams::default(), &fixtures::statefulset(STS, 2, annotations)?)
         .await?;
 
     let leader = observer.wait_for_single_leader(T).await?;
     wait_endpoints_are(&admin, &leader).await?;
+
+    // A write Service created after the StatefulSet gets the leader selector at admission,
+    // and keeps it when replaced by a manifest without it (`kubectl apply`, a chart upgrade).
+    let selects_leader = |svc: &Service| {
+        let selector = svc.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+        selector.get(contract::LABEL_ROLE).map(String::as_str) == Some(contract::ROLE_LEADER)
+            && selector.get("app").map(String::as_str) == Some(STS)
+    };
+    let late = services.create(&PostParams::default(), &fixtures::service(LATE, json!({"app": STS}))?).await?;
+    assert!(selects_leader(&late), "{LATE} as created: {:?}", late.spec);
+    let mut replacement = fixtures::service(LATE, json!({"app": STS}))?;
+    replacement.metadata.resource_version = late.metadata.resource_version.clone();
+    replacement.spec.get_or_insert_default().cluster_ip = late.spec.as_ref().and_then(|s| s.cluster_ip.clone());
+    let replaced = services.replace(LATE, &PostParams::default(), &replacement).await?;
+    assert!(selects_leader(&replaced), "{LATE} as replaced: {:?}", replaced.spec);
 
     // The admitted pods: injected, and the slapd container holds no API token.
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
@@ -120,7 +142,10 @@ async fn annotate_inject_elect_route_and_fail_over() -> anyhow::Result<()> {
         let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
         let failed = list.items.iter().find(|e| {
             e.reason.as_deref() == Some("FailedCreate")
-                && e.note.as_deref().is_some_and(|n| n.contains("ldap-elector.dev") && n.contains(&standby))
+                && e.note.as_deref().is_some_and(|n| {
+                    // Not the refusals of the start, while the Service lacked the selector.
+                    n.contains("failed calling webhook") && n.contains("ldap-elector.dev") && n.contains(&standby)
+                })
         });
         failed
             .map(|_| ())

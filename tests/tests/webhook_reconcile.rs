@@ -20,6 +20,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use ldap_elector::contract;
 use ldap_elector_tests::bed::free_port;
+use ldap_elector_tests::electors::create_identity;
 use ldap_elector_tests::webhook::{http_status, webhook_identity, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA};
 use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
 use ldap_elector_webhook::args::Args;
@@ -460,5 +461,66 @@ async fn secret_mode_publishes_the_ca_bundle_and_serves_the_secret_certificate()
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(30), app).await.context("webhook stops on shutdown")???;
+    Ok(())
+}
+
+/// The write-Service window, deterministically: without a reconciler to add the leader
+/// selector, pods of an opted-in StatefulSet whose write Service selects every pod are
+/// refused (the controller reports why); once the selector is there they are admitted.
+/// A write Service created after the StatefulSet gets the selector at its own admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_wait_until_their_write_service_selects_the_leader() -> anyhow::Result<()> {
+    logs();
+    let bed = Bed::start().await?;
+    let admin = bed.admin_client()?;
+    let webhook = Webhook::start_with(&bed, &["--reconcile=false"]).await?;
+    let ns = "window";
+    fixtures::namespace(&admin, ns, None).await?;
+    webhook.register(&bed, ns, "Fail").await?;
+    // What the reconciler would create; here it does not run.
+    create_identity(&admin, ns, "ldap", 2).await?;
+
+    let services: Api<Service> = Api::namespaced(admin.clone(), ns);
+    services.create(&PostParams::default(), &fixtures::service("ldap-primary", json!({"app": "ldap"}))?).await?;
+    let annotations =
+        json!({contract::ANNOTATION_INJECT: "true", contract::ANNOTATION_LEADER_SERVICE: "ldap-primary, ldap-rw"});
+    let sets: Api<StatefulSet> = Api::namespaced(admin.clone(), ns);
+    sets.create(&PostParams::default(), &fixtures::statefulset("ldap", 2, annotations)?).await?;
+
+    let events: Api<Event> = Api::namespaced(admin.clone(), ns);
+    wait_for("FailedCreate naming the write Service without the leader selector", T, || async {
+        let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let refused = list.items.iter().any(|e| {
+            e.reason.as_deref() == Some("FailedCreate")
+                && e.note.as_deref().is_some_and(|n| n.contains("ldap-primary") && n.contains("does not select"))
+        });
+        refused.then_some(()).ok_or_else(|| format!("{:?}", list.items.iter().map(|e| &e.note).collect::<Vec<_>>()))
+    })
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    assert!(
+        pods.list(&ListParams::default()).await?.items.is_empty(),
+        "a pod was admitted while the Service selects all"
+    );
+
+    // The consumer's own way without a reconciler: add the selector. Pods follow.
+    let leader_selector = json!({"spec": {"selector": {contract::LABEL_ROLE: contract::ROLE_LEADER}}});
+    services.patch("ldap-primary", &PatchParams::default(), &Patch::Merge(&leader_selector)).await?;
+    wait_for("both pods admitted, injected", T, || async {
+        let list = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let injected = list.items.iter().filter(|p| injection_problems(p, "ldap").is_empty()).count();
+        (injected == 2).then_some(()).ok_or_else(|| format!("{injected} of 2 pods injected"))
+    })
+    .await?;
+
+    // Created after the StatefulSet: the selector (and our mark) come with admission.
+    let rw = services.create(&PostParams::default(), &fixtures::service("ldap-rw", json!({"app": "ldap"}))?).await?;
+    let selector = rw.spec.and_then(|s| s.selector).unwrap_or_default();
+    assert_eq!(selector.get(contract::LABEL_ROLE).map(String::as_str), Some(contract::ROLE_LEADER), "{selector:?}");
+    assert_eq!(selector.get("app").map(String::as_str), Some("ldap"));
+    assert_eq!(
+        rw.metadata.labels.unwrap_or_default().get(contract::LABEL_STATEFULSET).map(String::as_str),
+        Some("ldap")
+    );
     Ok(())
 }

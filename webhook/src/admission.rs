@@ -1,16 +1,29 @@
-//! The admission handler: AdmissionReview bytes in, AdmissionReview out. Pure apart from
-//! one log line per review; the owner lookup is passed in, so the HTTP layer can back it
-//! by a reflector cache (sync, via [`review`]) or an API GET (async: [`decode`], await
-//! the owner named by [`owner_to_look_up`], then [`respond`]).
+//! Admission: a decoded AdmissionRequest in, an [`Answer`] (the AdmissionResponse plus what
+//! the one log line per review says) out. What it reads from the cluster comes through
+//! [`Cluster`]; the decisions themselves are the pure functions [`pod_answer`],
+//! [`gate_answer`] and [`service_answer`].
+//!
+//! - Pod CREATE owned by an opted-in StatefulSet: the sidecar is injected
+//!   ([`inject::inject`]), unless the StatefulSet's write Services do not select the leader
+//!   yet: then the pod is refused (see [`crate::leader_service`]) and the StatefulSet
+//!   controller retries it. A failed lookup or an injection error also refuses: a pod
+//!   admitted without its elector would run slapd unfenced.
+//! - Service CREATE/UPDATE named by an opted-in StatefulSet's leader-service annotation:
+//!   the leader selector is added, so a Service created or replaced after its StatefulSet
+//!   (e.g. `kubectl apply` of a manifest without it) never selects every pod.
+//! - Everything else is allowed unchanged.
 
 use std::fmt::Display;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
+use ldap_elector::contract;
 
+use crate::cluster::Cluster;
 use crate::inject::{self, Decision, InjectConfig};
+use crate::leader_service;
 
 /// A body that is not an AdmissionReview with a request. There is no request uid to
 /// answer to, so the HTTP layer should reply 400 (or send [`ReviewError::into_review`]).
@@ -35,88 +48,236 @@ pub fn decode(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewErro
     review.try_into().map_err(|_| ReviewError::MissingRequest)
 }
 
-/// `(namespace, statefulset)` to look up: only for Pod CREATE with a StatefulSet controller.
-pub fn owner_to_look_up(req: &AdmissionRequest<DynamicObject>) -> Option<(String, String)> {
-    if !is_pod_create(req) {
-        return None;
-    }
-    let meta = &req.object.as_ref()?.metadata;
-    let name = inject::owner_statefulset_name(meta)?;
-    let namespace = req.namespace.as_ref().or(meta.namespace.as_ref())?;
-    Some((namespace.clone(), name.to_string()))
+/// What happened to a review, for its log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A pod got the sidecar.
+    Injected,
+    /// A pod CREATE allowed unchanged (not opted in, already injected, owner missing, ...).
+    Skipped,
+    /// A Service got the leader selector.
+    SelectorAdded,
+    /// Not ours to look at (other kinds and operations), allowed unchanged.
+    Passed,
+    Denied,
 }
 
-/// The response to `req`, given the owner lookup's outcome (`Ok(None)`: not found or not
-/// looked up). Everything but a Pod CREATE is allowed unchanged. A failed lookup or an
-/// injection error denies: the StatefulSet controller retries pod creation, whereas a pod
-/// admitted without its elector would run slapd unfenced.
-pub fn respond<E: Display>(
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Injected => "injected",
+            Self::Skipped => "skipped",
+            Self::SelectorAdded => "selector-added",
+            Self::Passed => "passed",
+            Self::Denied => "denied",
+        }
+    }
+}
+
+/// The response to one review and what its log line says.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub response: AdmissionResponse,
+    pub outcome: Outcome,
+    /// Why (a skip, a denial, a pass-through); empty when the outcome says it all.
+    pub reason: String,
+    /// The StatefulSet concerned ('' if none).
+    pub statefulset: String,
+}
+
+impl Answer {
+    fn allow(req: &AdmissionRequest<DynamicObject>, outcome: Outcome, reason: String, statefulset: &str) -> Self {
+        Self { response: AdmissionResponse::from(req), outcome, reason, statefulset: statefulset.to_string() }
+    }
+
+    fn deny(req: &AdmissionRequest<DynamicObject>, reason: String, statefulset: &str) -> Self {
+        Self {
+            response: AdmissionResponse::from(req).deny(format!("ldap-elector: {reason}")),
+            outcome: Outcome::Denied,
+            reason,
+            statefulset: statefulset.to_string(),
+        }
+    }
+
+    fn patched(
+        req: &AdmissionRequest<DynamicObject>,
+        outcome: Outcome,
+        patch: json_patch::Patch,
+        statefulset: &str,
+    ) -> Self {
+        match AdmissionResponse::from(req).with_patch(patch) {
+            Ok(response) => Self { response, outcome, reason: String::new(), statefulset: statefulset.to_string() },
+            Err(e) => Self::deny(req, format!("cannot serialise the patch: {e}"), statefulset),
+        }
+    }
+}
+
+/// The write Services a pod's admission waits for (see [`gate_answer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gate {
+    pub namespace: String,
+    pub statefulset: String,
+    pub services: Vec<String>,
+}
+
+/// Answers `req`, reading what it needs from `cluster`.
+pub async fn answer(req: &AdmissionRequest<DynamicObject>, cluster: &impl Cluster, cfg: &InjectConfig) -> Answer {
+    match subject(req) {
+        Subject::PodCreate => {
+            let owner = match owner_to_look_up(req) {
+                Some((namespace, name, uid)) => cluster.statefulset(&namespace, &name, uid.as_deref()).await,
+                None => Ok(None),
+            };
+            match pod_answer(req, owner, cfg) {
+                (answer, None) => answer,
+                (answer, Some(gate)) => {
+                    let services = cluster.services(&gate.namespace, &gate.statefulset, &gate.services).await;
+                    gate_answer(req, answer, &gate, services)
+                }
+            }
+        }
+        Subject::ServiceWrite => service_answer(req, &cluster.statefulsets(namespace(req))),
+        Subject::Other => passed(req),
+    }
+}
+
+/// The answer to a Pod CREATE given its owner lookup (`Ok(None)`: not found or not
+/// looked up), and the write Services to check before it stands, if any.
+pub fn pod_answer<E: Display>(
     req: &AdmissionRequest<DynamicObject>,
     owner: Result<Option<StatefulSet>, E>,
     cfg: &InjectConfig,
-) -> AdmissionResponse {
-    let allow = AdmissionResponse::from(req);
-    if !is_pod_create(req) {
-        tracing::debug!(uid = %req.uid, kind = %req.kind.kind, op = ?req.operation, "passed through");
-        return allow;
-    }
-    let namespace = req.namespace.as_deref().unwrap_or_default();
+) -> (Answer, Option<Gate>) {
     let pod = match req.object.clone().map(DynamicObject::try_parse::<Pod>) {
         Some(Ok(pod)) => pod,
-        Some(Err(e)) => return deny(req, namespace, "", format!("cannot decode the Pod: {e}")),
-        None => return deny(req, namespace, "", "the CREATE request carries no Pod".to_string()),
+        Some(Err(e)) => return (Answer::deny(req, format!("cannot decode the Pod: {e}"), ""), None),
+        None => return (Answer::deny(req, "the CREATE request carries no Pod".into(), ""), None),
     };
-    let pod_name = pod.metadata.name.as_deref().unwrap_or(&req.name);
     let statefulset = inject::owner_statefulset_name(&pod.metadata).unwrap_or_default();
     let owner = match owner {
         Ok(owner) => owner,
         Err(e) => {
-            let msg = format!("cannot look up StatefulSet {namespace}/{statefulset}: {e}; retry");
-            return deny(req, namespace, pod_name, msg);
+            let reason = format!("cannot look up StatefulSet {}/{statefulset}: {e}; retry", namespace(req));
+            return (Answer::deny(req, reason, statefulset), None);
         }
     };
     match inject::inject(&pod, owner.as_ref(), cfg) {
-        Ok(Decision::Skip(reason)) => {
-            tracing::info!(namespace, pod = pod_name, statefulset, reason = reason.as_str(), "not injected");
-            allow
-        }
+        Ok(Decision::Skip(reason)) => (Answer::allow(req, Outcome::Skipped, reason.as_str().into(), statefulset), None),
         Ok(Decision::Patch(patch)) => {
-            let ops = patch.0.len();
-            match allow.with_patch(patch) {
-                Ok(res) => {
-                    tracing::info!(namespace, pod = pod_name, statefulset, ops, "injected");
-                    res
-                }
-                Err(e) => deny(req, namespace, pod_name, e.to_string()),
-            }
+            let answer = Answer::patched(req, Outcome::Injected, patch, statefulset);
+            let services = contract::leader_services(owner.as_ref().and_then(|o| o.metadata.annotations.as_ref()));
+            let gate = (answer.outcome == Outcome::Injected && !services.is_empty()).then(|| Gate {
+                namespace: namespace(req).to_string(),
+                statefulset: statefulset.to_string(),
+                services,
+            });
+            (answer, gate)
         }
-        Err(e) => deny(req, namespace, pod_name, e.to_string()),
+        Err(e) => (Answer::deny(req, e.to_string(), statefulset), None),
     }
 }
 
-/// Decode, look up the owner synchronously, respond. `Err` only when the body is not a
-/// review at all (see [`ReviewError`]).
+/// `injected` stands only once every existing write Service of the gate selects the
+/// leader; otherwise the pod is refused (the StatefulSet controller retries it).
+pub fn gate_answer<E: Display>(
+    req: &AdmissionRequest<DynamicObject>,
+    injected: Answer,
+    gate: &Gate,
+    services: Result<Vec<Service>, E>,
+) -> Answer {
+    let (ns, sts) = (&gate.namespace, gate.statefulset.as_str());
+    let services = match services {
+        Ok(services) => services,
+        Err(e) => return Answer::deny(req, format!("cannot read the write Services of {ns}/{sts}: {e}; retry"), sts),
+    };
+    let waiting = leader_service::not_selecting_leader(&services, sts);
+    if waiting.is_empty() {
+        return injected;
+    }
+    let reason = format!(
+        "Service {ns}/{} does not select {}={} yet, so it would route writes to every pod of StatefulSet {sts}; \
+         the ldap-elector reconciler adds that selector (without the reconciler, add it yourself); retry",
+        waiting.join(", "),
+        contract::LABEL_ROLE,
+        contract::ROLE_LEADER,
+    );
+    Answer::deny(req, reason, sts)
+}
+
+/// The answer to a Service CREATE/UPDATE given the StatefulSets of its namespace.
+pub fn service_answer(req: &AdmissionRequest<DynamicObject>, statefulsets: &[StatefulSet]) -> Answer {
+    let svc = match req.object.clone().map(DynamicObject::try_parse::<Service>) {
+        Some(Ok(svc)) => svc,
+        // Not ours to block: the API server validates Services.
+        _ => return passed(req),
+    };
+    let name = svc.metadata.name.as_deref().unwrap_or(&req.name);
+    let Some(owner) = leader_service::statefulset_naming(name, statefulsets) else {
+        return Answer::allow(req, Outcome::Passed, "not a write Service of an opted-in StatefulSet".into(), "");
+    };
+    let sts = owner.metadata.name.as_deref().unwrap_or_default();
+    match leader_service::admission_patch(&svc, sts) {
+        Some(patch) => Answer::patched(req, Outcome::SelectorAdded, patch, sts),
+        None => Answer::allow(req, Outcome::Passed, "selects the leader already, or is not ours to change".into(), sts),
+    }
+}
+
+/// Decode, look up synchronously, answer: for callers whose lookups are synchronous (the
+/// golden fixtures), with a cluster that holds `lookup_owner`'s StatefulSets and no
+/// Services. `Err` only when the body is not a review at all (see [`ReviewError`]).
 pub fn review<E: Display>(
     body: &[u8],
     lookup_owner: impl FnOnce(&str, &str) -> Result<Option<StatefulSet>, E>,
     cfg: &InjectConfig,
 ) -> Result<AdmissionReview<DynamicObject>, ReviewError> {
     let req = decode(body)?;
-    let owner = match owner_to_look_up(&req) {
-        Some((namespace, name)) => lookup_owner(&namespace, &name),
-        None => Ok(None),
+    let answer = match subject(&req) {
+        Subject::PodCreate => {
+            let owner = match owner_to_look_up(&req) {
+                Some((namespace, name, _)) => lookup_owner(&namespace, &name),
+                None => Ok(None),
+            };
+            match pod_answer(&req, owner, cfg) {
+                (answer, None) => answer,
+                (answer, Some(gate)) => gate_answer(&req, answer, &gate, Ok::<_, E>(Vec::new())),
+            }
+        }
+        Subject::ServiceWrite => service_answer(&req, &[]),
+        Subject::Other => passed(&req),
     };
-    Ok(respond(&req, owner, cfg).into_review())
+    Ok(answer.response.into_review())
 }
 
-fn is_pod_create(req: &AdmissionRequest<DynamicObject>) -> bool {
-    req.kind.group.is_empty()
-        && req.kind.kind == "Pod"
-        && req.operation == Operation::Create
-        && req.sub_resource.as_deref().unwrap_or_default().is_empty()
+enum Subject {
+    PodCreate,
+    ServiceWrite,
+    Other,
 }
 
-fn deny(req: &AdmissionRequest<DynamicObject>, namespace: &str, pod: &str, msg: String) -> AdmissionResponse {
-    tracing::warn!(namespace, pod, error = %msg, "denied");
-    AdmissionResponse::from(req).deny(format!("ldap-elector: {msg}"))
+fn subject(req: &AdmissionRequest<DynamicObject>) -> Subject {
+    let main_resource = req.sub_resource.as_deref().unwrap_or_default().is_empty();
+    match (req.kind.group.as_str(), req.kind.kind.as_str(), &req.operation) {
+        ("", "Pod", Operation::Create) if main_resource => Subject::PodCreate,
+        ("", "Service", Operation::Create | Operation::Update) if main_resource => Subject::ServiceWrite,
+        _ => Subject::Other,
+    }
+}
+
+fn passed(req: &AdmissionRequest<DynamicObject>) -> Answer {
+    let reason = format!("{} {:?} is not ours to change", req.kind.kind, req.operation);
+    Answer::allow(req, Outcome::Passed, reason, "")
+}
+
+fn namespace(req: &AdmissionRequest<DynamicObject>) -> &str {
+    let object_namespace = req.object.as_ref().and_then(|o| o.metadata.namespace.as_deref());
+    req.namespace.as_deref().or(object_namespace).unwrap_or_default()
+}
+
+/// `(namespace, statefulset, uid)` of a Pod CREATE's controlling StatefulSet. The UID lets
+/// the lookup tell a deleted and recreated StatefulSet's stale cache entry from the owner.
+fn owner_to_look_up(req: &AdmissionRequest<DynamicObject>) -> Option<(String, String, Option<String>)> {
+    let meta = &req.object.as_ref()?.metadata;
+    let name = inject::owner_statefulset_name(meta)?;
+    let uid = meta.owner_references.as_ref()?.iter().find(|r| r.controller == Some(true) && r.name == name);
+    Some((namespace(req).to_string(), name.to_string(), uid.map(|r| r.uid.clone())))
 }

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::args::{CertSource, SecretCert, Settings};
+use crate::cluster::ClusterCache;
 use crate::handler::AdmissionHandler;
-use crate::owners::OwnerCache;
 use crate::reconcile::run_reconciler;
 use crate::server::{serve_plain, serve_tls, Limits};
 use crate::tls::{server_config, ReloadingCert, TlsError};
@@ -97,11 +97,11 @@ pub async fn run(
             };
         }
     };
-    let (owners, _owner_task) = OwnerCache::start(client.clone(), background.clone());
+    let cluster = ClusterCache::start(client.clone(), background.clone());
     let reconciler = settings.reconcile.then(|| tokio::spawn(run_reconciler(client.clone(), background.clone())));
 
     let server_stop = CancellationToken::new();
-    let handler = AdmissionHandler::new(settings.inject.clone(), owners);
+    let handler = AdmissionHandler::new(settings.inject.clone(), cluster);
     let server = tokio::spawn(serve_tls(listener, tls, handler, Limits::default(), server_stop.clone()));
     ready.store(true, Ordering::Relaxed);
     info!(listen = %settings.listen, health = %settings.health_listen, tls_profile = %settings.tls_profile,

@@ -1,41 +1,37 @@
-//! Wires admission into the generic server: `POST /mutate` → decode → owner lookup
-//! (cache, then live GET) → [`admission::respond`] → JSON. A body that is no
-//! AdmissionReview gets `400` with a text body saying so; everything else gets `200` and
-//! an AdmissionReview (a failed owner lookup is a *denial*, so the controller retries).
+//! Wires admission into the generic server: `POST /mutate` → decode → [`admission::answer`]
+//! (which reads the cluster through [`Cluster`]) → JSON. A body that is no AdmissionReview
+//! gets `400` with a text body saying so; everything else gets `200` and an AdmissionReview
+//! (a failed lookup is a *denial*, so the controller retries).
 //!
 //! One structured log line per review, with the fields an on-call engineer filters by:
-//! `namespace`, `pod`, `generate_name`, `statefulset`, `outcome`
-//! (`injected`/`skipped`/`denied`/`passed`), `reason`, `duration_ms`. `admission.rs` logs
-//! its own per-decision lines too; `main` filters those to errors by default so there is
-//! one line per review (set `WEBHOOK_LOG=ldap_elector_webhook::admission=debug` to see them).
+//! `namespace`, `name`, `kind`, `statefulset`, `outcome` (`injected`/`skipped`/
+//! `selector-added`/`passed`/`denied`), `reason`, `duration_ms`; denials at `warn`.
 
 use std::future::Future;
 use std::time::Instant;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Bytes;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::admission::AdmissionRequest;
 use kube::core::DynamicObject;
 
-use crate::admission;
-use crate::inject::{self, Decision, InjectConfig};
-use crate::owners::{OwnerError, Owners};
+use crate::admission::{self, Answer, Outcome};
+use crate::cluster::Cluster;
+use crate::inject::InjectConfig;
 use crate::server::Handler;
 
 /// The admission endpoint; the MutatingWebhookConfiguration's `clientConfig` path.
 pub const MUTATE_PATH: &str = "/mutate";
 
-/// The `/mutate` handler over an owner lookup.
-pub struct AdmissionHandler<O> {
+/// The `/mutate` handler over the cluster lookups.
+pub struct AdmissionHandler<C> {
     cfg: InjectConfig,
-    owners: O,
+    cluster: C,
 }
 
-impl<O: Owners> AdmissionHandler<O> {
-    pub fn new(cfg: InjectConfig, owners: O) -> Self {
-        Self { cfg, owners }
+impl<C: Cluster> AdmissionHandler<C> {
+    pub fn new(cfg: InjectConfig, cluster: C) -> Self {
+        Self { cfg, cluster }
     }
 
     async fn handle(&self, req: Request<Bytes>) -> Response<Bytes> {
@@ -58,16 +54,9 @@ impl<O: Owners> AdmissionHandler<O> {
                 );
             }
         };
-        let owner = match admission::owner_to_look_up(&request) {
-            Some((namespace, name)) => {
-                self.owners.get(&namespace, &name, owner_uid(&request, &name).as_deref()).await.map_err(LookupError)
-            }
-            None => Ok(None),
-        };
-        let kept_owner = owner.as_ref().ok().cloned().flatten();
-        let response = admission::respond(&request, owner, &self.cfg);
-        log_review(&request, &response, kept_owner.as_ref(), &self.cfg, started);
-        match serde_json::to_vec(&response.into_review()) {
+        let answer = admission::answer(&request, &self.cluster, &self.cfg).await;
+        log_review(&request, &answer, started);
+        match serde_json::to_vec(&answer.response.into_review()) {
             Ok(body) => {
                 let mut out = Response::new(Bytes::from(body));
                 out.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -80,93 +69,41 @@ impl<O: Owners> AdmissionHandler<O> {
     }
 }
 
-impl<O: Owners> Handler for AdmissionHandler<O> {
+impl<C: Cluster> Handler for AdmissionHandler<C> {
     fn call(&self, req: Request<Bytes>) -> impl Future<Output = Response<Bytes>> + Send {
         self.handle(req)
     }
 }
 
-/// The lookup error as the denial message shows it.
-#[derive(Debug)]
-struct LookupError(OwnerError);
-
-impl std::fmt::Display for LookupError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// UID of the pod's controlling StatefulSet `name`, so a stale cache entry of a deleted and
-/// recreated StatefulSet is not mistaken for the owner.
-fn owner_uid(request: &AdmissionRequest<DynamicObject>, name: &str) -> Option<String> {
-    let refs = request.object.as_ref()?.metadata.owner_references.as_ref()?;
-    refs.iter().find(|r| r.controller == Some(true) && r.kind == "StatefulSet" && r.name == name).map(|r| r.uid.clone())
-}
-
-fn log_review(
-    request: &AdmissionRequest<DynamicObject>,
-    response: &AdmissionResponse,
-    owner: Option<&StatefulSet>,
-    cfg: &InjectConfig,
-    started: Instant,
-) {
+fn log_review(request: &AdmissionRequest<DynamicObject>, answer: &Answer, started: Instant) {
     let meta = request.object.as_ref().map(|o| &o.metadata);
     let namespace = request.namespace.as_deref().unwrap_or_default();
-    let pod = meta.and_then(|m| m.name.as_deref()).unwrap_or(&request.name);
-    let generate_name = meta.and_then(|m| m.generate_name.as_deref()).unwrap_or_default();
-    let statefulset = meta.and_then(inject::owner_statefulset_name).unwrap_or_default();
-    let is_pod_create = request.kind.group.is_empty()
-        && request.kind.kind == "Pod"
-        && request.operation == Operation::Create
-        && request.sub_resource.as_deref().unwrap_or_default().is_empty();
-    let (outcome, reason) = if !response.allowed {
-        ("denied", response.result.message.clone())
-    } else if response.patch.is_some() {
-        ("injected", String::new())
-    } else if is_pod_create {
-        ("skipped", skip_reason(request, owner, cfg))
-    } else {
-        ("passed", format!("{} {:?} is not a Pod CREATE", request.kind.kind, request.operation))
-    };
+    // A pod being created has only a generateName at this point, if no name.
+    let name = meta.and_then(|m| m.name.as_deref().or(m.generate_name.as_deref())).unwrap_or(&request.name);
+    let (uid, kind, operation, dry_run) = (&request.uid, &request.kind.kind, &request.operation, request.dry_run);
+    let (statefulset, outcome, reason) = (&answer.statefulset, answer.outcome.as_str(), &answer.reason);
     let duration_ms = ms(started);
-    let (uid, operation, dry_run) = (&request.uid, &request.operation, request.dry_run);
-    if outcome == "denied" {
-        tracing::warn!(
-            uid,
-            namespace,
-            pod,
-            generate_name,
-            statefulset,
-            ?operation,
-            dry_run,
-            outcome,
-            reason,
-            duration_ms,
-            "admission review"
-        );
-    } else {
-        tracing::info!(
-            uid,
-            namespace,
-            pod,
-            generate_name,
-            statefulset,
-            ?operation,
-            dry_run,
-            outcome,
-            reason,
-            duration_ms,
-            "admission review"
-        );
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                uid,
+                namespace,
+                name,
+                kind,
+                ?operation,
+                dry_run,
+                statefulset,
+                outcome,
+                reason,
+                duration_ms,
+                "admission review"
+            )
+        };
     }
-}
-
-/// Why an allowed Pod CREATE got no patch (inject is pure and cheap to ask again).
-fn skip_reason(request: &AdmissionRequest<DynamicObject>, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> String {
-    let pod = request.object.clone().map(DynamicObject::try_parse::<Pod>);
-    match pod.map(|p| p.map(|p| inject::inject(&p, owner, cfg))) {
-        Some(Ok(Ok(Decision::Skip(reason)))) => reason.as_str().to_string(),
-        _ => String::new(),
+    if answer.outcome == Outcome::Denied {
+        line!(warn)
+    } else {
+        line!(info)
     }
 }
 
@@ -184,31 +121,78 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::{LookupError, LIVE_GET_TIMEOUT};
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::Service;
+    use kube::core::admission::AdmissionResponse;
+    use ldap_elector::contract;
+    use serde_json::json;
     use std::sync::Mutex;
 
     const REVIEW: &[u8] = include_bytes!("../tests/fixtures/fresh-pod.review.json");
     const OWNER: &[u8] = include_bytes!("../tests/fixtures/fresh-pod.owner.json");
+    const SERVICE_REVIEW: &[u8] = include_bytes!("../tests/fixtures/service-passthrough.review.json");
+    /// The write Service named by the owner fixture's leader-service annotation.
+    const PRIMARY: &str = "ldap-server-primary";
 
-    /// Answers from a fixed result and records what it was asked.
+    /// Answers from fixed results and records what it was asked.
     struct Fake {
-        answer: fn() -> Result<Option<StatefulSet>, OwnerError>,
-        asked: Mutex<Vec<(String, String, Option<String>)>>,
+        owner: fn() -> Result<Option<StatefulSet>, LookupError>,
+        services: fn() -> Result<Vec<Service>, LookupError>,
+        asked: Mutex<Vec<String>>,
     }
 
-    impl Owners for Fake {
-        async fn get(&self, ns: &str, name: &str, uid: Option<&str>) -> Result<Option<StatefulSet>, OwnerError> {
-            self.asked.lock().unwrap().push((ns.into(), name.into(), uid.map(String::from)));
-            (self.answer)()
+    impl Cluster for Fake {
+        async fn statefulset(
+            &self,
+            ns: &str,
+            name: &str,
+            uid: Option<&str>,
+        ) -> Result<Option<StatefulSet>, LookupError> {
+            self.asked.lock().unwrap().push(format!("statefulset {ns}/{name} uid {uid:?}"));
+            (self.owner)()
+        }
+
+        fn statefulsets(&self, ns: &str) -> Vec<StatefulSet> {
+            self.asked.lock().unwrap().push(format!("statefulsets {ns}"));
+            (self.owner)().ok().flatten().into_iter().collect()
+        }
+
+        async fn services(&self, ns: &str, sts: &str, names: &[String]) -> Result<Vec<Service>, LookupError> {
+            self.asked.lock().unwrap().push(format!("services {ns}/{names:?} of {sts}"));
+            (self.services)()
         }
     }
 
-    fn handler(answer: fn() -> Result<Option<StatefulSet>, OwnerError>) -> AdmissionHandler<Fake> {
+    fn handler(
+        owner: fn() -> Result<Option<StatefulSet>, LookupError>,
+        services: fn() -> Result<Vec<Service>, LookupError>,
+    ) -> AdmissionHandler<Fake> {
         let cfg = InjectConfig::new("registry.example/ldap-elector:0.1.0");
-        AdmissionHandler::new(cfg, Fake { answer, asked: Mutex::new(Vec::new()) })
+        AdmissionHandler::new(cfg, Fake { owner, services, asked: Mutex::new(Vec::new()) })
     }
 
-    fn owner() -> Result<Option<StatefulSet>, OwnerError> {
+    fn owner() -> Result<Option<StatefulSet>, LookupError> {
         Ok(Some(serde_json::from_slice(OWNER).unwrap()))
+    }
+
+    fn service(selector: serde_json::Value) -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": PRIMARY, "namespace": "ldap"}, "spec": {"selector": selector}}),
+        )
+        .unwrap()
+    }
+
+    fn selecting_leader() -> Result<Vec<Service>, LookupError> {
+        Ok(vec![service(json!({"app": "ldap", contract::LABEL_ROLE: contract::ROLE_LEADER}))])
+    }
+
+    fn selecting_all() -> Result<Vec<Service>, LookupError> {
+        Ok(vec![service(json!({"app": "ldap"}))])
+    }
+
+    fn no_services() -> Result<Vec<Service>, LookupError> {
+        Ok(vec![])
     }
 
     fn post(path: &str, body: &[u8]) -> Request<Bytes> {
@@ -224,31 +208,70 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn opted_in_pod_gets_a_patch_and_the_owner_uid_is_checked() {
-        let h = handler(owner);
+    async fn opted_in_pod_gets_a_patch_once_its_write_service_selects_the_leader() {
+        let h = handler(owner, selecting_leader);
         let response = review_of(&h.handle(post(MUTATE_PATH, REVIEW)).await);
         assert!(response.allowed && response.patch.is_some());
         assert_eq!(response.uid, "7d3e5b90-0000-4000-8000-000000000001");
-        let asked = h.owners.asked.lock().unwrap().clone();
-        let uid = Some("5f0c6a1e-1111-4c1e-9a55-0d6c0e1b0001".to_string());
-        assert_eq!(asked, vec![("ldap".to_string(), "ldap-server".to_string(), uid)]);
+        let asked = h.cluster.asked.lock().unwrap().clone();
+        let uid = "5f0c6a1e-1111-4c1e-9a55-0d6c0e1b0001";
+        let expected = [
+            format!("statefulset ldap/ldap-server uid Some(\"{uid}\")"),
+            format!("services ldap/[\"{PRIMARY}\"] of ldap-server"),
+        ];
+        assert_eq!(asked, expected);
+    }
+
+    #[tokio::test]
+    async fn a_missing_write_service_does_not_hold_pods_back() {
+        // It gets the selector at its own admission.
+        let response = review_of(&handler(owner, no_services).handle(post(MUTATE_PATH, REVIEW)).await);
+        assert!(response.allowed && response.patch.is_some());
+    }
+
+    #[tokio::test]
+    async fn pods_wait_while_the_write_service_selects_every_pod() {
+        let response = review_of(&handler(owner, selecting_all).handle(post(MUTATE_PATH, REVIEW)).await);
+        assert!(!response.allowed);
+        let msg = &response.result.message;
+        assert!(msg.contains(PRIMARY) && msg.contains(contract::LABEL_ROLE) && msg.contains("retry"), "{msg}");
+
+        let failing = || Err(LookupError::Timeout(LIVE_GET_TIMEOUT));
+        let response = review_of(&handler(owner, failing).handle(post(MUTATE_PATH, REVIEW)).await);
+        assert!(!response.allowed, "unknown Service state: refuse, the controller retries");
+    }
+
+    #[tokio::test]
+    async fn a_write_service_gets_the_leader_selector_at_admission() {
+        let h = handler(owner, no_services);
+        let response = review_of(&h.handle(post(MUTATE_PATH, SERVICE_REVIEW)).await);
+        assert!(response.allowed);
+        let patch: json_patch::Patch = serde_json::from_slice(response.patch.as_deref().expect("a patch")).unwrap();
+        let mut object = admission::decode(SERVICE_REVIEW).unwrap().object.map(serde_json::to_value).unwrap().unwrap();
+        json_patch::patch(&mut object, &patch).unwrap();
+        assert_eq!(object["spec"]["selector"][contract::LABEL_ROLE], json!(contract::ROLE_LEADER));
+        assert_eq!(object["metadata"]["labels"][contract::LABEL_STATEFULSET], json!("ldap-server"));
+
+        // A Service no opted-in StatefulSet names passes unchanged.
+        let response = review_of(&handler(|| Ok(None), no_services).handle(post(MUTATE_PATH, SERVICE_REVIEW)).await);
+        assert!(response.allowed && response.patch.is_none());
     }
 
     #[tokio::test]
     async fn malformed_review_gets_400_with_a_clear_text() {
-        let h = handler(owner);
+        let h = handler(owner, no_services);
         for body in [&b"{"[..], b"[]", br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#] {
             let response = h.handle(post(MUTATE_PATH, body)).await;
             assert_eq!(response.status(), StatusCode::BAD_REQUEST);
             let text = String::from_utf8_lossy(response.body()).into_owned();
             assert!(text.contains("AdmissionReview"), "{text}");
         }
-        assert!(h.owners.asked.lock().unwrap().is_empty());
+        assert!(h.cluster.asked.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn wrong_path_or_method_is_refused() {
-        let h = handler(owner);
+        let h = handler(owner, no_services);
         assert_eq!(h.handle(post("/validate", REVIEW)).await.status(), StatusCode::NOT_FOUND);
         let get = Request::get(MUTATE_PATH).body(Bytes::new()).unwrap();
         let response = h.handle(get).await;
@@ -258,7 +281,7 @@ mod tests {
 
     #[tokio::test]
     async fn owner_lookup_error_denies_so_the_controller_retries() {
-        let h = handler(|| Err(OwnerError::Timeout(crate::owners::LIVE_GET_TIMEOUT)));
+        let h = handler(|| Err(LookupError::Timeout(LIVE_GET_TIMEOUT)), no_services);
         let response = review_of(&h.handle(post(MUTATE_PATH, REVIEW)).await);
         assert!(!response.allowed);
         assert!(response.result.message.contains("retry"), "{}", response.result.message);
@@ -266,7 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_owner_is_allowed_unchanged() {
-        let h = handler(|| Ok(None));
+        let h = handler(|| Ok(None), no_services);
         let response = review_of(&h.handle(post(MUTATE_PATH, REVIEW)).await);
         assert!(response.allowed && response.patch.is_none());
     }

@@ -3,9 +3,10 @@
 pub mod admission;
 pub mod app;
 pub mod args;
+pub mod cluster;
 pub mod handler;
 pub mod inject;
-pub mod owners;
+pub mod leader_service;
 pub mod reconcile;
 pub mod server;
 pub mod tls;

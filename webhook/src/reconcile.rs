@@ -13,7 +13,8 @@
 //! goes away it deletes what it created and restores those selectors, but only once no
 //! pod of the StatefulSet still runs an elector (see [`clean_up`](Ctx::clean_up)).
 //!
-//! [`desired`] and the Service decisions are pure and unit-tested; the rest is the edge.
+//! [`desired`] and the Service decisions ([`crate::leader_service`]) are pure and
+//! unit-tested; the rest is the edge.
 //!
 //! # Several webhook replicas
 //! Every replica reconciles everything; no leader election is needed because every write
@@ -51,7 +52,8 @@
 //!   - apiGroups: ["rbac.authorization.k8s.io"]
 //!     resources: ["roles", "rolebindings"]
 //!     verbs: ["list", "watch", "create", "patch", "delete"]
-//!   # The leader Service selectors.
+//!   # Write Services: read at pod admission (pods wait for the leader selector), patched
+//!   # by the reconciler.
 //!   - apiGroups: [""]
 //!     resources: ["services"]
 //!     verbs: ["get", "list", "watch", "patch"]
@@ -77,7 +79,8 @@
 //!     resources: ["secrets"]
 //!     verbs: ["create"]
 //! ```
-//! With `--reconcile=false` only the statefulsets rule (and the secret-mode rules) remain.
+//! With `--reconcile=false` only the statefulsets rule, services get/list/watch (admission)
+//! and the secret-mode rules remain.
 //!
 //! ## escalate and bind
 //! The API server lets a subject create or update a Role only if it already holds every
@@ -106,17 +109,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use ldap_elector::contract;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::cluster::spawn_store;
 use crate::inject;
+use crate::leader_service::{leader_selector_change, restore_selector_change, ServiceChange};
 
 /// The one field manager of every server-side apply (see "Several webhook replicas").
 pub const FIELD_MANAGER: &str = "ldap-elector-webhook";
@@ -322,66 +326,6 @@ fn ours_selector(statefulset: &str) -> String {
     format!("{}={},{}={statefulset}", contract::LABEL_MANAGED_BY, contract::MANAGED_BY, contract::LABEL_STATEFULSET)
 }
 
-/// What to do with a Service's selector.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ServiceChange {
-    Unchanged,
-    /// A JSON merge patch (guarded by the Service's `resourceVersion`).
-    Patch(serde_json::Value),
-    /// Left alone, with the reason (logged as a warning).
-    Refuse(String),
-}
-
-/// Make `svc` select only the leader of `statefulset`: add `LABEL_ROLE: ROLE_LEADER` to its
-/// selector (keeping the rest) and mark it with `LABEL_STATEFULSET`, which later tells us
-/// which Services to restore (the leader-service annotation may be gone by then). The
-/// selector map is atomic for server-side apply, so a merge patch is used instead: it
-/// touches exactly our key.
-pub fn leader_selector_change(svc: &Service, statefulset: &str) -> ServiceChange {
-    let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty());
-    let Some(selector) = selector else {
-        return ServiceChange::Refuse(
-            "the Service has no selector (manually managed endpoints); adding one would change what it routes to"
-                .into(),
-        );
-    };
-    let marked = svc.labels().get(contract::LABEL_STATEFULSET);
-    if let Some(other) = marked.filter(|m| *m != statefulset) {
-        return ServiceChange::Refuse(format!("the Service already routes to the leader of StatefulSet {other}"));
-    }
-    let role = selector.get(contract::LABEL_ROLE).map(String::as_str);
-    match (role, marked.is_some()) {
-        (Some(contract::ROLE_LEADER), true) => ServiceChange::Unchanged,
-        // The consumer selects the leader by itself: theirs to keep, nothing for us to undo.
-        (Some(contract::ROLE_LEADER), false) => ServiceChange::Unchanged,
-        (Some(other), false) => ServiceChange::Refuse(format!(
-            "the Service's own selector has {}={other}; not overriding it",
-            contract::LABEL_ROLE
-        )),
-        _ => ServiceChange::Patch(json!({
-            "metadata": {
-                "resourceVersion": svc.metadata.resource_version,
-                "labels": {contract::LABEL_STATEFULSET: statefulset},
-            },
-            "spec": {"selector": {contract::LABEL_ROLE: contract::ROLE_LEADER}},
-        })),
-    }
-}
-
-/// Undo [`leader_selector_change`] on a Service we marked for `statefulset`.
-pub fn restore_selector_change(svc: &Service, statefulset: &str) -> ServiceChange {
-    if svc.labels().get(contract::LABEL_STATEFULSET).map(String::as_str) != Some(statefulset) {
-        return ServiceChange::Unchanged;
-    }
-    let has_role =
-        svc.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| s.contains_key(contract::LABEL_ROLE));
-    let selector = if has_role { json!({"selector": {contract::LABEL_ROLE: null}}) } else { json!({}) };
-    ServiceChange::Patch(json!({
-        "metadata": {"resourceVersion": svc.metadata.resource_version, "labels": {contract::LABEL_STATEFULSET: null}},
-        "spec": selector,
-    }))
-}
-
 /// Whether `have` carries our labels and owner reference (the only metadata we apply).
 fn meta_matches(have: &ObjectMeta, want: &ObjectMeta) -> bool {
     let labels_ok = want.labels.iter().flatten().all(|(k, v)| have.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
@@ -494,30 +438,6 @@ impl Footprint {
             || of(&self.role_bindings, namespace, statefulset)
             || of(&self.services, namespace, statefulset)
     }
-}
-
-/// A reflector store of `K` (all namespaces, `config`'s selector), driven until `shutdown`.
-fn spawn_store<K>(client: &Client, config: watcher::Config, shutdown: &CancellationToken) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), config).default_backoff());
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        let mut events = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                event = events.next() => match event {
-                    Some(Ok(_)) => {}
-                    Some(Err(error)) => warn!(kind = %K::kind(&()), %error, "watch failed (retrying with backoff)"),
-                    None => return,
-                },
-            }
-        }
-    });
-    store
 }
 
 struct Ctx {
@@ -810,7 +730,7 @@ fn hint(error: &kube::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
+    use serde_json::{json, Value};
 
     fn sts(
         annotations: Value,
@@ -839,15 +759,6 @@ mod tests {
 
     fn opted_in() -> Value {
         json!({contract::ANNOTATION_INJECT: "true", contract::ANNOTATION_LEADER_SERVICE: "ldap-primary, ldap-rw"})
-    }
-
-    fn svc(selector: Option<Value>, labels: Value) -> Service {
-        let mut v = json!({"metadata": {"name": "ldap-primary", "namespace": "dir", "resourceVersion": "7", "labels": labels},
-                           "spec": {}});
-        if let Some(s) = selector {
-            v["spec"]["selector"] = s;
-        }
-        serde_json::from_value(v).unwrap()
     }
 
     #[test]
@@ -915,42 +826,6 @@ mod tests {
         let mut s = sts(opted_in(), 2, None, None);
         s.metadata.uid = None;
         assert!(matches!(desired_now(&s), Err(ReconcileError::Incomplete("uid"))));
-    }
-
-    #[test]
-    fn leader_selector_is_merged_and_marked() {
-        let s = svc(Some(json!({"app": "ldap"})), json!({"team": "x"}));
-        let ServiceChange::Patch(p) = leader_selector_change(&s, "ldap") else { panic!() };
-        assert_eq!(p["spec"]["selector"], json!({contract::LABEL_ROLE: contract::ROLE_LEADER}));
-        assert_eq!(p["metadata"]["labels"], json!({contract::LABEL_STATEFULSET: "ldap"}));
-        assert_eq!(p["metadata"]["resourceVersion"], json!("7"), "guarded against concurrent writers");
-        // Applying the merge patch keeps the consumer's keys.
-        let mut merged = serde_json::to_value(&s).unwrap();
-        json_patch::merge(&mut merged, &p);
-        assert_eq!(merged["spec"]["selector"], json!({"app": "ldap", contract::LABEL_ROLE: contract::ROLE_LEADER}));
-        let merged: Service = serde_json::from_value(merged).unwrap();
-        assert_eq!(leader_selector_change(&merged, "ldap"), ServiceChange::Unchanged, "idempotent");
-
-        // ... and restoring gives the original selector and labels back.
-        let ServiceChange::Patch(undo) = restore_selector_change(&merged, "ldap") else { panic!() };
-        let mut restored = serde_json::to_value(&merged).unwrap();
-        json_patch::merge(&mut restored, &undo);
-        assert_eq!(restored["spec"]["selector"], json!({"app": "ldap"}));
-        assert_eq!(restored["metadata"]["labels"], json!({"team": "x"}));
-    }
-
-    #[test]
-    fn foreign_or_selectorless_services_are_left_alone() {
-        let refuse = |s: &Service| matches!(leader_selector_change(s, "ldap"), ServiceChange::Refuse(_));
-        assert!(refuse(&svc(None, json!({}))));
-        assert!(refuse(&svc(Some(json!({})), json!({}))));
-        assert!(refuse(&svc(Some(json!({"app": "x"})), json!({contract::LABEL_STATEFULSET: "other"}))));
-        assert!(refuse(&svc(Some(json!({contract::LABEL_ROLE: contract::ROLE_STANDBY})), json!({}))));
-        let own = svc(Some(json!({"app": "x", contract::LABEL_ROLE: contract::ROLE_LEADER})), json!({}));
-        assert_eq!(leader_selector_change(&own, "ldap"), ServiceChange::Unchanged);
-        assert_eq!(restore_selector_change(&own, "ldap"), ServiceChange::Unchanged, "never ours to undo");
-        let other = svc(Some(json!({"app": "x"})), json!({contract::LABEL_STATEFULSET: "other"}));
-        assert_eq!(restore_selector_change(&other, "ldap"), ServiceChange::Unchanged);
     }
 
     #[test]

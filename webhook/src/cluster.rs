@@ -1,0 +1,187 @@
+//! What admission reads from the cluster: a pod's owning StatefulSet, the StatefulSets of a
+//! namespace, and a StatefulSet's write Services. Reflector caches, with live GETs where a
+//! cache can be behind in a way that matters.
+//!
+//! Why a cache *and* a GET for the owner: a StatefulSet created a moment ago has its first
+//! pods created before our watch delivers it, so a pure cache would let those pods through
+//! uninjected. A miss therefore asks the API server; an API error is an `Err`, which
+//! admission turns into a denial, so the StatefulSet controller retries the pod instead of a
+//! pod starting slapd without its elector. A cached object whose UID differs from the pod's
+//! owner reference (deleted and recreated under the same name) also goes to the API server.
+//! An annotation added to an existing StatefulSet reaches the cache within milliseconds,
+//! long before the controller has replaced any pod; a pod admitted in that window without
+//! an elector carries no role label, so the write Service does not select it (safe, but
+//! uninjected until it is recreated).
+//!
+//! Write Services: only the ones carrying our mark ([`contract::LABEL_STATEFULSET`]) are
+//! cached — those are the ones that already select the leader in steady state, so a pod
+//! creation costs no request; anything else (unmarked, missing, or not selecting the leader
+//! in the cache) is read live, because refusing or admitting a pod on a stale view would
+//! either stall the StatefulSet or let the Service select two pods.
+//!
+//! The namespace's StatefulSets (for a Service being created or replaced) come from the
+//! cache alone: a Service admitted before its StatefulSet reached the cache gets its
+//! selector from the reconciler, and its pods are refused until it has.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use ldap_elector::contract;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::leader_service::{leader_selector_change, ServiceChange};
+
+/// Bound on a live GET: it must answer well inside the API server's webhook timeout (the
+/// chart sets a few seconds), so the denial (and the retry) happens on our terms.
+pub const LIVE_GET_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("no answer from the API server within {0:?}")]
+    Timeout(Duration),
+    #[error("API error: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// The cluster as admission sees it.
+pub trait Cluster: Send + Sync + 'static {
+    /// The StatefulSet `namespace/name` whose UID should be `uid` (from the pod's owner
+    /// reference; `None` = any). `Ok(None)`: it does not exist.
+    fn statefulset(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+    ) -> impl Future<Output = Result<Option<StatefulSet>, LookupError>> + Send;
+
+    /// The StatefulSets of `namespace` as far as known (cache only, never fails).
+    fn statefulsets(&self, namespace: &str) -> Vec<StatefulSet>;
+
+    /// Those of the Services `names` (of `statefulset`) that exist.
+    fn services(
+        &self,
+        namespace: &str,
+        statefulset: &str,
+        names: &[String],
+    ) -> impl Future<Output = Result<Vec<Service>, LookupError>> + Send;
+}
+
+/// The production [`Cluster`]: reflector caches plus live GETs.
+#[derive(Clone)]
+pub struct ClusterCache {
+    statefulsets: Store<StatefulSet>,
+    marked_services: Store<Service>,
+    client: Client,
+}
+
+impl ClusterCache {
+    /// Starts watching all StatefulSets and our marked Services until `shutdown`. Watches
+    /// retry with backoff on errors (logged); lookups work from the first moment thanks
+    /// to the live GETs.
+    pub fn start(client: Client, shutdown: CancellationToken) -> Self {
+        let statefulsets = spawn_store(&client, watcher::Config::default(), &shutdown);
+        let marked = watcher::Config::default().labels(contract::LABEL_STATEFULSET);
+        let marked_services = spawn_store(&client, marked, &shutdown);
+        Self { statefulsets, marked_services, client }
+    }
+
+    fn cached_statefulset(&self, namespace: &str, name: &str, uid: Option<&str>) -> Option<Arc<StatefulSet>> {
+        let hit = self.statefulsets.get(&ObjectRef::new(name).within(namespace))?;
+        let uid_ok = match (uid, hit.metadata.uid.as_deref()) {
+            (Some(want), Some(have)) => want == have,
+            _ => true,
+        };
+        uid_ok.then_some(hit)
+    }
+}
+
+impl Cluster for ClusterCache {
+    async fn statefulset(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Result<Option<StatefulSet>, LookupError> {
+        if let Some(hit) = self.cached_statefulset(namespace, name, uid) {
+            return Ok(Some(StatefulSet::clone(&hit)));
+        }
+        live_get(Api::namespaced(self.client.clone(), namespace), name).await
+    }
+
+    fn statefulsets(&self, namespace: &str) -> Vec<StatefulSet> {
+        let of_namespace = |s: &Arc<StatefulSet>| s.metadata.namespace.as_deref() == Some(namespace);
+        self.statefulsets.state().iter().filter(|s| of_namespace(s)).map(|s| StatefulSet::clone(s)).collect()
+    }
+
+    async fn services(
+        &self,
+        namespace: &str,
+        statefulset: &str,
+        names: &[String],
+    ) -> Result<Vec<Service>, LookupError> {
+        let mut found = Vec::with_capacity(names.len());
+        for name in names {
+            let cached = self.marked_services.get(&ObjectRef::new(name).within(namespace));
+            match cached {
+                // Already selecting the leader: the common case, no request.
+                Some(svc) if leader_selector_change(&svc, statefulset) == ServiceChange::Unchanged => {
+                    found.push(Service::clone(&svc))
+                }
+                _ => found.extend(live_get(Api::namespaced(self.client.clone(), namespace), name).await?),
+            }
+        }
+        Ok(found)
+    }
+}
+
+async fn live_get<K>(api: Api<K>, name: &str) -> Result<Option<K>, LookupError>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match tokio::time::timeout(LIVE_GET_TIMEOUT, api.get_opt(name)).await {
+        Err(_) => Err(LookupError::Timeout(LIVE_GET_TIMEOUT)),
+        Ok(result) => Ok(result?),
+    }
+}
+
+/// A reflector store of `K` (all namespaces, `config`'s selector, without managed fields),
+/// driven until `shutdown`.
+pub(crate) fn spawn_store<K>(client: &Client, config: watcher::Config, shutdown: &CancellationToken) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let kind = K::kind(&()).into_owned();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), config)
+            .default_backoff()
+            // Halves the cache's memory; admission never looks at managed fields.
+            .modify(|object| object.managed_fields_mut().clear()),
+    );
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                event = events.next() => match event {
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, kind, "watch failed (retrying with backoff)")
+                    }
+                    None => return,
+                },
+            }
+        }
+    });
+    store
+}

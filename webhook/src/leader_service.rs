@@ -1,0 +1,221 @@
+//! The write ("leader") Services of an opted-in StatefulSet: what their selector must look
+//! like, and who makes it so. Pure; used by the reconciler (Services that already exist, and
+//! restoring them on opt-out) and by admission (a Service created or replaced after its
+//! StatefulSet, and pods, which are refused until their write Services select the leader).
+//!
+//! Why pods wait for the Service: a StatefulSet pod starts labelled `role=standby`, but a
+//! Service whose selector lacks `role=leader` selects every pod of the set. Were pods
+//! admitted before the selector is in place (a Service and a StatefulSet applied together),
+//! the write Service would list two ready endpoints for a reconcile round. Refusing the pod
+//! costs only a retry of the StatefulSet controller; the reconciler adds the selector.
+
+use json_patch::{AddOperation, Patch, PatchOperation};
+use jsonptr::PointerBuf;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
+use ldap_elector::contract;
+use serde_json::json;
+
+/// What to do with a Service's selector.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServiceChange {
+    Unchanged,
+    /// A JSON merge patch (guarded by the Service's `resourceVersion`).
+    Patch(serde_json::Value),
+    /// Left alone, with the reason (logged as a warning).
+    Refuse(String),
+}
+
+/// Make `svc` select only the leader of `statefulset`: add `LABEL_ROLE: ROLE_LEADER` to its
+/// selector (keeping the rest) and mark it with `LABEL_STATEFULSET`, which later tells us
+/// which Services to restore (the leader-service annotation may be gone by then). The
+/// selector map is atomic for server-side apply, so a merge patch is used instead: it
+/// touches exactly our key.
+pub fn leader_selector_change(svc: &Service, statefulset: &str) -> ServiceChange {
+    let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty());
+    let Some(selector) = selector else {
+        return ServiceChange::Refuse(
+            "the Service has no selector (manually managed endpoints); adding one would change what it routes to"
+                .into(),
+        );
+    };
+    let marked = svc.labels().get(contract::LABEL_STATEFULSET);
+    if let Some(other) = marked.filter(|m| *m != statefulset) {
+        return ServiceChange::Refuse(format!("the Service already routes to the leader of StatefulSet {other}"));
+    }
+    let role = selector.get(contract::LABEL_ROLE).map(String::as_str);
+    match (role, marked.is_some()) {
+        (Some(contract::ROLE_LEADER), true) => ServiceChange::Unchanged,
+        // The consumer selects the leader by itself: theirs to keep, nothing for us to undo.
+        (Some(contract::ROLE_LEADER), false) => ServiceChange::Unchanged,
+        (Some(other), false) => ServiceChange::Refuse(format!(
+            "the Service's own selector has {}={other}; not overriding it",
+            contract::LABEL_ROLE
+        )),
+        _ => ServiceChange::Patch(json!({
+            "metadata": {
+                "resourceVersion": svc.metadata.resource_version,
+                "labels": {contract::LABEL_STATEFULSET: statefulset},
+            },
+            "spec": {"selector": {contract::LABEL_ROLE: contract::ROLE_LEADER}},
+        })),
+    }
+}
+
+/// Undo [`leader_selector_change`] on a Service we marked for `statefulset`.
+pub fn restore_selector_change(svc: &Service, statefulset: &str) -> ServiceChange {
+    if svc.labels().get(contract::LABEL_STATEFULSET).map(String::as_str) != Some(statefulset) {
+        return ServiceChange::Unchanged;
+    }
+    let has_role =
+        svc.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| s.contains_key(contract::LABEL_ROLE));
+    let selector = if has_role { json!({"selector": {contract::LABEL_ROLE: null}}) } else { json!({}) };
+    ServiceChange::Patch(json!({
+        "metadata": {"resourceVersion": svc.metadata.resource_version, "labels": {contract::LABEL_STATEFULSET: null}},
+        "spec": selector,
+    }))
+}
+
+/// The opted-in StatefulSet among `statefulsets` (of the Service's namespace) whose
+/// leader-service annotation names `service`; the first by name if several do (the others
+/// are refused by [`leader_selector_change`] once the Service carries the first one's mark).
+pub fn statefulset_naming<'a>(
+    service: &str,
+    statefulsets: impl IntoIterator<Item = &'a StatefulSet>,
+) -> Option<&'a StatefulSet> {
+    statefulsets
+        .into_iter()
+        .filter(|sts| {
+            let annotations = sts.metadata.annotations.as_ref();
+            contract::is_opted_in(annotations) && contract::leader_services(annotations).iter().any(|s| s == service)
+        })
+        .min_by(|a, b| a.metadata.name.cmp(&b.metadata.name))
+}
+
+/// The admission-time form of [`leader_selector_change`]: the JSON patch that gives a
+/// Service being created or replaced the leader selector and our mark, or `None` when it
+/// needs none (or is not ours to change: the reconciler reports why, as an Event).
+pub fn admission_patch(svc: &Service, statefulset: &str) -> Option<Patch> {
+    let ServiceChange::Patch(_) = leader_selector_change(svc, statefulset) else {
+        return None;
+    };
+    let add = |tokens: &[&str], value: serde_json::Value| {
+        PatchOperation::Add(AddOperation { path: PointerBuf::from_tokens(tokens.iter().copied()), value })
+    };
+    let label = match svc.metadata.labels {
+        Some(_) => add(&["metadata", "labels", contract::LABEL_STATEFULSET], json!(statefulset)),
+        None => add(&["metadata", "labels"], json!({contract::LABEL_STATEFULSET: statefulset})),
+    };
+    // A Patch decision implies a non-empty selector, so the map exists.
+    let selector = add(&["spec", "selector", contract::LABEL_ROLE], json!(contract::ROLE_LEADER));
+    Some(Patch(vec![label, selector]))
+}
+
+/// The Services among `services` (those of `statefulset`'s leader-service annotation that
+/// exist) that do not select its leader yet: while any does, its pods are refused.
+pub fn not_selecting_leader<'a>(services: &'a [Service], statefulset: &str) -> Vec<&'a str> {
+    services
+        .iter()
+        .filter(|svc| matches!(leader_selector_change(svc, statefulset), ServiceChange::Patch(_)))
+        .map(|svc| svc.metadata.name.as_deref().unwrap_or_default())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn svc(selector: Option<Value>, labels: Value) -> Service {
+        let mut v = json!({"metadata": {"name": "ldap-primary", "namespace": "dir", "resourceVersion": "7", "labels": labels},
+                           "spec": {}});
+        if let Some(s) = selector {
+            v["spec"]["selector"] = s;
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn sts(name: &str, annotations: Value) -> StatefulSet {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "dir", "annotations": annotations}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn leader_selector_is_merged_and_marked() {
+        let s = svc(Some(json!({"app": "ldap"})), json!({"team": "x"}));
+        let ServiceChange::Patch(p) = leader_selector_change(&s, "ldap") else { panic!() };
+        assert_eq!(p["spec"]["selector"], json!({contract::LABEL_ROLE: contract::ROLE_LEADER}));
+        assert_eq!(p["metadata"]["labels"], json!({contract::LABEL_STATEFULSET: "ldap"}));
+        assert_eq!(p["metadata"]["resourceVersion"], json!("7"), "guarded against concurrent writers");
+        // Applying the merge patch keeps the consumer's keys.
+        let mut merged = serde_json::to_value(&s).unwrap();
+        json_patch::merge(&mut merged, &p);
+        assert_eq!(merged["spec"]["selector"], json!({"app": "ldap", contract::LABEL_ROLE: contract::ROLE_LEADER}));
+        let merged: Service = serde_json::from_value(merged).unwrap();
+        assert_eq!(leader_selector_change(&merged, "ldap"), ServiceChange::Unchanged, "idempotent");
+
+        // ... and restoring gives the original selector and labels back.
+        let ServiceChange::Patch(undo) = restore_selector_change(&merged, "ldap") else { panic!() };
+        let mut restored = serde_json::to_value(&merged).unwrap();
+        json_patch::merge(&mut restored, &undo);
+        assert_eq!(restored["spec"]["selector"], json!({"app": "ldap"}));
+        assert_eq!(restored["metadata"]["labels"], json!({"team": "x"}));
+    }
+
+    #[test]
+    fn foreign_or_selectorless_services_are_left_alone() {
+        let refuse = |s: &Service| matches!(leader_selector_change(s, "ldap"), ServiceChange::Refuse(_));
+        assert!(refuse(&svc(None, json!({}))));
+        assert!(refuse(&svc(Some(json!({})), json!({}))));
+        assert!(refuse(&svc(Some(json!({"app": "x"})), json!({contract::LABEL_STATEFULSET: "other"}))));
+        assert!(refuse(&svc(Some(json!({contract::LABEL_ROLE: contract::ROLE_STANDBY})), json!({}))));
+        let own = svc(Some(json!({"app": "x", contract::LABEL_ROLE: contract::ROLE_LEADER})), json!({}));
+        assert_eq!(leader_selector_change(&own, "ldap"), ServiceChange::Unchanged);
+        assert_eq!(restore_selector_change(&own, "ldap"), ServiceChange::Unchanged, "never ours to undo");
+        let other = svc(Some(json!({"app": "x"})), json!({contract::LABEL_STATEFULSET: "other"}));
+        assert_eq!(restore_selector_change(&other, "ldap"), ServiceChange::Unchanged);
+    }
+
+    #[test]
+    fn admission_patch_gives_the_same_result_as_the_reconciler() {
+        for labels in [Value::Null, json!({"team": "x"})] {
+            let s = svc(Some(json!({"app": "ldap"})), labels);
+            let patch = admission_patch(&s, "ldap").expect("needs the selector");
+            let mut patched = serde_json::to_value(&s).unwrap();
+            json_patch::patch(&mut patched, &patch).unwrap();
+            let ServiceChange::Patch(merge) = leader_selector_change(&s, "ldap") else { panic!() };
+            let mut merged = serde_json::to_value(&s).unwrap();
+            json_patch::merge(&mut merged, &merge);
+            merged["metadata"]["resourceVersion"] = patched["metadata"]["resourceVersion"].clone();
+            assert_eq!(patched, merged);
+            let patched: Service = serde_json::from_value(patched).unwrap();
+            assert!(admission_patch(&patched, "ldap").is_none(), "idempotent");
+        }
+        assert!(admission_patch(&svc(None, json!({})), "ldap").is_none(), "no selector: not ours to add one");
+    }
+
+    #[test]
+    fn the_first_opted_in_statefulset_naming_the_service_owns_it() {
+        let names = |v: &str| json!({contract::ANNOTATION_INJECT: "true", contract::ANNOTATION_LEADER_SERVICE: v});
+        let all = [
+            sts("b", names("x, ldap-primary")),
+            sts("a", names("ldap-primary")),
+            sts("0", json!({contract::ANNOTATION_LEADER_SERVICE: "ldap-primary"})), // not opted in
+            sts("1", names("ldap-primary-2")),
+        ];
+        let owner = statefulset_naming("ldap-primary", &all).and_then(|s| s.metadata.name.as_deref());
+        assert_eq!(owner, Some("a"));
+        assert!(statefulset_naming("other", &all).is_none());
+    }
+
+    #[test]
+    fn pods_wait_only_for_services_that_would_be_changed() {
+        let mut waiting = svc(Some(json!({"app": "ldap"})), json!({}));
+        waiting.metadata.name = Some("rw".into());
+        let ready = svc(Some(json!({"app": "ldap", contract::LABEL_ROLE: contract::ROLE_LEADER})), json!({}));
+        let manual = svc(None, json!({}));
+        assert_eq!(not_selecting_leader(&[waiting, ready.clone(), manual.clone()], "ldap"), vec!["rw"]);
+        assert!(not_selecting_leader(&[ready, manual], "ldap").is_empty());
+    }
+}
