@@ -173,9 +173,9 @@ impl Pair {
             observer.watch_service(client.clone(), &namespace, WRITE_SERVICE);
             let annotations =
                 json!({contract::ANNOTATION_INJECT: "true", contract::ANNOTATION_LEADER_SERVICE: WRITE_SERVICE});
-            // Zero replicas first: until the reconciler has pointed the write Service at the
-            // leader label, the Service would select every pod (see docs/design.md, "Known gaps").
-            let mut set = fixtures::statefulset(&statefulset, 0, annotations)?;
+            // Applied together with the Service, which does not select the leader yet: the
+            // webhook holds the pods back until the reconciler has added the selector.
+            let mut set = fixtures::statefulset(&statefulset, replicas, annotations)?;
             if let Some(template) = set.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
                 let ldap = &mut template.containers[0];
                 ldap.env = Some(
@@ -185,22 +185,6 @@ impl Pair {
                 );
             }
             sets.create(&PostParams::default(), &set).await?;
-            let services = Api::<Service>::namespaced(client.clone(), &namespace);
-            crate::wait_for(
-                "the reconciler to point the write Service at the leader",
-                Duration::from_secs(60),
-                || async {
-                    let svc = services.get(WRITE_SERVICE).await.map_err(|e| e.to_string())?;
-                    let selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
-                    match selector.get(contract::LABEL_ROLE) {
-                        Some(role) if role == contract::ROLE_LEADER => Ok(()),
-                        _ => Err(format!("selector {selector:?}")),
-                    }
-                },
-            )
-            .await?;
-            sets.patch(&statefulset, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": replicas}})))
-                .await?;
             Some(webhook)
         } else {
             create_identity(&client, &namespace, &statefulset, replicas as u32).await?;

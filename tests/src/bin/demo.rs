@@ -1,7 +1,8 @@
 //! `make demo`: the whole story on a local bed, with a live timeline. A real control plane
 //! starts; the admission webhook is installed (registered by URL on loopback); a 2-replica
-//! StatefulSet is created with one annotation; the real StatefulSet controller creates its
-//! pods, which arrive injected with the elector sidecar and its identity; the electors
+//! StatefulSet is created with one annotation, together with its write Service; the real
+//! StatefulSet controller creates its pods (held back by the webhook until the reconciler
+//! has made the Service select only the leader), which arrive injected with the elector sidecar and its identity; the electors
 //! elect a leader and the write Service's endpoints follow it; then the leader is killed
 //! (kill -9) and the standby takes over; then the new leader is stopped gracefully and
 //! hands over at once.
@@ -19,7 +20,7 @@ use ldap_elector_tests::wait_for;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,kube_client=off".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error,kube_client=off".into()),
         )
         .init();
     let t0 = Instant::now();
@@ -36,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
             contract::ANNOTATION_INJECT
         ),
     );
+    say(t0, "the webhook holds the pods back until the reconciler has made the Service select only the leader");
     let pods: Api<Pod> = Api::namespaced(pair.client.clone(), &pair.namespace);
     let pod = wait_for("the first pod to be admitted", Duration::from_secs(60), || async {
         pods.get_opt(&pair.pod(0)).await.map_err(|e| e.to_string())?.ok_or_else(|| "not yet".to_string())
