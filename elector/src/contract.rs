@@ -11,6 +11,9 @@ pub const DOMAIN: &str = "ldap-elector.dev";
 pub const ANNOTATION_INJECT: &str = "ldap-elector.dev/inject";
 /// Comma-separated names of Services that must route only to the leader.
 pub const ANNOTATION_LEADER_SERVICE: &str = "ldap-elector.dev/leader-service";
+/// Optional: `"true"` makes the reconciler generate an egress NetworkPolicy for the LDAP pods
+/// (API server, DNS, and the StatefulSet's own pods on their declared ports; BSI APP.4.4.A7).
+pub const ANNOTATION_NETWORK_POLICY: &str = "ldap-elector.dev/network-policy";
 /// Optional tuning, copied into the sidecar's environment (seconds, e.g. `"8"`).
 pub const ANNOTATION_LEASE_DURATION: &str = "ldap-elector.dev/lease-duration";
 pub const ANNOTATION_RENEW_PERIOD: &str = "ldap-elector.dev/renew-period";
@@ -156,6 +159,31 @@ pub const PROBE_PATH_LIVE: &str = "/livez";
 pub const PROBE_PATH_READY: &str = "/readyz";
 /// Default port of the probe server; the webhook sets `ELECTOR_PROBE_ADDR=0.0.0.0:<port>`.
 pub const DEFAULT_PROBE_PORT: u16 = 8086;
+
+// ---- OpenLDAP integration (StatefulSet annotations, read by the webhook; docs/openldap.md) ----
+
+/// Opt-in to the OpenLDAP integration: the absolute directory in which slapd creates its
+/// ldapi socket [`LDAPI_SOCKET_NAME`] (e.g. `/run/slapd`, slapd listening on
+/// `ldapi://%2Frun%2Fslapd%2Fldapi/`). The webhook shares the directory between slapd and
+/// the sidecar (the in-memory `emptyDir` [`LDAPI_VOLUME`], or the volume slapd already
+/// mounts there) and points the elector's fence ([`ENV_FENCE_LDAPI`]) and health check
+/// ([`ENV_HEALTH_CHECK`]) at the socket.
+pub const ANNOTATION_LDAPI_SOCKET_DIR: &str = "ldap-elector.dev/ldapi-socket-dir";
+/// Comma-separated names of the containers that run slapd and get the socket directory
+/// (default: the pod's first container).
+pub const ANNOTATION_LDAP_CONTAINER: &str = "ldap-elector.dev/ldap-container";
+/// The data database's suffix (its `olcSuffix`, e.g. `dc=example,dc=org`), whose contextCSN
+/// the injected health check reads for catch-up gating. Required with
+/// [`ANNOTATION_LDAPI_SOCKET_DIR`] unless [`ANNOTATION_HEALTH_CHECK`] sets the check itself.
+pub const ANNOTATION_LDAP_SUFFIX: &str = "ldap-elector.dev/ldap-suffix";
+/// The cn=config entry of the data database whose `olcReadOnly` the fence toggles
+/// ([`ENV_FENCE_DATABASE`]); absent = the elector's default `olcDatabase={1}mdb,cn=config`.
+pub const ANNOTATION_FENCE_DATABASE: &str = "ldap-elector.dev/fence-database";
+/// File name of slapd's ldapi socket in the socket directory (slapd's own default name).
+pub const LDAPI_SOCKET_NAME: &str = "ldapi";
+/// The in-memory `emptyDir` the webhook adds for the socket directory when slapd does not
+/// already mount a volume there.
+pub const LDAPI_VOLUME: &str = "ldap-elector-ldapi";
 
 #[cfg(test)]
 mod tests {

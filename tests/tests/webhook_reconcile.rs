@@ -14,6 +14,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -92,7 +93,7 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconciler_creates_identity_role_lease_and_selector_follows_scale_and_undoes_all_on_opt_out(
+async fn reconciler_creates_identity_role_lease_policy_and_selector_follows_scale_and_undoes_all_on_opt_out(
 ) -> anyhow::Result<()> {
     logs();
     let bed = Bed::start().await?;
@@ -103,7 +104,11 @@ async fn reconciler_creates_identity_role_lease_and_selector_follows_scale_and_u
     let services: Api<Service> = Api::namespaced(admin.clone(), ns);
     services.create(&PostParams::default(), &fixtures::service("ldap-primary", json!({"app": "ldap"}))?).await?;
     let sets: Api<StatefulSet> = Api::namespaced(admin.clone(), ns);
-    let annotations = json!({contract::ANNOTATION_INJECT: "true", contract::ANNOTATION_LEADER_SERVICE: "ldap-primary"});
+    let annotations = json!({
+        contract::ANNOTATION_INJECT: "true",
+        contract::ANNOTATION_LEADER_SERVICE: "ldap-primary",
+        contract::ANNOTATION_NETWORK_POLICY: "true",
+    });
     let sts = sets.create(&PostParams::default(), &fixtures::statefulset("ldap", 2, annotations)?).await?;
     // A bystander: never touched.
     sets.create(&PostParams::default(), &fixtures::statefulset("other", 1, json!({}))?).await?;
@@ -119,6 +124,10 @@ async fn reconciler_creates_identity_role_lease_and_selector_follows_scale_and_u
             let role: Role = generated(&admin, ns, &identity, &sts).await?;
             let binding: RoleBinding = generated(&admin, ns, &identity, &sts).await?;
             let _: Lease = generated(&admin, ns, &lease_name, &sts).await?;
+            let policy: NetworkPolicy = generated(&admin, ns, &identity, &sts).await?;
+            if policy.spec.and_then(|s| s.policy_types) != Some(vec!["Egress".to_string()]) {
+                return Err("the NetworkPolicy is not egress-only".to_string());
+            }
             if sa.automount_service_account_token != Some(false) {
                 return Err("ServiceAccount automounts its token".to_string());
             }
@@ -176,6 +185,7 @@ async fn reconciler_creates_identity_role_lease_and_selector_follows_scale_and_u
         absent::<Role>(&admin, ns, &identity).await?;
         absent::<RoleBinding>(&admin, ns, &identity).await?;
         absent::<Lease>(&admin, ns, &lease_name).await?;
+        absent::<NetworkPolicy>(&admin, ns, &identity).await?;
         let svc = services.get("ldap-primary").await.map_err(|e| e.to_string())?;
         let seen = svc.spec.clone().and_then(|s| s.selector).unwrap_or_default();
         if seen != map(&[("app", "ldap")]) {

@@ -6,6 +6,8 @@
 //!   in step with the replica count, and a RoleBinding of it to that account,
 //! - the Lease [`contract::lease_name`] (created when absent; its spec is never written:
 //!   that belongs to the electors),
+//! - with [`contract::ANNOTATION_NETWORK_POLICY`], an egress NetworkPolicy for its pods
+//!   ([`ldap_network_policy`]),
 //!
 //! all labelled [`contract::LABEL_MANAGED_BY`]/[`contract::LABEL_STATEFULSET`] and owned by
 //! the StatefulSet (garbage-collected with it), and it adds `LABEL_ROLE: ROLE_LEADER` to
@@ -57,6 +59,10 @@
 //!   - apiGroups: [""]
 //!     resources: ["services"]
 //!     verbs: ["get", "list", "watch", "patch"]
+//!   # The optional egress NetworkPolicy of the LDAP pods (ldap-elector.dev/network-policy).
+//!   - apiGroups: ["networking.k8s.io"]
+//!     resources: ["networkpolicies"]
+//!     verbs: ["list", "create", "patch", "delete"]
 //!   # Events on the StatefulSet (opt-out pending, a leader Service refused or missing).
 //!   - apiGroups: ["events.k8s.io"]
 //!     resources: ["events"]
@@ -104,8 +110,12 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -193,6 +203,7 @@ pub fn cluster_role_rules(webhook_config: &str) -> Vec<PolicyRule> {
             &["list", "watch", "create", "patch", "delete"],
         ),
         rule(&[""], &["services"], None, &["get", "list", "watch", "patch"]),
+        rule(&["networking.k8s.io"], &["networkpolicies"], None, &["list", "create", "patch", "delete"]),
         rule(&["events.k8s.io"], &["events"], None, &["create", "patch"]),
         rule(
             &["admissionregistration.k8s.io"],
@@ -226,6 +237,8 @@ pub struct Desired {
     /// Metadata only: the spec belongs to the electors.
     pub lease: Lease,
     pub leader_services: Vec<String>,
+    /// With [`contract::ANNOTATION_NETWORK_POLICY`]: see [`ldap_network_policy`].
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 /// The pod names the elector Role must cover: the larger of the wanted and the existing
@@ -302,6 +315,9 @@ pub fn desired(sts: &StatefulSet, accounts_in_use: &BTreeSet<String>) -> Result<
         ),
     };
     let lease = Lease { metadata: meta(contract::lease_name(&name)), spec: None };
+    let wants_policy = sts.metadata.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_NETWORK_POLICY));
+    let network_policy =
+        wants_policy.is_some_and(|v| v == "true").then(|| ldap_network_policy(sts, meta(identity.clone())));
     Ok(Some(Desired {
         leader_services: contract::leader_services(sts.metadata.annotations.as_ref()),
         namespace: namespace.clone(),
@@ -311,7 +327,57 @@ pub fn desired(sts: &StatefulSet, accounts_in_use: &BTreeSet<String>) -> Result<
         role,
         role_binding,
         lease,
+        network_policy,
     }))
+}
+
+/// Egress NetworkPolicy for the pods of `sts` (BSI APP.4.4.A7): the elector needs the API
+/// server and reaches its slapd over ldapi (no network); slapd needs its Mirror-Mode peer
+/// (the StatefulSet's own pods, on the ports the template declares; all ports if it declares
+/// none) and DNS for the peer's name. The API server is allowed by port only, since its
+/// address differs per cluster (narrow it with a policy of your own). Ingress is left to
+/// the consumer: LDAP clients are theirs to list.
+pub fn ldap_network_policy(sts: &StatefulSet, metadata: ObjectMeta) -> NetworkPolicy {
+    let spec = sts.spec.as_ref();
+    let pods = spec.map(|s| s.selector.clone()).unwrap_or_default();
+    let tcp = |port: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let mut peer_ports: Vec<NetworkPolicyPort> = spec
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|t| t.containers.iter().flat_map(|c| c.ports.iter().flatten()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| NetworkPolicyPort {
+            port: Some(IntOrString::Int(p.container_port)),
+            protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".into())),
+            ..Default::default()
+        })
+        .collect();
+    peer_ports.dedup();
+    let dns = ["UDP", "TCP"].map(|protocol| NetworkPolicyPort {
+        port: Some(IntOrString::Int(53)),
+        protocol: Some(protocol.into()),
+        ..Default::default()
+    });
+    NetworkPolicy {
+        metadata,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pods.clone()),
+            policy_types: Some(vec!["Egress".into()]),
+            egress: Some(vec![
+                NetworkPolicyEgressRule { ports: Some(vec![tcp(443), tcp(6443)]), to: None },
+                NetworkPolicyEgressRule {
+                    ports: (!peer_ports.is_empty()).then_some(peer_ports),
+                    to: Some(vec![NetworkPolicyPeer { pod_selector: Some(pods), ..Default::default() }]),
+                },
+                NetworkPolicyEgressRule { ports: Some(dns.to_vec()), to: None },
+            ]),
+            ingress: None,
+        }),
+    }
 }
 
 fn our_labels(statefulset: &str) -> BTreeMap<String, String> {
@@ -373,6 +439,12 @@ impl Generated for RoleBinding {
                 .collect::<Vec<_>>()
         };
         have.role_ref == want.role_ref && norm(&have.subjects) == norm(&want.subjects)
+    }
+}
+
+impl Generated for NetworkPolicy {
+    fn body_matches(have: &Self, want: &Self) -> bool {
+        have.spec == want.spec
     }
 }
 
@@ -531,6 +603,7 @@ impl Ctx {
         self.sync(ns, sts, Some(&want.role)).await?;
         self.sync(ns, sts, Some(&want.role_binding)).await?;
         self.sync(ns, sts, Some(&want.lease)).await?;
+        self.sync(ns, sts, want.network_policy.as_ref()).await?;
 
         let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
         let mut missing = Vec::new();
@@ -591,6 +664,7 @@ impl Ctx {
         for svc in self.marked_services(&services, &ns, &name).await? {
             self.change_service(&services, &svc, &name, restore_selector_change(&svc, &name)).await?;
         }
+        self.sync::<NetworkPolicy>(&ns, &name, None).await?;
         self.sync::<Lease>(&ns, &name, None).await?;
         self.sync::<RoleBinding>(&ns, &name, None).await?;
         self.sync::<Role>(&ns, &name, None).await?;
@@ -826,6 +900,29 @@ mod tests {
         let mut s = sts(opted_in(), 2, None, None);
         s.metadata.uid = None;
         assert!(matches!(desired_now(&s), Err(ReconcileError::Incomplete("uid"))));
+    }
+
+    #[test]
+    fn network_policy_only_on_request_and_allows_api_server_dns_and_the_peer_pods() {
+        assert!(desired_now(&sts(opted_in(), 2, None, None)).unwrap().unwrap().network_policy.is_none());
+        let mut annotations = opted_in();
+        annotations[contract::ANNOTATION_NETWORK_POLICY] = json!("true");
+        let mut s = sts(annotations, 2, None, None);
+        let template = s.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        template.containers[0].ports =
+            Some(serde_json::from_value(json!([{"containerPort": 389}, {"containerPort": 636}])).unwrap());
+        let policy = desired_now(&s).unwrap().unwrap().network_policy.expect("requested");
+        assert_eq!(policy.metadata.name.as_deref(), Some(contract::identity_name("ldap").as_str()));
+        let value = serde_json::to_value(&policy.spec).unwrap();
+        assert_eq!(value["podSelector"], json!({"matchLabels": {"app": "ldap"}}));
+        assert_eq!(value["policyTypes"], json!(["Egress"]), "ingress (the LDAP clients) stays the consumer's");
+        let rules = value["egress"].as_array().unwrap();
+        let ports =
+            |i: usize| rules[i]["ports"].as_array().unwrap().iter().map(|p| p["port"].clone()).collect::<Vec<_>>();
+        assert_eq!(ports(0), vec![json!(443), json!(6443)], "the API server");
+        assert_eq!(ports(1), vec![json!(389), json!(636)], "the Mirror-Mode peer");
+        assert_eq!(rules[1]["to"], json!([{"podSelector": {"matchLabels": {"app": "ldap"}}}]));
+        assert_eq!(ports(2), vec![json!(53), json!(53)], "DNS, UDP and TCP");
     }
 
     #[test]
