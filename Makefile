@@ -59,3 +59,15 @@ compare: testbed-binaries peers
 ## webhook-bench: admission load on the release webhook pinned to one core, cert rotation halfway (WEBHOOK_BENCH_SECS=60) — prints a table
 webhook-bench: testbed-binaries
 	$(CARGO) run --quiet --release -p ldap-elector-tests --bin webhook-bench
+
+.PHONY: audit-bench
+
+## audit-bench: `ldap-elector audit` (release) on a converged pair preloaded with AUDIT_BENCH_ENTRIES=100000 entries each — wall time and peak RSS
+audit-bench:
+	$(CARGO) run --quiet -p ldap-elector-tests --bin audit_bench
+
+.PHONY: sbom
+
+## sbom: CycloneDX 1.5 SBOMs of the shipped binaries (normal dependencies for the musl target) -> results/sbom/
+sbom:
+	$(CARGO) run --quiet -p ldap-elector-tests --bin sbom -- results/sbom

@@ -1,0 +1,195 @@
+//! `make sbom`: a CycloneDX 1.5 JSON SBOM per shipped binary (`ldap-elector`,
+//! `ldap-elector-webhook`), from `cargo metadata` (the resolved dependency graph for the
+//! images' target, normal dependencies only: what is linked into the binary) and the
+//! checksums of `Cargo.lock`. Deterministic: no random serial number, and a timestamp only
+//! from `SOURCE_DATE_EPOCH`, so the same commit yields the same bytes.
+//!
+//! `sbom [OUT_DIR]` writes `<OUT_DIR>/<package>.cdx.json` (default `results/sbom`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+/// The packages whose binaries ship as images.
+const SHIPPED: [&str; 2] = ["ldap-elector", "ldap-elector-webhook"];
+/// The images' target (static musl, see the Dockerfiles).
+const TARGET: &str = "x86_64-unknown-linux-musl";
+
+fn main() -> anyhow::Result<()> {
+    let out = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("results/sbom"));
+    let root = workspace_root()?;
+    let metadata = cargo_metadata(&root)?;
+    let checksums = lock_checksums(&std::fs::read_to_string(root.join("Cargo.lock")).context("reading Cargo.lock")?);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    for package in SHIPPED {
+        let bom = sbom(&metadata, &checksums, package)?;
+        let path = out.join(format!("{package}.cdx.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(&bom)? + "\n")?;
+        let components = bom["components"].as_array().map_or(0, Vec::len);
+        println!("{}: {components} components", path.display());
+    }
+    Ok(())
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest.parent().context("the tests crate lives in the workspace")?.to_path_buf())
+}
+
+fn cargo_metadata(root: &Path) -> anyhow::Result<Value> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(root)
+        .args(["metadata", "--format-version", "1", "--locked", "--filter-platform", TARGET])
+        .output()
+        .context("running cargo metadata")?;
+    if !output.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// `(name, version) → sha256` of every registry package in `Cargo.lock`.
+fn lock_checksums(lock: &str) -> BTreeMap<(String, String), String> {
+    let mut out = BTreeMap::new();
+    for block in lock.split("[[package]]").skip(1) {
+        let field = |key: &str| {
+            block.lines().find_map(|l| l.strip_prefix(&format!("{key} = \""))).map(|v| v.trim_end_matches('"'))
+        };
+        if let (Some(name), Some(version), Some(sum)) = (field("name"), field("version"), field("checksum")) {
+            out.insert((name.to_string(), version.to_string()), sum.to_string());
+        }
+    }
+    out
+}
+
+/// The SBOM of `package`: every package reachable from it over normal dependencies.
+fn sbom(metadata: &Value, checksums: &BTreeMap<(String, String), String>, package: &str) -> anyhow::Result<Value> {
+    let packages: BTreeMap<&str, &Value> = metadata["packages"]
+        .as_array()
+        .context("metadata without packages")?
+        .iter()
+        .filter_map(|p| Some((p["id"].as_str()?, p)))
+        .collect();
+    let nodes: BTreeMap<&str, Vec<&str>> = metadata["resolve"]["nodes"]
+        .as_array()
+        .context("metadata without a resolved graph")?
+        .iter()
+        .filter_map(|n| {
+            let normal = n["deps"]
+                .as_array()?
+                .iter()
+                .filter(|d| d["dep_kinds"].as_array().is_some_and(|kinds| kinds.iter().any(|k| k["kind"].is_null())));
+            Some((n["id"].as_str()?, normal.filter_map(|d| d["pkg"].as_str()).collect()))
+        })
+        .collect();
+    let root = packages
+        .iter()
+        .find(|(_, p)| p["name"] == package && p["source"].is_null())
+        .map(|(id, _)| *id)
+        .with_context(|| format!("workspace package {package} not found"))?;
+
+    let mut reachable = BTreeSet::new();
+    let mut todo = vec![root];
+    while let Some(id) = todo.pop() {
+        if reachable.insert(id) {
+            todo.extend(nodes.get(id).into_iter().flatten().copied());
+        }
+    }
+    let purl = |id: &str| {
+        let p = packages[id];
+        format!("pkg:cargo/{}@{}", p["name"].as_str().unwrap_or_default(), p["version"].as_str().unwrap_or_default())
+    };
+    let component = |id: &str, kind: &str| {
+        let p = packages[id];
+        let (name, version) = (p["name"].as_str().unwrap_or_default(), p["version"].as_str().unwrap_or_default());
+        let mut c = json!({"type": kind, "bom-ref": purl(id), "name": name, "version": version, "purl": purl(id)});
+        if let Some(license) = p["license"].as_str() {
+            c["licenses"] = json!([{"expression": license}]);
+        }
+        if let Some(sum) = checksums.get(&(name.to_string(), version.to_string())) {
+            c["hashes"] = json!([{"alg": "SHA-256", "content": sum}]);
+        }
+        c
+    };
+    let dependencies: Vec<Value> = reachable
+        .iter()
+        .map(|id| {
+            let on: BTreeSet<String> = nodes.get(id).into_iter().flatten().map(|d| purl(d)).collect();
+            json!({"ref": purl(id), "dependsOn": on})
+        })
+        .collect();
+    let mut metadata_section = json!({
+        "component": component(root, "application"),
+        "properties": [{"name": "cdx:cargo:target", "value": TARGET}],
+    });
+    if let Ok(epoch) = std::env::var("SOURCE_DATE_EPOCH") {
+        metadata_section["timestamp"] = json!(rfc3339(epoch.parse().context("SOURCE_DATE_EPOCH is not a number")?));
+    }
+    Ok(json!({
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "version": 1,
+        "metadata": metadata_section,
+        "components": reachable.iter().filter(|id| **id != root).map(|id| component(id, "library")).collect::<Vec<_>>(),
+        "dependencies": dependencies,
+    }))
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC timestamp (civil-from-days, no date crate).
+fn rfc3339(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3_600, rem % 3_600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_civil_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_651_200), "2026-11-26T00:00:00Z");
+    }
+
+    #[test]
+    fn shipped_binaries_list_what_they_link_and_not_what_they_test_with() {
+        let root = workspace_root().unwrap();
+        let metadata = cargo_metadata(&root).unwrap();
+        let checksums = lock_checksums(&std::fs::read_to_string(root.join("Cargo.lock")).unwrap());
+        let names = |bom: &Value| -> BTreeSet<String> {
+            bom["components"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
+        };
+        let elector = sbom(&metadata, &checksums, "ldap-elector").unwrap();
+        let webhook = sbom(&metadata, &checksums, "ldap-elector-webhook").unwrap();
+        assert_eq!(elector["metadata"]["component"]["name"], "ldap-elector");
+        for linked in ["kube-client", "tokio", "ldap3", "rustls"] {
+            assert!(names(&elector).contains(linked), "elector SBOM lacks {linked}");
+        }
+        for linked in ["hyper", "rustls", "rcgen", "ldap-elector", "ldap-elector-certs"] {
+            assert!(names(&webhook).contains(linked), "webhook SBOM lacks {linked}");
+        }
+        for bom in [&elector, &webhook] {
+            assert!(!names(bom).contains("proptest"), "a dev-dependency is not in the binary");
+            for c in bom["components"].as_array().unwrap() {
+                let local = c["name"].as_str().unwrap().starts_with("ldap-elector");
+                let hash = c["hashes"][0]["content"].as_str().unwrap_or_default();
+                assert!(local || (hash.len() == 64 && hash.chars().all(|h| h.is_ascii_hexdigit())), "{c}");
+                assert!(c["purl"].as_str().unwrap().starts_with("pkg:cargo/"), "{c}");
+            }
+        }
+    }
+}
