@@ -58,6 +58,8 @@ struct Inner {
     runners: Mutex<Vec<Runner>>,
     pods: Mutex<HashMap<PodKey, Running>>,
     ips: Mutex<HashMap<String, String>>,
+    /// Root of the pods' volume directories, once `map_volumes` was called.
+    volume_root: Mutex<Option<PathBuf>>,
     // Token requests need the bed; keep what they need.
     token_client: Client,
 }
@@ -83,6 +85,7 @@ impl Kubelet {
             runners: Mutex::new(Vec::new()),
             pods: Mutex::new(HashMap::new()),
             ips: Mutex::new(HashMap::new()),
+            volume_root: Mutex::new(None),
             token_client: client,
         });
         let task = tokio::spawn(run(inner.clone()));
@@ -92,6 +95,23 @@ impl Kubelet {
     /// From now on, containers named `runner.container` run as local processes.
     pub fn add_runner(&self, runner: Runner) {
         lock(&self.inner.runners).push(runner);
+    }
+
+    /// From now on, every pod volume gets a directory on this machine,
+    /// `<root>/<namespace>_<pod>/<volume>` (see [`Kubelet::volume_dir`]), as a real kubelet
+    /// gives each one a host directory; and in the environment of a container started here,
+    /// paths under its volume mounts (plain, or percent-encoded as in `ldapi://` URLs) are
+    /// rewritten to that directory — processes share a volume's directory the way
+    /// containers share the volume. A container without the mount keeps the path as it is
+    /// (and finds nothing there), so a missing mount still fails. Keep `root` short: Unix
+    /// socket paths are limited to 107 bytes.
+    pub fn map_volumes(&self, root: PathBuf) {
+        *lock(&self.inner.volume_root) = Some(root);
+    }
+
+    /// The directory of volume `volume` of `namespace/pod` (`None` before `map_volumes`).
+    pub fn volume_dir(&self, namespace: &str, pod: &str, volume: &str) -> Option<PathBuf> {
+        lock(&self.inner.volume_root).as_ref().map(|root| root.join(format!("{namespace}_{pod}")).join(volume))
     }
 
     /// Sends `signal` to the process of `container` in `namespace/pod`; false if none runs.
@@ -290,6 +310,19 @@ async fn start_container(inner: &Arc<Inner>, pod: &Pod, container_name: &str) ->
     let pod_dir = inner.dir.join(format!("{ns}_{name}"));
     std::fs::create_dir_all(&pod_dir)?;
 
+    // Volume mounts of this container: (container path, local directory), see `map_volumes`.
+    let volume_root = lock(&inner.volume_root).clone();
+    let mut local_mounts = Vec::new();
+    let mounts = volume_root.iter().flat_map(|root| container.volume_mounts.iter().flatten().map(move |m| (root, m)));
+    for (root, m) in mounts {
+        let mut dir = root.join(format!("{ns}_{name}")).join(&m.name);
+        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            dir = dir.join(sub);
+        }
+        std::fs::create_dir_all(&dir)?;
+        local_mounts.push((m.mount_path.clone(), dir.display().to_string()));
+    }
+
     let mut cmd = Command::new(&runner.program);
     cmd.args(container.args.iter().flatten());
     cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
@@ -307,6 +340,7 @@ async fn start_container(inner: &Arc<Inner>, pod: &Pod, container_name: &str) ->
             _ => None,
         };
         if let Some(v) = value {
+            let v = local_mounts.iter().fold(v, |v, (mount, local)| rewrite_path(&v, mount, local));
             cmd.env(&e.name, v);
         }
     }
@@ -332,6 +366,51 @@ async fn start_container(inner: &Arc<Inner>, pod: &Pod, container_name: &str) ->
     Ok(())
 }
 
+/// `value` with the container path `mount` replaced by `local` wherever it starts a path
+/// (not inside a longer one), plainly (`/run/slapd/ldapi`) or percent-encoded with upper-case
+/// escapes (`ldapi://%2Frun%2Fslapd%2Fldapi`).
+fn rewrite_path(value: &str, mount: &str, local: &str) -> String {
+    let (mount, local) = (mount.trim_end_matches('/'), local.trim_end_matches('/'));
+    if mount.is_empty() {
+        return value.to_string();
+    }
+    let mut out = value.to_string();
+    let forms = [
+        (mount.to_string(), local.to_string(), "/", false),
+        (percent_encode(mount), percent_encode(local), "%2F", true),
+    ];
+    for (from, to, separator, after_slash_ok) in forms {
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(i) = rest.find(&from) {
+            let before = rest[..i].chars().next_back();
+            let starts_path = before
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || "-_.~%".contains(c) || (c == '/' && !after_slash_ok)));
+            let tail = &rest[i + from.len()..];
+            let ends_path = tail.starts_with(separator)
+                || tail.chars().next().is_none_or(|c| !(c.is_ascii_alphanumeric() || "-_.~%".contains(c)));
+            result.push_str(&rest[..i]);
+            result.push_str(if starts_path && ends_path { &to } else { &from });
+            rest = tail;
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// What a kubelet does on pod deletion: SIGTERM every process, SIGKILL after the grace
 /// period, then remove the pod object (grace 0, guarded by the pod's UID).
 async fn terminate(inner: &Inner, pod: &Pod) {
@@ -354,6 +433,28 @@ async fn terminate(inner: &Inner, pod: &Pod) {
 #[cfg(test)]
 mod tests {
     use super::Runner;
+
+    #[test]
+    fn mounted_paths_in_env_values_are_rewritten_to_the_local_directory() {
+        use super::rewrite_path;
+        let local = "/tmp/b/ldap_p-0/v";
+        let cases = [
+            ("ldapi://%2Frun%2Fslapd%2Fldapi?base=dc=x", "ldapi://%2Ftmp%2Fb%2Fldap_p-0%2Fv%2Fldapi?base=dc=x"),
+            ("ldapi://%2Frun%2Fslapd", "ldapi://%2Ftmp%2Fb%2Fldap_p-0%2Fv"),
+            ("/run/slapd/ldapi", "/tmp/b/ldap_p-0/v/ldapi"),
+            ("sh /run/slapd/hook /run/slapd", "sh /tmp/b/ldap_p-0/v/hook /tmp/b/ldap_p-0/v"),
+            ("--dir=/run/slapd --x", "--dir=/tmp/b/ldap_p-0/v --x"),
+            // Not a path under the mount: left alone.
+            ("/var/run/slapd/ldapi", "/var/run/slapd/ldapi"),
+            ("ldapi://%2Fvar%2Frun%2Fslapd%2Fldapi", "ldapi://%2Fvar%2Frun%2Fslapd%2Fldapi"),
+            ("/run/slapd2/ldapi", "/run/slapd2/ldapi"),
+            ("ldapi://%2Frun%2Fslapd2%2Fldapi", "ldapi://%2Frun%2Fslapd2%2Fldapi"),
+            ("tcp://127.0.0.1:389", "tcp://127.0.0.1:389"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(rewrite_path(value, "/run/slapd/", local), expected, "{value}");
+        }
+    }
 
     #[test]
     fn env_placeholders_name_the_pod_and_its_ordinal() {

@@ -1,17 +1,18 @@
 //! Golden admission fixtures in `tests/fixtures/`:
 //! - `<case>.review.json`: the AdmissionReview the apiserver sends (defaulted pod, with the
 //!   ServiceAccount plugin's `kube-api-access-*` token already added),
-//! - `<case>.owner.json`: the StatefulSet the owner lookup returns, or `null`,
+//! - `<case>.owner.json`: the StatefulSet of the fixture cluster (the pod's owner, or the one
+//!   naming a Service in its leader-service annotation), or `null`,
+//! - `<case>.services.json` (optional): the Services of the fixture cluster,
 //! - `<case>.patch.json`: the JSON patch we answer, decoded; `[]` when none.
 //!
 //! Regenerate deliberately, then read the diff:
 //! `UPDATE_GOLDEN=1 cargo test -p ldap-elector-webhook --test golden`
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::core::admission::AdmissionResponse;
 use ldap_elector::contract;
 use ldap_elector_webhook::admission::{review, ReviewError};
@@ -38,17 +39,21 @@ fn read_json(name: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Runs the admission handler on a case with a lookup that only answers for the right
-/// namespace/name, and returns the response with the decoded patch.
-fn admit(case: &str) -> (AdmissionResponse, Value) {
-    let body = std::fs::read(fixture(&format!("{case}.review.json"))).expect("review fixture");
+/// The cluster of a case: its owner (`null` for none) and, if the case has one,
+/// `<case>.services.json` (a list of Services; none otherwise).
+fn cluster(case: &str) -> (Vec<StatefulSet>, Vec<Service>) {
     let owner: Option<StatefulSet> = serde_json::from_value(read_json(&format!("{case}.owner.json"))).expect("owner");
-    let lookup = |ns: &str, name: &str| {
-        let hit =
-            |s: &StatefulSet| s.metadata.namespace.as_deref() == Some(ns) && s.metadata.name.as_deref() == Some(name);
-        Ok::<_, Infallible>(owner.clone().filter(hit))
+    let services = match fixture(&format!("{case}.services.json")).exists() {
+        true => serde_json::from_value(read_json(&format!("{case}.services.json"))).expect("services"),
+        false => Vec::new(),
     };
-    let out = review(&body, lookup, &cfg()).expect("fixture is a valid review");
+    (owner.into_iter().collect(), services)
+}
+
+/// Runs admission on `body` against the case's cluster; the response and the decoded patch.
+fn admit(case: &str, body: &[u8]) -> (AdmissionResponse, Value) {
+    let (statefulsets, services) = cluster(case);
+    let out = review(body, &statefulsets, &services, &cfg()).expect("fixture is a valid review");
     let response = out.response.expect("review has a response");
     let patch = match &response.patch {
         Some(bytes) => serde_json::from_slice(bytes).expect("patch is JSON"),
@@ -58,8 +63,9 @@ fn admit(case: &str) -> (AdmissionResponse, Value) {
 }
 
 fn check(case: &str, expect: Expect) {
-    let (response, patch) = admit(case);
-    let request = read_json(&format!("{case}.review.json"))["request"].clone();
+    let mut review_json = read_json(&format!("{case}.review.json"));
+    let (response, patch) = admit(case, &serde_json::to_vec(&review_json).expect("serialise"));
+    let request = review_json["request"].clone();
     assert_eq!(Value::from(response.uid.clone()), request["uid"], "uid must be echoed");
 
     match expect {
@@ -80,14 +86,20 @@ fn check(case: &str, expect: Expect) {
     assert_eq!(patch, read_json(&format!("{case}.patch.json")), "{case}: patch differs from the golden file");
 
     if response.patch.is_some() {
-        // The patch applies to the object the apiserver sent, and our output is a fixed point.
-        let mut pod = request["object"].clone();
+        // The patch applies to the object the apiserver sent, and our output is a fixed point:
+        // the patched object, reviewed again (a reinvocation), gets no patch.
+        let mut object = request["object"].clone();
         let ops: json_patch::Patch = serde_json::from_value(patch).expect("patch decodes");
-        json_patch::patch(&mut pod, &ops).expect("patch applies");
-        let pod: Pod = serde_json::from_value(pod).expect("patched pod decodes");
-        let owner: Option<StatefulSet> = serde_json::from_value(read_json(&format!("{case}.owner.json"))).unwrap();
-        let again = inject(&pod, owner.as_ref(), &cfg()).expect("second pass");
-        assert_eq!(again, Decision::Skip(SkipReason::AlreadyInjected));
+        json_patch::patch(&mut object, &ops).expect("patch applies");
+        if request["kind"]["kind"] == "Pod" {
+            let pod: Pod = serde_json::from_value(object.clone()).expect("patched pod decodes");
+            let owner = cluster(case).0.into_iter().next();
+            let again = inject(&pod, owner.as_ref(), &cfg()).expect("second pass");
+            assert_eq!(again, Decision::Skip(SkipReason::AlreadyInjected));
+        }
+        review_json["request"]["object"] = object;
+        let (again, _) = admit(case, &serde_json::to_vec(&review_json).expect("serialise"));
+        assert!(again.allowed && again.patch.is_none(), "{case}: a second pass changes something");
     }
 }
 
@@ -109,8 +121,15 @@ golden! {
     invalid_tuning_annotation_is_denied: "invalid-tuning" => Expect::Denied(contract::ANNOTATION_LEASE_DURATION);
     tuning_annotations_become_env_and_term_is_dropped: "tuning-annotations" => Expect::Patched;
     pod_created_as_leader_becomes_standby: "leader-label-at-creation" => Expect::Patched;
-    services_pass_through: "service-passthrough" => Expect::Unchanged;
+    services_not_named_by_an_opted_in_statefulset_pass_through: "service-passthrough" => Expect::Unchanged;
+    write_service_gets_the_leader_selector: "service-gets-leader-selector" => Expect::Patched;
+    pod_waits_while_its_write_service_selects_every_pod: "pod-waits-for-write-service" => Expect::Denied("does not select");
+    pod_is_injected_once_its_write_service_selects_the_leader: "pod-write-service-ready" => Expect::Patched;
     pod_updates_pass_through: "pod-update-passthrough" => Expect::Unchanged;
+    openldap_socket_dir_is_shared_and_fence_and_health_check_injected: "openldap-integration" => Expect::Patched;
+    socket_dir_slapd_already_mounts_is_shared_not_duplicated: "openldap-existing-mount" => Expect::Patched;
+    socket_dir_without_suffix_or_health_check_is_denied:
+        "openldap-missing-suffix" => Expect::Denied(contract::ANNOTATION_LDAP_SUFFIX);
 }
 
 #[test]
@@ -124,22 +143,37 @@ fn every_fixture_belongs_to_a_case() {
 
 #[test]
 fn malformed_bodies_are_errors_not_panics() {
-    let never = |_: &str, _: &str| -> Result<Option<StatefulSet>, Infallible> { Ok(None) };
     let full = std::fs::read(fixture("fresh-pod.review.json")).expect("fixture");
     for body in [&b""[..], b"{", b"[]", b"null", &full[..full.len() / 2]] {
-        assert!(matches!(review(body, never, &cfg()), Err(ReviewError::Malformed(_))));
+        assert!(matches!(review(body, &[], &[], &cfg()), Err(ReviewError::Malformed(_))));
     }
     let empty = br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#;
-    let err = review(empty, never, &cfg()).expect_err("no request");
+    let err = review(empty, &[], &[], &cfg()).expect_err("no request");
     assert!(matches!(err, ReviewError::MissingRequest));
     assert!(!err.into_review().response.expect("response").allowed);
 }
 
-#[test]
-fn failed_owner_lookup_denies_so_the_controller_retries() {
-    let body = std::fs::read(fixture("fresh-pod.review.json")).expect("fixture");
-    let out = review(&body, |_, _| Err::<Option<StatefulSet>, _>("cache not synced"), &cfg()).expect("review");
-    let response = out.response.expect("response");
-    assert!(!response.allowed);
-    assert!(response.result.message.contains("cache not synced"), "{}", response.result.message);
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+    /// Fuzzing the review decoding and admission: arbitrary bytes are an error, never a panic.
+    #[test]
+    fn arbitrary_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096)) {
+        let _ = review(&body, &[], &[], &cfg());
+    }
+
+    /// ... and so is every fixture review with one byte changed, against its own cluster
+    /// (many of these still decode: a changed name, namespace, label or port).
+    #[test]
+    fn fixture_reviews_with_a_changed_byte_never_panic(
+        case in proptest::sample::select(CASES),
+        at in proptest::prelude::any::<proptest::sample::Index>(),
+        byte in proptest::prelude::any::<u8>(),
+    ) {
+        let mut body = std::fs::read(fixture(&format!("{case}.review.json"))).expect("fixture");
+        let i = at.index(body.len());
+        body[i] = byte;
+        let (statefulsets, services) = cluster(case);
+        let _ = review(&body, &statefulsets, &services, &cfg());
+    }
 }

@@ -1,0 +1,371 @@
+//! The OpenLDAP integration end to end, configured ONLY by the webhook: a StatefulSet
+//! annotated for injection and with `ldap-elector.dev/ldapi-socket-dir` +
+//! `ldap-elector.dev/ldap-suffix`, the real webhook (in-process, registered by URL) and a
+//! real OpenLDAP Mirror-Mode pair.
+//!
+//! What it proves: the admitted pods carry the shared in-memory socket volume, mounted
+//! read-write in the slapd container and read-only in the sidecar, and the sidecar's fence
+//! and ldapi health check point at the socket in it; the electors, run with exactly that
+//! environment (the runner adds only log settings and turns the probe server off, since two
+//! local electors cannot both listen on the injected port), fence the standby's real slapd
+//! read-only over ldapi, leave the leader's writable, publish the contextCSN their health
+//! check read, elect one leader, and swap the fences on a graceful handover.
+//!
+//! How the pod's socket directory reaches the local machine: the test kubelet gives every
+//! pod volume a directory (`Kubelet::map_volumes`) and rewrites paths under a container's
+//! volume mounts in its environment to it; here the socket volume's directory of pod `o`
+//! is a symlink to slapd node `o + 1`'s directory, in which that slapd creates its `ldapi`
+//! socket. A sidecar without the mount would keep `/run/slapd/ldapi`, find no slapd, and
+//! never become healthy.
+//!
+//! The electors here run as the test's user, which the rig's cn=config makes root; the
+//! slapd side a consumer configures for the sidecar's uid/gid 65532 — the ACL block of
+//! docs/openldap.md — is checked separately: loaded into a real cn=config, `slapacl`
+//! (slapd's own ACL engine) must grant that identity the fence and the health check and
+//! nothing else it asks about.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use ldap_elector::contract;
+use ldap_elector_tests::bed::random_hex;
+use ldap_elector_tests::electors::{elector_binary, WRITE_SERVICE};
+use ldap_elector_tests::kubelet::Runner;
+use ldap_elector_tests::observer::Observer;
+use ldap_elector_tests::process::Signal;
+use ldap_elector_tests::slapd::{self, MirrorPair, SUFFIX};
+use ldap_elector_tests::webhook::Webhook;
+use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
+use serde_json::json;
+
+const NAMESPACE: &str = "ldap";
+const STATEFULSET: &str = "ldap-server";
+/// The app container of `fixtures::statefulset`, the default slapd container.
+const LDAP_CONTAINER: &str = "ldap";
+const SOCKET_DIR: &str = "/run/slapd";
+const SOCKET_URL: &str = "ldapi://%2Frun%2Fslapd%2Fldapi";
+/// syncrepl `timeout=` of the pair: bounds a cn=config change after a reconnect (the fence).
+const SYNC_TIMEOUT: u32 = 1;
+const ADMIT: Duration = Duration::from_secs(60);
+const ELECT: Duration = Duration::from_secs(90);
+/// Fences follow the roles within a few health checks and fence retries.
+const FENCE: Duration = Duration::from_secs(30);
+const HANDOVER: Duration = Duration::from_secs(40);
+
+fn pod_name(ordinal: u32) -> String {
+    contract::pod_name(STATEFULSET, ordinal)
+}
+
+fn ordinal(pod: &str) -> u32 {
+    contract::split_pod_name(pod).map(|(_, o)| o).unwrap_or(u32::MAX)
+}
+
+struct Rig {
+    slapd: MirrorPair,
+    kubelet: Kubelet,
+    client: Client,
+    observer: Observer,
+    _bed: Bed,
+    _webhook: Webhook,
+}
+
+impl Rig {
+    /// The slapd of `pod`.
+    fn node(&self, pod: &str) -> &slapd::SlapdNode {
+        self.slapd.node(ordinal(pod) + 1)
+    }
+
+    /// The last lines of both electors' logs, for failure messages.
+    fn logs(&self) -> String {
+        (0..2)
+            .map(|o| {
+                let path = self.kubelet.log_path(NAMESPACE, &pod_name(o), contract::SIDECAR_CONTAINER);
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                format!("--- {} ---\n{}", path.display(), lines[lines.len().saturating_sub(15)..].join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until `leader`'s slapd is writable and `standby`'s is read-only, as cn=config
+    /// says (`olcReadOnly`, read over ldapi as root).
+    async fn wait_fences(&self, leader: &str, standby: &str) -> anyhow::Result<()> {
+        let what = format!("{leader}'s slapd writable and {standby}'s read-only");
+        wait_for(&what, FENCE, || async {
+            let read_only = |pod: &str| {
+                let node = self.node(pod);
+                async move { node.root().await?.read_only().await }
+            };
+            match (read_only(leader).await, read_only(standby).await) {
+                (Ok(false), Ok(true)) => Ok(()),
+                (l, s) => Err(format!(
+                    "olcReadOnly of {leader}: {:?}, of {standby}: {:?}",
+                    l.map_err(|e| e.to_string()),
+                    s.map_err(|e| e.to_string())
+                )),
+            }
+        })
+        .await
+        .with_context(|| self.logs())
+    }
+}
+
+/// Starts slapd, bed, kubelet, webhook, the write Service and the annotated StatefulSet.
+async fn start() -> anyhow::Result<Rig> {
+    let slapd = MirrorPair::start(slapd::PairOptions::default().sync_timeout(SYNC_TIMEOUT)).await?;
+    let bed = Bed::start().await?;
+    let kubelet = Kubelet::start(&bed, "bed-node").await?;
+    // Under the pair's directory: short enough for socket paths.
+    kubelet.map_volumes(slapd.dir.join("pods"));
+    for o in 0..2u32 {
+        let dir =
+            kubelet.volume_dir(NAMESPACE, &pod_name(o), contract::LDAPI_VOLUME).context("the kubelet maps volumes")?;
+        std::fs::create_dir_all(dir.parent().context("volume directory has a parent")?)?;
+        std::os::unix::fs::symlink(slapd.node(o + 1).dir(), &dir)?;
+        let socket: PathBuf = dir.join(contract::LDAPI_SOCKET_NAME);
+        anyhow::ensure!(socket.exists(), "slapd {} has no socket at {}", o + 1, socket.display());
+        anyhow::ensure!(
+            socket.as_os_str().len() <= 107,
+            "socket path {} too long; set LDAP_ELECTOR_BED_DIR to a shorter directory",
+            socket.display()
+        );
+    }
+    kubelet.add_runner(Runner {
+        container: contract::SIDECAR_CONTAINER.into(),
+        program: elector_binary(false),
+        env: vec![
+            (contract::ENV_PROBE_ADDR.into(), "off".into()),
+            (contract::ENV_LOG_FORMAT.into(), "text".into()),
+            ("ELECTOR_LOG".into(), "info,ldap_elector=debug".into()),
+        ],
+    });
+
+    let client = bed.admin_client()?;
+    fixtures::namespace(&client, NAMESPACE, Some("restricted")).await?;
+    let mut observer = Observer::start(client.clone(), NAMESPACE, &format!("app={STATEFULSET}"));
+    let webhook = Webhook::start(&bed).await?;
+    webhook.register(&bed, NAMESPACE, "Fail").await?;
+    let services = Api::<Service>::namespaced(client.clone(), NAMESPACE);
+    services.create(&PostParams::default(), &fixtures::service(WRITE_SERVICE, json!({"app": STATEFULSET}))?).await?;
+    observer.watch_service(client.clone(), NAMESPACE, WRITE_SERVICE);
+
+    let annotations = json!({
+        contract::ANNOTATION_INJECT: "true",
+        contract::ANNOTATION_LEADER_SERVICE: WRITE_SERVICE,
+        contract::ANNOTATION_LDAPI_SOCKET_DIR: SOCKET_DIR,
+        contract::ANNOTATION_LDAP_SUFFIX: SUFFIX,
+    });
+    // Zero replicas until the write Service selects the leader label: the webhook would hold
+    // the pods back until then anyway, and the StatefulSet controller's retry backoff only
+    // slows the test down.
+    let sets = Api::<StatefulSet>::namespaced(client.clone(), NAMESPACE);
+    sets.create(&PostParams::default(), &fixtures::statefulset(STATEFULSET, 0, annotations)?).await?;
+    wait_for("the write Service to select the leader label", ADMIT, || async {
+        let svc = services.get(WRITE_SERVICE).await.map_err(|e| e.to_string())?;
+        let selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
+        match selector.get(contract::LABEL_ROLE) {
+            Some(role) if role == contract::ROLE_LEADER => Ok(()),
+            _ => Err(format!("selector {selector:?}")),
+        }
+    })
+    .await?;
+    sets.patch(STATEFULSET, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await?;
+    Ok(Rig { slapd, kubelet, client, observer, _bed: bed, _webhook: webhook })
+}
+
+fn find<'a>(containers: impl IntoIterator<Item = &'a Container>, name: &str) -> anyhow::Result<&'a Container> {
+    containers.into_iter().find(|c| c.name == name).with_context(|| format!("no container {name}"))
+}
+
+/// The OpenLDAP integration in a pod as the apiserver stored it.
+fn check_injected(pod: &Pod) -> anyhow::Result<()> {
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    let spec = pod.spec.as_ref().context("pod without spec")?;
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == contract::LDAPI_VOLUME)
+        .with_context(|| format!("{name} has no volume {}", contract::LDAPI_VOLUME))?;
+    let empty_dir = volume.empty_dir.as_ref().with_context(|| format!("{name}: socket volume is not an emptyDir"))?;
+    anyhow::ensure!(empty_dir.medium.as_deref() == Some("Memory"), "{name}: socket volume {empty_dir:?}");
+    anyhow::ensure!(empty_dir.size_limit.is_some(), "{name}: socket volume without sizeLimit");
+
+    let mount_of = |c: &Container| {
+        let mounts = c.volume_mounts.iter().flatten();
+        mounts.into_iter().find(|m| m.name == contract::LDAPI_VOLUME && m.mount_path == SOCKET_DIR).cloned()
+    };
+    let ldap = find(&spec.containers, LDAP_CONTAINER)?;
+    let mount = mount_of(ldap).with_context(|| format!("{name}: slapd does not mount {SOCKET_DIR}"))?;
+    anyhow::ensure!(mount.read_only != Some(true), "{name}: slapd mounts the socket directory read-only");
+    let sidecar = find(spec.init_containers.iter().flatten(), contract::SIDECAR_CONTAINER)?;
+    let mount = mount_of(sidecar).with_context(|| format!("{name}: the sidecar does not mount {SOCKET_DIR}"))?;
+    anyhow::ensure!(mount.read_only == Some(true), "{name}: the sidecar's socket mount is writable");
+
+    let env = |c: &Container, key: &str| c.env.iter().flatten().find(|e| e.name == key).and_then(|e| e.value.clone());
+    let expected = [
+        (contract::ENV_FENCE_LDAPI, SOCKET_URL.to_string()),
+        (contract::ENV_HEALTH_CHECK, format!("{SOCKET_URL}?base={SUFFIX}")),
+    ];
+    for (key, value) in expected {
+        let got = env(sidecar, key);
+        anyhow::ensure!(got.as_deref() == Some(value.as_str()), "{name}: sidecar {key}={got:?}, expected {value:?}");
+        anyhow::ensure!(env(ldap, key).is_none(), "{name}: slapd's container got {key}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_openldap_settings_fence_the_standby_and_elect_one_leader() -> anyhow::Result<()> {
+    let rig = start().await?;
+    let pods = Api::<Pod>::namespaced(rig.client.clone(), NAMESPACE);
+    for o in 0..2 {
+        let name = pod_name(o);
+        let pod = wait_for(&format!("{name} to be admitted"), ADMIT, || pods.get(&name)).await?;
+        check_injected(&pod)?;
+    }
+
+    let leader = rig.observer.wait_for_single_leader(ELECT).await.with_context(|| rig.logs())?;
+    let standby = pod_name(1 - ordinal(&leader).min(1));
+    rig.wait_fences(&leader, &standby).await?;
+    // What a client bypassing the write Service sees: the standby refuses, the leader takes it.
+    let refused = rig.node(&standby).admin().await?.add_person("direct-to-standby").await?;
+    anyhow::ensure!(refused.rc == 53, "a write on the standby's slapd answered {refused:?}, expected 53");
+    rig.slapd.add_entry(ordinal(&leader) + 1, "direct-to-leader").await?;
+
+    // The leader publishes the contextCSN its ldapi health check read from the suffix.
+    let leases = Api::<Lease>::namespaced(rig.client.clone(), NAMESPACE);
+    let lease = contract::lease_name(STATEFULSET);
+    wait_for("the Lease to carry the leader's contextCSN", FENCE, || async {
+        let on_slapd = rig.node(&leader).admin().await.map_err(|e| e.to_string())?.context_csn().await;
+        let on_slapd = on_slapd.map_err(|e| e.to_string())?.join(" ");
+        let got = leases.get(&lease).await.map_err(|e| e.to_string())?;
+        let published = got.metadata.annotations.unwrap_or_default().remove(contract::LEASE_ANNOTATION_CONTEXT_CSN);
+        match published {
+            Some(csn) if csn == on_slapd && !csn.is_empty() => Ok(()),
+            other => Err(format!("published {other:?}, {leader}'s slapd holds {on_slapd:?}")),
+        }
+    })
+    .await
+    .with_context(|| rig.logs())?;
+
+    // Graceful handover: the old leader fences its slapd, the standby takes over and lifts its own.
+    let at = Instant::now();
+    anyhow::ensure!(
+        rig.kubelet.signal(NAMESPACE, &leader, contract::SIDECAR_CONTAINER, Signal::Term),
+        "no elector runs in {leader}"
+    );
+    let (new, _) = wait_for(&format!("a new leader after stopping {leader}'s elector"), HANDOVER, || async {
+        rig.observer.new_leader_after(Some(&leader), at).ok_or_else(|| rig.observer.timeline())
+    })
+    .await
+    .with_context(|| rig.logs())?;
+    anyhow::ensure!(new == standby, "{new} became leader, expected {standby}");
+    rig.wait_fences(&standby, &leader).await?;
+
+    rig.observer.assert_never_two_leaders();
+    Ok(())
+}
+
+/// The sidecar's SASL EXTERNAL identity over ldapi (uid/gid 65532, `InjectConfig::new`).
+const SIDECAR_PEER: &str = "gidNumber=65532+uidNumber=65532,cn=peercred,cn=external,cn=auth";
+
+/// The LDIF between the `acl:begin` and `acl:end` markers of docs/openldap.md.
+fn documented_acl() -> anyhow::Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openldap.md");
+    let doc = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let block = doc
+        .split_once("<!-- acl:begin")
+        .and_then(|(_, rest)| rest.split_once("<!-- acl:end -->"))
+        .and_then(|(block, _)| block.split_once("```ldif\n"))
+        .and_then(|(_, ldif)| ldif.split_once("```"))
+        .map(|(ldif, _)| ldif.to_string());
+    block.context("docs/openldap.md has no ```ldif block between the acl:begin and acl:end markers")
+}
+
+/// `/usr/sbin/<name>` (not on a normal user's PATH), else from PATH.
+fn sbin(name: &str) -> PathBuf {
+    let path = Path::new("/usr/sbin").join(name);
+    if path.exists() {
+        path
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?} (install slapd: hack/install-deps.sh)"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(out.status.success(), "{cmd:?} failed ({}): {text}", out.status);
+    Ok(text)
+}
+
+#[test]
+fn documented_acl_gives_the_sidecar_the_fence_and_the_health_check_and_nothing_else() -> anyhow::Result<()> {
+    let base = std::env::var_os("LDAP_ELECTOR_BED_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("ldap-acl-{}-{}", std::process::id(), random_hex(4)?));
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config)?;
+    std::fs::create_dir_all(dir.join("data"))?;
+    let result = (|| -> anyhow::Result<()> {
+        // The rig's cn=config for a Mirror-Mode node (offline: the peer port is never dialled).
+        let ldif = slapd::config_ldif(1, &dir.join("data"), 1, &slapd::PairOptions::default());
+        std::fs::write(dir.join("config.ldif"), ldif)?;
+        run(Command::new(sbin("slapadd")).arg("-n0").arg("-F").arg(&config).arg("-l").arg(dir.join("config.ldif")))?;
+        std::fs::write(dir.join("acl.ldif"), documented_acl()?)?;
+        run(Command::new(sbin("slapmodify")).arg("-n0").arg("-F").arg(&config).arg("-l").arg(dir.join("acl.ldif")))?;
+
+        let expectations = [
+            // The fence: set olcReadOnly, read it back.
+            (slapd::DATA_DB, "olcReadOnly/write", true),
+            (slapd::DATA_DB, "olcReadOnly/read", true),
+            (slapd::DATA_DB, "entry/read", true),
+            // The health check: the suffix's contextCSN.
+            (SUFFIX, "entry/read", true),
+            (SUFFIX, "contextCSN/read", true),
+            // Nothing else of cn=config or the data.
+            (slapd::DATA_DB, "olcSuffix/write", false),
+            (slapd::DATA_DB, "olcRootPW/read", false),
+            (slapd::DATA_DB, "olcAccess/write", false),
+            ("olcDatabase={0}config,cn=config", "olcRootDN/write", false),
+            ("cn=config", "olcServerID/write", false),
+            (SUFFIX, "o/read", false),
+            (slapd::PEOPLE, "entry/read", false),
+        ];
+        let mut wrong = Vec::new();
+        for (dn, access, allowed) in expectations {
+            let answer = run(Command::new(sbin("slapacl")).arg("-u").arg("-F").arg(&config).args([
+                "-D",
+                SIDECAR_PEER,
+                "-b",
+                dn,
+                access,
+            ]))?;
+            let granted = answer.contains(": ALLOWED");
+            anyhow::ensure!(granted || answer.contains(": DENIED"), "slapacl said: {answer}");
+            if granted != allowed {
+                wrong.push(format!("{dn} {access}: {}", answer.trim()));
+            }
+        }
+        anyhow::ensure!(
+            wrong.is_empty(),
+            "the documented ACL grants the sidecar the wrong rights:\n{}",
+            wrong.join("\n")
+        );
+        Ok(())
+    })();
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("kept {} for inspection", dir.display());
+    }
+    result
+}
