@@ -287,6 +287,21 @@ async fn rendered_chart_passes_server_dry_run_in_a_namespace_enforcing_restricte
         assert!(kinds.contains(&kind), "server dry run lacks {kind}: {kinds:?}");
     }
 
+    // High availability (BSI APP.4.4.A19): 2 replicas spread over nodes and zones, kept
+    // apart by anti-affinity, at most one down at a time.
+    let deployment = one(&items, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let spread: Vec<&str> = pod["topologySpreadConstraints"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["topologyKey"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(spread, ["kubernetes.io/hostname", "topology.kubernetes.io/zone"], "{pod}");
+    let anti = &pod["affinity"]["podAntiAffinity"];
+    assert!(anti.is_object(), "no pod anti-affinity: {pod}");
+    let pdb = one(&items, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 1, "{pdb}");
+
     // app.kubernetes.io/* labels on every object (BSI APP.4.4.A8).
     for o in &items {
         let labels = &o["metadata"]["labels"];
@@ -533,5 +548,37 @@ async fn installed_chart_runs_restricted_grants_elector_rbac_without_escalate_an
     }
     let manifest = run(bed.helm().args(["get", "manifest", RELEASE, "--namespace", NS]), None)?;
     assert!(String::from_utf8_lossy(&manifest.stdout).contains("caBundle: "), "rendered from the live object");
+
+    // Rollback (BSI APP.4.4.A2) to revision 1's values. Revision 1 was rendered before any
+    // caBundle existed, so the rollback drops it: the running webhook publishes it again
+    // (docs: chart README, Rollback). Rolling back to a revision rendered with it keeps it.
+    run(bed.helm().args(["rollback", RELEASE, "1", "--namespace", NS, "--wait=false"]), None)?;
+    let rolled_back = Api::<MutatingWebhookConfiguration>::all(client.clone()).get(WEBHOOK_CONFIG).await?;
+    for hook in rolled_back.webhooks.iter().flatten() {
+        assert_ne!(hook.timeout_seconds, Some(4), "{}: rollback restores revision 1", hook.name);
+    }
+    run(bed.helm().args(["rollback", RELEASE, "2", "--namespace", NS, "--wait=false"]), None)?;
+    let rolled_forward = Api::<MutatingWebhookConfiguration>::all(client.clone()).get(WEBHOOK_CONFIG).await?;
+    for hook in rolled_forward.webhooks.iter().flatten() {
+        assert_eq!(hook.timeout_seconds, Some(4), "{}: rollback to revision 2", hook.name);
+        assert_eq!(hook.client_config.ca_bundle.as_ref(), Some(&ca), "{}: caBundle of revision 2", hook.name);
+    }
+
+    // Uninstall removes every cluster-scoped object of the release: nothing keeps calling a
+    // webhook that is gone, and no ClusterRole or policy is left behind.
+    run(bed.helm().args(["uninstall", RELEASE, "--namespace", NS, "--wait"]), None)?;
+    let leftovers = run(
+        bed.kubectl().args([
+            "get",
+            "mutatingwebhookconfigurations,validatingadmissionpolicies,validatingadmissionpolicybindings,clusterroles,clusterrolebindings",
+            "-l",
+            &format!("app.kubernetes.io/instance={RELEASE}"),
+            "-o",
+            "name",
+        ]),
+        None,
+    )?;
+    let leftovers = String::from_utf8_lossy(&leftovers.stdout).trim().to_string();
+    assert!(leftovers.is_empty(), "left after helm uninstall: {leftovers}");
     Ok(())
 }

@@ -469,6 +469,21 @@ async fn secret_mode_publishes_the_ca_bundle_and_serves_the_secret_certificate()
     let stored = rustls_pki_types::CertificateDer::pem_slice_iter(&crt).next().context("tls.crt is empty")??;
     assert_eq!(served, stored, "the webhook serves the Secret's certificate");
 
+    // Something re-applies the configuration without caBundle (a `helm rollback` to the
+    // revision rendered before it existed): the webhook sees the change and publishes it
+    // again at once (its periodic re-publish alone would take up to a minute).
+    let mut config = configs.get(WEBHOOK_CONFIG).await?;
+    for hook in config.webhooks.iter_mut().flatten() {
+        hook.client_config.ca_bundle = None;
+    }
+    configs.replace(WEBHOOK_CONFIG, &PostParams::default(), &config).await?;
+    wait_for("the caBundle re-published after it was dropped", Duration::from_secs(20), || async {
+        let config = configs.get(WEBHOOK_CONFIG).await.map_err(|e| e.to_string())?;
+        let bundle = config.webhooks.unwrap_or_default()[0].client_config.ca_bundle.clone();
+        bundle.filter(|b| b.0 == published).map(|_| ()).ok_or_else(|| "not yet".to_string())
+    })
+    .await?;
+
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(30), app).await.context("webhook stops on shutdown")???;
     Ok(())

@@ -6,16 +6,21 @@
 //! Certificate order in secret mode (see the `ldap_elector_certs` crate docs): ensure the
 //! Secret, publish its CA list into the webhook configuration's `caBundle`, and only then
 //! serve its certificate, at start and at every rotation; so the API server never sees a
-//! certificate whose CA it does not trust. The `caBundle` is also re-published every
-//! minute, which repairs a webhook configuration re-applied without it (e.g. by a chart
-//! upgrade) within a minute instead of failing pod creation until the next rotation.
+//! certificate whose CA it does not trust. The `caBundle` is also re-published whenever the
+//! webhook configuration changes (a watch on that one object) and every minute, which
+//! repairs a configuration re-applied without it (e.g. by a `helm rollback` to a revision
+//! rendered before it existed) at once instead of failing pod creation until the next
+//! rotation.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Client;
+use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
 use ldap_elector_certs::{ensure_secret, load_rustls, publish_ca_bundle, CertBundle, CertError, StoreError};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -181,7 +186,8 @@ fn load(bundle: &CertBundle) -> Result<Loaded, CertError> {
     load_rustls(bundle)
 }
 
-/// Secret mode after start: re-publish the caBundle every minute, re-check the Secret
+/// Secret mode after start: re-publish the caBundle when the webhook configuration changes
+/// and every minute, re-check the Secret
 /// every hour (every minute after a failure), and swap in a rotated certificate only after
 /// its CA list was published.
 async fn keep_rotating(
@@ -195,11 +201,25 @@ async fn keep_rotating(
     let mut ticker = tokio::time::interval(CA_BUNDLE_RECHECK_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate; we just published
+                         // Our own publish shows up here too; publishing again is then a no-op (no write).
+    let by_name = watcher::Config::default().fields(&format!("metadata.name={webhook_config}"));
+    let changes =
+        watcher(Api::<MutatingWebhookConfiguration>::all(client.clone()), by_name).default_backoff().applied_objects();
+    let mut changes = std::pin::pin!(changes);
     let mut next_check = Instant::now() + CERT_RECHECK_INTERVAL;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
+            change = changes.next() => match change {
+                Some(Ok(_)) => {}
+                // Logged and retried with backoff by the watcher; the ticker still runs.
+                Some(Err(error)) => {
+                    warn!(%error, "watching the webhook configuration failed; retrying");
+                    continue;
+                }
+                None => {}
+            },
         }
         if Instant::now() < next_check {
             if let Err(error) = publish_ca_bundle(client.clone(), webhook_config, &serving.ca_pem).await {

@@ -71,7 +71,7 @@
 //!   - apiGroups: ["admissionregistration.k8s.io"]
 //!     resources: ["mutatingwebhookconfigurations"]
 //!     resourceNames: ["ldap-elector"]
-//!     verbs: ["get", "update"]
+//!     verbs: ["get", "list", "watch", "update"]
 //! ```
 //! and, `--cert-mode=secret` only, a Role in the webhook's own namespace (kept equal to
 //! [`namespace_role_rules`]); `create` cannot be limited by name in RBAC:
@@ -209,7 +209,7 @@ pub fn cluster_role_rules(webhook_config: &str) -> Vec<PolicyRule> {
             &["admissionregistration.k8s.io"],
             &["mutatingwebhookconfigurations"],
             Some(&[webhook_config]),
-            &["get", "update"],
+            &["get", "list", "watch", "update"],
         ),
     ]
 }
