@@ -66,7 +66,8 @@ async fn annotate_inject_elect_route_and_fail_over() -> anyhow::Result<()> {
     kubelet.add_runner(Runner {
         container: contract::SIDECAR_CONTAINER.into(),
         program: elector_binary(false),
-        env: vec![("ELECTOR_PROBE_ADDR".into(), "off".into()), ("ELECTOR_LOG_FORMAT".into(), "text".into())],
+        // The default log format (JSON), checked line by line at the end.
+        env: vec![("ELECTOR_PROBE_ADDR".into(), "off".into())],
     });
     let admin = bed.admin_client()?;
     let mut webhook = Webhook::start(&bed).await?;
@@ -156,5 +157,25 @@ async fn annotate_inject_elect_route_and_fail_over() -> anyhow::Result<()> {
     // The leader keeps leading, and the write Service keeps pointing at it.
     wait_endpoints_are(&admin, &next).await?;
     observer.assert_never_two_leaders();
+
+    // Logs (BSI SYS.1.6.A7): every line the electors wrote is one JSON object with time,
+    // level and message, and taking office is logged with the pod and the term.
+    let mut took_office = Vec::new();
+    for pod in [contract::pod_name(STS, 0), contract::pod_name(STS, 1)] {
+        let path = kubelet.log_path(NS, &pod, contract::SIDECAR_CONTAINER);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let entry: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| anyhow::anyhow!("{}: not JSON ({e}): {line}", path.display()))?;
+            for key in ["timestamp", "level", "message"] {
+                assert!(entry[key].is_string(), "{}: no {key}: {line}", path.display());
+            }
+            if entry["message"] == "took office: labelled leader" {
+                assert!(entry["term"].is_u64(), "no term: {line}");
+                took_office.push(entry["pod"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    assert!(took_office.contains(&next), "no JSON line shows {next} taking office: {took_office:?}");
     Ok(())
 }
