@@ -31,6 +31,80 @@ pub enum Command {
     /// Internal: the watchdog process the elector starts and feeds (see `watchdog.rs`).
     #[command(hide = true)]
     Watchdog,
+    /// Compare the two servers of the pair entry by entry (entryUUID, entryCSN, attribute
+    /// digests) and report divergence. Exit 0 in sync, 1 diverged, 3 unsettled, 4 failed.
+    Audit(Box<AuditArgs>),
+}
+
+/// Flags of `ldap-elector audit` (see `audit.rs` and docs/divergence.md).
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// Server A: `ldap://HOST:PORT?base=SUFFIX` or `ldapi://%2Fpath%2Fsock?base=SUFFIX`.
+    #[arg(long, env = crate::audit::ENV_AUDIT_SERVER_A)]
+    pub server_a: String,
+    /// Server B, under the same suffix.
+    #[arg(long, env = crate::audit::ENV_AUDIT_SERVER_B)]
+    pub server_b: String,
+    /// Bind DN on both servers (simple bind); without it SASL EXTERNAL over ldapi and
+    /// anonymous over ldap. It needs read access to every entry and unlimited size limits.
+    #[arg(long, env = crate::audit::ENV_AUDIT_BIND_DN)]
+    pub bind_dn: Option<String>,
+    /// File with the bind DN's password.
+    #[arg(long, env = crate::audit::ENV_AUDIT_BIND_PASSWORD_FILE)]
+    pub bind_password_file: Option<std::path::PathBuf>,
+    /// Output: `human` or `json`.
+    #[arg(short = 'o', long, default_value = "human", value_parser = ["human", "json"])]
+    pub output: String,
+    /// Deadline of the whole audit.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Timeout of each LDAP operation (and of each page of a search).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub op_timeout: Duration,
+    /// First-level buckets: 2^N by the leading entryUUID bits (8, 12, 16 or 20).
+    #[arg(long, default_value_t = 16)]
+    pub bucket_bits: u32,
+    /// Re-reads of a differing entry before it is reported as unsettled (a difference
+    /// must hold over 2 of them to count as divergence).
+    #[arg(long, default_value_t = 6)]
+    pub settle_rounds: u32,
+    /// Most entries per server held in memory at once when reading differing buckets.
+    #[arg(long, default_value_t = 5000)]
+    pub leaf_max: usize,
+    /// Page size of the paged searches.
+    #[arg(long, default_value_t = 1000)]
+    pub page_size: i32,
+    /// More attributes to request and compare (comma list), e.g. replicated
+    /// operational attributes of overlays.
+    #[arg(long, value_delimiter = ',')]
+    pub extra_attrs: Vec<String>,
+    /// Attributes left out of the comparison (comma list), for data that legitimately
+    /// differs per server. contextCSN is never compared.
+    #[arg(long, value_delimiter = ',')]
+    pub ignore_attrs: Vec<String>,
+    /// Confirmed differences listed; beyond, they are counted and the audit stops descending.
+    #[arg(long, default_value_t = 1000)]
+    pub max_report: usize,
+}
+
+impl AuditArgs {
+    pub fn into_config(self) -> Result<crate::audit::AuditConfig, String> {
+        let creds = Credentials {
+            bind_dn: self.bind_dn.filter(|s| !s.trim().is_empty()),
+            password_file: self.bind_password_file,
+        };
+        let mut config = crate::audit::AuditConfig::new(&self.server_a, &self.server_b, &creds)?;
+        config.timeout = self.timeout;
+        config.op_timeout = self.op_timeout;
+        config.bucket_bits = self.bucket_bits;
+        config.settle_rounds = self.settle_rounds;
+        config.leaf_max = self.leaf_max;
+        config.page_size = self.page_size;
+        config.policy = crate::audit::AttrPolicy::new(&self.extra_attrs, &self.ignore_attrs);
+        config.max_report = self.max_report;
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -269,6 +343,27 @@ mod tests {
     fn a_pod_outside_the_statefulset_is_rejected() {
         let err = args(&["--statefulset", "other"]).unwrap_err();
         assert!(err.contains("not a member"), "{err}");
+    }
+
+    #[test]
+    fn the_audit_subcommand_needs_no_pod_and_validates_its_flags() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["ldap-elector", "audit", "--server-a", "ldap://a:389?base=dc=x"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
+                Some(Command::Audit(a)) => a.into_config(),
+                other => Err(format!("{other:?}")),
+            }
+        };
+        let c = parse(&["--server-b", "ldap://b:389?base=dc=x", "-o", "json", "--ignore-attrs", "a,b"]).unwrap();
+        assert_eq!((c.bucket_bits, c.settle_rounds), (16, 6));
+        assert!(c.policy.ignore.contains(b"a".as_slice()) && c.policy.ignore.contains(b"b".as_slice()));
+        assert!(parse(&["--server-b", "ldap://b:389?base=dc=y"]).is_err());
+        assert!(parse(&["--server-b", "ldap://b:389?base=dc=x", "--bucket-bits", "7"]).is_err());
+        assert!(
+            parse(&["--server-b", "ldap://b:389?base=dc=x", "--bind-dn", "cn=a"]).is_err(),
+            "needs a password file"
+        );
     }
 
     #[test]

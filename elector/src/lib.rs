@@ -3,7 +3,9 @@
 //! Pure cores (`decide`, `contract`, the patch and Lease transformations) are kept apart
 //! from the edges that do I/O (`run`, `lease::LeaseClient`, `labels::PodLabeler`).
 pub mod args;
+pub mod audit;
 pub mod clock;
+pub mod config_guard;
 pub mod contract;
 pub mod decide;
 pub mod fence;

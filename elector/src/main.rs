@@ -4,7 +4,7 @@ use std::sync::Arc;
 use clap::Parser;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use ldap_elector::args::{Cli, Command, Config};
+use ldap_elector::args::{AuditArgs, Cli, Command, Config};
 use ldap_elector::probe::{self, Heartbeat};
 use ldap_elector::watchdog::{self, Watchdog};
 use ldap_elector::{health, run};
@@ -13,6 +13,10 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.run.log_format);
+    if let Some(Command::Audit(args)) = cli.command {
+        // A one-shot tool: no pod identity, its own flags and exit codes.
+        return audit(*args);
+    }
     let config = match cli.run.clone().into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -32,6 +36,51 @@ fn main() -> ExitCode {
         Command::Watchdog => {
             runtime.block_on(watchdog::serve(config.fence()));
             ExitCode::SUCCESS
+        }
+        Command::Audit(_) => ExitCode::from(2),
+    }
+}
+
+/// `ldap-elector audit`: prints the report on stdout; exit 0 in sync, 1 diverged,
+/// 3 unsettled, 2 bad flags, 4 the audit could not finish.
+fn audit(args: AuditArgs) -> ExitCode {
+    let json = args.output == "json";
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ldap-elector audit: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Two workers: the two servers' results are decoded and digested in parallel.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ldap-elector audit: cannot start the runtime: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    match runtime.block_on(ldap_elector::audit::audit(&config)) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("ldap-elector audit: cannot encode the report: {e}");
+                        return ExitCode::from(4);
+                    }
+                }
+            } else {
+                print!("{}", report.render());
+            }
+            ExitCode::from(report.verdict.exit_code())
+        }
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "verdict": "failed", "error": e.to_string() }));
+            }
+            eprintln!("ldap-elector audit: {e}");
+            ExitCode::from(4)
         }
     }
 }
@@ -97,6 +146,11 @@ async fn elect(config: Config) -> ExitCode {
         tokio::spawn(async move {
             health::monitor_with_csn(check, interval, failures, health_tx, Some(csn_tx), &recheck, tasks).await
         });
+    }
+    if let Some(fence) = &config.fence_ldapi {
+        // Off the election loop: logs dangerous replication settings (the session log on a
+        // Mirror-Mode database) once slapd answers; see config_guard.rs.
+        tokio::spawn(ldap_elector::config_guard::log_findings(fence.ldapi_url.clone(), tasks.clone()));
     }
     let (deleting_tx, deleting) = tokio::sync::watch::channel(false);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
