@@ -26,7 +26,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +36,7 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::ldap::{Bind, Credentials, LdapCheck};
+use crate::ldap::{read_password, Bind, Credentials, LdapCheck};
 
 /// Bind DN of the audit on both servers (simple bind); without it SASL EXTERNAL over
 /// ldapi and anonymous over ldap.
@@ -1296,16 +1295,6 @@ fn result_code(e: &ldap3::LdapError) -> Option<u32> {
         ldap3::LdapError::LdapResult { result } => Some(result.rc),
         _ => None,
     }
-}
-
-async fn read_password(file: &Path) -> Result<String, String> {
-    let raw = tokio::fs::read_to_string(file).await.map_err(|e| format!("{}: {e}", file.display()))?;
-    let password = raw.trim_end_matches(['\n', '\r']).to_string();
-    if password.is_empty() {
-        // An empty password would make the simple bind an unauthenticated one.
-        return Err(format!("{}: empty password", file.display()));
-    }
-    Ok(password)
 }
 
 #[cfg(test)]

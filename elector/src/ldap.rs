@@ -367,7 +367,8 @@ impl Drop for Session {
     }
 }
 
-async fn read_password(file: &Path) -> Result<String, String> {
+/// The secret in `file` without its trailing newline; an empty one is refused.
+pub(crate) async fn read_password(file: &Path) -> Result<String, String> {
     let raw = tokio::fs::read_to_string(file).await.map_err(|e| format!("{}: {e}", file.display()))?;
     let password = raw.trim_end_matches(['\n', '\r']).to_string();
     if password.is_empty() {

@@ -681,7 +681,7 @@ fn values(entry: SearchEntry, name: &str) -> Vec<String> {
 }
 
 /// `/usr/sbin/<name>` (not on a normal user's PATH), else from PATH.
-fn sbin(name: &str) -> PathBuf {
+pub fn sbin(name: &str) -> PathBuf {
     let path = Path::new("/usr/sbin").join(name);
     if path.exists() {
         path

@@ -40,7 +40,7 @@ use ldap_elector_tests::electors::{elector_binary, WRITE_SERVICE};
 use ldap_elector_tests::kubelet::Runner;
 use ldap_elector_tests::observer::Observer;
 use ldap_elector_tests::process::Signal;
-use ldap_elector_tests::slapd::{self, MirrorPair, SUFFIX};
+use ldap_elector_tests::slapd::{self, sbin, MirrorPair, SUFFIX};
 use ldap_elector_tests::webhook::Webhook;
 use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
 use serde_json::json;
@@ -289,16 +289,6 @@ fn documented_acl() -> anyhow::Result<String> {
         .and_then(|(_, ldif)| ldif.split_once("```"))
         .map(|(ldif, _)| ldif.to_string());
     block.context("docs/openldap.md has no ```ldif block between the acl:begin and acl:end markers")
-}
-
-/// `/usr/sbin/<name>` (not on a normal user's PATH), else from PATH.
-fn sbin(name: &str) -> PathBuf {
-    let path = Path::new("/usr/sbin").join(name);
-    if path.exists() {
-        path
-    } else {
-        PathBuf::from(name)
-    }
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
