@@ -13,6 +13,8 @@ pub mod proxy;
 pub mod slapd;
 pub mod wait;
 pub mod webhook;
+pub mod webhook_load;
+pub mod writer;
 
 pub use bed::Bed;
 pub use kubelet::Kubelet;

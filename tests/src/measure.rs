@@ -8,10 +8,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use ldap_elector::contract::SIDECAR_CONTAINER;
 
 use crate::electors::Pair;
 use crate::process::Signal;
+use crate::proxy::{Mode, Proxy};
 use crate::wait_for;
 
 /// `BENCH_RUNS` (default 20): how many times each latency is measured.
@@ -112,6 +114,80 @@ pub async fn failovers(pair: &Pair, runs: usize, signal: Signal) -> anyhow::Resu
         .await?;
     }
     Ok(samples)
+}
+
+/// Failovers on an API partition (see [`partitions`]).
+#[derive(Clone, Debug, Default)]
+pub struct Partitions {
+    /// Cut → another pod labelled leader.
+    pub samples: Vec<Duration>,
+    /// Runs after which the old leader still carried the leader label once the network was
+    /// back (for `settle`), so its sidecar had to be restarted to clear it.
+    pub stale: usize,
+}
+
+/// Repeats `runs` times: cut the leader's connection to the API server (`proxies[ordinal]`
+/// closes its connections and refuses new ones; the pair must run its sidecars through
+/// `proxy::via_proxies`), time until another pod is labelled leader (observer timestamps),
+/// restore the network, and give the old leader `settle` to lose its label. If it has not,
+/// restart its sidecar (as for a crash) so the next run starts from one leader label.
+pub async fn partitions(pair: &Pair, proxies: &[Proxy], runs: usize, settle: Duration) -> anyhow::Result<Partitions> {
+    let mut result = Partitions::default();
+    for run in 0..runs {
+        let leader = pair.leader(Duration::from_secs(60)).await?;
+        let ordinal = ldap_elector::contract::split_pod_name(&leader).map_or(usize::MAX, |(_, o)| o as usize);
+        let proxy = proxies.get(ordinal).with_context(|| format!("no proxy for {leader}"))?;
+        let fault = Instant::now();
+        proxy.set(Mode::Cut);
+        let next = wait_for("a new leader during the partition", Duration::from_secs(60), || async {
+            pair.observer.new_leader_after(Some(&leader), fault).ok_or("not yet")
+        })
+        .await;
+        proxy.set(Mode::Pass);
+        let (next, at) = next?;
+        result.samples.push(at - fault);
+        let single = wait_for("the old leader to lose its label", settle, || async {
+            match pair.observer.leaders().as_slice() {
+                [one] if *one == next => Ok(()),
+                other => Err(format!("leaders: {other:?}")),
+            }
+        })
+        .await;
+        let stale = single.is_err();
+        eprintln!(
+            "partition run {run}: {leader} -> {next} in {:?}{}",
+            at - fault,
+            if stale { ", stale label" } else { "" }
+        );
+        if stale {
+            result.stale += 1;
+            restart_sidecar(pair, &leader).await?;
+        }
+    }
+    Ok(result)
+}
+
+/// SIGTERM the sidecar of `pod`, wait until it has exited, start it again and wait until it
+/// logs `elector started` again.
+async fn restart_sidecar(pair: &Pair, pod: &str) -> anyhow::Result<()> {
+    let starts = pair.log(pod).matches("elector started").count();
+    pair.signal(pod, Signal::Term);
+    wait_for("the sidecar to exit", Duration::from_secs(30), || async {
+        match pair.kubelet.pid(&pair.namespace, pod, SIDECAR_CONTAINER) {
+            None => Ok(()),
+            Some(pid) => Err(format!("pid {pid} still running")),
+        }
+    })
+    .await?;
+    pair.kubelet.restart(&pair.namespace, pod, SIDECAR_CONTAINER).await?;
+    wait_for("the restarted sidecar to run", Duration::from_secs(20), || async {
+        if pair.log(pod).matches("elector started").count() > starts {
+            Ok(())
+        } else {
+            Err("starting")
+        }
+    })
+    .await
 }
 
 /// Repeats `runs` times: SIGTERM the sidecars of all `pods`, wait until all have exited and

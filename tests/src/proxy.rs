@@ -1,7 +1,9 @@
 //! A loopback TCP proxy that can be cut, slowed or black-holed in one direction: the
 //! network between one elector and the API server, under the test's control. TLS passes
-//! through untouched (the API server's certificate names 127.0.0.1).
+//! through untouched (the API server's certificate names 127.0.0.1). [`via_proxies`] puts
+//! a pod's sidecar behind the proxy of its ordinal.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +77,31 @@ impl Proxy {
     pub fn mode(&self) -> Mode {
         *self.mode.borrow()
     }
+}
+
+/// The runner environment entry that tells the [`via_proxies`] wrapper which proxy a pod's
+/// process uses (the test kubelet expands `{ordinal}`).
+pub const ORDINAL_ENV: (&str, &str) = ("PROXY_ORDINAL", "{ordinal}");
+
+/// Writes `<dir>/via-proxy.sh`: a wrapper for the test kubelet's runner that points the
+/// process of pod ordinal `i` at `proxies[i]` — it rewrites the `server:` of the kubeconfig
+/// the kubelet wrote (other ordinals talk to the API server directly) — then execs
+/// `program` with the container's args. Works for any program reading `KUBECONFIG`.
+pub fn via_proxies(dir: &Path, proxies: &[Proxy], program: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let cases: String = proxies.iter().enumerate().map(|(i, p)| format!("  {i}) port={} ;;\n", p.port)).collect();
+    let var = ORDINAL_ENV.0;
+    let script = format!(
+        "#!/bin/sh\nset -e\ncase \"${var}\" in\n{cases}  *) port= ;;\nesac\n\
+         if [ -n \"$port\" ]; then\n  sed \"s#server: .*#server: https://127.0.0.1:$port#\" \"$KUBECONFIG\" > \"$KUBECONFIG.proxied\"\n\
+           export KUBECONFIG=\"$KUBECONFIG.proxied\"\nfi\nexec '{}' \"$@\"\n",
+        program.display()
+    );
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("via-proxy.sh");
+    std::fs::write(&path, script)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
 }
 
 impl Drop for Proxy {
