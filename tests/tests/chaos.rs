@@ -49,11 +49,12 @@ use serde_json::json;
 /// With slapd, a standby that is behind may wait out the catch-up grace (30 s) first.
 /// A liveness check, not a benchmark (`make bench` measures).
 const LEADER_AGAIN: Duration = Duration::from_secs(45);
-/// After the leader is back, the write Service must list it (and only it) within this. Not
-/// a product bound: the endpointslice controller requeues a failed sync with exponential
-/// backoff (1 s doubling up to 1000 s, and its own informers back off after an API server
-/// restart), and lags of 20–45 s were seen on the bed after API outages.
-const SERVICE_AGAIN: Duration = Duration::from_secs(180);
+/// How long kube-controller-manager may take to act: the write Service listing the new
+/// leader, a deleted pod replaced. Not a product bound: its controllers requeue a failed
+/// sync with exponential backoff (the endpointslice controller from 1 s up to 1000 s) and
+/// their informers back off after an API server restart; lags of 20–90 s were seen on the
+/// bed after API outages.
+const CONTROLLERS: Duration = Duration::from_secs(180);
 /// One sequence (fault, healing, checks) as a whole, so that no step can hang a run.
 const SEQUENCE_BOUND: Duration = Duration::from_secs(420);
 const PRIMARY: &str = "ldap-server-primary";
@@ -249,7 +250,7 @@ impl Chaos {
                 let uid = pods.get(&leader).await?.metadata.uid;
                 pods.delete(&leader, &DeleteParams::default()).await?;
                 // Healed means the replacement pod, not the old one still terminating.
-                wait_for("the deleted pod to be replaced", Duration::from_secs(60), || async {
+                wait_for("the deleted pod to be replaced", CONTROLLERS, || async {
                     match pods.get_opt(&leader).await {
                         Ok(Some(pod)) if pod.metadata.uid != uid => Ok(()),
                         other => Err(format!("{:?}", other.map(|p| p.map(|p| p.metadata.deletion_timestamp)))),
@@ -261,7 +262,7 @@ impl Chaos {
                 p.scale(1).await?;
                 let pods: Api<Pod> = Api::namespaced(p.client.clone(), &p.namespace);
                 let gone = p.pod(1);
-                wait_for("the scaled-away pod to go", Duration::from_secs(60), || async {
+                wait_for("the scaled-away pod to go", CONTROLLERS, || async {
                     match pods.get_opt(&gone).await {
                         Ok(None) => Ok(()),
                         other => Err(format!("{:?}", other.map(|p| p.map(|p| p.metadata.deletion_timestamp)))),
@@ -305,10 +306,10 @@ impl Chaos {
         .await?;
         let recovered = healed.elapsed();
         // Healed also means the control plane caught up: the write Service lists the leader
-        // and nothing else (see `SERVICE_AGAIN`). A next fault on top of a stale Service is
+        // and nothing else (see `CONTROLLERS`). A next fault on top of a stale Service is
         // two faults at once (see `check_writes` for what that did with slapd).
         let leader = self.leader().await?;
-        wait_for(&format!("the write Service to list exactly {leader} ready"), SERVICE_AGAIN, || async {
+        wait_for(&format!("the write Service to list exactly {leader} ready"), CONTROLLERS, || async {
             match self.pair.observer.ready_endpoints() {
                 ready if ready == [leader.as_str()] => Ok(()),
                 ready => Err(format!("ready: {ready:?}, leaders: {:?}", self.pair.observer.leaders())),
@@ -417,6 +418,9 @@ impl Chaos {
         if let Some(ldap) = &self.ldap {
             files.extend((1..=2).map(|i| (ldap.slapd.node(i).log_path(), format!("slapd-{i}.log"))));
         }
+        for log in ["kube-apiserver.log", "kube-controller-manager.log", "etcd.log"] {
+            files.push((self.pair.bed.dir.join(log), log.to_string()));
+        }
         let copied: Vec<String> = files
             .into_iter()
             .filter(|(from, name)| {
@@ -445,20 +449,26 @@ fn seed() -> u64 {
 
 /// Bed, proxies, electors (via the proxy wrapper; with `slapd`, wired to their own slapd)
 /// and the write Service watched by the observer; returns once a single leader holds.
-async fn start(
-    name: &str,
-    slapd: Option<MirrorPair>,
-    writer_time: Duration,
-) -> anyhow::Result<(Chaos, std::path::PathBuf)> {
+/// A directory removed when the test ends, passed or not (it holds a copy of the elector).
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn start(name: &str, slapd: Option<MirrorPair>, writer_time: Duration) -> anyhow::Result<(Chaos, Scratch)> {
     let epoch = Instant::now();
     let proxies = vec![Proxy::start_unbound().await?, Proxy::start_unbound().await?];
-    let dir = std::env::temp_dir().join(format!("ldap-elector-{name}-{}", std::process::id()));
+    let scratch = Scratch(std::env::temp_dir().join(format!("ldap-elector-{name}-{}", std::process::id())));
+    let dir = &scratch.0;
     // A private copy: the target directory is shared, and a rebuild during a long run must
     // not change what the kubelet restarts.
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(dir)?;
     let elector = dir.join("ldap-elector");
     std::fs::copy(elector_binary(false), &elector).context("copying the elector binary")?;
-    let program = proxy::via_proxies(&dir, &proxies, &elector)?;
+    let program = proxy::via_proxies(dir, &proxies, &elector)?;
     let mut env = match &slapd {
         Some(slapd) => writer::elector_env(slapd)?,
         None => vec![
@@ -496,7 +506,7 @@ async fn start(
     };
     let chaos = Chaos { pair, proxies, ended: Default::default(), ldap };
     chaos.wait_healed().await?;
-    Ok((chaos, dir))
+    Ok((chaos, scratch))
 }
 
 /// Runs `sequences` faults drawn by `draw` from `seed`, each healed and checked; panics
@@ -556,10 +566,9 @@ async fn random_faults_never_produce_two_leaders_and_a_leader_always_returns() -
     let sequences: usize = env_number("CHAOS_SEQUENCES").unwrap_or(20);
     let seed = seed();
     println!("chaos: seed {seed}, {sequences} sequences (CHAOS_SEED={seed} reproduces the fault sequence)");
-    let (chaos, dir) = start("chaos", None, Duration::ZERO).await?;
+    let (chaos, _scratch) = start("chaos", None, Duration::ZERO).await?;
     let recoveries = run(&chaos, seed, sequences, draw).await;
     println!("chaos: {}", summary(sequences, &recoveries));
-    let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
 
@@ -574,7 +583,7 @@ async fn random_faults_on_a_mirror_pair_never_lose_an_acknowledged_write_nor_let
     let options = slapd::PairOptions::default().sync_timeout(SYNC_TIMEOUT).checkpoint(checkpoint, 1);
     let slapd = MirrorPair::start(options).await?;
     let writer_time = SEQUENCE_BOUND * sequences as u32 + Duration::from_secs(600);
-    let (chaos, dir) = start("chaos-ldap", Some(slapd), writer_time).await?;
+    let (chaos, _scratch) = start("chaos-ldap", Some(slapd), writer_time).await?;
     let recoveries = run(&chaos, seed, sequences, draw_with_slapd).await;
 
     let Some(Ldap { slapd, writer, .. }) = chaos.ldap else { anyhow::bail!("started without the slapd pair") };
@@ -596,6 +605,5 @@ async fn random_faults_on_a_mirror_pair_never_lose_an_acknowledged_write_nor_let
         acked.len(),
         uids.len()
     );
-    let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
