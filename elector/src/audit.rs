@@ -1219,27 +1219,24 @@ impl Side {
 
     /// The entries matching `filter` (with a UUID) between two contextCSN reads.
     async fn observe(&self, filter: &str, limit: usize) -> Result<Observed, AuditError> {
-        let before = self.context_csn().await?;
-        let mut entries = HashMap::new();
-        let policy = &self.policy;
-        self.search(filter, limit, |entry| {
-            let d = digest_entry(entry, policy);
-            if let Some(u) = d.uuid {
-                entries.insert(u, EntryState::from(d));
-            }
-        })
-        .await?;
-        let after = self.context_csn().await?;
-        Ok(Observed { before, entries, after })
+        self.observe_all(&[(filter.to_string(), limit)]).await
     }
 
     /// The entries with these UUIDs, read by equality in chunks, between two contextCSN reads.
     async fn observe_uuids(&self, uuids: &[Uuid]) -> Result<Observed, AuditError> {
+        let searches: Vec<(String, usize)> =
+            uuids.chunks(MAX_UUIDS_PER_SEARCH).map(|chunk| (uuids_filter(chunk), chunk.len())).collect();
+        self.observe_all(&searches).await
+    }
+
+    /// The entries (with a UUID) of `searches` (filter, size limit), all between two
+    /// contextCSN reads.
+    async fn observe_all(&self, searches: &[(String, usize)]) -> Result<Observed, AuditError> {
         let before = self.context_csn().await?;
         let mut entries = HashMap::new();
         let policy = &self.policy;
-        for chunk in uuids.chunks(MAX_UUIDS_PER_SEARCH) {
-            self.search(&uuids_filter(chunk), chunk.len(), |entry| {
+        for (filter, limit) in searches {
+            self.search(filter, *limit, |entry| {
                 let d = digest_entry(entry, policy);
                 if let Some(u) = d.uuid {
                     entries.insert(u, EntryState::from(d));

@@ -335,7 +335,13 @@ async fn the_audit_never_reports_divergence_while_a_writer_keeps_changing_the_le
     let mut reports: Vec<Report> = Vec::new();
     let started = Instant::now();
     let before = writes.load(Ordering::Relaxed);
-    for run in 1..=10 {
+    // At least 10 audits, and on until one has caught a write between reading A and B (the
+    // case the retries exist for; it does not happen in every audit), 30 at the most.
+    let caught = |reports: &[Report]| reports.iter().any(|r| r.stats.candidates > 0);
+    for run in 1..=30 {
+        if run > 10 && caught(&reports) {
+            break;
+        }
         let report = audit::audit(&config).await?;
         let st = &report.stats;
         println!(
@@ -354,7 +360,8 @@ async fn the_audit_never_reports_divergence_while_a_writer_keeps_changing_the_le
     }
     let candidates: u64 = reports.iter().map(|r| r.stats.candidates).sum();
     println!(
-        "{during} writes on node 1 during the 10 audits ({:?}); {candidates} entries differed at first sight in all",
+        "{during} writes on node 1 during the {} audits ({:?}); {candidates} entries differed at first sight in all",
+        reports.len(),
         started.elapsed()
     );
 
@@ -366,7 +373,7 @@ async fn the_audit_never_reports_divergence_while_a_writer_keeps_changing_the_le
         assert_ne!(r.verdict, Verdict::Diverged, "false divergence under load:\n{}", r.render());
     }
     let in_sync = reports.iter().filter(|r| r.verdict == Verdict::InSync).count();
-    assert_eq!(in_sync, 10, "every audit under load should settle to in sync");
+    assert_eq!(in_sync, reports.len(), "every audit under load should settle to in sync");
 
     // Quiet again: in sync.
     pair.wait_converged(CATCH_UP).await?;
