@@ -288,9 +288,19 @@ impl Chaos {
         let healed = Instant::now();
         let leases: Api<Lease> = Api::namespaced(self.pair.client.clone(), &self.pair.namespace);
         let lease = contract::lease_name(&self.pair.statefulset);
-        wait_for("one leader (the Lease holder) after healing", LEADER_AGAIN, || async {
+        // The Lease must change after healing (a renew or a takeover): a holder that no longer
+        // renews still looks healed until its Lease expires.
+        let version_at_heal = wait_for("the Lease after healing", LEADER_AGAIN, || async {
+            leases.get(&lease).await.map(|l| l.metadata.resource_version)
+        })
+        .await?;
+        wait_for("one leader (the Lease holder, renewing) after healing", LEADER_AGAIN, || async {
             self.heal_processes().await.map_err(|e| e.to_string())?;
-            let holder = leases.get(&lease).await.map_err(|e| e.to_string())?.spec.and_then(|s| s.holder_identity);
+            let current = leases.get(&lease).await.map_err(|e| e.to_string())?;
+            if current.metadata.resource_version == version_at_heal {
+                return Err("no Lease write since healing".to_string());
+            }
+            let holder = current.spec.and_then(|s| s.holder_identity);
             let labels = self.pair.observer.leaders();
             let running: Vec<bool> = (0..2).map(|i| self.running(&self.pair.pod(i))).collect();
             // An ended elector must have exited and been restarted: otherwise this could
@@ -332,31 +342,38 @@ impl Chaos {
     /// accepted writes while the other pod was leader.
     async fn check_writes(&self, since: Instant, healed: Instant) -> anyhow::Result<String> {
         let Some(ldap) = &self.ldap else { return Ok(String::new()) };
-        let leader = self.leader().await?;
         ldap.writer
             .wait_ack_after(healed, LEADER_AGAIN)
             .await
-            .with_context(|| format!("writes through {PRIMARY} acknowledged again (leader {leader})"))?;
+            .with_context(|| format!("writes through {PRIMARY} acknowledged again"))?;
         let attempts = ldap.writer.attempts();
         let acked: Vec<&writer::Attempt> = attempts.iter().filter(|a| a.outcome == Outcome::Acked).collect();
-        let node = writer::node_of(&ldap.slapd, &leader);
-        let sids = wait_for(&format!("every acknowledged write on {leader}'s slapd"), HEAL, || async {
-            let sids = writer::entry_server_ids(node).await.map_err(|e| format!("{e:#}"))?;
+        // Each probe asks who leads now: leadership may still move legitimately meanwhile.
+        let single_leader = || match self.pair.observer.leaders().as_slice() {
+            [one] => Ok(one.clone()),
+            other => Err(format!("leaders now: {other:?}")),
+        };
+        let (leader, sids) = wait_for("every acknowledged write on the leader's slapd", HEAL, || async {
+            let leader = single_leader()?;
+            let sids =
+                writer::entry_server_ids(writer::node_of(&ldap.slapd, &leader)).await.map_err(|e| format!("{e:#}"))?;
             let missing: Vec<&str> =
                 acked.iter().filter(|a| !sids.contains_key(&a.uid)).map(|a| a.uid.as_str()).collect();
             match missing.len() {
-                0 => Ok(sids),
-                n => Err(format!("{n} missing, e.g. {:?}", &missing[..n.min(5)])),
+                0 => Ok((leader, sids)),
+                n => Err(format!("{n} missing on {leader}'s slapd, e.g. {:?}", &missing[..n.min(5)])),
             }
         })
         .await
         .context("INVARIANT: an acknowledged write is lost")?;
 
-        let standby = writer::node_of(&ldap.slapd, &self.other(&leader));
-        wait_for(&format!("the standby {}'s slapd fenced (olcReadOnly)", self.other(&leader)), HEAL, || async {
-            match standby.root().await?.read_only().await? {
-                true => Ok(()),
-                false => Err(anyhow::anyhow!("olcReadOnly FALSE")),
+        wait_for("the standby's slapd fenced (olcReadOnly)", HEAL, || async {
+            let standby = self.other(&single_leader()?);
+            let fenced = async { writer::node_of(&ldap.slapd, &standby).root().await?.read_only().await };
+            match fenced.await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(format!("{standby}'s slapd: olcReadOnly FALSE")),
+                Err(e) => Err(format!("{standby}'s slapd: {e:#}")),
             }
         })
         .await
