@@ -34,10 +34,24 @@ pub const ANNOTATION_TERM: &str = "ldap-elector.dev/term";
 pub const ANNOTATION_STATUS: &str = "ldap-elector.dev/status";
 pub const STATUS_INJECTED: &str = "injected";
 
-// ---- Lease annotations (set by the leader) ----
+/// Pod annotations each elector publishes about ITS OWN pod (status CLI, switchover checks):
+/// the local slapd's health (`healthy`, or `unhealthy: <reason>`) and its contextCSN
+/// (space-separated CSNs, one per server ID).
+pub const ANNOTATION_HEALTH: &str = "ldap-elector.dev/health";
+pub const HEALTH_HEALTHY: &str = "healthy";
+pub const ANNOTATION_CONTEXT_CSN: &str = "ldap-elector.dev/context-csn";
+
+// ---- Lease annotations ----
 
 /// The leader's contextCSN, published on each renew for catch-up gating.
 pub const LEASE_ANNOTATION_CONTEXT_CSN: &str = "ldap-elector.dev/context-csn";
+/// Set by an operator (or `ldap-elector switchover`): the pod the leader should hand over to.
+pub const LEASE_ANNOTATION_SWITCHOVER_TO: &str = "ldap-elector.dev/switchover-to";
+/// Set by the leader after an audit found a standby diverged: JSON object mapping pod name to
+/// `{ "since": RFC 3339, "summary": text }`. A pod listed here is not eligible for promotion.
+pub const LEASE_ANNOTATION_DIVERGED: &str = "ldap-elector.dev/diverged";
+/// Set by an operator: comma-separated pod names that may be promoted although listed as diverged.
+pub const LEASE_ANNOTATION_ALLOW_DIVERGED: &str = "ldap-elector.dev/allow-diverged";
 
 // ---- Sidecar environment ----
 
