@@ -34,6 +34,13 @@ pub enum Command {
     /// Compare the two servers of the pair entry by entry (entryUUID, entryCSN, attribute
     /// digests) and report divergence. Exit 0 in sync, 1 diverged, 3 unsettled, 4 failed.
     Audit(Box<AuditArgs>),
+    /// Show the pair: leader, term, Lease ages, each pod's role, health, contextCSN and lag,
+    /// the write Services' endpoints, and a WARN line per inconsistency. Exit 0 consistent,
+    /// 1 warnings, 2 bad flags, 4 API error.
+    Status(crate::cli::StatusArgs),
+    /// Ask the leader to hand over to a healthy, caught-up standby, and wait for it.
+    /// Exit 0 done, 1 refused, 3 no outcome within --wait, 2 bad flags, 4 API error.
+    Switchover(crate::cli::SwitchoverArgs),
 }
 
 /// Flags of `ldap-elector audit` (see `audit.rs` and docs/divergence.md).
