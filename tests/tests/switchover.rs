@@ -1,0 +1,241 @@
+//! Manual switchover and the status command on the real bed, driven through the real CLI
+//! (`ldap-elector status` / `switchover` with the admin kubeconfig): the whole product (the
+//! webhook injects the electors and routes the write Service), the chaos suite's observer
+//! watching role labels and the write Service's endpoints for any moment with two leaders.
+//!
+//! A→B and back B→A hand over gracefully; the write Service follows. Ineligible targets are
+//! refused with their reason and leadership does not move: the current leader (the CLI says so
+//! itself), an unhealthy standby (its health check fails, as its published health shows), and
+//! a standby marked diverged in the Lease — refused by the CLI, and by the leader's elector
+//! when the request is written into the Lease by hand. The operator's override then lets
+//! the diverged standby take over.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+use ldap_elector::contract;
+use ldap_elector_tests::electors::{elector_binary, Pair, PairOptions, WRITE_SERVICE};
+use ldap_elector_tests::wait_for;
+use serde_json::{json, Value};
+
+const ELECT: Duration = Duration::from_secs(90);
+const T: Duration = Duration::from_secs(60);
+
+struct Cli<'a> {
+    pair: &'a Pair,
+}
+
+/// One run of the real binary: exit code and stdout (stderr appended on failure messages).
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+impl Cli<'_> {
+    async fn run(&self, args: &[&str]) -> anyhow::Result<Run> {
+        let out = tokio::process::Command::new(elector_binary(false))
+            .args(args)
+            .args(["--namespace", &self.pair.namespace, "--statefulset", &self.pair.statefulset])
+            .env("KUBECONFIG", &self.pair.bed.kubeconfig)
+            .env("ELECTOR_LOG_FORMAT", "text")
+            .kill_on_drop(true)
+            .output()
+            .await?;
+        Ok(Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    async fn status(&self) -> anyhow::Result<(Run, Value)> {
+        let run = self.run(&["status", "-o", "json"]).await?;
+        let json = serde_json::from_str(&run.stdout).map_err(|e| anyhow::anyhow!("status -o json: {e}\n{run}"))?;
+        Ok((run, json))
+    }
+
+    /// Waits until `status -o json` exits 0 (no warnings) with `leader` leading and
+    /// routing, and returns it.
+    async fn wait_consistent(&self, leader: &str) -> anyhow::Result<Value> {
+        wait_for(&format!("status: consistent, {leader} leads"), T, || async {
+            let (run, st) = self.status().await.map_err(|e| e.to_string())?;
+            let routed: Vec<&str> = st["services"][0]["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["ready"] == true)
+                .filter_map(|e| e["pod"].as_str())
+                .collect();
+            if run.code == 0 && st["leader"] == leader && routed == [leader] {
+                Ok(st)
+            } else {
+                Err(format!("{run}"))
+            }
+        })
+        .await
+    }
+
+    async fn switchover(&self, to: &str) -> anyhow::Result<Run> {
+        self.run(&["switchover", "--to", to, "--wait", "60s"]).await
+    }
+}
+
+fn pod<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["pods"].as_array().and_then(|p| p.iter().find(|p| p["name"] == name)).unwrap_or(&Value::Null)
+}
+
+async fn annotate_lease(pair: &Pair, annotations: Value) -> anyhow::Result<()> {
+    let leases: Api<Lease> = Api::namespaced(pair.client.clone(), &pair.namespace);
+    let patch = Patch::Merge(json!({"metadata": {"annotations": annotations}}));
+    leases.patch(&contract::lease_name(&pair.statefulset), &PatchParams::default(), &patch).await?;
+    Ok(())
+}
+
+async fn lease(pair: &Pair) -> anyhow::Result<Lease> {
+    Ok(Api::<Lease>::namespaced(pair.client.clone(), &pair.namespace)
+        .get(&contract::lease_name(&pair.statefulset))
+        .await?)
+}
+
+/// Switches over to `to` with the CLI and checks the outcome; returns the time the observer
+/// saw `to` labelled leader after the command started.
+async fn switch(cli: &Cli<'_>, from: &str, to: &str) -> anyhow::Result<Duration> {
+    let pair = cli.pair;
+    let started = Instant::now();
+    let run = cli.switchover(to).await?;
+    assert_eq!(run.code, 0, "switchover {from} -> {to}: {run}");
+    assert!(run.stdout.contains(&format!("{to} leads")), "{run}");
+    let at = pair
+        .observer
+        .became_leader_after(to, started)
+        .ok_or_else(|| anyhow::anyhow!("{}", pair.observer.timeline()))?;
+    assert_eq!(pair.observer.leaders(), vec![to.to_string()], "{}", pair.observer.timeline());
+    let st = cli.wait_consistent(to).await?;
+    assert_eq!(pod(&st, from)["role"], contract::ROLE_STANDBY, "{st}");
+    assert!(pair.log(from).contains("handed the Lease over"), "{}", pair.log(from));
+    Ok(at - started)
+}
+
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sick_file(dir: &Path, pod: &str) -> PathBuf {
+    let ordinal = pod.rsplit_once('-').map(|(_, o)| o).unwrap_or_default();
+    dir.join(format!("sick-{ordinal}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_moves_leadership_without_two_leaders_and_refuses_ineligible_targets() -> anyhow::Result<()> {
+    let scratch = Scratch(std::env::temp_dir().join(format!("ldap-elector-switchover-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0)?;
+    // Each pod's health check fails while `sick-<ordinal>` exists.
+    let check = format!("exec:test ! -e {}/sick-{{ordinal}}", scratch.0.display());
+    let options = PairOptions {
+        webhook: true,
+        runner_env: Some(vec![
+            ("ELECTOR_PROBE_ADDR".into(), "off".into()),
+            ("ELECTOR_LOG_FORMAT".into(), "text".into()),
+            ("ELECTOR_LOG".into(), "info,ldap_elector=debug".into()),
+            ("ELECTOR_HEALTH_CHECK".into(), check),
+        ]),
+        ..Default::default()
+    };
+    let pair = Pair::start_with(2, &[], options).await?;
+    let cli = Cli { pair: &pair };
+    let a = pair.leader(ELECT).await?;
+    let b = [pair.pod(0), pair.pod(1)].into_iter().find(|p| *p != a).unwrap_or_default();
+
+    // status: the facts, no warnings, exit 0.
+    let st = cli.wait_consistent(&a).await?;
+    assert_eq!(st["services"][0]["name"], WRITE_SERVICE, "{st}");
+    assert_eq!(pod(&st, &a)["role"], contract::ROLE_LEADER, "{st}");
+    assert_eq!(pod(&st, &b)["health"], contract::HEALTH_HEALTHY, "{st}");
+    assert!(st["term"].as_i64().is_some_and(|t| t >= 1) && st["expired"] == false, "{st}");
+
+    // A -> B -> A.
+    let there = switch(&cli, &a, &b).await?;
+    let back = switch(&cli, &b, &a).await?;
+    println!("switchover {a} -> {b}: new leader labelled {there:?} after the command started; back: {back:?}");
+
+    // Refused by the CLI: the leader itself.
+    let run = cli.switchover(&a).await?;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stdout.contains("already the leader"), "{run}");
+
+    // An unhealthy standby: its published health says so, status warns (exit 1), the
+    // switchover is refused.
+    std::fs::write(sick_file(&scratch.0, &b), "")?;
+    wait_for("the standby's published health to turn unhealthy", T, || async {
+        let (run, st) = cli.status().await.map_err(|e| e.to_string())?;
+        let unhealthy = pod(&st, &b)["health"].as_str().is_some_and(|h| h.starts_with("unhealthy"));
+        let warned = st["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w.as_str().is_some_and(|w| w.contains("is unhealthy"))));
+        if unhealthy && warned && run.code == 1 {
+            Ok(())
+        } else {
+            Err(run.to_string())
+        }
+    })
+    .await?;
+    let run = cli.switchover(&b).await?;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stdout.contains(&format!("{b} is unhealthy")), "{run}");
+    std::fs::remove_file(sick_file(&scratch.0, &b))?;
+    cli.wait_consistent(&a).await?;
+
+    // A standby marked diverged: refused by the CLI...
+    let marks = json!({ &b: {"since": "2026-11-26T00:00:00Z", "summary": "2 entries differ"} }).to_string();
+    annotate_lease(&pair, json!({ contract::LEASE_ANNOTATION_DIVERGED: marks })).await?;
+    let run = cli.switchover(&b).await?;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stdout.contains("marked diverged (2 entries differ)"), "{run}");
+    // ...and by the leader, when the request bypasses the CLI.
+    let asked = Instant::now();
+    annotate_lease(&pair, json!({ contract::LEASE_ANNOTATION_SWITCHOVER_TO: &b })).await?;
+    let refused = wait_for("the leader to refuse the request", T, || async {
+        let l = lease(&pair).await.map_err(|e| e.to_string())?;
+        let a_ = l.metadata.annotations.clone().unwrap_or_default();
+        match (a_.get(contract::LEASE_ANNOTATION_SWITCHOVER_TO), a_.get(contract::LEASE_ANNOTATION_SWITCHOVER_REFUSED))
+        {
+            (None, Some(reason)) => Ok(reason.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    assert!(refused.starts_with(&format!("{b}: ")) && refused.contains("marked diverged"), "{refused}");
+    assert!(pair.log(&a).contains("switchover refused"), "{}", pair.log(&a));
+    assert_eq!(pair.observer.became_leader_after(&b, asked), None, "{}", pair.observer.timeline());
+    assert_eq!(lease(&pair).await?.spec.and_then(|s| s.holder_identity), Some(a.clone()));
+    // A diverged standby keeps status warning.
+    let (run, st) = cli.status().await?;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stdout.contains(&format!("standby {b} is marked diverged")), "{run}");
+    assert!(st["switchover_refused"].as_str().is_some_and(|r| r.contains("marked diverged")), "{st}");
+
+    // The operator's override lets it take over.
+    annotate_lease(&pair, json!({ contract::LEASE_ANNOTATION_ALLOW_DIVERGED: &b })).await?;
+    let started = Instant::now();
+    let run = cli.switchover(&b).await?;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(pair.observer.became_leader_after(&b, started).is_some(), "{}", pair.observer.timeline());
+
+    pair.observer.assert_never_two_leaders();
+    println!("timeline:\n{}", pair.observer.timeline());
+    Ok(())
+}
