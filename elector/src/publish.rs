@@ -122,7 +122,7 @@ pub async fn run(
                             Ok(Err(e)) => e.to_string(),
                             _ => format!("timed out after {API_TIMEOUT:?}"),
                         };
-                        if failures == 1 || failures % 30 == 0 {
+                        if failures == 1 || failures.is_multiple_of(30) {
                             tracing::warn!(pod = %pod, failures, error = %error, "publishing health and contextCSN on the pod failed (retrying)");
                         }
                         published = None; // unknown now: the next attempt is not rate-limited away

@@ -166,6 +166,10 @@ async fn switchover_moves_leadership_without_two_leaders_and_refuses_ineligible_
     assert_eq!(pod(&st, &a)["role"], contract::ROLE_LEADER, "{st}");
     assert_eq!(pod(&st, &b)["health"], contract::HEALTH_HEALTHY, "{st}");
     assert!(st["term"].as_i64().is_some_and(|t| t >= 1) && st["expired"] == false, "{st}");
+    let table = cli.run(&["status"]).await?;
+    assert_eq!(table.code, 0, "{table}");
+    assert!(table.stdout.contains(&format!("leader: {a}")) && !table.stdout.contains("WARN"), "{table}");
+    println!("status:\n{}", table.stdout);
 
     // A -> B -> A.
     let there = switch(&cli, &a, &b).await?;
@@ -223,6 +227,7 @@ async fn switchover_moves_leadership_without_two_leaders_and_refuses_ineligible_
     assert_eq!(pair.observer.became_leader_after(&b, asked), None, "{}", pair.observer.timeline());
     assert_eq!(lease(&pair).await?.spec.and_then(|s| s.holder_identity), Some(a.clone()));
     // A diverged standby keeps status warning.
+    println!("status with a diverged standby:\n{}", cli.run(&["status"]).await?.stdout);
     let (run, st) = cli.status().await?;
     assert_eq!(run.code, 1, "{run}");
     assert!(run.stdout.contains(&format!("standby {b} is marked diverged")), "{run}");
