@@ -165,6 +165,9 @@ pub async fn status(args: StatusArgs) -> u8 {
     let snapshot = match result {
         Ok(s) => s,
         Err(e) => {
+            if args.output == "json" {
+                println!("{}", serde_json::json!({ "error": e.to_string() }));
+            }
             eprintln!("ldap-elector status: {e}");
             return e.exit_code();
         }
