@@ -374,6 +374,26 @@ mod tests {
     }
 
     #[test]
+    fn the_operator_commands_need_no_pod_and_parse_their_flags() {
+        let cli = Cli::try_parse_from(["ldap-elector", "status", "--statefulset", "ldap", "-o", "json"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Status(a)) if a.statefulset == "ldap" && a.output == "json" && a.namespace.is_none())
+        );
+        let cli =
+            Cli::try_parse_from(["ldap-elector", "switchover", "--statefulset", "ldap", "--to", "ldap-1", "-n", "ns"])
+                .unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Switchover(a)) if a.to == "ldap-1" && a.wait == Duration::from_secs(60))
+        );
+        let cli =
+            Cli::try_parse_from(["ldap-elector", "switchover", "--statefulset", "l", "--to", "l-1", "--wait", "0"])
+                .unwrap();
+        assert!(matches!(cli.command, Some(Command::Switchover(a)) if a.wait.is_zero()));
+        assert!(Cli::try_parse_from(["ldap-elector", "switchover", "--statefulset", "l"]).is_err(), "--to is required");
+        assert!(Cli::try_parse_from(["ldap-elector", "status", "--statefulset", "l", "-o", "yaml"]).is_err());
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("8"), Ok(Duration::from_secs(8)));
         assert_eq!(parse_duration("8s"), Ok(Duration::from_secs(8)));
