@@ -9,23 +9,47 @@
 //! a standby marked diverged in the Lease — refused by the CLI, and by the leader's elector
 //! when the request is written into the Lease by hand. The operator's override then lets
 //! the diverged standby take over.
+//!
+//! With a real Mirror-Mode slapd pair behind the injected electors: status shows the published
+//! contextCSNs (standby caught up, lag 0), and after the switchover the old leader's slapd is
+//! read-only (a write answers 53) and the new leader's takes writes.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use ldap_elector::contract;
 use ldap_elector_tests::electors::{elector_binary, Pair, PairOptions, WRITE_SERVICE};
-use ldap_elector_tests::wait_for;
+use ldap_elector_tests::kubelet::Runner;
+use ldap_elector_tests::observer::Observer;
+use ldap_elector_tests::slapd::{self, MirrorPair, SUFFIX};
+use ldap_elector_tests::webhook::Webhook;
+use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
 use serde_json::{json, Value};
 
 const ELECT: Duration = Duration::from_secs(90);
 const T: Duration = Duration::from_secs(60);
 
-struct Cli<'a> {
-    pair: &'a Pair,
+/// The real binary with the admin kubeconfig of a bed, for one StatefulSet.
+struct Cli {
+    kubeconfig: PathBuf,
+    namespace: String,
+    statefulset: String,
+}
+
+impl Cli {
+    fn of(pair: &Pair) -> Cli {
+        Cli {
+            kubeconfig: pair.bed.kubeconfig.clone(),
+            namespace: pair.namespace.clone(),
+            statefulset: pair.statefulset.clone(),
+        }
+    }
 }
 
 /// One run of the real binary: exit code and stdout (stderr appended on failure messages).
@@ -41,12 +65,12 @@ impl std::fmt::Display for Run {
     }
 }
 
-impl Cli<'_> {
+impl Cli {
     async fn run(&self, args: &[&str]) -> anyhow::Result<Run> {
         let out = tokio::process::Command::new(elector_binary(false))
             .args(args)
-            .args(["--namespace", &self.pair.namespace, "--statefulset", &self.pair.statefulset])
-            .env("KUBECONFIG", &self.pair.bed.kubeconfig)
+            .args(["--namespace", &self.namespace, "--statefulset", &self.statefulset])
+            .env("KUBECONFIG", &self.kubeconfig)
             .env("ELECTOR_LOG_FORMAT", "text")
             .kill_on_drop(true)
             .output()
@@ -109,8 +133,7 @@ async fn lease(pair: &Pair) -> anyhow::Result<Lease> {
 
 /// Switches over to `to` with the CLI and checks the outcome; returns the time the observer
 /// saw `to` labelled leader after the command started.
-async fn switch(cli: &Cli<'_>, from: &str, to: &str) -> anyhow::Result<Duration> {
-    let pair = cli.pair;
+async fn switch(pair: &Pair, cli: &Cli, from: &str, to: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let run = cli.switchover(to).await?;
     assert_eq!(run.code, 0, "switchover {from} -> {to}: {run}");
@@ -156,7 +179,7 @@ async fn switchover_moves_leadership_without_two_leaders_and_refuses_ineligible_
         ..Default::default()
     };
     let pair = Pair::start_with(2, &[], options).await?;
-    let cli = Cli { pair: &pair };
+    let cli = Cli::of(&pair);
     let a = pair.leader(ELECT).await?;
     let b = [pair.pod(0), pair.pod(1)].into_iter().find(|p| *p != a).unwrap_or_default();
 
@@ -172,8 +195,8 @@ async fn switchover_moves_leadership_without_two_leaders_and_refuses_ineligible_
     println!("status:\n{}", table.stdout);
 
     // A -> B -> A.
-    let there = switch(&cli, &a, &b).await?;
-    let back = switch(&cli, &b, &a).await?;
+    let there = switch(&pair, &cli, &a, &b).await?;
+    let back = switch(&pair, &cli, &b, &a).await?;
     println!("switchover {a} -> {b}: new leader labelled {there:?} after the command started; back: {back:?}");
 
     // Refused by the CLI: the leader itself.
@@ -242,5 +265,133 @@ async fn switchover_moves_leadership_without_two_leaders_and_refuses_ineligible_
 
     pair.observer.assert_never_two_leaders();
     println!("timeline:\n{}", pair.observer.timeline());
+    Ok(())
+}
+
+// ---- With real slapd: the fences follow the switchover, contextCSNs are published ----
+
+const SOCKET_DIR: &str = "/run/slapd";
+const FENCE: Duration = Duration::from_secs(30);
+
+/// A Mirror-Mode slapd pair behind the whole product, as in `openldap_injection.rs`: each
+/// pod's injected elector health-checks and fences its own slapd over ldapi.
+struct Rig {
+    slapd: MirrorPair,
+    observer: Observer,
+    cli: Cli,
+    _kubelet: Kubelet,
+    _webhook: Webhook,
+    _bed: Bed,
+}
+
+async fn start_with_slapd() -> anyhow::Result<Rig> {
+    let (ns, sts) = ("ldap", "ldap-server");
+    let slapd = MirrorPair::start(slapd::PairOptions::default().sync_timeout(1)).await?;
+    let bed = Bed::start().await?;
+    let kubelet = Kubelet::start(&bed, "bed-node").await?;
+    kubelet.map_volumes(slapd.dir.join("pods"));
+    for o in 0..2u32 {
+        let pod = contract::pod_name(sts, o);
+        let dir = kubelet.volume_dir(ns, &pod, contract::LDAPI_VOLUME).context("the kubelet maps volumes")?;
+        std::fs::create_dir_all(dir.parent().context("volume directory has a parent")?)?;
+        std::os::unix::fs::symlink(slapd.node(o + 1).dir(), &dir)?;
+    }
+    kubelet.add_runner(Runner {
+        container: contract::SIDECAR_CONTAINER.into(),
+        program: elector_binary(false),
+        env: vec![
+            (contract::ENV_PROBE_ADDR.into(), "off".into()),
+            (contract::ENV_LOG_FORMAT.into(), "text".into()),
+            ("ELECTOR_LOG".into(), "info,ldap_elector=debug".into()),
+        ],
+    });
+    let client = bed.admin_client()?;
+    fixtures::namespace(&client, ns, Some("restricted")).await?;
+    let mut observer = Observer::start(client.clone(), ns, &format!("app={sts}"));
+    let webhook = Webhook::start(&bed).await?;
+    webhook.register(&bed, ns, "Fail").await?;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &fixtures::service(WRITE_SERVICE, json!({"app": sts}))?)
+        .await?;
+    observer.watch_service(client.clone(), ns, WRITE_SERVICE);
+    let annotations = json!({
+        contract::ANNOTATION_INJECT: "true",
+        contract::ANNOTATION_LEADER_SERVICE: WRITE_SERVICE,
+        contract::ANNOTATION_LDAPI_SOCKET_DIR: SOCKET_DIR,
+        contract::ANNOTATION_LDAP_SUFFIX: SUFFIX,
+    });
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &fixtures::statefulset(sts, 2, annotations)?)
+        .await?;
+    let cli = Cli { kubeconfig: bed.kubeconfig.clone(), namespace: ns.into(), statefulset: sts.into() };
+    Ok(Rig { slapd, observer, cli, _kubelet: kubelet, _webhook: webhook, _bed: bed })
+}
+
+fn ordinal(pod: &str) -> u32 {
+    contract::split_pod_name(pod).map_or(u32::MAX, |(_, o)| o)
+}
+
+impl Rig {
+    /// Waits until `leader`'s slapd is writable and `standby`'s read-only (cn=config).
+    async fn wait_fences(&self, leader: &str, standby: &str) -> anyhow::Result<()> {
+        wait_for(&format!("{leader}'s slapd writable and {standby}'s read-only"), FENCE, || async {
+            let l = self.slapd.read_only(ordinal(leader) + 1).await.map_err(|e| e.to_string())?;
+            let s = self.slapd.read_only(ordinal(standby) + 1).await.map_err(|e| e.to_string())?;
+            if !l && s {
+                Ok(())
+            } else {
+                Err(format!("olcReadOnly of {leader}: {l}, of {standby}: {s}"))
+            }
+        })
+        .await
+    }
+
+    /// Waits until status is consistent with `leader` leading and `standby` caught up with a
+    /// published, non-empty contextCSN equal to what its slapd holds.
+    async fn wait_caught_up(&self, leader: &str, standby: &str) -> anyhow::Result<Value> {
+        wait_for(&format!("status: {standby} caught up with {leader}"), T, || async {
+            let (run, st) = self.cli.status().await.map_err(|e| e.to_string())?;
+            let on_slapd = self.slapd.context_csn(ordinal(standby) + 1).await.map_err(|e| e.to_string())?;
+            let p = pod(&st, standby);
+            let published: Vec<String> = serde_json::from_value(p["context_csn"].clone()).unwrap_or_default();
+            if run.code == 0
+                && st["leader"] == leader
+                && p["caught_up"] == true
+                && p["lag_seconds"] == 0.0
+                && !published.is_empty()
+                && published == on_slapd
+            {
+                Ok(st)
+            } else {
+                Err(format!("{run}\n{standby}'s slapd holds {on_slapd:?}"))
+            }
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_with_slapd_fences_the_old_leader_and_unfences_the_new_one() -> anyhow::Result<()> {
+    let rig = start_with_slapd().await?;
+    let a = rig.observer.wait_for_single_leader(ELECT).await?;
+    let b = contract::pod_name("ldap-server", 1 - ordinal(&a).min(1));
+    rig.wait_fences(&a, &b).await?;
+    rig.slapd.add_entry(ordinal(&a) + 1, "before-switchover").await?;
+    let st = rig.wait_caught_up(&a, &b).await?;
+    println!("status before the switchover:\n{}", rig.cli.run(&["status"]).await?.stdout);
+    assert!(st["leader_context_csn"].as_array().is_some_and(|c| !c.is_empty()), "{st}");
+
+    let started = Instant::now();
+    let run = rig.cli.switchover(&b).await?;
+    assert_eq!(run.code, 0, "{run}");
+    let at = rig.observer.became_leader_after(&b, started).context("b labelled leader")?;
+    println!("switchover {a} -> {b} with slapd: new leader labelled {:?} after the command started", at - started);
+    rig.wait_fences(&b, &a).await?;
+    // The new leader takes writes, the old one refuses them (53 unwilling to perform).
+    rig.slapd.add_entry(ordinal(&b) + 1, "after-switchover").await?;
+    let refused = rig.slapd.node(ordinal(&a) + 1).admin().await?.add_person("to-the-old-leader").await?;
+    assert_eq!(refused.rc, 53, "{refused:?}");
+    rig.wait_caught_up(&b, &a).await?;
+    rig.observer.assert_never_two_leaders();
     Ok(())
 }
