@@ -34,6 +34,13 @@ pub enum Command {
     /// Compare the two servers of the pair entry by entry (entryUUID, entryCSN, attribute
     /// digests) and report divergence. Exit 0 in sync, 1 diverged, 3 unsettled, 4 failed.
     Audit(Box<AuditArgs>),
+    /// Show the pair: leader, term, Lease ages, each pod's role, health, contextCSN and lag,
+    /// the write Services' endpoints, and a WARN line per inconsistency. Exit 0 consistent,
+    /// 1 warnings, 2 bad flags, 4 API error.
+    Status(crate::cli::StatusArgs),
+    /// Ask the leader to hand over to a healthy, caught-up standby, and wait for it.
+    /// Exit 0 done, 1 refused, 3 no outcome within --wait, 2 bad flags, 4 API error.
+    Switchover(crate::cli::SwitchoverArgs),
 }
 
 /// Flags of `ldap-elector audit` (see `audit.rs` and docs/divergence.md).
@@ -364,6 +371,26 @@ mod tests {
             parse(&["--server-b", "ldap://b:389?base=dc=x", "--bind-dn", "cn=a"]).is_err(),
             "needs a password file"
         );
+    }
+
+    #[test]
+    fn the_operator_commands_need_no_pod_and_parse_their_flags() {
+        let cli = Cli::try_parse_from(["ldap-elector", "status", "--statefulset", "ldap", "-o", "json"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Status(a)) if a.statefulset == "ldap" && a.output == "json" && a.namespace.is_none())
+        );
+        let cli =
+            Cli::try_parse_from(["ldap-elector", "switchover", "--statefulset", "ldap", "--to", "ldap-1", "-n", "ns"])
+                .unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Switchover(a)) if a.to == "ldap-1" && a.wait == Duration::from_secs(60))
+        );
+        let cli =
+            Cli::try_parse_from(["ldap-elector", "switchover", "--statefulset", "l", "--to", "l-1", "--wait", "0"])
+                .unwrap();
+        assert!(matches!(cli.command, Some(Command::Switchover(a)) if a.wait.is_zero()));
+        assert!(Cli::try_parse_from(["ldap-elector", "switchover", "--statefulset", "l"]).is_err(), "--to is required");
+        assert!(Cli::try_parse_from(["ldap-elector", "status", "--statefulset", "l", "-o", "yaml"]).is_err());
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub const ANNOTATION_CONTEXT_CSN: &str = "ldap-elector.dev/context-csn";
 pub const LEASE_ANNOTATION_CONTEXT_CSN: &str = "ldap-elector.dev/context-csn";
 /// Set by an operator (or `ldap-elector switchover`): the pod the leader should hand over to.
 pub const LEASE_ANNOTATION_SWITCHOVER_TO: &str = "ldap-elector.dev/switchover-to";
+/// Set by the leader when it refuses a switchover request (and clears the request):
+/// `<target>: <reason>`. Cleared by the next request and by a successful handover.
+pub const LEASE_ANNOTATION_SWITCHOVER_REFUSED: &str = "ldap-elector.dev/switchover-refused";
 /// Set by the leader after an audit found a standby diverged: JSON object mapping pod name to
 /// `{ "since": RFC 3339, "summary": text }`. A pod listed here is not eligible for promotion.
 pub const LEASE_ANNOTATION_DIVERGED: &str = "ldap-elector.dev/diverged";

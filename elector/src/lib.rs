@@ -4,6 +4,7 @@
 //! from the edges that do I/O (`run`, `lease::LeaseClient`, `labels::PodLabeler`).
 pub mod args;
 pub mod audit;
+pub mod cli;
 pub mod clock;
 pub mod config_guard;
 pub mod contract;
@@ -15,5 +16,8 @@ pub mod labels;
 pub mod ldap;
 pub mod lease;
 pub mod probe;
+pub mod publish;
 pub mod run;
+pub mod status;
+pub mod switchover;
 pub mod watchdog;

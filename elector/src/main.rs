@@ -17,6 +17,9 @@ fn main() -> ExitCode {
         // A one-shot tool: no pod identity, its own flags and exit codes.
         return audit(*args);
     }
+    if let Some(Command::Status(_) | Command::Switchover(_)) = &cli.command {
+        return operator_command(cli.command);
+    }
     let config = match cli.run.clone().into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
             runtime.block_on(watchdog::serve(config.fence()));
             ExitCode::SUCCESS
         }
-        Command::Audit(_) => ExitCode::from(2),
+        Command::Audit(_) | Command::Status(_) | Command::Switchover(_) => ExitCode::from(2),
     }
 }
 
@@ -83,6 +86,22 @@ fn audit(args: AuditArgs) -> ExitCode {
             ExitCode::from(4)
         }
     }
+}
+
+/// `ldap-elector status` and `switchover`: operator commands with the operator's kubeconfig.
+fn operator_command(command: Option<Command>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ldap-elector: cannot start the runtime: {e}");
+            return ExitCode::from(ldap_elector::cli::exit::API);
+        }
+    };
+    ExitCode::from(match command {
+        Some(Command::Status(args)) => runtime.block_on(ldap_elector::cli::status(args)),
+        Some(Command::Switchover(args)) => runtime.block_on(ldap_elector::cli::switchover(args)),
+        _ => ldap_elector::cli::exit::USAGE,
+    })
 }
 
 fn init_logging(format: &str) {
@@ -157,6 +176,14 @@ async fn elect(config: Config) -> ExitCode {
     tokio::spawn(run::watch_own_pod(pods, config.identity.clone(), deleting_tx, tasks.clone()));
     tokio::spawn(forward_sigterm(terminate.clone()));
 
+    // Off the election loop: keeps this pod's health and contextCSN annotations current.
+    tokio::spawn(ldap_elector::publish::run(
+        Api::namespaced(client.clone(), &config.namespace),
+        config.identity.clone(),
+        healthy.clone(),
+        csn.clone(),
+        tasks.clone(),
+    ));
     let watchdog = start_watchdog(&config);
     let elector = run::Elector::new(config, client, heartbeat, watchdog);
     let exit = elector.run(run::Inputs { healthy, csn, deleting, recheck }, terminate).await;

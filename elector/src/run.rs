@@ -31,6 +31,8 @@ use crate::lease::{self, LeaseClient, LeaseError};
 use crate::probe::Heartbeat;
 use crate::watchdog::Watchdog;
 
+mod handover;
+
 /// Longest time the loop sleeps without re-deciding (health and deadlines are re-read).
 const TICK: Duration = Duration::from_secs(1);
 /// Backoff bounds after a failed API call.
@@ -60,6 +62,8 @@ pub struct Elector {
     cfg: Config,
     lease: LeaseClient,
     labels: PodLabeler,
+    /// Pods of the StatefulSet (switchover checks of the target).
+    pods: Api<Pod>,
     fence: FenceKeeper,
     _fence_stop: tokio_util::sync::DropGuard,
     watchdog: Option<Watchdog>,
@@ -81,11 +85,13 @@ pub struct Elector {
 impl Elector {
     pub fn new(cfg: Config, client: Client, heartbeat: Heartbeat, watchdog: Option<Watchdog>) -> Self {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+        let pods = Api::namespaced(client.clone(), &cfg.namespace);
         let labels = PodLabeler::new(client, &cfg.namespace, &cfg.statefulset, &cfg.identity, cfg.api_timeout);
         let fence_stop = CancellationToken::new();
         Elector {
             lease: LeaseClient::new(leases, &cfg.lease_name),
             labels,
+            pods,
             fence: FenceKeeper::start(cfg.fence(), fence_stop.clone()),
             _fence_stop: fence_stop.drop_guard(),
             watchdog,
@@ -145,6 +151,12 @@ impl Elector {
                 if let Some(t) = self.retry_at.filter(|t| now < *t) {
                     action = Action::Wait(Some(t));
                 }
+            }
+            let retry_due = self.retry_at.is_none_or(|t| now >= t);
+            let request = crate::switchover::step(&action, self.in_office, me.stopping, self.current.as_ref());
+            if let (crate::switchover::Step::Consider(target), true) = (request, retry_due) {
+                self.consider_switchover(&target).await;
+                continue;
             }
             match action {
                 Action::Acquire => self.acquire().await,

@@ -1,0 +1,397 @@
+//! Manual switchover and the status command on the real bed, driven through the real CLI
+//! (`ldap-elector status` / `switchover` with the admin kubeconfig): the whole product (the
+//! webhook injects the electors and routes the write Service), the chaos suite's observer
+//! watching role labels and the write Service's endpoints for any moment with two leaders.
+//!
+//! A→B and back B→A hand over gracefully; the write Service follows. Ineligible targets are
+//! refused with their reason and leadership does not move: the current leader (the CLI says so
+//! itself), an unhealthy standby (its health check fails, as its published health shows), and
+//! a standby marked diverged in the Lease — refused by the CLI, and by the leader's elector
+//! when the request is written into the Lease by hand. The operator's override then lets
+//! the diverged standby take over.
+//!
+//! With a real Mirror-Mode slapd pair behind the injected electors: status shows the published
+//! contextCSNs (standby caught up, lag 0), and after the switchover the old leader's slapd is
+//! read-only (a write answers 53) and the new leader's takes writes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::Api;
+use ldap_elector::contract;
+use ldap_elector_tests::electors::{elector_binary, Pair, PairOptions, WRITE_SERVICE};
+use ldap_elector_tests::kubelet::Runner;
+use ldap_elector_tests::observer::Observer;
+use ldap_elector_tests::slapd::{self, MirrorPair, SUFFIX};
+use ldap_elector_tests::webhook::Webhook;
+use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
+use serde_json::{json, Value};
+
+const ELECT: Duration = Duration::from_secs(90);
+const T: Duration = Duration::from_secs(60);
+
+/// The real binary with the admin kubeconfig of a bed, for one StatefulSet.
+struct Cli {
+    kubeconfig: PathBuf,
+    namespace: String,
+    statefulset: String,
+}
+
+impl Cli {
+    fn of(pair: &Pair) -> Cli {
+        Cli {
+            kubeconfig: pair.bed.kubeconfig.clone(),
+            namespace: pair.namespace.clone(),
+            statefulset: pair.statefulset.clone(),
+        }
+    }
+}
+
+/// One run of the real binary: exit code and stdout (stderr appended on failure messages).
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+impl Cli {
+    async fn run(&self, args: &[&str]) -> anyhow::Result<Run> {
+        let out = tokio::process::Command::new(elector_binary(false))
+            .args(args)
+            .args(["--namespace", &self.namespace, "--statefulset", &self.statefulset])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("ELECTOR_LOG_FORMAT", "text")
+            .kill_on_drop(true)
+            .output()
+            .await?;
+        Ok(Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    async fn status(&self) -> anyhow::Result<(Run, Value)> {
+        let run = self.run(&["status", "-o", "json"]).await?;
+        let json = serde_json::from_str(&run.stdout).map_err(|e| anyhow::anyhow!("status -o json: {e}\n{run}"))?;
+        Ok((run, json))
+    }
+
+    /// Waits until `status -o json` exits 0 (no warnings) with `leader` leading and
+    /// routing, and returns it.
+    async fn wait_consistent(&self, leader: &str) -> anyhow::Result<Value> {
+        wait_for(&format!("status: consistent, {leader} leads"), T, || async {
+            let (run, st) = self.status().await.map_err(|e| e.to_string())?;
+            let routed: Vec<&str> = st["services"][0]["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["ready"] == true)
+                .filter_map(|e| e["pod"].as_str())
+                .collect();
+            if run.code == 0 && st["leader"] == leader && routed == [leader] {
+                Ok(st)
+            } else {
+                Err(format!("{run}"))
+            }
+        })
+        .await
+    }
+
+    async fn switchover(&self, to: &str) -> anyhow::Result<Run> {
+        self.run(&["switchover", "--to", to, "--wait", "60s"]).await
+    }
+}
+
+fn pod<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["pods"].as_array().and_then(|p| p.iter().find(|p| p["name"] == name)).unwrap_or(&Value::Null)
+}
+
+async fn annotate_lease(pair: &Pair, annotations: Value) -> anyhow::Result<()> {
+    let leases: Api<Lease> = Api::namespaced(pair.client.clone(), &pair.namespace);
+    let patch = Patch::Merge(json!({"metadata": {"annotations": annotations}}));
+    leases.patch(&contract::lease_name(&pair.statefulset), &PatchParams::default(), &patch).await?;
+    Ok(())
+}
+
+async fn lease(pair: &Pair) -> anyhow::Result<Lease> {
+    Ok(Api::<Lease>::namespaced(pair.client.clone(), &pair.namespace)
+        .get(&contract::lease_name(&pair.statefulset))
+        .await?)
+}
+
+/// Switches over to `to` with the CLI and checks the outcome; returns the time the observer
+/// saw `to` labelled leader after the command started.
+async fn switch(pair: &Pair, cli: &Cli, from: &str, to: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let run = cli.switchover(to).await?;
+    assert_eq!(run.code, 0, "switchover {from} -> {to}: {run}");
+    assert!(run.stdout.contains(&format!("{to} leads")), "{run}");
+    let at = pair
+        .observer
+        .became_leader_after(to, started)
+        .ok_or_else(|| anyhow::anyhow!("{}", pair.observer.timeline()))?;
+    assert_eq!(pair.observer.leaders(), vec![to.to_string()], "{}", pair.observer.timeline());
+    let st = cli.wait_consistent(to).await?;
+    assert_eq!(pod(&st, from)["role"], contract::ROLE_STANDBY, "{st}");
+    assert!(pair.log(from).contains("handed the Lease over"), "{}", pair.log(from));
+    Ok(at - started)
+}
+
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sick_file(dir: &Path, pod: &str) -> PathBuf {
+    let ordinal = pod.rsplit_once('-').map(|(_, o)| o).unwrap_or_default();
+    dir.join(format!("sick-{ordinal}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_moves_leadership_without_two_leaders_and_refuses_ineligible_targets() -> anyhow::Result<()> {
+    let scratch = Scratch(std::env::temp_dir().join(format!("ldap-elector-switchover-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0)?;
+    // Each pod's health check fails while `sick-<ordinal>` exists.
+    let check = format!("exec:test ! -e {}/sick-{{ordinal}}", scratch.0.display());
+    let options = PairOptions {
+        webhook: true,
+        runner_env: Some(vec![
+            ("ELECTOR_PROBE_ADDR".into(), "off".into()),
+            ("ELECTOR_LOG_FORMAT".into(), "text".into()),
+            ("ELECTOR_LOG".into(), "info,ldap_elector=debug".into()),
+            ("ELECTOR_HEALTH_CHECK".into(), check),
+        ]),
+        ..Default::default()
+    };
+    let pair = Pair::start_with(2, &[], options).await?;
+    let cli = Cli::of(&pair);
+    let a = pair.leader(ELECT).await?;
+    let b = [pair.pod(0), pair.pod(1)].into_iter().find(|p| *p != a).unwrap_or_default();
+
+    // status: the facts, no warnings, exit 0.
+    let st = cli.wait_consistent(&a).await?;
+    assert_eq!(st["services"][0]["name"], WRITE_SERVICE, "{st}");
+    assert_eq!(pod(&st, &a)["role"], contract::ROLE_LEADER, "{st}");
+    assert_eq!(pod(&st, &b)["health"], contract::HEALTH_HEALTHY, "{st}");
+    assert!(st["term"].as_i64().is_some_and(|t| t >= 1) && st["expired"] == false, "{st}");
+    let table = cli.run(&["status"]).await?;
+    assert_eq!(table.code, 0, "{table}");
+    assert!(table.stdout.contains(&format!("leader: {a}")) && !table.stdout.contains("WARN"), "{table}");
+    println!("status:\n{}", table.stdout);
+
+    // A -> B -> A.
+    let there = switch(&pair, &cli, &a, &b).await?;
+    let back = switch(&pair, &cli, &b, &a).await?;
+    println!("switchover {a} -> {b}: new leader labelled {there:?} after the command started; back: {back:?}");
+
+    // Refused by the CLI: the leader itself.
+    let run = cli.switchover(&a).await?;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stdout.contains("already the leader"), "{run}");
+
+    // An unhealthy standby: its published health says so, status warns (exit 1), the
+    // switchover is refused.
+    std::fs::write(sick_file(&scratch.0, &b), "")?;
+    wait_for("the standby's published health to turn unhealthy", T, || async {
+        let (run, st) = cli.status().await.map_err(|e| e.to_string())?;
+        let unhealthy = pod(&st, &b)["health"].as_str().is_some_and(|h| h.starts_with("unhealthy"));
+        let warned = st["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w.as_str().is_some_and(|w| w.contains("is unhealthy"))));
+        if unhealthy && warned && run.code == 1 {
+            Ok(())
+        } else {
+            Err(run.to_string())
+        }
+    })
+    .await?;
+    let run = cli.switchover(&b).await?;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stdout.contains(&format!("{b} is unhealthy")), "{run}");
+    std::fs::remove_file(sick_file(&scratch.0, &b))?;
+    cli.wait_consistent(&a).await?;
+
+    // A standby marked diverged: refused by the CLI...
+    let marks = json!({ &b: {"since": "2026-11-26T00:00:00Z", "summary": "2 entries differ"} }).to_string();
+    annotate_lease(&pair, json!({ contract::LEASE_ANNOTATION_DIVERGED: marks })).await?;
+    let run = cli.switchover(&b).await?;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stdout.contains("marked diverged (2 entries differ)"), "{run}");
+    // ...and by the leader, when the request bypasses the CLI.
+    let asked = Instant::now();
+    annotate_lease(&pair, json!({ contract::LEASE_ANNOTATION_SWITCHOVER_TO: &b })).await?;
+    let refused = wait_for("the leader to refuse the request", T, || async {
+        let l = lease(&pair).await.map_err(|e| e.to_string())?;
+        let a_ = l.metadata.annotations.clone().unwrap_or_default();
+        match (a_.get(contract::LEASE_ANNOTATION_SWITCHOVER_TO), a_.get(contract::LEASE_ANNOTATION_SWITCHOVER_REFUSED))
+        {
+            (None, Some(reason)) => Ok(reason.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    assert!(refused.starts_with(&format!("{b}: ")) && refused.contains("marked diverged"), "{refused}");
+    assert!(pair.log(&a).contains("switchover refused"), "{}", pair.log(&a));
+    assert_eq!(pair.observer.became_leader_after(&b, asked), None, "{}", pair.observer.timeline());
+    assert_eq!(lease(&pair).await?.spec.and_then(|s| s.holder_identity), Some(a.clone()));
+    // A diverged standby keeps status warning.
+    println!("status with a diverged standby:\n{}", cli.run(&["status"]).await?.stdout);
+    let (run, st) = cli.status().await?;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stdout.contains(&format!("standby {b} is marked diverged")), "{run}");
+    assert!(st["switchover_refused"].as_str().is_some_and(|r| r.contains("marked diverged")), "{st}");
+
+    // The operator's override lets it take over.
+    annotate_lease(&pair, json!({ contract::LEASE_ANNOTATION_ALLOW_DIVERGED: &b })).await?;
+    let started = Instant::now();
+    let run = cli.switchover(&b).await?;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(pair.observer.became_leader_after(&b, started).is_some(), "{}", pair.observer.timeline());
+
+    pair.observer.assert_never_two_leaders();
+    println!("timeline:\n{}", pair.observer.timeline());
+    Ok(())
+}
+
+// ---- With real slapd: the fences follow the switchover, contextCSNs are published ----
+
+const SOCKET_DIR: &str = "/run/slapd";
+const FENCE: Duration = Duration::from_secs(30);
+
+/// A Mirror-Mode slapd pair behind the whole product, as in `openldap_injection.rs`: each
+/// pod's injected elector health-checks and fences its own slapd over ldapi.
+struct Rig {
+    slapd: MirrorPair,
+    observer: Observer,
+    cli: Cli,
+    _kubelet: Kubelet,
+    _webhook: Webhook,
+    _bed: Bed,
+}
+
+async fn start_with_slapd() -> anyhow::Result<Rig> {
+    let (ns, sts) = ("ldap", "ldap-server");
+    let slapd = MirrorPair::start(slapd::PairOptions::default().sync_timeout(1)).await?;
+    let bed = Bed::start().await?;
+    let kubelet = Kubelet::start(&bed, "bed-node").await?;
+    kubelet.map_volumes(slapd.dir.join("pods"));
+    for o in 0..2u32 {
+        let pod = contract::pod_name(sts, o);
+        let dir = kubelet.volume_dir(ns, &pod, contract::LDAPI_VOLUME).context("the kubelet maps volumes")?;
+        std::fs::create_dir_all(dir.parent().context("volume directory has a parent")?)?;
+        std::os::unix::fs::symlink(slapd.node(o + 1).dir(), &dir)?;
+    }
+    kubelet.add_runner(Runner {
+        container: contract::SIDECAR_CONTAINER.into(),
+        program: elector_binary(false),
+        env: vec![
+            (contract::ENV_PROBE_ADDR.into(), "off".into()),
+            (contract::ENV_LOG_FORMAT.into(), "text".into()),
+            ("ELECTOR_LOG".into(), "info,ldap_elector=debug".into()),
+        ],
+    });
+    let client = bed.admin_client()?;
+    fixtures::namespace(&client, ns, Some("restricted")).await?;
+    let mut observer = Observer::start(client.clone(), ns, &format!("app={sts}"));
+    let webhook = Webhook::start(&bed).await?;
+    webhook.register(&bed, ns, "Fail").await?;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &fixtures::service(WRITE_SERVICE, json!({"app": sts}))?)
+        .await?;
+    observer.watch_service(client.clone(), ns, WRITE_SERVICE);
+    let annotations = json!({
+        contract::ANNOTATION_INJECT: "true",
+        contract::ANNOTATION_LEADER_SERVICE: WRITE_SERVICE,
+        contract::ANNOTATION_LDAPI_SOCKET_DIR: SOCKET_DIR,
+        contract::ANNOTATION_LDAP_SUFFIX: SUFFIX,
+    });
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &fixtures::statefulset(sts, 2, annotations)?)
+        .await?;
+    let cli = Cli { kubeconfig: bed.kubeconfig.clone(), namespace: ns.into(), statefulset: sts.into() };
+    Ok(Rig { slapd, observer, cli, _kubelet: kubelet, _webhook: webhook, _bed: bed })
+}
+
+fn ordinal(pod: &str) -> u32 {
+    contract::split_pod_name(pod).map_or(u32::MAX, |(_, o)| o)
+}
+
+impl Rig {
+    /// Waits until `leader`'s slapd is writable and `standby`'s read-only (cn=config).
+    async fn wait_fences(&self, leader: &str, standby: &str) -> anyhow::Result<()> {
+        wait_for(&format!("{leader}'s slapd writable and {standby}'s read-only"), FENCE, || async {
+            let l = self.slapd.read_only(ordinal(leader) + 1).await.map_err(|e| e.to_string())?;
+            let s = self.slapd.read_only(ordinal(standby) + 1).await.map_err(|e| e.to_string())?;
+            if !l && s {
+                Ok(())
+            } else {
+                Err(format!("olcReadOnly of {leader}: {l}, of {standby}: {s}"))
+            }
+        })
+        .await
+    }
+
+    /// Waits until status is consistent with `leader` leading and `standby` caught up with a
+    /// published, non-empty contextCSN equal to what its slapd holds.
+    async fn wait_caught_up(&self, leader: &str, standby: &str) -> anyhow::Result<Value> {
+        wait_for(&format!("status: {standby} caught up with {leader}"), T, || async {
+            let (run, st) = self.cli.status().await.map_err(|e| e.to_string())?;
+            let on_slapd = self.slapd.context_csn(ordinal(standby) + 1).await.map_err(|e| e.to_string())?;
+            let p = pod(&st, standby);
+            let published: Vec<String> = serde_json::from_value(p["context_csn"].clone()).unwrap_or_default();
+            if run.code == 0
+                && st["leader"] == leader
+                && p["caught_up"] == true
+                && p["lag_seconds"] == 0.0
+                && !published.is_empty()
+                && published == on_slapd
+            {
+                Ok(st)
+            } else {
+                Err(format!("{run}\n{standby}'s slapd holds {on_slapd:?}"))
+            }
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_with_slapd_fences_the_old_leader_and_unfences_the_new_one() -> anyhow::Result<()> {
+    let rig = start_with_slapd().await?;
+    let a = rig.observer.wait_for_single_leader(ELECT).await?;
+    let b = contract::pod_name("ldap-server", 1 - ordinal(&a).min(1));
+    rig.wait_fences(&a, &b).await?;
+    rig.slapd.add_entry(ordinal(&a) + 1, "before-switchover").await?;
+    let st = rig.wait_caught_up(&a, &b).await?;
+    println!("status before the switchover:\n{}", rig.cli.run(&["status"]).await?.stdout);
+    assert!(st["leader_context_csn"].as_array().is_some_and(|c| !c.is_empty()), "{st}");
+
+    let started = Instant::now();
+    let run = rig.cli.switchover(&b).await?;
+    assert_eq!(run.code, 0, "{run}");
+    let at = rig.observer.became_leader_after(&b, started).context("b labelled leader")?;
+    println!("switchover {a} -> {b} with slapd: new leader labelled {:?} after the command started", at - started);
+    rig.wait_fences(&b, &a).await?;
+    // The new leader takes writes, the old one refuses them (53 unwilling to perform).
+    rig.slapd.add_entry(ordinal(&b) + 1, "after-switchover").await?;
+    let refused = rig.slapd.node(ordinal(&a) + 1).admin().await?.add_person("to-the-old-leader").await?;
+    assert_eq!(refused.rc, 53, "{refused:?}");
+    rig.wait_caught_up(&b, &a).await?;
+    rig.observer.assert_never_two_leaders();
+    Ok(())
+}
