@@ -128,7 +128,8 @@ impl EventSink {
         EventSink { tx: None, dropped: Arc::default() }
     }
 
-    /// Starts the writer task for `pod` of `statefulset` in `namespace`.
+    /// Starts the writer task for `pod` of `statefulset` in `namespace`. The writer ends
+    /// when every sink is dropped and the queue is written ([`Drained::wait`]), or at `cancel`.
     pub fn start(
         client: Client,
         namespace: &str,
@@ -136,7 +137,7 @@ impl EventSink {
         pod: &str,
         dropped: Arc<Counter>,
         cancel: CancellationToken,
-    ) -> Self {
+    ) -> (Self, Drained) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer = Writer {
             client,
@@ -148,8 +149,8 @@ impl EventSink {
             limiter: Limiter::new(RATE_WINDOW),
             dropped: dropped.clone(),
         };
-        tokio::spawn(writer.run(rx, cancel));
-        EventSink { tx: Some(tx), dropped }
+        let task = tokio::spawn(writer.run(rx, cancel));
+        (EventSink { tx: Some(tx), dropped }, Drained(task))
     }
 
     /// Queues `notice`; drops it (counted) when the queue is full.
@@ -157,6 +158,19 @@ impl EventSink {
         let Some(tx) = &self.tx else { return };
         if tx.try_send(notice).is_err() {
             self.dropped.inc();
+        }
+    }
+}
+
+/// The writer task, to wait for at shutdown so the last Events (stepped down, released)
+/// are written before the process exits.
+pub struct Drained(tokio::task::JoinHandle<()>);
+
+impl Drained {
+    /// Waits at most `budget` for the queued Events (drop every [`EventSink`] first).
+    pub async fn wait(self, budget: Duration) {
+        if tokio::time::timeout(budget, self.0).await.is_err() {
+            tracing::debug!("Events still queued at exit were not written");
         }
     }
 }

@@ -145,6 +145,8 @@ async fn elect(config: Config) -> ExitCode {
     if let Some(addr) = &config.metrics_addr {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
+                let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.clone());
+                tracing::info!(metrics_addr = %bound, "serving Prometheus metrics on /metrics");
                 let (metrics, csn) = (metrics.clone(), csn.clone());
                 let gather = move || metrics.render(&csn.borrow());
                 tokio::spawn(ldap_elector::metrics::serve(listener, gather, tasks.clone()));
@@ -179,7 +181,7 @@ async fn elect(config: Config) -> ExitCode {
     tokio::spawn(forward_sigterm(terminate.clone()));
 
     let watchdog = start_watchdog(&config);
-    let events = EventSink::start(
+    let (events, events_drained) = EventSink::start(
         client.clone(),
         &config.namespace,
         &config.statefulset,
@@ -191,6 +193,8 @@ async fn elect(config: Config) -> ExitCode {
     let ops = Ops::new(metrics, events, &config.identity, config.timing.renew_deadline, fence_configured);
     let elector = run::Elector::new(config, client, heartbeat, watchdog).with_ops(ops);
     let exit = elector.run(run::Inputs { healthy, csn, deleting, recheck }, terminate).await;
+    // The loop (and with it every Event sink) is gone: let the last Events out, bounded.
+    events_drained.wait(std::time::Duration::from_secs(3)).await;
     tasks.cancel();
     tracing::info!(?exit, "ldap-elector stopped");
     ExitCode::SUCCESS
