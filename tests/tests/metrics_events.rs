@@ -102,6 +102,15 @@ async fn metrics_and_events_follow_a_graceful_handover() -> anyhow::Result<()> {
     let renews = format!("{}_count", metric::RENEW_LATENCY_SECONDS);
     assert!(sample(&leader_text, &renews).is_some_and(|n| n >= 1.0), "{leader_text}");
     assert_eq!(sample(&survivor_before, metric::LAST_RENEW_AGE_SECONDS), None, "standby: {survivor_before}");
+    let passes = format!("{}{{result=\"pass\"}}", metric::HEALTH_CHECKS_TOTAL);
+    assert!(sample(&survivor_before, &passes).is_some_and(|n| n >= 1.0), "{survivor_before}");
+    let sum = sample(&leader_text, &format!("{}_sum", metric::RENEW_LATENCY_SECONDS)).unwrap_or(0.0);
+    let count = sample(&leader_text, &renews).unwrap_or(1.0);
+    println!(
+        "leader {old}: {count} Lease writes, mean latency {:.1} ms; /metrics {} bytes",
+        sum / count * 1000.0,
+        leader_text.len()
+    );
     let acquired_before = sample(&survivor_before, &acquired).unwrap_or(0.0);
 
     // The webhook counted the two pod reviews it injected.
