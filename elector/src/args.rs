@@ -180,6 +180,10 @@ pub struct RunArgs {
     /// Address of the plain-HTTP /livez and /readyz endpoints (`off` to disable).
     #[arg(long, env = contract::ENV_PROBE_ADDR, default_value = "0.0.0.0:8086")]
     pub probe_addr: String,
+    /// Address of the plain-HTTP Prometheus `/metrics` endpoint, e.g. `0.0.0.0:9090`
+    /// (`off`, the default: no endpoint). See docs/metrics.md.
+    #[arg(long, env = contract::ENV_METRICS_ADDR, default_value = "off")]
+    pub metrics_addr: String,
     /// Log format.
     #[arg(long, env = contract::ENV_LOG_FORMAT, default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
@@ -204,6 +208,7 @@ pub struct Config {
     pub catch_up_grace: Option<Duration>,
     pub watchdog: bool,
     pub probe_addr: Option<String>,
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +276,7 @@ impl RunArgs {
             catch_up_grace: parse_optional_duration(&self.catch_up_grace).map_err(ConfigError::CatchUpGrace)?,
             watchdog: self.watchdog,
             probe_addr: Some(self.probe_addr).filter(|a| a != "off"),
+            metrics_addr: Some(self.metrics_addr).filter(|a| !a.trim().is_empty() && a != "off"),
         })
     }
 }

@@ -296,7 +296,8 @@ pub async fn check(ldapi_url: &str, timeout: Duration) -> Result<Vec<Finding>, S
 
 /// For the elector's start-up: reads cn=config once slapd answers (it may start after the
 /// sidecar; bounded retries with back-off) and logs every finding, dangers as errors.
-pub async fn log_findings(ldapi_url: String, cancel: tokio_util::sync::CancellationToken) {
+/// Returns how many findings were warnings or dangers (`None`: cn=config was not read).
+pub async fn log_findings(ldapi_url: String, cancel: tokio_util::sync::CancellationToken) -> Option<usize> {
     let mut backoff = Duration::from_secs(1);
     for _ in 0..20 {
         match check(&ldapi_url, Duration::from_secs(5)).await {
@@ -314,17 +315,18 @@ pub async fn log_findings(ldapi_url: String, cancel: tokio_util::sync::Cancellat
                         }
                     }
                 }
-                return;
+                return Some(findings.iter().filter(|f| !matches!(f.severity, Severity::Info)).count());
             }
             Err(e) => tracing::debug!(error = %e, "configuration guard: cannot read cn=config yet"),
         }
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return None,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
     tracing::warn!(url = %ldapi_url, "configuration guard: could not read cn=config; replication settings not checked");
+    None
 }
 
 #[cfg(test)]

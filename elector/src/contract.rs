@@ -162,6 +162,15 @@ pub fn elector_role_rules(statefulset: &str, replicas: u32) -> Vec<k8s_openapi::
             verbs: strings(&["get", "list", "watch", "patch"]),
             ..Default::default()
         },
+        // Role changes and fencing as Events on its pod and StatefulSet (docs/metrics.md).
+        // `create` cannot be narrowed by name; the elector never reads, patches or deletes
+        // Events (its rate limiter counts repeats into the next Event's note instead).
+        PolicyRule {
+            api_groups: Some(strings(&["events.k8s.io"])),
+            resources: Some(strings(&["events"])),
+            verbs: strings(&["create"]),
+            ..Default::default()
+        },
     ]
 }
 
@@ -202,6 +211,63 @@ pub const LDAPI_SOCKET_NAME: &str = "ldapi";
 /// already mount a volume there.
 pub const LDAPI_VOLUME: &str = "ldap-elector-ldapi";
 
+// ---- Operations: metrics and Events (docs/metrics.md) ----
+
+/// Elector flag env: address of the plain-HTTP `/metrics` endpoint (off when unset or `off`).
+pub const ENV_METRICS_ADDR: &str = "ELECTOR_METRICS_ADDR";
+/// Optional StatefulSet annotation: the port of the elector's `/metrics` endpoint. The webhook
+/// then sets [`ENV_METRICS_ADDR`] to `0.0.0.0:<port>` and adds a containerPort [`METRICS_PORT_NAME`].
+pub const ANNOTATION_METRICS_PORT: &str = "ldap-elector.dev/metrics-port";
+/// Name of the sidecar's metrics containerPort (for PodMonitors and scrape configs).
+pub const METRICS_PORT_NAME: &str = "metrics";
+/// `reportingController` of the Events the elector writes.
+pub const EVENT_REPORTER: &str = "ldap-elector.dev/elector";
+
+/// Prometheus metric names (a public contract: alerts and dashboards use them).
+pub mod metric {
+    pub const IS_LEADER: &str = "ldap_elector_is_leader";
+    pub const TERM: &str = "ldap_elector_term";
+    pub const TRANSITIONS_TOTAL: &str = "ldap_elector_transitions_total";
+    pub const RENEW_LATENCY_SECONDS: &str = "ldap_elector_lease_renew_latency_seconds";
+    pub const LAST_RENEW_AGE_SECONDS: &str = "ldap_elector_last_renew_age_seconds";
+    pub const HEALTH_CHECKS_TOTAL: &str = "ldap_elector_health_checks_total";
+    pub const CONTEXT_CSN_LAG_SECONDS: &str = "ldap_elector_context_csn_lag_seconds";
+    pub const DIVERGENCE_MARKED: &str = "ldap_elector_divergence_marked";
+    pub const CONFIG_WARNINGS: &str = "ldap_elector_config_warnings";
+    pub const EVENTS_DROPPED_TOTAL: &str = "ldap_elector_events_dropped_total";
+    /// Every elector metric family.
+    pub const ELECTOR: &[&str] = &[
+        IS_LEADER,
+        TERM,
+        TRANSITIONS_TOTAL,
+        RENEW_LATENCY_SECONDS,
+        LAST_RENEW_AGE_SECONDS,
+        HEALTH_CHECKS_TOTAL,
+        CONTEXT_CSN_LAG_SECONDS,
+        DIVERGENCE_MARKED,
+        CONFIG_WARNINGS,
+        EVENTS_DROPPED_TOTAL,
+    ];
+
+    pub const WEBHOOK_REVIEWS_TOTAL: &str = "ldap_elector_webhook_reviews_total";
+    pub const WEBHOOK_REVIEW_LATENCY_SECONDS: &str = "ldap_elector_webhook_review_latency_seconds";
+    pub const WEBHOOK_CERT_EXPIRY_TIMESTAMP_SECONDS: &str = "ldap_elector_webhook_certificate_expiry_timestamp_seconds";
+    /// Every webhook metric family.
+    pub const WEBHOOK: &[&str] =
+        &[WEBHOOK_REVIEWS_TOTAL, WEBHOOK_REVIEW_LATENCY_SECONDS, WEBHOOK_CERT_EXPIRY_TIMESTAMP_SECONDS];
+}
+
+/// Reasons of the Kubernetes Events the elector writes on its pod and StatefulSet.
+pub mod event_reason {
+    pub const BECAME_LEADER: &str = "BecameLeader";
+    pub const STEPPED_DOWN: &str = "SteppedDown";
+    pub const RELEASED_LEASE: &str = "ReleasedLease";
+    pub const FENCED: &str = "FencedReadOnly";
+    pub const UNFENCED: &str = "Unfenced";
+    pub const FENCE_FAILED: &str = "FenceFailed";
+    pub const ALL: &[&str] = &[BECAME_LEADER, STEPPED_DOWN, RELEASED_LEASE, FENCED, UNFENCED, FENCE_FAILED];
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,10 +304,16 @@ mod tests {
     #[test]
     fn role_is_scoped_by_resource_names() {
         let rules = elector_role_rules("ldap", 2);
-        for rule in &rules {
+        let (events, named): (Vec<_>, Vec<_>) =
+            rules.iter().partition(|r| r.resources.as_deref() == Some(&["events".to_string()][..]));
+        for rule in &named {
             assert!(rule.resource_names.as_ref().is_some_and(|n| !n.is_empty()));
             assert!(!rule.verbs.iter().any(|v| v == "*" || v == "delete" || v == "create"));
         }
+        // Events: create only (cannot be narrowed by name), never read, patched or deleted.
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].verbs, vec!["create".to_string()]);
+        assert_eq!(events[0].api_groups.as_deref(), Some(&["events.k8s.io".to_string()][..]));
         assert_eq!(rules[2].resource_names.as_deref(), Some(&["ldap-0".to_string(), "ldap-1".to_string()][..]));
     }
 }

@@ -138,12 +138,14 @@ pub async fn monitor(
     tx: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
-    monitor_with_csn(check, interval, threshold, tx, None, &tokio::sync::Notify::new(), cancel).await
+    monitor_with_csn(check, interval, threshold, tx, None, &tokio::sync::Notify::new(), None, cancel).await
 }
 
 /// As [`monitor`], and publishes the contextCSN values of every passing check into `csn`
 /// (the last seen values stay while checks fail). `recheck` asks for a check before the
 /// next tick (at most every `RECHECK_MIN`), e.g. while a standby waits to catch up.
+/// `tally`: counts each check's result (`pass`/`fail`) for the metrics.
+#[allow(clippy::too_many_arguments)]
 pub async fn monitor_with_csn(
     check: HealthCheck,
     interval: Duration,
@@ -151,6 +153,7 @@ pub async fn monitor_with_csn(
     tx: watch::Sender<bool>,
     csn: Option<watch::Sender<Vec<String>>>,
     recheck: &tokio::sync::Notify,
+    tally: Option<std::sync::Arc<crate::metrics::LabeledCounter>>,
     cancel: CancellationToken,
 ) {
     const RECHECK_MIN: Duration = Duration::from_millis(50);
@@ -174,6 +177,9 @@ pub async fn monitor_with_csn(
             });
         }
         let result = result.map(drop);
+        if let Some(t) = &tally {
+            t.inc(if result.is_ok() { "pass" } else { "fail" });
+        }
         let next = verdict.record(result.is_ok(), threshold);
         if next.healthy != verdict.healthy {
             match &result {

@@ -5,6 +5,8 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use ldap_elector::args::{AuditArgs, Cli, Command, Config};
+use ldap_elector::events::EventSink;
+use ldap_elector::ops::{ElectorMetrics, Ops};
 use ldap_elector::probe::{self, Heartbeat};
 use ldap_elector::watchdog::{self, Watchdog};
 use ldap_elector::{health, run};
@@ -156,20 +158,41 @@ async fn elect(config: Config) -> ExitCode {
             }
         }
     }
+    let metrics = Arc::new(ElectorMetrics::default());
     let (health_tx, healthy) = tokio::sync::watch::channel(false);
     let (csn_tx, csn) = tokio::sync::watch::channel(Vec::new());
+    if let Some(addr) = &config.metrics_addr {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.clone());
+                tracing::info!(metrics_addr = %bound, "serving Prometheus metrics on /metrics");
+                let (metrics, csn) = (metrics.clone(), csn.clone());
+                let gather = move || metrics.render(&csn.borrow());
+                tokio::spawn(ldap_elector::metrics::serve(listener, gather, tasks.clone()));
+            }
+            Err(e) => {
+                eprintln!("ldap-elector: cannot listen on metrics address {addr}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let recheck = Arc::new(tokio::sync::Notify::new());
     {
         let (check, interval, failures) = (config.health_check.clone(), config.health_interval, config.health_failures);
-        let (recheck, tasks) = (recheck.clone(), tasks.clone());
+        let (recheck, tasks, tally) = (recheck.clone(), tasks.clone(), Some(metrics.health_checks.clone()));
         tokio::spawn(async move {
-            health::monitor_with_csn(check, interval, failures, health_tx, Some(csn_tx), &recheck, tasks).await
+            health::monitor_with_csn(check, interval, failures, health_tx, Some(csn_tx), &recheck, tally, tasks).await
         });
     }
     if let Some(fence) = &config.fence_ldapi {
         // Off the election loop: logs dangerous replication settings (the session log on a
         // Mirror-Mode database) once slapd answers; see config_guard.rs.
-        tokio::spawn(ldap_elector::config_guard::log_findings(fence.ldapi_url.clone(), tasks.clone()));
+        let (url, tasks, metrics) = (fence.ldapi_url.clone(), tasks.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Some(n) = ldap_elector::config_guard::log_findings(url, tasks).await {
+                metrics.config_warnings.set(n as f64);
+            }
+        });
     }
     let (deleting_tx, deleting) = tokio::sync::watch::channel(false);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
@@ -185,8 +208,20 @@ async fn elect(config: Config) -> ExitCode {
         tasks.clone(),
     ));
     let watchdog = start_watchdog(&config);
-    let elector = run::Elector::new(config, client, heartbeat, watchdog);
+    let (events, events_drained) = EventSink::start(
+        client.clone(),
+        &config.namespace,
+        &config.statefulset,
+        &config.identity,
+        metrics.events_dropped.clone(),
+        tasks.clone(),
+    );
+    let fence_configured = config.fence().is_configured();
+    let ops = Ops::new(metrics, events, &config.identity, config.timing.renew_deadline, fence_configured);
+    let elector = run::Elector::new(config, client, heartbeat, watchdog).with_ops(ops);
     let exit = elector.run(run::Inputs { healthy, csn, deleting, recheck }, terminate).await;
+    // The loop (and with it every Event sink) is gone: let the last Events out, bounded.
+    events_drained.wait(std::time::Duration::from_secs(3)).await;
     tasks.cancel();
     tracing::info!(?exit, "ldap-elector stopped");
     ExitCode::SUCCESS

@@ -80,6 +80,8 @@ pub struct Elector {
     stopping: bool,
     failures: u32,
     retry_at: Option<Moment>,
+    /// Metrics and Events (docs/metrics.md): one hook per transition.
+    ops: crate::ops::Ops,
 }
 
 impl Elector {
@@ -106,7 +108,14 @@ impl Elector {
             stopping: false,
             failures: 0,
             retry_at: None,
+            ops: crate::ops::Ops::disabled(),
         }
+    }
+
+    /// Reports transitions to `ops` (metrics, Events) instead of counting them unseen.
+    pub fn with_ops(mut self, ops: crate::ops::Ops) -> Self {
+        self.ops = ops;
+        self
     }
 
     /// Runs until `terminate` (SIGTERM).
@@ -220,6 +229,7 @@ impl Elector {
 
     fn on_lease(&mut self, seen: Lease) {
         if lease::is_newer(&seen, self.current.as_ref()) {
+            self.ops.lease_seen(&seen);
             self.observed = Some(lease::observe(&seen, Moment::now()));
             self.current = Some(seen);
         }
@@ -252,6 +262,7 @@ impl Elector {
                 tracing::info!(pod = %self.cfg.identity, term, previous = ?self.observed.as_ref().and_then(|o| o.holder.clone()), "acquired the Lease");
                 self.leading = Some(Leading { term, renewed_at: sent });
                 self.in_office = false;
+                self.ops.acquired(sent);
                 self.feed_watchdog(sent).await;
                 self.on_lease(won);
                 self.succeeded();
@@ -272,6 +283,7 @@ impl Elector {
                     l.renewed_at = sent;
                 }
                 self.fence.extend(sent + self.cfg.timing.renew_deadline);
+                self.ops.renewed(sent);
                 self.feed_watchdog(sent).await;
                 self.on_lease(renewed);
                 self.succeeded();
@@ -300,7 +312,9 @@ impl Elector {
                 }
                 let deadline = leading.renewed_at + self.cfg.timing.renew_deadline;
                 let remaining = deadline.since(Moment::now());
-                if !self.fence.set(Desired::Leader { until: deadline }, remaining).await {
+                let unfenced = self.fence.set(Desired::Leader { until: deadline }, remaining).await;
+                self.ops.took_office(leading.term, unfenced);
+                if !unfenced {
                     tracing::error!(pod = %self.cfg.identity, term = leading.term, "could not lift the write fence; releasing");
                     self.step_down("HookFailed").await;
                     self.release().await;
@@ -319,9 +333,11 @@ impl Elector {
     async fn step_down(&mut self, reason: &str) {
         let Some(leading) = self.leading.take() else { return };
         self.in_office = false;
-        if !self.fence.set(Desired::Standby, FENCE_BUDGET).await {
+        let fenced = self.fence.set(Desired::Standby, FENCE_BUDGET).await;
+        if !fenced {
             tracing::error!(pod = %self.cfg.identity, "slapd not fenced within the budget (the fence keeps retrying)");
         }
+        self.ops.stepped_down(leading.term, reason, fenced);
         if let Some(w) = self.watchdog.as_mut() {
             w.disarm().await;
         }
@@ -349,6 +365,7 @@ impl Elector {
             match self.lease.write(&next, self.cfg.api_timeout).await {
                 Ok(released) => {
                     tracing::info!(pod = %self.cfg.identity, "released the Lease");
+                    self.ops.released();
                     self.on_lease(released);
                     return;
                 }

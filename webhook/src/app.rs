@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use crate::args::{CertSource, SecretCert, Settings};
 use crate::cluster::ClusterCache;
 use crate::handler::AdmissionHandler;
+use crate::metrics::WebhookMetrics;
 use crate::reconcile::run_reconciler;
 use crate::server::{serve_plain, serve_tls, Limits};
 use crate::tls::{server_config, ReloadingCert, TlsError};
@@ -79,12 +80,20 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     let health_stop = CancellationToken::new();
     let flag = ready.clone();
-    let health = tokio::spawn(serve_plain(health_listener, move || flag.load(Ordering::Relaxed), health_stop.clone()));
+    let metrics = Arc::new(WebhookMetrics::default());
+    let gather = metrics.clone();
+    let health = tokio::spawn(serve_plain(
+        health_listener,
+        move || flag.load(Ordering::Relaxed),
+        move || gather.render(),
+        health_stop.clone(),
+    ));
 
     // Background work (cert reload, caches, reconciler) stops after the server drained.
     let background = CancellationToken::new();
     let started = async {
         let cert = start_certificate(&settings.cert, &client, &shutdown, &background).await?;
+        metrics.serving(cert.clone());
         Ok::<_, AppError>(Arc::new(server_config(settings.tls_profile, cert)?))
     };
     let tls = match started.await {
@@ -106,7 +115,7 @@ pub async fn run(
     let reconciler = settings.reconcile.then(|| tokio::spawn(run_reconciler(client.clone(), background.clone())));
 
     let server_stop = CancellationToken::new();
-    let handler = AdmissionHandler::new(settings.inject.clone(), cluster);
+    let handler = AdmissionHandler::new(settings.inject.clone(), cluster).with_metrics(metrics.clone());
     let server = tokio::spawn(serve_tls(listener, tls, handler, Limits::default(), server_stop.clone()));
     ready.store(true, Ordering::Relaxed);
     info!(listen = %settings.listen, health = %settings.health_listen, tls_profile = %settings.tls_profile,

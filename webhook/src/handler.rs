@@ -8,6 +8,7 @@
 //! `selector-added`/`passed`/`denied`), `reason`, `duration_ms`; denials at `warn`.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -18,6 +19,7 @@ use kube::core::DynamicObject;
 use crate::admission::{self, Answer, Outcome};
 use crate::cluster::Cluster;
 use crate::inject::InjectConfig;
+use crate::metrics::{WebhookMetrics, KIND_UNKNOWN, OUTCOME_MALFORMED};
 use crate::server::Handler;
 
 /// The admission endpoint; the MutatingWebhookConfiguration's `clientConfig` path.
@@ -27,11 +29,18 @@ pub const MUTATE_PATH: &str = "/mutate";
 pub struct AdmissionHandler<C> {
     cfg: InjectConfig,
     cluster: C,
+    metrics: Arc<WebhookMetrics>,
 }
 
 impl<C: Cluster> AdmissionHandler<C> {
     pub fn new(cfg: InjectConfig, cluster: C) -> Self {
-        Self { cfg, cluster }
+        Self { cfg, cluster, metrics: Arc::default() }
+    }
+
+    /// Counts reviews into `metrics` (served on the health port).
+    pub fn with_metrics(mut self, metrics: Arc<WebhookMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     async fn handle(&self, req: Request<Bytes>) -> Response<Bytes> {
@@ -47,7 +56,8 @@ impl<C: Cluster> AdmissionHandler<C> {
         let request = match admission::decode(req.body()) {
             Ok(request) => request,
             Err(error) => {
-                tracing::warn!(%error, bytes = req.body().len(), duration_ms = ms(started), outcome = "malformed", "admission review");
+                tracing::warn!(%error, bytes = req.body().len(), duration_ms = ms(started), outcome = OUTCOME_MALFORMED, "admission review");
+                self.metrics.review(KIND_UNKNOWN, OUTCOME_MALFORMED, started.elapsed());
                 return text(
                     StatusCode::BAD_REQUEST,
                     format!("{error}; expected an admission.k8s.io/v1 AdmissionReview carrying a request"),
@@ -56,6 +66,7 @@ impl<C: Cluster> AdmissionHandler<C> {
         };
         let answer = admission::answer(&request, &self.cluster, &self.cfg).await;
         log_review(&request, &answer, started);
+        self.metrics.review(&request.kind.kind, answer.outcome.as_str(), started.elapsed());
         match serde_json::to_vec(&answer.response.into_review()) {
             Ok(body) => {
                 let mut out = Response::new(Bytes::from(body));

@@ -25,10 +25,10 @@ use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOp
 use jsonptr::{PointerBuf, Token};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapProjection, Container, DownwardAPIProjection, DownwardAPIVolumeFile, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe,
-    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection,
-    Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection, DownwardAPIVolumeFile,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, PodSecurityContext,
+    PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -248,6 +248,10 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
     check_conflicts(spec)?;
     let annotations = sts.metadata.annotations.as_ref();
     let mut env = tuning_env(annotations)?;
+    let metrics_port = metrics_port(annotations, cfg)?;
+    if let Some(port) = metrics_port {
+        env.push(env_value(contract::ENV_METRICS_ADDR, format!("0.0.0.0:{port}")));
+    }
     let ldapi = ldapi_plan(annotations, spec)?;
 
     let mut ops = Ops::default();
@@ -263,7 +267,16 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
     }
     // First, so the elector starts before every other init container (module docs).
     let inits_at = spec.init_containers.is_some().then(|| Token::from(0usize));
-    ops.add_item(ptr(&["spec", "initContainers"]), inits_at, sidecar(cfg, owner_name, env, sidecar_mounts))?;
+    let mut container = sidecar(cfg, owner_name, env, sidecar_mounts);
+    container.ports = metrics_port.map(|port| {
+        vec![ContainerPort {
+            name: Some(contract::METRICS_PORT_NAME.to_string()),
+            container_port: i32::from(port),
+            protocol: Some("TCP".to_string()),
+            ..Default::default()
+        }]
+    });
+    ops.add_item(ptr(&["spec", "initContainers"]), inits_at, container)?;
     identity(&mut ops, spec, owner_name)?;
     pod_security_context(&mut ops, spec)?;
     metadata(&mut ops, meta)?;
@@ -303,6 +316,26 @@ fn check_conflicts(spec: &PodSpec) -> Result<(), InjectError> {
         return Err(InjectError::NameConflict { what: "volume", name: contract::TOKEN_VOLUME });
     }
     Ok(())
+}
+
+/// The optional metrics port annotation: a port number other than the probe port.
+fn metrics_port(
+    annotations: Option<&BTreeMap<String, String>>,
+    cfg: &InjectConfig,
+) -> Result<Option<u16>, InjectError> {
+    let Some(value) = annotations.and_then(|a| a.get(contract::ANNOTATION_METRICS_PORT)) else {
+        return Ok(None);
+    };
+    let invalid = |reason: &str| InjectError::InvalidAnnotation {
+        key: contract::ANNOTATION_METRICS_PORT,
+        value: value.clone(),
+        reason: reason.to_string(),
+    };
+    match value.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(invalid("must be a port number from 1 to 65535, e.g. \"9090\"")),
+        Ok(p) if p == cfg.probe_port => Err(invalid("must differ from the sidecar's probe port")),
+        Ok(p) => Ok(Some(p)),
+    }
 }
 
 /// StatefulSet tuning annotations → sidecar env, validated here so a typo is a clear
@@ -967,6 +1000,33 @@ mod tests {
         }
         let sts = owner(&[(contract::ANNOTATION_LEASE_DURATION, "5"), (contract::ANNOTATION_RENEW_DEADLINE, "5")]);
         assert!(matches!(decide(&pod_json(), Some(&sts)), Err(InjectError::InconsistentTiming { .. })));
+    }
+
+    #[test]
+    fn metrics_port_annotation_is_validated_and_exposed() {
+        let out = apply(
+            &pod_json(),
+            &decide(&pod_json(), Some(&owner(&[(contract::ANNOTATION_METRICS_PORT, "9090")]))).unwrap(),
+        );
+        let sidecar = &out["spec"]["initContainers"][0];
+        assert!(sidecar["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": contract::ENV_METRICS_ADDR, "value": "0.0.0.0:9090"})));
+        assert_eq!(
+            sidecar["ports"],
+            json!([{"name": contract::METRICS_PORT_NAME, "containerPort": 9090, "protocol": "TCP"}])
+        );
+        let without = apply(&pod_json(), &decide(&pod_json(), Some(&owner(&[]))).unwrap());
+        assert!(without["spec"]["initContainers"][0].get("ports").is_none(), "off by default");
+        let probe = contract::DEFAULT_PROBE_PORT.to_string();
+        for bad in ["0", "65536", "http", "", probe.as_str()] {
+            let err = decide(&pod_json(), Some(&owner(&[(contract::ANNOTATION_METRICS_PORT, bad)]))).unwrap_err();
+            assert!(
+                matches!(err, InjectError::InvalidAnnotation { key: contract::ANNOTATION_METRICS_PORT, .. }),
+                "{bad:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod handler;
 pub mod inject;
 pub mod leader_service;
+pub mod metrics;
 pub mod reconcile;
 pub mod server;
 pub mod tls;

@@ -123,16 +123,31 @@ pub async fn serve_tls<H: Handler>(
 }
 
 /// Serve plain HTTP/1.1 health probes: `/livez` is 200 while the process serves,
-/// `/readyz` is 200 when `ready()` says so and 503 otherwise; anything else is 404.
-pub async fn serve_plain<R>(listener: TcpListener, ready: R, shutdown: CancellationToken) -> Result<(), ServerError>
+/// `/readyz` is 200 when `ready()` says so and 503 otherwise; `/metrics` is what
+/// `metrics()` renders (Prometheus text format); anything else is 404.
+pub async fn serve_plain<R, M>(
+    listener: TcpListener,
+    ready: R,
+    metrics: M,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError>
 where
     R: Fn() -> bool + Send + Sync + 'static,
+    M: Fn() -> String + Send + Sync + 'static,
 {
     let handler = move |req: Request<Bytes>| {
         let response = match req.uri().path() {
             "/livez" => text(StatusCode::OK, "ok"),
             "/readyz" if ready() => text(StatusCode::OK, "ok"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+            ldap_elector::metrics::METRICS_PATH => {
+                let mut r = text(StatusCode::OK, metrics());
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(ldap_elector::metrics::CONTENT_TYPE),
+                );
+                r
+            }
             _ => text(StatusCode::NOT_FOUND, "not found"),
         };
         std::future::ready(response)
@@ -531,7 +546,12 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let flag = ready.clone();
-        let task = tokio::spawn(serve_plain(listener, move || flag.load(Ordering::Relaxed), shutdown.clone()));
+        let task = tokio::spawn(serve_plain(
+            listener,
+            move || flag.load(Ordering::Relaxed),
+            || "m 1\n".to_string(),
+            shutdown.clone(),
+        ));
 
         let mut client = h1_client(TcpStream::connect(addr).await.unwrap()).await;
         let mut get = async |path: &str| {
@@ -542,7 +562,8 @@ mod tests {
         assert_eq!(get("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
         ready.store(true, Ordering::Relaxed);
         assert_eq!(get("/readyz").await, StatusCode::OK);
-        assert_eq!(get("/metrics").await, StatusCode::NOT_FOUND);
+        assert_eq!(get("/metrics").await, StatusCode::OK);
+        assert_eq!(get("/other").await, StatusCode::NOT_FOUND);
 
         shutdown.cancel();
         tokio::time::timeout(WAIT, task).await.unwrap().unwrap().unwrap();

@@ -228,7 +228,7 @@ fn certified_key(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static
     CertifiedKey::from_der(chain, key, &ring::default_provider()).map_err(TlsError::Key)
 }
 
-fn parse_pem(
+pub(crate) fn parse_pem(
     cert_pem: &[u8],
     key_pem: &[u8],
     cert_name: &str,

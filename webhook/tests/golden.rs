@@ -128,6 +128,7 @@ golden! {
     pod_updates_pass_through: "pod-update-passthrough" => Expect::Unchanged;
     openldap_socket_dir_is_shared_and_fence_and_health_check_injected: "openldap-integration" => Expect::Patched;
     socket_dir_slapd_already_mounts_is_shared_not_duplicated: "openldap-existing-mount" => Expect::Patched;
+    metrics_port_annotation_adds_the_env_and_a_named_container_port: "metrics-port" => Expect::Patched;
     socket_dir_without_suffix_or_health_check_is_denied:
         "openldap-missing-suffix" => Expect::Denied(contract::ANNOTATION_LDAP_SUFFIX);
 }

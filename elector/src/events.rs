@@ -1,0 +1,321 @@
+//! Kubernetes Events (events.k8s.io/v1) for role changes and fencing, on the elector's pod
+//! AND its StatefulSet, so `kubectl describe` of either tells the story.
+//!
+//! The election loop never waits for an Event: [`EventSink::emit`] is a `try_send` into a
+//! bounded queue (dropped and counted when full); one task writes them, each call with a
+//! timeout. A pure [`Limiter`] lets the same reason through at most once per window per
+//! object and counts what it held back into the next Event's note.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::PostParams;
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Moment;
+use crate::contract::EVENT_REPORTER;
+use crate::metrics::Counter;
+
+/// Same reason, same object: at most once per this window.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Events waiting to be written; more are dropped (and counted).
+const QUEUE: usize = 64;
+/// Timeout of each Event write (and of the reference lookups).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Normal,
+    Warning,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Normal => "Normal",
+            Severity::Warning => "Warning",
+        }
+    }
+}
+
+/// One Event, written on the pod and on the StatefulSet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub severity: Severity,
+    /// PascalCase, from `contract::event_reason`.
+    pub reason: &'static str,
+    /// What the elector did (PascalCase), e.g. `Acquire`, `Demote`, `Fence`.
+    pub action: &'static str,
+    /// A sentence for a human; the StatefulSet's copy is prefixed with the pod name.
+    pub note: String,
+}
+
+/// Which object an Event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Pod,
+    StatefulSet,
+}
+
+/// Lets a (target, reason) through at most once per window; counts the ones held back.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    window: Duration,
+    /// Last admitted time and how many were held back since.
+    seen: HashMap<(Target, &'static str), (Moment, u32)>,
+}
+
+impl Limiter {
+    pub fn new(window: Duration) -> Self {
+        Limiter { window, seen: HashMap::new() }
+    }
+
+    /// `Some(held_back)` if this Event may be written now (with how many of its kind were
+    /// held back since the last one), `None` if it is held back.
+    pub fn admit(&mut self, target: Target, reason: &'static str, now: Moment) -> Option<u32> {
+        match self.seen.get_mut(&(target, reason)) {
+            Some((last, held)) if now.since(*last) < self.window => {
+                *held = held.saturating_add(1);
+                None
+            }
+            Some((last, held)) => {
+                let earlier = std::mem::take(held);
+                *last = now;
+                Some(earlier)
+            }
+            None => {
+                self.seen.insert((target, reason), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// The note as written: with the count of held-back repeats, cut to the API's 1 kB limit.
+pub fn note_with_repeats(note: &str, held_back: u32) -> String {
+    let mut n = if held_back > 0 {
+        format!("{note} ({held_back} similar event(s) in the last {}s not recorded)", RATE_WINDOW.as_secs())
+    } else {
+        note.to_string()
+    };
+    if n.len() > 1000 {
+        let mut cut = 1000;
+        while !n.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        n.truncate(cut);
+    }
+    n
+}
+
+/// The election loop's handle: never blocks.
+#[derive(Clone)]
+pub struct EventSink {
+    tx: Option<mpsc::Sender<Notice>>,
+    dropped: Arc<Counter>,
+}
+
+impl EventSink {
+    /// A sink that writes nothing (tests, or Events switched off).
+    pub fn disabled() -> Self {
+        EventSink { tx: None, dropped: Arc::default() }
+    }
+
+    /// Starts the writer task for `pod` of `statefulset` in `namespace`. The writer ends
+    /// when every sink is dropped and the queue is written ([`Drained::wait`]), or at `cancel`.
+    pub fn start(
+        client: Client,
+        namespace: &str,
+        statefulset: &str,
+        pod: &str,
+        dropped: Arc<Counter>,
+        cancel: CancellationToken,
+    ) -> (Self, Drained) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let writer = Writer {
+            client,
+            namespace: namespace.to_string(),
+            statefulset: statefulset.to_string(),
+            pod: pod.to_string(),
+            instance: pod.to_string(),
+            refs: None,
+            limiter: Limiter::new(RATE_WINDOW),
+            dropped: dropped.clone(),
+        };
+        let task = tokio::spawn(writer.run(rx, cancel));
+        (EventSink { tx: Some(tx), dropped }, Drained(task))
+    }
+
+    /// Queues `notice`; drops it (counted) when the queue is full.
+    pub fn emit(&self, notice: Notice) {
+        let Some(tx) = &self.tx else { return };
+        if tx.try_send(notice).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// The writer task, to wait for at shutdown so the last Events (stepped down, released)
+/// are written before the process exits.
+pub struct Drained(tokio::task::JoinHandle<()>);
+
+impl Drained {
+    /// Waits at most `budget` for the queued Events (drop every [`EventSink`] first).
+    pub async fn wait(self, budget: Duration) {
+        if tokio::time::timeout(budget, self.0).await.is_err() {
+            tracing::debug!("Events still queued at exit were not written");
+        }
+    }
+}
+
+struct Writer {
+    client: Client,
+    namespace: String,
+    statefulset: String,
+    pod: String,
+    instance: String,
+    /// References to the pod and the StatefulSet (with UIDs), looked up once.
+    refs: Option<(ObjectReference, ObjectReference)>,
+    limiter: Limiter,
+    dropped: Arc<Counter>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Notice>, cancel: CancellationToken) {
+        loop {
+            let notice = tokio::select! {
+                _ = cancel.cancelled() => return,
+                n = rx.recv() => match n { Some(n) => n, None => return },
+            };
+            let refs = self.references().await;
+            for (target, regarding) in [(Target::Pod, refs.0), (Target::StatefulSet, refs.1)] {
+                let Some(held_back) = self.limiter.admit(target, notice.reason, Moment::now()) else { continue };
+                let note = match target {
+                    Target::Pod => note_with_repeats(&notice.note, held_back),
+                    Target::StatefulSet => note_with_repeats(&format!("{}: {}", self.pod, notice.note), held_back),
+                };
+                let event = self.event(&notice, note, regarding);
+                let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+                match tokio::time::timeout(WRITE_TIMEOUT, api.create(&PostParams::default(), &event)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        self.dropped.inc();
+                        tracing::debug!(reason = notice.reason, error = %e, "could not write an Event");
+                    }
+                    Err(_) => {
+                        self.dropped.inc();
+                        tracing::debug!(reason = notice.reason, "writing an Event timed out");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The pod's and the StatefulSet's references, with UIDs once readable (the elector may
+    /// read both); without UIDs until then, which the API accepts.
+    async fn references(&mut self) -> (ObjectReference, ObjectReference) {
+        if let Some(r) = &self.refs {
+            return r.clone();
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
+        let pod_uid = tokio::time::timeout(WRITE_TIMEOUT, pods.get(&self.pod)).await.ok().and_then(Result::ok);
+        let set_uid = tokio::time::timeout(WRITE_TIMEOUT, sets.get(&self.statefulset)).await.ok().and_then(Result::ok);
+        let complete = pod_uid.is_some() && set_uid.is_some();
+        let refs = (
+            reference("v1", "Pod", &self.namespace, &self.pod, pod_uid.and_then(|p| p.metadata.uid)),
+            reference(
+                "apps/v1",
+                "StatefulSet",
+                &self.namespace,
+                &self.statefulset,
+                set_uid.and_then(|s| s.metadata.uid),
+            ),
+        );
+        if complete {
+            self.refs = Some(refs.clone());
+        }
+        refs
+    }
+
+    fn event(&self, notice: &Notice, note: String, regarding: ObjectReference) -> Event {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        Event {
+            metadata: ObjectMeta {
+                // Unique per write: the object name and the time in nanoseconds, as kubectl's
+                // recorders do.
+                name: Some(format!("{}.{:x}", regarding.name.as_deref().unwrap_or(&self.pod), now.as_nanosecond())),
+                namespace: Some(self.namespace.clone()),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(now)),
+            action: Some(notice.action.to_string()),
+            reason: Some(notice.reason.to_string()),
+            note: Some(note),
+            type_: Some(notice.severity.as_str().to_string()),
+            regarding: Some(regarding),
+            reporting_controller: Some(EVENT_REPORTER.to_string()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+fn reference(api_version: &str, kind: &str, namespace: &str, name: &str, uid: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(api_version.to_string()),
+        kind: Some(kind.to_string()),
+        namespace: Some(namespace.to_string()),
+        name: Some(name.to_string()),
+        uid,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: u64) -> Moment {
+        Moment::from_origin(Duration::from_secs(s))
+    }
+
+    #[test]
+    fn the_same_reason_passes_once_per_window_and_counts_the_rest() {
+        let mut l = Limiter::new(Duration::from_secs(10));
+        assert_eq!(l.admit(Target::Pod, "SteppedDown", at(0)), Some(0));
+        assert_eq!(l.admit(Target::Pod, "SteppedDown", at(3)), None);
+        assert_eq!(l.admit(Target::Pod, "SteppedDown", at(9)), None);
+        // Other reasons and the other object are limited separately.
+        assert_eq!(l.admit(Target::Pod, "BecameLeader", at(9)), Some(0));
+        assert_eq!(l.admit(Target::StatefulSet, "SteppedDown", at(9)), Some(0));
+        assert_eq!(l.admit(Target::Pod, "SteppedDown", at(10)), Some(2), "two held back");
+        assert_eq!(l.admit(Target::Pod, "SteppedDown", at(21)), Some(0));
+    }
+
+    #[test]
+    fn notes_say_how_many_were_held_back_and_fit_the_api_limit() {
+        assert_eq!(note_with_repeats("x", 0), "x");
+        assert_eq!(note_with_repeats("x", 2), "x (2 similar event(s) in the last 10s not recorded)");
+        assert_eq!(note_with_repeats(&"é".repeat(800), 0).len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_blocking() {
+        let (tx, _rx) = mpsc::channel(1);
+        let sink = EventSink { tx: Some(tx), dropped: Arc::default() };
+        let n = Notice { severity: Severity::Normal, reason: "R", action: "A", note: "n".into() };
+        sink.emit(n.clone());
+        sink.emit(n.clone());
+        sink.emit(n);
+        assert_eq!(sink.dropped.get(), 2);
+        EventSink::disabled().emit(Notice { severity: Severity::Warning, reason: "R", action: "A", note: "n".into() });
+    }
+}
