@@ -270,6 +270,16 @@ impl Chaos {
                 })
                 .await?;
                 p.scale(2).await?;
+                // The StatefulSet controller recreates the pod on its own schedule (it backs
+                // off after API outages): a controller-side wait, like the one above.
+                wait_for("the scaled-up pod's elector to run", CONTROLLERS, || async {
+                    if self.running(&gone) {
+                        Ok(())
+                    } else {
+                        Err("not running yet".to_string())
+                    }
+                })
+                .await?;
             }
             Fault::KillSlapd { leader, for_ } => {
                 let ldap = self.ldap.as_ref().context("a slapd fault needs the slapd pair")?;
