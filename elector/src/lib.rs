@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config_guard;
 pub mod contract;
 pub mod decide;
+pub mod divergence_policy;
 pub mod fence;
 pub mod health;
 pub mod hook;
