@@ -74,6 +74,13 @@ pub const ENV_FENCE_DATABASE: &str = "ELECTOR_FENCE_DATABASE";
 pub const ENV_CATCH_UP_GRACE: &str = "ELECTOR_CATCH_UP_GRACE";
 pub const ENV_WATCHDOG: &str = "ELECTOR_WATCHDOG";
 pub const ENV_LOG_FORMAT: &str = "ELECTOR_LOG_FORMAT";
+/// Where the leader reaches each standby's slapd for the divergence audit: a URL template
+/// with `{pod}` (e.g. `ldap://{pod}.ldap-server:389`, the headless Service) or `POD=URL`
+/// pairs separated by commas. Unset: the elector does not audit.
+pub const ENV_AUDIT_PEERS: &str = "ELECTOR_AUDIT_PEERS";
+/// Interval of the leader's routine divergence audits (`0` or `off`: only on taking
+/// office, on a standby's rejoin and retries).
+pub const ENV_AUDIT_INTERVAL: &str = "ELECTOR_AUDIT_INTERVAL";
 
 /// Name of the sidecar container the webhook injects.
 pub const SIDECAR_CONTAINER: &str = "ldap-elector";

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use clap::Parser;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use ldap_elector::args::{AuditArgs, Cli, Command, Config};
+use ldap_elector::args::{AuditArgs, Cli, Command, Config, ReseedArgs};
 use ldap_elector::probe::{self, Heartbeat};
 use ldap_elector::watchdog::{self, Watchdog};
 use ldap_elector::{health, run};
@@ -16,6 +16,9 @@ fn main() -> ExitCode {
     if let Some(Command::Audit(args)) = cli.command {
         // A one-shot tool: no pod identity, its own flags and exit codes.
         return audit(*args);
+    }
+    if let Some(Command::Reseed(args)) = cli.command {
+        return reseed(*args);
     }
     let config = match cli.run.clone().into_config() {
         Ok(c) => c,
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
             runtime.block_on(watchdog::serve(config.fence()));
             ExitCode::SUCCESS
         }
-        Command::Audit(_) => ExitCode::from(2),
+        Command::Audit(_) | Command::Reseed(_) => ExitCode::from(2),
     }
 }
 
@@ -83,6 +86,44 @@ fn audit(args: AuditArgs) -> ExitCode {
             ExitCode::from(4)
         }
     }
+}
+
+/// `ldap-elector reseed`: exit 0 repaired and unmarked, 1 not clean in time, 2 bad flags,
+/// 4 failed, 5 refused (the target leads, no leader, Lease unreadable, slapd still running).
+fn reseed(args: ReseedArgs) -> ExitCode {
+    let plan = match args.into_plan() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ldap-elector reseed: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ldap-elector reseed: cannot start the runtime: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    runtime.block_on(async {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("ldap-elector reseed: cannot configure the Kubernetes client: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match ldap_elector::reseed::reseed(client, &plan).await {
+            Ok(()) => {
+                println!("reseeded {}: audit clean, divergence mark cleared", plan.target);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ldap-elector reseed: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        }
+    })
 }
 
 fn init_logging(format: &str) {
@@ -157,9 +198,17 @@ async fn elect(config: Config) -> ExitCode {
     tokio::spawn(run::watch_own_pod(pods, config.identity.clone(), deleting_tx, tasks.clone()));
     tokio::spawn(forward_sigterm(terminate.clone()));
 
+    let divergence = match config.audit.clone().map(ldap_elector::divergence_audit::start) {
+        None => None,
+        Some(Ok(link)) => Some(link),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot start the divergence auditor; no audits");
+            None
+        }
+    };
     let watchdog = start_watchdog(&config);
     let elector = run::Elector::new(config, client, heartbeat, watchdog);
-    let exit = elector.run(run::Inputs { healthy, csn, deleting, recheck }, terminate).await;
+    let exit = elector.run(run::Inputs { healthy, csn, deleting, recheck, divergence }, terminate).await;
     tasks.cancel();
     tracing::info!(?exit, "ldap-elector stopped");
     ExitCode::SUCCESS

@@ -54,6 +54,8 @@ pub struct Inputs {
     pub deleting: watch::Receiver<bool>,
     /// Asks the health monitor for a check now (while waiting to catch up).
     pub recheck: std::sync::Arc<tokio::sync::Notify>,
+    /// The leader's divergence auditor (`None`: audits off).
+    pub divergence: Option<crate::divergence_audit::Link>,
 }
 
 pub struct Elector {
@@ -76,6 +78,7 @@ pub struct Elector {
     stopping: bool,
     failures: u32,
     retry_at: Option<Moment>,
+    divergence: Option<crate::divergence_audit::Link>,
 }
 
 impl Elector {
@@ -100,12 +103,14 @@ impl Elector {
             stopping: false,
             failures: 0,
             retry_at: None,
+            divergence: None,
         }
     }
 
     /// Runs until `terminate` (SIGTERM).
     pub async fn run(mut self, inputs: Inputs, terminate: CancellationToken) -> Exit {
-        let Inputs { mut healthy, mut csn, mut deleting, recheck } = inputs;
+        let Inputs { mut healthy, mut csn, mut deleting, recheck, divergence } = inputs;
+        self.divergence = divergence;
         let tasks = CancellationToken::new();
         let _stop_tasks = tasks.clone().drop_guard();
         let (lease_tx, mut lease_rx) = watch::channel(None);
@@ -208,7 +213,9 @@ impl Elector {
 
     fn on_lease(&mut self, seen: Lease) {
         if lease::is_newer(&seen, self.current.as_ref()) {
-            self.observed = Some(lease::observe(&seen, Moment::now()));
+            let next = lease::observe(&seen, Moment::now());
+            crate::divergence_audit::log_own_mark(&self.cfg.identity, self.observed.as_ref(), &next);
+            self.observed = Some(next);
             self.current = Some(seen);
         }
     }
@@ -254,12 +261,19 @@ impl Elector {
         let deadline = leading.renewed_at + self.cfg.timing.renew_deadline;
         let timeout = self.cfg.api_timeout.min(deadline.since(now));
         let sent = Moment::now();
-        match self.lease.write(&lease::with_context_csn(lease::renewed(&base), &self.my_csn), timeout).await {
+        let mut next = lease::with_context_csn(lease::renewed(&base), &self.my_csn);
+        if let Some(link) = self.divergence.as_mut() {
+            next = link.apply(next, leading.term);
+        }
+        match self.lease.write(&next, timeout).await {
             Ok(renewed) => {
                 if let Some(l) = self.leading.as_mut() {
                     l.renewed_at = sent;
                 }
                 self.fence.extend(sent + self.cfg.timing.renew_deadline);
+                if let Some(link) = self.divergence.as_mut() {
+                    link.written();
+                }
                 self.feed_watchdog(sent).await;
                 self.on_lease(renewed);
                 self.succeeded();
@@ -295,6 +309,9 @@ impl Elector {
                     return;
                 }
                 self.in_office = true;
+                if let Some(link) = &self.divergence {
+                    link.office.send_replace(Some(leading.term));
+                }
                 self.succeeded();
                 tracing::info!(pod = %self.cfg.identity, term = leading.term, demoted = ?demoted, role = ROLE_LEADER, "took office: labelled leader");
             }
@@ -307,6 +324,9 @@ impl Elector {
     async fn step_down(&mut self, reason: &str) {
         let Some(leading) = self.leading.take() else { return };
         self.in_office = false;
+        if let Some(link) = &self.divergence {
+            link.office.send_replace(None);
+        }
         if !self.fence.set(Desired::Standby, FENCE_BUDGET).await {
             tracing::error!(pod = %self.cfg.identity, "slapd not fenced within the budget (the fence keeps retrying)");
         }
