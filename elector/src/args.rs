@@ -332,7 +332,9 @@ impl RunArgs {
                 };
                 let interval = match self.audit_interval.trim() {
                     "0" | "off" => None,
-                    other => Some(parse_duration(other).map_err(|e| ConfigError::Audit(format!("--audit-interval: {e}")))?),
+                    other => {
+                        Some(parse_duration(other).map_err(|e| ConfigError::Audit(format!("--audit-interval: {e}")))?)
+                    }
                 };
                 let peers = crate::divergence_policy::PeerUrls::parse(&peers).map_err(ConfigError::Audit)?;
                 Some(crate::divergence_audit::Settings {

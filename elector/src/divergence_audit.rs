@@ -79,7 +79,11 @@ impl Link {
     /// `lease` (about to be written by the holder in `term`) with the newest verdict not yet
     /// written. A verdict is written once: if an operator's `reseed` clears a mark later,
     /// an old verdict does not put it back.
-    pub fn apply(&mut self, lease: k8s_openapi::api::coordination::v1::Lease, term: i32) -> k8s_openapi::api::coordination::v1::Lease {
+    pub fn apply(
+        &mut self,
+        lease: k8s_openapi::api::coordination::v1::Lease,
+        term: i32,
+    ) -> k8s_openapi::api::coordination::v1::Lease {
         if self.edits.has_changed().unwrap_or(false) {
             self.pending = Some(self.edits.borrow_and_update().clone());
         }

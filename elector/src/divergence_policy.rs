@@ -332,13 +332,27 @@ impl PeerUrls {
         if s.contains("{pod}") {
             return Ok(PeerUrls::Template(s.to_string()));
         }
-        let mut map = BTreeMap::new();
+        // Commas also occur in the URLs' `base=` DNs: a new pair starts only at `POD=scheme://`.
+        let starts_pair = |part: &str| {
+            part.split_once('=').is_some_and(|(pod, url)| {
+                !pod.is_empty()
+                    && pod.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                    && (url.starts_with("ldap://") || url.starts_with("ldapi://"))
+            })
+        };
+        let mut map: BTreeMap<String, String> = BTreeMap::new();
+        let mut last: Option<String> = None;
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (pod, url) = part
-                .split_once('=')
-                .filter(|(p, u)| !p.trim().is_empty() && u.contains("://"))
-                .ok_or_else(|| format!("{part:?}: expected POD=URL (or one URL template with {{pod}})"))?;
-            map.insert(pod.trim().to_string(), url.trim().to_string());
+            if starts_pair(part) {
+                let (pod, url) = part.split_once('=').unwrap_or_default();
+                map.insert(pod.to_string(), url.to_string());
+                last = Some(pod.to_string());
+            } else if let Some(url) = last.as_ref().and_then(|pod| map.get_mut(pod)) {
+                url.push(',');
+                url.push_str(part);
+            } else {
+                return Err(format!("{part:?}: expected POD=URL (or one URL template with {{pod}})"));
+            }
         }
         if map.is_empty() {
             return Err("no servers given: a URL template with {pod} or POD=URL pairs".into());
@@ -514,9 +528,19 @@ mod tests {
     #[test]
     fn peer_urls_from_a_template_or_explicit_pairs() {
         let t = PeerUrls::parse("ldap://{pod}.ldap-server:389?base=dc=x").unwrap();
-        assert_eq!(peers("ldap-server-0", "ldap-server", &t), [("ldap-server-1".into(), "ldap://ldap-server-1.ldap-server:389?base=dc=x".into())]);
-        let e = PeerUrls::parse("ldap-server-0=ldap://127.0.0.1:1?base=dc=x, ldap-server-1=ldap://127.0.0.1:2?base=dc=x").unwrap();
-        assert_eq!(peers("ldap-server-1", "ldap-server", &e), [("ldap-server-0".into(), "ldap://127.0.0.1:1?base=dc=x".into())]);
+        assert_eq!(
+            peers("ldap-server-0", "ldap-server", &t),
+            [("ldap-server-1".into(), "ldap://ldap-server-1.ldap-server:389?base=dc=x".into())]
+        );
+        let e = PeerUrls::parse(
+            "ldap-server-0=ldap://127.0.0.1:1?base=dc=x,dc=org, ldap-server-1=ldap://127.0.0.1:2?base=dc=x,dc=org",
+        )
+        .unwrap();
+        assert_eq!(
+            peers("ldap-server-1", "ldap-server", &e),
+            [("ldap-server-0".into(), "ldap://127.0.0.1:1?base=dc=x,dc=org".into())]
+        );
+        assert_eq!(e.url("ldap-server-1").as_deref(), Some("ldap://127.0.0.1:2?base=dc=x,dc=org"));
         assert!(PeerUrls::parse("ldap://h:389").is_err());
         assert!(PeerUrls::parse("").is_err());
     }

@@ -22,8 +22,8 @@ use crate::audit::{self, AuditConfig, Verdict};
 use crate::contract::LEASE_ANNOTATION_DIVERGED;
 use crate::divergence_audit::peer_check;
 use crate::divergence_policy::{self, PeerUrls, Refusal};
-use crate::lease::{self, LeaseClient, LeaseError};
 use crate::ldap::Credentials;
+use crate::lease::{self, LeaseClient, LeaseError};
 
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 const AUDIT_PAUSE: Duration = Duration::from_secs(2);
@@ -183,7 +183,8 @@ mod tests {
     fn refusals_and_timeouts_have_distinct_exit_codes() {
         assert_eq!(ReseedError::Refused(Refusal::TargetLeads("a".into())).exit_code(), 5);
         assert_eq!(ReseedError::SlapdRunning { dir: "d".into(), url: "u".into() }.exit_code(), 5);
-        let e = ReseedError::NotClean { target: "a".into(), leader: "b".into(), timeout: Duration::ZERO, last: "x".into() };
+        let e =
+            ReseedError::NotClean { target: "a".into(), leader: "b".into(), timeout: Duration::ZERO, last: "x".into() };
         assert_eq!(e.exit_code(), 1);
     }
 }
