@@ -380,6 +380,30 @@ mod tests {
         assert_eq!(decide(Some(&l), &follower("a"), at(1000.0), &t), Action::Acquire);
     }
 
+    proptest::proptest! {
+        /// Whatever the Lease shows and however late it is, a marked follower that no
+        /// operator allowed never acquires; allowed, it behaves as if unmarked.
+        #[test]
+        fn a_marked_follower_never_acquires(
+            holder in proptest::option::of(proptest::sample::select(vec!["a", "b", ""])),
+            seen in 0.0f64..100.0,
+            later in 0.0f64..1000.0,
+            allowed in proptest::bool::ANY,
+        ) {
+            use crate::divergence_policy::Ineligible;
+            let mut l = lease(holder, 1, seen);
+            let allow = if allowed { Some("a") } else { None };
+            l.ineligible = Ineligible::from_annotations(Some(r#"{"a":{"since":"t","summary":"s"}}"#), allow);
+            let action = decide(Some(&l), &follower("a"), at(seen + later), &Timing::default());
+            if allowed {
+                let unmarked = lease(holder, 1, seen);
+                proptest::prop_assert_eq!(action, decide(Some(&unmarked), &follower("a"), at(seen + later), &Timing::default()));
+            } else {
+                proptest::prop_assert_eq!(action, Action::Wait(None));
+            }
+        }
+    }
+
     #[test]
     fn stopping_follower_never_acquires() {
         let me = Me { stopping: true, ..follower("a") };

@@ -110,8 +110,8 @@ pub enum Edit {
     Clear,
 }
 
-/// The leader's pending changes to the marks, for one term: applied to the Lease with every
-/// write of that term (idempotent), dropped when the term ends.
+/// One audit's changes to the marks, made in `term`: written into the Lease once, with the
+/// next renew of that same term (never by a later term's leader).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Edits {
     pub term: i32,
