@@ -41,6 +41,73 @@ pub enum Command {
     /// Ask the leader to hand over to a healthy, caught-up standby, and wait for it.
     /// Exit 0 done, 1 refused, 3 no outcome within --wait, 2 bad flags, 4 API error.
     Switchover(crate::cli::SwitchoverArgs),
+    /// Repair a diverged standby from the leader: refuses when the target holds the Lease;
+    /// with --data-dir empties its (stopped) slapd's data directory; waits until an audit
+    /// against the leader is clean; then clears the target's divergence mark in the Lease.
+    /// Exit 0 done, 1 not clean in time, 2 bad flags, 4 failed, 5 refused.
+    Reseed(Box<ReseedArgs>),
+}
+
+/// Flags of `ldap-elector reseed` (see `reseed.rs` and docs/divergence.md).
+#[derive(Debug, Clone, Args)]
+pub struct ReseedArgs {
+    /// The diverged standby pod to reseed.
+    #[arg(long)]
+    pub pod: String,
+    /// Namespace of the pods and the Lease (kubeconfig or in-cluster credentials that may
+    /// get and update the Lease).
+    #[arg(long, env = contract::ENV_POD_NAMESPACE)]
+    pub namespace: String,
+    /// The Lease; default `<statefulset of --pod>-leader`.
+    #[arg(long, env = contract::ENV_LEASE_NAME)]
+    pub lease_name: Option<String>,
+    /// Each pod's slapd, as the elector's --audit-peers: a URL template with `{pod}` or
+    /// `POD=URL` pairs; each URL with `?base=SUFFIX`.
+    #[arg(long, env = contract::ENV_AUDIT_PEERS)]
+    pub servers: String,
+    /// Bind DN for the audits on both servers (simple bind; see docs/openldap.md).
+    #[arg(long, env = crate::ldap::ENV_LDAP_BIND_DN)]
+    pub bind_dn: Option<String>,
+    #[arg(long, env = crate::ldap::ENV_LDAP_BIND_PASSWORD_FILE)]
+    pub bind_password_file: Option<std::path::PathBuf>,
+    /// The target's data directory (its slapd must be stopped): moved aside and replaced by
+    /// an empty one. Without it, empty the database yourself first (docs/divergence.md).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// How long to wait for a clean audit after emptying.
+    #[arg(long, default_value = "600s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Timeout of each LDAP operation.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub op_timeout: Duration,
+}
+
+impl ReseedArgs {
+    pub fn into_plan(self) -> Result<crate::reseed::Plan, String> {
+        let lease_name = match self.lease_name.filter(|s| !s.trim().is_empty()) {
+            Some(l) => l,
+            None => contract::split_pod_name(&self.pod)
+                .map(|(set, _)| contract::lease_name(set))
+                .ok_or_else(|| format!("cannot derive the StatefulSet from pod {:?}; set --lease-name", self.pod))?,
+        };
+        let servers = crate::divergence_policy::PeerUrls::parse(&self.servers)?;
+        let target = servers.url(&self.pod).ok_or_else(|| format!("--servers names no URL for {}", self.pod))?;
+        let creds = Credentials {
+            bind_dn: self.bind_dn.filter(|s| !s.trim().is_empty()),
+            password_file: self.bind_password_file,
+        };
+        crate::ldap::LdapCheck::parse(&target)?.with_credentials(&creds)?;
+        Ok(crate::reseed::Plan {
+            namespace: self.namespace,
+            lease_name,
+            target: self.pod,
+            servers,
+            creds,
+            data_dir: self.data_dir,
+            timeout: self.timeout,
+            op_timeout: self.op_timeout,
+        })
+    }
 }
 
 /// Flags of `ldap-elector audit` (see `audit.rs` and docs/divergence.md).
@@ -177,6 +244,15 @@ pub struct RunArgs {
     /// (paused, hung, killed). On by default when a fence is configured.
     #[arg(long, env = contract::ENV_WATCHDOG, default_value_t = true, action = clap::ArgAction::Set)]
     pub watchdog: bool,
+    /// Divergence audits by the leader (docs/divergence.md): how to reach each standby's
+    /// slapd, a URL template with `{pod}` (`ldap://{pod}.ldap-server:389`) or `POD=URL`
+    /// pairs; the local side is the LDAP health check's server. Binds with the
+    /// `--ldap-bind-dn` credentials. Unset: no audits.
+    #[arg(long, env = contract::ENV_AUDIT_PEERS)]
+    pub audit_peers: Option<String>,
+    /// Interval of routine audits (`0`/`off`: only on taking office, rejoins and retries).
+    #[arg(long, env = contract::ENV_AUDIT_INTERVAL, default_value = "600s")]
+    pub audit_interval: String,
     /// Address of the plain-HTTP /livez and /readyz endpoints (`off` to disable).
     #[arg(long, env = contract::ENV_PROBE_ADDR, default_value = "0.0.0.0:8086")]
     pub probe_addr: String,
@@ -209,6 +285,8 @@ pub struct Config {
     pub watchdog: bool,
     pub probe_addr: Option<String>,
     pub metrics_addr: Option<String>,
+    /// The leader's divergence audits (`None`: off).
+    pub audit: Option<crate::divergence_audit::Settings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +305,8 @@ pub enum ConfigError {
     CatchUpGrace(String),
     #[error("--fence-ldapi must be an ldapi:// URL, got {0:?}")]
     FenceUrl(String),
+    #[error("divergence audit: {0}")]
+    Audit(String),
 }
 
 impl RunArgs {
@@ -249,6 +329,38 @@ impl RunArgs {
             renew_deadline: self.renew_deadline,
         };
         timing.validate()?;
+        let creds = Credentials {
+            bind_dn: self.ldap_bind_dn.filter(|s| !s.is_empty()),
+            password_file: self.ldap_bind_password_file,
+        };
+        let health_check = self.health_check.with_ldap_credentials(&creds).map_err(ConfigError::HealthCheck)?;
+        let audit = match self.audit_peers.filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(peers) => {
+                let HealthCheck::Ldap(local) = &health_check else {
+                    return Err(ConfigError::Audit(
+                        "--audit-peers needs an LDAP health check (ldap:// or ldapi://…?base=SUFFIX): it names the local server and the suffix".into(),
+                    ));
+                };
+                let interval = match self.audit_interval.trim() {
+                    "0" | "off" => None,
+                    other => {
+                        Some(parse_duration(other).map_err(|e| ConfigError::Audit(format!("--audit-interval: {e}")))?)
+                    }
+                };
+                let peers = crate::divergence_policy::PeerUrls::parse(&peers).map_err(ConfigError::Audit)?;
+                Some(crate::divergence_audit::Settings {
+                    identity: identity.clone(),
+                    statefulset: statefulset.clone(),
+                    local: local.clone(),
+                    peers,
+                    creds: creds.clone(),
+                    cadence: crate::divergence_policy::Cadence { interval, ..Default::default() },
+                    op_timeout: Duration::from_secs(30),
+                    timeout: Duration::from_secs(300),
+                })
+            }
+        };
         Ok(Config {
             lease_name: self.lease_name.filter(|s| !s.is_empty()).unwrap_or_else(|| contract::lease_name(&statefulset)),
             identity,
@@ -256,13 +368,7 @@ impl RunArgs {
             statefulset,
             api_timeout: timing.renew_period.mul_f64(0.75),
             timing,
-            health_check: self
-                .health_check
-                .with_ldap_credentials(&Credentials {
-                    bind_dn: self.ldap_bind_dn.filter(|s| !s.is_empty()),
-                    password_file: self.ldap_bind_password_file,
-                })
-                .map_err(ConfigError::HealthCheck)?,
+            health_check,
             health_interval: self.health_interval,
             health_failures: self.health_failures,
             on_role_change: self.on_role_change.filter(|s| !s.trim().is_empty()),
@@ -277,6 +383,7 @@ impl RunArgs {
             watchdog: self.watchdog,
             probe_addr: Some(self.probe_addr).filter(|a| a != "off"),
             metrics_addr: Some(self.metrics_addr).filter(|a| !a.trim().is_empty() && a != "off"),
+            audit,
         })
     }
 }
@@ -347,6 +454,21 @@ mod tests {
     }
 
     #[test]
+    fn audit_options_need_an_ldap_health_check_and_parse_the_interval() {
+        assert!(args(&[]).unwrap().audit.is_none());
+        let err = args(&["--audit-peers", "ldap://{pod}.ldap:389"]).unwrap_err();
+        assert!(err.contains("LDAP health check"), "{err}");
+        let check = ["--health-check", "ldapi://%2Frun%2Fldapi?base=dc=x"];
+        let c = args(&[&check[..], &["--audit-peers", "ldap://{pod}.ldap:389"]].concat()).unwrap();
+        let audit = c.audit.unwrap();
+        assert_eq!(audit.cadence.interval, Some(Duration::from_secs(600)));
+        assert_eq!(audit.audit_config("ldap://ldap-0.ldap:389").unwrap().b.base, "dc=x");
+        let c = args(&[&check[..], &["--audit-peers", "ldap-0=ldap://a:1", "--audit-interval", "0"]].concat()).unwrap();
+        assert_eq!(c.audit.unwrap().cadence.interval, None);
+        assert!(args(&[&check[..], &["--audit-peers", "nonsense"]].concat()).is_err());
+    }
+
+    #[test]
     fn unsafe_timings_are_rejected_with_the_reason() {
         let err = args(&["--renew-deadline", "7s"]).unwrap_err();
         assert!(err.contains("renew deadline") && err.contains("unsafe"), "{err}");
@@ -397,6 +519,22 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Switchover(a)) if a.wait.is_zero()));
         assert!(Cli::try_parse_from(["ldap-elector", "switchover", "--statefulset", "l"]).is_err(), "--to is required");
         assert!(Cli::try_parse_from(["ldap-elector", "status", "--statefulset", "l", "-o", "yaml"]).is_err());
+    }
+
+    #[test]
+    fn the_reseed_subcommand_derives_the_lease_and_needs_the_target_url() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["ldap-elector", "reseed", "--namespace", "ns", "--pod", "ldap-1"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
+                Some(Command::Reseed(a)) => a.into_plan(),
+                other => Err(format!("{other:?}")),
+            }
+        };
+        let p = parse(&["--servers", "ldap://{pod}.ldap:389?base=dc=x"]).unwrap();
+        assert_eq!((p.lease_name.as_str(), p.target.as_str()), ("ldap-leader", "ldap-1"));
+        assert!(parse(&["--servers", "ldap-0=ldap://a:1?base=dc=x"]).unwrap_err().contains("ldap-1"));
+        assert!(parse(&["--servers", "ldap://{pod}.ldap:389"]).unwrap_err().contains("base"));
     }
 
     #[test]

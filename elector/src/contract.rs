@@ -77,6 +77,13 @@ pub const ENV_FENCE_DATABASE: &str = "ELECTOR_FENCE_DATABASE";
 pub const ENV_CATCH_UP_GRACE: &str = "ELECTOR_CATCH_UP_GRACE";
 pub const ENV_WATCHDOG: &str = "ELECTOR_WATCHDOG";
 pub const ENV_LOG_FORMAT: &str = "ELECTOR_LOG_FORMAT";
+/// Where the leader reaches each standby's slapd for the divergence audit: a URL template
+/// with `{pod}` (e.g. `ldap://{pod}.ldap-server:389`, the headless Service) or `POD=URL`
+/// pairs separated by commas. Unset: the elector does not audit.
+pub const ENV_AUDIT_PEERS: &str = "ELECTOR_AUDIT_PEERS";
+/// Interval of the leader's routine divergence audits (`0` or `off`: only on taking
+/// office, on a standby's rejoin and retries).
+pub const ENV_AUDIT_INTERVAL: &str = "ELECTOR_AUDIT_INTERVAL";
 
 /// Name of the sidecar container the webhook injects.
 pub const SIDECAR_CONTAINER: &str = "ldap-elector";
@@ -265,7 +272,22 @@ pub mod event_reason {
     pub const FENCED: &str = "FencedReadOnly";
     pub const UNFENCED: &str = "Unfenced";
     pub const FENCE_FAILED: &str = "FenceFailed";
-    pub const ALL: &[&str] = &[BECAME_LEADER, STEPPED_DOWN, RELEASED_LEASE, FENCED, UNFENCED, FENCE_FAILED];
+    /// This pod's slapd was found diverged by the leader's audit: it is not promoted.
+    pub const MARKED_DIVERGED: &str = "MarkedDiverged";
+    pub const DIVERGENCE_CLEARED: &str = "DivergenceCleared";
+    /// The configuration guard found a dangerous slapd setting (docs/divergence.md).
+    pub const DANGEROUS_SLAPD_CONFIG: &str = "DangerousSlapdConfig";
+    pub const ALL: &[&str] = &[
+        BECAME_LEADER,
+        STEPPED_DOWN,
+        RELEASED_LEASE,
+        FENCED,
+        UNFENCED,
+        FENCE_FAILED,
+        MARKED_DIVERGED,
+        DIVERGENCE_CLEARED,
+        DANGEROUS_SLAPD_CONFIG,
+    ];
 }
 
 #[cfg(test)]

@@ -97,6 +97,9 @@ pub struct Observed {
     pub lease_duration: Duration,
     /// When this candidate saw the Lease's resourceVersion change, on its own clock.
     pub seen_change_at: Moment,
+    /// Pods the leader's audit found diverged and no operator allowed: they never acquire
+    /// (consistency over availability; see docs/divergence.md for the override).
+    pub ineligible: crate::divergence_policy::Ineligible,
 }
 
 impl Observed {
@@ -192,6 +195,9 @@ fn decide_as_follower(lease: Option<&Observed>, me: &Me<'_>, now: Moment) -> Act
     let Some(lease) = lease else {
         return Action::Wait(None); // the runtime reads the Lease first
     };
+    if lease.ineligible.blocks(me.identity) {
+        return Action::Wait(None); // marked diverged: only a reseed or an operator lifts it
+    }
     match lease.holder() {
         // Released, or held by an earlier incarnation of this very pod: take it.
         None => Action::Acquire,
@@ -258,7 +264,13 @@ mod tests {
     }
 
     fn lease(holder: Option<&str>, transitions: i32, seen: f64) -> Observed {
-        Observed { holder: holder.map(String::from), transitions, lease_duration: 8 * S, seen_change_at: at(seen) }
+        Observed {
+            holder: holder.map(String::from),
+            transitions,
+            lease_duration: 8 * S,
+            seen_change_at: at(seen),
+            ineligible: Default::default(),
+        }
     }
 
     fn follower(identity: &str) -> Me<'_> {
@@ -346,6 +358,49 @@ mod tests {
         let me = Me { eligible: false, ..follower("a") };
         for l in [lease(None, 1, 0.0), lease(Some("b"), 1, 0.0), lease(Some("a"), 1, 0.0)] {
             assert_eq!(decide(Some(&l), &me, at(100.0), &Timing::default()), Action::Wait(None));
+        }
+    }
+
+    #[test]
+    fn a_follower_marked_diverged_never_acquires_even_after_expiry() {
+        use crate::divergence_policy::Ineligible;
+        let t = Timing::default();
+        let marked = |mut l: Observed| {
+            l.ineligible = Ineligible::from_annotations(Some(r#"{"a":{"since":"t","summary":"s"}}"#), None);
+            l
+        };
+        for l in [lease(None, 1, 0.0), lease(Some("b"), 1, 0.0), lease(Some("a"), 1, 0.0)] {
+            assert_eq!(decide(Some(&marked(l.clone())), &follower("a"), at(1000.0), &t), Action::Wait(None));
+            // Another, unmarked follower is not affected.
+            assert_eq!(decide(Some(&marked(l)), &follower("c"), at(1000.0), &t), Action::Acquire);
+        }
+        // The operator's override lets it take over again.
+        let mut l = lease(Some("b"), 1, 0.0);
+        l.ineligible = Ineligible::from_annotations(Some(r#"{"a":{"since":"t","summary":"s"}}"#), Some("a"));
+        assert_eq!(decide(Some(&l), &follower("a"), at(1000.0), &t), Action::Acquire);
+    }
+
+    proptest::proptest! {
+        /// Whatever the Lease shows and however late it is, a marked follower that no
+        /// operator allowed never acquires; allowed, it behaves as if unmarked.
+        #[test]
+        fn a_marked_follower_never_acquires(
+            holder in proptest::option::of(proptest::sample::select(vec!["a", "b", ""])),
+            seen in 0.0f64..100.0,
+            later in 0.0f64..1000.0,
+            allowed in proptest::bool::ANY,
+        ) {
+            use crate::divergence_policy::Ineligible;
+            let mut l = lease(holder, 1, seen);
+            let allow = if allowed { Some("a") } else { None };
+            l.ineligible = Ineligible::from_annotations(Some(r#"{"a":{"since":"t","summary":"s"}}"#), allow);
+            let action = decide(Some(&l), &follower("a"), at(seen + later), &Timing::default());
+            if allowed {
+                let unmarked = lease(holder, 1, seen);
+                proptest::prop_assert_eq!(action, decide(Some(&unmarked), &follower("a"), at(seen + later), &Timing::default()));
+            } else {
+                proptest::prop_assert_eq!(action, Action::Wait(None));
+            }
         }
     }
 

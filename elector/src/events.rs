@@ -128,6 +128,13 @@ impl EventSink {
         EventSink { tx: None, dropped: Arc::default() }
     }
 
+    /// A sink whose notices the test reads from the receiver.
+    #[cfg(test)]
+    pub fn capture() -> (Self, mpsc::Receiver<Notice>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (EventSink { tx: Some(tx), dropped: Arc::default() }, rx)
+    }
+
     /// Starts the writer task for `pod` of `statefulset` in `namespace`. The writer ends
     /// when every sink is dropped and the queue is written ([`Drained::wait`]), or at `cancel`.
     pub fn start(

@@ -10,7 +10,7 @@ use kube::api::PostParams;
 use kube::Api;
 
 use crate::clock::Moment;
-use crate::contract::LEASE_ANNOTATION_CONTEXT_CSN;
+use crate::contract::{LEASE_ANNOTATION_ALLOW_DIVERGED, LEASE_ANNOTATION_CONTEXT_CSN, LEASE_ANNOTATION_DIVERGED};
 use crate::decide::Observed;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,41 @@ pub fn observe(lease: &Lease, seen_change_at: Moment) -> Observed {
         transitions: spec.lease_transitions.unwrap_or(0),
         lease_duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
         seen_change_at,
+        ineligible: crate::divergence_policy::Ineligible::from_annotations(
+            annotation(lease, LEASE_ANNOTATION_DIVERGED),
+            annotation(lease, LEASE_ANNOTATION_ALLOW_DIVERGED),
+        ),
+    }
+}
+
+fn annotation<'a>(lease: &'a Lease, name: &str) -> Option<&'a str> {
+    lease.metadata.annotations.as_ref().and_then(|a| a.get(name)).map(String::as_str)
+}
+
+/// `lease` with the leader's divergence `edits` applied to its marks annotation (other
+/// annotations and other pods' marks kept). Edits of another term, or an unreadable
+/// annotation, leave the Lease unchanged (logged by the caller's audit task).
+pub fn with_divergence_edits(mut lease: Lease, edits: &crate::divergence_policy::Edits, term: i32) -> Lease {
+    if edits.term != term || edits.pods.is_empty() {
+        return lease;
+    }
+    let current = annotation(&lease, LEASE_ANNOTATION_DIVERGED).map(String::from);
+    if let Ok(next) = crate::divergence_policy::apply_edits(current.as_deref(), edits) {
+        set_annotation(&mut lease, LEASE_ANNOTATION_DIVERGED, next);
+    }
+    lease
+}
+
+/// Sets (`Some`) or removes (`None`) one annotation.
+pub fn set_annotation(lease: &mut Lease, name: &str, value: Option<String>) {
+    let annotations = lease.metadata.annotations.get_or_insert_with(Default::default);
+    match value {
+        Some(v) => {
+            annotations.insert(name.into(), v);
+        }
+        None => {
+            annotations.remove(name);
+        }
     }
 }
 
@@ -229,6 +264,24 @@ mod tests {
         let l = with_context_csn(lease(Some("a"), 1, "1"), &csn);
         assert_eq!(published_csn(&l), csn);
         assert!(published_csn(&with_context_csn(lease(None, 0, "1"), &[])).is_empty());
+    }
+
+    #[test]
+    fn observe_reads_the_divergence_marks_and_edits_keep_other_annotations() {
+        use crate::divergence_policy::{Edits, Outcome};
+        let mut l = with_context_csn(lease(Some("ldap-0"), 4, "9"), &["x#0#001#0".to_string()]);
+        let mut e = Edits::for_term(4);
+        e.record("ldap-0", "ldap-1", &Outcome::Diverged { summary: "s".into() }, "t");
+        assert_eq!(with_divergence_edits(l.clone(), &e, 5), l, "edits of another term are not applied");
+        l = with_divergence_edits(l, &e, 4);
+        assert_eq!(published_csn(&l), ["x#0#001#0"]);
+        let o = observe(&l, Moment::ZERO);
+        assert!(o.ineligible.blocks("ldap-1") && !o.ineligible.blocks("ldap-0"));
+        let mut e = Edits::for_term(4);
+        e.record("ldap-0", "ldap-1", &Outcome::InSync, "t");
+        let l = with_divergence_edits(l, &e, 4);
+        assert!(!l.metadata.annotations.as_ref().unwrap().contains_key(LEASE_ANNOTATION_DIVERGED));
+        assert!(!observe(&l, Moment::ZERO).ineligible.blocks("ldap-1"));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use clap::Parser;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use ldap_elector::args::{AuditArgs, Cli, Command, Config};
+use ldap_elector::args::{AuditArgs, Cli, Command, Config, ReseedArgs};
 use ldap_elector::events::EventSink;
 use ldap_elector::ops::{ElectorMetrics, Ops};
 use ldap_elector::probe::{self, Heartbeat};
@@ -21,6 +21,9 @@ fn main() -> ExitCode {
     }
     if let Some(Command::Status(_) | Command::Switchover(_)) = &cli.command {
         return operator_command(cli.command);
+    }
+    if let Some(Command::Reseed(args)) = cli.command {
+        return reseed(*args);
     }
     let config = match cli.run.clone().into_config() {
         Ok(c) => c,
@@ -42,7 +45,7 @@ fn main() -> ExitCode {
             runtime.block_on(watchdog::serve(config.fence()));
             ExitCode::SUCCESS
         }
-        Command::Audit(_) | Command::Status(_) | Command::Switchover(_) => ExitCode::from(2),
+        Command::Audit(_) | Command::Status(_) | Command::Switchover(_) | Command::Reseed(_) => ExitCode::from(2),
     }
 }
 
@@ -103,6 +106,44 @@ fn operator_command(command: Option<Command>) -> ExitCode {
         Some(Command::Status(args)) => runtime.block_on(ldap_elector::cli::status(args)),
         Some(Command::Switchover(args)) => runtime.block_on(ldap_elector::cli::switchover(args)),
         _ => ldap_elector::cli::exit::USAGE,
+    })
+}
+
+/// `ldap-elector reseed`: exit 0 repaired and unmarked, 1 not clean in time, 2 bad flags,
+/// 4 failed, 5 refused (the target leads, no leader, Lease unreadable, slapd still running).
+fn reseed(args: ReseedArgs) -> ExitCode {
+    let plan = match args.into_plan() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ldap-elector reseed: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ldap-elector reseed: cannot start the runtime: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    runtime.block_on(async {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("ldap-elector reseed: cannot configure the Kubernetes client: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match ldap_elector::reseed::reseed(client, &plan).await {
+            Ok(()) => {
+                println!("reseeded {}: audit clean, divergence mark cleared", plan.target);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ldap-elector reseed: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        }
     })
 }
 
@@ -184,16 +225,6 @@ async fn elect(config: Config) -> ExitCode {
             health::monitor_with_csn(check, interval, failures, health_tx, Some(csn_tx), &recheck, tally, tasks).await
         });
     }
-    if let Some(fence) = &config.fence_ldapi {
-        // Off the election loop: logs dangerous replication settings (the session log on a
-        // Mirror-Mode database) once slapd answers; see config_guard.rs.
-        let (url, tasks, metrics) = (fence.ldapi_url.clone(), tasks.clone(), metrics.clone());
-        tokio::spawn(async move {
-            if let Some(n) = ldap_elector::config_guard::log_findings(url, tasks).await {
-                metrics.config_warnings.set(n as f64);
-            }
-        });
-    }
     let (deleting_tx, deleting) = tokio::sync::watch::channel(false);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
     tokio::spawn(run::watch_own_pod(pods, config.identity.clone(), deleting_tx, tasks.clone()));
@@ -207,6 +238,14 @@ async fn elect(config: Config) -> ExitCode {
         csn.clone(),
         tasks.clone(),
     ));
+    let divergence = match config.audit.clone().map(ldap_elector::divergence_audit::start) {
+        None => None,
+        Some(Ok(link)) => Some(link),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot start the divergence auditor; no audits");
+            None
+        }
+    };
     let watchdog = start_watchdog(&config);
     let (events, events_drained) = EventSink::start(
         client.clone(),
@@ -218,8 +257,21 @@ async fn elect(config: Config) -> ExitCode {
     );
     let fence_configured = config.fence().is_configured();
     let ops = Ops::new(metrics, events, &config.identity, config.timing.renew_deadline, fence_configured);
+    // Off the election loop: reports dangerous replication settings (the session log on a
+    // Mirror-Mode database) once slapd answers; see config_guard.rs. It holds an Event sink,
+    // so it ends with the loop (before the Events drain).
+    let guard_stop = tasks.child_token();
+    if let Some(fence) = &config.fence_ldapi {
+        let (url, stop, ops) = (fence.ldapi_url.clone(), guard_stop.clone(), ops.clone());
+        tokio::spawn(async move {
+            if let Some(n) = ldap_elector::config_guard::log_findings(url, stop).await {
+                ops.config_checked(n);
+            }
+        });
+    }
     let elector = run::Elector::new(config, client, heartbeat, watchdog).with_ops(ops);
-    let exit = elector.run(run::Inputs { healthy, csn, deleting, recheck }, terminate).await;
+    let exit = elector.run(run::Inputs { healthy, csn, deleting, recheck, divergence }, terminate).await;
+    guard_stop.cancel();
     // The loop (and with it every Event sink) is gone: let the last Events out, bounded.
     events_drained.wait(std::time::Duration::from_secs(3)).await;
     tasks.cancel();

@@ -216,15 +216,12 @@ pub fn csn_lag_seconds(mine: &[String], leader: &[String]) -> Option<f64> {
     Some(worst)
 }
 
-/// Whether the Lease's divergence annotation (a JSON object keyed by pod name) lists `pod`.
-pub fn marked_diverged(lease: &Lease, pod: &str) -> bool {
-    lease
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(LEASE_ANNOTATION_DIVERGED))
-        .and_then(|v| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(v).ok())
-        .is_some_and(|m| m.contains_key(pod))
+/// The summary of `pod`'s divergence mark in the Lease, if it is marked (unreadable marks
+/// count as no mark here; `decide` treats them as blocking and `status` warns about them).
+pub fn own_mark(lease: &Lease, pod: &str) -> Option<String> {
+    let value = lease.metadata.annotations.as_ref()?.get(LEASE_ANNOTATION_DIVERGED)?;
+    let marks = crate::divergence_policy::parse_marks(value).ok()?;
+    marks.get(pod).map(|m| if m.summary.is_empty() { "no summary".to_string() } else { m.summary.clone() })
 }
 
 /// The election loop's hooks: metrics and Events for each transition. Cheap to clone.
@@ -272,7 +269,37 @@ impl Ops {
         }
         self.metrics.term.set(spec.and_then(|s| s.lease_transitions).unwrap_or(0) as f64);
         *self.metrics.published_csn.lock().unwrap_or_else(|e| e.into_inner()) = crate::lease::published_csn(lease);
-        self.metrics.divergence_marked.set(if marked_diverged(lease, &self.identity) { 1.0 } else { 0.0 });
+        let was_marked = self.metrics.divergence_marked.get() > 0.0;
+        let mark = own_mark(lease, &self.identity);
+        self.metrics.divergence_marked.set(if mark.is_some() { 1.0 } else { 0.0 });
+        match (was_marked, mark) {
+            (false, Some(summary)) => self.emit(
+                Severity::Warning,
+                event_reason::MARKED_DIVERGED,
+                "Audit",
+                format!("the leader's audit found this pod's slapd diverged ({summary}); it is not promoted until reseeded (docs/divergence.md)"),
+            ),
+            (true, None) => self.emit(
+                Severity::Normal,
+                event_reason::DIVERGENCE_CLEARED,
+                "Audit",
+                "the divergence mark was cleared; this pod may be promoted again".into(),
+            ),
+            _ => {}
+        }
+    }
+
+    /// The configuration guard's result: `warnings` dangerous or doubtful slapd settings.
+    pub fn config_checked(&self, warnings: usize) {
+        self.metrics.config_warnings.set(warnings as f64);
+        if warnings > 0 {
+            self.emit(
+                Severity::Warning,
+                event_reason::DANGEROUS_SLAPD_CONFIG,
+                "CheckConfig",
+                format!("{warnings} dangerous or doubtful slapd replication settings; see this sidecar's log and docs/divergence.md"),
+            );
+        }
     }
 
     /// A successful acquire (the start of term `term`), written at `sent`.
@@ -410,14 +437,34 @@ mod tests {
     }
 
     #[test]
-    fn the_divergence_mark_is_read_from_the_lease() {
+    fn the_divergence_mark_moves_the_gauge_and_is_reported_once_each_way() {
+        let (sink, mut notices) = EventSink::capture();
+        let ops = Ops::new(Arc::default(), sink, "ldap-1", Duration::from_secs(5), true);
         let mut lease = Lease::default();
-        assert!(!marked_diverged(&lease, "ldap-1"));
+        assert_eq!(own_mark(&lease, "ldap-1"), None);
+        ops.lease_seen(&lease);
+        assert!(notices.try_recv().is_err(), "no mark, no Event");
         lease.metadata.annotations = Some(
-            [(LEASE_ANNOTATION_DIVERGED.to_string(), r#"{"ldap-1":{"since":"x","summary":"y"}}"#.to_string())].into(),
+            [(LEASE_ANNOTATION_DIVERGED.to_string(), r#"{"ldap-1":{"since":"x","summary":"2 entries differ"}}"#.to_string())]
+                .into(),
         );
-        assert!(marked_diverged(&lease, "ldap-1"));
-        assert!(!marked_diverged(&lease, "ldap-0"));
+        assert_eq!(own_mark(&lease, "ldap-0"), None);
+        ops.lease_seen(&lease);
+        ops.lease_seen(&lease);
+        let marked = notices.try_recv().expect("an Event for the new mark");
+        assert_eq!(marked.reason, event_reason::MARKED_DIVERGED);
+        assert!(marked.note.contains("2 entries differ"), "{}", marked.note);
+        assert!(notices.try_recv().is_err(), "a mark still there is not reported again");
+        assert_eq!(ops.metrics.divergence_marked.get(), 1.0);
+        lease.metadata.annotations = None;
+        ops.lease_seen(&lease);
+        assert_eq!(notices.try_recv().expect("an Event for the cleared mark").reason, event_reason::DIVERGENCE_CLEARED);
+        assert_eq!(ops.metrics.divergence_marked.get(), 0.0);
+        ops.config_checked(0);
+        assert!(notices.try_recv().is_err());
+        ops.config_checked(2);
+        assert_eq!(notices.try_recv().expect("config warning").reason, event_reason::DANGEROUS_SLAPD_CONFIG);
+        assert_eq!(ops.metrics.config_warnings.get(), 2.0);
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Inputs {
     pub deleting: watch::Receiver<bool>,
     /// Asks the health monitor for a check now (while waiting to catch up).
     pub recheck: std::sync::Arc<tokio::sync::Notify>,
+    /// The leader's divergence auditor (`None`: audits off).
+    pub divergence: Option<crate::divergence_audit::Link>,
 }
 
 pub struct Elector {
@@ -82,6 +84,7 @@ pub struct Elector {
     retry_at: Option<Moment>,
     /// Metrics and Events (docs/metrics.md): one hook per transition.
     ops: crate::ops::Ops,
+    divergence: Option<crate::divergence_audit::Link>,
 }
 
 impl Elector {
@@ -109,6 +112,7 @@ impl Elector {
             failures: 0,
             retry_at: None,
             ops: crate::ops::Ops::disabled(),
+            divergence: None,
         }
     }
 
@@ -120,7 +124,8 @@ impl Elector {
 
     /// Runs until `terminate` (SIGTERM).
     pub async fn run(mut self, inputs: Inputs, terminate: CancellationToken) -> Exit {
-        let Inputs { mut healthy, mut csn, mut deleting, recheck } = inputs;
+        let Inputs { mut healthy, mut csn, mut deleting, recheck, divergence } = inputs;
+        self.divergence = divergence;
         let tasks = CancellationToken::new();
         let _stop_tasks = tasks.clone().drop_guard();
         let (lease_tx, mut lease_rx) = watch::channel(None);
@@ -230,7 +235,9 @@ impl Elector {
     fn on_lease(&mut self, seen: Lease) {
         if lease::is_newer(&seen, self.current.as_ref()) {
             self.ops.lease_seen(&seen);
-            self.observed = Some(lease::observe(&seen, Moment::now()));
+            let next = lease::observe(&seen, Moment::now());
+            crate::divergence_audit::log_own_mark(&self.cfg.identity, self.observed.as_ref(), &next);
+            self.observed = Some(next);
             self.current = Some(seen);
         }
     }
@@ -277,13 +284,20 @@ impl Elector {
         let deadline = leading.renewed_at + self.cfg.timing.renew_deadline;
         let timeout = self.cfg.api_timeout.min(deadline.since(now));
         let sent = Moment::now();
-        match self.lease.write(&lease::with_context_csn(lease::renewed(&base), &self.my_csn), timeout).await {
+        let mut next = lease::with_context_csn(lease::renewed(&base), &self.my_csn);
+        if let Some(link) = self.divergence.as_mut() {
+            next = link.apply(next, leading.term);
+        }
+        match self.lease.write(&next, timeout).await {
             Ok(renewed) => {
                 if let Some(l) = self.leading.as_mut() {
                     l.renewed_at = sent;
                 }
                 self.fence.extend(sent + self.cfg.timing.renew_deadline);
                 self.ops.renewed(sent);
+                if let Some(link) = self.divergence.as_mut() {
+                    link.written();
+                }
                 self.feed_watchdog(sent).await;
                 self.on_lease(renewed);
                 self.succeeded();
@@ -321,6 +335,9 @@ impl Elector {
                     return;
                 }
                 self.in_office = true;
+                if let Some(link) = &self.divergence {
+                    link.office.send_replace(Some(leading.term));
+                }
                 self.succeeded();
                 tracing::info!(pod = %self.cfg.identity, term = leading.term, demoted = ?demoted, role = ROLE_LEADER, "took office: labelled leader");
             }
@@ -333,6 +350,9 @@ impl Elector {
     async fn step_down(&mut self, reason: &str) {
         let Some(leading) = self.leading.take() else { return };
         self.in_office = false;
+        if let Some(link) = &self.divergence {
+            link.office.send_replace(None);
+        }
         let fenced = self.fence.set(Desired::Standby, FENCE_BUDGET).await;
         if !fenced {
             tracing::error!(pod = %self.cfg.identity, "slapd not fenced within the budget (the fence keeps retrying)");

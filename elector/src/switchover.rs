@@ -167,31 +167,17 @@ fn annotation<'a>(lease: &'a Lease, key: &str) -> Option<&'a str> {
     lease.metadata.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
-/// One entry of the Lease's divergence mark.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-pub struct DivergedMark {
-    #[serde(default)]
-    pub since: String,
-    #[serde(default)]
-    pub summary: String,
-}
+/// One entry of the Lease's divergence marks (see `divergence_policy`).
+pub type DivergedMark = crate::divergence_policy::Mark;
 
-/// The Lease's divergence marks (pod → mark). An unreadable annotation marks nothing but is
-/// reported by `status`.
+/// The Lease's divergence marks (pod → mark); an unreadable annotation is an error.
 pub fn diverged_marks(lease: &Lease) -> Result<BTreeMap<String, DivergedMark>, String> {
-    match annotation(lease, LEASE_ANNOTATION_DIVERGED) {
-        None => Ok(BTreeMap::new()),
-        Some(v) if v.trim().is_empty() => Ok(BTreeMap::new()),
-        Some(v) => serde_json::from_str(v)
-            .map_err(|e| format!("{LEASE_ANNOTATION_DIVERGED} is not a JSON object of marks: {e}")),
-    }
+    crate::divergence_policy::parse_marks(annotation(lease, LEASE_ANNOTATION_DIVERGED).unwrap_or(""))
 }
 
 /// The pods the operator allows to be promoted although marked diverged.
 pub fn allowed_diverged(lease: &Lease) -> Vec<String> {
-    annotation(lease, LEASE_ANNOTATION_ALLOW_DIVERGED)
-        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-        .unwrap_or_default()
+    crate::divergence_policy::parse_allowed(annotation(lease, LEASE_ANNOTATION_ALLOW_DIVERGED)).into_iter().collect()
 }
 
 /// Whether a pod's `Ready` condition is `True`.
@@ -210,7 +196,11 @@ pub fn split_csn(value: Option<&String>) -> Vec<String> {
 /// The facts about `name` from its pod (`None`: not found) and the Lease.
 pub fn target_facts(name: &str, pod: Option<&Pod>, lease: &Lease, statefulset: &str) -> Target {
     let annotations = pod.and_then(|p| p.metadata.annotations.as_ref());
-    let diverged = diverged_marks(lease).ok().and_then(|m| m.get(name).map(|d| d.summary.clone()));
+    // Unreadable marks block every pod that is not allowed (as in `decide`): refuse then.
+    let diverged = match diverged_marks(lease) {
+        Ok(marks) => marks.get(name).map(|d| d.summary.clone()),
+        Err(e) => Some(e),
+    };
     Target {
         name: name.to_string(),
         member: contract::split_pod_name(name).is_some_and(|(set, _)| set == statefulset),
@@ -426,7 +416,11 @@ mod tests {
         assert_eq!(t, Target { diverged: Some("2 entries differ".into()), allow_diverged: true, ..good_target() });
         let t = target_facts("other-1", None, &lease(json!({})), "ldap");
         assert!(!t.member && !t.exists && !t.ready && t.diverged.is_none());
-        assert!(diverged_marks(&lease(json!({LEASE_ANNOTATION_DIVERGED: "[1]"}))).is_err());
+        let unreadable = lease(json!({LEASE_ANNOTATION_DIVERGED: "[1]"}));
+        assert!(diverged_marks(&unreadable).is_err());
+        // Unreadable marks block promotion in `decide`: a switchover is refused, not attempted.
+        let t = target_facts("ldap-1", Some(&pod), &unreadable, "ldap");
+        assert!(t.diverged.as_deref().is_some_and(|d| d.contains("not a JSON object")), "{t:?}");
     }
 
     #[test]

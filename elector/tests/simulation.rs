@@ -928,6 +928,7 @@ impl Sim {
                 transitions: rec.transitions,
                 lease_duration: rec.lease_duration,
                 seen_change_at: now,
+                ineligible: Default::default(),
             },
             rec.rv,
         ));
