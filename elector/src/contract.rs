@@ -212,6 +212,22 @@ pub const ANNOTATION_LDAP_SUFFIX: &str = "ldap-elector.dev/ldap-suffix";
 /// The cn=config entry of the data database whose `olcReadOnly` the fence toggles
 /// ([`ENV_FENCE_DATABASE`]); absent = the elector's default `olcDatabase={1}mdb,cn=config`.
 pub const ANNOTATION_FENCE_DATABASE: &str = "ldap-elector.dev/fence-database";
+/// Optional: the leader's divergence audits (docs/divergence.md). Each pod's slapd as the
+/// leader reaches it: a URL template with `{pod}` (`ldap://{pod}.ldap:389?base=dc=example,dc=org`)
+/// or `POD=URL` pairs; copied into [`ENV_AUDIT_PEERS`].
+pub const ANNOTATION_AUDIT_PEERS: &str = "ldap-elector.dev/audit-peers";
+/// Optional: routine audit interval (e.g. `"600s"`, `"off"`), copied into [`ENV_AUDIT_INTERVAL`].
+pub const ANNOTATION_AUDIT_INTERVAL: &str = "ldap-elector.dev/audit-interval";
+/// Optional: a Secret in the StatefulSet's namespace with keys [`BIND_SECRET_KEY_DN`] and
+/// [`BIND_SECRET_KEY_PASSWORD`]: the simple-bind identity of the elector's LDAP reads (health
+/// check, audits). Only the sidecar gets it: the DN as env, the password as a file.
+pub const ANNOTATION_LDAP_BIND_SECRET: &str = "ldap-elector.dev/ldap-bind-secret";
+pub const BIND_SECRET_KEY_DN: &str = "bindDN";
+pub const BIND_SECRET_KEY_PASSWORD: &str = "password";
+/// The volume (only the password key) and where the sidecar mounts it.
+pub const BIND_SECRET_VOLUME: &str = "ldap-elector-bind";
+pub const BIND_SECRET_MOUNT_PATH: &str = "/var/run/ldap-elector/bind";
+
 /// File name of slapd's ldapi socket in the socket directory (slapd's own default name).
 pub const LDAPI_SOCKET_NAME: &str = "ldapi";
 /// The in-memory `emptyDir` the webhook adds for the socket directory when slapd does not

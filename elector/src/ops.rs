@@ -445,8 +445,11 @@ mod tests {
         ops.lease_seen(&lease);
         assert!(notices.try_recv().is_err(), "no mark, no Event");
         lease.metadata.annotations = Some(
-            [(LEASE_ANNOTATION_DIVERGED.to_string(), r#"{"ldap-1":{"since":"x","summary":"2 entries differ"}}"#.to_string())]
-                .into(),
+            [(
+                LEASE_ANNOTATION_DIVERGED.to_string(),
+                r#"{"ldap-1":{"since":"x","summary":"2 entries differ"}}"#.to_string(),
+            )]
+            .into(),
         );
         assert_eq!(own_mark(&lease, "ldap-0"), None);
         ops.lease_seen(&lease);

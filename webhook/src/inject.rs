@@ -27,8 +27,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection, DownwardAPIVolumeFile,
     EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, PodSecurityContext,
-    PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -253,6 +253,8 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
         env.push(env_value(contract::ENV_METRICS_ADDR, format!("0.0.0.0:{port}")));
     }
     let ldapi = ldapi_plan(annotations, spec)?;
+    let audit = audit_plan(annotations, spec)?;
+    env.extend(audit.env);
 
     let mut ops = Ops::default();
     strip_default_token(&mut ops, spec);
@@ -264,6 +266,10 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
         plan.apply(&mut ops)?;
         env.extend(plan.env);
         sidecar_mounts.push(plan.sidecar_mount);
+    }
+    if let Some((volume, mount)) = audit.bind_secret {
+        ops.add_item(ptr(&["spec", "volumes"]), Some(Token::new("-")), volume)?;
+        sidecar_mounts.push(mount);
     }
     // First, so the elector starts before every other init container (module docs).
     let inits_at = spec.init_containers.is_some().then(|| Token::from(0usize));
@@ -379,6 +385,93 @@ fn tuning_env(annotations: Option<&BTreeMap<String, String>>) -> Result<Vec<EnvV
         env.push(env_value(contract::ENV_HEALTH_CHECK, h.clone()));
     }
     Ok(env)
+}
+
+/// The leader's divergence audits and the elector's LDAP bind identity (docs/divergence.md).
+struct AuditPlan {
+    env: Vec<EnvVar>,
+    /// The bind Secret's password as a volume (only that key) and the sidecar's mount of it.
+    bind_secret: Option<(Volume, VolumeMount)>,
+}
+
+/// The optional audit annotations → sidecar env, validated here (a typo is an admission
+/// error, not a crash-looping sidecar); the bind Secret reaches the sidecar only: the DN as
+/// env from the Secret, the password as a read-only file.
+fn audit_plan(annotations: Option<&BTreeMap<String, String>>, spec: &PodSpec) -> Result<AuditPlan, InjectError> {
+    let get = |key: &str| annotations.and_then(|a| a.get(key)).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let invalid = |key: &'static str, value: &str, reason: String| InjectError::InvalidAnnotation {
+        key,
+        value: value.to_string(),
+        reason,
+    };
+    let mut env = Vec::new();
+    if let Some(peers) = get(contract::ANNOTATION_AUDIT_PEERS) {
+        ldap_elector::divergence_policy::PeerUrls::parse(peers)
+            .map_err(|e| invalid(contract::ANNOTATION_AUDIT_PEERS, peers, e))?;
+        env.push(env_value(contract::ENV_AUDIT_PEERS, peers.to_string()));
+    }
+    if let Some(interval) = get(contract::ANNOTATION_AUDIT_INTERVAL) {
+        if !matches!(interval, "0" | "off") {
+            ldap_elector::args::parse_duration(interval)
+                .map_err(|e| invalid(contract::ANNOTATION_AUDIT_INTERVAL, interval, e))?;
+        }
+        env.push(env_value(contract::ENV_AUDIT_INTERVAL, interval.to_string()));
+    }
+    let Some(secret) = get(contract::ANNOTATION_LDAP_BIND_SECRET) else {
+        return Ok(AuditPlan { env, bind_secret: None });
+    };
+    if !is_subdomain(secret) {
+        let reason = "not a Secret name (RFC 1123 subdomain)".to_string();
+        return Err(invalid(contract::ANNOTATION_LDAP_BIND_SECRET, secret, reason));
+    }
+    if spec.volumes.iter().flatten().any(|v| v.name == contract::BIND_SECRET_VOLUME) {
+        return Err(InjectError::NameConflict { what: "volume", name: contract::BIND_SECRET_VOLUME });
+    }
+    env.push(EnvVar {
+        name: ldap_elector::ldap::ENV_LDAP_BIND_DN.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: contract::BIND_SECRET_KEY_DN.to_string(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let password_file = format!("{}/{}", contract::BIND_SECRET_MOUNT_PATH, contract::BIND_SECRET_KEY_PASSWORD);
+    env.push(env_value(ldap_elector::ldap::ENV_LDAP_BIND_PASSWORD_FILE, password_file));
+    let volume = Volume {
+        name: contract::BIND_SECRET_VOLUME.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_string()),
+            items: Some(vec![KeyToPath {
+                key: contract::BIND_SECRET_KEY_PASSWORD.to_string(),
+                path: contract::BIND_SECRET_KEY_PASSWORD.to_string(),
+                mode: None,
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mount = VolumeMount {
+        name: contract::BIND_SECRET_VOLUME.to_string(),
+        mount_path: contract::BIND_SECRET_MOUNT_PATH.to_string(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    Ok(AuditPlan { env, bind_secret: Some((volume, mount)) })
+}
+
+/// RFC 1123 subdomain, as Kubernetes names Secrets.
+fn is_subdomain(name: &str) -> bool {
+    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 253
+        && ok(bytes[0])
+        && ok(bytes[bytes.len() - 1])
+        && bytes.iter().all(|&c| ok(c) || c == b'-' || c == b'.')
 }
 
 /// What the OpenLDAP integration adds to a pod, resolved against the incoming pod before
@@ -976,6 +1069,38 @@ mod tests {
         let out = apply(&pod, &decide(&pod, Some(&owner(&[]))).unwrap());
         assert_eq!(out["metadata"]["labels"][contract::LABEL_ROLE], json!(contract::ROLE_STANDBY));
         assert!(out["metadata"]["annotations"].get(contract::ANNOTATION_TERM).is_none());
+    }
+
+    #[test]
+    fn audit_annotations_are_validated_and_the_bind_secret_reaches_only_the_sidecar() {
+        let annotations = [
+            (contract::ANNOTATION_AUDIT_PEERS, "ldap://{pod}.ldap:389?base=dc=example,dc=org"),
+            (contract::ANNOTATION_AUDIT_INTERVAL, "300s"),
+            (contract::ANNOTATION_LDAP_BIND_SECRET, "ldap-auditor"),
+        ];
+        let out = apply(&pod_json(), &decide(&pod_json(), Some(&owner(&annotations))).unwrap());
+        let sidecar = &out["spec"]["initContainers"][0];
+        let env = sidecar["env"].as_array().unwrap();
+        let peers = json!({"name": contract::ENV_AUDIT_PEERS, "value": "ldap://{pod}.ldap:389?base=dc=example,dc=org"});
+        assert!(env.contains(&peers), "{env:?}");
+        assert!(env.contains(&json!({"name": contract::ENV_AUDIT_INTERVAL, "value": "300s"})));
+        let dn = json!({"name": ldap_elector::ldap::ENV_LDAP_BIND_DN,
+            "valueFrom": {"secretKeyRef": {"name": "ldap-auditor", "key": contract::BIND_SECRET_KEY_DN}}});
+        assert!(env.contains(&dn), "{env:?}");
+        let volume =
+            out["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == contract::BIND_SECRET_VOLUME);
+        assert_eq!(volume.unwrap()["secret"]["items"], json!([{"key": "password", "path": "password"}]));
+        let mounts_of = |c: &Value| c["volumeMounts"].to_string().contains(contract::BIND_SECRET_VOLUME);
+        assert!(mounts_of(sidecar));
+        assert!(out["spec"]["containers"].as_array().unwrap().iter().all(|c| !mounts_of(c)), "only the sidecar");
+        for (key, bad) in [
+            (contract::ANNOTATION_AUDIT_PEERS, "nonsense"),
+            (contract::ANNOTATION_AUDIT_INTERVAL, "soon"),
+            (contract::ANNOTATION_LDAP_BIND_SECRET, "Not_A_Name"),
+        ] {
+            let err = decide(&pod_json(), Some(&owner(&[(key, bad)]))).unwrap_err();
+            assert!(matches!(err, InjectError::InvalidAnnotation { key: k, .. } if k == key), "{key}={bad}: {err}");
+        }
     }
 
     #[test]
