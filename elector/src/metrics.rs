@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -280,47 +279,25 @@ impl Histogram {
 }
 
 /// Serves `GET /metrics` (the output of `gather`) on plain HTTP/1.1 until `cancel`; any
-/// other path is 404. One request per connection; bounded reads and writes.
+/// other path is 404.
 pub async fn serve<F>(listener: TcpListener, gather: F, cancel: CancellationToken)
 where
     F: Fn() -> String + Clone + Send + Sync + 'static,
 {
-    loop {
-        let (mut stream, _) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::debug!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let gather = gather.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await else { return };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let path = path.split('?').next().unwrap_or("");
-            let (status, content_type, body) = if path == METRICS_PATH {
-                ("200 OK", CONTENT_TYPE, gather())
-            } else {
-                ("404 Not Found", "text/plain", "not found\n".to_string())
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(response.as_bytes())).await;
-        });
-    }
+    let respond = move |path: &str| {
+        if path == METRICS_PATH {
+            ("200 OK", CONTENT_TYPE, gather())
+        } else {
+            ("404 Not Found", "text/plain", "not found\n".to_string())
+        }
+    };
+    crate::probe::serve_plain(listener, respond, cancel).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn renders_the_text_format_exactly() {

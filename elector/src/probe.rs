@@ -30,30 +30,43 @@ impl Heartbeat {
 
 /// Serves the probes until `cancel`. `stale_after`: how old the heartbeat may get.
 pub async fn serve(listener: TcpListener, heartbeat: Heartbeat, stale_after: Duration, cancel: CancellationToken) {
+    let respond = move |path: &str| {
+        let (status, body) = respond(path, heartbeat.age(), stale_after);
+        (status, "text/plain", body)
+    };
+    serve_plain(listener, respond, cancel).await
+}
+
+/// A minimal plain-HTTP/1.1 server for the probes and `/metrics`: one request per
+/// connection, bounded reads and writes; `respond(path)` gives status, content type, body.
+pub async fn serve_plain<F>(listener: TcpListener, respond: F, cancel: CancellationToken)
+where
+    F: Fn(&str) -> (&'static str, &'static str, String) + Clone + Send + Sync + 'static,
+{
     loop {
         let (mut stream, _) = tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::debug!(error = %e, "probe accept failed");
+                    tracing::debug!(error = %e, "plain HTTP accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
-        let heartbeat = heartbeat.clone();
+        let respond = respond.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await else { return };
             let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = respond(path, heartbeat.age(), stale_after);
+            let target = request.split_whitespace().nth(1).unwrap_or("");
+            let (status, content_type, body) = respond(target.split('?').next().unwrap_or(""));
             let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(response.as_bytes())).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(response.as_bytes())).await;
         });
     }
 }
