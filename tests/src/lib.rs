@@ -1,6 +1,7 @@
 //! Test support for ldap-elector: a real control plane on loopback (`bed`), a test
 //! kubelet that runs pods as local processes (`kubelet`), and waiting helpers.
 pub mod bed;
+pub mod divergence;
 pub mod electors;
 pub mod fixtures;
 pub mod forwarder;

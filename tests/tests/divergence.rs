@@ -15,15 +15,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ldap3::{Mod, Scope, SearchEntry};
+use ldap3::Mod;
 use ldap_elector::audit::{self, AuditConfig, DiffKind, Report, Verdict};
 use ldap_elector::config_guard;
 use ldap_elector::ldap::Credentials;
+use ldap_elector_tests::divergence::{self, description, dn, Outcome, CATCH_UP};
 use ldap_elector_tests::electors::elector_binary;
 use ldap_elector_tests::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, PEOPLE, SUFFIX};
 use ldap_elector_tests::wait_for;
 
-const CATCH_UP: Duration = Duration::from_secs(30);
 const OP: Duration = Duration::from_secs(5);
 /// Fresh scenarios tried before concluding that this slapd no longer diverges: the notes
 /// saw the loss "in most runs", not all.
@@ -36,29 +36,6 @@ fn slapd_version() -> String {
     text.ok()
         .and_then(|t| t.lines().find(|l| l.contains("slapd")).map(|l| l.trim().to_string()))
         .unwrap_or_else(|| "slapd (version unknown)".into())
-}
-
-fn dn(uid: &str) -> String {
-    format!("uid={uid},{PEOPLE}")
-}
-
-async fn modify(pair: &MirrorPair, node: u32, uid: &str, description: &str) -> anyhow::Result<()> {
-    let mut conn = pair.node(node).admin().await?;
-    let mods = vec![Mod::Replace("description", HashSet::from([description]))];
-    conn.ldap.with_timeout(OP).modify(&dn(uid), mods).await?.success()?;
-    Ok(())
-}
-
-/// `description` of `uid` on node `i` (`None` when the entry is absent).
-async fn description(pair: &MirrorPair, node: u32, uid: &str) -> anyhow::Result<Option<Vec<String>>> {
-    let mut conn = pair.node(node).admin().await?;
-    let ldap3::SearchResult(entries, res) =
-        conn.ldap.with_timeout(OP).search(&dn(uid), Scope::Base, "(objectClass=*)", vec!["description"]).await?;
-    if res.rc == 32 {
-        return Ok(None);
-    }
-    res.success()?;
-    Ok(entries.into_iter().next().map(|e| SearchEntry::construct(e).attrs.remove("description").unwrap_or_default()))
 }
 
 /// The pair's two nodes as audit servers A (node 1) and B (node 2), bound as the rootDN.
@@ -96,63 +73,14 @@ async fn audit_cli(pair: &MirrorPair, extra: &[&str]) -> anyhow::Result<(i32, St
     Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
-/// What node 2 holds after the scenario, compared with node 1.
-#[derive(Debug)]
-struct Outcome {
-    /// Node 2 lacks the entry added while it was down.
-    lost_add: bool,
-    /// Node 2 still has the old value of the entry modified while it was down.
-    lost_modify: bool,
-    context_csn: (Vec<String>, Vec<String>),
-}
-
-/// The scenario of the notes: node 2 stops; node 1 adds an entry, modifies another and
-/// deletes a third; node 2 starts again and (bounded) applies the delete while both
-/// contextCSNs become equal. Returns what node 2 then holds.
+/// The scenario of the notes (see `ldap_elector_tests::divergence`): returns what node 2
+/// then holds; node 1 holds all three changes whatever happened to node 2.
 async fn stop_change_restart(pair: &MirrorPair, tag: &str) -> anyhow::Result<Outcome> {
-    let (added, modified, deleted) = (format!("{tag}-added"), format!("{tag}-modified"), format!("{tag}-deleted"));
-    pair.add_entry(1, &modified).await?;
-    pair.add_entry(1, &deleted).await?;
-    modify(pair, 1, &modified, "before").await?;
-    pair.wait_converged(CATCH_UP).await?;
-
-    pair.node(2).stop().await;
-    pair.add_entry(1, &added).await?;
-    modify(pair, 1, &modified, "after").await?;
-    pair.delete_entry(1, &deleted).await?;
-    pair.node(2).start().await?;
-
-    // The returning node has caught up as far as it ever will once it applied the delete
-    // and its contextCSN equals its peer's (whether or not it lost anything).
-    let context_csn = wait_for("node 2 to apply the missed delete and match node 1's contextCSN", CATCH_UP, || async {
-        let gone = description(pair, 2, &deleted).await?.is_none();
-        let (c1, c2) = (pair.context_csn(1).await?, pair.context_csn(2).await?);
-        if gone && c1 == c2 {
-            Ok((c1, c2))
-        } else {
-            Err(anyhow::anyhow!("deleted entry gone on node 2: {gone}; contextCSN node 1 {c1:?}, node 2 {c2:?}"))
-        }
-    })
-    .await?;
-    // Give replication every chance to deliver the rest (a bounded poll, not a sleep):
-    // either node 2 gets both changes or the loss is for good.
-    let caught_up = wait_for("node 2 to hold the add and the modify", Duration::from_secs(5), || async {
-        let (a, m) = (description(pair, 2, &added).await?, description(pair, 2, &modified).await?);
-        if a.is_some() && m.as_deref() == Some(&["after".to_string()][..]) {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!("node 2: {added}: {a:?}, {modified}: description {m:?}"))
-        }
-    })
-    .await;
-    if let Err(e) = &caught_up {
-        println!("{tag}: {e}");
-    }
-    let lost_add = description(pair, 2, &added).await?.is_none();
-    let lost_modify = description(pair, 2, &modified).await?.as_deref() != Some(&["after".to_string()][..]);
-    // Node 1 holds all three changes whatever happened to node 2.
+    divergence::prepare(pair, tag).await?;
+    let outcome = divergence::change_and_restart(pair, tag).await?;
+    let (added, deleted) = (format!("{tag}-added"), format!("{tag}-deleted"));
     assert!(description(pair, 1, &added).await?.is_some() && description(pair, 1, &deleted).await?.is_none());
-    Ok(Outcome { lost_add, lost_modify, context_csn })
+    Ok(outcome)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,23 +11,19 @@
 //!
 //! Run with `--nocapture` to see the steps.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use ldap3::{Mod, Scope, SearchEntry};
 use ldap_elector::audit::{self, AuditConfig, Verdict};
 use ldap_elector::contract;
 use ldap_elector::divergence_policy::parse_marks;
 use ldap_elector::ldap::Credentials;
 use ldap_elector_tests::electors::{elector_binary, Pair, PairOptions};
 use ldap_elector_tests::process::Signal;
-use ldap_elector_tests::slapd::{self, MirrorPair, PEOPLE, SUFFIX};
-use ldap_elector_tests::{wait_for, writer};
+use ldap_elector_tests::slapd::{self, MirrorPair, SUFFIX};
+use ldap_elector_tests::{divergence, wait_for, writer};
 
-const OP: Duration = Duration::from_secs(5);
-const CATCH_UP: Duration = Duration::from_secs(30);
 const ELECT: Duration = Duration::from_secs(90);
 /// From a standby's return to its mark in the Lease: a probe period (5 s), the audit, a renew.
 const MARKED: Duration = Duration::from_secs(60);
@@ -36,28 +32,6 @@ const LEASE: Duration = Duration::from_secs(8);
 /// Fresh scenarios tried before concluding that this slapd no longer diverges.
 const ATTEMPTS: u32 = 3;
 const RESEED: Duration = Duration::from_secs(150);
-
-fn dn(uid: &str) -> String {
-    format!("uid={uid},{PEOPLE}")
-}
-
-async fn modify(slapd: &MirrorPair, node: u32, uid: &str, description: &str) -> anyhow::Result<()> {
-    let mut conn = slapd.node(node).admin().await?;
-    let mods = vec![Mod::Replace("description", HashSet::from([description]))];
-    conn.ldap.with_timeout(OP).modify(&dn(uid), mods).await?.success()?;
-    Ok(())
-}
-
-async fn description(slapd: &MirrorPair, node: u32, uid: &str) -> anyhow::Result<Option<Vec<String>>> {
-    let mut conn = slapd.node(node).admin().await?;
-    let ldap3::SearchResult(entries, res) =
-        conn.ldap.with_timeout(OP).search(&dn(uid), Scope::Base, "(objectClass=*)", vec!["description"]).await?;
-    if res.rc == 32 {
-        return Ok(None);
-    }
-    res.success()?;
-    Ok(entries.into_iter().next().map(|e| SearchEntry::construct(e).attrs.remove("description").unwrap_or_default()))
-}
 
 /// The servers as the electors and `reseed` reach them: `POD=URL` pairs.
 fn servers(slapd: &MirrorPair) -> String {
@@ -88,46 +62,6 @@ async fn audit_pair(slapd: &MirrorPair) -> anyhow::Result<audit::Report> {
     Ok(audit::audit(&cfg).await?)
 }
 
-/// With node 2 down: node 1 adds, modifies and deletes; node 2 starts again and applies
-/// the delete. Whether node 2 then lacks the add or the modify (diverged).
-async fn changes_while_node2_is_down(slapd: &MirrorPair, tag: &str) -> anyhow::Result<bool> {
-    let (added, modified, deleted) = (format!("{tag}-added"), format!("{tag}-modified"), format!("{tag}-deleted"));
-    slapd.add_entry(1, &added).await?;
-    modify(slapd, 1, &modified, "after").await?;
-    slapd.delete_entry(1, &deleted).await?;
-    slapd.node(2).start().await?;
-    wait_for("node 2 to apply the missed delete and match node 1's contextCSN", CATCH_UP, || async {
-        let gone = description(slapd, 2, &deleted).await?.is_none();
-        let (c1, c2) = (slapd.context_csn(1).await?, slapd.context_csn(2).await?);
-        if gone && c1 == c2 {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!("deleted entry gone on node 2: {gone}; contextCSN {c1:?} / {c2:?}"))
-        }
-    })
-    .await?;
-    let caught_up = wait_for("node 2 to hold the add and the modify", Duration::from_secs(5), || async {
-        let (a, m) = (description(slapd, 2, &added).await?, description(slapd, 2, &modified).await?);
-        if a.is_some() && m.as_deref() == Some(&["after".to_string()][..]) {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!("node 2: {added}: {a:?}, {modified}: {m:?}"))
-        }
-    })
-    .await;
-    Ok(caught_up.is_err())
-}
-
-/// Prepares the entries of a scenario on node 1 (both nodes up) and stops node 2.
-async fn prepare(slapd: &MirrorPair, tag: &str) -> anyhow::Result<()> {
-    slapd.add_entry(1, &format!("{tag}-modified")).await?;
-    slapd.add_entry(1, &format!("{tag}-deleted")).await?;
-    modify(slapd, 1, &format!("{tag}-modified"), "before").await?;
-    slapd.wait_converged(CATCH_UP).await?;
-    slapd.node(2).stop().await;
-    Ok(())
-}
-
 /// `ldap-elector reseed` as the operator runs it, with the bed's admin kubeconfig.
 fn reseed_command(pair: &Pair, slapd: &MirrorPair, pod: &str, data_dir: bool) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(elector_binary(false));
@@ -149,7 +83,7 @@ async fn a_diverged_standby_is_marked_never_promoted_and_promotable_again_after_
     let started = Instant::now();
     let step = |what: &str| println!("[{:>6.1}s] {what}", started.elapsed().as_secs_f64());
     let slapd = MirrorPair::start(slapd::PairOptions::default().session_log(100)).await?;
-    prepare(&slapd, "run1").await?;
+    divergence::prepare(&slapd, "run1").await?;
 
     // Electors wired to their own slapd (health, fence) and auditing each other's.
     let mut env = writer::elector_env(&slapd)?;
@@ -165,9 +99,9 @@ async fn a_diverged_standby_is_marked_never_promoted_and_promotable_again_after_
     for attempt in 1..=ATTEMPTS {
         let tag = format!("run{attempt}");
         if attempt > 1 {
-            prepare(&slapd, &tag).await?;
+            divergence::prepare(&slapd, &tag).await?;
         }
-        if changes_while_node2_is_down(&slapd, &tag).await? {
+        if divergence::change_and_restart(&slapd, &tag).await?.diverged() {
             diverged = Some(tag);
             break;
         }
