@@ -6,6 +6,7 @@ pub mod electors;
 pub mod fixtures;
 pub mod forwarder;
 pub mod kubelet;
+pub mod ldap_rig;
 pub mod measure;
 pub mod observer;
 pub mod pki;

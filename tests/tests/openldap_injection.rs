@@ -11,12 +11,9 @@
 //! read-only over ldapi, leave the leader's writable, publish the contextCSN their health
 //! check read, elect one leader, and swap the fences on a graceful handover.
 //!
-//! How the pod's socket directory reaches the local machine: the test kubelet gives every
-//! pod volume a directory (`Kubelet::map_volumes`) and rewrites paths under a container's
-//! volume mounts in its environment to it; here the socket volume's directory of pod `o`
-//! is a symlink to slapd node `o + 1`'s directory, in which that slapd creates its `ldapi`
-//! socket. A sidecar without the mount would keep `/run/slapd/ldapi`, find no slapd, and
-//! never become healthy.
+//! How the pod's socket directory reaches the local machine: see `ldap_elector_tests::ldap_rig`.
+//! A sidecar without the mount would keep `/run/slapd/ldapi`, find no slapd, and never
+//! become healthy.
 //!
 //! The electors here run as the test's user, which the rig's cn=config makes root; the
 //! slapd side a consumer configures for the sidecar's uid/gid 65532 — the ACL block of
@@ -29,27 +26,18 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container, Pod, Service};
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::Api;
 use ldap_elector::contract;
 use ldap_elector_tests::bed::random_hex;
-use ldap_elector_tests::electors::{elector_binary, WRITE_SERVICE};
-use ldap_elector_tests::kubelet::Runner;
-use ldap_elector_tests::observer::Observer;
+use ldap_elector_tests::ldap_rig::{ordinal, LdapRig, NAMESPACE, SOCKET_DIR, STATEFULSET};
 use ldap_elector_tests::process::Signal;
-use ldap_elector_tests::slapd::{self, sbin, MirrorPair, SUFFIX};
-use ldap_elector_tests::webhook::Webhook;
-use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
-use serde_json::json;
+use ldap_elector_tests::slapd::{self, sbin, SUFFIX};
+use ldap_elector_tests::wait_for;
 
-const NAMESPACE: &str = "ldap";
-const STATEFULSET: &str = "ldap-server";
 /// The app container of `fixtures::statefulset`, the default slapd container.
 const LDAP_CONTAINER: &str = "ldap";
-const SOCKET_DIR: &str = "/run/slapd";
 const SOCKET_URL: &str = "ldapi://%2Frun%2Fslapd%2Fldapi";
 /// syncrepl `timeout=` of the pair: bounds a cn=config change after a reconnect (the fence).
 const SYNC_TIMEOUT: u32 = 1;
@@ -61,124 +49,6 @@ const HANDOVER: Duration = Duration::from_secs(40);
 
 fn pod_name(ordinal: u32) -> String {
     contract::pod_name(STATEFULSET, ordinal)
-}
-
-fn ordinal(pod: &str) -> u32 {
-    contract::split_pod_name(pod).map(|(_, o)| o).unwrap_or(u32::MAX)
-}
-
-struct Rig {
-    slapd: MirrorPair,
-    kubelet: Kubelet,
-    client: Client,
-    observer: Observer,
-    _bed: Bed,
-    _webhook: Webhook,
-}
-
-impl Rig {
-    /// The slapd of `pod`.
-    fn node(&self, pod: &str) -> &slapd::SlapdNode {
-        self.slapd.node(ordinal(pod) + 1)
-    }
-
-    /// The last lines of both electors' logs, for failure messages.
-    fn logs(&self) -> String {
-        (0..2)
-            .map(|o| {
-                let path = self.kubelet.log_path(NAMESPACE, &pod_name(o), contract::SIDECAR_CONTAINER);
-                let log = std::fs::read_to_string(&path).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                format!("--- {} ---\n{}", path.display(), lines[lines.len().saturating_sub(15)..].join("\n"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Waits until `leader`'s slapd is writable and `standby`'s is read-only, as cn=config
-    /// says (`olcReadOnly`, read over ldapi as root).
-    async fn wait_fences(&self, leader: &str, standby: &str) -> anyhow::Result<()> {
-        let what = format!("{leader}'s slapd writable and {standby}'s read-only");
-        wait_for(&what, FENCE, || async {
-            let read_only = |pod: &str| {
-                let node = self.node(pod);
-                async move { node.root().await?.read_only().await }
-            };
-            match (read_only(leader).await, read_only(standby).await) {
-                (Ok(false), Ok(true)) => Ok(()),
-                (l, s) => Err(format!(
-                    "olcReadOnly of {leader}: {:?}, of {standby}: {:?}",
-                    l.map_err(|e| e.to_string()),
-                    s.map_err(|e| e.to_string())
-                )),
-            }
-        })
-        .await
-        .with_context(|| self.logs())
-    }
-}
-
-/// Starts slapd, bed, kubelet, webhook, the write Service and the annotated StatefulSet.
-async fn start() -> anyhow::Result<Rig> {
-    let slapd = MirrorPair::start(slapd::PairOptions::default().sync_timeout(SYNC_TIMEOUT)).await?;
-    let bed = Bed::start().await?;
-    let kubelet = Kubelet::start(&bed, "bed-node").await?;
-    // Under the pair's directory: short enough for socket paths.
-    kubelet.map_volumes(slapd.dir.join("pods"));
-    for o in 0..2u32 {
-        let dir =
-            kubelet.volume_dir(NAMESPACE, &pod_name(o), contract::LDAPI_VOLUME).context("the kubelet maps volumes")?;
-        std::fs::create_dir_all(dir.parent().context("volume directory has a parent")?)?;
-        std::os::unix::fs::symlink(slapd.node(o + 1).dir(), &dir)?;
-        let socket: PathBuf = dir.join(contract::LDAPI_SOCKET_NAME);
-        anyhow::ensure!(socket.exists(), "slapd {} has no socket at {}", o + 1, socket.display());
-        anyhow::ensure!(
-            socket.as_os_str().len() <= 107,
-            "socket path {} too long; set LDAP_ELECTOR_BED_DIR to a shorter directory",
-            socket.display()
-        );
-    }
-    kubelet.add_runner(Runner {
-        container: contract::SIDECAR_CONTAINER.into(),
-        program: elector_binary(false),
-        env: vec![
-            (contract::ENV_PROBE_ADDR.into(), "off".into()),
-            (contract::ENV_LOG_FORMAT.into(), "text".into()),
-            ("ELECTOR_LOG".into(), "info,ldap_elector=debug".into()),
-        ],
-    });
-
-    let client = bed.admin_client()?;
-    fixtures::namespace(&client, NAMESPACE, Some("restricted")).await?;
-    let mut observer = Observer::start(client.clone(), NAMESPACE, &format!("app={STATEFULSET}"));
-    let webhook = Webhook::start(&bed).await?;
-    webhook.register(&bed, NAMESPACE, "Fail").await?;
-    let services = Api::<Service>::namespaced(client.clone(), NAMESPACE);
-    services.create(&PostParams::default(), &fixtures::service(WRITE_SERVICE, json!({"app": STATEFULSET}))?).await?;
-    observer.watch_service(client.clone(), NAMESPACE, WRITE_SERVICE);
-
-    let annotations = json!({
-        contract::ANNOTATION_INJECT: "true",
-        contract::ANNOTATION_LEADER_SERVICE: WRITE_SERVICE,
-        contract::ANNOTATION_LDAPI_SOCKET_DIR: SOCKET_DIR,
-        contract::ANNOTATION_LDAP_SUFFIX: SUFFIX,
-    });
-    // Zero replicas until the write Service selects the leader label: the webhook would hold
-    // the pods back until then anyway, and the StatefulSet controller's retry backoff only
-    // slows the test down.
-    let sets = Api::<StatefulSet>::namespaced(client.clone(), NAMESPACE);
-    sets.create(&PostParams::default(), &fixtures::statefulset(STATEFULSET, 0, annotations)?).await?;
-    wait_for("the write Service to select the leader label", ADMIT, || async {
-        let svc = services.get(WRITE_SERVICE).await.map_err(|e| e.to_string())?;
-        let selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
-        match selector.get(contract::LABEL_ROLE) {
-            Some(role) if role == contract::ROLE_LEADER => Ok(()),
-            _ => Err(format!("selector {selector:?}")),
-        }
-    })
-    .await?;
-    sets.patch(STATEFULSET, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await?;
-    Ok(Rig { slapd, kubelet, client, observer, _bed: bed, _webhook: webhook })
 }
 
 fn find<'a>(containers: impl IntoIterator<Item = &'a Container>, name: &str) -> anyhow::Result<&'a Container> {
@@ -225,7 +95,7 @@ fn check_injected(pod: &Pod) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_openldap_settings_fence_the_standby_and_elect_one_leader() -> anyhow::Result<()> {
-    let rig = start().await?;
+    let rig = LdapRig::start(SYNC_TIMEOUT).await?;
     let pods = Api::<Pod>::namespaced(rig.client.clone(), NAMESPACE);
     for o in 0..2 {
         let name = pod_name(o);
@@ -235,7 +105,7 @@ async fn injected_openldap_settings_fence_the_standby_and_elect_one_leader() -> 
 
     let leader = rig.observer.wait_for_single_leader(ELECT).await.with_context(|| rig.logs())?;
     let standby = pod_name(1 - ordinal(&leader).min(1));
-    rig.wait_fences(&leader, &standby).await?;
+    rig.wait_fences(&leader, &standby, FENCE).await?;
     // What a client bypassing the write Service sees: the standby refuses, the leader takes it.
     let refused = rig.node(&standby).admin().await?.add_person("direct-to-standby").await?;
     anyhow::ensure!(refused.rc == 53, "a write on the standby's slapd answered {refused:?}, expected 53");
@@ -269,7 +139,7 @@ async fn injected_openldap_settings_fence_the_standby_and_elect_one_leader() -> 
     .await
     .with_context(|| rig.logs())?;
     anyhow::ensure!(new == standby, "{new} became leader, expected {standby}");
-    rig.wait_fences(&standby, &leader).await?;
+    rig.wait_fences(&standby, &leader, FENCE).await?;
 
     rig.observer.assert_never_two_leaders();
     Ok(())

@@ -18,18 +18,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::Api;
 use ldap_elector::contract;
 use ldap_elector_tests::electors::{elector_binary, Pair, PairOptions, WRITE_SERVICE};
-use ldap_elector_tests::kubelet::Runner;
-use ldap_elector_tests::observer::Observer;
-use ldap_elector_tests::slapd::{self, MirrorPair, SUFFIX};
-use ldap_elector_tests::webhook::Webhook;
-use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
+use ldap_elector_tests::ldap_rig::{self, ordinal, LdapRig};
+use ldap_elector_tests::wait_for;
 use serde_json::{json, Value};
 
 const ELECT: Duration = Duration::from_secs(90);
@@ -270,88 +265,32 @@ async fn switchover_moves_leadership_without_two_leaders_and_refuses_ineligible_
 
 // ---- With real slapd: the fences follow the switchover, contextCSNs are published ----
 
-const SOCKET_DIR: &str = "/run/slapd";
 const FENCE: Duration = Duration::from_secs(30);
 
-/// A Mirror-Mode slapd pair behind the whole product, as in `openldap_injection.rs`: each
-/// pod's injected elector health-checks and fences its own slapd over ldapi.
+/// A Mirror-Mode slapd pair behind the whole product (`ldap_rig`): each pod's injected
+/// elector health-checks and fences its own slapd over ldapi; the CLI runs against it.
 struct Rig {
-    slapd: MirrorPair,
-    observer: Observer,
+    ldap: LdapRig,
     cli: Cli,
-    _kubelet: Kubelet,
-    _webhook: Webhook,
-    _bed: Bed,
 }
 
 async fn start_with_slapd() -> anyhow::Result<Rig> {
-    let (ns, sts) = ("ldap", "ldap-server");
-    let slapd = MirrorPair::start(slapd::PairOptions::default().sync_timeout(1)).await?;
-    let bed = Bed::start().await?;
-    let kubelet = Kubelet::start(&bed, "bed-node").await?;
-    kubelet.map_volumes(slapd.dir.join("pods"));
-    for o in 0..2u32 {
-        let pod = contract::pod_name(sts, o);
-        let dir = kubelet.volume_dir(ns, &pod, contract::LDAPI_VOLUME).context("the kubelet maps volumes")?;
-        std::fs::create_dir_all(dir.parent().context("volume directory has a parent")?)?;
-        std::os::unix::fs::symlink(slapd.node(o + 1).dir(), &dir)?;
-    }
-    kubelet.add_runner(Runner {
-        container: contract::SIDECAR_CONTAINER.into(),
-        program: elector_binary(false),
-        env: vec![
-            (contract::ENV_PROBE_ADDR.into(), "off".into()),
-            (contract::ENV_LOG_FORMAT.into(), "text".into()),
-            ("ELECTOR_LOG".into(), "info,ldap_elector=debug".into()),
-        ],
-    });
-    let client = bed.admin_client()?;
-    fixtures::namespace(&client, ns, Some("restricted")).await?;
-    let mut observer = Observer::start(client.clone(), ns, &format!("app={sts}"));
-    let webhook = Webhook::start(&bed).await?;
-    webhook.register(&bed, ns, "Fail").await?;
-    Api::<Service>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &fixtures::service(WRITE_SERVICE, json!({"app": sts}))?)
-        .await?;
-    observer.watch_service(client.clone(), ns, WRITE_SERVICE);
-    let annotations = json!({
-        contract::ANNOTATION_INJECT: "true",
-        contract::ANNOTATION_LEADER_SERVICE: WRITE_SERVICE,
-        contract::ANNOTATION_LDAPI_SOCKET_DIR: SOCKET_DIR,
-        contract::ANNOTATION_LDAP_SUFFIX: SUFFIX,
-    });
-    Api::<StatefulSet>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &fixtures::statefulset(sts, 2, annotations)?)
-        .await?;
-    let cli = Cli { kubeconfig: bed.kubeconfig.clone(), namespace: ns.into(), statefulset: sts.into() };
-    Ok(Rig { slapd, observer, cli, _kubelet: kubelet, _webhook: webhook, _bed: bed })
-}
-
-fn ordinal(pod: &str) -> u32 {
-    contract::split_pod_name(pod).map_or(u32::MAX, |(_, o)| o)
+    let ldap = LdapRig::start(1).await?;
+    let cli = Cli {
+        kubeconfig: ldap.bed.kubeconfig.clone(),
+        namespace: ldap_rig::NAMESPACE.into(),
+        statefulset: ldap_rig::STATEFULSET.into(),
+    };
+    Ok(Rig { ldap, cli })
 }
 
 impl Rig {
-    /// Waits until `leader`'s slapd is writable and `standby`'s read-only (cn=config).
-    async fn wait_fences(&self, leader: &str, standby: &str) -> anyhow::Result<()> {
-        wait_for(&format!("{leader}'s slapd writable and {standby}'s read-only"), FENCE, || async {
-            let l = self.slapd.read_only(ordinal(leader) + 1).await.map_err(|e| e.to_string())?;
-            let s = self.slapd.read_only(ordinal(standby) + 1).await.map_err(|e| e.to_string())?;
-            if !l && s {
-                Ok(())
-            } else {
-                Err(format!("olcReadOnly of {leader}: {l}, of {standby}: {s}"))
-            }
-        })
-        .await
-    }
-
     /// Waits until status is consistent with `leader` leading and `standby` caught up with a
     /// published, non-empty contextCSN equal to what its slapd holds.
     async fn wait_caught_up(&self, leader: &str, standby: &str) -> anyhow::Result<Value> {
         wait_for(&format!("status: {standby} caught up with {leader}"), T, || async {
             let (run, st) = self.cli.status().await.map_err(|e| e.to_string())?;
-            let on_slapd = self.slapd.context_csn(ordinal(standby) + 1).await.map_err(|e| e.to_string())?;
+            let on_slapd = self.ldap.slapd.context_csn(ordinal(standby) + 1).await.map_err(|e| e.to_string())?;
             let p = pod(&st, standby);
             let published: Vec<String> = serde_json::from_value(p["context_csn"].clone()).unwrap_or_default();
             if run.code == 0
@@ -373,10 +312,10 @@ impl Rig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_with_slapd_fences_the_old_leader_and_unfences_the_new_one() -> anyhow::Result<()> {
     let rig = start_with_slapd().await?;
-    let a = rig.observer.wait_for_single_leader(ELECT).await?;
+    let a = rig.ldap.observer.wait_for_single_leader(ELECT).await?;
     let b = contract::pod_name("ldap-server", 1 - ordinal(&a).min(1));
-    rig.wait_fences(&a, &b).await?;
-    rig.slapd.add_entry(ordinal(&a) + 1, "before-switchover").await?;
+    rig.ldap.wait_fences(&a, &b, FENCE).await?;
+    rig.ldap.slapd.add_entry(ordinal(&a) + 1, "before-switchover").await?;
     let st = rig.wait_caught_up(&a, &b).await?;
     println!("status before the switchover:\n{}", rig.cli.run(&["status"]).await?.stdout);
     assert!(st["leader_context_csn"].as_array().is_some_and(|c| !c.is_empty()), "{st}");
@@ -384,14 +323,14 @@ async fn switchover_with_slapd_fences_the_old_leader_and_unfences_the_new_one() 
     let started = Instant::now();
     let run = rig.cli.switchover(&b).await?;
     assert_eq!(run.code, 0, "{run}");
-    let at = rig.observer.became_leader_after(&b, started).context("b labelled leader")?;
+    let at = rig.ldap.observer.became_leader_after(&b, started).context("b labelled leader")?;
     println!("switchover {a} -> {b} with slapd: new leader labelled {:?} after the command started", at - started);
-    rig.wait_fences(&b, &a).await?;
+    rig.ldap.wait_fences(&b, &a, FENCE).await?;
     // The new leader takes writes, the old one refuses them (53 unwilling to perform).
-    rig.slapd.add_entry(ordinal(&b) + 1, "after-switchover").await?;
-    let refused = rig.slapd.node(ordinal(&a) + 1).admin().await?.add_person("to-the-old-leader").await?;
+    rig.ldap.slapd.add_entry(ordinal(&b) + 1, "after-switchover").await?;
+    let refused = rig.ldap.slapd.node(ordinal(&a) + 1).admin().await?.add_person("to-the-old-leader").await?;
     assert_eq!(refused.rc, 53, "{refused:?}");
     rig.wait_caught_up(&b, &a).await?;
-    rig.observer.assert_never_two_leaders();
+    rig.ldap.observer.assert_never_two_leaders();
     Ok(())
 }
