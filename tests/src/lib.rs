@@ -8,6 +8,7 @@ pub mod kubelet;
 pub mod measure;
 pub mod observer;
 pub mod pki;
+pub mod pod_network;
 pub mod process;
 pub mod proxy;
 pub mod slapd;
