@@ -20,6 +20,8 @@ use serde_json::Value;
 const BED_UP: Duration = Duration::from_secs(900);
 /// Bound on the whole walk-through (every wait inside is bounded by the page itself).
 const WALK: Duration = Duration::from_secs(900);
+/// The webhook's counter of injected pod reviews, as rendered.
+const INJECTED: &str = "ldap_elector_webhook_reviews_total{kind=\"Pod\",outcome=\"injected\"} ";
 const PODS: [&str; 2] = ["ldap-server-0", "ldap-server-1"];
 /// The marked blocks the page must keep (in this order), so the checks below stay meaningful.
 const EXPECTED_BLOCKS: [&str; 12] = [
@@ -231,11 +233,12 @@ async fn a_newcomer_following_getting_started_installs_opts_in_switches_over_and
     let before = is_leader(&block("metrics-before"));
     assert_eq!(before.get(&leader).map(String::as_str), Some("1"), "{}", block("metrics-before"));
     assert_eq!(before.get(&standby).map(String::as_str), Some("0"), "{}", block("metrics-before"));
-    let injected = block("webhook-metrics")
+    // Summed over the webhook replicas (`<pod>: <series> <value>` lines).
+    let injected: f64 = block("webhook-metrics")
         .lines()
-        .find_map(|l| l.strip_prefix("ldap_elector_webhook_reviews_total{kind=\"Pod\",outcome=\"injected\"} "))
-        .and_then(|v| v.trim().parse::<f64>().ok());
-    assert!(injected.is_some_and(|n| n >= 2.0), "both pods injected: {}", block("webhook-metrics"));
+        .filter_map(|l| l.split_once(": ")?.1.strip_prefix(INJECTED)?.trim().parse::<f64>().ok())
+        .sum();
+    assert!(injected >= 2.0, "both pods injected: {}", block("webhook-metrics"));
 
     // The switchover moved leadership to the other pod, in a later term; the metrics follow.
     assert!(block("switchover").contains(&format!("{standby} leads")), "{}", block("switchover"));
