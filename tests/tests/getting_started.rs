@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ldap_elector::contract::metric;
 use serde_json::Value;
 
 /// How long the bed may take to print its export lines (it may build the binaries first).
@@ -239,6 +240,15 @@ async fn a_newcomer_following_getting_started_installs_opts_in_switches_over_and
         .filter_map(|l| l.split_once(": ")?.1.strip_prefix(INJECTED)?.trim().parse::<f64>().ok())
         .sum();
     assert!(injected >= 2.0, "both pods injected: {}", block("webhook-metrics"));
+    // Both replicas answer through the pod proxy (each reports its certificate's expiry).
+    let webhook_metrics = block("webhook-metrics");
+    let expiry: std::collections::BTreeSet<&str> = webhook_metrics
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(_, m)| m.starts_with(metric::WEBHOOK_CERT_EXPIRY_TIMESTAMP_SECONDS))
+        .map(|(pod, _)| pod)
+        .collect();
+    assert_eq!(expiry.len(), 2, "both webhook replicas: {}", block("webhook-metrics"));
 
     // The switchover moved leadership to the other pod, in a later term; the metrics follow.
     assert!(block("switchover").contains(&format!("{standby} leads")), "{}", block("switchover"));
