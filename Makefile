@@ -28,7 +28,7 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## bed: start a bare test bed and keep it running (Ctrl-C stops it)
+## bed: a test bed with a pod network whose kubelet runs the chart's webhook and the injected electors; keeps running (Ctrl-C stops it). docs/getting-started.md
 bed: testbed-binaries
 	$(CARGO) run --quiet -p ldap-elector-tests --bin testbed
 

@@ -39,6 +39,8 @@ pub struct Bed {
     apiserver: std::sync::Mutex<Option<Child>>,
     controller_manager: Option<Child>,
     keep: bool,
+    /// The emulated pod network, when started with `BedOptions::pod_network`.
+    pub pod_network: Option<crate::pod_network::PodNetwork>,
 }
 
 /// Optional features of a bed.
@@ -47,6 +49,10 @@ pub struct BedOptions {
     /// Write an audit log (`audit.log`, one JSON line per request, metadata level) so that
     /// benchmarks can count API requests per client.
     pub audit: bool,
+    /// An emulated pod network (see [`crate::pod_network`]): the API server reaches pods
+    /// (webhooks behind a Service, the pods' proxy subresource) at their loopback stand-in
+    /// addresses, and the test kubelet gives each pod its own. Off by default.
+    pub pod_network: bool,
 }
 
 impl Bed {
@@ -129,6 +135,15 @@ impl Bed {
             apiserver_args.push(format!("--audit-policy-file={}", d("audit-policy.yaml")));
             apiserver_args.push(format!("--audit-log-path={}", d("audit.log")));
         }
+        let pod_network = if options.pod_network {
+            let network = crate::pod_network::PodNetwork::start(&dir.join("pod-network.sock"))?;
+            write_private(&dir.join("egress-selector.yaml"), &network.egress_config())?;
+            apiserver_args.push(format!("--egress-selector-config-file={}", d("egress-selector.yaml")));
+            apiserver_args.push("--enable-aggregator-routing=true".into());
+            Some(network)
+        } else {
+            None
+        };
         let apiserver = spawn_apiserver(&bin, &dir, &apiserver_args)?;
 
         let kcm_kubeconfig = dir.join("kcm.kubeconfig");
@@ -150,6 +165,7 @@ impl Bed {
             etcd,
             apiserver: std::sync::Mutex::new(Some(apiserver)),
             keep: std::env::var("LDAP_ELECTOR_KEEP_BED").is_ok_and(|v| v == "1"),
+            pod_network,
         };
         bed.wait_ready(Duration::from_secs(90)).await?;
 

@@ -43,6 +43,23 @@ pub fn elector_binary(release: bool) -> PathBuf {
         .clone()
 }
 
+/// The debug `ldap-elector-webhook` binary, built once per test process in the shared
+/// target directory (for the chart's pods on a bed with a pod network).
+pub fn webhook_debug_binary() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(path) = BIN.get() {
+        return Ok(path.clone());
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "ldap-elector-webhook", "--bin", "ldap-elector-webhook"])
+        .current_dir(&root)
+        .status()?;
+    anyhow::ensure!(status.success(), "building ldap-elector-webhook failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    Ok(BIN.get_or_init(|| target.join("debug").join("ldap-elector-webhook")).clone())
+}
+
 /// Options of a `Pair`.
 #[derive(Clone, Debug, Default)]
 pub struct PairOptions {
@@ -145,7 +162,7 @@ impl Pair {
     }
 
     pub async fn start_with(replicas: i32, env: &[(&str, &str)], options: PairOptions) -> anyhow::Result<Pair> {
-        let bed = Bed::start_with(crate::bed::BedOptions { audit: options.audit }).await?;
+        let bed = Bed::start_with(crate::bed::BedOptions { audit: options.audit, ..Default::default() }).await?;
         let kubelet = Kubelet::start(&bed, "bed-node").await?;
         kubelet.add_runner(Runner {
             container: contract::SIDECAR_CONTAINER.into(),

@@ -2,6 +2,10 @@
 //! with placeholder IPs from TEST-NET-1 (192.0.2.0/24: strings only, never connected
 //! to), runs chosen containers as local processes with a pod-bound service-account token,
 //! signals them on request, and finalises deleted pods after SIGTERM and the grace period.
+//! On a bed with a pod network (`BedOptions::pod_network`) each pod's IP stands for its own
+//! loopback address `127.B.C.N` instead: its processes bind there where their arguments or
+//! environment say `0.0.0.0` (the pod's network namespace), and the API server reaches them
+//! through `pod_network`'s proxy.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -62,6 +66,9 @@ struct Inner {
     volume_root: Mutex<Option<PathBuf>>,
     // Token requests need the bed; keep what they need.
     token_client: Client,
+    /// The bed's emulated pod network (`127.B.C`): processes listen on their pod's own
+    /// loopback address instead of `0.0.0.0`.
+    pod_network: Option<[u8; 2]>,
 }
 
 pub struct Kubelet {
@@ -87,6 +94,7 @@ impl Kubelet {
             ips: Mutex::new(HashMap::new()),
             volume_root: Mutex::new(None),
             token_client: client,
+            pod_network: bed.pod_network.as_ref().map(|n| n.prefix),
         });
         let task = tokio::spawn(run(inner.clone()));
         Ok(Kubelet { inner, task })
@@ -265,12 +273,7 @@ async fn bind(api: &Api<Pod>, name: &str, node: &str) -> anyhow::Result<()> {
 }
 
 async fn mark_running(inner: &Inner, api: &Api<Pod>, pod: &Pod) -> anyhow::Result<()> {
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let ip = {
-        let mut ips = lock(&inner.ips);
-        let n = ips.len() % 250 + 1;
-        ips.entry(uid).or_insert_with(|| format!("192.0.2.{n}")).clone()
-    };
+    let ip = pod_ip(inner, pod);
     let t = now();
     let statuses = |cs: &[Container], sidecar_only: bool| -> Vec<serde_json::Value> {
         cs.iter()
@@ -291,6 +294,14 @@ async fn mark_running(inner: &Inner, api: &Api<Pod>, pod: &Pod) -> anyhow::Resul
     }});
     api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await?;
     Ok(())
+}
+
+/// The pod's IP (TEST-NET-1), handed out once per pod UID.
+fn pod_ip(inner: &Inner, pod: &Pod) -> String {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let mut ips = lock(&inner.ips);
+    let n = ips.len() % 250 + 1;
+    ips.entry(uid).or_insert_with(|| format!("192.0.2.{n}")).clone()
 }
 
 async fn start_container(inner: &Arc<Inner>, pod: &Pod, container_name: &str) -> anyhow::Result<()> {
@@ -323,8 +334,18 @@ async fn start_container(inner: &Arc<Inner>, pod: &Pod, container_name: &str) ->
         local_mounts.push((m.mount_path.clone(), dir.display().to_string()));
     }
 
+    // With the bed's pod network, the pod's own loopback address is its network namespace:
+    // what the container binds to `0.0.0.0` it binds there (see `pod_network`).
+    let own_ip = inner
+        .pod_network
+        .and_then(|prefix| crate::pod_network::local_ip(prefix, &pod_ip(inner, pod)))
+        .map(|ip| ip.to_string());
+    let bind = |v: &str| match &own_ip {
+        Some(ip) => v.replace("0.0.0.0", ip),
+        None => v.to_string(),
+    };
     let mut cmd = Command::new(&runner.program);
-    cmd.args(container.args.iter().flatten());
+    cmd.args(container.args.iter().flatten().map(|a| bind(a)));
     cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     for e in container.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
@@ -341,11 +362,11 @@ async fn start_container(inner: &Arc<Inner>, pod: &Pod, container_name: &str) ->
         };
         if let Some(v) = value {
             let v = local_mounts.iter().fold(v, |v, (mount, local)| rewrite_path(&v, mount, local));
-            cmd.env(&e.name, v);
+            cmd.env(&e.name, bind(&v));
         }
     }
     cmd.env("POD_NAME", &name).env("POD_NAMESPACE", &ns).env("POD_UID", &uid);
-    cmd.envs(runner.env.iter().map(|(k, v)| (k, Runner::expand(v, &name))));
+    cmd.envs(runner.env.iter().map(|(k, v)| (k, bind(&Runner::expand(v, &name)))));
 
     // The API identity a real kubelet would project: the pod's service account, bound to
     // this pod, delivered via a kubeconfig whose token file we own.

@@ -10,6 +10,7 @@ pub mod ldap_rig;
 pub mod measure;
 pub mod observer;
 pub mod pki;
+pub mod pod_network;
 pub mod process;
 pub mod proxy;
 pub mod slapd;

@@ -105,7 +105,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(settings: Settings, machine: Machine, pinned_away: bool) -> anyhow::Result<()> {
-    let bed = Bed::start_with(BedOptions { audit: true }).await?;
+    let bed = Bed::start_with(BedOptions { audit: true, ..Default::default() }).await?;
 
     let Setup {
         webhook,
