@@ -188,7 +188,6 @@ impl Elector {
                         }
                         return Exit::Terminated;
                     }
-                    let retry_due = self.retry_at.is_none_or(|t| now >= t);
                     if self.leading.is_some() && !self.in_office && retry_due {
                         self.take_office().await;
                         continue;
