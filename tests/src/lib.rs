@@ -14,6 +14,7 @@ pub mod pod_network;
 pub mod process;
 pub mod proxy;
 pub mod slapd;
+pub mod status;
 pub mod wait;
 pub mod webhook;
 pub mod webhook_load;

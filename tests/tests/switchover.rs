@@ -88,13 +88,7 @@ impl Cli {
     async fn wait_consistent(&self, leader: &str) -> anyhow::Result<Value> {
         wait_for(&format!("status: consistent, {leader} leads"), T, || async {
             let (run, st) = self.status().await.map_err(|e| e.to_string())?;
-            let routed: Vec<&str> = st["services"][0]["endpoints"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|e| e["ready"] == true)
-                .filter_map(|e| e["pod"].as_str())
-                .collect();
+            let routed = ldap_elector_tests::status::routed_pods(&st);
             if run.code == 0 && st["leader"] == leader && routed == [leader] {
                 Ok(st)
             } else {
