@@ -52,7 +52,8 @@ pub fn observe(lease: &Lease, seen_change_at: Moment) -> Observed {
     }
 }
 
-fn annotation<'a>(lease: &'a Lease, name: &str) -> Option<&'a str> {
+/// The value of the Lease annotation `name`.
+pub fn annotation<'a>(lease: &'a Lease, name: &str) -> Option<&'a str> {
     lease.metadata.annotations.as_ref().and_then(|a| a.get(name)).map(String::as_str)
 }
 

@@ -219,7 +219,7 @@ pub fn csn_lag_seconds(mine: &[String], leader: &[String]) -> Option<f64> {
 /// The summary of `pod`'s divergence mark in the Lease, if it is marked (unreadable marks
 /// count as no mark here; `decide` treats them as blocking and `status` warns about them).
 pub fn own_mark(lease: &Lease, pod: &str) -> Option<String> {
-    let value = lease.metadata.annotations.as_ref()?.get(LEASE_ANNOTATION_DIVERGED)?;
+    let value = crate::lease::annotation(lease, LEASE_ANNOTATION_DIVERGED)?;
     let marks = crate::divergence_policy::parse_marks(value).ok()?;
     marks.get(pod).map(|m| if m.summary.is_empty() { "no summary".to_string() } else { m.summary.clone() })
 }

@@ -149,7 +149,7 @@ async fn clear_mark(leases: &LeaseClient, target: &str) -> Result<(), ReseedErro
         let current = leases.get(API_TIMEOUT).await.map_err(|e| ReseedError::Lease(e.to_string()))?;
         let holder = lease::observe(&current, crate::clock::Moment::now()).holder;
         divergence_policy::reseed_source(Ok(holder.as_deref()), target)?;
-        let value = current.metadata.annotations.as_ref().and_then(|a| a.get(LEASE_ANNOTATION_DIVERGED)).cloned();
+        let value = lease::annotation(&current, LEASE_ANNOTATION_DIVERGED).map(String::from);
         let next_value = divergence_policy::cleared(value.as_deref(), target).map_err(ReseedError::Lease)?;
         if next_value == value {
             tracing::info!(target, "reseed: the target was not marked in the Lease; nothing to clear");

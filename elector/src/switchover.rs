@@ -21,6 +21,7 @@ use crate::contract::{
     LEASE_ANNOTATION_SWITCHOVER_TO,
 };
 use crate::decide::{caught_up, Action};
+use crate::lease::annotation;
 
 /// How far (by CSN timestamps, per server ID) a target's *published* contextCSN may trail the
 /// leader's and still count as caught up for a switchover. The published value is rate-limited
@@ -161,10 +162,6 @@ pub fn csn_lag(mine: &[String], leaders: &[String]) -> Option<Duration> {
 /// The requested target of a pending switchover, if any.
 pub fn requested(lease: &Lease) -> Option<&str> {
     annotation(lease, LEASE_ANNOTATION_SWITCHOVER_TO).map(str::trim).filter(|t| !t.is_empty())
-}
-
-fn annotation<'a>(lease: &'a Lease, key: &str) -> Option<&'a str> {
-    lease.metadata.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
 /// One entry of the Lease's divergence marks (see `divergence_policy`).
