@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test unit e2e lint fmt bed bench testbed-binaries clean-beds
+.PHONY: demo test unit e2e lint fmt bed bench system-packages testbed-binaries clean-beds
 
 ## demo: a local control plane, the webhook, an annotated StatefulSet, an election and a failover, live
 demo: testbed-binaries
@@ -32,8 +32,12 @@ fmt:
 bed: testbed-binaries
 	$(CARGO) run --quiet -p ldap-elector-tests --bin testbed
 
-## testbed-binaries: build (or reuse from ~/.cache) etcd, kube-apiserver, kube-controller-manager, kubectl, helm
-testbed-binaries:
+## system-packages: install (once, Debian, needs root or sudo) what the tests run: slapd, ldap-utils, Go, a C toolchain
+system-packages:
+	@bash hack/install-deps.sh
+
+## testbed-binaries: build (or reuse from ~/.cache) etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy, helm
+testbed-binaries: system-packages
 	@bash hack/build-testbed.sh >/dev/null
 
 ## clean-beds: remove test-bed directories kept with LDAP_ELECTOR_KEEP_BED=1

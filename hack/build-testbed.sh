@@ -14,7 +14,8 @@ ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
 CACHE_ROOT=${LDAP_ELECTOR_CACHE:-$HOME/.cache/ldap-elector}
 BIN="$CACHE_ROOT/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
-TOOLS=(kube-apiserver kube-controller-manager kubectl etcd helm)
+# kube-scheduler, kubelet and kube-proxy are for the real-node bed (docs/real-node.md).
+TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd helm)
 
 step() { printf '[build-testbed] %s\n' "$*" >&2; }
 fail() { printf '[build-testbed] FAILED at step "%s": %s\n' "$1" "$2" >&2; exit 1; }
@@ -45,7 +46,7 @@ staging_version="v0.${K8S_VERSION#v1.}"
 need() { for m in "${missing[@]}"; do [ "$m" = "$1" ] && return 0; done; return 1; }
 
 k8s_cmds=()
-for t in kube-apiserver kube-controller-manager kubectl; do need "$t" && k8s_cmds+=("$t"); done
+for t in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do need "$t" && k8s_cmds+=("$t"); done
 if [ ${#k8s_cmds[@]} -gt 0 ]; then
   # A throwaway module requiring k8s.io/kubernetes; every staging module replaced by its
   # published version, and the go/godebug lines copied so behaviour matches upstream.
@@ -57,7 +58,11 @@ if [ ${#k8s_cmds[@]} -gt 0 ]; then
     grep -E '^\s*k8s.io/[a-z0-9-]+ => ./staging/' "$gomod" |
       awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
   } > "$mod/go.mod"
-  printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n' > "$mod/tools.go"
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+    printf ')\n'
+  } > "$mod/tools.go"
   step "kubernetes $K8S_VERSION: resolving modules ($(grep -c '^replace' "$mod/go.mod") staging replaces)"
   (cd "$mod" && go mod tidy >/dev/null 2>"$work/tidy.log") || fail "kubernetes go mod tidy" "$(tail -5 "$work/tidy.log")"
   ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitTreeState=clean"
