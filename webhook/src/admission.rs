@@ -222,50 +222,6 @@ pub fn service_answer(req: &AdmissionRequest<DynamicObject>, statefulsets: &[Sta
     }
 }
 
-/// Decode and answer against a fixed cluster that holds exactly `statefulsets` and
-/// `services` (the golden fixtures). `Err` only when the body is not a review at all
-/// (see [`ReviewError`]).
-pub fn review(
-    body: &[u8],
-    statefulsets: &[StatefulSet],
-    services: &[Service],
-    cfg: &InjectConfig,
-) -> Result<AdmissionReview<DynamicObject>, ReviewError> {
-    let req = decode(body)?;
-    let in_namespace = |ns: &str, meta: &kube::core::ObjectMeta| meta.namespace.as_deref() == Some(ns);
-    let answer = match subject(&req) {
-        Subject::PodCreate => {
-            let owner = owner_to_look_up(&req).and_then(|(ns, name, uid)| {
-                let hit = |s: &&StatefulSet| {
-                    in_namespace(&ns, &s.metadata)
-                        && s.metadata.name.as_deref() == Some(name.as_str())
-                        && (uid.is_none() || s.metadata.uid == uid)
-                };
-                statefulsets.iter().find(hit).cloned()
-            });
-            match pod_answer(&req, Ok::<_, std::convert::Infallible>(owner), cfg) {
-                (answer, None) => answer,
-                (answer, Some(gate)) => {
-                    let named = |s: &&Service| {
-                        in_namespace(&gate.namespace, &s.metadata)
-                            && gate.services.iter().any(|n| s.metadata.name.as_ref() == Some(n))
-                    };
-                    let found = services.iter().filter(named).cloned().collect();
-                    gate_answer(&req, answer, &gate, Ok::<_, std::convert::Infallible>(found))
-                }
-            }
-        }
-        Subject::ServiceWrite => {
-            let ns = namespace(&req);
-            let of_namespace: Vec<StatefulSet> =
-                statefulsets.iter().filter(|s| in_namespace(ns, &s.metadata)).cloned().collect();
-            service_answer(&req, &of_namespace)
-        }
-        Subject::Other => passed(&req),
-    };
-    Ok(answer.response.into_review())
-}
-
 enum Subject {
     PodCreate,
     ServiceWrite,

@@ -1,5 +1,5 @@
 //! The webhook process, minus flag parsing, logging set-up and signals (those are
-//! `main`'s): health server, serving certificate (Secret or files), owner cache,
+//! `main`'s): health server, serving certificate (Secret or files), the shared watches,
 //! reconciler and the TLS admission server, started and stopped in the right order.
 //! Tests run it in-process with [`run`].
 //!
@@ -31,9 +31,10 @@ use crate::args::{CertSource, SecretCert, Settings};
 use crate::cluster::ClusterCache;
 use crate::handler::AdmissionHandler;
 use crate::metrics::WebhookMetrics;
-use crate::reconcile::run_reconciler;
-use crate::server::{serve_plain, serve_tls, Limits};
+use crate::reconcile::run_reconciler_on;
+use crate::server::{serve_health, serve_tls, Limits};
 use crate::tls::{server_config, ReloadingCert, TlsError};
+use crate::watches::SharedWatches;
 
 /// Files mode: how often the PEM files are compared with what is served.
 pub const FILE_POLL_INTERVAL: Duration = Duration::from_secs(10);
@@ -82,7 +83,7 @@ pub async fn run(
     let flag = ready.clone();
     let metrics = Arc::new(WebhookMetrics::default());
     let gather = metrics.clone();
-    let health = tokio::spawn(serve_plain(
+    let health = tokio::spawn(serve_health(
         health_listener,
         move || flag.load(Ordering::Relaxed),
         move || gather.render(),
@@ -111,8 +112,16 @@ pub async fn run(
             };
         }
     };
-    let cluster = ClusterCache::start(client.clone(), background.clone());
-    let reconciler = settings.reconcile.then(|| tokio::spawn(run_reconciler(client.clone(), background.clone())));
+    // One watch per kind, shared by admission and the reconciler.
+    let (watches, changes) = if settings.reconcile {
+        let (watches, changes) = SharedWatches::start_with_changes(&client, &background);
+        (watches, Some(changes))
+    } else {
+        (SharedWatches::start(&client, &background), None)
+    };
+    let cluster = ClusterCache::new(client.clone(), &watches);
+    let reconciler =
+        changes.map(|changes| tokio::spawn(run_reconciler_on(client.clone(), watches, changes, background.clone())));
 
     let server_stop = CancellationToken::new();
     let handler = AdmissionHandler::new(settings.inject.clone(), cluster).with_metrics(metrics.clone());

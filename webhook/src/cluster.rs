@@ -13,7 +13,7 @@
 //! an elector carries no role label, so the write Service does not select it (safe, but
 //! uninjected until it is recreated).
 //!
-//! Write Services: only the ones carrying our mark ([`contract::LABEL_STATEFULSET`]) are
+//! Write Services: only the ones carrying our mark ([`ldap_elector::contract::LABEL_STATEFULSET`]) are
 //! cached — those are the ones that already select the leader in steady state, so a pod
 //! creation costs no request; anything else (unmarked, missing, or not selecting the leader
 //! in the cache) is read live, because refusing or admitting a pod on a stale view would
@@ -27,17 +27,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, Resource, ResourceExt};
-use ldap_elector::contract;
+use kube::core::ObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::Api;
+use kube::Client;
 use serde::de::DeserializeOwned;
-use tokio_util::sync::CancellationToken;
 
 use crate::leader_service::{leader_selector_change, ServiceChange};
+use crate::watches::SharedWatches;
 
 /// Bound on a live GET: it must answer well inside the API server's webhook timeout (the
 /// chart sets a few seconds), so the denial (and the retry) happens on our terms.
@@ -83,14 +82,11 @@ pub struct ClusterCache {
 }
 
 impl ClusterCache {
-    /// Starts watching all StatefulSets and our marked Services until `shutdown`. Watches
-    /// retry with backoff on errors (logged); lookups work from the first moment thanks
-    /// to the live GETs.
-    pub fn start(client: Client, shutdown: CancellationToken) -> Self {
-        let statefulsets = spawn_store(&client, watcher::Config::default(), &shutdown);
-        let marked = watcher::Config::default().labels(contract::LABEL_STATEFULSET);
-        let marked_services = spawn_store(&client, marked, &shutdown);
-        Self { statefulsets, marked_services, client }
+    /// Reads the shared `watches` (see [`SharedWatches`]) and GETs live through `client`.
+    /// Lookups work from the first moment, before the stores have synced, thanks to the
+    /// live GETs.
+    pub fn new(client: Client, watches: &SharedWatches) -> Self {
+        Self { statefulsets: watches.statefulsets.clone(), marked_services: watches.marked_services.clone(), client }
     }
 
     fn cached_statefulset(&self, namespace: &str, name: &str, uid: Option<&str>) -> Option<Arc<StatefulSet>> {
@@ -117,8 +113,12 @@ impl Cluster for ClusterCache {
     }
 
     fn statefulsets(&self, namespace: &str) -> Vec<StatefulSet> {
-        let of_namespace = |s: &Arc<StatefulSet>| s.metadata.namespace.as_deref() == Some(namespace);
-        self.statefulsets.state().iter().filter(|s| of_namespace(s)).map(|s| StatefulSet::clone(s)).collect()
+        self.statefulsets
+            .state()
+            .iter()
+            .filter(|s| in_namespace(namespace, &s.metadata))
+            .map(|s| StatefulSet::clone(s))
+            .collect()
     }
 
     async fn services(
@@ -152,36 +152,46 @@ where
     }
 }
 
-/// A reflector store of `K` (all namespaces, `config`'s selector, without managed fields),
-/// driven until `shutdown`.
-pub(crate) fn spawn_store<K>(client: &Client, config: watcher::Config, shutdown: &CancellationToken) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let kind = K::kind(&()).into_owned();
-    let stream = reflector::reflector(
-        writer,
-        watcher(Api::<K>::all(client.clone()), config)
-            .default_backoff()
-            // Halves the cache's memory; admission never looks at managed fields.
-            .modify(|object| object.managed_fields_mut().clear()),
-    );
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        let mut events = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                event = events.next() => match event {
-                    Some(Ok(_)) => {}
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, kind, "watch failed (retrying with backoff)")
-                    }
-                    None => return,
-                },
-            }
-        }
-    });
-    store
+/// A cluster of fixed objects, answering from them alone (never an error): the golden
+/// admission tests, and anything else that replays reviews offline.
+#[derive(Clone, Debug, Default)]
+pub struct FixedCluster {
+    pub statefulsets: Vec<StatefulSet>,
+    pub services: Vec<Service>,
+}
+
+impl Cluster for FixedCluster {
+    async fn statefulset(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Result<Option<StatefulSet>, LookupError> {
+        let hit = |s: &&StatefulSet| {
+            in_namespace(namespace, &s.metadata)
+                && s.metadata.name.as_deref() == Some(name)
+                && (uid.is_none() || s.metadata.uid.as_deref() == uid)
+        };
+        Ok(self.statefulsets.iter().find(hit).cloned())
+    }
+
+    fn statefulsets(&self, namespace: &str) -> Vec<StatefulSet> {
+        self.statefulsets.iter().filter(|s| in_namespace(namespace, &s.metadata)).cloned().collect()
+    }
+
+    async fn services(
+        &self,
+        namespace: &str,
+        _statefulset: &str,
+        names: &[String],
+    ) -> Result<Vec<Service>, LookupError> {
+        let named = |s: &&Service| {
+            in_namespace(namespace, &s.metadata) && names.iter().any(|n| s.metadata.name.as_ref() == Some(n))
+        };
+        Ok(self.services.iter().filter(named).cloned().collect())
+    }
+}
+
+fn in_namespace(namespace: &str, meta: &ObjectMeta) -> bool {
+    meta.namespace.as_deref() == Some(namespace)
 }

@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod reconcile;
 pub mod server;
 pub mod tls;
+pub mod watches;

@@ -125,7 +125,7 @@ pub async fn serve_tls<H: Handler>(
 /// Serve plain HTTP/1.1 health probes: `/livez` is 200 while the process serves,
 /// `/readyz` is 200 when `ready()` says so and 503 otherwise; `/metrics` is what
 /// `metrics()` renders (Prometheus text format); anything else is 404.
-pub async fn serve_plain<R, M>(
+pub async fn serve_health<R, M>(
     listener: TcpListener,
     ready: R,
     metrics: M,
@@ -191,17 +191,17 @@ async fn serve<H: Handler>(
 ) -> Result<(), ServerError> {
     limits.validate()?;
     let local = listener.local_addr().ok();
-    let ctx = Arc::new(Ctx { protocols: Protocols::new(&limits), handler, limits, shutdown });
+    let server = Arc::new(Server { protocols: Protocols::new(&limits), handler, limits, shutdown });
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled() => break,
+            _ = server.shutdown.cancelled() => break,
             Some(done) = conns.join_next(), if !conns.is_empty() => log_join(done),
-            accepted = listener.accept(), if conns.len() < ctx.limits.max_connections => {
+            accepted = listener.accept(), if conns.len() < server.limits.max_connections => {
                 match accepted {
                     Ok((tcp, peer)) => {
-                        conns.spawn(connection(tcp, peer, tls.clone(), ctx.clone()));
+                        conns.spawn(connection(tcp, peer, tls.clone(), server.clone()));
                     }
                     Err(error) => {
                         warn!(%error, "accepting a connection failed");
@@ -221,7 +221,7 @@ async fn serve<H: Handler>(
             log_join(done);
         }
     };
-    if tokio::time::timeout(ctx.limits.drain_timeout, drain).await.is_err() {
+    if tokio::time::timeout(server.limits.drain_timeout, drain).await.is_err() {
         warn!(?local, aborted = conns.len(), "drain timeout, closing remaining connections");
         conns.shutdown().await;
     }
@@ -229,7 +229,7 @@ async fn serve<H: Handler>(
 }
 
 /// What every connection task shares.
-struct Ctx<H> {
+struct Server<H> {
     protocols: Protocols,
     handler: H,
     limits: Limits,
@@ -244,15 +244,15 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, ctx: Arc<Ctx<H>>) {
+async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, server: Arc<Server<H>>) {
     // Requests and responses are small; do not wait for Nagle.
     let _ = tcp.set_nodelay(true);
     let Some(acceptor) = tls else {
-        return drive(&ctx.protocols.h1, TokioIo::new(tcp), peer, &ctx).await;
+        return drive(&server.protocols.h1, TokioIo::new(tcp), peer, &server).await;
     };
-    let handshake = tokio::time::timeout(ctx.limits.handshake_timeout, acceptor.accept(tcp));
+    let handshake = tokio::time::timeout(server.limits.handshake_timeout, acceptor.accept(tcp));
     let stream = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return,
+        _ = server.shutdown.cancelled() => return,
         result = handshake => match result {
             Ok(Ok(stream)) => stream,
             // Scanners, probes and clients outside the profile land here: debug, not warn.
@@ -267,22 +267,22 @@ async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, tls: Option<Tl
         },
     };
     let protocol =
-        if stream.get_ref().1.alpn_protocol() == Some(ALPN_H2) { &ctx.protocols.h2 } else { &ctx.protocols.h1 };
-    drive(protocol, TokioIo::new(stream), peer, &ctx).await;
+        if stream.get_ref().1.alpn_protocol() == Some(ALPN_H2) { &server.protocols.h2 } else { &server.protocols.h1 };
+    drive(protocol, TokioIo::new(stream), peer, &server).await;
 }
 
 /// Serve HTTP on one connection until the client leaves, or shutdown / max age ask it to
 /// wind down, in which case in-flight requests get `drain_timeout` to finish.
-async fn drive<I, H>(protocol: &auto::Builder<TokioExecutor>, io: I, peer: SocketAddr, ctx: &Arc<Ctx<H>>)
+async fn drive<I, H>(protocol: &auto::Builder<TokioExecutor>, io: I, peer: SocketAddr, server: &Arc<Server<H>>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     H: Handler,
 {
-    let service_ctx = ctx.clone();
+    let service_server = server.clone();
     let service = service_fn(move |req| {
-        let ctx = service_ctx.clone();
+        let server = service_server.clone();
         async move {
-            let response = respond(&ctx.handler, &ctx.limits, req).await;
+            let response = respond(&server.handler, &server.limits, req).await;
             Ok::<_, Infallible>(response.map(Full::new))
         }
     });
@@ -290,8 +290,8 @@ where
     tokio::pin!(conn);
     let wind_down = async {
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => {}
-            _ = tokio::time::sleep(ctx.limits.max_connection_age) => {}
+            _ = server.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(server.limits.max_connection_age) => {}
         }
     };
     let result = tokio::select! {
@@ -300,7 +300,7 @@ where
             // HTTP/1 closes after the current response; HTTP/2 sends GOAWAY and serves
             // the streams already open. A client that never finishes is cut off.
             conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(ctx.limits.drain_timeout, conn).await.unwrap_or(Ok(()))
+            tokio::time::timeout(server.limits.drain_timeout, conn).await.unwrap_or(Ok(()))
         }
     };
     if let Err(error) = result {
@@ -546,7 +546,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let flag = ready.clone();
-        let task = tokio::spawn(serve_plain(
+        let task = tokio::spawn(serve_health(
             listener,
             move || flag.load(Ordering::Relaxed),
             || "m 1\n".to_string(),

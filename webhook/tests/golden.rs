@@ -12,10 +12,12 @@
 use std::path::PathBuf;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::core::admission::AdmissionResponse;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{AdmissionResponse, AdmissionReview};
+use kube::core::DynamicObject;
 use ldap_elector::contract;
-use ldap_elector_webhook::admission::{review, ReviewError};
+use ldap_elector_webhook::admission::{answer, decode, ReviewError};
+use ldap_elector_webhook::cluster::FixedCluster;
 use ldap_elector_webhook::inject::{inject, Decision, InjectConfig, SkipReason};
 use serde_json::Value;
 
@@ -41,19 +43,26 @@ fn read_json(name: &str) -> Value {
 
 /// The cluster of a case: its owner (`null` for none) and, if the case has one,
 /// `<case>.services.json` (a list of Services; none otherwise).
-fn cluster(case: &str) -> (Vec<StatefulSet>, Vec<Service>) {
+fn cluster(case: &str) -> FixedCluster {
     let owner: Option<StatefulSet> = serde_json::from_value(read_json(&format!("{case}.owner.json"))).expect("owner");
     let services = match fixture(&format!("{case}.services.json")).exists() {
         true => serde_json::from_value(read_json(&format!("{case}.services.json"))).expect("services"),
         false => Vec::new(),
     };
-    (owner.into_iter().collect(), services)
+    FixedCluster { statefulsets: owner.into_iter().collect(), services }
+}
+
+/// What the handler does with a body: decode it and answer it against `cluster`, through
+/// the production [`answer`]. `Err` only when the body is not a review at all.
+fn review(body: &[u8], cluster: &FixedCluster) -> Result<AdmissionReview<DynamicObject>, ReviewError> {
+    let request = decode(body)?;
+    // A fixed cluster answers at once, so no runtime is needed.
+    Ok(futures::executor::block_on(answer(&request, cluster, &cfg())).response.into_review())
 }
 
 /// Runs admission on `body` against the case's cluster; the response and the decoded patch.
 fn admit(case: &str, body: &[u8]) -> (AdmissionResponse, Value) {
-    let (statefulsets, services) = cluster(case);
-    let out = review(body, &statefulsets, &services, &cfg()).expect("fixture is a valid review");
+    let out = review(body, &cluster(case)).expect("fixture is a valid review");
     let response = out.response.expect("review has a response");
     let patch = match &response.patch {
         Some(bytes) => serde_json::from_slice(bytes).expect("patch is JSON"),
@@ -93,7 +102,7 @@ fn check(case: &str, expect: Expect) {
         json_patch::patch(&mut object, &ops).expect("patch applies");
         if request["kind"]["kind"] == "Pod" {
             let pod: Pod = serde_json::from_value(object.clone()).expect("patched pod decodes");
-            let owner = cluster(case).0.into_iter().next();
+            let owner = cluster(case).statefulsets.into_iter().next();
             let again = inject(&pod, owner.as_ref(), &cfg()).expect("second pass");
             assert_eq!(again, Decision::Skip(SkipReason::AlreadyInjected));
         }
@@ -147,10 +156,10 @@ fn every_fixture_belongs_to_a_case() {
 fn malformed_bodies_are_errors_not_panics() {
     let full = std::fs::read(fixture("fresh-pod.review.json")).expect("fixture");
     for body in [&b""[..], b"{", b"[]", b"null", &full[..full.len() / 2]] {
-        assert!(matches!(review(body, &[], &[], &cfg()), Err(ReviewError::Malformed(_))));
+        assert!(matches!(review(body, &FixedCluster::default()), Err(ReviewError::Malformed(_))));
     }
     let empty = br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#;
-    let err = review(empty, &[], &[], &cfg()).expect_err("no request");
+    let err = review(empty, &FixedCluster::default()).expect_err("no request");
     assert!(matches!(err, ReviewError::MissingRequest));
     assert!(!err.into_review().response.expect("response").allowed);
 }
@@ -161,7 +170,7 @@ proptest::proptest! {
     /// Fuzzing the review decoding and admission: arbitrary bytes are an error, never a panic.
     #[test]
     fn arbitrary_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096)) {
-        let _ = review(&body, &[], &[], &cfg());
+        let _ = review(&body, &FixedCluster::default());
     }
 
     /// ... and so is every fixture review with one byte changed, against its own cluster
@@ -175,7 +184,6 @@ proptest::proptest! {
         let mut body = std::fs::read(fixture(&format!("{case}.review.json"))).expect("fixture");
         let i = at.index(body.len());
         body[i] = byte;
-        let (statefulsets, services) = cluster(case);
-        let _ = review(&body, &statefulsets, &services, &cfg());
+        let _ = review(&body, &cluster(case));
     }
 }

@@ -1,0 +1,312 @@
+//! Pure injection: from a Pod as the apiserver hands it to admission (already defaulted,
+//! already mutated by the in-tree ServiceAccount plugin) and its owning StatefulSet to a
+//! minimal, deterministic JSON patch. No I/O and no clocks: the caller looks up the owner.
+//!
+//! Decisions worth knowing (see DESIGN.md, "Kubernetes facts that bite"):
+//! - The elector is the FIRST init container, as a native sidecar with a startup probe:
+//!   the kubelet starts init containers in order and waits for a sidecar's startup probe,
+//!   so the elector runs before any other init container and before slapd, and is stopped
+//!   after them. It holds no leadership during init (slapd is not healthy yet), so running
+//!   early is harmless.
+//! - `automountServiceAccountToken: false` plus removal of the `kube-api-access-*` volume
+//!   and its mounts: otherwise the ServiceAccount plugin (re-run after every webhook that
+//!   changed the pod) would hand a token to every container. The elector alone mounts an
+//!   explicit projected token.
+//! - The pod is switched to the elector's ServiceAccount only when it runs as `default`;
+//!   a custom account is kept (see [`elector_service_account`]).
+//! - The OpenLDAP integration is opt-in by [`contract::ANNOTATION_LDAPI_SOCKET_DIR`]: slapd's
+//!   ldapi socket directory is shared with the sidecar, which fences and health-checks slapd
+//!   through it (see [`ldapi`] and docs/openldap.md). Without the annotation nothing of
+//!   it is injected.
+//!
+//! Layout: [`inject`] decides and assembles; [`config`] holds the sidecar settings,
+//! [`annotations`] parses the StatefulSet's tuning, metrics and audit annotations, [`ldapi`]
+//! plans the OpenLDAP integration, [`template`] builds the sidecar container and token
+//! volume, and [`patch`] the JSON patch and the edits of the pod's own fields.
+
+mod annotations;
+mod config;
+mod ldapi;
+mod patch;
+mod template;
+#[cfg(test)]
+mod testing;
+
+use json_patch::Patch;
+use jsonptr::Token;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ContainerPort, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use ldap_elector::contract;
+
+pub use config::{ConfigError, InjectConfig, SidecarResources};
+
+use annotations::{audit_plan, metrics_port, tuning_env};
+use ldapi::ldapi_plan;
+use patch::{identity, metadata, pod_security_context, ptr, strip_default_token, PatchOps};
+use template::{env_value, sidecar, token_volume};
+
+/// Prefix of the token volume the ServiceAccount admission plugin adds (Kubernetes' name).
+const DEFAULT_TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
+/// The account the ServiceAccount plugin fills in when a pod names none.
+const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
+/// Why a pod is left alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The pod carries the injection marker: a reinvocation or a second webhook pass.
+    AlreadyInjected,
+    NotOwnedByStatefulSet,
+    /// The pod names a StatefulSet that the caller could not find.
+    OwnerNotFound,
+    NotOptedIn,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AlreadyInjected => "already injected",
+            Self::NotOwnedByStatefulSet => "not owned by a StatefulSet",
+            Self::OwnerNotFound => "owner StatefulSet not found",
+            Self::NotOptedIn => "StatefulSet not opted in",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Skip(SkipReason),
+    Patch(Patch),
+}
+
+/// Reasons to deny the pod; the message is shown to whoever creates it (and in the
+/// StatefulSet's events), so it says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("StatefulSet annotation {key}={value:?} must be a positive whole number of seconds, e.g. \"15\"")]
+    InvalidTiming { key: &'static str, value: String },
+    #[error("StatefulSet annotations: {shorter} must be less than {longer}")]
+    InconsistentTiming { shorter: &'static str, longer: &'static str },
+    #[error("pod already has a {what} named {name:?} but no {marker} annotation; remove it from the pod template", marker = contract::ANNOTATION_STATUS)]
+    NameConflict { what: &'static str, name: &'static str },
+    #[error("the owner passed in ({got}) is not the pod's controller ({expected}); retry")]
+    OwnerMismatch { expected: String, got: String },
+    #[error("StatefulSet annotation {key}={value:?}: {reason}")]
+    InvalidAnnotation { key: &'static str, value: String, reason: String },
+    #[error(
+        "StatefulSet annotation {needed} is required with {given}: the injected health check reads the contextCSN \
+         of the data database's suffix (e.g. \"dc=example,dc=org\"); or set {health} yourself",
+        needed = contract::ANNOTATION_LDAP_SUFFIX,
+        given = contract::ANNOTATION_LDAPI_SOCKET_DIR,
+        health = contract::ANNOTATION_HEALTH_CHECK
+    )]
+    MissingLdapSuffix,
+    #[error("cannot share the ldapi socket directory {dir} with the sidecar: {reason}")]
+    SocketDirConflict { dir: String, reason: String },
+    #[error("pod has no spec")]
+    NoSpec,
+    #[error("cannot serialise patch value: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// The name of the pod's controlling StatefulSet (`apps/v1`), from its ownerReferences.
+pub fn owner_statefulset_name(meta: &ObjectMeta) -> Option<&str> {
+    meta.owner_references
+        .as_deref()?
+        .iter()
+        .find(|r| r.controller == Some(true) && r.kind == "StatefulSet" && r.api_version == "apps/v1")
+        .map(|r| r.name.as_str())
+}
+
+/// The ServiceAccount the elector of `statefulset` runs as, given the pod spec (a pod's,
+/// or the StatefulSet's template). The webhook and the reconciler (which binds the
+/// elector Role to it) both call this, so they cannot disagree.
+///
+/// Unset or `default` → the per-StatefulSet account [`contract::identity_name`], which
+/// the reconciler creates (the ServiceAccount plugin refuses pods naming a missing
+/// account, so the first pods may be retried until it exists). A custom account is kept:
+/// it may carry imagePullSecrets or workload identity the chart relies on. The Role is
+/// then bound to that account, so every pod running as it could touch the Lease —
+/// acceptable because the consumer chose to share it; `default` is never bound.
+pub fn elector_service_account(statefulset: &str, spec: Option<&PodSpec>) -> String {
+    let named =
+        spec.and_then(|s| [&s.service_account_name, &s.service_account].into_iter().flatten().find(|n| !n.is_empty()));
+    match named {
+        Some(n) if n != DEFAULT_SERVICE_ACCOUNT => n.clone(),
+        _ => contract::identity_name(statefulset),
+    }
+}
+
+/// Decide whether and how to inject `pod`, whose controlling StatefulSet the caller has
+/// looked up (`None` if not found).
+pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Result<Decision, InjectError> {
+    let meta = &pod.metadata;
+    let marked = meta.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_STATUS));
+    if marked.is_some_and(|v| v == contract::STATUS_INJECTED) {
+        return Ok(Decision::Skip(SkipReason::AlreadyInjected));
+    }
+    let Some(owner_name) = owner_statefulset_name(meta) else {
+        return Ok(Decision::Skip(SkipReason::NotOwnedByStatefulSet));
+    };
+    let Some(sts) = owner else {
+        return Ok(Decision::Skip(SkipReason::OwnerNotFound));
+    };
+    check_owner(meta, owner_name, sts)?;
+    if !contract::is_opted_in(sts.metadata.annotations.as_ref()) {
+        return Ok(Decision::Skip(SkipReason::NotOptedIn));
+    }
+    let spec = pod.spec.as_ref().ok_or(InjectError::NoSpec)?;
+    check_conflicts(spec)?;
+    let annotations = sts.metadata.annotations.as_ref();
+    let mut env = tuning_env(annotations)?;
+    let metrics_port = metrics_port(annotations, cfg)?;
+    if let Some(port) = metrics_port {
+        env.push(env_value(contract::ENV_METRICS_ADDR, format!("0.0.0.0:{port}")));
+    }
+    let ldapi = ldapi_plan(annotations, spec)?;
+    let audit = audit_plan(annotations, spec)?;
+    env.extend(audit.env);
+
+    let mut ops = PatchOps::default();
+    strip_default_token(&mut ops, spec);
+    let volumes_at = spec.volumes.is_some().then(|| Token::new("-"));
+    ops.add_item(ptr(&["spec", "volumes"]), volumes_at, token_volume(cfg))?;
+    let mut sidecar_mounts = Vec::new();
+    if let Some(plan) = ldapi {
+        // Before the sidecar goes in at initContainers/0: the indices are the incoming pod's.
+        plan.apply(&mut ops)?;
+        env.extend(plan.env);
+        sidecar_mounts.push(plan.sidecar_mount);
+    }
+    if let Some((volume, mount)) = audit.bind_secret {
+        ops.add_item(ptr(&["spec", "volumes"]), Some(Token::new("-")), volume)?;
+        sidecar_mounts.push(mount);
+    }
+    // First, so the elector starts before every other init container (module docs).
+    let inits_at = spec.init_containers.is_some().then(|| Token::from(0usize));
+    let mut container = sidecar(cfg, owner_name, env, sidecar_mounts);
+    container.ports = metrics_port.map(|port| {
+        vec![ContainerPort {
+            name: Some(contract::METRICS_PORT_NAME.to_string()),
+            container_port: i32::from(port),
+            protocol: Some("TCP".to_string()),
+            ..Default::default()
+        }]
+    });
+    ops.add_item(ptr(&["spec", "initContainers"]), inits_at, container)?;
+    identity(&mut ops, spec, owner_name)?;
+    pod_security_context(&mut ops, spec)?;
+    metadata(&mut ops, meta)?;
+    Ok(Decision::Patch(ops.into_patch()))
+}
+
+/// Guards against a caller passing the wrong or a stale (deleted and recreated) owner.
+fn check_owner(meta: &ObjectMeta, owner_name: &str, sts: &StatefulSet) -> Result<(), InjectError> {
+    let ref_uid = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.name == owner_name && r.controller == Some(true))
+        .map(|r| r.uid.as_str());
+    let name_ok = sts.metadata.name.as_deref() == Some(owner_name);
+    let uid_ok = match (ref_uid, sts.metadata.uid.as_deref()) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    };
+    if name_ok && uid_ok {
+        return Ok(());
+    }
+    let show = |name: Option<&str>, uid: Option<&str>| format!("{} uid {}", name.unwrap_or("?"), uid.unwrap_or("?"));
+    Err(InjectError::OwnerMismatch {
+        expected: show(Some(owner_name), ref_uid),
+        got: show(sts.metadata.name.as_deref(), sts.metadata.uid.as_deref()),
+    })
+}
+
+/// A container or volume already using our names would make the patched pod invalid.
+fn check_conflicts(spec: &PodSpec) -> Result<(), InjectError> {
+    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+    if containers.clone().any(|c| c.name == contract::SIDECAR_CONTAINER) {
+        return Err(InjectError::NameConflict { what: "container", name: contract::SIDECAR_CONTAINER });
+    }
+    if spec.volumes.iter().flatten().any(|v| v.name == contract::TOKEN_VOLUME) {
+        return Err(InjectError::NameConflict { what: "volume", name: contract::TOKEN_VOLUME });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn second_pass_on_own_output_is_a_no_op() {
+        let sts = owner(&[]);
+        let pod = pod_json();
+        let patched = apply(&pod, &decide(&pod, Some(&sts)).unwrap());
+        assert_eq!(decide(&patched, Some(&sts)).unwrap(), Decision::Skip(SkipReason::AlreadyInjected));
+    }
+
+    #[test]
+    fn only_the_sidecar_mounts_a_token() {
+        let pod = apply(&pod_json(), &decide(&pod_json(), Some(&owner(&[]))).unwrap());
+        let pod: Pod = serde_json::from_value(pod).unwrap();
+        let spec = pod.spec.unwrap();
+        let inits = spec.init_containers.unwrap();
+        assert_eq!(inits[0].name, contract::SIDECAR_CONTAINER);
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.service_account_name.as_deref(), Some("ldap-server-ldap-elector"));
+        let volumes = spec.volumes.unwrap();
+        assert!(volumes.iter().all(|v| !v.name.starts_with(DEFAULT_TOKEN_VOLUME_PREFIX)));
+        for c in spec.containers.iter().chain(&inits) {
+            let mounts = c.volume_mounts.clone().unwrap_or_default();
+            let token =
+                mounts.iter().any(|m| m.name == contract::TOKEN_VOLUME || m.mount_path == contract::TOKEN_MOUNT_PATH);
+            assert_eq!(token, c.name == contract::SIDECAR_CONTAINER, "container {}", c.name);
+        }
+    }
+
+    #[test]
+    fn skips_without_opted_in_owner() {
+        let mut sts = owner(&[]);
+        sts.metadata.annotations = None;
+        assert_eq!(decide(&pod_json(), Some(&sts)).unwrap(), Decision::Skip(SkipReason::NotOptedIn));
+        assert_eq!(decide(&pod_json(), None).unwrap(), Decision::Skip(SkipReason::OwnerNotFound));
+        let mut orphan = pod_json();
+        orphan["metadata"]["ownerReferences"] = json!([]);
+        assert_eq!(decide(&orphan, None).unwrap(), Decision::Skip(SkipReason::NotOwnedByStatefulSet));
+        let mut recreated = owner(&[]);
+        recreated.metadata.uid = Some("other".into());
+        assert!(matches!(decide(&pod_json(), Some(&recreated)), Err(InjectError::OwnerMismatch { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn random_pods_get_a_patch_that_applies_and_converges(pod in arb_pod()) {
+            let sts = owner(&[]);
+            let decision = decide(&pod, Some(&sts)).unwrap();
+            let already = pod["metadata"]["annotations"].get(contract::ANNOTATION_STATUS) == Some(&json!(contract::STATUS_INJECTED));
+            if already {
+                prop_assert_eq!(decision, Decision::Skip(SkipReason::AlreadyInjected));
+                return Ok(());
+            }
+            let out = apply(&pod, &decision);
+            let typed: Pod = serde_json::from_value(out.clone()).unwrap();
+            let spec = typed.spec.clone().unwrap();
+            prop_assert_eq!(&spec.init_containers.clone().unwrap()[0].name, contract::SIDECAR_CONTAINER);
+            let all = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+            for c in all {
+                for m in c.volume_mounts.iter().flatten() {
+                    prop_assert!(!m.name.starts_with(DEFAULT_TOKEN_VOLUME_PREFIX));
+                    prop_assert_eq!(m.name == contract::TOKEN_VOLUME, c.name == contract::SIDECAR_CONTAINER);
+                }
+            }
+            prop_assert!(spec.volumes.iter().flatten().all(|v| !v.name.starts_with(DEFAULT_TOKEN_VOLUME_PREFIX)));
+            prop_assert_eq!(&out["metadata"]["labels"][contract::LABEL_ROLE], &json!(contract::ROLE_STANDBY));
+            prop_assert_eq!(decide(&out, Some(&sts)).unwrap(), Decision::Skip(SkipReason::AlreadyInjected));
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The JSON patch builder ([`PatchOps`]) and the edits of the pod's own fields: the default
+//! token removed, the elector's identity, the pod security context and the metadata.
+
+use std::collections::BTreeMap;
+
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
+use jsonptr::{PointerBuf, Token};
+use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use ldap_elector::contract;
+use serde::Serialize;
+
+use super::template::runtime_default;
+use super::{elector_service_account, InjectError, DEFAULT_TOKEN_VOLUME_PREFIX};
+
+pub(super) fn ptr(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+/// The operations of one patch, in order.
+#[derive(Default)]
+pub(super) struct PatchOps(Vec<PatchOperation>);
+
+impl PatchOps {
+    /// `add`, or `replace` when the member exists (a replace on a missing member fails
+    /// loudly instead of silently creating it, so a wrong assumption shows up in tests).
+    pub(super) fn set(&mut self, path: PointerBuf, value: impl Serialize, exists: bool) -> Result<(), InjectError> {
+        let value = serde_json::to_value(value)?;
+        self.0.push(if exists {
+            PatchOperation::Replace(ReplaceOperation { path, value })
+        } else {
+            PatchOperation::Add(AddOperation { path, value })
+        });
+        Ok(())
+    }
+
+    /// `add` of one element into `array` at `index` (`0`, `-`), or of the whole
+    /// one-element array when it is missing (`index` None).
+    pub(super) fn add_item(
+        &mut self,
+        array: PointerBuf,
+        index: Option<Token>,
+        item: impl Serialize,
+    ) -> Result<(), InjectError> {
+        let item = serde_json::to_value(item)?;
+        let (path, value) = match index {
+            Some(i) => (array.with_trailing_token(i), item),
+            None => (array, serde_json::Value::Array(vec![item])),
+        };
+        self.0.push(PatchOperation::Add(AddOperation { path, value }));
+        Ok(())
+    }
+
+    pub(super) fn remove(&mut self, path: PointerBuf) {
+        self.0.push(PatchOperation::Remove(RemoveOperation { path }));
+    }
+
+    pub(super) fn into_patch(self) -> Patch {
+        Patch(self.0)
+    }
+}
+
+/// Removes the ServiceAccount plugin's token volume and its mounts. Indices are those of
+/// the incoming pod, so this runs before anything is inserted, highest index first.
+pub(super) fn strip_default_token(ops: &mut PatchOps, spec: &PodSpec) {
+    let is_default = |name: &str| name.starts_with(DEFAULT_TOKEN_VOLUME_PREFIX);
+    let lists = [("initContainers", spec.init_containers.as_deref()), ("containers", Some(&spec.containers[..]))];
+    for (list, containers) in lists {
+        for (c, container) in containers.unwrap_or_default().iter().enumerate() {
+            let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+            for (m, _) in mounts.iter().enumerate().rev().filter(|(_, m)| is_default(&m.name)) {
+                let mut path = ptr(&["spec", list]);
+                path.push_back(c);
+                path.push_back("volumeMounts");
+                path.push_back(m);
+                ops.remove(path);
+            }
+        }
+    }
+    let volumes = spec.volumes.as_deref().unwrap_or_default();
+    for (v, _) in volumes.iter().enumerate().rev().filter(|(_, v)| is_default(&v.name)) {
+        ops.remove(ptr(&["spec", "volumes"]).with_trailing_token(v));
+    }
+}
+
+/// Service account, automount off (see the module docs).
+pub(super) fn identity(ops: &mut PatchOps, spec: &PodSpec, statefulset: &str) -> Result<(), InjectError> {
+    let account = elector_service_account(statefulset, Some(spec));
+    if spec.service_account_name.as_deref() != Some(account.as_str()) {
+        ops.set(ptr(&["spec", "serviceAccountName"]), &account, spec.service_account_name.is_some())?;
+    }
+    // The deprecated alias mirrors serviceAccountName in v1; keep them equal.
+    if spec.service_account.as_deref().is_some_and(|a| a != account) {
+        ops.set(ptr(&["spec", "serviceAccount"]), &account, true)?;
+    }
+    if spec.automount_service_account_token != Some(false) {
+        let present = spec.automount_service_account_token.is_some();
+        ops.set(ptr(&["spec", "automountServiceAccountToken"]), false, present)?;
+    }
+    Ok(())
+}
+
+/// Adds restricted defaults without overriding the user's choices. The apiserver
+/// defaults a missing pod securityContext to `{}`, so in practice only seccomp is added:
+/// forcing runAsNonRoot on an existing pod could stop a root-running slapd image.
+pub(super) fn pod_security_context(ops: &mut PatchOps, spec: &PodSpec) -> Result<(), InjectError> {
+    match &spec.security_context {
+        None => {
+            let sc = PodSecurityContext {
+                run_as_non_root: Some(true),
+                seccomp_profile: Some(runtime_default()),
+                ..Default::default()
+            };
+            ops.set(ptr(&["spec", "securityContext"]), sc, false)
+        }
+        Some(sc) if sc.seccomp_profile.is_none() => {
+            ops.set(ptr(&["spec", "securityContext", "seccompProfile"]), runtime_default(), false)
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Role label `standby` (a pod is never born leader; only the Lease holder writes
+/// `leader`), the injection marker, and no pre-set fencing term.
+pub(super) fn metadata(ops: &mut PatchOps, meta: &ObjectMeta) -> Result<(), InjectError> {
+    set_map_entry(ops, "labels", meta.labels.as_ref(), contract::LABEL_ROLE, contract::ROLE_STANDBY)?;
+    if meta.annotations.as_ref().is_some_and(|a| a.contains_key(contract::ANNOTATION_TERM)) {
+        ops.remove(ptr(&["metadata", "annotations", contract::ANNOTATION_TERM]));
+    }
+    let annotations = meta.annotations.as_ref();
+    set_map_entry(ops, "annotations", annotations, contract::ANNOTATION_STATUS, contract::STATUS_INJECTED)
+}
+
+fn set_map_entry(
+    ops: &mut PatchOps,
+    field: &str,
+    map: Option<&BTreeMap<String, String>>,
+    key: &str,
+    value: &str,
+) -> Result<(), InjectError> {
+    let Some(map) = map else {
+        return ops.set(ptr(&["metadata", field]), BTreeMap::from([(key, value)]), false);
+    };
+    match map.get(key) {
+        Some(v) if v == value => Ok(()),
+        existing => ops.set(ptr(&["metadata", field, key]), value, existing.is_some()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::Decision;
+    use ldap_elector::contract;
+    use serde_json::json;
+
+    #[test]
+    fn keys_with_slashes_are_escaped() {
+        let Decision::Patch(patch) = decide(&pod_json(), Some(&owner(&[]))).unwrap() else { panic!() };
+        let paths: Vec<&str> = patch.0.iter().map(|op| op.path().as_str()).collect();
+        assert!(paths.contains(&"/metadata/labels/ldap-elector.dev~1role"), "{paths:?}");
+        // No annotations on the pod: the whole map is added, its key unescaped inside.
+        assert!(paths.contains(&"/metadata/annotations"), "{paths:?}");
+    }
+
+    #[test]
+    fn leader_label_at_creation_is_overwritten_and_term_dropped() {
+        let mut pod = pod_json();
+        pod["metadata"]["labels"][contract::LABEL_ROLE] = json!(contract::ROLE_LEADER);
+        pod["metadata"]["annotations"] = json!({contract::ANNOTATION_TERM: "7"});
+        let out = apply(&pod, &decide(&pod, Some(&owner(&[]))).unwrap());
+        assert_eq!(out["metadata"]["labels"][contract::LABEL_ROLE], json!(contract::ROLE_STANDBY));
+        assert!(out["metadata"]["annotations"].get(contract::ANNOTATION_TERM).is_none());
+    }
+
+    #[test]
+    fn user_pod_security_context_is_kept() {
+        let mut pod = pod_json();
+        pod["spec"]["securityContext"] = json!({"runAsUser": 0, "seccompProfile": {"type": "Unconfined"}});
+        let out = apply(&pod, &decide(&pod, Some(&owner(&[]))).unwrap());
+        assert_eq!(out["spec"]["securityContext"], pod["spec"]["securityContext"]);
+        pod["spec"]["securityContext"] = json!({"runAsUser": 0});
+        let out = apply(&pod, &decide(&pod, Some(&owner(&[]))).unwrap());
+        assert_eq!(
+            out["spec"]["securityContext"],
+            json!({"runAsUser": 0, "seccompProfile": {"type": "RuntimeDefault"}})
+        );
+    }
+}

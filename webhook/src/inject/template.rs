@@ -1,0 +1,150 @@
+//! The pod-spec pieces the webhook adds: the elector container (a native sidecar) and its
+//! projected token volume, built from [`InjectConfig`].
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapProjection, Container, DownwardAPIProjection, DownwardAPIVolumeFile, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use ldap_elector::contract;
+
+use super::InjectConfig;
+
+/// ConfigMap the kube-root-ca publisher puts into every namespace.
+const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
+
+pub(super) fn sidecar(
+    cfg: &InjectConfig,
+    statefulset: &str,
+    tuning: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+) -> Container {
+    let mut env = vec![
+        env_field(contract::ENV_POD_NAME, "metadata.name"),
+        env_field(contract::ENV_POD_NAMESPACE, "metadata.namespace"),
+        env_field(contract::ENV_POD_UID, "metadata.uid"),
+        env_value(contract::ENV_STATEFULSET, statefulset.to_string()),
+        env_value(contract::ENV_LEASE_NAME, contract::lease_name(statefulset)),
+        env_value(contract::ENV_PROBE_ADDR, format!("0.0.0.0:{}", cfg.probe_port)),
+    ];
+    env.extend(tuning);
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(i32::from(cfg.probe_port)),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(1),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+    let r = &cfg.resources;
+    let quantities = |cpu: &str, memory: &str| {
+        Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.to_string())),
+            ("ephemeral-storage".to_string(), Quantity(r.ephemeral_storage.clone())),
+            ("memory".to_string(), Quantity(memory.to_string())),
+        ]))
+    };
+    Container {
+        name: contract::SIDECAR_CONTAINER.to_string(),
+        image: Some(cfg.image.clone()),
+        image_pull_policy: Some(cfg.image_pull_policy.clone()),
+        // Native sidecar: started before, stopped after the main containers.
+        restart_policy: Some("Always".to_string()),
+        env: Some(env),
+        // Startup gates the next init container and slapd on a listening elector
+        // (up to 30 s); liveness restarts a hung elector after ~30 s.
+        startup_probe: Some(probe(contract::PROBE_PATH_LIVE, 1, 30)),
+        liveness_probe: Some(probe(contract::PROBE_PATH_LIVE, 10, 3)),
+        readiness_probe: Some(probe(contract::PROBE_PATH_READY, 5, 3)),
+        resources: Some(ResourceRequirements {
+            requests: quantities(&r.cpu_request, &r.memory_request),
+            limits: quantities(&r.cpu_limit, &r.memory_limit),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities { add: None, drop: Some(vec!["ALL".to_string()]) }),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(cfg.uid),
+            run_as_group: Some(cfg.gid),
+            seccomp_profile: Some(runtime_default()),
+            ..Default::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: contract::TOKEN_VOLUME.to_string(),
+                mount_path: contract::TOKEN_MOUNT_PATH.to_string(),
+                read_only: Some(true),
+                ..Default::default()
+            })
+            .chain(mounts)
+            .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The same three files the default token volume has, so kube's in-cluster config works.
+pub(super) fn token_volume(cfg: &InjectConfig) -> Volume {
+    Volume {
+        name: contract::TOKEN_VOLUME.to_string(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: cfg.token_audience.clone(),
+                        expiration_seconds: Some(cfg.token_expiration_seconds),
+                        path: "token".to_string(),
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: ROOT_CA_CONFIGMAP.to_string(),
+                        items: Some(vec![KeyToPath { key: "ca.crt".into(), path: "ca.crt".into(), mode: None }]),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".to_string(),
+                            field_ref: Some(field("metadata.namespace")),
+                            ..Default::default()
+                        }]),
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub(super) fn runtime_default() -> SeccompProfile {
+    SeccompProfile { type_: "RuntimeDefault".to_string(), localhost_profile: None }
+}
+
+fn field(path: &str) -> ObjectFieldSelector {
+    ObjectFieldSelector { field_path: path.to_string(), api_version: None }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    let source = EnvVarSource { field_ref: Some(field(path)), ..Default::default() };
+    EnvVar { name: name.to_string(), value: None, value_from: Some(source) }
+}
+
+pub(super) fn env_value(name: &str, value: String) -> EnvVar {
+    EnvVar { name: name.to_string(), value: Some(value), value_from: None }
+}

@@ -1,0 +1,307 @@
+//! The reconciler's edge: the API calls that bring a StatefulSet's generated objects and
+//! write Services to [`DesiredObjects`] (or remove them on opt-out), and its Events.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use ldap_elector::contract;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use super::controller::Reconciler;
+use super::desired::{ours_selector, DesiredObjects};
+use super::{call, ReconcileError, API_TIMEOUT, FIELD_MANAGER};
+use crate::inject;
+use crate::leader_service::{leader_selector_change, restore_selector_change, ServiceChange};
+
+/// Periodic re-check of an opted-in StatefulSet (repairs manual edits and deletions).
+const RESYNC: Duration = Duration::from_secs(300);
+/// Re-check while a named leader Service does not exist (yet).
+const MISSING_SERVICE_RETRY: Duration = Duration::from_secs(30);
+/// Re-check while an opt-out waits for pods that still run an elector.
+const OPT_OUT_RETRY: Duration = Duration::from_secs(30);
+
+/// Whether `have` carries our labels and owner reference (the only metadata we apply).
+fn meta_matches(have: &ObjectMeta, want: &ObjectMeta) -> bool {
+    let labels_ok = want.labels.iter().flatten().all(|(k, v)| have.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
+    let owners_ok = want.owner_references.iter().flatten().all(|w| {
+        have.owner_references
+            .iter()
+            .flatten()
+            .any(|h| h.uid == w.uid && h.controller == w.controller && h.kind == w.kind)
+    });
+    labels_ok && owners_ok
+}
+
+/// The objects we compare and apply, with what "already as wanted" means for each.
+trait Generated:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    fn body_matches(have: &Self, want: &Self) -> bool;
+}
+
+impl Generated for ServiceAccount {
+    fn body_matches(have: &Self, want: &Self) -> bool {
+        have.automount_service_account_token == want.automount_service_account_token
+    }
+}
+
+impl Generated for Role {
+    fn body_matches(have: &Self, want: &Self) -> bool {
+        have.rules == want.rules
+    }
+}
+
+impl Generated for RoleBinding {
+    fn body_matches(have: &Self, want: &Self) -> bool {
+        let norm = |s: &Option<Vec<Subject>>| {
+            s.iter()
+                .flatten()
+                .map(|s| (s.kind.clone(), s.name.clone(), s.namespace.clone(), s.api_group.clone().unwrap_or_default()))
+                .collect::<Vec<_>>()
+        };
+        have.role_ref == want.role_ref && norm(&have.subjects) == norm(&want.subjects)
+    }
+}
+
+impl Generated for NetworkPolicy {
+    fn body_matches(have: &Self, want: &Self) -> bool {
+        have.spec == want.spec
+    }
+}
+
+impl Generated for Lease {
+    /// Never compare (or write) the spec: the electors own it.
+    fn body_matches(_: &Self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Reconciler {
+    /// Bring an opted-in StatefulSet's objects and Services to the desired state.
+    pub(super) async fn ensure(&self, owner: &StatefulSet, want: &DesiredObjects) -> Result<Action, ReconcileError> {
+        let (ns, sts) = (want.namespace.as_str(), want.statefulset.as_str());
+        // Role before RoleBinding: binding a Role is checked against the Role's rules.
+        self.sync(ns, sts, want.service_account.as_ref()).await?;
+        self.sync(ns, sts, Some(&want.role)).await?;
+        self.sync(ns, sts, Some(&want.role_binding)).await?;
+        self.sync(ns, sts, Some(&want.lease)).await?;
+        self.sync(ns, sts, want.network_policy.as_ref()).await?;
+
+        let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
+        let mut missing = Vec::new();
+        for name in &want.leader_services {
+            let op = format!("reading Service {ns}/{name}");
+            match call(&op, services.get_opt(name)).await? {
+                None => missing.push(name.as_str()),
+                Some(svc) => {
+                    let change = leader_selector_change(&svc, sts);
+                    if let ServiceChange::Refuse(reason) = &change {
+                        let note = format!("Service {name} left alone: {reason}");
+                        self.event(owner, EventType::Warning, "LeaderServiceRefused", note).await;
+                    }
+                    self.change_service(&services, &svc, sts, change).await?
+                }
+            }
+        }
+        for svc in self.marked_services(&services, ns, sts).await? {
+            if !want.leader_services.iter().any(|n| Some(n.as_str()) == svc.metadata.name.as_deref()) {
+                self.change_service(&services, &svc, sts, restore_selector_change(&svc, sts)).await?;
+            }
+        }
+        if !missing.is_empty() {
+            warn!(namespace = ns, statefulset = sts, services = ?missing, "leader Service not found (yet); retrying");
+            let note = format!("leader Service(s) {} not found; retrying", missing.join(", "));
+            self.event(owner, EventType::Warning, "LeaderServiceMissing", note).await;
+            return Ok(Action::requeue(MISSING_SERVICE_RETRY));
+        }
+        Ok(Action::requeue(RESYNC))
+    }
+
+    /// Remove what we made for a StatefulSet that is no longer opted in; restore its
+    /// Services. Deferred while any of its pods still runs an elector: deleting the Role
+    /// under a running leader would leave it unable to remove its own label, and restoring
+    /// the selector would send writes to a fenced standby. The consumer finishes the
+    /// opt-out by restarting the pods (`kubectl rollout restart`); we re-check meanwhile.
+    pub(super) async fn clean_up(&self, sts: &StatefulSet) -> Result<Action, ReconcileError> {
+        let ns = sts.namespace().ok_or(ReconcileError::Incomplete("namespace"))?;
+        let name = sts.metadata.name.clone().ok_or(ReconcileError::Incomplete("name"))?;
+        if !self.knows_objects_of(&ns, &name) {
+            return Ok(Action::await_change());
+        }
+        let injected: Vec<String> = self.elector_pods(sts).await?.into_keys().collect();
+        if !injected.is_empty() {
+            info!(
+                namespace = %ns, statefulset = %name, pods = ?injected,
+                "opt-out pending: pods still run the elector; restart them (kubectl rollout restart) to finish"
+            );
+            let note = format!(
+                "opt-out pending: pods {} still run the elector, so its Role, Lease and the leader Service \
+                 selector stay; restart them (kubectl rollout restart) to finish",
+                injected.join(", ")
+            );
+            self.event(sts, EventType::Normal, "OptOutPending", note).await;
+            return Ok(Action::requeue(OPT_OUT_RETRY));
+        }
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &ns);
+        for svc in self.marked_services(&services, &ns, &name).await? {
+            self.change_service(&services, &svc, &name, restore_selector_change(&svc, &name)).await?;
+        }
+        self.sync::<NetworkPolicy>(&ns, &name, None).await?;
+        self.sync::<Lease>(&ns, &name, None).await?;
+        self.sync::<RoleBinding>(&ns, &name, None).await?;
+        self.sync::<Role>(&ns, &name, None).await?;
+        self.sync::<ServiceAccount>(&ns, &name, None).await?;
+        info!(namespace = %ns, statefulset = %name, "opt-out complete: elector objects deleted, Service selectors restored");
+        let note = "elector ServiceAccount, Role, RoleBinding and Lease deleted, leader Service selectors restored";
+        self.event(sts, EventType::Normal, "OptOutComplete", note.to_string()).await;
+        Ok(Action::await_change())
+    }
+
+    /// Best effort: an Event on the StatefulSet (shown by `kubectl describe`); a failure
+    /// is only logged, it never fails the reconcile.
+    async fn event(&self, sts: &StatefulSet, type_: EventType, reason: &str, note: String) {
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        let reference = sts.object_ref(&());
+        match tokio::time::timeout(API_TIMEOUT, self.recorder.publish(&event, &reference)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => debug!(%error, reason, "cannot publish Event"),
+            Err(_) => debug!(reason, "publishing an Event timed out"),
+        }
+    }
+
+    /// Pods of the StatefulSet that run an elector (carry the injection marker), with the
+    /// ServiceAccount each runs as.
+    pub(super) async fn elector_pods(&self, sts: &StatefulSet) -> Result<BTreeMap<String, String>, ReconcileError> {
+        let ns = sts.namespace().ok_or(ReconcileError::Incomplete("namespace"))?;
+        let name = sts.name_any();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let op = format!("listing pods of {ns}/{name}");
+        // Injection labels every pod with LABEL_ROLE, so this skips all other pods.
+        let list = call(&op, pods.list(&ListParams::default().labels(contract::LABEL_ROLE))).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|p| inject::owner_statefulset_name(&p.metadata) == Some(name.as_str()))
+            .filter(|p| {
+                p.annotations().get(contract::ANNOTATION_STATUS).map(String::as_str) == Some(contract::STATUS_INJECTED)
+            })
+            .map(|p| {
+                let account = p.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_default();
+                (p.name_any(), account)
+            })
+            .collect())
+    }
+
+    async fn marked_services(&self, api: &Api<Service>, ns: &str, sts: &str) -> Result<Vec<Service>, ReconcileError> {
+        let op = format!("listing Services of {ns}/{sts}");
+        let selector = format!("{}={sts}", contract::LABEL_STATEFULSET);
+        Ok(call(&op, api.list(&ListParams::default().labels(&selector))).await?.items)
+    }
+
+    async fn change_service(
+        &self,
+        api: &Api<Service>,
+        svc: &Service,
+        sts: &str,
+        change: ServiceChange,
+    ) -> Result<(), ReconcileError> {
+        let name = svc.name_any();
+        let ns = svc.namespace().unwrap_or_default();
+        match change {
+            ServiceChange::Unchanged => Ok(()),
+            ServiceChange::Refuse(reason) => {
+                warn!(namespace = %ns, statefulset = sts, service = %name, reason, "leaving Service selector alone");
+                Ok(())
+            }
+            ServiceChange::Patch(patch) => {
+                let op = format!("patching the selector of Service {ns}/{name}");
+                call(&op, api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))).await?;
+                let selector = patch.pointer("/spec/selector").cloned().unwrap_or_default();
+                info!(namespace = %ns, statefulset = sts, service = %name, %selector, "patched Service selector");
+                Ok(())
+            }
+        }
+    }
+
+    /// Make the objects of kind `K` we generated for `sts` be exactly `want` (or none):
+    /// apply it when absent or different, delete any other (stale) one.
+    async fn sync<K: Generated>(&self, ns: &str, sts: &str, want: Option<&K>) -> Result<(), ReconcileError> {
+        let kind = K::kind(&());
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+        let op = format!("listing {kind}s of {ns}/{sts}");
+        let existing = call(&op, api.list(&ListParams::default().labels(&ours_selector(sts)))).await?.items;
+        let want_name = want.and_then(|w| w.meta().name.clone());
+        if let (Some(want), Some(name)) = (want, &want_name) {
+            let have = existing.iter().find(|e| e.meta().name.as_ref() == Some(name));
+            let current = have.is_some_and(|h| meta_matches(h.meta(), want.meta()) && K::body_matches(h, want));
+            if !current {
+                let op = format!("applying {kind} {ns}/{name}");
+                let params = PatchParams::apply(FIELD_MANAGER).force();
+                call(&op, api.patch(name, &params, &Patch::Apply(want))).await?;
+                let action = if have.is_some() { "updated" } else { "created" };
+                info!(namespace = ns, statefulset = sts, kind = %kind, name = %name, action, "applied generated object");
+            }
+        }
+        for stale in existing.iter().filter(|e| e.meta().name != want_name) {
+            let name = stale.name_any();
+            let params = DeleteParams {
+                preconditions: Some(Preconditions { uid: stale.meta().uid.clone(), resource_version: None }),
+                ..DeleteParams::background()
+            };
+            let op = format!("deleting {kind} {ns}/{name}");
+            match call(&op, api.delete(&name, &params)).await {
+                Ok(_) => {
+                    info!(namespace = ns, statefulset = sts, kind = %kind, name = %name, action = "deleted", "deleted generated object")
+                }
+                Err(ReconcileError::Api { source: kube::Error::Api(status), .. }) if status.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::desired::tests::{desired_now, opted_in, sts};
+    use super::*;
+
+    #[test]
+    fn generated_objects_compare_by_what_we_apply() {
+        let want = desired_now(&sts(opted_in(), 2, None, None)).unwrap().unwrap();
+        let mut have = want.role.clone();
+        have.metadata.labels.get_or_insert_with(BTreeMap::new).insert("extra".into(), "x".into());
+        have.metadata.resource_version = Some("9".into());
+        assert!(meta_matches(&have.metadata, &want.role.metadata) && Role::body_matches(&have, &want.role));
+        have.rules = Some(contract::elector_role_rules("ldap", 3));
+        assert!(!Role::body_matches(&have, &want.role));
+        let mut lease = want.lease.clone();
+        lease.metadata.owner_references = None;
+        assert!(!meta_matches(&lease.metadata, &want.lease.metadata));
+        // The API server drops an empty apiGroup of a ServiceAccount subject.
+        let mut binding = want.role_binding.clone();
+        binding.subjects.as_mut().unwrap()[0].api_group = Some(String::new());
+        assert!(RoleBinding::body_matches(&binding, &want.role_binding));
+    }
+}

@@ -1,0 +1,99 @@
+//! The webhook's own RBAC as code: [`cluster_role_rules`] and [`namespace_role_rules`] are
+//! what the e2e tests grant, and equal the chart's ClusterRole and Role
+//! (`charts/ldap-elector/templates/clusterrole.yaml` and `role.yaml`, which say why each
+//! rule is there; `tests/tests/chart.rs` keeps them equal). With `--reconcile=false` the
+//! chart keeps only the statefulsets rule, services get/list/watch (admission) and the
+//! secret-mode rules.
+//!
+//! The API server lets a subject create or update a Role only if it already holds every
+//! permission the Role grants (in that namespace), or has the `escalate` verb on roles;
+//! and create a RoleBinding only if it holds the bound Role's permissions, or has `bind`
+//! on it. We choose *holding*: the pods get/watch/patch and leases get/list/watch/update
+//! rows above exist for that check alone. Price: the webhook's ServiceAccount may patch
+//! any pod's labels and update any Lease in the cluster (including kube-system leader
+//! election Leases), so its token, image and namespace deserve cluster-admin-grade
+//! protection. `escalate` + `bind` instead would be strictly worse: with them it could
+//! grant itself any namespaced permission. No `escalate`, `bind`, wildcard or Secret
+//! access outside its own namespace is needed.
+
+use k8s_openapi::api::rbac::v1::PolicyRule;
+
+fn rule(groups: &[&str], resources: &[&str], names: Option<&[&str]>, verbs: &[&str]) -> PolicyRule {
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    PolicyRule {
+        api_groups: Some(strings(groups)),
+        resources: Some(strings(resources)),
+        resource_names: names.map(strings),
+        verbs: strings(verbs),
+        non_resource_urls: None,
+    }
+}
+
+/// The webhook's ClusterRole; `webhook_config` is `--webhook-config`.
+pub fn cluster_role_rules(webhook_config: &str) -> Vec<PolicyRule> {
+    vec![
+        rule(&["apps"], &["statefulsets"], None, &["get", "list", "watch"]),
+        rule(&[""], &["pods"], None, &["get", "list", "watch", "patch"]),
+        rule(
+            &["coordination.k8s.io"],
+            &["leases"],
+            None,
+            &["get", "list", "watch", "create", "update", "patch", "delete"],
+        ),
+        rule(&[""], &["serviceaccounts"], None, &["list", "watch", "create", "patch", "delete"]),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &["roles", "rolebindings"],
+            None,
+            &["list", "watch", "create", "patch", "delete"],
+        ),
+        rule(&[""], &["services"], None, &["get", "list", "watch", "patch"]),
+        rule(&["networking.k8s.io"], &["networkpolicies"], None, &["list", "create", "patch", "delete"]),
+        rule(&["events.k8s.io"], &["events"], None, &["create", "patch"]),
+        rule(
+            &["admissionregistration.k8s.io"],
+            &["mutatingwebhookconfigurations"],
+            Some(&[webhook_config]),
+            &["get", "list", "watch", "update"],
+        ),
+    ]
+}
+
+/// The webhook's Role in its own namespace (secret mode); `secret` is `--cert-secret`.
+pub fn namespace_role_rules(secret: &str) -> Vec<PolicyRule> {
+    vec![rule(&[""], &["secrets"], Some(&[secret]), &["get", "update"]), rule(&[""], &["secrets"], None, &["create"])]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ldap_elector::contract;
+
+    #[test]
+    fn no_wildcard_escalate_or_bind() {
+        let all = [cluster_role_rules("ldap-elector"), namespace_role_rules("ldap-elector-webhook-tls")].concat();
+        assert!(all.iter().all(|r| !r.verbs.iter().any(|v| v == "*" || v == "escalate" || v == "bind")));
+    }
+
+    /// The RBAC escalation check: the webhook must hold every permission of every Role it
+    /// creates (it has no `escalate`/`bind`).
+    #[test]
+    fn webhook_holds_every_permission_it_grants() {
+        let held = cluster_role_rules("x");
+        for granted in contract::elector_role_rules("ldap", 3) {
+            for group in granted.api_groups.iter().flatten() {
+                for resource in granted.resources.iter().flatten() {
+                    for verb in &granted.verbs {
+                        let covered = held.iter().any(|h| {
+                            h.resource_names.is_none()
+                                && h.api_groups.iter().flatten().any(|g| g == group)
+                                && h.resources.iter().flatten().any(|r| r == resource)
+                                && h.verbs.iter().any(|v| v == verb)
+                        });
+                        assert!(covered, "webhook lacks {verb} on {group}/{resource}");
+                    }
+                }
+            }
+        }
+    }
+}
