@@ -1,20 +1,13 @@
 //! The webhook's own RBAC as code: [`cluster_role_rules`] and [`namespace_role_rules`] are
 //! what the e2e tests grant, and equal the chart's ClusterRole and Role
 //! (`charts/ldap-elector/templates/clusterrole.yaml` and `role.yaml`, which say why each
-//! rule is there; `tests/tests/chart.rs` keeps them equal). With `--reconcile=false` the
+//! rule is there; `tests/tests/chart.rs` renders them and keeps them equal). With `--reconcile=false` the
 //! chart keeps only the statefulsets rule, services get/list/watch (admission) and the
 //! secret-mode rules.
 //!
-//! The API server lets a subject create or update a Role only if it already holds every
-//! permission the Role grants (in that namespace), or has the `escalate` verb on roles;
-//! and create a RoleBinding only if it holds the bound Role's permissions, or has `bind`
-//! on it. We choose *holding*: the pods get/watch/patch and leases get/list/watch/update
-//! rows above exist for that check alone. Price: the webhook's ServiceAccount may patch
-//! any pod's labels and update any Lease in the cluster (including kube-system leader
-//! election Leases), so its token, image and namespace deserve cluster-admin-grade
-//! protection. `escalate` + `bind` instead would be strictly worse: with them it could
-//! grant itself any namespaced permission. No `escalate`, `bind`, wildcard or Secret
-//! access outside its own namespace is needed.
+//! No `escalate` or `bind`: the webhook holds every permission it grants in an elector Role
+//! (the test `webhook_holds_every_permission_it_grants` checks it); why, and its price, is
+//! told in the chart's ClusterRole.
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
