@@ -1,9 +1,9 @@
 //! The webhook's own RBAC as code: [`cluster_role_rules`] and [`namespace_role_rules`] are
-//! what the e2e tests grant, and equal the chart's ClusterRole and Role
-//! (`charts/ldap-elector/templates/clusterrole.yaml` and `role.yaml`, which say why each
-//! rule is there; `tests/tests/chart.rs` renders them and keeps them equal). With `--reconcile=false` the
-//! chart keeps only the statefulsets rule, services get/list/watch (admission) and the
-//! secret-mode rules.
+//! what the e2e tests grant. The chart's ClusterRole and Role
+//! (`charts/ldap-elector/templates/clusterrole.yaml` and `role.yaml`) are the source and say
+//! why each rule is there; `tests/tests/chart.rs` renders them and keeps them equal. With
+//! `--reconcile=false` the chart keeps only the statefulsets rule, services get/list/watch
+//! (admission) and the secret-mode rules.
 //!
 //! No `escalate` or `bind`: the webhook holds every permission it grants in an elector Role
 //! (the test `webhook_holds_every_permission_it_grants` checks it); why, and its price, is
