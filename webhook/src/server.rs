@@ -350,7 +350,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::tests::TestCert;
+    use crate::tls::testing::TestCert;
     use crate::tls::{server_config, TlsProfile, ALPN_HTTP11};
     use rustls::pki_types::ServerName;
     use std::sync::atomic::{AtomicBool, Ordering};
