@@ -58,7 +58,7 @@ impl Fence {
         let read_only = role != ROLE_LEADER;
         let started = std::time::Instant::now();
         let proceed = || read_only || still();
-        match ldap::set_read_only(&f.ldapi_url, &f.database_dn, read_only, self.timeout, &proceed).await {
+        match ldap::set_read_only_if(&f.ldapi_url, &f.database_dn, read_only, self.timeout, &proceed).await {
             Ok(()) => {
                 tracing::info!(role, read_only, millis = started.elapsed().as_millis() as u64, "slapd fence set");
                 true

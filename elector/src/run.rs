@@ -248,10 +248,20 @@ impl Elector {
         ok
     }
 
+    /// A version of the Lease from the watch: kept if newer than the one known.
     fn on_lease(&mut self, seen: Lease) {
         if lease::is_newer(&seen, self.current.as_ref()) {
+            self.accept_lease(seen);
+        }
+    }
+
+    /// The Lease as the API server answered a read or a write: authoritative even with a lower
+    /// resourceVersion (etcd restored from a backup), or every CAS write would fail forever.
+    fn accept_lease(&mut self, seen: Lease) {
+        if self.current.as_ref().is_none_or(|c| c.metadata.resource_version != seen.metadata.resource_version) {
             self.ops.lease_seen(&seen);
-            let next = lease::observe(&seen, Moment::now());
+            let previous = self.current.as_ref().zip(self.observed.as_ref());
+            let next = lease::observe_after(previous, &seen, Moment::now());
             crate::divergence_audit::log_own_mark(&self.cfg.identity, self.observed.as_ref(), &next);
             self.observed = Some(next);
             self.current = Some(seen);
@@ -261,11 +271,11 @@ impl Elector {
     async fn reread(&mut self) {
         match self.lease.get(self.cfg.api_timeout).await {
             Ok(l) => {
-                self.on_lease(l);
+                self.accept_lease(l);
                 self.succeeded();
             }
             Err(LeaseError::NotFound(_)) => match self.lease.create_empty(self.cfg.api_timeout).await {
-                Ok(l) => self.on_lease(l),
+                Ok(l) => self.accept_lease(l),
                 Err(e) => self.failed("the Lease does not exist and cannot be created", &e),
             },
             Err(e) => self.failed("reading the Lease", &e),
@@ -288,7 +298,7 @@ impl Elector {
                 self.unfenced_term = None; // the new term's fence is the keeper's again
                 self.ops.acquired(sent);
                 self.feed_watchdog(sent).await;
-                self.on_lease(won);
+                self.accept_lease(won);
                 self.succeeded();
             }
             Err(LeaseError::Conflict) => self.reread().await,
@@ -316,7 +326,7 @@ impl Elector {
                     link.written();
                 }
                 self.feed_watchdog(sent).await;
-                self.on_lease(renewed);
+                self.accept_lease(renewed);
                 self.succeeded();
             }
             // Someone else wrote the Lease: read it; `decide` demotes us if it is not ours.
@@ -427,7 +437,7 @@ impl Elector {
                 Ok(released) => {
                     tracing::info!(pod = %self.cfg.identity, "released the Lease");
                     self.ops.released();
-                    self.on_lease(released);
+                    self.accept_lease(released);
                     return;
                 }
                 Err(LeaseError::Conflict) => self.reread().await,

@@ -66,7 +66,7 @@ impl Elector {
             match self.lease.write(&next, self.cfg.api_timeout).await {
                 Ok(written) => {
                     tracing::info!(pod = %self.cfg.identity, term, target, reason = "Switchover", "handed the Lease over");
-                    self.on_lease(written);
+                    self.accept_lease(written);
                     self.succeeded();
                     return;
                 }
@@ -81,7 +81,7 @@ impl Elector {
         tracing::warn!(pod = %self.cfg.identity, target, reason = %refusal, "switchover refused");
         match self.lease.write(&switchover::refused(base, target, refusal), timeout).await {
             Ok(written) => {
-                self.on_lease(written);
+                self.accept_lease(written);
                 self.succeeded();
             }
             Err(LeaseError::Conflict) => self.reread().await,
