@@ -3,6 +3,7 @@
 //! connections kube-proxy keeps open, while syncrepl still applies replicated changes —
 //! and the generic role-change hook runs a command with the new role. Either or both.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -40,32 +41,38 @@ impl Fence {
     /// every configured step succeeded. A timed-out `olcReadOnly` change stays queued in
     /// slapd and applies later (see `ldap::set_read_only`).
     pub async fn apply(&self, role: &str) -> bool {
-        let mut ok = true;
-        if let Some(f) = &self.ldap {
-            let read_only = role != ROLE_LEADER;
-            let started = std::time::Instant::now();
-            match ldap::set_read_only(&f.ldapi_url, &f.database_dn, read_only, self.timeout).await {
-                Ok(()) => {
-                    tracing::info!(role, read_only, millis = started.elapsed().as_millis() as u64, "slapd fence set")
-                }
-                Err(e) => {
-                    tracing::error!(role, read_only, error = %e, "could not set the slapd fence");
-                    ok = false;
-                }
-            }
-        }
-        ok & self.hook.run(role).await
+        self.apply_while(role, &|| true).await
     }
-}
 
-impl Fence {
-    /// The built-in fence only: makes slapd writable or read-only; true on success.
-    async fn apply_ldap(&self, read_only: bool) -> bool {
+    /// [`Fence::apply`], asking `still` immediately before each step that would make slapd
+    /// writable; a `false` stops there (the wish expired while the keeper waited).
+    async fn apply_while(&self, role: &str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+        self.apply_ldap(role, still).await && (role != ROLE_LEADER || still()) && self.hook.run(role).await
+    }
+
+    /// The built-in fence only; true when slapd confirmed the state by reading it back, or
+    /// when slapd is not running (nothing accepts writes then; the keeper re-applies the fence
+    /// when it answers again).
+    async fn apply_ldap(&self, role: &str, still: &(dyn Fn() -> bool + Sync)) -> bool {
         let Some(f) = &self.ldap else { return true };
-        match ldap::set_read_only(&f.ldapi_url, &f.database_dn, read_only, self.timeout).await {
-            Ok(()) => true,
+        let read_only = role != ROLE_LEADER;
+        let started = std::time::Instant::now();
+        let proceed = || read_only || still();
+        match ldap::set_read_only_if(&f.ldapi_url, &f.database_dn, read_only, self.timeout, &proceed).await {
+            Ok(()) => {
+                tracing::info!(role, read_only, millis = started.elapsed().as_millis() as u64, "slapd fence set");
+                true
+            }
+            Err(e @ ldap::LdapError::NotRunning { .. }) if read_only => {
+                tracing::info!(role, error = %e, "slapd is not running: nothing accepts writes");
+                true
+            }
+            Err(e @ ldap::LdapError::Withdrawn { .. }) => {
+                tracing::warn!(role, error = %e, "the leader's deadline passed before slapd answered: staying fenced");
+                false
+            }
             Err(e) => {
-                tracing::warn!(read_only, error = %e, "could not set the slapd fence (retrying)");
+                tracing::error!(role, read_only, error = %e, "could not set the slapd fence");
                 false
             }
         }
@@ -77,6 +84,29 @@ impl Fence {
         let f = self.ldap.as_ref()?;
         let read_only = ldap::is_read_only(&f.ldapi_url, &f.database_dn, self.timeout).await.ok()?;
         Some(read_only == (role != ROLE_LEADER))
+    }
+}
+
+/// What the fence keeper needs from a fence: the real one ([`Fence`]) or a test's.
+pub trait Fencing: Send + Sync + 'static {
+    /// Puts slapd into `role`'s state (all configured steps); `still` is asked immediately
+    /// before every step that makes slapd writable. True when confirmed.
+    fn apply(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> impl Future<Output = bool> + Send;
+    /// Whether slapd is in `role`'s state (`None`: cannot tell).
+    fn verify(&self, role: &'static str) -> impl Future<Output = Option<bool>> + Send;
+    /// Puts slapd back into `role`'s state after it drifted (the built-in fence only).
+    fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> impl Future<Output = bool> + Send;
+}
+
+impl Fencing for Fence {
+    async fn apply(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+        self.apply_while(role, still).await
+    }
+    async fn verify(&self, role: &'static str) -> Option<bool> {
+        self.verify_ldap(role).await
+    }
+    async fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+        self.apply_ldap(role, still).await
     }
 }
 
@@ -110,26 +140,31 @@ pub struct FenceKeeper {
 }
 
 impl FenceKeeper {
-    pub fn start(fence: Fence, cancel: CancellationToken) -> FenceKeeper {
+    pub fn start(fence: impl Fencing, cancel: CancellationToken) -> FenceKeeper {
         let (desired, mut want) = watch::channel(Desired::Standby);
         let (applied_tx, applied) = watch::channel(None);
+        let wish = want.clone();
         tokio::spawn(async move {
+            // Asked again after every await, immediately before slapd is made writable: the
+            // wish may have changed, or its deadline passed, while the keeper waited on slapd.
+            let still = |role: &str| role != ROLE_LEADER || wish.borrow().role(Moment::now()) == ROLE_LEADER;
             let mut applied_role: Option<&'static str> = None;
             loop {
                 let desired = *want.borrow_and_update();
                 let role = desired.role(Moment::now());
                 let ok = if applied_role != Some(role) {
-                    fence.apply(role).await
+                    fence.apply(role, &|| still(role)).await
                 } else {
-                    match fence.verify_ldap(role).await {
-                        Some(false) => {
+                    match fence.verify(role).await {
+                        Some(false) if still(role) => {
                             tracing::warn!(role, "slapd's fence drifted (restarted?): setting it again");
-                            fence.apply_ldap(role != ROLE_LEADER).await
+                            fence.repair(role, &|| still(role)).await
                         }
+                        // The wish changed while verifying: the next round applies the new one.
+                        Some(false) => false,
                         _ => true,
                     }
                 };
-                // Re-read: the wish may have changed while we worked.
                 applied_role = ok.then_some(role);
                 applied_tx.send_replace(applied_role);
                 let mut nap = if ok { VERIFY_EVERY } else { RETRY_EVERY };
@@ -144,6 +179,12 @@ impl FenceKeeper {
             }
         });
         FenceKeeper { desired, applied }
+    }
+
+    /// Whether slapd is confirmed fenced (the last standby change was read back, or slapd is
+    /// not running) and the elector still wants it so.
+    pub fn is_fenced(&self) -> bool {
+        *self.applied.borrow() == Some(ROLE_STANDBY) && *self.desired.borrow() == Desired::Standby
     }
 
     /// Asks for `desired` and waits (at most `wait`) until it is in place; true if it is.
@@ -188,6 +229,71 @@ mod tests {
         assert_eq!(d.role(Moment::ZERO + Duration::from_secs(9)), ROLE_LEADER);
         assert_eq!(d.role(t), ROLE_STANDBY);
         assert_eq!(Desired::Standby.role(Moment::ZERO), ROLE_STANDBY);
+    }
+
+    /// A fence whose verify blocks until the test lets it answer "read-only" (the watchdog
+    /// fenced slapd meanwhile); it records when slapd would have been made writable.
+    #[derive(Clone, Default)]
+    struct StalledVerify {
+        verifying: std::sync::Arc<tokio::sync::Notify>,
+        answer: std::sync::Arc<tokio::sync::Notify>,
+        writable_at: std::sync::Arc<std::sync::Mutex<Vec<Moment>>>,
+        fenced_at: std::sync::Arc<std::sync::Mutex<Vec<Moment>>>,
+    }
+
+    impl StalledVerify {
+        fn record(&self, role: &str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+            let log = if role == ROLE_LEADER { &self.writable_at } else { &self.fenced_at };
+            if role != ROLE_LEADER || still() {
+                log.lock().unwrap().push(Moment::now());
+            }
+            true
+        }
+    }
+
+    impl Fencing for StalledVerify {
+        async fn apply(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+            self.record(role, still)
+        }
+        async fn verify(&self, _role: &'static str) -> Option<bool> {
+            self.verifying.notify_one();
+            self.answer.notified().await;
+            Some(false)
+        }
+        async fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+            self.record(role, still)
+        }
+    }
+
+    /// Issue 15, item 3: slapd stalls (SIGSTOP) inside the keeper's verify, the leader's
+    /// deadline passes (the watchdog fences, a standby takes over); when slapd answers, the
+    /// keeper must fence, never make slapd writable again for the expired term.
+    #[tokio::test]
+    async fn a_verify_that_outlasts_the_deadline_never_unfences() {
+        let fence = StalledVerify::default();
+        let cancel = CancellationToken::new();
+        let keeper = FenceKeeper::start(fence.clone(), cancel.clone());
+        let until = Moment::now() + Duration::from_millis(1500);
+        assert!(keeper.set(Desired::Leader { until }, Duration::from_secs(1)).await);
+        // The first verify comes after VERIFY_EVERY (1 s), before the deadline.
+        tokio::time::timeout(Duration::from_secs(5), fence.verifying.notified()).await.expect("the keeper verifies");
+        while Moment::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        fence.answer.notify_one();
+        let fenced_after_deadline = || fence.fenced_at.lock().unwrap().iter().any(|t| *t >= until);
+        let bound = Moment::now() + Duration::from_secs(5);
+        while !fenced_after_deadline() && Moment::now() < bound {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            fence.answer.notify_one(); // later verifies (if any) answer at once
+        }
+        let writable = fence.writable_at.lock().unwrap().clone();
+        assert!(
+            writable.iter().all(|t| *t < until),
+            "slapd made writable after the deadline: {writable:?}, deadline {until:?}"
+        );
+        assert!(fenced_after_deadline(), "the keeper fences once the deadline has passed");
+        cancel.cancel();
     }
 
     #[tokio::test]

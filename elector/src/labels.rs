@@ -39,6 +39,13 @@ pub fn term_of(pod: &Pod) -> Option<i32> {
     pod.metadata.annotations.as_ref()?.get(ANNOTATION_TERM)?.parse().ok()
 }
 
+/// Whether taking office in `term` must rewrite another member `pod`: one still labelled
+/// leader, and one whose term is older — a deposed leader's late label write tests the term
+/// it read, so only moving every pod's term to the new one makes such a write fail.
+pub fn needs_demotion(pod: &Pod, term: i32) -> bool {
+    role_of(pod) == Some(ROLE_LEADER) || term_of(pod).is_none_or(|t| t < term)
+}
+
 /// The compare-and-set patch that gives `pod` `role` under `term` (pure).
 pub fn role_patch(pod: &Pod, role: &str, term: i32) -> Patch {
     let meta = &pod.metadata;
@@ -134,8 +141,9 @@ impl PodLabeler {
         (0..replicas.max(own).max(2)).map(|i| contract::pod_name(&self.statefulset, i)).collect()
     }
 
-    /// Step 1 of taking office in `term`: every other pod still labelled leader becomes
-    /// standby under `term`. Any failure aborts (we must not label ourselves then).
+    /// Step 1 of taking office in `term`: every other pod becomes standby under `term` (see
+    /// [`needs_demotion`]); returns those that were labelled leader. Any failure aborts (we
+    /// must not label ourselves then).
     pub async fn demote_others(&self, term: i32) -> Result<Vec<String>, LabelError> {
         let mut demoted = Vec::new();
         for name in self.member_names().await {
@@ -149,9 +157,11 @@ impl PodLabeler {
                 Err(LabelError::Api { source: kube::Error::Api(e), .. }) if e.code == 403 => continue,
                 Err(e) => return Err(e),
             };
-            if role_of(&pod) == Some(ROLE_LEADER) {
+            if needs_demotion(&pod, term) {
                 self.set_role(&pod, ROLE_STANDBY, term).await?;
-                demoted.push(name);
+                if role_of(&pod) == Some(ROLE_LEADER) {
+                    demoted.push(name);
+                }
             }
         }
         Ok(demoted)
@@ -225,6 +235,22 @@ mod tests {
         // Meanwhile term 4 demoted the pod.
         let now = pod(Some(json!({LABEL_ROLE: "standby"})), Some(json!({ANNOTATION_TERM: "4"})));
         assert!(apply(&now, &stale).is_err());
+    }
+
+    /// Issue 15, item 6: a deposed leader read its pod (standby, term 3) to take office in
+    /// term 4, and its label write is delayed past the next term's demotion.
+    #[test]
+    fn a_late_leader_write_of_an_old_term_fails_after_the_next_term_took_office() {
+        let read_by_old_leader = pod(Some(json!({LABEL_ROLE: "standby"})), Some(json!({ANNOTATION_TERM: "3"})));
+        let late = role_patch(&read_by_old_leader, ROLE_LEADER, 4);
+        assert!(needs_demotion(&read_by_old_leader, 5), "term 5 must move the standby's term too");
+        let demoted = apply(&read_by_old_leader, &role_patch(&read_by_old_leader, ROLE_STANDBY, 5)).unwrap();
+        let demoted: Pod = serde_json::from_value(demoted).unwrap();
+        assert!(apply(&demoted, &late).is_err(), "the late write of term 4 must fail");
+        assert!(!needs_demotion(&demoted, 5), "a pod already in the new term needs nothing");
+        let leader = pod(Some(json!({LABEL_ROLE: "leader"})), Some(json!({ANNOTATION_TERM: "5"})));
+        assert!(needs_demotion(&leader, 5), "a leader label is always removed");
+        assert!(needs_demotion(&pod(None, None), 1), "a pod without a term gets one");
     }
 
     #[test]

@@ -106,6 +106,12 @@ pub enum LdapError {
     Failed { url: String, step: Step, message: String, code: Option<u32> },
     #[error("{0}")]
     BadUrl(String),
+    /// Nothing listens on the socket (connection refused, or no socket): slapd is not running.
+    #[error("{url}: slapd is not running ({message})")]
+    NotRunning { url: String, message: String },
+    /// The caller withdrew the change before it was sent (see [`set_read_only`]).
+    #[error("{url}: change withdrawn before it was sent")]
+    Withdrawn { url: String },
 }
 
 impl LdapError {
@@ -220,7 +226,8 @@ impl LdapCheck {
 }
 
 /// Sets `olcReadOnly` of `database_dn` (e.g. `olcDatabase={1}mdb,cn=config`) over
-/// `ldapi_url` with SASL EXTERNAL. Takes effect at once, also on open client connections
+/// `ldapi_url` with SASL EXTERNAL, and reads it back in the same session: `Ok` only when
+/// slapd confirms the state. Takes effect at once, also on open client connections
 /// (their writes get `53 unwillingToPerform`); replication into the database still applies.
 ///
 /// Latency: usually a few milliseconds, but slapd pauses all its threads for a cn=config
@@ -234,8 +241,26 @@ pub async fn set_read_only(
     read_only: bool,
     timeout: Duration,
 ) -> Result<(), LdapError> {
+    set_read_only_if(ldapi_url, database_dn, read_only, timeout, &|| true).await
+}
+
+/// [`set_read_only`], asking `proceed` immediately before the modify is sent (after connect
+/// and bind, which may wait on a stopped slapd): a `false` aborts with
+/// [`LdapError::Withdrawn`]. The fence keeper uses it so that a wish to become writable that
+/// expired while this call waited never reaches slapd.
+pub async fn set_read_only_if(
+    ldapi_url: &str,
+    database_dn: &str,
+    read_only: bool,
+    timeout: Duration,
+    proceed: &(dyn Fn() -> bool + Sync),
+) -> Result<(), LdapError> {
     let deadline = Deadline { at: Instant::now() + timeout, timeout };
     let mut session = Session::open_ldapi(ldapi_url, deadline).await?;
+    if !proceed() {
+        session.close().await;
+        return Err(LdapError::Withdrawn { url: ldapi_url.to_string() });
+    }
     let value = if read_only { "TRUE" } else { "FALSE" };
     deadline
         .step(ldapi_url, Step::WriteConfig, async {
@@ -247,8 +272,12 @@ pub async fn set_read_only(
             Ok(())
         })
         .await?;
+    let confirmed = session.read_only(database_dn, deadline).await;
     session.close().await;
-    Ok(())
+    match confirmed? {
+        now if now == read_only => Ok(()),
+        now => Err(failed(ldapi_url, Step::ReadConfig, format!("olcReadOnly reads {now} after setting {read_only}"))),
+    }
 }
 
 /// Reads `olcReadOnly` of `database_dn` from cn=config (absent = writable). cn=monitor is
@@ -256,25 +285,9 @@ pub async fn set_read_only(
 pub async fn is_read_only(ldapi_url: &str, database_dn: &str, timeout: Duration) -> Result<bool, LdapError> {
     let deadline = Deadline { at: Instant::now() + timeout, timeout };
     let mut session = Session::open_ldapi(ldapi_url, deadline).await?;
-    let entries = deadline
-        .step(ldapi_url, Step::ReadConfig, async {
-            let (entries, _) = session
-                .ldap
-                .search(database_dn, Scope::Base, "(objectClass=*)", vec!["olcReadOnly"])
-                .await?
-                .success()?;
-            Ok(entries)
-        })
-        .await?;
+    let read_only = session.read_only(database_dn, deadline).await;
     session.close().await;
-    let values: Vec<String> =
-        entries.into_iter().flat_map(|e| attribute(SearchEntry::construct(e), "olcReadOnly")).collect();
-    match values.as_slice() {
-        [] => Ok(false),
-        [v] if v.eq_ignore_ascii_case("TRUE") => Ok(true),
-        [v] if v.eq_ignore_ascii_case("FALSE") => Ok(false),
-        other => Err(failed(ldapi_url, Step::ReadConfig, format!("unexpected olcReadOnly {other:?}"))),
-    }
+    read_only
 }
 
 #[derive(Clone, Copy)]
@@ -292,6 +305,15 @@ impl Deadline {
     ) -> Result<T, LdapError> {
         match tokio::time::timeout_at(self.at, work).await {
             Err(_) => Err(LdapError::Timeout { url: url.to_string(), step, timeout: self.timeout }),
+            Ok(Err(ldap3::LdapError::Io { source }))
+                if step == Step::Connect
+                    && matches!(
+                        source.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    ) =>
+            {
+                Err(LdapError::NotRunning { url: url.to_string(), message: source.to_string() })
+            }
             Ok(Err(e)) => {
                 let code = match &e {
                     ldap3::LdapError::LdapResult { result } => Some(result.rc),
@@ -335,6 +357,29 @@ impl Session {
         let mut session = Session::open(ldapi_url, deadline).await?;
         session.bind(&Bind::SaslExternal, deadline).await?;
         Ok(session)
+    }
+
+    /// `olcReadOnly` of `database_dn` from cn=config (absent = writable).
+    async fn read_only(&mut self, database_dn: &str, deadline: Deadline) -> Result<bool, LdapError> {
+        let url = self.url.clone();
+        let entries = deadline
+            .step(&url, Step::ReadConfig, async {
+                let (entries, _) = self
+                    .ldap
+                    .search(database_dn, Scope::Base, "(objectClass=*)", vec!["olcReadOnly"])
+                    .await?
+                    .success()?;
+                Ok(entries)
+            })
+            .await?;
+        let values: Vec<String> =
+            entries.into_iter().flat_map(|e| attribute(SearchEntry::construct(e), "olcReadOnly")).collect();
+        match values.as_slice() {
+            [] => Ok(false),
+            [v] if v.eq_ignore_ascii_case("TRUE") => Ok(true),
+            [v] if v.eq_ignore_ascii_case("FALSE") => Ok(false),
+            other => Err(failed(&url, Step::ReadConfig, format!("unexpected olcReadOnly {other:?}"))),
+        }
     }
 
     async fn bind(&mut self, bind: &Bind, deadline: Deadline) -> Result<(), LdapError> {
@@ -484,10 +529,11 @@ mod tests {
         let err = check.probe(Duration::from_millis(300)).await.unwrap_err();
         assert!(matches!(err, LdapError::Timeout { step: Step::RootDse, .. }), "{err}");
         drop(listener);
+        // Refused at connect, or no socket: nothing listens (the fence counts slapd as down).
         let err = check.probe(Duration::from_secs(2)).await.unwrap_err();
-        assert!(matches!(err, LdapError::Failed { step: Step::Connect, .. }), "{err}");
+        assert!(matches!(err, LdapError::NotRunning { .. }), "{err}");
         let missing = LdapCheck::parse("ldapi://%2Fnonexistent%2Fsock?base=dc=x").unwrap();
         let err = missing.probe(Duration::from_secs(2)).await.unwrap_err();
-        assert!(matches!(err, LdapError::Failed { step: Step::Connect, .. }), "{err}");
+        assert!(matches!(err, LdapError::NotRunning { .. }), "{err}");
     }
 }

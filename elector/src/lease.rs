@@ -52,6 +52,22 @@ pub fn observe(lease: &Lease, seen_change_at: Moment) -> Observed {
     }
 }
 
+/// The observation of `seen` after `previous` (the Lease and its observation before). A
+/// Lease deleted and recreated while held shows no holder, but the deposed holder may not have
+/// fenced its slapd: it counts as still held by that holder, for its lease duration from now,
+/// so nobody acquires before the holder has seen the change and stood down.
+pub fn observe_after(previous: Option<(&Lease, &Observed)>, seen: &Lease, now: Moment) -> Observed {
+    let mut next = observe(seen, now);
+    if let Some((lease, before)) = previous {
+        let recreated = lease.metadata.uid != seen.metadata.uid;
+        if recreated && next.holder().is_none() && before.holder().is_some() {
+            next.holder.clone_from(&before.holder);
+            next.lease_duration = next.lease_duration.max(before.lease_duration);
+        }
+    }
+    next
+}
+
 /// The value of the Lease annotation `name`.
 pub fn annotation<'a>(lease: &'a Lease, name: &str) -> Option<&'a str> {
     lease.metadata.annotations.as_ref().and_then(|a| a.get(name)).map(String::as_str)
@@ -140,9 +156,13 @@ pub fn published_csn(lease: &Lease) -> Vec<String> {
 }
 
 /// Whether `candidate` is a newer version of the object than `known` (resourceVersions are
-/// etcd revisions in practice; when either does not parse, assume newer).
+/// etcd revisions in practice; when either does not parse, assume newer). A recreated Lease
+/// (another uid) is always news, whatever its resourceVersion.
 pub fn is_newer(candidate: &Lease, known: Option<&Lease>) -> bool {
     let rv = |l: &Lease| l.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+    if known.is_some_and(|k| k.metadata.uid != candidate.metadata.uid) {
+        return true;
+    }
     match (rv(candidate), known.and_then(rv)) {
         (Some(c), Some(k)) => c > k,
         _ => known.is_none_or(|k| k.metadata.resource_version != candidate.metadata.resource_version),
@@ -207,6 +227,36 @@ impl LeaseClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lease_of(uid: &str, rv: &str, holder: Option<&str>) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ldap-leader", "uid": uid, "resourceVersion": rv},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 8, "leaseTransitions": 3},
+        }))
+        .unwrap()
+    }
+
+    /// Issue 15, item 8: a Lease deleted and recreated while held is empty, but the old
+    /// holder may still be writable: nobody may take it before a lease duration has passed.
+    #[test]
+    fn a_recreated_empty_lease_counts_as_held_by_the_previous_holder() {
+        let t0 = Moment::ZERO + Duration::from_secs(100);
+        let held = lease_of("a", "50", Some("ldap-0"));
+        let before = observe(&held, t0);
+        let recreated = lease_of("b", "7", None);
+        assert!(is_newer(&recreated, Some(&held)), "another uid is news despite a lower resourceVersion");
+        let later = t0 + Duration::from_secs(1);
+        let seen = observe_after(Some((&held, &before)), &recreated, later);
+        assert_eq!(seen.holder(), Some("ldap-0"));
+        assert_eq!(seen.seen_change_at, later);
+        assert_eq!(seen.lease_duration, Duration::from_secs(8));
+        // A release (same uid, no holder) is what it says.
+        let released = lease_of("a", "51", None);
+        assert_eq!(observe_after(Some((&held, &before)), &released, later).holder(), None);
+        // So is a recreated Lease that nobody held before.
+        let empty = observe(&released, t0);
+        assert_eq!(observe_after(Some((&released, &empty)), &recreated, later).holder(), None);
+    }
 
     fn lease(holder: Option<&str>, transitions: i32, rv: &str) -> Lease {
         Lease {

@@ -35,6 +35,8 @@ mod handover;
 
 /// Longest time the loop sleeps without re-deciding (health and deadlines are re-read).
 const TICK: Duration = Duration::from_secs(1);
+/// How often a stepped-down elector looks whether its unconfirmed fence is confirmed now.
+const UNFENCED_POLL: Duration = Duration::from_millis(100);
 /// Backoff bounds after a failed API call.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -79,6 +81,11 @@ pub struct Elector {
     leading: Option<Leading>,
     /// Leader label and hook done for the current term.
     in_office: bool,
+    /// A term this elector stepped down from without a confirmed fence: until slapd confirms
+    /// `olcReadOnly: TRUE` (or is known dead) the Lease is neither released nor handed over
+    /// (it expires on the followers' clocks), the watchdog stays armed, and a stopping
+    /// elector does not exit.
+    unfenced_term: Option<Leading>,
     stopping: bool,
     failures: u32,
     retry_at: Option<Moment>,
@@ -108,6 +115,7 @@ impl Elector {
             observed: None,
             leading: None,
             in_office: false,
+            unfenced_term: None,
             stopping: false,
             failures: 0,
             retry_at: None,
@@ -175,13 +183,19 @@ impl Elector {
             match action {
                 Action::Acquire => self.acquire().await,
                 Action::Renew => self.renew(now).await,
-                Action::Demote(reason) => self.step_down(&format!("{reason:?}")).await,
-                Action::Release(reason) => {
+                Action::Demote(reason) => {
                     self.step_down(&format!("{reason:?}")).await;
-                    self.release().await;
+                }
+                Action::Release(reason) => {
+                    if self.step_down(&format!("{reason:?}")).await {
+                        self.release().await;
+                    }
                 }
                 Action::Wait(until) => {
-                    if terminate.is_cancelled() && self.leading.is_none() {
+                    self.settle_unfenced_term().await;
+                    // A stopping elector outlives an unconfirmed fence: in a container its exit
+                    // would take the fence keeper and the watchdog with it.
+                    if terminate.is_cancelled() && self.leading.is_none() && self.unfenced_term.is_none() {
                         tracing::info!(pod = %self.cfg.identity, "stood down; exiting");
                         if let Some(w) = self.watchdog.take() {
                             w.stop().await;
@@ -196,7 +210,10 @@ impl Elector {
                         self.reread().await; // not readable yet (absent, forbidden, API down)
                         continue;
                     }
-                    let wake = until.map_or(TICK, |t| t.since(now).min(TICK));
+                    let mut wake = until.map_or(TICK, |t| t.since(now).min(TICK));
+                    if self.unfenced_term.is_some() {
+                        wake = wake.min(UNFENCED_POLL);
+                    }
                     tokio::select! {
                         Ok(()) = lease_rx.changed() => {
                             if let Some(seen) = lease_rx.borrow_and_update().clone() {
@@ -231,10 +248,20 @@ impl Elector {
         ok
     }
 
+    /// A version of the Lease from the watch: kept if newer than the one known.
     fn on_lease(&mut self, seen: Lease) {
         if lease::is_newer(&seen, self.current.as_ref()) {
+            self.accept_lease(seen);
+        }
+    }
+
+    /// The Lease as the API server answered a read or a write: authoritative even with a lower
+    /// resourceVersion (etcd restored from a backup), or every CAS write would fail forever.
+    fn accept_lease(&mut self, seen: Lease) {
+        if self.current.as_ref().is_none_or(|c| c.metadata.resource_version != seen.metadata.resource_version) {
             self.ops.lease_seen(&seen);
-            let next = lease::observe(&seen, Moment::now());
+            let previous = self.current.as_ref().zip(self.observed.as_ref());
+            let next = lease::observe_after(previous, &seen, Moment::now());
             crate::divergence_audit::log_own_mark(&self.cfg.identity, self.observed.as_ref(), &next);
             self.observed = Some(next);
             self.current = Some(seen);
@@ -244,11 +271,11 @@ impl Elector {
     async fn reread(&mut self) {
         match self.lease.get(self.cfg.api_timeout).await {
             Ok(l) => {
-                self.on_lease(l);
+                self.accept_lease(l);
                 self.succeeded();
             }
             Err(LeaseError::NotFound(_)) => match self.lease.create_empty(self.cfg.api_timeout).await {
-                Ok(l) => self.on_lease(l),
+                Ok(l) => self.accept_lease(l),
                 Err(e) => self.failed("the Lease does not exist and cannot be created", &e),
             },
             Err(e) => self.failed("reading the Lease", &e),
@@ -268,9 +295,10 @@ impl Elector {
                 tracing::info!(pod = %self.cfg.identity, term, previous = ?self.observed.as_ref().and_then(|o| o.holder.clone()), "acquired the Lease");
                 self.leading = Some(Leading { term, renewed_at: sent });
                 self.in_office = false;
+                self.unfenced_term = None; // the new term's fence is the keeper's again
                 self.ops.acquired(sent);
                 self.feed_watchdog(sent).await;
-                self.on_lease(won);
+                self.accept_lease(won);
                 self.succeeded();
             }
             Err(LeaseError::Conflict) => self.reread().await,
@@ -298,7 +326,7 @@ impl Elector {
                     link.written();
                 }
                 self.feed_watchdog(sent).await;
-                self.on_lease(renewed);
+                self.accept_lease(renewed);
                 self.succeeded();
             }
             // Someone else wrote the Lease: read it; `decide` demotes us if it is not ours.
@@ -328,9 +356,10 @@ impl Elector {
                 let unfenced = self.fence.set(Desired::Leader { until: deadline }, remaining).await;
                 self.ops.took_office(leading.term, unfenced);
                 if !unfenced {
-                    tracing::error!(pod = %self.cfg.identity, term = leading.term, "could not lift the write fence; releasing");
-                    self.step_down("HookFailed").await;
-                    self.release().await;
+                    tracing::error!(pod = %self.cfg.identity, term = leading.term, "could not lift the write fence; stepping down");
+                    if self.step_down("HookFailed").await {
+                        self.release().await;
+                    }
                     return;
                 }
                 self.in_office = true;
@@ -345,24 +374,47 @@ impl Elector {
         }
     }
 
-    /// Stop leading: fence locally first, then label standby (best effort).
-    async fn step_down(&mut self, reason: &str) {
-        let Some(leading) = self.leading.take() else { return };
+    /// Stop leading: fence locally first, then label standby (best effort). True when the
+    /// fence is confirmed; only then may the caller release or hand over the Lease.
+    async fn step_down(&mut self, reason: &str) -> bool {
+        let Some(leading) = self.leading.take() else { return self.unfenced_term.is_none() };
         self.in_office = false;
         if let Some(link) = &self.divergence {
             link.office.send_replace(None);
         }
         let fenced = self.fence.set(Desired::Standby, FENCE_BUDGET).await;
-        if !fenced {
-            tracing::error!(pod = %self.cfg.identity, "slapd not fenced within the budget (the fence keeps retrying)");
-        }
         self.ops.stepped_down(leading.term, reason, fenced);
+        if fenced {
+            if let Some(w) = self.watchdog.as_mut() {
+                w.disarm().await;
+            }
+        } else {
+            // Keep the Lease (it expires on the followers' clocks) and the watchdog armed.
+            tracing::error!(pod = %self.cfg.identity, term = leading.term,
+                "slapd not confirmed fenced within the budget: keeping the Lease until it expires (the fence keeps retrying)");
+            self.unfenced_term = Some(leading);
+        }
+        tracing::warn!(pod = %self.cfg.identity, term = leading.term, reason, fenced, role = ROLE_STANDBY, "stepped down");
+        if let Err(e) = self.labels.label_self_standby(leading.term).await {
+            tracing::info!(error = %e, "could not label this pod standby (the next leader demotes it before labelling itself)");
+        }
+        fenced
+    }
+
+    /// After a step-down without a confirmed fence: once slapd confirms it, disarm the
+    /// watchdog and release the Lease if it is still ours.
+    async fn settle_unfenced_term(&mut self) {
+        let Some(term) = self.unfenced_term else { return };
+        if !self.fence.is_fenced() {
+            return;
+        }
+        tracing::info!(pod = %self.cfg.identity, term = term.term, "slapd fence confirmed after stepping down");
+        self.unfenced_term = None;
         if let Some(w) = self.watchdog.as_mut() {
             w.disarm().await;
         }
-        tracing::warn!(pod = %self.cfg.identity, term = leading.term, reason, role = ROLE_STANDBY, "stepped down");
-        if let Err(e) = self.labels.label_self_standby(leading.term).await {
-            tracing::info!(error = %e, "could not label this pod standby (the next leader demotes it before labelling itself)");
+        if self.leading.is_none() {
+            self.release().await; // only if the Lease is still ours (release checks)
         }
     }
 
@@ -385,7 +437,7 @@ impl Elector {
                 Ok(released) => {
                     tracing::info!(pod = %self.cfg.identity, "released the Lease");
                     self.ops.released();
-                    self.on_lease(released);
+                    self.accept_lease(released);
                     return;
                 }
                 Err(LeaseError::Conflict) => self.reread().await,

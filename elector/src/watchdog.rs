@@ -44,17 +44,31 @@ fn encode(command: Command) -> String {
     }
 }
 
-/// The watchdog process's main loop: returns after fencing for a closed pipe.
+/// How often the watchdog retries a fence that slapd did not confirm (stalled or restarting).
+const RETRY: Duration = Duration::from_millis(200);
+
+/// The watchdog process's main loop: returns once slapd is confirmed fenced after the pipe
+/// closed. A fence it has to set (deadline passed, or the elector gone) is retried until
+/// slapd confirms it, or until the elector arms or disarms again (it is in charge then).
 pub async fn serve(fence: Fence) {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut deadline: Option<Moment> = None;
+    let mut must_fence = false;
+    let mut gone = false;
     loop {
-        let nap = deadline.map_or(Duration::from_secs(3600), |d| d.since(Moment::now()).min(RECHECK));
+        if gone && !must_fence {
+            return;
+        }
+        let nap = if must_fence {
+            RETRY
+        } else {
+            deadline.map_or(Duration::from_secs(3600), |d| d.since(Moment::now()).min(RECHECK))
+        };
         tokio::select! {
-            line = lines.next_line() => match line {
+            line = lines.next_line(), if !gone => match line {
                 Ok(Some(line)) => match parse(&line) {
-                    Some(Command::Arm(at)) => deadline = Some(at),
-                    Some(Command::Disarm) => deadline = None,
+                    Some(Command::Arm(at)) => (deadline, must_fence) = (Some(at), false),
+                    Some(Command::Disarm) => (deadline, must_fence) = (None, false),
                     None => tracing::warn!(line, "watchdog: ignoring an unknown command"),
                 },
                 Ok(None) | Err(_) => {
@@ -65,15 +79,20 @@ pub async fn serve(fence: Fence) {
                     } else {
                         tracing::info!("watchdog: the elector exited as standby; keeping slapd fenced");
                     }
-                    fence.apply(ROLE_STANDBY).await;
-                    return;
+                    (gone, deadline) = (true, None);
+                    must_fence = !fence.apply(ROLE_STANDBY).await;
                 }
             },
             _ = tokio::time::sleep(nap) => {
                 if deadline.is_some_and(|d| Moment::now() >= d) {
                     tracing::error!("watchdog: the elector did not renew before its deadline; fencing slapd");
-                    fence.apply(ROLE_STANDBY).await;
-                    deadline = None;
+                    (deadline, must_fence) = (None, true);
+                }
+                if must_fence {
+                    must_fence = !fence.apply(ROLE_STANDBY).await;
+                    if must_fence {
+                        tracing::warn!("watchdog: slapd did not confirm the fence; retrying");
+                    }
                 }
             }
         }

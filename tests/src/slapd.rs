@@ -189,6 +189,13 @@ impl SlapdNode {
         }
     }
 
+    /// Sends `signal` to this node's slapd (SIGSTOP stalls it, SIGCONT resumes it); false when
+    /// it is not running.
+    pub fn signal(&self, signal: Signal) -> bool {
+        let child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        child.as_ref().filter(|c| c.is_running()).map(|c| c.signal(signal)).is_some()
+    }
+
     /// SIGKILL, and wait until the process is gone.
     pub async fn kill9(&self) {
         if let Some(child) = self.take_child() {

@@ -41,7 +41,11 @@ impl Elector {
     async fn hand_over(&mut self, target: &str) {
         let Some(term) = self.leading.map(|l| l.term) else { return };
         tracing::info!(pod = %self.cfg.identity, term, target, "switchover: stepping down to hand over");
-        self.step_down("Switchover").await;
+        if !self.step_down("Switchover").await {
+            // The Lease is kept until slapd confirms the fence (then released) or it expires.
+            tracing::error!(pod = %self.cfg.identity, target, "switchover: slapd not confirmed fenced; not handing over");
+            return;
+        }
         // Fenced now: the contextCSN is final; the target takes over once it holds it.
         if let Ok(last) = self.cfg.health_check.check_detailed(self.cfg.api_timeout).await {
             if !last.is_empty() {
@@ -62,7 +66,7 @@ impl Elector {
             match self.lease.write(&next, self.cfg.api_timeout).await {
                 Ok(written) => {
                     tracing::info!(pod = %self.cfg.identity, term, target, reason = "Switchover", "handed the Lease over");
-                    self.on_lease(written);
+                    self.accept_lease(written);
                     self.succeeded();
                     return;
                 }
@@ -77,7 +81,7 @@ impl Elector {
         tracing::warn!(pod = %self.cfg.identity, target, reason = %refusal, "switchover refused");
         match self.lease.write(&switchover::refused(base, target, refusal), timeout).await {
             Ok(written) => {
-                self.on_lease(written);
+                self.accept_lease(written);
                 self.succeeded();
             }
             Err(LeaseError::Conflict) => self.reread().await,

@@ -1,0 +1,135 @@
+//! Reproducers of the elector-safety review (issue 15) on the process bed, with a real
+//! Mirror-Mode slapd pair behind the injected electors (the OpenLDAP rig).
+//!
+//! Item 1: the Lease is released or handed over only after the leader's slapd confirmed the
+//! fence (`olcReadOnly: TRUE` read back) or is known dead. A stalled slapd (SIGSTOP) cannot
+//! confirm anything, so a leader told to step down (its health fails, then SIGTERM) must keep
+//! the Lease until it expires on the standby's clock; before the fix it released at once and
+//! the standby unfenced its slapd while the old one could still commit queued writes.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
+use ldap_elector::contract;
+use ldap_elector::decide::{Timing, MAX_CLOCK_DRIFT};
+use ldap_elector_tests::ldap_rig::{self, ordinal, LdapRig};
+use ldap_elector_tests::process::Signal;
+use ldap_elector_tests::wait_for;
+
+const ELECT: Duration = Duration::from_secs(90);
+const FENCE: Duration = Duration::from_secs(30);
+
+/// One version of the Lease as this test saw it, with the holders' own wall-clock stamps
+/// (all electors run on this machine: one clock, and no lag of this test's watch in them).
+#[derive(Clone, Debug)]
+struct Seen {
+    at: Instant,
+    holder: Option<String>,
+    transitions: i32,
+    renewed: Option<k8s_openapi::jiff::Timestamp>,
+    acquired: Option<k8s_openapi::jiff::Timestamp>,
+}
+
+/// Every version of one Lease, in the order the watch delivered them.
+#[derive(Clone, Default)]
+struct LeaseLog(Arc<Mutex<Vec<Seen>>>);
+
+impl LeaseLog {
+    fn start(client: Client, namespace: &str, name: &str) -> LeaseLog {
+        let log = LeaseLog::default();
+        let api: Api<Lease> = Api::namespaced(client, namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(api, config).default_backoff().applied_objects().boxed();
+            while let Some(event) = events.next().await {
+                let Ok(lease) = event else { continue };
+                let spec = lease.spec.unwrap_or_default();
+                let holder = spec.holder_identity.filter(|h| !h.is_empty());
+                let seen = Seen {
+                    at: Instant::now(),
+                    holder,
+                    transitions: spec.lease_transitions.unwrap_or(0),
+                    renewed: spec.renew_time.map(|t| t.0),
+                    acquired: spec.acquire_time.map(|t| t.0),
+                };
+                sink.0.lock().unwrap_or_else(|p| p.into_inner()).push(seen);
+            }
+        });
+        log
+    }
+
+    fn history(&self) -> Vec<Seen> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn other(pod: &str) -> String {
+    contract::pod_name(ldap_rig::STATEFULSET, 1 - ordinal(pod).min(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_with_a_stalled_slapd_keeps_the_lease_until_it_expires() -> anyhow::Result<()> {
+    let rig = LdapRig::start(1).await?;
+    let leader = rig.observer.wait_for_single_leader(ELECT).await?;
+    let standby = other(&leader);
+    rig.wait_fences(&leader, &standby, FENCE).await?;
+    let leases = LeaseLog::start(rig.client.clone(), ldap_rig::NAMESPACE, &contract::lease_name(ldap_rig::STATEFULSET));
+    wait_for("the Lease watch to see the leader", FENCE, || async {
+        match leases.history().last() {
+            Some(s) if s.holder.as_deref() == Some(leader.as_str()) => Ok(()),
+            last => Err(format!("last seen {last:?}")),
+        }
+    })
+    .await?;
+
+    // Stall the leader's slapd, then tell its elector to stop: it cannot confirm the fence.
+    anyhow::ensure!(rig.node(&leader).signal(Signal::Stop), "the leader's slapd runs");
+    let stalled = Instant::now();
+    rig.kubelet.signal(ldap_rig::NAMESPACE, &leader, contract::SIDECAR_CONTAINER, Signal::Term);
+
+    let lease = Timing::default().lease_duration;
+    let taken = wait_for(&format!("{standby} to hold the Lease"), lease * 4, || async {
+        let history = leases.history();
+        match history.iter().find(|s| s.at >= stalled && s.holder.as_deref() == Some(standby.as_str())) {
+            Some(s) => Ok(s.clone()),
+            None => Err(format!("{:?}", history.last())),
+        }
+    })
+    .await;
+    rig.node(&leader).signal(Signal::Cont);
+    let taken = taken.map_err(|e| anyhow::anyhow!("{e}\n{}", rig.logs()))?;
+
+    let history = leases.history();
+    let after: Vec<&Seen> = history.iter().filter(|s| s.at >= stalled && s.at <= taken.at).collect();
+    assert!(
+        after.iter().all(|s| s.holder.is_some()),
+        "the Lease was released while the leader's slapd could not confirm its fence: {after:?}\n{}",
+        rig.logs()
+    );
+    // The standby stamps its acquisition after waiting a lease duration from when it saw the
+    // leader's last renew, which the leader stamped before sending it.
+    let last_renew = history
+        .iter()
+        .filter(|s| s.at <= taken.at && s.holder.as_deref() == Some(leader.as_str()))
+        .filter_map(|s| s.renewed)
+        .max()
+        .expect("the leader's renewals were seen");
+    let acquired = taken.acquired.expect("an acquired Lease has an acquireTime");
+    let waited = Duration::try_from(acquired.duration_since(last_renew))?;
+    let bound = lease.mul_f64(1.0 - MAX_CLOCK_DRIFT);
+    println!(
+        "{standby} took the Lease (term {}) {waited:?} after {leader}'s last renew; lease {lease:?}",
+        taken.transitions
+    );
+    assert!(waited >= bound, "{standby} acquired {waited:?} after the last renew, before the lease expired ({bound:?})");
+
+    // Once slapd runs again, the fences follow the Lease.
+    rig.wait_fences(&standby, &leader, FENCE).await?;
+    rig.observer.assert_never_two_leaders();
+    Ok(())
+}
