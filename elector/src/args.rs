@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::contract;
 use crate::decide::Timing;
 use crate::fence::{Fence, LdapFence};
 use crate::health::HealthCheck;
 use crate::ldap::Credentials;
+use ldap_elector_contract as contract;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,9 +66,9 @@ pub struct ReseedArgs {
     #[arg(long, env = contract::ENV_AUDIT_PEERS)]
     pub servers: String,
     /// Bind DN for the audits on both servers (simple bind; see docs/openldap.md).
-    #[arg(long, env = crate::ldap::ENV_LDAP_BIND_DN)]
+    #[arg(long, env = ldap_elector_contract::ENV_LDAP_BIND_DN)]
     pub bind_dn: Option<String>,
-    #[arg(long, env = crate::ldap::ENV_LDAP_BIND_PASSWORD_FILE)]
+    #[arg(long, env = ldap_elector_contract::ENV_LDAP_BIND_PASSWORD_FILE)]
     pub bind_password_file: Option<std::path::PathBuf>,
     /// The target's data directory (its slapd must be stopped): moved aside and replaced by
     /// an empty one. Without it, empty the database yourself first (docs/divergence.md).
@@ -114,17 +114,17 @@ impl ReseedArgs {
 #[derive(Debug, Clone, Args)]
 pub struct AuditArgs {
     /// Server A: `ldap://HOST:PORT?base=SUFFIX` or `ldapi://%2Fpath%2Fsock?base=SUFFIX`.
-    #[arg(long, env = crate::audit::ENV_AUDIT_SERVER_A)]
+    #[arg(long, env = ldap_elector_contract::ENV_AUDIT_SERVER_A)]
     pub server_a: String,
     /// Server B, under the same suffix.
-    #[arg(long, env = crate::audit::ENV_AUDIT_SERVER_B)]
+    #[arg(long, env = ldap_elector_contract::ENV_AUDIT_SERVER_B)]
     pub server_b: String,
     /// Bind DN on both servers (simple bind); without it SASL EXTERNAL over ldapi and
     /// anonymous over ldap. It needs read access to every entry and unlimited size limits.
-    #[arg(long, env = crate::audit::ENV_AUDIT_BIND_DN)]
+    #[arg(long, env = ldap_elector_contract::ENV_AUDIT_BIND_DN)]
     pub bind_dn: Option<String>,
     /// File with the bind DN's password.
-    #[arg(long, env = crate::audit::ENV_AUDIT_BIND_PASSWORD_FILE)]
+    #[arg(long, env = ldap_elector_contract::ENV_AUDIT_BIND_PASSWORD_FILE)]
     pub bind_password_file: Option<std::path::PathBuf>,
     /// Output: `human` or `json`.
     #[arg(short = 'o', long, default_value = "human", value_parser = ["human", "json"])]
@@ -235,10 +235,10 @@ pub struct RunArgs {
     #[arg(long, env = contract::ENV_CATCH_UP_GRACE, default_value = "30s")]
     pub catch_up_grace: String,
     /// Bind DN of the LDAP health check (simple bind); without it SASL EXTERNAL over ldapi.
-    #[arg(long, env = crate::ldap::ENV_LDAP_BIND_DN)]
+    #[arg(long, env = ldap_elector_contract::ENV_LDAP_BIND_DN)]
     pub ldap_bind_dn: Option<String>,
     /// File with the password of the bind DN (read on every check, so it can rotate).
-    #[arg(long, env = crate::ldap::ENV_LDAP_BIND_PASSWORD_FILE)]
+    #[arg(long, env = ldap_elector_contract::ENV_LDAP_BIND_PASSWORD_FILE)]
     pub ldap_bind_password_file: Option<std::path::PathBuf>,
     /// Start the watchdog process that fences slapd when this elector stops renewing
     /// (paused, hung, killed). On by default when a fence is configured.

@@ -36,15 +36,10 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::ldap::{read_password, Bind, Credentials, LdapCheck};
+use ldap_elector_contract::backoff::Backoff;
+use ldap_elector_contract::csn::ContextCsn;
 
-/// Bind DN of the audit on both servers (simple bind); without it SASL EXTERNAL over
-/// ldapi and anonymous over ldap.
-pub const ENV_AUDIT_BIND_DN: &str = "ELECTOR_AUDIT_BIND_DN";
-/// File with the password of the audit's bind DN.
-pub const ENV_AUDIT_BIND_PASSWORD_FILE: &str = "ELECTOR_AUDIT_BIND_PASSWORD_FILE";
-pub const ENV_AUDIT_SERVER_A: &str = "ELECTOR_AUDIT_SERVER_A";
-pub const ENV_AUDIT_SERVER_B: &str = "ELECTOR_AUDIT_SERVER_B";
+use crate::ldap::{read_password, Bind, Credentials, LdapCheck};
 
 /// Consecutive rounds a difference must hold (unchanged, both contextCSNs covering the
 /// other's previous one) before it counts as divergence. Two, not one: a server's
@@ -456,36 +451,6 @@ impl Observation {
     }
 }
 
-/// A server's contextCSN: the newest CSN per server ID.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ContextCsn(pub BTreeMap<String, String>);
-
-impl ContextCsn {
-    /// From the suffix's `contextCSN` values (`<time>#<count>#<sid>#<mod>`).
-    pub fn from_values<S: AsRef<str>>(values: &[S]) -> ContextCsn {
-        let mut map: BTreeMap<String, String> = BTreeMap::new();
-        for v in values {
-            let v = v.as_ref().trim();
-            let Some(sid) = v.split('#').nth(2) else { continue };
-            let slot = map.entry(sid.to_ascii_lowercase()).or_default();
-            if v > slot.as_str() {
-                *slot = v.to_string();
-            }
-        }
-        ContextCsn(map)
-    }
-
-    /// Whether this server has processed every change `earlier` had (per server ID; CSNs
-    /// are fixed-width, timestamp first, so they compare as text).
-    pub fn covers(&self, earlier: &ContextCsn) -> bool {
-        earlier.0.iter().all(|(sid, csn)| self.0.get(sid).is_some_and(|mine| mine >= csn))
-    }
-
-    pub fn values(&self) -> Vec<String> {
-        self.0.values().cloned().collect()
-    }
-}
-
 /// Each server's contextCSN just before and just after a round's reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoundCtx {
@@ -848,7 +813,7 @@ impl AuditConfig {
     }
 
     fn backoff(&self, round: u32) -> Duration {
-        self.backoff.saturating_mul(1 << round.saturating_sub(1).min(16)).min(self.backoff_max)
+        Backoff::new(self.backoff, self.backoff_max).delay(round.saturating_sub(1))
     }
 }
 
@@ -1273,7 +1238,7 @@ impl Side {
             }
         }
         stream.finish().await.success().map_err(|e| self.failed("read contextCSN", e))?;
-        Ok(ContextCsn::from_values(&values))
+        Ok(ContextCsn::parse(&values))
     }
 
     async fn close(mut self) {
@@ -1509,28 +1474,12 @@ mod tests {
         assert_eq!(next_plan(&mut q, 5000), Some(Plan::Leaf(vec![deepest])));
     }
 
-    #[test]
-    fn context_csn_keeps_the_newest_per_server_and_covers_per_server() {
-        let old = ContextCsn::from_values(&["20250101000000.000000Z#000000#001#000000"]);
-        let new = ContextCsn::from_values(&[
-            "20250101000001.000000Z#000000#001#000000",
-            "20240101000000.000000Z#000000#002#000000",
-            "garbage",
-        ]);
-        assert_eq!(new.0.len(), 2);
-        assert!(new.covers(&old) && !old.covers(&new));
-        assert!(new.covers(&ContextCsn::default()));
-        // A server ID the other has never seen is not covered.
-        let sid3 = ContextCsn::from_values(&["20200101000000.000000Z#000000#003#000000"]);
-        assert!(!new.covers(&sid3));
-    }
-
     fn state(csn: &str, content: u128) -> Option<EntryState> {
         Some(EntryState { dn: "uid=a,dc=x".into(), csn: Some(csn.into()), content, meta: content })
     }
 
     fn ctx(a: &str, b: &str) -> RoundCtx {
-        let c = |s: &str| ContextCsn::from_values(&[s]);
+        let c = |s: &str| ContextCsn::parse(&[s]);
         RoundCtx { a_before: c(a), a_after: c(a), b_before: c(b), b_after: c(b) }
     }
 

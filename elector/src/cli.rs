@@ -17,10 +17,10 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 
 use crate::args::parse_duration;
-use crate::contract::{self, ROLE_LEADER};
 use crate::labels::role_of;
 use crate::status::{self, Snapshot};
 use crate::switchover;
+use ldap_elector_contract::{self as contract, ROLE_LEADER};
 
 /// Exit codes of `status` and `switchover`.
 pub mod exit {

@@ -6,6 +6,7 @@
 //!
 //! [`evaluate`] is pure; [`read`] and [`check`] are the edges.
 
+use ldap_elector_contract::backoff::Backoff;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
@@ -298,8 +299,8 @@ pub async fn check(ldapi_url: &str, timeout: Duration) -> Result<Vec<Finding>, S
 /// sidecar; bounded retries with back-off) and logs every finding, dangers as errors.
 /// Returns how many findings were warnings or dangers (`None`: cn=config was not read).
 pub async fn log_findings(ldapi_url: String, cancel: tokio_util::sync::CancellationToken) -> Option<usize> {
-    let mut backoff = Duration::from_secs(1);
-    for _ in 0..20 {
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    for attempt in 0..20 {
         match check(&ldapi_url, Duration::from_secs(5)).await {
             Ok(findings) => {
                 for f in &findings {
@@ -321,9 +322,8 @@ pub async fn log_findings(ldapi_url: String, cancel: tokio_util::sync::Cancellat
         }
         tokio::select! {
             _ = cancel.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.delay(attempt)) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
     tracing::warn!(url = %ldapi_url, "configuration guard: could not read cn=config; replication settings not checked");
     None

@@ -10,6 +10,8 @@
 
 use std::time::Duration;
 
+use ldap_elector_contract::csn;
+
 use crate::clock::Moment;
 
 /// The bound on relative clock-rate drift between two nodes we design for (1 %). NTP keeps
@@ -213,18 +215,6 @@ fn decide_as_follower(lease: Option<&Observed>, me: &Me<'_>, now: Moment) -> Act
     }
 }
 
-/// Catch-up gating (pure). A standby is caught up when, for every server ID in the
-/// contextCSN the leader published, it holds a CSN at least as new. CSNs look like
-/// `20261125183700.123456Z#000000#001#000000` (time, count, server ID, modifier), so
-/// within one server ID they order as text.
-pub fn caught_up(mine: &[String], leaders: &[String]) -> bool {
-    let sid = |csn: &str| csn.split('#').nth(2).map(str::to_owned);
-    leaders.iter().all(|theirs| {
-        let Some(their_sid) = sid(theirs) else { return true };
-        mine.iter().any(|m| sid(m).as_deref() == Some(their_sid.as_str()) && m.as_str() >= theirs.as_str())
-    })
-}
-
 /// Since when the Lease has been free on this candidate's clock: released (no holder) since
 /// it was seen so, or expired since `seen_change_at + lease_duration`. `None` while held.
 pub fn free_since(lease: &Observed, now: Moment) -> Option<Moment> {
@@ -244,7 +234,7 @@ pub fn may_promote(
     now: Moment,
     grace: Option<Duration>,
 ) -> bool {
-    if caught_up(mine, leaders) {
+    if csn::caught_up(mine, leaders) {
         return true;
     }
     match (grace, lease.and_then(|l| free_since(l, now))) {
@@ -279,6 +269,10 @@ mod tests {
 
     fn leader(identity: &str, term: i32, renewed: f64) -> Me<'_> {
         Me { leading: Some(Leading { term, renewed_at: at(renewed) }), ..follower(identity) }
+    }
+
+    fn csn(time: &str, sid: u8) -> String {
+        format!("{time}.000000Z#000000#{sid:03x}#000000")
     }
 
     #[test]
@@ -466,22 +460,6 @@ mod tests {
             Action::Release(ReleaseReason::Unhealthy)
         );
     }
-    fn csn(time: &str, sid: u8) -> String {
-        format!("{time}.000000Z#000000#{sid:03x}#000000")
-    }
-
-    #[test]
-    fn caught_up_compares_per_server_id() {
-        let leader = vec![csn("20261125100000", 1), csn("20261125100500", 2)];
-        assert!(caught_up(&leader, &leader));
-        assert!(caught_up(&[csn("20261125100000", 1), csn("20261125100600", 2)], &leader));
-        assert!(!caught_up(&[csn("20261125100000", 1), csn("20261125100400", 2)], &leader));
-        assert!(!caught_up(&[csn("20261125100000", 1)], &leader), "no CSN for server 2");
-        // A newer CSN of another server does not make up for a missing one.
-        assert!(!caught_up(&[csn("20261125110000", 1)], &[csn("20261125100000", 2)]));
-        assert!(caught_up(&[], &[]), "nothing published: nothing to wait for");
-    }
-
     #[test]
     fn a_standby_behind_waits_unless_the_leader_is_gone_longer_than_the_grace() {
         let behind = vec![csn("20261125100000", 1)];

@@ -7,13 +7,14 @@
 //! Only the leader writes marks, with its own renew (a CAS on the Lease), so they can never
 //! be lost to a concurrent write; `ldap-elector reseed` clears one after a clean audit.
 
+use ldap_elector_contract::backoff::Backoff;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Moment;
-pub use crate::contract::{LEASE_ANNOTATION_ALLOW_DIVERGED, LEASE_ANNOTATION_DIVERGED};
+pub use ldap_elector_contract::{LEASE_ANNOTATION_ALLOW_DIVERGED, LEASE_ANNOTATION_DIVERGED};
 
 /// One diverged pod's record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,7 +267,7 @@ impl PeerSchedule {
         }
         let last = self.last_audit?;
         if self.inconclusive > 0 {
-            let backoff = cadence.retry_min.saturating_mul(1 << (self.inconclusive - 1).min(10)).min(cadence.retry_max);
+            let backoff = Backoff::new(cadence.retry_min, cadence.retry_max).delay(self.inconclusive - 1);
             if now >= last + backoff {
                 return Some(Trigger::Retry);
             }
@@ -375,7 +376,7 @@ impl PeerUrls {
 /// pair (ordinals 0 and 1) with a URL.
 pub fn peers(me: &str, statefulset: &str, urls: &PeerUrls) -> Vec<(String, String)> {
     (0..2)
-        .map(|o| crate::contract::pod_name(statefulset, o))
+        .map(|o| ldap_elector_contract::pod_name(statefulset, o))
         .filter(|p| p != me)
         .filter_map(|p| urls.url(&p).map(|u| (p, u)))
         .collect()

@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Moment;
-use crate::contract::EVENT_REPORTER;
 use crate::metrics::Counter;
+use ldap_elector_contract::EVENT_REPORTER;
 
 /// Same reason, same object: at most once per this window.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);

@@ -9,9 +9,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Moment;
-use crate::contract::{ROLE_LEADER, ROLE_STANDBY};
 use crate::hook::RoleHook;
 use crate::ldap;
+use ldap_elector_contract::{ROLE_LEADER, ROLE_STANDBY};
 
 /// The built-in fence: which slapd and which database.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use kube::api::PatchParams;
 use kube::{Api, ResourceExt};
 use serde_json::Value;
 
-use crate::contract::{self, ANNOTATION_TERM, LABEL_ROLE, ROLE_LEADER, ROLE_STANDBY};
+use ldap_elector_contract::{self as contract, ANNOTATION_TERM, LABEL_ROLE, ROLE_LEADER, ROLE_STANDBY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabelError {

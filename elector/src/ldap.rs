@@ -13,11 +13,7 @@ use std::time::Duration;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
 use tokio::time::Instant;
 
-/// Bind DN of the health check (simple bind); without it the check binds with SASL
-/// EXTERNAL over ldapi, or not at all (anonymous) over ldap.
-pub const ENV_LDAP_BIND_DN: &str = "ELECTOR_LDAP_BIND_DN";
-/// File holding the password of the bind DN (read on every check, so rotation works).
-pub const ENV_LDAP_BIND_PASSWORD_FILE: &str = "ELECTOR_LDAP_BIND_PASSWORD_FILE";
+use ldap_elector_contract::{ENV_LDAP_BIND_DN, ENV_LDAP_BIND_PASSWORD_FILE};
 
 /// How the check authenticates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,13 +59,6 @@ pub struct LdapCheck {
 pub struct Status {
     /// The suffix entry's `contextCSN` values (one per server ID that wrote), sorted.
     pub context_csn: Vec<String>,
-}
-
-impl Status {
-    /// The newest `contextCSN` (CSNs are fixed-width timestamps first, so they sort as text).
-    pub fn newest_csn(&self) -> Option<&str> {
-        self.context_csn.iter().max().map(String::as_str)
-    }
 }
 
 /// The step of an LDAP exchange that failed.
@@ -461,18 +450,6 @@ mod tests {
         assert!(check.clone().with_credentials(&dn_only).is_err());
         let file_only = Credentials { bind_dn: None, ..creds };
         assert!(check.with_credentials(&file_only).is_err());
-    }
-
-    #[test]
-    fn the_newest_csn_is_the_largest() {
-        let status = Status {
-            context_csn: vec![
-                "20240101120000.000001Z#000000#002#000000".into(),
-                "20240101120001.000000Z#000000#001#000000".into(),
-            ],
-        };
-        assert_eq!(status.newest_csn(), Some("20240101120001.000000Z#000000#001#000000"));
-        assert_eq!(Status::default().newest_csn(), None);
     }
 
     #[tokio::test]

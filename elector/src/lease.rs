@@ -10,8 +10,8 @@ use kube::api::PostParams;
 use kube::Api;
 
 use crate::clock::Moment;
-use crate::contract::{LEASE_ANNOTATION_ALLOW_DIVERGED, LEASE_ANNOTATION_CONTEXT_CSN, LEASE_ANNOTATION_DIVERGED};
 use crate::decide::Observed;
+use ldap_elector_contract::{LEASE_ANNOTATION_ALLOW_DIVERGED, LEASE_ANNOTATION_CONTEXT_CSN, LEASE_ANNOTATION_DIVERGED};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -130,13 +130,7 @@ pub fn with_context_csn(mut lease: Lease, csn: &[String]) -> Lease {
 
 /// The contextCSN values the holder last published.
 pub fn published_csn(lease: &Lease) -> Vec<String> {
-    lease
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(LEASE_ANNOTATION_CONTEXT_CSN))
-        .map(|v| v.split_whitespace().map(String::from).collect())
-        .unwrap_or_default()
+    ldap_elector_contract::csn::split_annotation(annotation(lease, LEASE_ANNOTATION_CONTEXT_CSN))
 }
 
 /// Whether `candidate` is a newer version of the object than `known` (resourceVersions are

@@ -1,13 +1,12 @@
 //! ldap-elector: Lease-based leader election for an OpenLDAP Mirror-Mode pair.
 //!
-//! Pure cores (`decide`, `contract`, the patch and Lease transformations) are kept apart
+//! Pure cores (`decide`, the patch and Lease transformations) are kept apart
 //! from the edges that do I/O (`run`, `lease::LeaseClient`, `labels::PodLabeler`).
 pub mod args;
 pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config_guard;
-pub mod contract;
 pub mod decide;
 pub mod divergence_audit;
 pub mod divergence_policy;

@@ -148,7 +148,7 @@ fn reseed(args: ReseedArgs) -> ExitCode {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ELECTOR_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(ldap_elector_contract::ENV_LOG)
         .unwrap_or_else(|_| "info,kube_client=warn,kube_runtime=warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {

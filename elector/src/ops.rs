@@ -10,9 +10,9 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 
 use crate::clock::Moment;
-use crate::contract::{event_reason, metric, LEASE_ANNOTATION_DIVERGED};
 use crate::events::{EventSink, Notice, Severity};
 use crate::metrics::{self, Counter, Family, Gauge, Histogram, Kind, LabeledCounter};
+use ldap_elector_contract::{event_reason, metric, LEASE_ANNOTATION_DIVERGED};
 
 /// Transition reasons (the `reason` label of `ldap_elector_transitions_total`).
 pub const TRANSITION_REASONS: &[&str] =
@@ -167,53 +167,15 @@ fn snake_case(s: &str) -> String {
     out
 }
 
-/// Seconds since the Unix epoch of a CSN's timestamp (`YYYYmmddHHMMSS.ffffffZ#...`).
-pub fn csn_time(csn: &str) -> Option<f64> {
-    let stamp = csn.split('#').next()?;
-    let stamp = stamp.strip_suffix('Z')?;
-    let (whole, fraction) = stamp.split_once('.').unwrap_or((stamp, ""));
-    if whole.len() != 14 || !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| whole.get(r).and_then(|s| s.parse::<i64>().ok());
-    let (y, mo, d, h, mi, s) = (num(0..4)?, num(4..6)?, num(6..8)?, num(8..10)?, num(10..12)?, num(12..14)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    let frac = if fraction.is_empty() { 0.0 } else { format!("0.{fraction}").parse::<f64>().ok()? };
-    Some((days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s) as f64 + frac)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// How many seconds `mine` is behind `leader`, per server ID, the worst one: 0 when caught
-/// up, +Inf when a server ID the leader has is missing here, `None` when either side has
-/// nothing to compare (no LDAP health check, or nothing published yet).
+/// up, +Inf when it cannot be told (a server ID the leader has is missing here, or a CSN does
+/// not parse), `None` when either side has nothing to compare (no LDAP health check, or
+/// nothing published yet).
 pub fn csn_lag_seconds(mine: &[String], leader: &[String]) -> Option<f64> {
     if mine.is_empty() || leader.is_empty() {
         return None;
     }
-    let sid = |c: &str| c.split('#').nth(2).map(str::to_owned);
-    let mut worst = 0.0f64;
-    for theirs in leader {
-        let (Some(s), Some(t)) = (sid(theirs), csn_time(theirs)) else { continue };
-        let lag = match mine.iter().find(|m| sid(m).as_deref() == Some(s.as_str())).and_then(|m| csn_time(m)) {
-            Some(m) => (t - m).max(0.0),
-            None => f64::INFINITY,
-        };
-        worst = worst.max(lag);
-    }
-    Some(worst)
+    Some(ldap_elector_contract::csn::lag(mine, leader).map_or(f64::INFINITY, |lag| lag.as_secs_f64()))
 }
 
 /// The summary of `pod`'s divergence mark in the Lease, if it is marked (unreadable marks
@@ -395,18 +357,6 @@ mod tests {
 
     fn csn(time: &str, sid: u8) -> String {
         format!("{time}.000000Z#000000#{sid:03x}#000000")
-    }
-
-    #[test]
-    fn csn_times_parse_to_unix_seconds() {
-        assert_eq!(csn_time("19700101000000.000000Z#000000#000#000000"), Some(0.0));
-        assert_eq!(csn_time("20261125100000.000000Z#000000#001#000000"), Some(1_795_600_800.0));
-        assert_eq!(csn_time("20000229235959.500000Z#000000#001#000000"), Some(951_868_799.5));
-        assert_eq!(csn_time("20261125100000Z#0#1#0"), Some(1_795_600_800.0), "no fraction");
-        assert_eq!(csn_time("2026112510000.000000Z#0#1#0"), None);
-        assert_eq!(csn_time("20261325100000.000000Z#0#1#0"), None, "month 13");
-        assert_eq!(csn_time("20261125100000.000000#0#1#0"), None, "no Z");
-        assert_eq!(csn_time("garbage"), None);
     }
 
     #[test]

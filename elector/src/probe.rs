@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Moment;
-use crate::contract::{PROBE_PATH_LIVE, PROBE_PATH_READY};
+use ldap_elector_contract::{PROBE_PATH_LIVE, PROBE_PATH_READY};
 
 /// The loop's last sign of life, in milliseconds on the boot-time clock.
 #[derive(Clone, Default)]

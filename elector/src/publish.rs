@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Moment;
-use crate::contract::{ANNOTATION_CONTEXT_CSN, ANNOTATION_HEALTH, HEALTH_HEALTHY};
+use ldap_elector_contract::{ANNOTATION_CONTEXT_CSN, ANNOTATION_HEALTH, HEALTH_HEALTHY};
 
 /// At most one contextCSN-only patch per this interval.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(3);

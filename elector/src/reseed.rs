@@ -19,11 +19,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
 use crate::audit::{self, AuditConfig, Verdict};
-use crate::contract::LEASE_ANNOTATION_DIVERGED;
 use crate::divergence_audit::peer_check;
 use crate::divergence_policy::{self, PeerUrls, Refusal};
 use crate::ldap::Credentials;
 use crate::lease::{self, LeaseClient, LeaseError};
+use ldap_elector_contract::LEASE_ANNOTATION_DIVERGED;
 
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 const AUDIT_PAUSE: Duration = Duration::from_secs(2);

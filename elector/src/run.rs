@@ -10,6 +10,7 @@
 //! Stepping down is the reverse: hook `standby` first (local and fast), label standby,
 //! and on release clear the Lease's holder so a standby takes over at once.
 
+use ldap_elector_contract::backoff::{Backoff, QUICK_WATCH};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::Config;
 use crate::clock::Moment;
-use crate::contract::{ROLE_LEADER, ROLE_STANDBY};
 use crate::decide::FENCE_BUDGET;
 use crate::decide::{decide, may_promote, Action, Leading, Me, Observed};
 use crate::fence::{Desired, FenceKeeper};
@@ -30,6 +30,7 @@ use crate::labels::PodLabeler;
 use crate::lease::{self, LeaseClient, LeaseError};
 use crate::probe::Heartbeat;
 use crate::watchdog::Watchdog;
+use ldap_elector_contract::{ROLE_LEADER, ROLE_STANDBY};
 
 mod handover;
 
@@ -409,35 +410,9 @@ impl Elector {
 
     fn failed(&mut self, what: &str, error: &dyn std::fmt::Display) {
         self.failures = self.failures.saturating_add(1);
-        let backoff = BACKOFF_MIN.saturating_mul(1 << self.failures.min(5)).min(BACKOFF_MAX);
+        let backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX).delay(self.failures);
         self.retry_at = Some(Moment::now() + backoff);
         tracing::warn!(pod = %self.cfg.identity, failures = self.failures, retry_in = ?backoff, error = %error, "{what} failed");
-    }
-}
-
-/// A watcher's retry backoff: 100 ms doubling to at most 1 s, so that after an API outage
-/// followers see the Lease again within a renew period (kube's default grows to 30 s).
-#[derive(Clone, Debug)]
-pub struct QuickBackoff(Duration);
-
-impl Default for QuickBackoff {
-    fn default() -> Self {
-        QuickBackoff(Duration::from_millis(100))
-    }
-}
-
-impl Iterator for QuickBackoff {
-    type Item = Duration;
-    fn next(&mut self) -> Option<Duration> {
-        let current = self.0;
-        self.0 = (current * 2).min(Duration::from_secs(1));
-        Some(current)
-    }
-}
-
-impl kube::runtime::utils::Backoff for QuickBackoff {
-    fn reset(&mut self) {
-        *self = QuickBackoff::default();
     }
 }
 
@@ -449,7 +424,7 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(api, config).backoff(QuickBackoff::default()).boxed();
+    let mut events = watcher(api, config).backoff(QUICK_WATCH.delays()).boxed();
     loop {
         let event = tokio::select! {
             _ = cancel.cancelled() => return,

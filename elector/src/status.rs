@@ -13,10 +13,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
-use crate::contract::{self, ANNOTATION_CONTEXT_CSN, ANNOTATION_HEALTH, HEALTH_HEALTHY, ROLE_LEADER};
-use crate::decide::caught_up;
 use crate::labels::{role_of, term_of};
 use crate::switchover::{self, DivergedMark};
+use ldap_elector_contract::csn::{self, caught_up};
+use ldap_elector_contract::{self as contract, ANNOTATION_CONTEXT_CSN, ANNOTATION_HEALTH, HEALTH_HEALTHY, ROLE_LEADER};
 
 /// Everything `status` reads, at one moment (wall clock: the operator's, advisory only).
 #[derive(Clone, Debug)]
@@ -145,12 +145,12 @@ pub fn assess(s: &Snapshot) -> Status {
             let role = role_of(pod).map(String::from);
             let ready = switchover::pod_ready(pod);
             let health = a.and_then(|a| a.get(ANNOTATION_HEALTH)).cloned();
-            let csn = switchover::split_csn(a.and_then(|a| a.get(ANNOTATION_CONTEXT_CSN)));
+            let csn = csn::split_annotation(a.and_then(|a| a.get(ANNOTATION_CONTEXT_CSN)).map(String::as_str));
             let is_holder = holder.as_deref() == Some(name.as_str());
             let (lag, up) = if is_holder || leader_csn.is_empty() {
                 (None, None)
             } else {
-                (switchover::csn_lag(&csn, &leader_csn).map(|d| d.as_secs_f64()), Some(caught_up(&csn, &leader_csn)))
+                (csn::lag(&csn, &leader_csn).map(|d| d.as_secs_f64()), Some(caught_up(&csn, &leader_csn)))
             };
             if role.as_deref() == Some(ROLE_LEADER) {
                 labelled.push(name.clone());
@@ -352,7 +352,7 @@ pub fn render(st: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::{
+    use ldap_elector_contract::{
         LABEL_ROLE, LEASE_ANNOTATION_CONTEXT_CSN, LEASE_ANNOTATION_DIVERGED, LEASE_ANNOTATION_SWITCHOVER_TO,
     };
     use serde_json::{json, Value};

@@ -15,12 +15,14 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
-use crate::contract::{
-    self, ANNOTATION_CONTEXT_CSN, ANNOTATION_HEALTH, HEALTH_HEALTHY, LEASE_ANNOTATION_ALLOW_DIVERGED,
+use ldap_elector_contract::csn::{self, caught_up};
+use ldap_elector_contract::{
+    self as contract, ANNOTATION_CONTEXT_CSN, ANNOTATION_HEALTH, HEALTH_HEALTHY, LEASE_ANNOTATION_ALLOW_DIVERGED,
     LEASE_ANNOTATION_CONTEXT_CSN, LEASE_ANNOTATION_DIVERGED, LEASE_ANNOTATION_SWITCHOVER_REFUSED,
     LEASE_ANNOTATION_SWITCHOVER_TO,
 };
-use crate::decide::{caught_up, Action};
+
+use crate::decide::Action;
 use crate::lease::annotation;
 
 /// How far (by CSN timestamps, per server ID) a target's *published* contextCSN may trail the
@@ -110,53 +112,11 @@ pub fn verdict(target: &Target, leader: &Leader, statefulset: &str) -> Result<()
             return Err(Refusal::Diverged { target: name(), summary: summary.clone() });
         }
     }
-    let close_enough = csn_lag(&target.csn, &leader.csn).is_some_and(|lag| lag <= MAX_PUBLISHED_LAG);
+    let close_enough = csn::lag(&target.csn, &leader.csn).is_some_and(|lag| lag <= MAX_PUBLISHED_LAG);
     if !caught_up(&target.csn, &leader.csn) && !close_enough {
         return Err(Refusal::Behind { target: name(), target_csn: target.csn.clone(), leader_csn: leader.csn.clone() });
     }
     Ok(())
-}
-
-/// The time of a CSN (`20261125183700.123456Z#…`) as microseconds since the Unix epoch.
-pub fn csn_time_micros(csn: &str) -> Option<i64> {
-    let stamp = csn.split('#').next()?.strip_suffix('Z')?;
-    let (whole, frac) = stamp.split_once('.').unwrap_or((stamp, "0"));
-    if whole.len() != 14 || !whole.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 6 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| whole.get(r).and_then(|s| s.parse::<i64>().ok());
-    let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
-    let (h, mi, s) = (num(8..10)?, num(10..12)?, num(12..14)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    let micros: i64 = format!("{frac:0<6}").parse().ok()?;
-    let days = days_from_civil(y, mo, d);
-    Some(((days * 24 + h) * 60 + mi) * 60_000_000 + s * 1_000_000 + micros)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// How far `mine` trails `leaders` by CSN time: the largest shortfall over the leader's server
-/// IDs (zero when caught up). `None` when a server ID of the leader is missing from `mine` or a
-/// CSN does not parse.
-pub fn csn_lag(mine: &[String], leaders: &[String]) -> Option<Duration> {
-    let sid = |csn: &str| csn.split('#').nth(2).map(str::to_owned);
-    let mut lag = 0i64;
-    for theirs in leaders {
-        let Some(their_sid) = sid(theirs) else { continue };
-        let m = mine.iter().find(|m| sid(m).as_deref() == Some(their_sid.as_str()))?;
-        lag = lag.max(csn_time_micros(theirs)? - csn_time_micros(m)?);
-    }
-    Some(Duration::from_micros(lag.max(0) as u64))
 }
 
 /// The requested target of a pending switchover, if any.
@@ -185,11 +145,6 @@ pub fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The space-separated CSN list of a pod or Lease annotation.
-pub fn split_csn(value: Option<&String>) -> Vec<String> {
-    value.map(|v| v.split_whitespace().map(String::from).collect()).unwrap_or_default()
-}
-
 /// The facts about `name` from its pod (`None`: not found) and the Lease.
 pub fn target_facts(name: &str, pod: Option<&Pod>, lease: &Lease, statefulset: &str) -> Target {
     let annotations = pod.and_then(|p| p.metadata.annotations.as_ref());
@@ -204,7 +159,7 @@ pub fn target_facts(name: &str, pod: Option<&Pod>, lease: &Lease, statefulset: &
         exists: pod.is_some(),
         ready: pod.is_some_and(pod_ready),
         health: annotations.and_then(|a| a.get(ANNOTATION_HEALTH)).cloned(),
-        csn: split_csn(annotations.and_then(|a| a.get(ANNOTATION_CONTEXT_CSN))),
+        csn: csn::split_annotation(annotations.and_then(|a| a.get(ANNOTATION_CONTEXT_CSN)).map(String::as_str)),
         diverged: diverged.map(|s| if s.is_empty() { "no summary".into() } else { s }),
         allow_diverged: allowed_diverged(lease).iter().any(|p| p == name),
     }
@@ -218,7 +173,7 @@ pub fn leader_facts(lease: &Lease, renew_age: Option<Duration>) -> Leader {
     let live = renew_age.is_some_and(|age| age <= duration);
     Leader {
         holder: spec.holder_identity.filter(|h| !h.is_empty() && live),
-        csn: split_csn(annotation(lease, LEASE_ANNOTATION_CONTEXT_CSN).map(String::from).as_ref()),
+        csn: csn::split_annotation(annotation(lease, LEASE_ANNOTATION_CONTEXT_CSN)),
     }
 }
 
@@ -384,18 +339,6 @@ mod tests {
         assert_eq!(verdict(&good_target(), &l, "ldap"), Ok(()));
         let l = Leader { csn: v(&[CSN_A_LATER, CSN_B]), ..leader() };
         assert!(matches!(verdict(&good_target(), &l, "ldap"), Err(Refusal::Behind { .. })));
-    }
-
-    #[test]
-    fn csn_times_and_lag() {
-        assert_eq!(csn_time_micros("19700101000001.000002Z#000000#001#000000"), Some(1_000_002));
-        assert_eq!(csn_time_micros("20000301000000Z#0#1#0"), Some(951_868_800_000_000));
-        assert_eq!(csn_time_micros("garbage"), None);
-        assert_eq!(csn_time_micros("20261325000000.0Z#0#1#0"), None);
-        assert_eq!(csn_lag(&v(&[CSN_A]), &v(&[CSN_A_LATER])), Some(Duration::from_secs(30)));
-        assert_eq!(csn_lag(&v(&[CSN_A_LATER]), &v(&[CSN_A])), Some(Duration::ZERO));
-        assert_eq!(csn_lag(&v(&[CSN_A]), &v(&[CSN_A, CSN_B])), None, "server ID 002 missing");
-        assert_eq!(csn_lag(&[], &[]), Some(Duration::ZERO));
     }
 
     #[test]

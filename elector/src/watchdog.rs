@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::clock::Moment;
-use crate::contract::ROLE_STANDBY;
 use crate::fence::Fence;
+use ldap_elector_contract::ROLE_STANDBY;
 
 /// The longest the watchdog sleeps before looking at the boot-time clock again (a
 /// tokio sleep does not count system suspend).

@@ -193,7 +193,7 @@ fn now() -> String {
 async fn run(inner: Arc<Inner>) {
     let pods: Api<Pod> = Api::all(inner.client.clone());
     let mut events =
-        watcher(pods, watcher::Config::default()).backoff(ldap_elector::run::QuickBackoff::default()).boxed();
+        watcher(pods, watcher::Config::default()).backoff(ldap_elector_contract::backoff::QUICK_WATCH.delays()).boxed();
     while let Some(event) = events.next().await {
         let pod = match event {
             Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,

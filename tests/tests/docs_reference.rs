@@ -48,10 +48,10 @@ fn every_flag_and_its_environment_variable_is_documented() {
 fn every_annotation_and_label_of_the_contract_is_documented() {
     let doc = repo_file("docs/reference.md");
     let contract = repo_file("elector/src/contract.rs");
-    let prefix = format!("\"{}/", ldap_elector::contract::DOMAIN);
+    let prefix = format!("\"{}/", ldap_elector_contract::DOMAIN);
     let names: Vec<&str> =
         contract.match_indices(&prefix).filter_map(|(at, _)| contract[at + 1..].split('"').next()).collect();
-    assert!(names.contains(&ldap_elector::contract::ANNOTATION_INJECT), "the scan found {names:?}");
+    assert!(names.contains(&ldap_elector_contract::ANNOTATION_INJECT), "the scan found {names:?}");
     let missing: Vec<&&str> = names.iter().filter(|n| !doc.contains(&format!("`{n}`"))).collect();
     assert!(missing.is_empty(), "not in docs/reference.md: {missing:?}");
 }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::PostParams;
 use kube::Api;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_tests::electors::{Pair, PairOptions};
 use ldap_elector_tests::forwarder::Forwarder;
 use ldap_elector_tests::process::Signal;

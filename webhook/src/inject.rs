@@ -33,7 +33,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use serde::Serialize;
 
 /// Prefix of the token volume the ServiceAccount admission plugin adds (Kubernetes' name).
@@ -428,7 +428,7 @@ fn audit_plan(annotations: Option<&BTreeMap<String, String>>, spec: &PodSpec) ->
         return Err(InjectError::NameConflict { what: "volume", name: contract::BIND_SECRET_VOLUME });
     }
     env.push(EnvVar {
-        name: ldap_elector::ldap::ENV_LDAP_BIND_DN.to_string(),
+        name: ldap_elector_contract::ENV_LDAP_BIND_DN.to_string(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: secret.to_string(),
@@ -440,7 +440,7 @@ fn audit_plan(annotations: Option<&BTreeMap<String, String>>, spec: &PodSpec) ->
         ..Default::default()
     });
     let password_file = format!("{}/{}", contract::BIND_SECRET_MOUNT_PATH, contract::BIND_SECRET_KEY_PASSWORD);
-    env.push(env_value(ldap_elector::ldap::ENV_LDAP_BIND_PASSWORD_FILE, password_file));
+    env.push(env_value(ldap_elector_contract::ENV_LDAP_BIND_PASSWORD_FILE, password_file));
     let volume = Volume {
         name: contract::BIND_SECRET_VOLUME.to_string(),
         secret: Some(SecretVolumeSource {
@@ -1084,7 +1084,7 @@ mod tests {
         let peers = json!({"name": contract::ENV_AUDIT_PEERS, "value": "ldap://{pod}.ldap:389?base=dc=example,dc=org"});
         assert!(env.contains(&peers), "{env:?}");
         assert!(env.contains(&json!({"name": contract::ENV_AUDIT_INTERVAL, "value": "300s"})));
-        let dn = json!({"name": ldap_elector::ldap::ENV_LDAP_BIND_DN,
+        let dn = json!({"name": ldap_elector_contract::ENV_LDAP_BIND_DN,
             "valueFrom": {"secretKeyRef": {"name": "ldap-auditor", "key": contract::BIND_SECRET_KEY_DN}}});
         assert!(env.contains(&dn), "{env:?}");
         let volume =

@@ -100,6 +100,8 @@
 //! grant itself any namespaced permission. No `escalate`, `bind`, wildcard or Secret
 //! access outside its own namespace is needed.
 
+use ldap_elector_contract::api::{self, ApiError, Hints};
+use ldap_elector_contract::backoff::Backoff;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::future::Future;
@@ -122,7 +124,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -135,7 +137,7 @@ use crate::leader_service::{leader_selector_change, restore_selector_change, Ser
 /// The one field manager of every server-side apply (see "Several webhook replicas").
 pub const FIELD_MANAGER: &str = "ldap-elector-webhook";
 /// Upper bound for every API call.
-pub const API_TIMEOUT: Duration = Duration::from_secs(10);
+pub use ldap_elector_contract::api::API_TIMEOUT;
 /// Periodic re-check of an opted-in StatefulSet (repairs manual edits and deletions).
 const RESYNC: Duration = Duration::from_secs(300);
 /// Re-check while a named leader Service does not exist (yet).
@@ -152,15 +154,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub enum ReconcileError {
     #[error("StatefulSet has no {0}; cannot derive its objects")]
     Incomplete(&'static str),
-    #[error("{op} got no answer within {API_TIMEOUT:?}; check that the API server is reachable")]
-    Timeout { op: String },
-    #[error("{op} failed: {source}{hint}")]
-    Api {
-        op: String,
-        hint: &'static str,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Api(#[from] ApiError),
     #[error("cannot serialise the patch for {op}: {source}")]
     Serialize {
         op: String,
@@ -582,7 +577,7 @@ fn error_policy(sts: Arc<StatefulSet>, error: &ReconcileError, ctx: Arc<Ctx>) ->
         *n = n.saturating_add(1);
         *n
     };
-    let delay = BACKOFF_MIN.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(BACKOFF_MAX);
+    let delay = Backoff::new(BACKOFF_MIN, BACKOFF_MAX).delay(attempt.saturating_sub(1));
     warn!(
         namespace = sts.namespace().unwrap_or_default(),
         statefulset = sts.name_any(),
@@ -772,7 +767,7 @@ impl Ctx {
                 Ok(_) => {
                     info!(namespace = ns, statefulset = sts, kind = %kind, name = %name, action = "deleted", "deleted generated object")
                 }
-                Err(ReconcileError::Api { source: kube::Error::Api(status), .. }) if status.code == 404 => {}
+                Err(ReconcileError::Api(e)) if e.status_code() == Some(404) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -782,24 +777,15 @@ impl Ctx {
 
 /// Runs one API call under [`API_TIMEOUT`].
 async fn call<T>(op: &str, request: impl Future<Output = Result<T, kube::Error>>) -> Result<T, ReconcileError> {
-    match tokio::time::timeout(API_TIMEOUT, request).await {
-        Err(_) => Err(ReconcileError::Timeout { op: op.to_string() }),
-        Ok(Err(source)) => Err(ReconcileError::Api { op: op.to_string(), hint: hint(&source), source }),
-        Ok(Ok(value)) => Ok(value),
-    }
+    Ok(api::call(op, API_TIMEOUT, &HINTS, request).await?)
 }
 
-fn hint(error: &kube::Error) -> &'static str {
-    match error {
-        kube::Error::Api(status) => match status.code {
-            403 => "; RBAC denies it: grant the webhook's ServiceAccount the rules in reconcile.rs's module docs",
-            409 => "; changed concurrently, will retry",
-            422 => "; rejected as invalid (an existing object with this name and an immutable field?)",
-            _ => "",
-        },
-        _ => "; check the network path to the API server",
-    }
-}
+const HINTS: Hints = Hints {
+    unauthorized: "",
+    forbidden: "; RBAC denies it: grant the webhook's ServiceAccount the rules in reconcile.rs's module docs",
+    conflict: "; changed concurrently, will retry",
+    invalid: "; rejected as invalid (an existing object with this name and an immutable field?)",
+};
 
 #[cfg(test)]
 mod tests {

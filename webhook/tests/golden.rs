@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::core::admission::AdmissionResponse;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_webhook::admission::{review, ReviewError};
 use ldap_elector_webhook::inject::{inject, Decision, InjectConfig, SkipReason};
 use serde_json::Value;

@@ -13,7 +13,7 @@ impl Elector {
         // Bounded so that the check ends before the next renew is due (`step` runs it just
         // after a renew); a slow API postpones the request, never the renew.
         let budget = (leading.renewed_at + self.cfg.timing.renew_period).since(Moment::now()).min(self.cfg.api_timeout);
-        let member = crate::contract::split_pod_name(target).is_some_and(|(set, _)| set == self.cfg.statefulset);
+        let member = ldap_elector_contract::split_pod_name(target).is_some_and(|(set, _)| set == self.cfg.statefulset);
         let pod = if member {
             match tokio::time::timeout(budget, self.pods.get_opt(target)).await {
                 Ok(Ok(pod)) => pod,

@@ -77,6 +77,21 @@ pub const ENV_FENCE_DATABASE: &str = "ELECTOR_FENCE_DATABASE";
 pub const ENV_CATCH_UP_GRACE: &str = "ELECTOR_CATCH_UP_GRACE";
 pub const ENV_WATCHDOG: &str = "ELECTOR_WATCHDOG";
 pub const ENV_LOG_FORMAT: &str = "ELECTOR_LOG_FORMAT";
+/// The elector's `tracing` filter (`EnvFilter` syntax, e.g. `info,ldap_elector=debug`).
+pub const ENV_LOG: &str = "ELECTOR_LOG";
+/// Bind DN of the health check (simple bind); without it the check binds with SASL
+/// EXTERNAL over ldapi, or not at all (anonymous) over ldap.
+pub const ENV_LDAP_BIND_DN: &str = "ELECTOR_LDAP_BIND_DN";
+/// File holding the password of the bind DN (read on every check, so rotation works).
+pub const ENV_LDAP_BIND_PASSWORD_FILE: &str = "ELECTOR_LDAP_BIND_PASSWORD_FILE";
+/// Bind DN of the one-off `audit` command on both servers (simple bind); without it SASL
+/// EXTERNAL over ldapi and anonymous over ldap.
+pub const ENV_AUDIT_BIND_DN: &str = "ELECTOR_AUDIT_BIND_DN";
+/// File with the password of the audit's bind DN.
+pub const ENV_AUDIT_BIND_PASSWORD_FILE: &str = "ELECTOR_AUDIT_BIND_PASSWORD_FILE";
+/// The two servers the one-off `audit` command compares.
+pub const ENV_AUDIT_SERVER_A: &str = "ELECTOR_AUDIT_SERVER_A";
+pub const ENV_AUDIT_SERVER_B: &str = "ELECTOR_AUDIT_SERVER_B";
 /// Where the leader reaches each standby's slapd for the divergence audit: a URL template
 /// with `{pod}` (e.g. `ldap://{pod}.ldap-server:389`, the headless Service) or `POD=URL`
 /// pairs separated by commas. Unset: the elector does not audit.
