@@ -9,4 +9,8 @@ pub mod names;
 pub use names::*;
 pub mod api;
 pub mod backoff;
+pub mod check;
 pub mod csn;
+pub mod duration;
+pub mod peers;
+pub mod prometheus;

@@ -8,6 +8,7 @@
 //! An audit of a large directory is seconds of CPU: it runs on its own OS thread with its
 //! own runtime, never on the election loop's.
 
+use crate::ldap::Probe as _;
 use std::time::Duration;
 
 use tokio::sync::watch;

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Moment;
-use crate::metrics::Counter;
+use ldap_elector_contract::prometheus::Counter;
 use ldap_elector_contract::EVENT_REPORTER;
 
 /// Same reason, same object: at most once per this window.

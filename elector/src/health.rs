@@ -7,75 +7,34 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::ldap::{Credentials, LdapCheck};
+pub use ldap_elector_contract::check::HealthCheck;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HealthCheck {
-    /// Always healthy (no check configured).
-    None,
-    /// A TCP connect to this address succeeds.
-    Tcp(String),
-    /// This command exits 0 (program and arguments, split on whitespace).
-    Exec(Vec<String>),
-    /// Connect, bind, read the rootDSE and the suffix's contextCSN:
-    /// `ldap://HOST:PORT?base=SUFFIX` or `ldapi://%2Fpath%2Fsock?base=SUFFIX`.
-    Ldap(LdapCheck),
+use crate::ldap::Probe;
+
+/// Running a [`HealthCheck`] (its syntax is part of the contract).
+pub trait RunCheck {
+    /// One check, bounded by `timeout`. `Err` says what failed.
+    fn check(&self, timeout: Duration) -> impl std::future::Future<Output = Result<(), String>> + Send;
+
+    /// One check, bounded by `timeout`; on success the LDAP check also returns the
+    /// contextCSN values of the data database, one per server ID, sorted (empty for the
+    /// other checks, or when the suffix carries none yet).
+    fn check_detailed(
+        &self,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Vec<String>, String>> + Send;
 }
 
-impl HealthCheck {
-    /// Parses a check; an LDAP check takes its bind credentials from
-    /// `ELECTOR_LDAP_BIND_DN` / `ELECTOR_LDAP_BIND_PASSWORD_FILE` (see [`HealthCheck::parse_with`]).
-    pub fn parse(s: &str) -> Result<HealthCheck, String> {
-        HealthCheck::parse_with(s, &Credentials::from_env())
-    }
-
-    /// Parses a check; an LDAP check binds with `creds` (simple bind with a DN, else SASL
-    /// EXTERNAL over ldapi or anonymously over ldap).
-    pub fn parse_with(s: &str, creds: &Credentials) -> Result<HealthCheck, String> {
-        let s = s.trim();
-        if s.starts_with("ldap://") || s.starts_with("ldapi://") {
-            Ok(HealthCheck::Ldap(LdapCheck::parse(s)?.with_credentials(creds)?))
-        } else if s.is_empty() || s == "none" {
-            Ok(HealthCheck::None)
-        } else if let Some(addr) = s.strip_prefix("tcp://") {
-            if addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
-                Ok(HealthCheck::Tcp(addr.to_string()))
-            } else {
-                Err(format!("{s:?}: expected tcp://HOST:PORT"))
-            }
-        } else if let Some(cmd) = s.strip_prefix("exec:") {
-            let argv: Vec<String> = cmd.split_whitespace().map(String::from).collect();
-            if argv.is_empty() {
-                Err("exec: needs a command".into())
-            } else {
-                Ok(HealthCheck::Exec(argv))
-            }
-        } else {
-            Err(format!(
-                "{s:?}: expected none, tcp://HOST:PORT, exec:COMMAND, ldap://HOST:PORT?base=SUFFIX or \
-                 ldapi://%2Fpath%2Fsock?base=SUFFIX"
-            ))
-        }
-    }
-
-    /// Replaces the bind credentials of an LDAP check (e.g. from flags); other checks are
-    /// returned unchanged.
-    pub fn with_ldap_credentials(self, creds: &Credentials) -> Result<HealthCheck, String> {
-        match self {
-            HealthCheck::Ldap(check) => Ok(HealthCheck::Ldap(check.with_credentials(creds)?)),
-            other => Ok(other),
-        }
-    }
-
+impl RunCheck for HealthCheck {
     /// One check, bounded by `timeout`. `Err` says what failed.
-    pub async fn check(&self, timeout: Duration) -> Result<(), String> {
+    async fn check(&self, timeout: Duration) -> Result<(), String> {
         self.check_detailed(timeout).await.map(drop)
     }
 
     /// One check, bounded by `timeout`; on success the LDAP check also returns the
     /// contextCSN values of the data database, one per server ID, sorted (empty for the
     /// other checks, or when the suffix carries none yet).
-    pub async fn check_detailed(&self, timeout: Duration) -> Result<Vec<String>, String> {
+    async fn check_detailed(&self, timeout: Duration) -> Result<Vec<String>, String> {
         let run = async {
             match self {
                 HealthCheck::None => Ok(Vec::new()),
@@ -153,7 +112,7 @@ pub async fn monitor_with_csn(
     tx: watch::Sender<bool>,
     csn: Option<watch::Sender<Vec<String>>>,
     recheck: &tokio::sync::Notify,
-    tally: Option<std::sync::Arc<crate::metrics::LabeledCounter>>,
+    tally: Option<std::sync::Arc<ldap_elector_contract::prometheus::LabeledCounter>>,
     cancel: CancellationToken,
 ) {
     const RECHECK_MIN: Duration = Duration::from_millis(50);
@@ -199,23 +158,6 @@ pub async fn monitor_with_csn(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_the_supported_checks() {
-        assert_eq!(HealthCheck::parse("none"), Ok(HealthCheck::None));
-        assert_eq!(HealthCheck::parse("tcp://127.0.0.1:389"), Ok(HealthCheck::Tcp("127.0.0.1:389".into())));
-        assert_eq!(HealthCheck::parse("exec:true --x"), Ok(HealthCheck::Exec(vec!["true".into(), "--x".into()])));
-        assert!(HealthCheck::parse("tcp://nohost").is_err());
-        assert!(HealthCheck::parse("http://x").is_err());
-        assert!(HealthCheck::parse("exec:").is_err());
-        let ldap = HealthCheck::parse_with("ldap://127.0.0.1:389?base=dc=example,dc=org", &Credentials::default());
-        assert!(matches!(&ldap, Ok(HealthCheck::Ldap(c)) if c.base == "dc=example,dc=org"), "{ldap:?}");
-        let ldapi = HealthCheck::parse_with("ldapi://%2Frun%2Fldapi?base=dc=x", &Credentials::default());
-        assert!(matches!(&ldapi, Ok(HealthCheck::Ldap(c)) if c.bind == crate::ldap::Bind::SaslExternal), "{ldapi:?}");
-        let dn_only = Credentials { bind_dn: Some("cn=admin,dc=x".into()), password_file: None };
-        assert!(HealthCheck::parse_with("ldap://h:389?base=dc=x", &dn_only).is_err());
-        assert!(HealthCheck::parse_with("ldap://h:389", &Credentials::default()).is_err());
-    }
 
     #[test]
     fn starts_unhealthy_becomes_healthy_on_success_and_unhealthy_after_n_failures() {

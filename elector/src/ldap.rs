@@ -7,52 +7,14 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
 use tokio::time::Instant;
 
-use ldap_elector_contract::{ENV_LDAP_BIND_DN, ENV_LDAP_BIND_PASSWORD_FILE};
-
-/// How the check authenticates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Bind {
-    /// No bind (anonymous); the default over `ldap://` without a bind DN.
-    Anonymous,
-    /// Simple bind; the password is read from the file on every check.
-    Simple { dn: String, password_file: PathBuf },
-    /// SASL EXTERNAL (peer credentials); the default over `ldapi://` without a bind DN.
-    SaslExternal,
-}
-
-/// Credentials from flags or the environment, applied to a parsed check.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Credentials {
-    pub bind_dn: Option<String>,
-    pub password_file: Option<PathBuf>,
-}
-
-impl Credentials {
-    /// From `ELECTOR_LDAP_BIND_DN` and `ELECTOR_LDAP_BIND_PASSWORD_FILE` (empty = unset).
-    pub fn from_env() -> Credentials {
-        let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        Credentials {
-            bind_dn: var(ENV_LDAP_BIND_DN),
-            password_file: var(ENV_LDAP_BIND_PASSWORD_FILE).map(PathBuf::from),
-        }
-    }
-}
-
-/// An LDAP health check: `ldap://HOST:PORT?base=SUFFIX` or `ldapi://%2Fpath%2Fsock?base=SUFFIX`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LdapCheck {
-    /// The connection URL without the query (`ldap://127.0.0.1:389`, `ldapi://%2Frun%2Fslapd%2Fldapi`).
-    pub url: String,
-    /// Suffix of the data database, whose `contextCSN` is read.
-    pub base: String,
-    pub bind: Bind,
-}
+/// The syntax of the checks lives in the contract (the webhook validates annotations with it).
+pub use ldap_elector_contract::check::{Bind, Credentials, LdapCheck};
 
 /// What a passing check saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,73 +69,17 @@ impl LdapError {
     }
 }
 
-impl LdapCheck {
-    /// Parses the URL; the bind is SASL EXTERNAL over ldapi and anonymous over ldap until
-    /// credentials are applied with [`LdapCheck::with_credentials`].
-    pub fn parse(s: &str) -> Result<LdapCheck, String> {
-        const EXPECTED: &str = "expected ldap://HOST:PORT?base=SUFFIX or ldapi://%2Fpath%2Fto%2Fsocket?base=SUFFIX";
-        let s = s.trim();
-        let (scheme, rest) = if let Some(rest) = s.strip_prefix("ldap://") {
-            ("ldap", rest)
-        } else if let Some(rest) = s.strip_prefix("ldapi://") {
-            ("ldapi", rest)
-        } else {
-            return Err(format!("{s:?}: {EXPECTED}"));
-        };
-        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let authority = authority.strip_suffix('/').unwrap_or(authority);
-        if scheme == "ldap" {
-            let valid = authority
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok_and(|p| p > 0));
-            if !valid {
-                return Err(format!("{s:?}: {EXPECTED} (host and port are required)"));
-            }
-        } else {
-            let path = percent_decode(authority).map_err(|e| format!("{s:?}: {e}"))?;
-            if !path.starts_with('/') || authority.contains('/') || path.contains(':') {
-                return Err(format!("{s:?}: {EXPECTED} (the socket path is absolute and percent-encoded, %2F for /)"));
-            }
-        }
-        let mut base = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "base" => base = Some(percent_decode(value).map_err(|e| format!("{s:?}: {e}"))?),
-                other => return Err(format!("{s:?}: unknown parameter {other:?} (only base=SUFFIX)")),
-            }
-        }
-        let base = base.map(|b| b.trim().to_string()).filter(|b| !b.is_empty()).ok_or_else(|| {
-            format!("{s:?}: base=SUFFIX is required (the data database's suffix, e.g. dc=example,dc=org)")
-        })?;
-        let bind = if scheme == "ldapi" { Bind::SaslExternal } else { Bind::Anonymous };
-        Ok(LdapCheck { url: format!("{scheme}://{authority}"), base, bind })
-    }
-
-    /// Applies a bind DN and password file: a DN makes the bind simple and needs the file.
-    pub fn with_credentials(mut self, creds: &Credentials) -> Result<LdapCheck, String> {
-        match (&creds.bind_dn, &creds.password_file) {
-            (Some(dn), Some(file)) => {
-                self.bind = Bind::Simple { dn: dn.trim().to_string(), password_file: file.clone() }
-            }
-            (Some(_), None) => {
-                return Err(format!(
-                    "a bind DN ({ENV_LDAP_BIND_DN}) needs a password file ({ENV_LDAP_BIND_PASSWORD_FILE})"
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(format!(
-                    "a password file ({ENV_LDAP_BIND_PASSWORD_FILE}) needs a bind DN ({ENV_LDAP_BIND_DN})"
-                ))
-            }
-            (None, None) => {}
-        }
-        Ok(self)
-    }
-
+/// The I/O of an LDAP check (its syntax, [`LdapCheck`], is part of the contract).
+pub trait Probe {
     /// One check: connect, bind, read the rootDSE, read the suffix's `contextCSN`; all
     /// within `timeout`.
-    pub async fn probe(&self, timeout: Duration) -> Result<Status, LdapError> {
+    fn probe(&self, timeout: Duration) -> impl std::future::Future<Output = Result<Status, LdapError>> + Send;
+}
+
+impl Probe for LdapCheck {
+    /// One check: connect, bind, read the rootDSE, read the suffix's `contextCSN`; all
+    /// within `timeout`.
+    async fn probe(&self, timeout: Duration) -> Result<Status, LdapError> {
         let deadline = Deadline { at: Instant::now() + timeout, timeout };
         let mut session = Session::open(&self.url, deadline).await?;
         session.bind(&self.bind, deadline).await?;
@@ -372,85 +278,9 @@ fn attribute(entry: SearchEntry, name: &str) -> Vec<String> {
     entry.attrs.into_iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).flat_map(|(_, v)| v).collect()
 }
 
-/// `%XX` decoding; rejects malformed escapes and non-UTF-8 results.
-fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or_else(|| format!("truncated %-escape at {i}"))?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad %-escape %{hex}"))?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "%-escapes do not decode to UTF-8".to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_tcp_and_ldapi_urls_with_the_base() {
-        assert_eq!(
-            LdapCheck::parse("ldap://127.0.0.1:389?base=dc=example,dc=org"),
-            Ok(LdapCheck {
-                url: "ldap://127.0.0.1:389".into(),
-                base: "dc=example,dc=org".into(),
-                bind: Bind::Anonymous
-            })
-        );
-        assert_eq!(
-            LdapCheck::parse("ldapi://%2Frun%2Fslapd%2Fldapi/?base=dc%3Dexample%2Cdc%3Dorg"),
-            Ok(LdapCheck {
-                url: "ldapi://%2Frun%2Fslapd%2Fldapi".into(),
-                base: "dc=example,dc=org".into(),
-                bind: Bind::SaslExternal
-            })
-        );
-        assert_eq!(LdapCheck::parse("ldap://[::1]:3890?base=o=x").map(|c| c.url), Ok("ldap://[::1]:3890".into()));
-    }
-
-    #[test]
-    fn rejects_urls_without_host_port_socket_or_base() {
-        for bad in [
-            "ldap://127.0.0.1?base=dc=x",
-            "ldap://:389?base=dc=x",
-            "ldap://h:0?base=dc=x",
-            "ldap://h:389",
-            "ldap://h:389?base=",
-            "ldap://h:389?base=dc=x&scope=sub",
-            "ldapi://?base=dc=x",
-            "ldapi:///run/ldapi?base=dc=x",
-            "ldapi://relative?base=dc=x",
-            "ldapi://%2Frun%2?base=dc=x",
-            "ldaps://h:636?base=dc=x",
-            "tcp://h:389",
-        ] {
-            assert!(LdapCheck::parse(bad).is_err(), "{bad} should be rejected");
-        }
-        let err = LdapCheck::parse("ldap://h:389").unwrap_err();
-        assert!(err.contains("base=SUFFIX is required"), "{err}");
-    }
-
-    #[test]
-    fn credentials_make_the_bind_simple_and_must_come_in_pairs() {
-        let check = LdapCheck::parse("ldapi://%2Fs?base=dc=x").unwrap();
-        let creds = Credentials { bind_dn: Some("cn=admin,dc=x".into()), password_file: Some("/pw".into()) };
-        assert_eq!(
-            check.clone().with_credentials(&creds).map(|c| c.bind),
-            Ok(Bind::Simple { dn: "cn=admin,dc=x".into(), password_file: "/pw".into() })
-        );
-        assert_eq!(check.clone().with_credentials(&Credentials::default()).map(|c| c.bind), Ok(Bind::SaslExternal));
-        let dn_only = Credentials { password_file: None, ..creds.clone() };
-        assert!(check.clone().with_credentials(&dn_only).is_err());
-        let file_only = Credentials { bind_dn: None, ..creds };
-        assert!(check.with_credentials(&file_only).is_err());
-    }
 
     #[tokio::test]
     async fn a_closed_port_fails_at_connect_and_a_silent_one_times_out() {

@@ -17,7 +17,6 @@ pub mod hook;
 pub mod labels;
 pub mod ldap;
 pub mod lease;
-pub mod metrics;
 pub mod ops;
 pub mod probe;
 pub mod publish;

@@ -209,7 +209,7 @@ async fn elect(config: Config) -> ExitCode {
                 tracing::info!(metrics_addr = %bound, "serving Prometheus metrics on /metrics");
                 let (metrics, csn) = (metrics.clone(), csn.clone());
                 let gather = move || metrics.render(&csn.borrow());
-                tokio::spawn(ldap_elector::metrics::serve(listener, gather, tasks.clone()));
+                tokio::spawn(ldap_elector::probe::serve_metrics(listener, gather, tasks.clone()));
             }
             Err(e) => {
                 eprintln!("ldap-elector: cannot listen on metrics address {addr}: {e}");

@@ -11,7 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 
 use crate::clock::Moment;
 use crate::events::{EventSink, Notice, Severity};
-use crate::metrics::{self, Counter, Family, Gauge, Histogram, Kind, LabeledCounter};
+use ldap_elector_contract::prometheus::{self as metrics, Counter, Family, Gauge, Histogram, Kind, LabeledCounter};
 use ldap_elector_contract::{event_reason, metric, LEASE_ANNOTATION_DIVERGED};
 
 /// Transition reasons (the `reason` label of `ldap_elector_transitions_total`).

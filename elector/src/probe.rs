@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Moment;
+use ldap_elector_contract::prometheus;
 use ldap_elector_contract::{PROBE_PATH_LIVE, PROBE_PATH_READY};
 
 /// The loop's last sign of life, in milliseconds on the boot-time clock.
@@ -33,6 +34,22 @@ pub async fn serve(listener: TcpListener, heartbeat: Heartbeat, stale_after: Dur
     let respond = move |path: &str| {
         let (status, body) = respond(path, heartbeat.age(), stale_after);
         (status, "text/plain", body)
+    };
+    serve_plain(listener, respond, cancel).await
+}
+
+/// Serves `GET /metrics` (the output of `gather`) on plain HTTP/1.1 until `cancel`; any
+/// other path is 404.
+pub async fn serve_metrics<F>(listener: TcpListener, gather: F, cancel: CancellationToken)
+where
+    F: Fn() -> String + Clone + Send + Sync + 'static,
+{
+    let respond = move |path: &str| {
+        if path == prometheus::METRICS_PATH {
+            ("200 OK", prometheus::CONTENT_TYPE, gather())
+        } else {
+            ("404 Not Found", "text/plain", "not found\n".to_string())
+        }
     };
     serve_plain(listener, respond, cancel).await
 }
@@ -106,6 +123,25 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_over_tcp_and_404_elsewhere() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve_metrics(listener, || "m 1\n".to_string(), cancel.clone()));
+        let get = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let ok = get("/metrics").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK") && ok.contains("version=0.0.4") && ok.ends_with("m 1\n"), "{ok}");
+        assert!(get("/other").await.starts_with("HTTP/1.1 404"));
         cancel.cancel();
     }
 }

@@ -12,6 +12,7 @@
 //!    checking before each audit that the target still does not lead.
 //! 4. Clears the target's mark in the Lease (compare-and-swap, other annotations kept).
 
+use crate::ldap::Probe as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -10,6 +10,7 @@
 //! Stepping down is the reverse: hook `standby` first (local and fast), label standby,
 //! and on release clear the Lease's holder so a standby takes over at once.
 
+use crate::health::RunCheck as _;
 use ldap_elector_contract::backoff::{Backoff, QUICK_WATCH};
 use std::time::Duration;
 

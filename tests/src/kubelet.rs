@@ -7,6 +7,7 @@
 //! environment say `0.0.0.0` (the pod's network namespace), and the API server reaches them
 //! through `pod_network`'s proxy.
 
+use ldap_elector_contract::check::percent_encode;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Command;
@@ -418,18 +419,6 @@ fn rewrite_path(value: &str, mount: &str, local: &str) -> String {
         out = result;
     }
     out
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// What a kubelet does on pod deletion: SIGTERM every process, SIGKILL after the grace

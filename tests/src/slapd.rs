@@ -9,6 +9,7 @@
 //! an option so that divergence can be reproduced. The processes die with the test (see
 //! `process::Child`); `LDAP_ELECTOR_KEEP_BED=1` keeps the directory (configs, logs).
 
+use ldap_elector_contract::check::percent_encode;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -688,18 +689,6 @@ pub fn sbin(name: &str) -> PathBuf {
     } else {
         PathBuf::from(name)
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn tail(s: &str, lines: usize) -> String {

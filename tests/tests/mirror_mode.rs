@@ -2,6 +2,8 @@
 //! Kubernetes): replication both ways, the elector's LDAP health check, and the
 //! `olcReadOnly` write fence of the elector library.
 
+use ldap_elector::health::RunCheck as _;
+use ldap_elector::ldap::Probe as _;
 use std::time::{Duration, Instant};
 
 use ldap_elector::health::HealthCheck;

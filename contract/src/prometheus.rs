@@ -1,16 +1,13 @@
-//! A tiny Prometheus registry: lock-free counters, gauges and fixed-bucket histograms, a
-//! pure [`render`] into the text exposition format 0.0.4, and a minimal plain-HTTP server for
-//! `/metrics`. Shared by the elector and the webhook (which depends on this crate anyway);
-//! small on purpose instead of a client library with its own global registry.
+//! A tiny Prometheus registry: lock-free counters, gauges and fixed-bucket histograms and a
+//! pure [`render`] into the text exposition format 0.0.4. Shared by the elector and the
+//! webhook (each serves `/metrics` with its own HTTP server); small on purpose instead of a
+//! client library with its own global registry.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
-
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// Path of the metrics endpoint.
 pub const METRICS_PATH: &str = "/metrics";
@@ -278,26 +275,9 @@ impl Histogram {
     }
 }
 
-/// Serves `GET /metrics` (the output of `gather`) on plain HTTP/1.1 until `cancel`; any
-/// other path is 404.
-pub async fn serve<F>(listener: TcpListener, gather: F, cancel: CancellationToken)
-where
-    F: Fn() -> String + Clone + Send + Sync + 'static,
-{
-    let respond = move |path: &str| {
-        if path == METRICS_PATH {
-            ("200 OK", CONTENT_TYPE, gather())
-        } else {
-            ("404 Not Found", "text/plain", "not found\n".to_string())
-        }
-    };
-    crate::probe::serve_plain(listener, respond, cancel).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn renders_the_text_format_exactly() {
@@ -358,24 +338,5 @@ x_latency_seconds_count 3
         let g = Gauge::default();
         g.set(-1.5);
         assert_eq!(g.get(), -1.5);
-    }
-
-    #[tokio::test]
-    async fn serves_metrics_over_tcp_and_404_elsewhere() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cancel = CancellationToken::new();
-        tokio::spawn(serve(listener, || "m 1\n".to_string(), cancel.clone()));
-        let get = |path: &'static str| async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        };
-        let ok = get("/metrics").await;
-        assert!(ok.starts_with("HTTP/1.1 200 OK") && ok.contains("version=0.0.4") && ok.ends_with("m 1\n"), "{ok}");
-        assert!(get("/other").await.starts_with("HTTP/1.1 404"));
-        cancel.cancel();
     }
 }
