@@ -64,7 +64,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use ldap_elector::clock::Moment;
-use ldap_elector::decide::{
+use ldap_elector::election::decide::{
     decide, Action, DemoteReason, Leading, Me, Observed, Timing, FENCE_BUDGET, MAX_CLOCK_DRIFT,
 };
 use proptest::prelude::*;

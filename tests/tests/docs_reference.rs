@@ -29,7 +29,7 @@ fn flags(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String, Option<
 fn every_flag_and_its_environment_variable_is_documented() {
     let doc = repo_file("docs/reference.md");
     let mut all = Vec::new();
-    flags(&ldap_elector::args::Cli::command(), "ldap-elector", &mut all);
+    flags(&ldap_elector::cli::args::Cli::command(), "ldap-elector", &mut all);
     flags(&ldap_elector_webhook::args::Args::command(), "ldap-elector-webhook", &mut all);
     assert!(all.len() > 30, "clap reported only {} flags: the walk is broken", all.len());
     let missing: Vec<String> = all

@@ -101,7 +101,7 @@ pub struct Observed {
     pub seen_change_at: Moment,
     /// Pods the leader's audit found diverged and no operator allowed: they never acquire
     /// (consistency over availability; see docs/divergence.md for the override).
-    pub ineligible: crate::divergence_policy::Ineligible,
+    pub ineligible: crate::divergence::policy::Ineligible,
 }
 
 impl Observed {
@@ -357,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_follower_marked_diverged_never_acquires_even_after_expiry() {
-        use crate::divergence_policy::Ineligible;
+        use crate::divergence::policy::Ineligible;
         let t = Timing::default();
         let marked = |mut l: Observed| {
             l.ineligible = Ineligible::from_annotations(Some(r#"{"a":{"since":"t","summary":"s"}}"#), None);
@@ -384,7 +384,7 @@ mod tests {
             later in 0.0f64..1000.0,
             allowed in proptest::bool::ANY,
         ) {
-            use crate::divergence_policy::Ineligible;
+            use crate::divergence::policy::Ineligible;
             let mut l = lease(holder, 1, seen);
             let allow = if allowed { Some("a") } else { None };
             l.ineligible = Ineligible::from_annotations(Some(r#"{"a":{"since":"t","summary":"s"}}"#), allow);

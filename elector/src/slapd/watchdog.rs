@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::clock::Moment;
-use crate::fence::Fence;
+use crate::slapd::fence::Fence;
 use ldap_elector_contract::ROLE_STANDBY;
 
 /// The longest the watchdog sleeps before looking at the boot-time clock again (a

@@ -9,8 +9,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Moment;
-use crate::hook::RoleHook;
-use crate::ldap;
+use crate::slapd::hook::RoleHook;
+use crate::slapd::ldap;
 use ldap_elector_contract::{ROLE_LEADER, ROLE_STANDBY};
 
 /// The built-in fence: which slapd and which database.
@@ -83,15 +83,15 @@ impl Fence {
 /// The fence state the elector wants: writable only until the leader's renew deadline,
 /// so a keeper that resumes after a pause never re-opens writes for a stale term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Desired {
+pub enum WantedFence {
     Standby,
     Leader { until: Moment },
 }
 
-impl Desired {
+impl WantedFence {
     pub fn role(self, now: Moment) -> &'static str {
         match self {
-            Desired::Leader { until } if now < until => ROLE_LEADER,
+            WantedFence::Leader { until } if now < until => ROLE_LEADER,
             _ => ROLE_STANDBY,
         }
     }
@@ -105,13 +105,13 @@ const RETRY_EVERY: Duration = Duration::from_millis(200);
 /// failures (slapd down or restarting), and re-applies when slapd drifted (a restarted
 /// slapd comes back with whatever `olcReadOnly` it had on disk).
 pub struct FenceKeeper {
-    desired: watch::Sender<Desired>,
+    desired: watch::Sender<WantedFence>,
     applied: watch::Receiver<Option<&'static str>>,
 }
 
 impl FenceKeeper {
     pub fn start(fence: Fence, cancel: CancellationToken) -> FenceKeeper {
-        let (desired, mut want) = watch::channel(Desired::Standby);
+        let (desired, mut want) = watch::channel(WantedFence::Standby);
         let (applied_tx, applied) = watch::channel(None);
         tokio::spawn(async move {
             let mut applied_role: Option<&'static str> = None;
@@ -133,7 +133,7 @@ impl FenceKeeper {
                 applied_role = ok.then_some(role);
                 applied_tx.send_replace(applied_role);
                 let mut nap = if ok { VERIFY_EVERY } else { RETRY_EVERY };
-                if let Desired::Leader { until } = desired {
+                if let WantedFence::Leader { until } = desired {
                     nap = nap.min(until.since(Moment::now()));
                 }
                 tokio::select! {
@@ -147,7 +147,7 @@ impl FenceKeeper {
     }
 
     /// Asks for `desired` and waits (at most `wait`) until it is in place; true if it is.
-    pub async fn set(&self, desired: Desired, wait: Duration) -> bool {
+    pub async fn set(&self, desired: WantedFence, wait: Duration) -> bool {
         self.desired.send_replace(desired);
         let role = desired.role(Moment::now());
         let mut applied = self.applied.clone();
@@ -168,11 +168,11 @@ impl FenceKeeper {
     /// Moves the leader's deadline (after a renew) without waiting.
     pub fn extend(&self, until: Moment) {
         self.desired.send_if_modified(|d| match d {
-            Desired::Leader { until: old } => {
+            WantedFence::Leader { until: old } => {
                 *old = until;
                 true
             }
-            Desired::Standby => false,
+            WantedFence::Standby => false,
         });
     }
 }
@@ -184,10 +184,10 @@ mod tests {
     #[test]
     fn a_leader_wish_expires_at_its_deadline() {
         let t = Moment::ZERO + Duration::from_secs(10);
-        let d = Desired::Leader { until: t };
+        let d = WantedFence::Leader { until: t };
         assert_eq!(d.role(Moment::ZERO + Duration::from_secs(9)), ROLE_LEADER);
         assert_eq!(d.role(t), ROLE_STANDBY);
-        assert_eq!(Desired::Standby.role(Moment::ZERO), ROLE_STANDBY);
+        assert_eq!(WantedFence::Standby.role(Moment::ZERO), ROLE_STANDBY);
     }
 
     #[tokio::test]
@@ -205,12 +205,12 @@ mod tests {
         let fence = Fence::new(None, Some(format!("sh {}", script.display())), Duration::from_secs(5));
         let cancel = CancellationToken::new();
         let keeper = FenceKeeper::start(fence, cancel.clone());
-        let leader = Desired::Leader { until: Moment::now() + Duration::from_secs(60) };
+        let leader = WantedFence::Leader { until: Moment::now() + Duration::from_secs(60) };
         assert!(!keeper.set(leader, Duration::from_millis(300)).await, "the hook fails");
         std::fs::write(&flag, "").unwrap();
         assert!(keeper.set(leader, Duration::from_secs(5)).await, "retried until it worked");
         assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "leader");
-        assert!(keeper.set(Desired::Standby, Duration::from_secs(5)).await);
+        assert!(keeper.set(WantedFence::Standby, Duration::from_secs(5)).await);
         assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "standby");
         cancel.cancel();
         std::fs::remove_dir_all(dir).unwrap();

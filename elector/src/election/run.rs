@@ -10,7 +10,7 @@
 //! Stepping down is the reverse: hook `standby` first (local and fast), label standby,
 //! and on release clear the Lease's holder so a standby takes over at once.
 
-use crate::health::RunCheck as _;
+use crate::slapd::health::RunCheck as _;
 use ldap_elector_contract::backoff::{Backoff, QUICK_WATCH};
 use std::time::Duration;
 
@@ -22,15 +22,15 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::Config;
+use crate::cli::args::Config;
 use crate::clock::Moment;
-use crate::decide::FENCE_BUDGET;
-use crate::decide::{decide, may_promote, Action, Leading, Me, Observed};
-use crate::fence::{Desired, FenceKeeper};
-use crate::labels::PodLabeler;
-use crate::lease::{self, LeaseClient, LeaseError};
-use crate::probe::Heartbeat;
-use crate::watchdog::Watchdog;
+use crate::election::decide::FENCE_BUDGET;
+use crate::election::decide::{decide, may_promote, Action, Leading, Me, Observed};
+use crate::election::labels::PodLabeler;
+use crate::election::lease::{self, LeaseClient, LeaseError};
+use crate::observe::probe::Heartbeat;
+use crate::slapd::fence::{FenceKeeper, WantedFence};
+use crate::slapd::watchdog::Watchdog;
 use ldap_elector_contract::{ROLE_LEADER, ROLE_STANDBY};
 
 mod handover;
@@ -59,7 +59,7 @@ pub struct Inputs {
     /// Asks the health monitor for a check now (while waiting to catch up).
     pub recheck: std::sync::Arc<tokio::sync::Notify>,
     /// The leader's divergence auditor (`None`: audits off).
-    pub divergence: Option<crate::divergence_audit::Link>,
+    pub divergence: Option<crate::divergence::auditor::Link>,
 }
 
 pub struct Elector {
@@ -85,8 +85,8 @@ pub struct Elector {
     failures: u32,
     retry_at: Option<Moment>,
     /// Metrics and Events (docs/metrics.md): one hook per transition.
-    ops: crate::ops::Ops,
-    divergence: Option<crate::divergence_audit::Link>,
+    ops: crate::observe::metrics::Telemetry,
+    divergence: Option<crate::divergence::auditor::Link>,
 }
 
 impl Elector {
@@ -113,13 +113,13 @@ impl Elector {
             stopping: false,
             failures: 0,
             retry_at: None,
-            ops: crate::ops::Ops::disabled(),
+            ops: crate::observe::metrics::Telemetry::disabled(),
             divergence: None,
         }
     }
 
     /// Reports transitions to `ops` (metrics, Events) instead of counting them unseen.
-    pub fn with_ops(mut self, ops: crate::ops::Ops) -> Self {
+    pub fn with_telemetry(mut self, ops: crate::observe::metrics::Telemetry) -> Self {
         self.ops = ops;
         self
     }
@@ -134,7 +134,7 @@ impl Elector {
         tokio::spawn(watch_lease(self.lease.api().clone(), self.cfg.lease_name.clone(), lease_tx, tasks.clone()));
 
         // On start a pod is standby: fence locally, then make sure the label says so.
-        if !self.fence.set(Desired::Standby, FENCE_BUDGET).await {
+        if !self.fence.set(WantedFence::Standby, FENCE_BUDGET).await {
             tracing::warn!(pod = %self.cfg.identity, "slapd not fenced yet at start (the fence keeps retrying)");
         }
         if let Err(e) = self.labels.label_self_standby(0).await {
@@ -169,8 +169,9 @@ impl Elector {
                 }
             }
             let retry_due = self.retry_at.is_none_or(|t| now >= t);
-            let request = crate::switchover::step(&action, self.in_office, me.stopping, self.current.as_ref());
-            if let (crate::switchover::Step::Consider(target), true) = (request, retry_due) {
+            let request =
+                crate::election::switchover::step(&action, self.in_office, me.stopping, self.current.as_ref());
+            if let (crate::election::switchover::Step::Consider(target), true) = (request, retry_due) {
                 self.consider_switchover(&target).await;
                 continue;
             }
@@ -221,7 +222,7 @@ impl Elector {
     fn caught_up_or_graced(&mut self, now: Moment, recheck: &tokio::sync::Notify) -> bool {
         let published = self.current.as_ref().map(lease::published_csn).unwrap_or_default();
         let ok = may_promote(&self.my_csn, &published, self.observed.as_ref(), now, self.cfg.catch_up_grace);
-        let free = self.observed.as_ref().is_some_and(|o| crate::decide::free_since(o, now).is_some());
+        let free = self.observed.as_ref().is_some_and(|o| crate::election::decide::free_since(o, now).is_some());
         if !ok && free {
             recheck.notify_one();
             if !self.waiting_to_catch_up {
@@ -237,7 +238,7 @@ impl Elector {
         if lease::is_newer(&seen, self.current.as_ref()) {
             self.ops.lease_seen(&seen);
             let next = lease::observe(&seen, Moment::now());
-            crate::divergence_audit::log_own_mark(&self.cfg.identity, self.observed.as_ref(), &next);
+            crate::divergence::auditor::log_own_mark(&self.cfg.identity, self.observed.as_ref(), &next);
             self.observed = Some(next);
             self.current = Some(seen);
         }
@@ -317,7 +318,7 @@ impl Elector {
         let steps = async {
             let demoted = labels.demote_others(leading.term).await?;
             labels.label_self(ROLE_LEADER, leading.term).await?;
-            Ok::<_, crate::labels::LabelError>(demoted)
+            Ok::<_, crate::election::labels::LabelError>(demoted)
         };
         match tokio::time::timeout(remaining, steps).await {
             Ok(Ok(demoted)) => {
@@ -327,7 +328,7 @@ impl Elector {
                 }
                 let deadline = leading.renewed_at + self.cfg.timing.renew_deadline;
                 let remaining = deadline.since(Moment::now());
-                let unfenced = self.fence.set(Desired::Leader { until: deadline }, remaining).await;
+                let unfenced = self.fence.set(WantedFence::Leader { until: deadline }, remaining).await;
                 self.ops.took_office(leading.term, unfenced);
                 if !unfenced {
                     tracing::error!(pod = %self.cfg.identity, term = leading.term, "could not lift the write fence; releasing");
@@ -354,7 +355,7 @@ impl Elector {
         if let Some(link) = &self.divergence {
             link.office.send_replace(None);
         }
-        let fenced = self.fence.set(Desired::Standby, FENCE_BUDGET).await;
+        let fenced = self.fence.set(WantedFence::Standby, FENCE_BUDGET).await;
         if !fenced {
             tracing::error!(pod = %self.cfg.identity, "slapd not fenced within the budget (the fence keeps retrying)");
         }

@@ -3,7 +3,7 @@
 //! election loop only gains one call.
 
 use super::*;
-use crate::switchover::{self, Refusal};
+use crate::election::switchover::{self, Refusal};
 
 impl Elector {
     /// A request for `target` is pending and this leader is in office, renewing in time: check

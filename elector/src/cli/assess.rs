@@ -13,8 +13,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
-use crate::labels::{role_of, term_of};
-use crate::switchover::{self, DivergedMark};
+use crate::election::labels::{role_of, term_of};
+use crate::election::switchover::{self, DivergedMark};
 use ldap_elector_contract::csn::{self, caught_up};
 use ldap_elector_contract::{self as contract, ANNOTATION_CONTEXT_CSN, ANNOTATION_HEALTH, HEALTH_HEALTHY, ROLE_LEADER};
 
@@ -122,7 +122,7 @@ pub fn assess(s: &Snapshot) -> Status {
         }
         None => (BTreeMap::new(), Vec::new()),
     };
-    let leader_csn = s.lease.as_ref().map(crate::lease::published_csn).unwrap_or_default();
+    let leader_csn = s.lease.as_ref().map(crate::election::lease::published_csn).unwrap_or_default();
     match (&s.lease, &holder) {
         (None, _) => warnings.push(format!("Lease {} not found (the webhook's reconciler creates it)", s.lease_name)),
         (Some(_), None) => warnings.push("no leader: the Lease has no holder".into()),

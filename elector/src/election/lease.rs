@@ -10,7 +10,7 @@ use kube::api::PostParams;
 use kube::Api;
 
 use crate::clock::Moment;
-use crate::decide::Observed;
+use crate::election::decide::Observed;
 use ldap_elector_contract::{LEASE_ANNOTATION_ALLOW_DIVERGED, LEASE_ANNOTATION_CONTEXT_CSN, LEASE_ANNOTATION_DIVERGED};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +45,7 @@ pub fn observe(lease: &Lease, seen_change_at: Moment) -> Observed {
         transitions: spec.lease_transitions.unwrap_or(0),
         lease_duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
         seen_change_at,
-        ineligible: crate::divergence_policy::Ineligible::from_annotations(
+        ineligible: crate::divergence::policy::Ineligible::from_annotations(
             annotation(lease, LEASE_ANNOTATION_DIVERGED),
             annotation(lease, LEASE_ANNOTATION_ALLOW_DIVERGED),
         ),
@@ -60,12 +60,12 @@ pub fn annotation<'a>(lease: &'a Lease, name: &str) -> Option<&'a str> {
 /// `lease` with the leader's divergence `edits` applied to its marks annotation (other
 /// annotations and other pods' marks kept). Edits of another term, or an unreadable
 /// annotation, leave the Lease unchanged (logged by the caller's audit task).
-pub fn with_divergence_edits(mut lease: Lease, edits: &crate::divergence_policy::Edits, term: i32) -> Lease {
+pub fn with_divergence_edits(mut lease: Lease, edits: &crate::divergence::policy::Edits, term: i32) -> Lease {
     if edits.term != term || edits.pods.is_empty() {
         return lease;
     }
     let current = annotation(&lease, LEASE_ANNOTATION_DIVERGED).map(String::from);
-    if let Ok(next) = crate::divergence_policy::apply_edits(current.as_deref(), edits) {
+    if let Ok(next) = crate::divergence::policy::apply_edits(current.as_deref(), edits) {
         set_annotation(&mut lease, LEASE_ANNOTATION_DIVERGED, next);
     }
     lease
@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn observe_reads_the_divergence_marks_and_edits_keep_other_annotations() {
-        use crate::divergence_policy::{Edits, Outcome};
+        use crate::divergence::policy::{Edits, Outcome};
         let mut l = with_context_csn(lease(Some("ldap-0"), 4, "9"), &["x#0#001#0".to_string()]);
         let mut e = Edits::for_term(4);
         e.record("ldap-0", "ldap-1", &Outcome::Diverged { summary: "s".into() }, "t");

@@ -22,8 +22,8 @@ use ldap_elector_contract::{
     LEASE_ANNOTATION_SWITCHOVER_TO,
 };
 
-use crate::decide::Action;
-use crate::lease::annotation;
+use crate::election::decide::Action;
+use crate::election::lease::annotation;
 
 /// How far (by CSN timestamps, per server ID) a target's *published* contextCSN may trail the
 /// leader's and still count as caught up for a switchover. The published value is rate-limited
@@ -125,16 +125,16 @@ pub fn requested(lease: &Lease) -> Option<&str> {
 }
 
 /// One entry of the Lease's divergence marks (see `divergence_policy`).
-pub type DivergedMark = crate::divergence_policy::Mark;
+pub type DivergedMark = crate::divergence::policy::Mark;
 
 /// The Lease's divergence marks (pod → mark); an unreadable annotation is an error.
 pub fn diverged_marks(lease: &Lease) -> Result<BTreeMap<String, DivergedMark>, String> {
-    crate::divergence_policy::parse_marks(annotation(lease, LEASE_ANNOTATION_DIVERGED).unwrap_or(""))
+    crate::divergence::policy::parse_marks(annotation(lease, LEASE_ANNOTATION_DIVERGED).unwrap_or(""))
 }
 
 /// The pods the operator allows to be promoted although marked diverged.
 pub fn allowed_diverged(lease: &Lease) -> Vec<String> {
-    crate::divergence_policy::parse_allowed(annotation(lease, LEASE_ANNOTATION_ALLOW_DIVERGED)).into_iter().collect()
+    crate::divergence::policy::parse_allowed(annotation(lease, LEASE_ANNOTATION_ALLOW_DIVERGED)).into_iter().collect()
 }
 
 /// Whether a pod's `Ready` condition is `True`.
@@ -212,7 +212,7 @@ fn without_request(mut lease: Lease) -> Lease {
 /// followers wait a whole lease duration), the request cleared, the leader's final contextCSN
 /// published (the target waits until it holds it).
 pub fn handed_over(lease: &Lease, target: &str, csn: &[String]) -> Lease {
-    let mut next = crate::lease::with_context_csn(without_request(lease.clone()), csn);
+    let mut next = crate::election::lease::with_context_csn(without_request(lease.clone()), csn);
     let spec = next.spec.get_or_insert_with(LeaseSpec::default);
     let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
     spec.holder_identity = Some(target.to_string());
@@ -381,9 +381,9 @@ mod tests {
         assert_eq!(step(&wait, false, false, Some(&l)), Step::None, "not in office yet");
         assert_eq!(step(&wait, true, true, Some(&l)), Step::None, "stopping: release instead");
         for a in [
-            Action::Release(crate::decide::ReleaseReason::Stopping),
-            Action::Release(crate::decide::ReleaseReason::Unhealthy),
-            Action::Demote(crate::decide::DemoteReason::LeaseLost),
+            Action::Release(crate::election::decide::ReleaseReason::Stopping),
+            Action::Release(crate::election::decide::ReleaseReason::Unhealthy),
+            Action::Demote(crate::election::decide::DemoteReason::LeaseLost),
             Action::Acquire,
         ] {
             assert_eq!(step(&a, true, false, Some(&l)), Step::None, "{a:?}");
@@ -396,12 +396,12 @@ mod tests {
     fn handing_over_names_the_target_keeps_the_term_and_clears_the_request() {
         let l = lease(json!({LEASE_ANNOTATION_SWITCHOVER_TO: "ldap-1", LEASE_ANNOTATION_SWITCHOVER_REFUSED: "old"}));
         let next = handed_over(&l, "ldap-1", &v(&[CSN_A]));
-        let o = crate::lease::observe(&next, Moment::ZERO);
+        let o = crate::election::lease::observe(&next, Moment::ZERO);
         assert_eq!((o.holder.as_deref(), o.transitions), (Some("ldap-1"), 4));
         assert_eq!(next.metadata.resource_version.as_deref(), Some("7"), "CAS on what was read");
         assert_eq!(requested(&next), None);
         assert_eq!(refusal(&next), None);
-        assert_eq!(crate::lease::published_csn(&next), v(&[CSN_A]));
+        assert_eq!(crate::election::lease::published_csn(&next), v(&[CSN_A]));
         assert!(next.spec.unwrap().renew_time.is_some());
     }
 
@@ -411,7 +411,7 @@ mod tests {
         let next = refused(&l, "ldap-1", &Refusal::NotReady("ldap-1".into()));
         assert_eq!(requested(&next), None);
         assert_eq!(refusal(&next), Some("ldap-1: pod ldap-1 is not Ready"));
-        assert_eq!(crate::lease::observe(&next, Moment::ZERO).holder.as_deref(), Some("ldap-0"));
+        assert_eq!(crate::election::lease::observe(&next, Moment::ZERO).holder.as_deref(), Some("ldap-0"));
         let again = requesting(&next, "ldap-1");
         assert_eq!((requested(&again), refusal(&again)), (Some("ldap-1"), None));
     }

@@ -4,13 +4,27 @@
 pub use ldap_elector_contract::duration::{parse_duration, parse_optional_duration};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::decide::Timing;
-use crate::fence::{Fence, LdapFence};
-use crate::health::HealthCheck;
-use crate::ldap::Credentials;
+use crate::election::decide::Timing;
+use crate::slapd::fence::{Fence, LdapFence};
+use crate::slapd::health::HealthCheck;
+use crate::slapd::ldap::Credentials;
 use ldap_elector_contract as contract;
+
+/// Output of the operator commands and the audit: a human-readable text or JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+/// Log lines as JSON (for log collectors) or plain text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,10 +52,10 @@ pub enum Command {
     /// Show the pair: leader, term, Lease ages, each pod's role, health, contextCSN and lag,
     /// the write Services' endpoints, and a WARN line per inconsistency. Exit 0 consistent,
     /// 1 warnings, 2 bad flags, 4 API error.
-    Status(crate::cli::StatusArgs),
+    Status(crate::cli::operator::StatusArgs),
     /// Ask the leader to hand over to a healthy, caught-up standby, and wait for it.
     /// Exit 0 done, 1 refused, 3 no outcome within --wait, 2 bad flags, 4 API error.
-    Switchover(crate::cli::SwitchoverArgs),
+    Switchover(crate::cli::operator::SwitchoverArgs),
     /// Repair a diverged standby from the leader: refuses when the target holds the Lease;
     /// with --data-dir empties its (stopped) slapd's data directory; waits until an audit
     /// against the leader is clean; then clears the target's divergence mark in the Lease.
@@ -84,21 +98,21 @@ pub struct ReseedArgs {
 }
 
 impl ReseedArgs {
-    pub fn into_plan(self) -> Result<crate::reseed::Plan, String> {
+    pub fn into_plan(self) -> Result<crate::divergence::reseed::Plan, String> {
         let lease_name = match self.lease_name.filter(|s| !s.trim().is_empty()) {
             Some(l) => l,
             None => contract::split_pod_name(&self.pod)
                 .map(|(set, _)| contract::lease_name(set))
                 .ok_or_else(|| format!("cannot derive the StatefulSet from pod {:?}; set --lease-name", self.pod))?,
         };
-        let servers = crate::divergence_policy::PeerUrls::parse(&self.servers)?;
+        let servers = crate::divergence::policy::PeerUrls::parse(&self.servers)?;
         let target = servers.url(&self.pod).ok_or_else(|| format!("--servers names no URL for {}", self.pod))?;
         let creds = Credentials {
             bind_dn: self.bind_dn.filter(|s| !s.trim().is_empty()),
             password_file: self.bind_password_file,
         };
-        crate::ldap::LdapCheck::parse(&target)?.with_credentials(&creds)?;
-        Ok(crate::reseed::Plan {
+        crate::slapd::ldap::LdapCheck::parse(&target)?.with_credentials(&creds)?;
+        Ok(crate::divergence::reseed::Plan {
             namespace: self.namespace,
             lease_name,
             target: self.pod,
@@ -127,9 +141,9 @@ pub struct AuditArgs {
     /// File with the bind DN's password.
     #[arg(long, env = ldap_elector_contract::ENV_AUDIT_BIND_PASSWORD_FILE)]
     pub bind_password_file: Option<std::path::PathBuf>,
-    /// Output: `human` or `json`.
-    #[arg(short = 'o', long, default_value = "human", value_parser = ["human", "json"])]
-    pub output: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
     /// Deadline of the whole audit.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -163,19 +177,19 @@ pub struct AuditArgs {
 }
 
 impl AuditArgs {
-    pub fn into_config(self) -> Result<crate::audit::AuditConfig, String> {
+    pub fn into_config(self) -> Result<crate::divergence::audit::AuditConfig, String> {
         let creds = Credentials {
             bind_dn: self.bind_dn.filter(|s| !s.trim().is_empty()),
             password_file: self.bind_password_file,
         };
-        let mut config = crate::audit::AuditConfig::new(&self.server_a, &self.server_b, &creds)?;
+        let mut config = crate::divergence::audit::AuditConfig::new(&self.server_a, &self.server_b, &creds)?;
         config.timeout = self.timeout;
         config.op_timeout = self.op_timeout;
         config.bucket_bits = self.bucket_bits;
         config.settle_rounds = self.settle_rounds;
         config.leaf_max = self.leaf_max;
         config.page_size = self.page_size;
-        config.policy = crate::audit::AttrPolicy::new(&self.extra_attrs, &self.ignore_attrs);
+        config.policy = crate::divergence::audit::AttrPolicy::new(&self.extra_attrs, &self.ignore_attrs);
         config.max_report = self.max_report;
         config.validate()?;
         Ok(config)
@@ -262,8 +276,8 @@ pub struct RunArgs {
     #[arg(long, env = contract::ENV_METRICS_ADDR, default_value = "off")]
     pub metrics_addr: String,
     /// Log format.
-    #[arg(long, env = contract::ENV_LOG_FORMAT, default_value = "json", value_parser = ["json", "text"])]
-    pub log_format: String,
+    #[arg(long, env = contract::ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
 }
 
 /// Everything the elector needs, validated.
@@ -287,7 +301,7 @@ pub struct Config {
     pub probe_addr: Option<String>,
     pub metrics_addr: Option<String>,
     /// The leader's divergence audits (`None`: off).
-    pub audit: Option<crate::divergence_audit::Settings>,
+    pub audit: Option<crate::divergence::auditor::Settings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -299,7 +313,7 @@ pub enum ConfigError {
     #[error("pod {pod:?} is not a member of StatefulSet {statefulset:?}")]
     NotAMember { pod: String, statefulset: String },
     #[error(transparent)]
-    Timing(#[from] crate::decide::TimingError),
+    Timing(#[from] crate::election::decide::TimingError),
     #[error("health check: {0}")]
     HealthCheck(String),
     #[error("--catch-up-grace: {0} (or `off`)")]
@@ -349,14 +363,14 @@ impl RunArgs {
                         Some(parse_duration(other).map_err(|e| ConfigError::Audit(format!("--audit-interval: {e}")))?)
                     }
                 };
-                let peers = crate::divergence_policy::PeerUrls::parse(&peers).map_err(ConfigError::Audit)?;
-                Some(crate::divergence_audit::Settings {
+                let peers = crate::divergence::policy::PeerUrls::parse(&peers).map_err(ConfigError::Audit)?;
+                Some(crate::divergence::auditor::Settings {
                     identity: identity.clone(),
                     statefulset: statefulset.clone(),
                     local: local.clone(),
                     peers,
                     creds: creds.clone(),
-                    cadence: crate::divergence_policy::Cadence { interval, ..Default::default() },
+                    cadence: crate::divergence::policy::Cadence { interval, ..Default::default() },
                     op_timeout: Duration::from_secs(30),
                     timeout: Duration::from_secs(300),
                 })
@@ -392,7 +406,7 @@ impl RunArgs {
 impl Config {
     /// The write fence this configuration describes; its steps are bounded by `FENCE_BUDGET`.
     pub fn fence(&self) -> Fence {
-        Fence::new(self.fence_ldapi.clone(), self.on_role_change.clone(), crate::decide::FENCE_BUDGET)
+        Fence::new(self.fence_ldapi.clone(), self.on_role_change.clone(), crate::election::decide::FENCE_BUDGET)
     }
 }
 
@@ -480,7 +494,7 @@ mod tests {
     fn the_operator_commands_need_no_pod_and_parse_their_flags() {
         let cli = Cli::try_parse_from(["ldap-elector", "status", "--statefulset", "ldap", "-o", "json"]).unwrap();
         assert!(
-            matches!(cli.command, Some(Command::Status(a)) if a.statefulset == "ldap" && a.output == "json" && a.namespace.is_none())
+            matches!(cli.command, Some(Command::Status(a)) if a.statefulset == "ldap" && a.output == Output::Json && a.namespace.is_none())
         );
         let cli =
             Cli::try_parse_from(["ldap-elector", "switchover", "--statefulset", "ldap", "--to", "ldap-1", "-n", "ns"])

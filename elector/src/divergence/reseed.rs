@@ -1,7 +1,7 @@
 //! `ldap-elector reseed`: repairs a diverged standby from the leader (docs/divergence.md).
 //!
 //! 1. Reads the Lease: refuses when the target holds it (the leader's data is the
-//!    reference), when nobody holds it, or when it cannot be read (`divergence_policy::
+//!    reference), when nobody holds it, or when it cannot be read (`policy::
 //!    reseed_source`).
 //! 2. With `--data-dir` (run where the standby's data directory is, with its slapd
 //!    stopped): checks that the target's slapd does not answer, moves the directory aside
@@ -12,18 +12,18 @@
 //!    checking before each audit that the target still does not lead.
 //! 4. Clears the target's mark in the Lease (compare-and-swap, other annotations kept).
 
-use crate::ldap::Probe as _;
+use crate::slapd::ldap::Probe as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
-use crate::audit::{self, AuditConfig, Verdict};
-use crate::divergence_audit::peer_check;
-use crate::divergence_policy::{self, PeerUrls, Refusal};
-use crate::ldap::Credentials;
-use crate::lease::{self, LeaseClient, LeaseError};
+use crate::divergence::audit::{self, AuditConfig, Verdict};
+use crate::divergence::auditor::peer_check;
+use crate::divergence::policy::{self, PeerUrls, Refusal};
+use crate::election::lease::{self, LeaseClient, LeaseError};
+use crate::slapd::ldap::Credentials;
 use ldap_elector_contract::LEASE_ANNOTATION_DIVERGED;
 
 const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,7 +82,7 @@ async fn leader(leases: &LeaseClient, target: &str) -> Result<String, Refusal> {
         Ok(l) => Ok(lease::observe(&l, crate::clock::Moment::now()).holder),
         Err(e) => Err(format!("reading the Lease {}: {e}", leases.name())),
     };
-    divergence_policy::reseed_source(holder.as_ref().map(|h| h.as_deref()).map_err(Clone::clone), target)
+    policy::reseed_source(holder.as_ref().map(|h| h.as_deref()).map_err(Clone::clone), target)
 }
 
 fn server_url(servers: &PeerUrls, pod: &str) -> Result<String, ReseedError> {
@@ -127,7 +127,7 @@ pub async fn reseed(client: kube::Client, plan: &Plan) -> Result<(), ReseedError
                     "reseed: audit clean: the target holds exactly the leader's entries");
                 break;
             }
-            Ok(report) => format!("{:?}: {}", report.verdict, divergence_policy::summarize(&report)),
+            Ok(report) => format!("{:?}: {}", report.verdict, policy::summarize(&report)),
             Err(e) => e.to_string(),
         };
         tracing::info!(target = %plan.target, last = %last, "reseed: not clean yet (refreshing?); auditing again");
@@ -149,9 +149,9 @@ async fn clear_mark(leases: &LeaseClient, target: &str) -> Result<(), ReseedErro
     for _ in 0..5 {
         let current = leases.get(API_TIMEOUT).await.map_err(|e| ReseedError::Lease(e.to_string()))?;
         let holder = lease::observe(&current, crate::clock::Moment::now()).holder;
-        divergence_policy::reseed_source(Ok(holder.as_deref()), target)?;
+        policy::reseed_source(Ok(holder.as_deref()), target)?;
         let value = lease::annotation(&current, LEASE_ANNOTATION_DIVERGED).map(String::from);
-        let next_value = divergence_policy::cleared(value.as_deref(), target).map_err(ReseedError::Lease)?;
+        let next_value = policy::cleared(value.as_deref(), target).map_err(ReseedError::Lease)?;
         if next_value == value {
             tracing::info!(target, "reseed: the target was not marked in the Lease; nothing to clear");
             return Ok(());

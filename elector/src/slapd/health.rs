@@ -4,12 +4,15 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use ldap_elector_contract::prometheus::LabeledCounter;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub use ldap_elector_contract::check::HealthCheck;
 
-use crate::ldap::Probe;
+use crate::slapd::ldap::Probe;
 
 /// Running a [`HealthCheck`] (its syntax is part of the contract).
 pub trait RunCheck {
@@ -89,69 +92,66 @@ impl Verdict {
     }
 }
 
-/// Runs `check` every `interval` and publishes the verdict until `cancel`.
-pub async fn monitor(
-    check: HealthCheck,
-    interval: Duration,
-    threshold: u32,
-    tx: watch::Sender<bool>,
-    cancel: CancellationToken,
-) {
-    monitor_with_csn(check, interval, threshold, tx, None, &tokio::sync::Notify::new(), None, cancel).await
+/// The health monitor: runs `check` every `interval` and publishes the verdict.
+pub struct Monitor {
+    pub check: HealthCheck,
+    pub interval: Duration,
+    /// Consecutive failures that make a healthy pod unhealthy.
+    pub threshold: u32,
+    /// Receives the verdict.
+    pub healthy: watch::Sender<bool>,
+    /// Receives the contextCSN values of every passing check (the last seen values stay
+    /// while checks fail).
+    pub csn: Option<watch::Sender<Vec<String>>>,
+    /// Asks for a check before the next tick (at most every `RECHECK_MIN`), e.g. while a
+    /// standby waits to catch up.
+    pub recheck: Arc<Notify>,
+    /// Counts each check's result (`pass`/`fail`) for the metrics.
+    pub tally: Option<Arc<LabeledCounter>>,
 }
 
-/// As [`monitor`], and publishes the contextCSN values of every passing check into `csn`
-/// (the last seen values stay while checks fail). `recheck` asks for a check before the
-/// next tick (at most every `RECHECK_MIN`), e.g. while a standby waits to catch up.
-/// `tally`: counts each check's result (`pass`/`fail`) for the metrics.
-#[allow(clippy::too_many_arguments)]
-pub async fn monitor_with_csn(
-    check: HealthCheck,
-    interval: Duration,
-    threshold: u32,
-    tx: watch::Sender<bool>,
-    csn: Option<watch::Sender<Vec<String>>>,
-    recheck: &tokio::sync::Notify,
-    tally: Option<std::sync::Arc<ldap_elector_contract::prometheus::LabeledCounter>>,
-    cancel: CancellationToken,
-) {
-    const RECHECK_MIN: Duration = Duration::from_millis(50);
-    let mut verdict = Verdict::initial();
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-            _ = recheck.notified() => tokio::time::sleep(RECHECK_MIN).await,
-        }
-        let result = check.check_detailed(interval.max(Duration::from_millis(500))).await;
-        if let (Some(csn), Ok(seen)) = (&csn, &result) {
-            csn.send_if_modified(|c| {
-                let changed = !seen.is_empty() && c != seen;
-                if changed {
-                    c.clone_from(seen);
-                }
-                changed
-            });
-        }
-        let result = result.map(drop);
-        if let Some(t) = &tally {
-            t.inc(if result.is_ok() { "pass" } else { "fail" });
-        }
-        let next = verdict.record(result.is_ok(), threshold);
-        if next.healthy != verdict.healthy {
-            match &result {
-                Ok(()) => tracing::info!(healthy = true, "health check passes"),
-                Err(e) => {
-                    tracing::warn!(healthy = false, reason = %e, "health check failed {threshold} times in a row")
-                }
+impl Monitor {
+    /// Checks until `cancel`.
+    pub async fn run(self, cancel: CancellationToken) {
+        let Monitor { check, interval, threshold, healthy: tx, csn, recheck, tally } = self;
+        const RECHECK_MIN: Duration = Duration::from_millis(50);
+        let mut verdict = Verdict::initial();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticker.tick() => {}
+                _ = recheck.notified() => tokio::time::sleep(RECHECK_MIN).await,
             }
-        } else if let Err(e) = &result {
-            tracing::debug!(reason = %e, "health check failed");
+            let result = check.check_detailed(interval.max(Duration::from_millis(500))).await;
+            if let (Some(csn), Ok(seen)) = (&csn, &result) {
+                csn.send_if_modified(|c| {
+                    let changed = !seen.is_empty() && c != seen;
+                    if changed {
+                        c.clone_from(seen);
+                    }
+                    changed
+                });
+            }
+            let result = result.map(drop);
+            if let Some(t) = &tally {
+                t.inc(if result.is_ok() { "pass" } else { "fail" });
+            }
+            let next = verdict.record(result.is_ok(), threshold);
+            if next.healthy != verdict.healthy {
+                match &result {
+                    Ok(()) => tracing::info!(healthy = true, "health check passes"),
+                    Err(e) => {
+                        tracing::warn!(healthy = false, reason = %e, "health check failed {threshold} times in a row")
+                    }
+                }
+            } else if let Err(e) = &result {
+                tracing::debug!(reason = %e, "health check failed");
+            }
+            verdict = next;
+            tx.send_if_modified(|h| std::mem::replace(h, verdict.healthy) != verdict.healthy);
         }
-        verdict = next;
-        tx.send_if_modified(|h| std::mem::replace(h, verdict.healthy) != verdict.healthy);
     }
 }
 

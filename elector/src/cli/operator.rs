@@ -1,5 +1,5 @@
 //! The operator's commands (I/O edges): `ldap-elector status` gathers a
-//! [`status::Snapshot`] and prints the pure assessment; `ldap-elector switchover` checks the
+//! [`assess::Snapshot`] and prints the pure assessment; `ldap-elector switchover` checks the
 //! target with the pure [`switchover::verdict`], writes the request into the Lease (CAS) and
 //! follows the handover. Both use the operator's kubeconfig (`KUBECONFIG`, or the in-cluster
 //! account). Exit codes: see [`exit`] and docs/operations.md.
@@ -16,10 +16,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 
-use crate::args::parse_duration;
-use crate::labels::role_of;
-use crate::status::{self, Snapshot};
-use crate::switchover;
+use crate::cli::args::parse_duration;
+use crate::cli::args::Output;
+use crate::cli::assess::{self, Snapshot};
+use crate::election::labels::role_of;
+use crate::election::switchover;
 use ldap_elector_contract::{self as contract, ROLE_LEADER};
 
 /// Exit codes of `status` and `switchover`.
@@ -48,8 +49,8 @@ pub struct StatusArgs {
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
     /// Output: `human` (a table) or `json`.
-    #[arg(short = 'o', long, default_value = "human", value_parser = ["human", "json"])]
-    pub output: String,
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -165,15 +166,15 @@ pub async fn status(args: StatusArgs) -> u8 {
     let snapshot = match result {
         Ok(s) => s,
         Err(e) => {
-            if args.output == "json" {
+            if args.output == Output::Json {
                 println!("{}", serde_json::json!({ "error": e.to_string() }));
             }
             eprintln!("ldap-elector status: {e}");
             return e.exit_code();
         }
     };
-    let st = status::assess(&snapshot);
-    if args.output == "json" {
+    let st = assess::assess(&snapshot);
+    if args.output == Output::Json {
         match serde_json::to_string_pretty(&st) {
             Ok(s) => println!("{s}"),
             Err(e) => {
@@ -182,7 +183,7 @@ pub async fn status(args: StatusArgs) -> u8 {
             }
         }
     } else {
-        print!("{}", status::render(&st));
+        print!("{}", assess::render(&st));
     }
     if st.warnings.is_empty() {
         exit::OK

@@ -167,7 +167,7 @@ pub fn apply_edits(current: Option<&str>, edits: &Edits) -> Result<Option<String
 }
 
 /// A one-line summary of a diverged report, bounded in length for the annotation.
-pub fn summarize(report: &crate::audit::Report) -> String {
+pub fn summarize(report: &crate::divergence::audit::Report) -> String {
     const MAX: usize = 400;
     let total = report.differences.len() as u64 + report.differences_not_listed;
     let mut s = format!("{total} entries differ (contextCSN equal: {})", report.context_csn_equal);
@@ -186,8 +186,8 @@ pub fn summarize(report: &crate::audit::Report) -> String {
 }
 
 /// The outcome of an audit result for the policy.
-pub fn outcome_of(result: &Result<crate::audit::Report, String>) -> Outcome {
-    use crate::audit::Verdict;
+pub fn outcome_of(result: &Result<crate::divergence::audit::Report, String>) -> Outcome {
+    use crate::divergence::audit::Verdict;
     match result {
         Ok(r) if r.verdict == Verdict::Diverged => Outcome::Diverged { summary: summarize(r) },
         Ok(r) if r.verdict == Verdict::InSync => Outcome::InSync,

@@ -1,5 +1,5 @@
 //! What the on-call engineer sees of the election: the elector's Prometheus metrics and its
-//! Kubernetes Events. The election loop calls one [`Ops`] hook per transition; each hook
+//! Kubernetes Events. The election loop calls one [`Telemetry`] hook per transition; each hook
 //! updates atomics and queues Events, never waits. Pure parts (reason wording, contextCSN
 //! time and lag, the divergence mark) are unit-tested here.
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 
 use crate::clock::Moment;
-use crate::events::{EventSink, Notice, Severity};
+use crate::observe::events::{EventSink, Notice, Severity};
 use ldap_elector_contract::prometheus::{self as metrics, Counter, Family, Gauge, Histogram, Kind, LabeledCounter};
 use ldap_elector_contract::{event_reason, metric, LEASE_ANNOTATION_DIVERGED};
 
@@ -181,14 +181,14 @@ pub fn csn_lag_seconds(mine: &[String], leader: &[String]) -> Option<f64> {
 /// The summary of `pod`'s divergence mark in the Lease, if it is marked (unreadable marks
 /// count as no mark here; `decide` treats them as blocking and `status` warns about them).
 pub fn own_mark(lease: &Lease, pod: &str) -> Option<String> {
-    let value = crate::lease::annotation(lease, LEASE_ANNOTATION_DIVERGED)?;
-    let marks = crate::divergence_policy::parse_marks(value).ok()?;
+    let value = crate::election::lease::annotation(lease, LEASE_ANNOTATION_DIVERGED)?;
+    let marks = crate::divergence::policy::parse_marks(value).ok()?;
     marks.get(pod).map(|m| if m.summary.is_empty() { "no summary".to_string() } else { m.summary.clone() })
 }
 
 /// The election loop's hooks: metrics and Events for each transition. Cheap to clone.
 #[derive(Clone)]
-pub struct Ops {
+pub struct Telemetry {
     pub metrics: Arc<ElectorMetrics>,
     events: EventSink,
     identity: String,
@@ -198,7 +198,7 @@ pub struct Ops {
     previous_holder: Arc<Mutex<Option<String>>>,
 }
 
-impl Ops {
+impl Telemetry {
     pub fn new(
         metrics: Arc<ElectorMetrics>,
         events: EventSink,
@@ -206,7 +206,7 @@ impl Ops {
         renew_deadline: Duration,
         fence_configured: bool,
     ) -> Self {
-        Ops {
+        Telemetry {
             metrics,
             events,
             identity: identity.to_string(),
@@ -218,7 +218,7 @@ impl Ops {
 
     /// Counts but writes no Events (tests, or before the client exists).
     pub fn disabled() -> Self {
-        Ops::new(Arc::default(), EventSink::disabled(), "", Duration::from_secs(5), false)
+        Telemetry::new(Arc::default(), EventSink::disabled(), "", Duration::from_secs(5), false)
     }
 
     /// Every Lease version the loop adopts.
@@ -230,7 +230,8 @@ impl Ops {
             }
         }
         self.metrics.term.set(spec.and_then(|s| s.lease_transitions).unwrap_or(0) as f64);
-        *self.metrics.published_csn.lock().unwrap_or_else(|e| e.into_inner()) = crate::lease::published_csn(lease);
+        *self.metrics.published_csn.lock().unwrap_or_else(|e| e.into_inner()) =
+            crate::election::lease::published_csn(lease);
         let was_marked = self.metrics.divergence_marked.get() > 0.0;
         let mark = own_mark(lease, &self.identity);
         self.metrics.divergence_marked.set(if mark.is_some() { 1.0 } else { 0.0 });
@@ -389,7 +390,7 @@ mod tests {
     #[test]
     fn the_divergence_mark_moves_the_gauge_and_is_reported_once_each_way() {
         let (sink, mut notices) = EventSink::capture();
-        let ops = Ops::new(Arc::default(), sink, "ldap-1", Duration::from_secs(5), true);
+        let ops = Telemetry::new(Arc::default(), sink, "ldap-1", Duration::from_secs(5), true);
         let mut lease = Lease::default();
         assert_eq!(own_mark(&lease, "ldap-1"), None);
         ops.lease_seen(&lease);
@@ -422,7 +423,7 @@ mod tests {
 
     #[test]
     fn hooks_move_the_gauges_and_counters() {
-        let ops = Ops::disabled();
+        let ops = Telemetry::disabled();
         let t0 = Moment::now();
         ops.acquired(t0);
         ops.took_office(4, true);

@@ -14,7 +14,7 @@ use std::time::Duration;
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope};
 use serde::Serialize;
 
-use crate::audit::parse_entry;
+use crate::divergence::audit::parse_entry;
 
 /// One database of cn=config with what the guard looks at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

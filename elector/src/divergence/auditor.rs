@@ -8,15 +8,15 @@
 //! An audit of a large directory is seconds of CPU: it runs on its own OS thread with its
 //! own runtime, never on the election loop's.
 
-use crate::ldap::Probe as _;
+use crate::slapd::ldap::Probe as _;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::audit::{self, AuditConfig};
 use crate::clock::Moment;
-use crate::divergence_policy::{self, Cadence, Edits, Outcome, PeerSchedule, PeerUrls};
-use crate::ldap::{Credentials, LdapCheck};
+use crate::divergence::audit::{self, AuditConfig};
+use crate::divergence::policy::{self, Cadence, Edits, Outcome, PeerSchedule, PeerUrls};
+use crate::slapd::ldap::{Credentials, LdapCheck};
 
 /// How often the standbys' slapd are probed (reachability: a rejoin triggers an audit).
 const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -89,7 +89,7 @@ impl Link {
             self.pending = Some(self.edits.borrow_and_update().clone());
         }
         match &self.pending {
-            Some(edits) => crate::lease::with_divergence_edits(lease, edits, term),
+            Some(edits) => crate::election::lease::with_divergence_edits(lease, edits, term),
             None => lease,
         }
     }
@@ -114,7 +114,7 @@ pub fn start(settings: Settings) -> std::io::Result<Link> {
 }
 
 async fn run(settings: Settings, mut office: watch::Receiver<Option<i32>>, edits: watch::Sender<Edits>) {
-    let peers = divergence_policy::peers(&settings.identity, &settings.statefulset, &settings.peers);
+    let peers = policy::peers(&settings.identity, &settings.statefulset, &settings.peers);
     if peers.is_empty() {
         tracing::warn!(pod = %settings.identity, "divergence audit: no standby URL for this pod's peers; no audits");
         return;
@@ -155,7 +155,7 @@ async fn audit_peer(
         Ok(cfg) => audit::audit(&cfg).await.map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
-    let outcome = divergence_policy::outcome_of(&result);
+    let outcome = policy::outcome_of(&result);
     schedule.audited(term, Moment::now(), &outcome);
     let elapsed = started.elapsed();
     let (differences, entries_a, entries_b) = match &result {
@@ -189,7 +189,11 @@ async fn audit_peer(
 }
 
 /// Logs when this pod's own divergence mark appears or goes (between two observations).
-pub fn log_own_mark(identity: &str, before: Option<&crate::decide::Observed>, after: &crate::decide::Observed) {
+pub fn log_own_mark(
+    identity: &str,
+    before: Option<&crate::election::decide::Observed>,
+    after: &crate::election::decide::Observed,
+) {
     let was = before.is_some_and(|o| o.ineligible.blocks(identity));
     let is = after.ineligible.blocks(identity);
     if is && !was {
