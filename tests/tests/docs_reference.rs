@@ -47,7 +47,7 @@ fn every_flag_and_its_environment_variable_is_documented() {
 #[test]
 fn every_annotation_and_label_of_the_contract_is_documented() {
     let doc = repo_file("docs/reference.md");
-    let contract = repo_file("elector/src/contract.rs");
+    let contract = repo_file("contract/src/names.rs");
     let prefix = format!("\"{}/", ldap_elector_contract::DOMAIN);
     let names: Vec<&str> =
         contract.match_indices(&prefix).filter_map(|(at, _)| contract[at + 1..].split('"').next()).collect();
