@@ -29,12 +29,9 @@ pub fn audit(args: AuditArgs) -> ExitCode {
         }
     };
     // Two workers: the two servers' results are decoded and digested in parallel.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match runtime("ldap-elector audit", 2, 4) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ldap-elector audit: cannot start the runtime: {e}");
-            return ExitCode::from(4);
-        }
+        Err(exit) => return exit,
     };
     match runtime.block_on(crate::divergence::audit::audit(&config)) {
         Ok(report) => {
@@ -63,12 +60,9 @@ pub fn audit(args: AuditArgs) -> ExitCode {
 
 /// `ldap-elector status` and `switchover`: operator commands with the operator's kubeconfig.
 pub fn operator_command(command: Command) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match runtime("ldap-elector", 0, operator::exit::API) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ldap-elector: cannot start the runtime: {e}");
-            return ExitCode::from(operator::exit::API);
-        }
+        Err(exit) => return exit,
     };
     ExitCode::from(match command {
         Command::Status(args) => runtime.block_on(operator::status(args)),
@@ -87,12 +81,9 @@ pub fn reseed(args: ReseedArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match runtime("ldap-elector reseed", 2, 4) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ldap-elector reseed: cannot start the runtime: {e}");
-            return ExitCode::from(4);
-        }
+        Err(exit) => return exit,
     };
     runtime.block_on(async {
         let client = match kube::Client::try_default().await {
@@ -152,12 +143,9 @@ pub fn run(args: RunArgs, command: Command) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match runtime("ldap-elector", 0, 1) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ldap-elector: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(exit) => return exit,
     };
     match command {
         Command::Watchdog => {
@@ -291,4 +279,17 @@ async fn forward_sigterm(terminate: CancellationToken) {
     }
     tracing::info!("termination signal: standing down");
     terminate.cancel();
+}
+
+/// A Tokio runtime for `command` (`workers`: 0 for the current thread only), or the exit
+/// code `exit` after saying why there is none.
+fn runtime(command: &str, workers: usize, exit: u8) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let built = match workers {
+        0 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    };
+    built.map_err(|e| {
+        eprintln!("{command}: cannot start the runtime: {e}");
+        ExitCode::from(exit)
+    })
 }
