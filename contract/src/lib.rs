@@ -12,5 +12,6 @@ pub mod backoff;
 pub mod check;
 pub mod csn;
 pub mod duration;
+pub mod events;
 pub mod peers;
 pub mod prometheus;

@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::args::{AuditArgs, Command, Config, LogFormat, Output, ReseedArgs, RunArgs};
 use crate::cli::operator;
 use crate::election::run;
-use crate::observe::events::EventSink;
 use crate::observe::metrics::{ElectorMetrics, Telemetry};
 use crate::observe::probe::{self, Heartbeat};
 use crate::slapd::health;
 use crate::slapd::watchdog::{self, Watchdog};
+use ldap_elector_contract::events::{EventSink, Subject};
 
 /// `ldap-elector audit`: prints the report on stdout; exit 0 in sync, 1 diverged,
 /// 3 unsettled, 2 bad flags, 4 the audit could not finish.
@@ -235,11 +235,17 @@ async fn elect(config: Config) -> ExitCode {
         }
     };
     let watchdog = start_watchdog(&config);
+    // Every Event on the pod and on its StatefulSet (that copy's note names the pod).
+    let subjects = vec![
+        Subject::new("v1", "Pod", &config.identity),
+        Subject::new("apps/v1", "StatefulSet", &config.statefulset).with_note_prefix(&config.identity),
+    ];
     let (events, events_drained) = EventSink::start(
         client.clone(),
         &config.namespace,
-        &config.statefulset,
+        ldap_elector_contract::EVENT_REPORTER,
         &config.identity,
+        subjects,
         metrics.events_dropped.clone(),
         tasks.clone(),
     );

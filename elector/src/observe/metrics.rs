@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 
 use crate::clock::Moment;
-use crate::observe::events::{EventSink, Notice, Severity};
+use ldap_elector_contract::events::{EventSink, Notice, Severity};
 use ldap_elector_contract::prometheus::{self as metrics, Counter, Family, Gauge, Histogram, Kind, LabeledCounter};
 use ldap_elector_contract::{event_reason, metric, LEASE_ANNOTATION_DIVERGED};
 

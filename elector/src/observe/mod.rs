@@ -1,6 +1,5 @@
 //! What the elector tells the outside: metrics, Events, its pod's annotations, and the
 //! kubelet's probes.
-pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod probe;

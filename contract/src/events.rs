@@ -1,27 +1,27 @@
-//! Kubernetes Events (events.k8s.io/v1) for role changes and fencing, on the elector's pod
-//! AND its StatefulSet, so `kubectl describe` of either tells the story.
+//! A non-blocking sink of Kubernetes Events (events.k8s.io/v1). Each notice is written on
+//! every [`Subject`] of the sink: the elector writes on its pod AND its StatefulSet, so
+//! `kubectl describe` of either tells the story.
 //!
-//! The election loop never waits for an Event: [`EventSink::emit`] is a `try_send` into a
-//! bounded queue (dropped and counted when full); one task writes them, each call with a
-//! timeout. A pure [`Limiter`] lets the same reason through at most once per window per
-//! object and counts what it held back into the next Event's note.
+//! The caller (the election loop) never waits for an Event: [`EventSink::emit`] is a
+//! `try_send` into a bounded queue (dropped and counted when full); one task writes them,
+//! each call with a timeout. A pure [`Limiter`] lets the same reason through at most once per
+//! window per subject and counts what it held back into the next Event's note. Events are
+//! only ever created (never read or patched), so `create` is the only verb a writer needs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::PostParams;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Moment;
-use ldap_elector_contract::prometheus::Counter;
-use ldap_elector_contract::EVENT_REPORTER;
+use crate::prometheus::Counter;
 
 /// Same reason, same object: at most once per this window.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
@@ -57,19 +57,35 @@ pub struct Notice {
     pub note: String,
 }
 
-/// Which object an Event is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Target {
-    Pod,
-    StatefulSet,
+/// An object the Events are about, in the sink's namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subject {
+    /// `v1`, `apps/v1`, …
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    /// Put before each note on this subject (e.g. the pod's name on its StatefulSet).
+    pub note_prefix: Option<String>,
 }
 
-/// Lets a (target, reason) through at most once per window; counts the ones held back.
+impl Subject {
+    pub fn new(api_version: &str, kind: &str, name: &str) -> Subject {
+        Subject { api_version: api_version.into(), kind: kind.into(), name: name.into(), note_prefix: None }
+    }
+
+    /// Notes on this subject start with `prefix: `.
+    pub fn with_note_prefix(mut self, prefix: &str) -> Subject {
+        self.note_prefix = Some(prefix.to_string());
+        self
+    }
+}
+
+/// Lets a (subject index, reason) through at most once per window; counts the ones held back.
 #[derive(Debug, Default)]
 pub struct Limiter {
     window: Duration,
     /// Last admitted time and how many were held back since.
-    seen: HashMap<(Target, &'static str), (Moment, u32)>,
+    seen: HashMap<(usize, &'static str), (Instant, u32)>,
 }
 
 impl Limiter {
@@ -79,9 +95,9 @@ impl Limiter {
 
     /// `Some(held_back)` if this Event may be written now (with how many of its kind were
     /// held back since the last one), `None` if it is held back.
-    pub fn admit(&mut self, target: Target, reason: &'static str, now: Moment) -> Option<u32> {
-        match self.seen.get_mut(&(target, reason)) {
-            Some((last, held)) if now.since(*last) < self.window => {
+    pub fn admit(&mut self, subject: usize, reason: &'static str, now: Instant) -> Option<u32> {
+        match self.seen.get_mut(&(subject, reason)) {
+            Some((last, held)) if now.saturating_duration_since(*last) < self.window => {
                 *held = held.saturating_add(1);
                 None
             }
@@ -91,7 +107,7 @@ impl Limiter {
                 Some(earlier)
             }
             None => {
-                self.seen.insert((target, reason), (now, 0));
+                self.seen.insert((subject, reason), (now, 0));
                 Some(0)
             }
         }
@@ -115,7 +131,7 @@ pub fn note_with_repeats(note: &str, held_back: u32) -> String {
     n
 }
 
-/// The election loop's handle: never blocks.
+/// The caller's handle: never blocks.
 #[derive(Clone)]
 pub struct EventSink {
     tx: Option<mpsc::Sender<Notice>>,
@@ -128,20 +144,21 @@ impl EventSink {
         EventSink { tx: None, dropped: Arc::default() }
     }
 
-    /// A sink whose notices the test reads from the receiver.
-    #[cfg(test)]
+    /// A sink whose notices a test reads from the receiver.
     pub fn capture() -> (Self, mpsc::Receiver<Notice>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         (EventSink { tx: Some(tx), dropped: Arc::default() }, rx)
     }
 
-    /// Starts the writer task for `pod` of `statefulset` in `namespace`. The writer ends
-    /// when every sink is dropped and the queue is written ([`Drained::wait`]), or at `cancel`.
+    /// Starts the writer task: Events by `reporter` (`reportingController`) and `instance`
+    /// (`reportingInstance`) on each of `subjects` in `namespace`. The writer ends when every
+    /// sink is dropped and the queue is written ([`Drained::wait`]), or at `cancel`.
     pub fn start(
         client: Client,
         namespace: &str,
-        statefulset: &str,
-        pod: &str,
+        reporter: &str,
+        instance: &str,
+        subjects: Vec<Subject>,
         dropped: Arc<Counter>,
         cancel: CancellationToken,
     ) -> (Self, Drained) {
@@ -149,10 +166,11 @@ impl EventSink {
         let writer = Writer {
             client,
             namespace: namespace.to_string(),
-            statefulset: statefulset.to_string(),
-            pod: pod.to_string(),
-            instance: pod.to_string(),
-            refs: None,
+            reporter: reporter.to_string(),
+            instance: instance.to_string(),
+            refs: subjects.iter().map(|s| reference(s, namespace, None)).collect(),
+            resolved: vec![false; subjects.len()],
+            subjects,
             limiter: Limiter::new(RATE_WINDOW),
             dropped: dropped.clone(),
         };
@@ -185,11 +203,13 @@ impl Drained {
 struct Writer {
     client: Client,
     namespace: String,
-    statefulset: String,
-    pod: String,
+    reporter: String,
     instance: String,
-    /// References to the pod and the StatefulSet (with UIDs), looked up once.
-    refs: Option<(ObjectReference, ObjectReference)>,
+    subjects: Vec<Subject>,
+    /// The subjects' references, with UIDs once read (looked up until then; the API also
+    /// accepts them without).
+    refs: Vec<ObjectReference>,
+    resolved: Vec<bool>,
     limiter: Limiter,
     dropped: Arc<Counter>,
 }
@@ -201,14 +221,14 @@ impl Writer {
                 _ = cancel.cancelled() => return,
                 n = rx.recv() => match n { Some(n) => n, None => return },
             };
-            let refs = self.references().await;
-            for (target, regarding) in [(Target::Pod, refs.0), (Target::StatefulSet, refs.1)] {
-                let Some(held_back) = self.limiter.admit(target, notice.reason, Moment::now()) else { continue };
-                let note = match target {
-                    Target::Pod => note_with_repeats(&notice.note, held_back),
-                    Target::StatefulSet => note_with_repeats(&format!("{}: {}", self.pod, notice.note), held_back),
+            self.resolve().await;
+            for (index, subject) in self.subjects.iter().enumerate() {
+                let Some(held_back) = self.limiter.admit(index, notice.reason, Instant::now()) else { continue };
+                let note = match &subject.note_prefix {
+                    None => note_with_repeats(&notice.note, held_back),
+                    Some(prefix) => note_with_repeats(&format!("{prefix}: {}", notice.note), held_back),
                 };
-                let event = self.event(&notice, note, regarding);
+                let event = self.event(&notice, note, self.refs[index].clone());
                 let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
                 match tokio::time::timeout(WRITE_TIMEOUT, api.create(&PostParams::default(), &event)).await {
                     Ok(Ok(_)) => {}
@@ -225,31 +245,21 @@ impl Writer {
         }
     }
 
-    /// The pod's and the StatefulSet's references, with UIDs once readable (the elector may
-    /// read both); without UIDs until then, which the API accepts.
-    async fn references(&mut self) -> (ObjectReference, ObjectReference) {
-        if let Some(r) = &self.refs {
-            return r.clone();
+    /// Reads the UIDs of the subjects not read yet (each once it succeeds).
+    async fn resolve(&mut self) {
+        for (index, subject) in self.subjects.iter().enumerate() {
+            if self.resolved[index] {
+                continue;
+            }
+            let (group, version) = subject.api_version.rsplit_once('/').unwrap_or(("", &subject.api_version));
+            let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &subject.kind));
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &resource);
+            let found = tokio::time::timeout(WRITE_TIMEOUT, api.get(&subject.name)).await.ok().and_then(Result::ok);
+            if let Some(uid) = found.and_then(|o| o.metadata.uid) {
+                self.refs[index] = reference(subject, &self.namespace, Some(uid));
+                self.resolved[index] = true;
+            }
         }
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
-        let pod_uid = tokio::time::timeout(WRITE_TIMEOUT, pods.get(&self.pod)).await.ok().and_then(Result::ok);
-        let set_uid = tokio::time::timeout(WRITE_TIMEOUT, sets.get(&self.statefulset)).await.ok().and_then(Result::ok);
-        let complete = pod_uid.is_some() && set_uid.is_some();
-        let refs = (
-            reference("v1", "Pod", &self.namespace, &self.pod, pod_uid.and_then(|p| p.metadata.uid)),
-            reference(
-                "apps/v1",
-                "StatefulSet",
-                &self.namespace,
-                &self.statefulset,
-                set_uid.and_then(|s| s.metadata.uid),
-            ),
-        );
-        if complete {
-            self.refs = Some(refs.clone());
-        }
-        refs
     }
 
     fn event(&self, notice: &Notice, note: String, regarding: ObjectReference) -> Event {
@@ -258,7 +268,11 @@ impl Writer {
             metadata: ObjectMeta {
                 // Unique per write: the object name and the time in nanoseconds, as kubectl's
                 // recorders do.
-                name: Some(format!("{}.{:x}", regarding.name.as_deref().unwrap_or(&self.pod), now.as_nanosecond())),
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or(&self.instance),
+                    now.as_nanosecond()
+                )),
                 namespace: Some(self.namespace.clone()),
                 ..Default::default()
             },
@@ -268,19 +282,19 @@ impl Writer {
             note: Some(note),
             type_: Some(notice.severity.as_str().to_string()),
             regarding: Some(regarding),
-            reporting_controller: Some(EVENT_REPORTER.to_string()),
+            reporting_controller: Some(self.reporter.clone()),
             reporting_instance: Some(self.instance.clone()),
             ..Default::default()
         }
     }
 }
 
-fn reference(api_version: &str, kind: &str, namespace: &str, name: &str, uid: Option<String>) -> ObjectReference {
+fn reference(subject: &Subject, namespace: &str, uid: Option<String>) -> ObjectReference {
     ObjectReference {
-        api_version: Some(api_version.to_string()),
-        kind: Some(kind.to_string()),
+        api_version: Some(subject.api_version.clone()),
+        kind: Some(subject.kind.clone()),
         namespace: Some(namespace.to_string()),
-        name: Some(name.to_string()),
+        name: Some(subject.name.clone()),
         uid,
         ..Default::default()
     }
@@ -290,21 +304,24 @@ fn reference(api_version: &str, kind: &str, namespace: &str, name: &str, uid: Op
 mod tests {
     use super::*;
 
-    fn at(s: u64) -> Moment {
-        Moment::from_origin(Duration::from_secs(s))
+    fn at(s: u64) -> Instant {
+        // One origin for the whole test (tests run in parallel threads, but each calls this
+        // with the same process-wide origin).
+        static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *ORIGIN.get_or_init(Instant::now) + Duration::from_secs(s)
     }
 
     #[test]
     fn the_same_reason_passes_once_per_window_and_counts_the_rest() {
         let mut l = Limiter::new(Duration::from_secs(10));
-        assert_eq!(l.admit(Target::Pod, "SteppedDown", at(0)), Some(0));
-        assert_eq!(l.admit(Target::Pod, "SteppedDown", at(3)), None);
-        assert_eq!(l.admit(Target::Pod, "SteppedDown", at(9)), None);
+        assert_eq!(l.admit(0, "SteppedDown", at(0)), Some(0));
+        assert_eq!(l.admit(0, "SteppedDown", at(3)), None);
+        assert_eq!(l.admit(0, "SteppedDown", at(9)), None);
         // Other reasons and the other object are limited separately.
-        assert_eq!(l.admit(Target::Pod, "BecameLeader", at(9)), Some(0));
-        assert_eq!(l.admit(Target::StatefulSet, "SteppedDown", at(9)), Some(0));
-        assert_eq!(l.admit(Target::Pod, "SteppedDown", at(10)), Some(2), "two held back");
-        assert_eq!(l.admit(Target::Pod, "SteppedDown", at(21)), Some(0));
+        assert_eq!(l.admit(0, "BecameLeader", at(9)), Some(0));
+        assert_eq!(l.admit(1, "SteppedDown", at(9)), Some(0));
+        assert_eq!(l.admit(0, "SteppedDown", at(10)), Some(2), "two held back");
+        assert_eq!(l.admit(0, "SteppedDown", at(21)), Some(0));
     }
 
     #[test]
