@@ -7,7 +7,6 @@
 //! environment say `0.0.0.0` (the pod's network namespace), and the API server reaches them
 //! through `pod_network`'s proxy.
 
-use ldap_elector_contract::check::percent_encode;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,6 +19,7 @@ use k8s_openapi::api::core::v1::{Binding, Container, Node, ObjectReference, Pod}
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
+use ldap_elector_contract::check::percent_encode;
 
 use crate::bed::{kubeconfig_yaml, Bed, Token};
 use crate::process::{Child, Signal};

@@ -9,7 +9,6 @@
 //! an option so that divergence can be reproduced. The processes die with the test (see
 //! `process::Child`); `LDAP_ELECTOR_KEEP_BED=1` keeps the directory (configs, logs).
 
-use ldap_elector_contract::check::percent_encode;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapResult, Mod, Scope, SearchEntry};
+use ldap_elector_contract::check::percent_encode;
 
 use crate::bed::{free_port, random_hex};
 use crate::process::{Child, Signal};

@@ -100,8 +100,6 @@
 //! grant itself any namespaced permission. No `escalate`, `bind`, wildcard or Secret
 //! access outside its own namespace is needed.
 
-use ldap_elector_contract::api::{self, ApiError, Hints};
-use ldap_elector_contract::backoff::Backoff;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::future::Future;
@@ -125,6 +123,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use ldap_elector_contract as contract;
+use ldap_elector_contract::api::{self, ApiError, Hints};
+use ldap_elector_contract::backoff::Backoff;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;

@@ -8,7 +8,6 @@
 //! An audit of a large directory is seconds of CPU: it runs on its own OS thread with its
 //! own runtime, never on the election loop's.
 
-use crate::slapd::ldap::Probe as _;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -16,6 +15,7 @@ use tokio::sync::watch;
 use crate::clock::Moment;
 use crate::divergence::audit::{self, AuditConfig};
 use crate::divergence::policy::{self, Cadence, Edits, Outcome, PeerSchedule, PeerUrls};
+use crate::slapd::ldap::Probe as _;
 use crate::slapd::ldap::{Credentials, LdapCheck};
 
 /// How often the standbys' slapd are probed (reachability: a rejoin triggers an audit).

@@ -7,11 +7,11 @@
 //! Only the leader writes marks, with its own renew (a CAS on the Lease), so they can never
 //! be lost to a concurrent write; `ldap-elector reseed` clears one after a clean audit.
 
-use ldap_elector_contract::backoff::Backoff;
-pub use ldap_elector_contract::peers::PeerUrls;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use ldap_elector_contract::backoff::Backoff;
+pub use ldap_elector_contract::peers::PeerUrls;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Moment;

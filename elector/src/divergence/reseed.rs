@@ -12,7 +12,6 @@
 //!    checking before each audit that the target still does not lead.
 //! 4. Clears the target's mark in the Lease (compare-and-swap, other annotations kept).
 
-use crate::slapd::ldap::Probe as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,7 @@ use crate::divergence::auditor::peer_check;
 use crate::divergence::policy::{self, PeerUrls, Refusal};
 use crate::election::lease::{self, LeaseClient, LeaseError};
 use crate::slapd::ldap::Credentials;
+use crate::slapd::ldap::Probe as _;
 use ldap_elector_contract::LEASE_ANNOTATION_DIVERGED;
 
 const API_TIMEOUT: Duration = Duration::from_secs(10);

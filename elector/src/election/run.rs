@@ -10,8 +10,6 @@
 //! Stepping down is the reverse: hook `standby` first (local and fast), label standby,
 //! and on release clear the Lease's holder so a standby takes over at once.
 
-use crate::slapd::health::RunCheck as _;
-use ldap_elector_contract::backoff::{Backoff, QUICK_WATCH};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -19,6 +17,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
+use ldap_elector_contract::backoff::{Backoff, QUICK_WATCH};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +29,7 @@ use crate::election::labels::PodLabeler;
 use crate::election::lease::{self, LeaseClient, LeaseError};
 use crate::observe::probe::Heartbeat;
 use crate::slapd::fence::{FenceKeeper, WantedFence};
+use crate::slapd::health::RunCheck as _;
 use crate::slapd::watchdog::Watchdog;
 use ldap_elector_contract::{ROLE_LEADER, ROLE_STANDBY};
 

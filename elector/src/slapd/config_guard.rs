@@ -6,12 +6,12 @@
 //!
 //! [`evaluate`] is pure; [`read`] and [`check`] are the edges.
 
-use ldap_elector_contract::backoff::Backoff;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope};
+use ldap_elector_contract::backoff::Backoff;
 use serde::Serialize;
 
 use crate::divergence::audit::parse_entry;
