@@ -276,6 +276,15 @@ mod tests {
     }
 
     #[test]
+    fn a_published_csn_that_does_not_parse_never_lets_a_standby_promote() {
+        // The old text comparison skipped a leader CSN without a server ID: "caught up".
+        let mine = vec![csn("20991231235959", 1)];
+        for leader in ["20261125100000.000000Z", "20261125100000.000000Z#000000#001", "garbage"] {
+            assert!(!may_promote(&mine, &[leader.to_string()], None, at(0.0), None), "{leader}");
+        }
+    }
+
+    #[test]
     fn default_timing_is_valid() {
         assert_eq!(Timing::default().validate(), Ok(()));
     }
