@@ -20,6 +20,7 @@ use k8s_openapi::ByteString;
 use kube::api::{Api, PostParams};
 use kube::core::ClusterResourceScope;
 use kube::{Client, Resource};
+use ldap_elector_contract::api::{self, ApiError, Hints};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{debug, info};
@@ -29,7 +30,7 @@ use crate::inspect::{cert_info, merge_ca_bundle, parse_pem_certs, reissue_reason
 use crate::{CertBundle, CertError};
 
 /// Upper bound for every API call.
-pub const API_TIMEOUT: Duration = Duration::from_secs(10);
+pub use ldap_elector_contract::api::API_TIMEOUT;
 pub const SECRET_TYPE_TLS: &str = "kubernetes.io/tls";
 pub const SECRET_KEY_CERT: &str = "tls.crt";
 pub const SECRET_KEY_KEY: &str = "tls.key";
@@ -40,15 +41,8 @@ const MAX_ATTEMPTS: usize = 4;
 /// Errors of the Kubernetes edge.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{op} got no answer within {timeout:?}; check that the API server is reachable, then retry")]
-    Timeout { op: String, timeout: Duration },
-    #[error("{op} failed: {source}{hint}")]
-    Api {
-        op: String,
-        hint: &'static str,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Api(#[from] ApiError),
     #[error(
         "Secret {namespace}/{name} has type {found:?}, not {SECRET_TYPE_TLS}, and the type cannot \
          change; delete the Secret so it is recreated"
@@ -67,7 +61,7 @@ pub enum StoreError {
 
 impl StoreError {
     fn is_conflict(&self) -> bool {
-        matches!(self, StoreError::Api { source: kube::Error::Api(status), .. } if status.code == 409)
+        matches!(self, StoreError::Api(e) if e.status_code() == Some(409))
     }
 }
 
@@ -216,24 +210,15 @@ async fn publish<K: WebhookConfiguration>(client: Client, name: &str, ca_pem: &s
 
 /// Runs one API call under [`API_TIMEOUT`].
 async fn call<T>(op: String, request: impl Future<Output = Result<T, kube::Error>>) -> Result<T, StoreError> {
-    match tokio::time::timeout(API_TIMEOUT, request).await {
-        Err(_) => Err(StoreError::Timeout { op, timeout: API_TIMEOUT }),
-        Ok(Err(source)) => Err(StoreError::Api { hint: hint(&source), op, source }),
-        Ok(Ok(value)) => Ok(value),
-    }
+    Ok(api::call(op, API_TIMEOUT, &HINTS, request).await?)
 }
 
-fn hint(error: &kube::Error) -> &'static str {
-    match error {
-        kube::Error::Api(status) => match status.code {
-            401 => "; the webhook's credentials were rejected: check its ServiceAccount token",
-            403 => "; RBAC denies it: grant the webhook's ServiceAccount this verb on this object",
-            422 => "; the object was rejected as invalid (immutable Secret?): delete it so it is recreated",
-            _ => "",
-        },
-        _ => "; check the network path to the API server",
-    }
-}
+const HINTS: Hints = Hints {
+    unauthorized: "; the webhook's credentials were rejected: check its ServiceAccount token",
+    forbidden: "; RBAC denies it: grant the webhook's ServiceAccount this verb on this object",
+    conflict: "",
+    invalid: "; the object was rejected as invalid (immutable Secret?): delete it so it is recreated",
+};
 
 fn log_issued(what: &str, action: &str, reason: &str, bundle: &CertBundle) {
     let not_after = parse_pem_certs(&bundle.cert_pem, "serving certificate")
@@ -324,22 +309,24 @@ mod tests {
 
     #[test]
     fn conflicts_are_recognised_for_retry_and_other_errors_carry_a_hint() {
-        let api_error = |code| StoreError::Api {
-            op: "x".into(),
-            hint: "",
-            source: kube::Error::Api(kube::core::Status::failure("m", "r").with_code(code).boxed()),
+        let api_error = |code| {
+            StoreError::Api(ApiError::Failed {
+                op: "x".into(),
+                hint: "",
+                source: kube::Error::Api(kube::core::Status::failure("m", "r").with_code(code).boxed()),
+            })
         };
         assert!(api_error(409).is_conflict());
         assert!(!api_error(403).is_conflict());
         let forbidden = kube::Error::Api(kube::core::Status::failure("m", "Forbidden").with_code(403).boxed());
-        assert!(hint(&forbidden).contains("RBAC"));
+        assert!(HINTS.for_error(&forbidden).contains("RBAC"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_api_call_that_hangs_times_out() {
         let hung = std::future::pending::<Result<(), kube::Error>>();
         let err = call("reading Secret ns/x".into(), hung).await.expect_err("timeout");
-        assert!(matches!(err, StoreError::Timeout { timeout, .. } if timeout == API_TIMEOUT));
+        assert!(matches!(err, StoreError::Api(ApiError::Timeout { timeout, .. }) if timeout == API_TIMEOUT));
         assert!(err.to_string().contains("reading Secret ns/x"));
     }
 }

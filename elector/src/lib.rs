@@ -1,29 +1,13 @@
 //! ldap-elector: Lease-based leader election for an OpenLDAP Mirror-Mode pair.
 //!
-//! Pure cores (`decide`, `contract`, the patch and Lease transformations) are kept apart
-//! from the edges that do I/O (`run`, `lease::LeaseClient`, `labels::PodLabeler`).
-pub mod args;
-pub mod audit;
+//! Pure cores (`election::decide`, the patch and Lease transformations, the audit's
+//! judgement) are kept apart from the edges that do I/O (`election::run`,
+//! `election::lease::LeaseClient`, `election::labels::PodLabeler`, `slapd`). The names and
+//! value syntax shared with the webhook live in the `ldap-elector-contract` crate.
+pub mod app;
 pub mod cli;
 pub mod clock;
-pub mod config_guard;
-pub mod contract;
-pub mod decide;
-pub mod divergence_audit;
-pub mod divergence_policy;
-pub mod events;
-pub mod fence;
-pub mod health;
-pub mod hook;
-pub mod labels;
-pub mod ldap;
-pub mod lease;
-pub mod metrics;
-pub mod ops;
-pub mod probe;
-pub mod publish;
-pub mod reseed;
-pub mod run;
-pub mod status;
-pub mod switchover;
-pub mod watchdog;
+pub mod divergence;
+pub mod election;
+pub mod observe;
+pub mod slapd;

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{EnvVar, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use serde_json::json;
 
 use crate::kubelet::Runner;

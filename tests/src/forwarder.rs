@@ -178,7 +178,7 @@ fn publish(state: &Mutex<State>, slices: &BTreeMap<String, Vec<String>>) {
 /// kube-proxy does from its own watch; a re-list replaces what the watch had built.
 async fn watch_slices(api: Api<EndpointSlice>, selector: String, state: Arc<Mutex<State>>) {
     let config = watcher::Config::default().labels(&selector);
-    let mut events = watcher(api, config).backoff(ldap_elector::run::QuickBackoff::default()).boxed();
+    let mut events = watcher(api, config).backoff(ldap_elector_contract::backoff::QUICK_WATCH.delays()).boxed();
     let mut slices: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut relist: Option<BTreeMap<String, Vec<String>>> = None;
     while let Some(event) = events.next().await {

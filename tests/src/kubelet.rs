@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::{Binding, Container, Node, ObjectReference, Pod}
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
+use ldap_elector_contract::check::percent_encode;
 
 use crate::bed::{kubeconfig_yaml, Bed, Token};
 use crate::process::{Child, Signal};
@@ -193,7 +194,7 @@ fn now() -> String {
 async fn run(inner: Arc<Inner>) {
     let pods: Api<Pod> = Api::all(inner.client.clone());
     let mut events =
-        watcher(pods, watcher::Config::default()).backoff(ldap_elector::run::QuickBackoff::default()).boxed();
+        watcher(pods, watcher::Config::default()).backoff(ldap_elector_contract::backoff::QUICK_WATCH.delays()).boxed();
     while let Some(event) = events.next().await {
         let pod = match event {
             Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,
@@ -418,18 +419,6 @@ fn rewrite_path(value: &str, mount: &str, local: &str) -> String {
         out = result;
     }
     out
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// What a kubelet does on pod deletion: SIGTERM every process, SIGKILL after the grace

@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use serde_json::json;
 
 use crate::electors::{elector_binary, WRITE_SERVICE};

@@ -9,7 +9,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ldap_elector::contract::SIDECAR_CONTAINER;
+use ldap_elector_contract::SIDECAR_CONTAINER;
 
 use crate::electors::Pair;
 use crate::process::Signal;
@@ -135,7 +135,7 @@ pub async fn partitions(pair: &Pair, proxies: &[Proxy], runs: usize, settle: Dur
     let mut result = Partitions::default();
     for run in 0..runs {
         let leader = pair.leader(Duration::from_secs(60)).await?;
-        let ordinal = ldap_elector::contract::split_pod_name(&leader).map_or(usize::MAX, |(_, o)| o as usize);
+        let ordinal = ldap_elector_contract::split_pod_name(&leader).map_or(usize::MAX, |(_, o)| o as usize);
         let proxy = proxies.get(ordinal).with_context(|| format!("no proxy for {leader}"))?;
         let fault = Instant::now();
         proxy.set(Mode::Cut);

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
-use ldap_elector::contract::{LABEL_ROLE, ROLE_LEADER};
+use ldap_elector_contract::{LABEL_ROLE, ROLE_LEADER};
 
 /// The pseudo pod name of endpoint entries in the timeline.
 const ENDPOINTS: &str = "(write Service endpoints)";
@@ -56,7 +56,7 @@ async fn follow<K, V>(
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     V: PartialEq + Send + 'static,
 {
-    let mut events = watcher(api, config).backoff(ldap_elector::run::QuickBackoff::default()).boxed();
+    let mut events = watcher(api, config).backoff(ldap_elector_contract::backoff::QUICK_WATCH.delays()).boxed();
     let mut relist: Option<BTreeMap<String, V>> = None;
     while let Some(event) = events.next().await {
         let updates: Vec<(String, Option<V>)> = match event {

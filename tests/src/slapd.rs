@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapResult, Mod, Scope, SearchEntry};
+use ldap_elector_contract::check::percent_encode;
 
 use crate::bed::{free_port, random_hex};
 use crate::process::{Child, Signal};
@@ -695,18 +696,6 @@ pub fn sbin(name: &str) -> PathBuf {
     } else {
         PathBuf::from(name)
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn tail(s: &str, lines: usize) -> String {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ldap3::{Scope, SearchEntry};
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use tokio_util::sync::CancellationToken;
 
 use crate::electors::Pair;

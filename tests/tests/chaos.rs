@@ -34,7 +34,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::Api;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_tests::electors::{elector_binary, Pair, PairOptions};
 use ldap_elector_tests::forwarder::Forwarder;
 use ldap_elector_tests::process::Signal;

@@ -17,7 +17,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use k8s_openapi::ByteString;
 use kube::api::{ListParams, PostParams};
 use kube::Api;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::{binaries, random_hex};
 use ldap_elector_tests::{fixtures, wait_for, Bed};
 use serde_json::{json, Value};

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ldap3::Mod;
-use ldap_elector::audit::{self, AuditConfig, DiffKind, Report, Verdict};
-use ldap_elector::config_guard;
-use ldap_elector::ldap::Credentials;
+use ldap_elector::divergence::audit::{self, AuditConfig, DiffKind, Report, Verdict};
+use ldap_elector::slapd::config_guard;
+use ldap_elector::slapd::ldap::Credentials;
 use ldap_elector_tests::divergence::{self, description, dn, Outcome, CATCH_UP};
 use ldap_elector_tests::electors::elector_binary;
 use ldap_elector_tests::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, PEOPLE, SUFFIX};
@@ -181,7 +181,7 @@ async fn without_the_session_log_the_returning_node_catches_up_and_the_audit_say
 
     // SASL EXTERNAL over ldapi on one side reads the same entries.
     let mut config = audit_config(&pair)?;
-    config.a = ldap_elector::ldap::LdapCheck::parse(&format!("{}?base={SUFFIX}", pair.node(1).ldapi_url()))
+    config.a = ldap_elector::slapd::ldap::LdapCheck::parse(&format!("{}?base={SUFFIX}", pair.node(1).ldapi_url()))
         .map_err(anyhow::Error::msg)?;
     let report = audit::audit(&config).await?;
     assert_eq!(report.verdict, Verdict::InSync, "{}", report.render());

@@ -29,7 +29,7 @@ fn flags(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String, Option<
 fn every_flag_and_its_environment_variable_is_documented() {
     let doc = repo_file("docs/reference.md");
     let mut all = Vec::new();
-    flags(&ldap_elector::args::Cli::command(), "ldap-elector", &mut all);
+    flags(&ldap_elector::cli::args::Cli::command(), "ldap-elector", &mut all);
     flags(&ldap_elector_webhook::args::Args::command(), "ldap-elector-webhook", &mut all);
     assert!(all.len() > 30, "clap reported only {} flags: the walk is broken", all.len());
     let missing: Vec<String> = all
@@ -47,11 +47,11 @@ fn every_flag_and_its_environment_variable_is_documented() {
 #[test]
 fn every_annotation_and_label_of_the_contract_is_documented() {
     let doc = repo_file("docs/reference.md");
-    let contract = repo_file("elector/src/contract.rs");
-    let prefix = format!("\"{}/", ldap_elector::contract::DOMAIN);
+    let contract = repo_file("contract/src/names.rs");
+    let prefix = format!("\"{}/", ldap_elector_contract::DOMAIN);
     let names: Vec<&str> =
         contract.match_indices(&prefix).filter_map(|(at, _)| contract[at + 1..].split('"').next()).collect();
-    assert!(names.contains(&ldap_elector::contract::ANNOTATION_INJECT), "the scan found {names:?}");
+    assert!(names.contains(&ldap_elector_contract::ANNOTATION_INJECT), "the scan found {names:?}");
     let missing: Vec<&&str> = names.iter().filter(|n| !doc.contains(&format!("`{n}`"))).collect();
     assert!(missing.is_empty(), "not in docs/reference.md: {missing:?}");
 }

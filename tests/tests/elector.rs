@@ -7,7 +7,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_tests::electors::Pair;
 use ldap_elector_tests::process::Signal;
 use ldap_elector_tests::wait_for;

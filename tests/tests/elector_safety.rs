@@ -14,8 +14,8 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
-use ldap_elector::contract;
-use ldap_elector::decide::{Timing, MAX_CLOCK_DRIFT};
+use ldap_elector::election::decide::{Timing, MAX_CLOCK_DRIFT};
+use ldap_elector_contract as contract;
 use ldap_elector_tests::ldap_rig::{self, ordinal, LdapRig};
 use ldap_elector_tests::process::Signal;
 use ldap_elector_tests::wait_for;
@@ -126,7 +126,10 @@ async fn a_leader_with_a_stalled_slapd_keeps_the_lease_until_it_expires() -> any
         "{standby} took the Lease (term {}) {waited:?} after {leader}'s last renew; lease {lease:?}",
         taken.transitions
     );
-    assert!(waited >= bound, "{standby} acquired {waited:?} after the last renew, before the lease expired ({bound:?})");
+    assert!(
+        waited >= bound,
+        "{standby} acquired {waited:?} after the last renew, before the lease expired ({bound:?})"
+    );
 
     // Once slapd runs again, the fences follow the Lease.
     rig.wait_fences(&standby, &leader, FENCE).await?;

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ldap_elector::contract::metric;
+use ldap_elector_contract::metric;
 use serde_json::Value;
 
 /// How long the bed may take to print its export lines (it may build the binaries first).

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_tests::electors::elector_binary;
 use ldap_elector_tests::kubelet::Runner;
 use ldap_elector_tests::observer::Observer;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::Api;
-use ldap_elector::contract::{self, event_reason, metric};
+use ldap_elector_contract::{self as contract, event_reason, metric};
 use ldap_elector_tests::electors::{Pair, PairOptions};
 use ldap_elector_tests::process::Signal;
 use ldap_elector_tests::wait_for;

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::PostParams;
 use kube::Api;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_tests::electors::{Pair, PairOptions};
 use ldap_elector_tests::forwarder::Forwarder;
 use ldap_elector_tests::process::Signal;
@@ -284,7 +284,7 @@ impl Rig {
         let mut last = String::from("not read yet");
         let fenced_by = Instant::now() + Duration::from_secs(5);
         for _ in 0..50 {
-            match ldap_elector::ldap::is_read_only(&ldapi, slapd::DATA_DB, Duration::from_secs(1)).await {
+            match ldap_elector::slapd::ldap::is_read_only(&ldapi, slapd::DATA_DB, Duration::from_secs(1)).await {
                 Ok(true) => {
                     last = "olcReadOnly TRUE".into();
                     break;

@@ -4,8 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use ldap_elector::health::HealthCheck;
-use ldap_elector::ldap::{self, Credentials};
+use ldap_elector::slapd::health::HealthCheck;
+use ldap_elector::slapd::health::RunCheck as _;
+use ldap_elector::slapd::ldap::Probe as _;
+use ldap_elector::slapd::ldap::{self, Credentials};
 use ldap_elector_tests::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, DATA_DB, SUFFIX};
 use ldap_elector_tests::wait_for;
 

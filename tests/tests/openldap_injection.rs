@@ -29,7 +29,7 @@ use anyhow::Context;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::Api;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::random_hex;
 use ldap_elector_tests::ldap_rig::{ordinal, LdapRig, NAMESPACE, SOCKET_DIR, STATEFULSET};
 use ldap_elector_tests::process::Signal;

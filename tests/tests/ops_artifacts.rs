@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ldap_elector::contract::metric;
+use ldap_elector_contract::metric;
 use ldap_elector_tests::bed::binaries;
 use serde_json::Value;
 

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use ldap_elector::audit::{self, AuditConfig, Verdict};
-use ldap_elector::contract;
-use ldap_elector::divergence_policy::parse_marks;
-use ldap_elector::ldap::Credentials;
+use ldap_elector::divergence::audit::{self, AuditConfig, Verdict};
+use ldap_elector::divergence::policy::parse_marks;
+use ldap_elector::slapd::ldap::Credentials;
+use ldap_elector_contract as contract;
 use ldap_elector_tests::electors::{elector_binary, Pair, PairOptions};
 use ldap_elector_tests::process::Signal;
 use ldap_elector_tests::slapd::{self, MirrorPair, SUFFIX};

@@ -21,7 +21,7 @@ use anyhow::Context;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_tests::electors::{elector_binary, Pair, PairOptions, WRITE_SERVICE};
 use ldap_elector_tests::ldap_rig::{self, ordinal, LdapRig};
 use ldap_elector_tests::wait_for;

@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube::Api;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_tests::webhook::{Webhook, WEBHOOK_CONFIG};
 use ldap_elector_tests::{fixtures, wait_for, Bed};
 use rustls::crypto::ring::{cipher_suite as cs, kx_group as kx};

@@ -19,7 +19,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::free_port;
 use ldap_elector_tests::electors::create_identity;
 use ldap_elector_tests::webhook::{http_status, webhook_identity, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA};

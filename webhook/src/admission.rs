@@ -19,7 +19,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 
 use crate::cluster::Cluster;
 use crate::inject::{self, Decision, InjectConfig};

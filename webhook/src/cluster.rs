@@ -13,7 +13,7 @@
 //! an elector carries no role label, so the write Service does not select it (safe, but
 //! uninjected until it is recreated).
 //!
-//! Write Services: only the ones carrying our mark ([`ldap_elector::contract::LABEL_STATEFULSET`]) are
+//! Write Services: only the ones carrying our mark ([`ldap_elector_contract::LABEL_STATEFULSET`]) are
 //! cached — those are the ones that already select the leader in steady state, so a pod
 //! creation costs no request; anything else (unmarked, missing, or not selecting the leader
 //! in the cache) is read live, because refusing or admitting a pod on a stale view would

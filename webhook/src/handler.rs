@@ -136,7 +136,7 @@ mod tests {
     use k8s_openapi::api::apps::v1::StatefulSet;
     use k8s_openapi::api::core::v1::Service;
     use kube::core::admission::AdmissionResponse;
-    use ldap_elector::contract;
+    use ldap_elector_contract as contract;
     use serde_json::json;
     use std::sync::Mutex;
 

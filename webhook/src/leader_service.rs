@@ -14,7 +14,7 @@ use jsonptr::PointerBuf;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use serde_json::json;
 
 /// What to do with a Service's selector.

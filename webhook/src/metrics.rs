@@ -4,8 +4,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use ldap_elector::contract::metric;
-use ldap_elector::metrics::{self, Family, Histogram, Kind, LabeledCounter2, Sample};
+use ldap_elector_contract::metric;
+use ldap_elector_contract::prometheus::{self as metrics, Family, Histogram, Kind, LabeledCounter2, Sample};
 
 use crate::tls::ReloadingCert;
 

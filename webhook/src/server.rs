@@ -140,11 +140,11 @@ where
             "/livez" => text(StatusCode::OK, "ok"),
             "/readyz" if ready() => text(StatusCode::OK, "ok"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
-            ldap_elector::metrics::METRICS_PATH => {
+            ldap_elector_contract::prometheus::METRICS_PATH => {
                 let mut r = text(StatusCode::OK, metrics());
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static(ldap_elector::metrics::CONTENT_TYPE),
+                    http::HeaderValue::from_static(ldap_elector_contract::prometheus::CONTENT_TYPE),
                 );
                 r
             }

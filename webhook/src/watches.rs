@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 

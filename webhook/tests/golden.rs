@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use kube::core::DynamicObject;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_webhook::admission::{answer, decode, ReviewError};
 use ldap_elector_webhook::cluster::FixedCluster;
 use ldap_elector_webhook::inject::{inject, Decision, InjectConfig, SkipReason};

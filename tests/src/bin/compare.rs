@@ -34,7 +34,7 @@ use anyhow::Context;
 use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
-use ldap_elector::contract::{self, SIDECAR_CONTAINER};
+use ldap_elector_contract::{self as contract, SIDECAR_CONTAINER};
 use ldap_elector_tests::electors::{Pair, PairOptions};
 use ldap_elector_tests::measure::{self, DualLeaders, Machine, Partitions, SteadyState};
 use ldap_elector_tests::process::Signal;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_tests::electors::{Pair, PairOptions, WRITE_SERVICE};
 use ldap_elector_tests::process::Signal;
 use ldap_elector_tests::wait_for;
@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
     say(t0, &format!("failover {leader} -> {next} after {:.2}s", fault.elapsed().as_secs_f64()));
 
     say(t0, &format!("restart {leader}'s elector: it comes back as standby"));
-    pair.kubelet.restart(&pair.namespace, &leader, ldap_elector::contract::SIDECAR_CONTAINER).await?;
+    pair.kubelet.restart(&pair.namespace, &leader, ldap_elector_contract::SIDECAR_CONTAINER).await?;
     wait_for("the restarted elector to start", Duration::from_secs(20), || async {
         if pair.log(&leader).matches("elector started").count() >= 2 {
             Ok(())

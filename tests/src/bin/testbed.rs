@@ -3,7 +3,7 @@
 //! elector sidecars (`ldap-elector`) as local processes; print how to use it; keep it running
 //! until Ctrl-C (or SIGTERM), then tear everything down. docs/getting-started.md walks through
 //! it, and tests/tests/getting_started.rs runs that walk-through against this binary.
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::BedOptions;
 use ldap_elector_tests::electors::{elector_binary, webhook_debug_binary};
 use ldap_elector_tests::kubelet::Runner;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     EnvVar, EnvVarSource, KeyToPath, PodSpec, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
 };
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 
 use super::template::env_value;
 use super::{InjectConfig, InjectError};
@@ -97,13 +97,13 @@ pub(super) fn audit_plan(
     };
     let mut env = Vec::new();
     if let Some(peers) = get(contract::ANNOTATION_AUDIT_PEERS) {
-        ldap_elector::divergence_policy::PeerUrls::parse(peers)
+        ldap_elector_contract::peers::PeerUrls::parse(peers)
             .map_err(|e| invalid(contract::ANNOTATION_AUDIT_PEERS, peers, e))?;
         env.push(env_value(contract::ENV_AUDIT_PEERS, peers.to_string()));
     }
     if let Some(interval) = get(contract::ANNOTATION_AUDIT_INTERVAL) {
         if !matches!(interval, "0" | "off") {
-            ldap_elector::args::parse_duration(interval)
+            ldap_elector_contract::duration::parse_duration(interval)
                 .map_err(|e| invalid(contract::ANNOTATION_AUDIT_INTERVAL, interval, e))?;
         }
         env.push(env_value(contract::ENV_AUDIT_INTERVAL, interval.to_string()));
@@ -119,7 +119,7 @@ pub(super) fn audit_plan(
         return Err(InjectError::NameConflict { what: "volume", name: contract::BIND_SECRET_VOLUME });
     }
     env.push(EnvVar {
-        name: ldap_elector::ldap::ENV_LDAP_BIND_DN.to_string(),
+        name: ldap_elector_contract::ENV_LDAP_BIND_DN.to_string(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: secret.to_string(),
@@ -131,7 +131,7 @@ pub(super) fn audit_plan(
         ..Default::default()
     });
     let password_file = format!("{}/{}", contract::BIND_SECRET_MOUNT_PATH, contract::BIND_SECRET_KEY_PASSWORD);
-    env.push(env_value(ldap_elector::ldap::ENV_LDAP_BIND_PASSWORD_FILE, password_file));
+    env.push(env_value(ldap_elector_contract::ENV_LDAP_BIND_PASSWORD_FILE, password_file));
     let volume = Volume {
         name: contract::BIND_SECRET_VOLUME.to_string(),
         secret: Some(SecretVolumeSource {
@@ -169,7 +169,7 @@ fn is_subdomain(name: &str) -> bool {
 mod tests {
     use super::super::testing::*;
     use super::super::InjectError;
-    use ldap_elector::contract;
+    use ldap_elector_contract as contract;
     use serde_json::{json, Value};
 
     #[test]
@@ -185,7 +185,7 @@ mod tests {
         let peers = json!({"name": contract::ENV_AUDIT_PEERS, "value": "ldap://{pod}.ldap:389?base=dc=example,dc=org"});
         assert!(env.contains(&peers), "{env:?}");
         assert!(env.contains(&json!({"name": contract::ENV_AUDIT_INTERVAL, "value": "300s"})));
-        let dn = json!({"name": ldap_elector::ldap::ENV_LDAP_BIND_DN,
+        let dn = json!({"name": ldap_elector_contract::ENV_LDAP_BIND_DN,
             "valueFrom": {"secretKeyRef": {"name": "ldap-auditor", "key": contract::BIND_SECRET_KEY_DN}}});
         assert!(env.contains(&dn), "{env:?}");
         let volume =

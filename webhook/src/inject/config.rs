@@ -1,6 +1,6 @@
 //! The webhook's sidecar settings (from its flags), validated once at start-up.
 
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 
 /// The apiserver refuses projected tokens shorter-lived than this.
 const MIN_TOKEN_EXPIRATION_SECONDS: i64 = 600;

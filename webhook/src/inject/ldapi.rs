@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use jsonptr::Token;
 use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, EnvVar, PodSpec, Volume, VolumeMount};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 
 use super::patch::{ptr, PatchOps};
 use super::template::env_value;
@@ -148,7 +148,7 @@ pub(super) fn ldapi_plan(
         .map(|(list, index, c)| (*list, *index, c.volume_mounts.is_some(), mount(None)))
         .collect();
 
-    let socket = format!("ldapi://{}", percent_encode(&format!("{dir}/{}", contract::LDAPI_SOCKET_NAME), b""));
+    let socket = ldap_elector_contract::check::ldapi_url(&format!("{dir}/{}", contract::LDAPI_SOCKET_NAME));
     let mut env = vec![env_value(contract::ENV_FENCE_LDAPI, socket.clone())];
     if let Some(db) = get(contract::ANNOTATION_FENCE_DATABASE) {
         env.push(env_value(contract::ENV_FENCE_DATABASE, fence_database(db)?));
@@ -166,10 +166,10 @@ pub(super) fn ldapi_plan(
             return Err(invalid("control characters are not allowed".into()));
         }
         // `=` and `,` stay readable; the elector decodes the rest.
-        let check = format!("{socket}?base={}", percent_encode(suffix, b"=,"));
+        let check = ldap_elector_contract::check::with_base(&socket, suffix);
         // Parsed as the elector will parse it, so a bad value is denied here instead of
         // crash-looping the sidecar.
-        ldap_elector::ldap::LdapCheck::parse(&check).map_err(invalid)?;
+        ldap_elector_contract::check::LdapCheck::parse(&check).map_err(invalid)?;
         env.push(env_value(contract::ENV_HEALTH_CHECK, check));
     }
     Ok(Some(LdapiPlan { volume: volume.clone(), add_volume, mounts, sidecar_mount: mount(Some(true)), env }))
@@ -256,24 +256,11 @@ fn fence_database(raw: &str) -> Result<String, InjectError> {
     Ok(db.to_string())
 }
 
-/// `%XX` for every byte but ASCII alphanumerics, `-._~` and `keep` (ldapi URLs: `/` → `%2F`).
-fn percent_encode(s: &str, keep: &[u8]) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
     use super::super::{Decision, InjectError, SkipReason, DEFAULT_TOKEN_VOLUME_PREFIX};
-    use ldap_elector::contract;
+    use ldap_elector_contract as contract;
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
@@ -309,12 +296,12 @@ mod tests {
         let health = env(&out, contract::ENV_HEALTH_CHECK).unwrap();
         assert_eq!(health, "ldapi://%2Frun%2Fslapd%2Fldapi?base=dc=example,dc=org");
         // The elector reads both as meant: SASL EXTERNAL over the socket, the suffix's contextCSN.
-        let creds = ldap_elector::ldap::Credentials::default();
-        match ldap_elector::health::HealthCheck::parse_with(health, &creds) {
-            Ok(ldap_elector::health::HealthCheck::Ldap(check)) => {
+        let creds = ldap_elector_contract::check::Credentials::default();
+        match ldap_elector_contract::check::HealthCheck::parse_with(health, &creds) {
+            Ok(ldap_elector_contract::check::HealthCheck::Ldap(check)) => {
                 assert_eq!(check.url, "ldapi://%2Frun%2Fslapd%2Fldapi");
                 assert_eq!(check.base, "dc=example,dc=org");
-                assert_eq!(check.bind, ldap_elector::ldap::Bind::SaslExternal);
+                assert_eq!(check.bind, ldap_elector_contract::check::Bind::SaslExternal);
             }
             other => panic!("{other:?}"),
         }
@@ -344,7 +331,8 @@ mod tests {
                 &pod_json(),
                 &decide(&pod_json(), Some(&ldap_owner(&[(contract::ANNOTATION_LDAP_SUFFIX, suffix)]))).unwrap(),
             );
-            let check = ldap_elector::ldap::LdapCheck::parse(env(&out, contract::ENV_HEALTH_CHECK).unwrap()).unwrap();
+            let check =
+                ldap_elector_contract::check::LdapCheck::parse(env(&out, contract::ENV_HEALTH_CHECK).unwrap()).unwrap();
             assert_eq!(check.base, suffix);
         }
     }

@@ -37,7 +37,7 @@ use jsonptr::Token;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ContainerPort, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 
 pub use config::{ConfigError, InjectConfig, SidecarResources};
 

@@ -7,7 +7,7 @@ use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOp
 use jsonptr::{PointerBuf, Token};
 use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use serde::Serialize;
 
 use super::template::runtime_default;
@@ -151,7 +151,7 @@ fn set_map_entry(
 mod tests {
     use super::super::testing::*;
     use super::super::Decision;
-    use ldap_elector::contract;
+    use ldap_elector_contract as contract;
     use serde_json::json;
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

@@ -15,7 +15,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -274,7 +274,7 @@ impl Reconciler {
                 Ok(_) => {
                     info!(namespace = ns, statefulset = sts, kind = %kind, name = %name, action = "deleted", "deleted generated object")
                 }
-                Err(ReconcileError::Api { source: kube::Error::Api(status), .. }) if status.code == 404 => {}
+                Err(ReconcileError::Api(e)) if e.status_code() == Some(404) => {}
                 Err(e) => return Err(e),
             }
         }

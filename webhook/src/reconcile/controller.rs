@@ -14,7 +14,8 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
+use ldap_elector_contract::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -167,7 +168,7 @@ fn error_policy(sts: Arc<StatefulSet>, error: &ReconcileError, ctx: Arc<Reconcil
         *n = n.saturating_add(1);
         *n
     };
-    let delay = BACKOFF_MIN.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(BACKOFF_MAX);
+    let delay = Backoff::new(BACKOFF_MIN, BACKOFF_MAX).delay(attempt.saturating_sub(1));
     warn!(
         namespace = sts.namespace().unwrap_or_default(),
         statefulset = sts.name_any(),

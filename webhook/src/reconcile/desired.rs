@@ -12,7 +12,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use ldap_elector::contract;
+use ldap_elector_contract as contract;
 
 use super::ReconcileError;
 use crate::inject;

@@ -39,7 +39,8 @@ mod desired;
 mod rbac;
 
 use std::future::Future;
-use std::time::Duration;
+
+use ldap_elector_contract::api::{self, ApiError, Hints};
 
 pub use controller::{run_reconciler, run_reconciler_on};
 pub use desired::{desired, elector_replicas, ldap_network_policy, DesiredObjects};
@@ -48,20 +49,13 @@ pub use rbac::{cluster_role_rules, namespace_role_rules};
 /// The one field manager of every server-side apply (see "Several webhook replicas").
 pub const FIELD_MANAGER: &str = "ldap-elector-webhook";
 /// Upper bound for every API call.
-pub const API_TIMEOUT: Duration = Duration::from_secs(10);
+pub use ldap_elector_contract::api::API_TIMEOUT;
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error("StatefulSet has no {0}; cannot derive its objects")]
     Incomplete(&'static str),
-    #[error("{op} got no answer within {API_TIMEOUT:?}; check that the API server is reachable")]
-    Timeout { op: String },
-    #[error("{op} failed: {source}{hint}")]
-    Api {
-        op: String,
-        hint: &'static str,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Api(#[from] ApiError),
     #[error("cannot serialise the patch for {op}: {source}")]
     Serialize {
         op: String,
@@ -72,21 +66,12 @@ pub enum ReconcileError {
 
 /// Runs one API call under [`API_TIMEOUT`].
 async fn call<T>(op: &str, request: impl Future<Output = Result<T, kube::Error>>) -> Result<T, ReconcileError> {
-    match tokio::time::timeout(API_TIMEOUT, request).await {
-        Err(_) => Err(ReconcileError::Timeout { op: op.to_string() }),
-        Ok(Err(source)) => Err(ReconcileError::Api { op: op.to_string(), hint: hint(&source), source }),
-        Ok(Ok(value)) => Ok(value),
-    }
+    Ok(api::call(op, API_TIMEOUT, &HINTS, request).await?)
 }
 
-fn hint(error: &kube::Error) -> &'static str {
-    match error {
-        kube::Error::Api(status) => match status.code {
-            403 => "; RBAC denies it: grant the webhook's ServiceAccount the rules of the chart's ClusterRole (templates/clusterrole.yaml)",
-            409 => "; changed concurrently, will retry",
-            422 => "; rejected as invalid (an existing object with this name and an immutable field?)",
-            _ => "",
-        },
-        _ => "; check the network path to the API server",
-    }
-}
+const HINTS: Hints = Hints {
+    unauthorized: "",
+    forbidden: "; RBAC denies it: grant the webhook's ServiceAccount the rules of the chart's ClusterRole (templates/clusterrole.yaml)",
+    conflict: "; changed concurrently, will retry",
+    invalid: "; rejected as invalid (an existing object with this name and an immutable field?)",
+};

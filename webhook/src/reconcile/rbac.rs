@@ -60,7 +60,7 @@ pub fn namespace_role_rules(secret: &str) -> Vec<PolicyRule> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ldap_elector::contract;
+    use ldap_elector_contract as contract;
 
     #[test]
     fn no_wildcard_escalate_or_bind() {

@@ -1,0 +1,7 @@
+//! The election: the pure decision, the Lease and the pod labels it writes, the loop that
+//! carries it out, and planned handovers (switchover).
+pub mod decide;
+pub mod labels;
+pub mod lease;
+pub mod run;
+pub mod switchover;

@@ -1,0 +1,324 @@
+//! Write fencing of the local slapd: the built-in fence toggles `olcReadOnly` of the data
+//! database over ldapi (SASL EXTERNAL, cn=config) — client writes then fail with 53 even on
+//! connections kube-proxy keeps open, while syncrepl still applies replicated changes —
+//! and the generic role-change hook runs a command with the new role. Either or both.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Moment;
+use crate::slapd::hook::RoleHook;
+use crate::slapd::ldap;
+use ldap_elector_contract::{ROLE_LEADER, ROLE_STANDBY};
+
+/// The built-in fence: which slapd and which database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LdapFence {
+    pub ldapi_url: String,
+    pub database_dn: String,
+}
+
+pub struct Fence {
+    ldap: Option<LdapFence>,
+    hook: RoleHook,
+    timeout: Duration,
+}
+
+impl Fence {
+    pub fn new(ldap: Option<LdapFence>, hook_command: Option<String>, timeout: Duration) -> Self {
+        Fence { ldap, hook: RoleHook::new(hook_command, timeout), timeout }
+    }
+
+    /// Whether anything is configured (otherwise the elector only labels).
+    pub fn is_configured(&self) -> bool {
+        self.ldap.is_some() || self.hook.is_configured()
+    }
+
+    /// Makes the local slapd writable (`leader`) or read-only (anything else); true when
+    /// every configured step succeeded. A timed-out `olcReadOnly` change stays queued in
+    /// slapd and applies later (see `ldap::set_read_only`).
+    pub async fn apply(&self, role: &str) -> bool {
+        self.apply_while(role, &|| true).await
+    }
+
+    /// [`Fence::apply`], asking `still` immediately before each step that would make slapd
+    /// writable; a `false` stops there (the wish expired while the keeper waited).
+    async fn apply_while(&self, role: &str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+        self.apply_ldap(role, still).await && (role != ROLE_LEADER || still()) && self.hook.run(role).await
+    }
+
+    /// The built-in fence only; true when slapd confirmed the state by reading it back, or
+    /// when slapd is not running (nothing accepts writes then; the keeper re-applies the fence
+    /// when it answers again).
+    async fn apply_ldap(&self, role: &str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+        let Some(f) = &self.ldap else { return true };
+        let read_only = role != ROLE_LEADER;
+        let started = std::time::Instant::now();
+        let proceed = || read_only || still();
+        match ldap::set_read_only_if(&f.ldapi_url, &f.database_dn, read_only, self.timeout, &proceed).await {
+            Ok(()) => {
+                tracing::info!(role, read_only, millis = started.elapsed().as_millis() as u64, "slapd fence set");
+                true
+            }
+            Err(e @ ldap::LdapError::NotRunning { .. }) if read_only => {
+                tracing::info!(role, error = %e, "slapd is not running: nothing accepts writes");
+                true
+            }
+            Err(e @ ldap::LdapError::Withdrawn { .. }) => {
+                tracing::warn!(role, error = %e, "the leader's deadline passed before slapd answered: staying fenced");
+                false
+            }
+            Err(e) => {
+                tracing::error!(role, read_only, error = %e, "could not set the slapd fence");
+                false
+            }
+        }
+    }
+
+    /// Whether the built-in fence is in the state `role` needs (`None`: cannot tell, or no
+    /// built-in fence). Catches a slapd that restarted with an old `olcReadOnly`.
+    async fn verify_ldap(&self, role: &str) -> Option<bool> {
+        let f = self.ldap.as_ref()?;
+        let read_only = ldap::is_read_only(&f.ldapi_url, &f.database_dn, self.timeout).await.ok()?;
+        Some(read_only == (role != ROLE_LEADER))
+    }
+}
+
+/// What the fence keeper needs from a fence: the real one ([`Fence`]) or a test's.
+pub trait Fencing: Send + Sync + 'static {
+    /// Puts slapd into `role`'s state (all configured steps); `still` is asked immediately
+    /// before every step that makes slapd writable. True when confirmed.
+    fn apply(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> impl Future<Output = bool> + Send;
+    /// Whether slapd is in `role`'s state (`None`: cannot tell).
+    fn verify(&self, role: &'static str) -> impl Future<Output = Option<bool>> + Send;
+    /// Puts slapd back into `role`'s state after it drifted (the built-in fence only).
+    fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> impl Future<Output = bool> + Send;
+}
+
+impl Fencing for Fence {
+    async fn apply(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+        self.apply_while(role, still).await
+    }
+    async fn verify(&self, role: &'static str) -> Option<bool> {
+        self.verify_ldap(role).await
+    }
+    async fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+        self.apply_ldap(role, still).await
+    }
+}
+
+/// The fence state the elector wants: writable only until the leader's renew deadline,
+/// so a keeper that resumes after a pause never re-opens writes for a stale term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WantedFence {
+    Standby,
+    Leader { until: Moment },
+}
+
+impl WantedFence {
+    pub fn role(self, now: Moment) -> &'static str {
+        match self {
+            WantedFence::Leader { until } if now < until => ROLE_LEADER,
+            _ => ROLE_STANDBY,
+        }
+    }
+}
+
+/// How often the keeper re-reads slapd's fence state, and retries a failed change.
+const VERIFY_EVERY: Duration = Duration::from_secs(1);
+const RETRY_EVERY: Duration = Duration::from_millis(200);
+
+/// Keeps the fence where the elector wants it, in its own task: applies changes, retries
+/// failures (slapd down or restarting), and re-applies when slapd drifted (a restarted
+/// slapd comes back with whatever `olcReadOnly` it had on disk).
+pub struct FenceKeeper {
+    desired: watch::Sender<WantedFence>,
+    applied: watch::Receiver<Option<&'static str>>,
+}
+
+impl FenceKeeper {
+    pub fn start(fence: impl Fencing, cancel: CancellationToken) -> FenceKeeper {
+        let (desired, mut want) = watch::channel(WantedFence::Standby);
+        let (applied_tx, applied) = watch::channel(None);
+        let wish = want.clone();
+        tokio::spawn(async move {
+            // Asked again after every await, immediately before slapd is made writable: the
+            // wish may have changed, or its deadline passed, while the keeper waited on slapd.
+            let still = |role: &str| role != ROLE_LEADER || wish.borrow().role(Moment::now()) == ROLE_LEADER;
+            let mut applied_role: Option<&'static str> = None;
+            loop {
+                let desired = *want.borrow_and_update();
+                let role = desired.role(Moment::now());
+                let ok = if applied_role != Some(role) {
+                    fence.apply(role, &|| still(role)).await
+                } else {
+                    match fence.verify(role).await {
+                        Some(false) if still(role) => {
+                            tracing::warn!(role, "slapd's fence drifted (restarted?): setting it again");
+                            fence.repair(role, &|| still(role)).await
+                        }
+                        // The wish changed while verifying: the next round applies the new one.
+                        Some(false) => false,
+                        _ => true,
+                    }
+                };
+                applied_role = ok.then_some(role);
+                applied_tx.send_replace(applied_role);
+                let mut nap = if ok { VERIFY_EVERY } else { RETRY_EVERY };
+                if let WantedFence::Leader { until } = desired {
+                    nap = nap.min(until.since(Moment::now()));
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = want.changed() => {}
+                    _ = tokio::time::sleep(nap) => {}
+                }
+            }
+        });
+        FenceKeeper { desired, applied }
+    }
+
+    /// Whether slapd is confirmed fenced (the last standby change was read back, or slapd is
+    /// not running) and the elector still wants it so.
+    pub fn is_fenced(&self) -> bool {
+        *self.applied.borrow() == Some(ROLE_STANDBY) && *self.desired.borrow() == WantedFence::Standby
+    }
+
+    /// Asks for `desired` and waits (at most `wait`) until it is in place; true if it is.
+    pub async fn set(&self, desired: WantedFence, wait: Duration) -> bool {
+        self.desired.send_replace(desired);
+        let role = desired.role(Moment::now());
+        let mut applied = self.applied.clone();
+        applied.mark_changed();
+        let reached = tokio::time::timeout(wait, async {
+            loop {
+                if *applied.borrow_and_update() == Some(role) && *self.desired.borrow() == desired {
+                    return true;
+                }
+                if applied.changed().await.is_err() {
+                    return false;
+                }
+            }
+        });
+        reached.await.unwrap_or(false)
+    }
+
+    /// Moves the leader's deadline (after a renew) without waiting.
+    pub fn extend(&self, until: Moment) {
+        self.desired.send_if_modified(|d| match d {
+            WantedFence::Leader { until: old } => {
+                *old = until;
+                true
+            }
+            WantedFence::Standby => false,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_wish_expires_at_its_deadline() {
+        let t = Moment::ZERO + Duration::from_secs(10);
+        let d = WantedFence::Leader { until: t };
+        assert_eq!(d.role(Moment::ZERO + Duration::from_secs(9)), ROLE_LEADER);
+        assert_eq!(d.role(t), ROLE_STANDBY);
+        assert_eq!(WantedFence::Standby.role(Moment::ZERO), ROLE_STANDBY);
+    }
+
+    /// A fence whose verify blocks until the test lets it answer "read-only" (the watchdog
+    /// fenced slapd meanwhile); it records when slapd would have been made writable.
+    #[derive(Clone, Default)]
+    struct StalledVerify {
+        verifying: std::sync::Arc<tokio::sync::Notify>,
+        answer: std::sync::Arc<tokio::sync::Notify>,
+        writable_at: std::sync::Arc<std::sync::Mutex<Vec<Moment>>>,
+        fenced_at: std::sync::Arc<std::sync::Mutex<Vec<Moment>>>,
+    }
+
+    impl StalledVerify {
+        fn record(&self, role: &str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+            let log = if role == ROLE_LEADER { &self.writable_at } else { &self.fenced_at };
+            if role != ROLE_LEADER || still() {
+                log.lock().unwrap().push(Moment::now());
+            }
+            true
+        }
+    }
+
+    impl Fencing for StalledVerify {
+        async fn apply(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+            self.record(role, still)
+        }
+        async fn verify(&self, _role: &'static str) -> Option<bool> {
+            self.verifying.notify_one();
+            self.answer.notified().await;
+            Some(false)
+        }
+        async fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+            self.record(role, still)
+        }
+    }
+
+    /// Issue 15, item 3: slapd stalls (SIGSTOP) inside the keeper's verify, the leader's
+    /// deadline passes (the watchdog fences, a standby takes over); when slapd answers, the
+    /// keeper must fence, never make slapd writable again for the expired term.
+    #[tokio::test]
+    async fn a_verify_that_outlasts_the_deadline_never_unfences() {
+        let fence = StalledVerify::default();
+        let cancel = CancellationToken::new();
+        let keeper = FenceKeeper::start(fence.clone(), cancel.clone());
+        let until = Moment::now() + Duration::from_millis(1500);
+        assert!(keeper.set(WantedFence::Leader { until }, Duration::from_secs(1)).await);
+        // The first verify comes after VERIFY_EVERY (1 s), before the deadline.
+        tokio::time::timeout(Duration::from_secs(5), fence.verifying.notified()).await.expect("the keeper verifies");
+        while Moment::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        fence.answer.notify_one();
+        let fenced_after_deadline = || fence.fenced_at.lock().unwrap().iter().any(|t| *t >= until);
+        let bound = Moment::now() + Duration::from_secs(5);
+        while !fenced_after_deadline() && Moment::now() < bound {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            fence.answer.notify_one(); // later verifies (if any) answer at once
+        }
+        let writable = fence.writable_at.lock().unwrap().clone();
+        assert!(
+            writable.iter().all(|t| *t < until),
+            "slapd made writable after the deadline: {writable:?}, deadline {until:?}"
+        );
+        assert!(fenced_after_deadline(), "the keeper fences once the deadline has passed");
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_keeper_applies_and_retries_with_a_hook() {
+        let dir = std::env::temp_dir().join(format!("keeper-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (out, flag) = (dir.join("role"), dir.join("allow"));
+        let script = dir.join("hook.sh");
+        // The hook fails until `allow` exists: the keeper must retry.
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\n[ -e {} ] || exit 1\necho \"$1\" > {}\n", flag.display(), out.display()),
+        )
+        .unwrap();
+        let fence = Fence::new(None, Some(format!("sh {}", script.display())), Duration::from_secs(5));
+        let cancel = CancellationToken::new();
+        let keeper = FenceKeeper::start(fence, cancel.clone());
+        let leader = WantedFence::Leader { until: Moment::now() + Duration::from_secs(60) };
+        assert!(!keeper.set(leader, Duration::from_millis(300)).await, "the hook fails");
+        std::fs::write(&flag, "").unwrap();
+        assert!(keeper.set(leader, Duration::from_secs(5)).await, "retried until it worked");
+        assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "leader");
+        assert!(keeper.set(WantedFence::Standby, Duration::from_secs(5)).await);
+        assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "standby");
+        cancel.cancel();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,346 @@
+//! The LDAP edges of the elector: a health check of the local slapd (connect, bind, read
+//! the rootDSE and the data database's `contextCSN`) and the built-in write fence
+//! (`olcReadOnly` on the data database, set and read over ldapi with SASL EXTERNAL).
+//!
+//! Every step runs under one deadline, and an error names the step that failed. Plain
+//! `ldap://` and `ldapi://` only: the check talks to slapd in the same pod.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
+use tokio::time::Instant;
+
+/// The syntax of the checks lives in the contract (the webhook validates annotations with it).
+pub use ldap_elector_contract::check::{Bind, Credentials, LdapCheck};
+
+/// What a passing check saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// The suffix entry's `contextCSN` values (one per server ID that wrote), sorted.
+    pub context_csn: Vec<String>,
+}
+
+/// The step of an LDAP exchange that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Connect,
+    ReadPassword,
+    Bind,
+    RootDse,
+    ContextCsn,
+    ReadConfig,
+    WriteConfig,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Connect => "connect",
+            Step::ReadPassword => "read bind password file",
+            Step::Bind => "bind",
+            Step::RootDse => "read rootDSE",
+            Step::ContextCsn => "read contextCSN",
+            Step::ReadConfig => "read cn=config",
+            Step::WriteConfig => "modify cn=config",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LdapError {
+    #[error("{url}: {step}: no answer before the deadline ({timeout:?} for the whole exchange)")]
+    Timeout { url: String, step: Step, timeout: Duration },
+    #[error("{url}: {step}: {message}")]
+    Failed { url: String, step: Step, message: String, code: Option<u32> },
+    #[error("{0}")]
+    BadUrl(String),
+    /// Nothing listens on the socket (connection refused, or no socket): slapd is not running.
+    #[error("{url}: slapd is not running ({message})")]
+    NotRunning { url: String, message: String },
+    /// The caller withdrew the change before it was sent (see [`set_read_only`]).
+    #[error("{url}: change withdrawn before it was sent")]
+    Withdrawn { url: String },
+}
+
+impl LdapError {
+    /// The LDAP result code, when the server answered with an error result.
+    pub fn result_code(&self) -> Option<u32> {
+        match self {
+            LdapError::Failed { code, .. } => *code,
+            _ => None,
+        }
+    }
+}
+
+/// The I/O of an LDAP check (its syntax, [`LdapCheck`], is part of the contract).
+pub trait Probe {
+    /// One check: connect, bind, read the rootDSE, read the suffix's `contextCSN`; all
+    /// within `timeout`.
+    fn probe(&self, timeout: Duration) -> impl std::future::Future<Output = Result<Status, LdapError>> + Send;
+}
+
+impl Probe for LdapCheck {
+    /// One check: connect, bind, read the rootDSE, read the suffix's `contextCSN`; all
+    /// within `timeout`.
+    async fn probe(&self, timeout: Duration) -> Result<Status, LdapError> {
+        let deadline = Deadline { at: Instant::now() + timeout, timeout };
+        let mut session = Session::open(&self.url, deadline).await?;
+        session.bind(&self.bind, deadline).await?;
+        let url = &self.url;
+        let dse = deadline
+            .step(url, Step::RootDse, async {
+                let (entries, _) =
+                    session.ldap.search("", Scope::Base, "(objectClass=*)", vec!["namingContexts"]).await?.success()?;
+                Ok(entries.len())
+            })
+            .await?;
+        if dse != 1 {
+            return Err(failed(url, Step::RootDse, format!("expected one entry, got {dse}")));
+        }
+        let context_csn = deadline
+            .step(url, Step::ContextCsn, async {
+                let (entries, _) = session
+                    .ldap
+                    .search(&self.base, Scope::Base, "(objectClass=*)", vec!["contextCSN"])
+                    .await?
+                    .success()?;
+                Ok(entries)
+            })
+            .await?
+            .into_iter()
+            .flat_map(|e| attribute(SearchEntry::construct(e), "contextCSN"))
+            .collect::<Vec<_>>();
+        session.close().await;
+        let mut context_csn = context_csn;
+        context_csn.sort();
+        Ok(Status { context_csn })
+    }
+}
+
+/// Sets `olcReadOnly` of `database_dn` (e.g. `olcDatabase={1}mdb,cn=config`) over
+/// `ldapi_url` with SASL EXTERNAL, and reads it back in the same session: `Ok` only when
+/// slapd confirms the state. Takes effect at once, also on open client connections
+/// (their writes get `53 unwillingToPerform`); replication into the database still applies.
+///
+/// Latency: usually a few milliseconds, but slapd pauses all its threads for a cn=config
+/// change, and a syncrepl consumer that has just (re)connected holds that pause off until
+/// a message arrives or its syncrepl `timeout=` passes (2.5.13, observed and in the
+/// source). Budget that timeout; on `Timeout` the change is still queued in slapd and will
+/// apply later, so read back with [`is_read_only`] before trusting either state.
+pub async fn set_read_only(
+    ldapi_url: &str,
+    database_dn: &str,
+    read_only: bool,
+    timeout: Duration,
+) -> Result<(), LdapError> {
+    set_read_only_if(ldapi_url, database_dn, read_only, timeout, &|| true).await
+}
+
+/// [`set_read_only`], asking `proceed` immediately before the modify is sent (after connect
+/// and bind, which may wait on a stopped slapd): a `false` aborts with
+/// [`LdapError::Withdrawn`]. The fence keeper uses it so that a wish to become writable that
+/// expired while this call waited never reaches slapd.
+pub async fn set_read_only_if(
+    ldapi_url: &str,
+    database_dn: &str,
+    read_only: bool,
+    timeout: Duration,
+    proceed: &(dyn Fn() -> bool + Sync),
+) -> Result<(), LdapError> {
+    let deadline = Deadline { at: Instant::now() + timeout, timeout };
+    let mut session = Session::open_ldapi(ldapi_url, deadline).await?;
+    if !proceed() {
+        session.close().await;
+        return Err(LdapError::Withdrawn { url: ldapi_url.to_string() });
+    }
+    let value = if read_only { "TRUE" } else { "FALSE" };
+    deadline
+        .step(ldapi_url, Step::WriteConfig, async {
+            session
+                .ldap
+                .modify(database_dn, vec![Mod::Replace("olcReadOnly", HashSet::from([value]))])
+                .await?
+                .success()?;
+            Ok(())
+        })
+        .await?;
+    let confirmed = session.read_only(database_dn, deadline).await;
+    session.close().await;
+    match confirmed? {
+        now if now == read_only => Ok(()),
+        now => Err(failed(ldapi_url, Step::ReadConfig, format!("olcReadOnly reads {now} after setting {read_only}"))),
+    }
+}
+
+/// Reads `olcReadOnly` of `database_dn` from cn=config (absent = writable). cn=monitor is
+/// not used: its `readOnly` does not follow `olcReadOnly` (slapd 2.5).
+pub async fn is_read_only(ldapi_url: &str, database_dn: &str, timeout: Duration) -> Result<bool, LdapError> {
+    let deadline = Deadline { at: Instant::now() + timeout, timeout };
+    let mut session = Session::open_ldapi(ldapi_url, deadline).await?;
+    let read_only = session.read_only(database_dn, deadline).await;
+    session.close().await;
+    read_only
+}
+
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    async fn step<T>(
+        self,
+        url: &str,
+        step: Step,
+        work: impl std::future::Future<Output = Result<T, ldap3::LdapError>>,
+    ) -> Result<T, LdapError> {
+        match tokio::time::timeout_at(self.at, work).await {
+            Err(_) => Err(LdapError::Timeout { url: url.to_string(), step, timeout: self.timeout }),
+            Ok(Err(ldap3::LdapError::Io { source }))
+                if step == Step::Connect
+                    && matches!(
+                        source.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    ) =>
+            {
+                Err(LdapError::NotRunning { url: url.to_string(), message: source.to_string() })
+            }
+            Ok(Err(e)) => {
+                let code = match &e {
+                    ldap3::LdapError::LdapResult { result } => Some(result.rc),
+                    _ => None,
+                };
+                Err(LdapError::Failed { url: url.to_string(), step, message: e.to_string(), code })
+            }
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+}
+
+fn failed(url: &str, step: Step, message: String) -> LdapError {
+    LdapError::Failed { url: url.to_string(), step, message, code: None }
+}
+
+/// A connection with its driver task; dropping it aborts the driver (and closes the socket).
+struct Session {
+    url: String,
+    ldap: Ldap,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    async fn open(url: &str, deadline: Deadline) -> Result<Session, LdapError> {
+        let settings = LdapConnSettings::new().set_conn_timeout(deadline.timeout);
+        let (conn, ldap) = deadline.step(url, Step::Connect, LdapConnAsync::with_settings(settings, url)).await?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = conn.drive().await {
+                tracing::debug!(error = %e, "LDAP connection ended");
+            }
+        });
+        Ok(Session { url: url.to_string(), ldap, driver })
+    }
+
+    /// Opens `ldapi_url` and binds with SASL EXTERNAL.
+    async fn open_ldapi(ldapi_url: &str, deadline: Deadline) -> Result<Session, LdapError> {
+        if !ldapi_url.starts_with("ldapi://") {
+            return Err(LdapError::BadUrl(format!("{ldapi_url:?}: cn=config is reached over ldapi:// only")));
+        }
+        let mut session = Session::open(ldapi_url, deadline).await?;
+        session.bind(&Bind::SaslExternal, deadline).await?;
+        Ok(session)
+    }
+
+    /// `olcReadOnly` of `database_dn` from cn=config (absent = writable).
+    async fn read_only(&mut self, database_dn: &str, deadline: Deadline) -> Result<bool, LdapError> {
+        let url = self.url.clone();
+        let entries = deadline
+            .step(&url, Step::ReadConfig, async {
+                let (entries, _) = self
+                    .ldap
+                    .search(database_dn, Scope::Base, "(objectClass=*)", vec!["olcReadOnly"])
+                    .await?
+                    .success()?;
+                Ok(entries)
+            })
+            .await?;
+        let values: Vec<String> =
+            entries.into_iter().flat_map(|e| attribute(SearchEntry::construct(e), "olcReadOnly")).collect();
+        match values.as_slice() {
+            [] => Ok(false),
+            [v] if v.eq_ignore_ascii_case("TRUE") => Ok(true),
+            [v] if v.eq_ignore_ascii_case("FALSE") => Ok(false),
+            other => Err(failed(&url, Step::ReadConfig, format!("unexpected olcReadOnly {other:?}"))),
+        }
+    }
+
+    async fn bind(&mut self, bind: &Bind, deadline: Deadline) -> Result<(), LdapError> {
+        let url = self.url.clone();
+        match bind {
+            Bind::Anonymous => Ok(()),
+            Bind::SaslExternal => {
+                deadline
+                    .step(&url, Step::Bind, async { self.ldap.sasl_external_bind().await?.success().map(drop) })
+                    .await
+            }
+            Bind::Simple { dn, password_file } => {
+                let password = read_password(password_file).await.map_err(|m| failed(&url, Step::ReadPassword, m))?;
+                deadline
+                    .step(&url, Step::Bind, async { self.ldap.simple_bind(dn, &password).await?.success().map(drop) })
+                    .await
+            }
+        }
+    }
+
+    /// Unbinds (best effort, briefly) and stops the driver.
+    async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.ldap.unbind()).await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// The secret in `file` without its trailing newline; an empty one is refused.
+pub(crate) async fn read_password(file: &Path) -> Result<String, String> {
+    let raw = tokio::fs::read_to_string(file).await.map_err(|e| format!("{}: {e}", file.display()))?;
+    let password = raw.trim_end_matches(['\n', '\r']).to_string();
+    if password.is_empty() {
+        // An empty password would make the simple bind an unauthenticated one.
+        return Err(format!("{}: empty password", file.display()));
+    }
+    Ok(password)
+}
+
+/// The values of `name` (matched case-insensitively, as LDAP attribute names are).
+fn attribute(entry: SearchEntry, name: &str) -> Vec<String> {
+    entry.attrs.into_iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).flat_map(|(_, v)| v).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_fails_at_connect_and_a_silent_one_times_out() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let check = LdapCheck::parse(&format!("ldap://127.0.0.1:{port}?base=dc=x")).unwrap();
+        // Accepts (backlog) but never answers: the rootDSE read hits the deadline.
+        let err = check.probe(Duration::from_millis(300)).await.unwrap_err();
+        assert!(matches!(err, LdapError::Timeout { step: Step::RootDse, .. }), "{err}");
+        drop(listener);
+        // Refused at connect, or no socket: nothing listens (the fence counts slapd as down).
+        let err = check.probe(Duration::from_secs(2)).await.unwrap_err();
+        assert!(matches!(err, LdapError::NotRunning { .. }), "{err}");
+        let missing = LdapCheck::parse("ldapi://%2Fnonexistent%2Fsock?base=dc=x").unwrap();
+        let err = missing.probe(Duration::from_secs(2)).await.unwrap_err();
+        assert!(matches!(err, LdapError::NotRunning { .. }), "{err}");
+    }
+}

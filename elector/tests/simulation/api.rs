@@ -1,0 +1,99 @@
+//! The API server: one Lease, compare-and-swap on resourceVersion, watches.
+
+use super::*;
+
+#[derive(Clone, Debug)]
+pub(crate) struct LeaseRecord {
+    pub(crate) holder: Option<String>,
+    pub(crate) transitions: i32,
+    pub(crate) lease_duration: Duration,
+    pub(crate) rv: u64,
+}
+
+/// The object a client PUTs (the observed object with its changes).
+#[derive(Clone, Debug)]
+pub(crate) struct LeaseSpec {
+    pub(crate) holder: Option<String>,
+    pub(crate) transitions: i32,
+    pub(crate) lease_duration: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Req {
+    /// GET; `relist_gen` also (re)starts the watch of that generation from this read.
+    Read { relist_gen: Option<u64> },
+    /// PUT with `metadata.resourceVersion = expected_rv`.
+    Write { expected_rv: u64, spec: LeaseSpec },
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Reply {
+    Ok(LeaseRecord),
+    Conflict,
+}
+
+pub(crate) struct Server {
+    pub(crate) lease: LeaseRecord,
+    /// Per candidate: the watch stream (incarnation, generation) currently open.
+    pub(crate) watches: Vec<Option<(u32, u64)>>,
+    /// Per candidate: the last delivery time on its stream (streams are FIFO).
+    pub(crate) stream_floor: Vec<Nanos>,
+}
+
+impl Sim {
+    pub(crate) fn at_server(&mut self, from: usize, inc: u32, req_id: u64, req: Req) {
+        let lose_reply = self.now < self.fault_end && self.rng.chance(self.sc.loss);
+        let back = self.now + self.rng.up_to(nanos(self.sc.max_latency));
+        let reply = match req {
+            Req::Read { relist_gen } => {
+                if let Some(gen) = relist_gen {
+                    // The stream exists only if the client still waits for it (else its
+                    // connection is closed) and the list reply reaches it.
+                    let cand = &self.cands[from];
+                    if !lose_reply && cand.inc == inc && cand.watch_gen == gen {
+                        self.server.watches[from] = Some((inc, gen));
+                        self.server.stream_floor[from] = self.server.stream_floor[from].max(back);
+                    }
+                }
+                Reply::Ok(self.server.lease.clone())
+            }
+            Req::Write { expected_rv, spec } => {
+                if expected_rv != self.server.lease.rv {
+                    Reply::Conflict
+                } else {
+                    let old = std::mem::replace(
+                        &mut self.server.lease,
+                        LeaseRecord {
+                            holder: spec.holder,
+                            transitions: spec.transitions,
+                            lease_duration: spec.lease_duration,
+                            rv: expected_rv + 1,
+                        },
+                    );
+                    let new = self.server.lease.clone();
+                    if old.holder.is_some() && new.holder.is_some() && old.holder != new.holder {
+                        self.stats.takeovers += 1;
+                    }
+                    self.log(None, format_args!("commit #{req_id} from c{from}: {new:?}"));
+                    self.notify(&new);
+                    Reply::Ok(new)
+                }
+            }
+        };
+        if lose_reply {
+            self.log(None, format_args!("reply to #{req_id} lost"));
+        } else {
+            self.push(back, Ev::To { cand: from, inc, msg: Msg::Reply { req_id, reply } });
+        }
+    }
+
+    pub(crate) fn notify(&mut self, rec: &LeaseRecord) {
+        for c in 0..self.cands.len() {
+            if let Some((inc, gen)) = self.server.watches[c] {
+                let at = (self.now + self.rng.up_to(nanos(self.sc.max_watch_delay))).max(self.server.stream_floor[c]);
+                self.server.stream_floor[c] = at;
+                self.push(at, Ev::To { cand: c, inc, msg: Msg::Watch { gen, rec: rec.clone() } });
+            }
+        }
+    }
+}

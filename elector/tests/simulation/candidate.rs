@@ -1,0 +1,138 @@
+//! Candidates: the runtime contract's state of each elector incarnation and its node.
+
+use super::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Call {
+    Acquire,
+    Renew,
+    Release,
+    Get,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Busy {
+    Idle,
+    Call {
+        req_id: u64,
+        what: Call,
+        sent_at: Moment,
+    },
+    /// Fencing slapd; then maybe send the release (PUT against that resourceVersion).
+    Fencing {
+        release: Option<(u64, LeaseSpec)>,
+    },
+}
+
+/// Something delivered to a candidate's process.
+#[derive(Clone, Debug)]
+pub(crate) enum Msg {
+    Reply { req_id: u64, reply: Reply },
+    Watch { gen: u64, rec: LeaseRecord },
+    Timeout { req_id: u64 },
+    Wake { gen: u64 },
+    Tick,
+    FenceDone,
+    Reconnect,
+    HealthChanged,
+    Sigterm,
+}
+
+impl Msg {
+    pub(crate) fn is_network(&self) -> bool {
+        matches!(self, Msg::Reply { .. } | Msg::Watch { .. })
+    }
+}
+
+pub(crate) struct Candidate {
+    pub(crate) id: String,
+    pub(crate) clock: ClockSpec,
+    // The process.
+    /// Incarnation: messages for an earlier one are dropped.
+    pub(crate) inc: u32,
+    pub(crate) down: bool,
+    pub(crate) paused: bool,
+    /// Messages that arrived while paused.
+    pub(crate) deferred: Vec<Msg>,
+    pub(crate) restart_pending: bool,
+    // The pod's environment.
+    pub(crate) unhealthy: u32,
+    pub(crate) partitioned: u32,
+    // The runtime's state.
+    pub(crate) stopping: bool,
+    pub(crate) obs: Option<(Observed, u64)>,
+    pub(crate) leading: Option<Leading>,
+    pub(crate) busy: Busy,
+    pub(crate) wake_gen: u64,
+    pub(crate) watch_gen: u64,
+    pub(crate) watch_ok: bool,
+    pub(crate) relist: Option<u64>,
+    // slapd.
+    /// slapd accepts writes (set on a successful acquire/renew, cleared when a fence completes).
+    pub(crate) writable: bool,
+    /// When the watchdog fences slapd (local clock), fed on every successful acquire/renew.
+    pub(crate) watchdog_at: Moment,
+    /// The elector was paused since it last fed the watchdog: only the watchdog bounds slapd's
+    /// writable time now (the elector's own loop did not run on time).
+    pub(crate) paused_since_feed: bool,
+    /// slapd left writable by a crashed elector: writable until the watchdog fences it.
+    pub(crate) orphan_until: Option<Moment>,
+}
+
+impl Candidate {
+    pub(crate) fn new(i: usize, clock: ClockSpec) -> Self {
+        Candidate {
+            id: format!("ldap-server-{i}"),
+            clock,
+            inc: 0,
+            down: false,
+            paused: false,
+            deferred: Vec::new(),
+            restart_pending: false,
+            unhealthy: 0,
+            partitioned: 0,
+            stopping: false,
+            obs: None,
+            leading: None,
+            busy: Busy::Idle,
+            wake_gen: 0,
+            watch_gen: 0,
+            watch_ok: false,
+            relist: None,
+            writable: false,
+            watchdog_at: Moment::ZERO,
+            paused_since_feed: false,
+            orphan_until: None,
+        }
+    }
+
+    pub(crate) fn counts_as_leader(&self, real: Nanos) -> bool {
+        let local = self.clock.local(real);
+        let orphan = self.orphan_until.is_some_and(|t| local < t);
+        let frozen = self.paused || self.down || self.paused_since_feed;
+        orphan || (self.writable && (!frozen || local < self.watchdog_at))
+    }
+
+    /// Leading by the runtime's own account (for liveness).
+    pub(crate) fn runtime_leads(&self) -> bool {
+        !self.down && !self.paused && self.writable && self.leading.is_some()
+    }
+
+    pub(crate) fn describe(&self, real: Nanos) -> String {
+        let local = self.clock.local(real);
+        format!(
+            "{} drift={:+.4} local={:?} down={} paused={} writable={} leading={:?} watchdog_in={:?} orphan={:?} obs={:?} busy={:?}",
+            self.id,
+            self.clock.drift,
+            local.since(Moment::ZERO),
+            self.down,
+            self.paused,
+            self.writable,
+            self.leading.map(|l| (l.term, local.since(l.renewed_at))),
+            self.watchdog_at.since(local),
+            self.orphan_until.map(|t| t.since(local)),
+            self.obs.as_ref().map(|(o, rv)| (o.holder.clone(), o.transitions, rv, local.since(o.seen_change_at))),
+            self.busy,
+        )
+    }
+}

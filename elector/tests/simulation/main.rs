@@ -1,0 +1,209 @@
+//! Deterministic discrete-event simulation of the election: the pure core `decide()` plus the
+//! runtime around it, several candidates with drifting clocks, a compare-and-swap API server, a
+//! lossy network, watches, pauses, crashes, graceful stops and health flaps. proptest draws the
+//! scenarios; given a `Scenario` (printed on failure) a run is fully reproducible.
+//!
+//! Checked at every event: at most one pod counts as leader (may accept writes) at the same REAL
+//! instant (DESIGN.md invariant 1/2). Checked at the end: once all faults stop, some candidate
+//! leads within `lease_duration` plus a few renew periods, and keeps leading.
+//!
+//! # Runtime contract (what the real runtime must do; this file models exactly that)
+//! 1. Clock: every `Moment` given to `decide` is the candidate's own `CLOCK_BOOTTIME`. Clocks of
+//!    different nodes run at rate `1 + δ` of real time, `|δ| ≤ MAX_CLOCK_DRIFT`, with arbitrary
+//!    offsets; nothing is ever compared across nodes.
+//! 2. Observing the Lease: a watch delivers every committed change, in order, after a delay. A
+//!    watch can break (reset, partition); the runtime then re-reads the Lease (GET) and watches
+//!    again from there. An observation replaces the current one only if its resourceVersion is
+//!    NEWER (the Lease's resourceVersion is etcd's revision, increasing per object); then
+//!    `seen_change_at = local now`. A candidate starts with no observation and reads first.
+//! 3. Deciding: `decide()` runs whenever the runtime is idle and something happened: a change was
+//!    observed, the `Wait(Some(t))` timer fired (`t` on the local clock), health or stop state
+//!    changed, a call finished, or a periodic 1 s tick. Never while a call or fence is pending.
+//! 4. Acquire / Renew: record `sent_at = local now` BEFORE sending a compare-and-swap update of
+//!    the observed object. Success: `leading = Some(Leading { term: transitions, renewed_at:
+//!    sent_at })` and the response updates the observation; then, only if the local clock is
+//!    still before `sent_at + renew_deadline` (a reply handled late, after a pause, may not be;
+//!    `decide` then demotes at once), slapd is made writable and the watchdog is fed (fence at
+//!    `sent_at + renew_deadline + FENCE_BUDGET`). 409: GET the Lease, then decide.
+//!    Timeout / loss: decide again. Every call has a 1.5 s client timeout, and while leading the
+//!    timeout is capped at the renew deadline (`renewed_at + renew_deadline − now`): decide never
+//!    gets a chance to demote while the runtime is blocked in a call, so an uncapped renew that
+//!    is lost right before the deadline would keep a deposed leader writable for up to 1.5 s
+//!    more (see `uncapped_leader_call_timeout_overshoots_the_deadline`).
+//! 5. Demote: `leading = None` at once, then fence slapd (read-only, label) — takes at most
+//!    `FENCE_BUDGET` on the local clock; the pod counts as leader until the fence is done, and
+//!    the runtime decides again only after it.
+//! 6. Release: like Demote, then a CAS write `holder = None` against the resourceVersion of the
+//!    observation `decide` saw (the one that showed us as holder), never a fresher one: a fresher
+//!    one may belong to a new holder whose lease we would then erase.
+//! 7. Stop (SIGTERM): `stopping = true`; the process exits once it is no longer leading (after
+//!    its release was sent) and is recreated later. If it has not exited by then, it is killed.
+//!
+//! # Fault model
+//! - Network: one-way delays `0..=max_latency`; during the fault phase every request and every
+//!   reply is lost with probability `loss` (request lost: no effect; reply lost: effect applied,
+//!   client times out) and a request may straggle for up to 3 lease durations (it still arrives
+//!   before the fault phase ends). Partitions drop all traffic of one pod and break its watch.
+//! - Pause (SIGSTOP of the elector only, up to 3 lease durations): no steps; replies, watch events
+//!   and timers are queued and handled on resume (network first: tokio's `timeout` polls the
+//!   inner future before its timer). The watchdog is a separate process and is NOT paused.
+//! - Crash (SIGKILL) and restart of the elector as a fresh incarnation on the same node (same
+//!   clock). slapd keeps whatever mode it had; only the watchdog fences it.
+//! - Health flaps (ineligible for a while), watch resets, graceful stops.
+//!
+//! # What counts as leader (may accept writes)
+//! - A running elector: from its successful Acquire until its fence after Demote/Release is done.
+//! - An elector paused since it last fed the watchdog (even if running again), or slapd orphaned
+//!   by a crashed elector: as above, but at most until the watchdog fences slapd at
+//!   `renewed_at + renew_deadline + FENCE_BUDGET` (its own clock). A leader resuming after that
+//!   time finds slapd fenced already.
+
+mod api;
+mod candidate;
+mod faults;
+mod model;
+mod properties;
+mod queue;
+mod runtime;
+mod sim;
+mod strategies;
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use ldap_elector::clock::Moment;
+use ldap_elector::election::decide::{
+    decide, Action, DemoteReason, Leading, Me, Observed, Timing, FENCE_BUDGET, MAX_CLOCK_DRIFT,
+};
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+use api::*;
+use candidate::*;
+use model::*;
+// Ours, not proptest's `Rng` trait (both come in by glob).
+use model::Rng;
+use queue::*;
+use sim::*;
+use strategies::*;
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Invariant 1/2 under random faults, and liveness once they stop.
+    #[test]
+    fn at_most_one_leader_and_a_leader_after_faults(sc in scenario_strategy()) {
+        prop_assert_eq!(sc.timing.validate(), Ok(()));
+        if let Err(report) = simulate(&sc) {
+            prop_assert!(false, "{}", report);
+        }
+    }
+}
+
+/// The random runs actually reach the dangerous paths (else the property is vacuous).
+#[test]
+fn random_runs_exercise_takeovers_pauses_and_fences() {
+    let mut runner = TestRunner::new_with_rng(config(48), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let strategy = scenario_strategy();
+    let mut total = Stats::default();
+    for _ in 0..48 {
+        let sc = strategy.new_tree(&mut runner).expect("a scenario").current();
+        match simulate(&sc) {
+            Ok(stats) => total.add(&stats),
+            Err(report) => panic!("{report}\nscenario: {sc:?}"),
+        }
+    }
+    println!("{total:#?}");
+    assert!(total.takeovers >= 10, "{total:?}");
+    assert!(total.demoted_deadline >= 5, "{total:?}");
+    assert!(total.released >= 5, "{total:?}");
+    assert!(total.conflicts >= 10, "{total:?}");
+    assert!(total.paused_leaders >= 5, "{total:?}");
+    assert!(total.watchdog_fences >= 1, "{total:?}");
+    assert!(total.orphans >= 1, "{total:?}");
+}
+
+fn pause_leader(at_s: u64, for_s: u64) -> Fault {
+    Fault {
+        at: Duration::from_secs(at_s),
+        target: Target::Leader,
+        kind: FaultKind::Pause,
+        length: Duration::from_secs(for_s),
+    }
+}
+
+/// Keep candidate 1 out of the first election so candidate 0 (with its clock) leads.
+fn let_first_lead() -> Fault {
+    Fault { at: Duration::ZERO, target: Target::Cand(1), kind: FaultKind::Unhealthy, length: Duration::from_secs(1) }
+}
+
+/// The checker can fail: a renew deadline too close to the lease duration (rejected by
+/// `validate`) lets a follower take over while the paused leader's slapd is still writable.
+#[test]
+fn checker_finds_overlap_with_unsafe_renew_deadline() {
+    let timing = Timing {
+        lease_duration: Duration::from_secs(8),
+        renew_period: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(7500),
+    };
+    assert!(timing.renew_deadline > timing.max_safe_renew_deadline());
+    assert!(timing.validate().is_err());
+    let sc =
+        Scenario::scripted(timing, &[0.0, 0.0], vec![let_first_lead(), pause_leader(20, 20)], Duration::from_secs(40));
+    let report = simulate(&sc).expect_err("an unsafe timing must produce two leaders");
+    assert!(report.contains("SAFETY VIOLATION"), "{report}");
+
+    // The same scenario with the default timing is safe.
+    let sc = Scenario { timing: Timing::default(), ..sc };
+    simulate(&sc).unwrap_or_else(|r| panic!("{r}"));
+}
+
+/// Contract item 4: a leader whose renews are lost keeps retrying with 1.5 s timeouts; if the
+/// last retry is not cut off at the renew deadline, it demotes up to 1.5 s late.
+#[test]
+fn uncapped_leader_call_timeout_overshoots_the_deadline() {
+    let timing = Timing {
+        lease_duration: Duration::from_secs(8),
+        renew_period: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(6800),
+    };
+    assert_eq!(timing.validate(), Ok(()));
+    let partition = Fault {
+        at: Duration::from_secs(20),
+        target: Target::Leader,
+        kind: FaultKind::Partition,
+        length: Duration::from_secs(20),
+    };
+    let sc = Scenario::scripted(timing, &[0.0, 0.0], vec![let_first_lead(), partition], Duration::from_secs(40));
+    simulate(&sc).unwrap_or_else(|r| panic!("{r}"));
+    let sc = Scenario { cap_leader_timeouts: false, ..sc };
+    let report = simulate(&sc).expect_err("an uncapped renew timeout must overshoot the deadline");
+    assert!(report.contains("SAFETY VIOLATION"), "{report}");
+}
+
+/// Extreme drift (leader slow, follower fast), zero latency, the leader paused right after a
+/// renew, and the renew deadline exactly at the bound the fence budget needs.
+fn boundary_scenario(renew_deadline: Duration) -> Scenario {
+    let timing =
+        Timing { lease_duration: Duration::from_secs(8), renew_period: Duration::from_secs(2), renew_deadline };
+    assert_eq!(timing.validate(), Ok(()));
+    Scenario::scripted(
+        timing,
+        &[-MAX_CLOCK_DRIFT, MAX_CLOCK_DRIFT],
+        vec![let_first_lead(), pause_leader(20, 20)],
+        Duration::from_secs(40),
+    )
+}
+
+/// Regression: `max_safe_renew_deadline` once was (L·(1−ρ) − F)/(1+ρ) (6.851 s for an 8 s
+/// lease), not scaling the fence budget by the drift: the watchdog fenced a slow clock's leader
+/// at (D + F)/(1−ρ) = 7.9308 s real after its renew while the fast follower took over at
+/// L/(1+ρ) = 7.9208 s: 10 ms of two writable primaries. Now D ≤ L·(1−ρ)/(1+ρ) − F (6.8416 s).
+#[test]
+fn boundary_renew_deadline_is_safe_under_extreme_drift() {
+    let sc = boundary_scenario(Timing::default().max_safe_renew_deadline());
+    simulate(&sc).unwrap_or_else(|r| panic!("{r}"));
+}

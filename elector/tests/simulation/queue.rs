@@ -1,0 +1,73 @@
+//! The event queue and the run's statistics.
+
+use super::*;
+
+#[derive(Clone, Debug)]
+pub(crate) enum Ev {
+    AtServer { from: usize, inc: u32, req_id: u64, req: Req },
+    To { cand: usize, inc: u32, msg: Msg },
+    Fault(Fault),
+    Resume(usize),
+    Restart(usize),
+    Healthy(usize),
+    Heal(usize),
+}
+
+pub(crate) struct Queued {
+    pub(crate) at: Nanos,
+    pub(crate) seq: u64,
+    pub(crate) ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    /// Reversed: `BinaryHeap` pops the earliest (then first scheduled) event.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) events: u64,
+    pub(crate) acquired: u64,
+    /// Acquisitions of a Lease another candidate held (expiry takeovers).
+    pub(crate) takeovers: u64,
+    pub(crate) renewed: u64,
+    pub(crate) conflicts: u64,
+    pub(crate) demoted_deadline: u64,
+    pub(crate) demoted_lost: u64,
+    pub(crate) released: u64,
+    pub(crate) paused_leaders: u64,
+    pub(crate) watchdog_fences: u64,
+    pub(crate) orphans: u64,
+}
+
+impl Stats {
+    pub(crate) fn add(&mut self, o: &Stats) {
+        self.events += o.events;
+        self.acquired += o.acquired;
+        self.takeovers += o.takeovers;
+        self.renewed += o.renewed;
+        self.conflicts += o.conflicts;
+        self.demoted_deadline += o.demoted_deadline;
+        self.demoted_lost += o.demoted_lost;
+        self.released += o.released;
+        self.paused_leaders += o.paused_leaders;
+        self.watchdog_fences += o.watchdog_fences;
+        self.orphans += o.orphans;
+    }
+}
