@@ -162,7 +162,7 @@ fn status(output: &str, block: &str) -> anyhow::Result<(String, u64)> {
         .filter_map(|p| p["name"].as_str())
         .collect();
     assert_eq!(labelled, [leader.as_str()], "{block}: exactly the Lease holder is labelled leader: {json:#}");
-    let endpoints = ldap_elector_tests::status::routed_pods(&json);
+    let endpoints = ldap_elector_tests::workloads::status::routed_pods(&json);
     assert_eq!(endpoints, [leader.as_str()], "{block}: the write Service routes to the leader only: {json:#}");
     assert_eq!(json["warnings"], serde_json::json!([]), "{block}: {json:#}");
     Ok((leader, term))

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ldap_elector::health::HealthCheck;
 use ldap_elector::ldap::{self, Credentials};
-use ldap_elector_tests::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, DATA_DB, SUFFIX};
+use ldap_elector_tests::ldap::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, DATA_DB, SUFFIX};
 use ldap_elector_tests::wait_for;
 
 const REPLICATE: Duration = Duration::from_secs(15);

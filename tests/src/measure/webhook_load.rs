@@ -36,16 +36,17 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::bed::free_port;
+use crate::bed::process::Child;
 use crate::measure::{Machine, Usage};
-use crate::process::Child;
-use crate::webhook::{http_status, webhook_identity, SIDECAR_IMAGE, WEBHOOK_NS, WEBHOOK_SA};
-use crate::{fixtures, wait_for, Bed};
+use crate::workloads::fixtures;
+use crate::workloads::webhook::{http_status, webhook_identity, SIDECAR_IMAGE, WEBHOOK_NS, WEBHOOK_SA};
+use crate::{wait_for, Bed};
 
 /// The StatefulSet the reviewed pod belongs to (the fixture's names).
 pub const NAMESPACE: &str = "ldap";
 pub const STATEFULSET: &str = "ldap-server";
 /// A realistic review: a fresh pod of an opted-in StatefulSet, as the API server sends it.
-const REVIEW_FIXTURE: &str = include_str!("../../webhook/tests/fixtures/fresh-pod.review.json");
+const REVIEW_FIXTURE: &str = include_str!("../../../webhook/tests/fixtures/fresh-pod.review.json");
 /// The core the webhook is pinned to.
 pub const WEBHOOK_CORE: usize = 0;
 /// Not measured: connections set up, first reviews answered.

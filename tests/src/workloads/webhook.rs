@@ -20,7 +20,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::bed::free_port;
-use crate::{fixtures, wait_for, Bed};
+use crate::workloads::fixtures;
+use crate::{wait_for, Bed};
 
 pub const WEBHOOK_NS: &str = "ldap-elector-system";
 pub const WEBHOOK_SA: &str = "ldap-elector-webhook";
@@ -88,6 +89,50 @@ pub async fn http_get(port: u16, path: &str) -> Result<String, String> {
     }
 }
 
+/// The webhook configuration as the chart registers it, calling `url` (trusting `ca_pem`)
+/// for `namespace`: pod CREATE of StatefulSet pods with `failure_policy`, and Service
+/// CREATE/UPDATE with `Ignore`.
+pub fn configuration(
+    url: &str,
+    ca_pem: &str,
+    namespace: &str,
+    failure_policy: &str,
+) -> anyhow::Result<MutatingWebhookConfiguration> {
+    let client_config = json!({
+        "url": url,
+        "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+    });
+    let namespace_selector = json!({"matchLabels": {"kubernetes.io/metadata.name": namespace}});
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": [{
+            "name": "pods.ldap-elector.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": failure_policy,
+            "reinvocationPolicy": "Never",
+            "timeoutSeconds": 5,
+            "clientConfig": client_config,
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": namespace_selector,
+            "matchConditions": [{"name": "statefulset-pods",
+                "expression": "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, r.kind == 'StatefulSet')"}],
+        }, {
+            "name": "services.ldap-elector.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "Never",
+            "timeoutSeconds": 5,
+            "clientConfig": client_config,
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                       "resources": ["services"], "scope": "Namespaced"}],
+            "namespaceSelector": namespace_selector,
+        }],
+    }))?)
+}
+
 /// A running in-process webhook (files mode) with its reconciler.
 pub struct Webhook {
     pub port: u16,
@@ -131,42 +176,10 @@ impl Webhook {
         Ok(Webhook { port, health_port, ca_pem, shutdown, task: Some(task) })
     }
 
-    /// Registers the webhook as the chart does, for `namespace`: pod CREATE with
-    /// `failure_policy`, and Service CREATE/UPDATE with `Ignore`.
+    /// Registers the webhook as the chart does (see [`configuration`]), for `namespace`.
     pub async fn register(&self, bed: &Bed, namespace: &str, failure_policy: &str) -> anyhow::Result<()> {
-        let client_config = json!({
-            "url": format!("https://127.0.0.1:{}/mutate", self.port),
-            "caBundle": base64::engine::general_purpose::STANDARD.encode(&self.ca_pem),
-        });
-        let namespace_selector = json!({"matchLabels": {"kubernetes.io/metadata.name": namespace}});
-        let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
-            "metadata": {"name": WEBHOOK_CONFIG},
-            "webhooks": [{
-                "name": "pods.ldap-elector.dev",
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "None",
-                "failurePolicy": failure_policy,
-                "reinvocationPolicy": "Never",
-                "timeoutSeconds": 5,
-                "clientConfig": client_config,
-                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                           "resources": ["pods"], "scope": "Namespaced"}],
-                "namespaceSelector": namespace_selector,
-                "matchConditions": [{"name": "statefulset-pods",
-                    "expression": "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, r.kind == 'StatefulSet')"}],
-            }, {
-                "name": "services.ldap-elector.dev",
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "None",
-                "failurePolicy": "Ignore",
-                "reinvocationPolicy": "Never",
-                "timeoutSeconds": 5,
-                "clientConfig": client_config,
-                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-                           "resources": ["services"], "scope": "Namespaced"}],
-                "namespaceSelector": namespace_selector,
-            }],
-        }))?;
+        let url = format!("https://127.0.0.1:{}/mutate", self.port);
+        let mwc = configuration(&url, &self.ca_pem, namespace, failure_policy)?;
         let api = Api::<MutatingWebhookConfiguration>::all(bed.admin_client()?);
         let _ = api.delete(WEBHOOK_CONFIG, &DeleteParams::default()).await;
         api.create(&PostParams::default(), &mwc).await?;

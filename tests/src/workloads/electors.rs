@@ -15,10 +15,11 @@ use kube::{Api, Client};
 use ldap_elector::contract;
 use serde_json::json;
 
-use crate::kubelet::Runner;
-use crate::observer::Observer;
-use crate::webhook::Webhook;
-use crate::{fixtures, Bed, Kubelet};
+use crate::bed::kubelet::Runner;
+use crate::measure::observer::Observer;
+use crate::workloads::fixtures;
+use crate::workloads::webhook::Webhook;
+use crate::{Bed, Kubelet};
 
 /// The `ldap-elector` binary, built once per test process in the shared target directory
 /// (the release profile for benchmarks, debug for tests).
@@ -216,7 +217,7 @@ impl Pair {
     }
 
     /// Sends a signal to the elector of `pod`.
-    pub fn signal(&self, pod: &str, signal: crate::process::Signal) -> bool {
+    pub fn signal(&self, pod: &str, signal: crate::bed::process::Signal) -> bool {
         self.kubelet.signal(&self.namespace, pod, contract::SIDECAR_CONTAINER, signal)
     }
 

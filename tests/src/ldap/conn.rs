@@ -1,0 +1,120 @@
+//! An LDAP connection to a slapd of the rig, with the few operations the tests use, each
+//! bounded by the rig's operation timeout.
+
+use std::collections::HashSet;
+
+use anyhow::{bail, Context};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapResult, Mod, Scope, SearchEntry};
+
+use crate::ldap::slapd::{DATA_DB, OP_TIMEOUT, PEOPLE, SUFFIX};
+
+/// An open LDAP connection of the rig; dropping it closes the connection.
+pub struct Conn {
+    pub ldap: Ldap,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Conn {
+    pub async fn open(url: &str) -> anyhow::Result<Conn> {
+        let settings = LdapConnSettings::new().set_conn_timeout(OP_TIMEOUT);
+        let (conn, ldap) = tokio::time::timeout(OP_TIMEOUT, LdapConnAsync::with_settings(settings, url))
+            .await
+            .with_context(|| format!("connecting to {url}"))?
+            .with_context(|| format!("connecting to {url}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.drive().await;
+        });
+        Ok(Conn { ldap, driver })
+    }
+
+    /// Adds `uid=<uid>,ou=people,…` (an inetOrgPerson) and returns the server's result,
+    /// whatever its code (a refused write is data for the fence tests).
+    pub async fn add_person(&mut self, uid: &str) -> anyhow::Result<LdapResult> {
+        let dn = format!("uid={uid},{PEOPLE}");
+        let attrs = vec![
+            ("objectClass", HashSet::from(["inetOrgPerson"])),
+            ("uid", HashSet::from([uid])),
+            ("cn", HashSet::from([uid])),
+            ("sn", HashSet::from([uid])),
+        ];
+        Ok(self.ldap.with_timeout(OP_TIMEOUT).add(&dn, attrs).await?)
+    }
+
+    /// Deletes `uid=<uid>,ou=people,…` and returns the server's result.
+    pub async fn delete_person(&mut self, uid: &str) -> anyhow::Result<LdapResult> {
+        Ok(self.ldap.with_timeout(OP_TIMEOUT).delete(&format!("uid={uid},{PEOPLE}")).await?)
+    }
+
+    /// The uids under `ou=people`, sorted.
+    pub async fn uids(&mut self) -> anyhow::Result<Vec<String>> {
+        let (entries, _) = self
+            .ldap
+            .with_timeout(OP_TIMEOUT)
+            .search(PEOPLE, Scope::OneLevel, "(uid=*)", vec!["uid"])
+            .await?
+            .success()?;
+        let mut uids: Vec<String> =
+            entries.into_iter().flat_map(|e| values(SearchEntry::construct(e), "uid")).collect();
+        uids.sort();
+        Ok(uids)
+    }
+
+    /// The suffix entry's contextCSN values, sorted.
+    pub async fn context_csn(&mut self) -> anyhow::Result<Vec<String>> {
+        let (entries, _) = self
+            .ldap
+            .with_timeout(OP_TIMEOUT)
+            .search(SUFFIX, Scope::Base, "(objectClass=*)", vec!["contextCSN"])
+            .await?
+            .success()?;
+        let mut csns: Vec<String> =
+            entries.into_iter().flat_map(|e| values(SearchEntry::construct(e), "contextCSN")).collect();
+        csns.sort();
+        Ok(csns)
+    }
+
+    /// Sets `olcReadOnly` of the data database (needs a `root` connection).
+    pub async fn set_read_only(&mut self, read_only: bool) -> anyhow::Result<()> {
+        let value = if read_only { "TRUE" } else { "FALSE" };
+        self.ldap
+            .with_timeout(OP_TIMEOUT)
+            .modify(DATA_DB, vec![Mod::Replace("olcReadOnly", HashSet::from([value]))])
+            .await?
+            .success()?;
+        Ok(())
+    }
+
+    /// `olcReadOnly` of the data database as cn=config holds it (needs a `root` connection).
+    pub async fn read_only(&mut self) -> anyhow::Result<bool> {
+        let (entries, _) = self
+            .ldap
+            .with_timeout(OP_TIMEOUT)
+            .search(DATA_DB, Scope::Base, "(objectClass=*)", vec!["olcReadOnly"])
+            .await?
+            .success()?;
+        let values: Vec<String> =
+            entries.into_iter().flat_map(|e| values(SearchEntry::construct(e), "olcReadOnly")).collect();
+        Ok(values.iter().any(|v| v.eq_ignore_ascii_case("TRUE")))
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Answers a rootDSE search (anonymous).
+pub(crate) async fn root_dse(url: &str) -> anyhow::Result<()> {
+    let mut conn = Conn::open(url).await?;
+    let (entries, _) =
+        conn.ldap.with_timeout(OP_TIMEOUT).search("", Scope::Base, "(objectClass=*)", vec!["+"]).await?.success()?;
+    if entries.len() != 1 {
+        bail!("rootDSE search returned {} entries", entries.len());
+    }
+    Ok(())
+}
+
+pub(crate) fn values(entry: SearchEntry, name: &str) -> Vec<String> {
+    entry.attrs.into_iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).flat_map(|(_, v)| v).collect()
+}

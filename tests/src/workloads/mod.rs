@@ -1,0 +1,6 @@
+//! What runs on the bed: StatefulSets of real electors (`electors`), the in-process webhook
+//! (`webhook`), the objects tests create (`fixtures`) and the elector's status report (`status`).
+pub mod electors;
+pub mod fixtures;
+pub mod status;
+pub mod webhook;
