@@ -64,25 +64,26 @@ pub fn serving_files(bed: &Bed) -> anyhow::Result<(PathBuf, PathBuf, String)> {
     Ok((cert, key, ca.cert_pem()))
 }
 
-/// `GET path` on a plain-HTTP port; the status code.
-pub async fn http_status(port: u16, path: &str) -> Result<u16, String> {
+/// `GET path` on a plain-HTTP port (`Connection: close`); the whole response.
+async fn http_response(port: u16, path: &str) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut response = String::new();
     tcp.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+    Ok(response)
+}
+
+/// `GET path` on a plain-HTTP port; the status code.
+pub async fn http_status(port: u16, path: &str) -> Result<u16, String> {
+    let response = http_response(port, path).await?;
     response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or(response)
 }
 
 /// `GET path` on a plain-HTTP port; the body of a 200 response.
 pub async fn http_get(port: u16, path: &str) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+    let response = http_response(port, path).await?;
     match response.split_once("\r\n\r\n") {
         Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
         _ => Err(response),
