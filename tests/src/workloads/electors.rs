@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -238,5 +238,16 @@ impl Pair {
     /// Waits for a single leader, bounded.
     pub async fn leader(&self, timeout: Duration) -> anyhow::Result<String> {
         self.observer.wait_for_single_leader(timeout).await
+    }
+
+    /// Waits up to `timeout` for another pod than `old` to be labelled leader after `fault`;
+    /// that pod and when its label was seen (see [`Observer::wait_for_new_leader`]).
+    pub async fn new_leader_after(
+        &self,
+        old: &str,
+        fault: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<(String, Instant)> {
+        self.observer.wait_for_new_leader("another pod labelled leader", Some(old), fault, timeout).await
     }
 }
