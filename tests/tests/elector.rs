@@ -50,7 +50,7 @@ async fn graceful_stop_of_the_leader_hands_over_at_once() -> anyhow::Result<()> 
     let old = pair.leader(ELECT).await?;
     let fault = Instant::now();
     assert!(pair.signal(&old, Signal::Term));
-    let (new, at) = pair.new_leader_after(&old, fault, Duration::from_secs(20)).await?;
+    let (new, at) = pair.wait_for_new_leader(&old, fault, Duration::from_secs(20)).await?;
     println!("graceful handover {old} -> {new}: {:?}", at - fault);
     assert!(pair.log(&old).contains("released the Lease"), "{}", pair.log(&old));
     pair.observer.assert_never_two_leaders();
@@ -63,7 +63,7 @@ async fn deleting_the_leader_pod_hands_over_before_it_goes() -> anyhow::Result<(
     let old = pair.leader(ELECT).await?;
     let fault = Instant::now();
     Api::<Pod>::namespaced(pair.client.clone(), &pair.namespace).delete(&old, &DeleteParams::default()).await?;
-    let (new, at) = pair.new_leader_after(&old, fault, Duration::from_secs(20)).await?;
+    let (new, at) = pair.wait_for_new_leader(&old, fault, Duration::from_secs(20)).await?;
     println!("handover on pod deletion {old} -> {new}: {:?}", at - fault);
     pair.observer.assert_never_two_leaders();
     Ok(())
@@ -75,7 +75,7 @@ async fn kill_9_of_the_leader_lets_the_standby_take_over_after_expiry() -> anyho
     let old = pair.leader(ELECT).await?;
     let fault = Instant::now();
     assert!(pair.signal(&old, Signal::Kill));
-    let (new, at) = pair.new_leader_after(&old, fault, Duration::from_secs(30)).await?;
+    let (new, at) = pair.wait_for_new_leader(&old, fault, Duration::from_secs(30)).await?;
     let took = at - fault;
     println!("crash failover {old} -> {new}: {took:?}");
     // Not a timing goal: a safety check. Nobody may take over before the lease expired.
@@ -90,7 +90,7 @@ async fn a_leader_paused_past_its_lease_never_relabels_itself_and_stands_down() 
     let old = pair.leader(ELECT).await?;
     let fault = Instant::now();
     assert!(pair.signal(&old, Signal::Stop));
-    let (new, _) = pair.new_leader_after(&old, fault, Duration::from_secs(30)).await?;
+    let (new, _) = pair.wait_for_new_leader(&old, fault, Duration::from_secs(30)).await?;
     let resumed = Instant::now();
     assert!(pair.signal(&old, Signal::Cont));
     wait_for("the resumed elector to stand down", Duration::from_secs(10), || async {

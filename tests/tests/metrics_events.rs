@@ -126,7 +126,7 @@ async fn metrics_and_events_follow_a_graceful_handover() -> anyhow::Result<()> {
     // Graceful stop of the leader: the survivor reports leading, one more acquisition.
     let fault = Instant::now();
     assert!(pair.signal(&old, Signal::Term));
-    let (new, _) = pair.new_leader_after(&old, fault, Duration::from_secs(30)).await?;
+    let (new, _) = pair.wait_for_new_leader(&old, fault, Duration::from_secs(30)).await?;
     assert_eq!(new, survivor);
     wait_for("the survivor's is_leader 1 and its acquisitions up by one", ELECT, || async {
         let text = scrape(survivor_port).await?;

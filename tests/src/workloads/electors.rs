@@ -242,7 +242,7 @@ impl Pair {
 
     /// Waits up to `timeout` for another pod than `old` to be labelled leader after `fault`;
     /// that pod and when its label was seen (see [`Observer::wait_for_new_leader`]).
-    pub async fn new_leader_after(
+    pub async fn wait_for_new_leader(
         &self,
         old: &str,
         fault: Instant,
