@@ -17,3 +17,8 @@ pub mod workloads;
 pub use bed::kubelet::Kubelet;
 pub use bed::Bed;
 pub use wait::wait_for;
+
+/// The repository root (the workspace), for its scripts, charts and docs.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}

@@ -42,7 +42,8 @@ use ldap_elector_tests::ldap::slapd::{self, MirrorPair};
 use ldap_elector_tests::ldap::writer::{self, Limits, Outcome, Writer};
 use ldap_elector_tests::splitmix::SplitMix64 as Rng;
 use ldap_elector_tests::wait_for;
-use ldap_elector_tests::workloads::electors::{elector_binary, Pair, PairOptions};
+use ldap_elector_tests::workloads::build::elector_binary;
+use ldap_elector_tests::workloads::electors::{Pair, PairOptions};
 use ldap_elector_tests::workloads::fixtures;
 use serde_json::json;
 

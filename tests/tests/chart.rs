@@ -4,7 +4,7 @@
 //! ServiceAccount may create exactly the per-StatefulSet RBAC it needs (no `escalate`),
 //! and an upgrade keeps the caBundle the webhook published.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const KUBE_VERSION: &str = "1.35.0";
 
 fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ldap-elector")
+    ldap_elector_tests::repo_root().join("charts/ldap-elector")
 }
 
 /// `helm` without a cluster, with its state in a throwaway directory.

@@ -22,7 +22,7 @@ use ldap_elector::ldap::Credentials;
 use ldap_elector_tests::ldap::divergence::{self, description, dn, Outcome, CATCH_UP};
 use ldap_elector_tests::ldap::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, PEOPLE, SUFFIX};
 use ldap_elector_tests::wait_for;
-use ldap_elector_tests::workloads::electors::elector_binary;
+use ldap_elector_tests::workloads::build::elector_binary;
 
 const OP: Duration = Duration::from_secs(5);
 /// Fresh scenarios tried before concluding that this slapd no longer diverges: the notes

@@ -15,7 +15,7 @@ use kube::{Api, Client};
 use ldap_elector::contract;
 use ldap_elector_tests::bed::kubelet::Runner;
 use ldap_elector_tests::measure::observer::Observer;
-use ldap_elector_tests::workloads::electors::elector_binary;
+use ldap_elector_tests::workloads::build::elector_binary;
 use ldap_elector_tests::workloads::fixtures;
 use ldap_elector_tests::workloads::webhook::Webhook;
 use ldap_elector_tests::{wait_for, Bed, Kubelet};

@@ -7,7 +7,6 @@
 //! gracefully and fail over with a demotion of the crashed leader's pod. A write Service
 //! keeps its leader selector against anyone but the webhook and admins.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -19,7 +18,7 @@ use ldap_elector::contract;
 use ldap_elector_tests::bed::kubelet::Runner;
 use ldap_elector_tests::bed::process::{run, Signal};
 use ldap_elector_tests::measure::observer::Observer;
-use ldap_elector_tests::workloads::electors::elector_binary;
+use ldap_elector_tests::workloads::build::elector_binary;
 use ldap_elector_tests::workloads::fixtures;
 use ldap_elector_tests::workloads::webhook::{Webhook, WEBHOOK_NS, WEBHOOK_SA};
 use ldap_elector_tests::{wait_for, Bed, Kubelet};
@@ -39,7 +38,7 @@ const SERVICE_POLICY: &str = "ldap-elector-leader-service";
 /// where the test webhook runs, so its exemption names the test webhook's account) and
 /// applies it, as a cluster admin would with `helm install`.
 async fn install_label_protection(bed: &Bed) -> anyhow::Result<()> {
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ldap-elector");
+    let chart = ldap_elector_tests::repo_root().join("charts/ldap-elector");
     // The chart's kubeVersion is checked against the bed's real version.
     let version = bed.admin_client()?.apiserver_version().await?.git_version;
     let rendered = run(

@@ -21,7 +21,7 @@
 //! (slapd's own ACL engine) must grant that identity the fence and the health check and
 //! nothing else it asks about.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -150,7 +150,7 @@ const SIDECAR_PEER: &str = "gidNumber=65532+uidNumber=65532,cn=peercred,cn=exter
 
 /// The LDIF between the `acl:begin` and `acl:end` markers of docs/openldap.md.
 fn documented_acl() -> anyhow::Result<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openldap.md");
+    let path = ldap_elector_tests::repo_root().join("docs/openldap.md");
     let doc = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
     let block = doc
         .split_once("<!-- acl:begin")

@@ -23,7 +23,8 @@ use ldap_elector_tests::bed::process::Signal;
 use ldap_elector_tests::ldap::slapd::{self, MirrorPair, SUFFIX};
 use ldap_elector_tests::ldap::{divergence, writer};
 use ldap_elector_tests::wait_for;
-use ldap_elector_tests::workloads::electors::{elector_binary, Pair, PairOptions};
+use ldap_elector_tests::workloads::build::elector_binary;
+use ldap_elector_tests::workloads::electors::{Pair, PairOptions};
 
 const ELECT: Duration = Duration::from_secs(90);
 /// From a standby's return to its mark in the Lease: a probe period (5 s), the audit, a renew.

@@ -24,7 +24,8 @@ use kube::Api;
 use ldap_elector::contract;
 use ldap_elector_tests::ldap::rig::{self, ordinal, LdapRig};
 use ldap_elector_tests::wait_for;
-use ldap_elector_tests::workloads::electors::{elector_binary, Pair, PairOptions, WRITE_SERVICE};
+use ldap_elector_tests::workloads::build::elector_binary;
+use ldap_elector_tests::workloads::electors::{Pair, PairOptions, WRITE_SERVICE};
 use serde_json::{json, Value};
 
 const ELECT: Duration = Duration::from_secs(90);

@@ -29,7 +29,7 @@ use anyhow::Context;
 use ldap3::Mod;
 use ldap_elector_tests::ldap::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, PEOPLE, SUFFIX};
 use ldap_elector_tests::measure::Machine;
-use ldap_elector_tests::workloads::electors::elector_binary;
+use ldap_elector_tests::workloads::build::elector_binary;
 
 const TARGET_WALL: Duration = Duration::from_secs(10);
 const TARGET_RSS_MIB: f64 = 64.0;

@@ -8,7 +8,7 @@
 //! `xtask sbom [OUT_DIR]` writes `<OUT_DIR>/<package>.cdx.json` (default `results/sbom`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -20,7 +20,7 @@ const SHIPPED: [&str; 2] = ["ldap-elector", "ldap-elector-webhook"];
 const TARGET: &str = "x86_64-unknown-linux-musl";
 
 pub fn run(out: &Path) -> anyhow::Result<()> {
-    let root = workspace_root()?;
+    let root = ldap_elector_tests::repo_root();
     let metadata = cargo_metadata(&root)?;
     let checksums = lock_checksums(&root.join("Cargo.lock"))?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -32,11 +32,6 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
         println!("{}: {components} components", path.display());
     }
     Ok(())
-}
-
-fn workspace_root() -> anyhow::Result<PathBuf> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    Ok(manifest.parent().context("the xtask crate lives in the workspace")?.to_path_buf())
 }
 
 fn cargo_metadata(root: &Path) -> anyhow::Result<Value> {
@@ -163,7 +158,7 @@ mod tests {
 
     #[test]
     fn shipped_binaries_list_what_they_link_and_not_what_they_test_with() {
-        let root = workspace_root().unwrap();
+        let root = ldap_elector_tests::repo_root();
         let metadata = cargo_metadata(&root).unwrap();
         let checksums = lock_checksums(&root.join("Cargo.lock")).unwrap();
         let names = |bom: &Value| -> BTreeSet<String> {

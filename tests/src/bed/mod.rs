@@ -357,7 +357,7 @@ pub fn binaries() -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("LDAP_ELECTOR_BIN") {
         return Ok(PathBuf::from(dir));
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/build-testbed.sh");
+    let script = crate::repo_root().join("hack/build-testbed.sh");
     let out = Command::new("bash")
         .arg(&script)
         .stderr(std::process::Stdio::inherit())

@@ -6,7 +6,7 @@
 use ldap_elector::contract;
 use ldap_elector_tests::bed::kubelet::Runner;
 use ldap_elector_tests::bed::BedOptions;
-use ldap_elector_tests::workloads::electors::{elector_binary, webhook_debug_binary};
+use ldap_elector_tests::workloads::build::{elector_binary, webhook_debug_binary};
 use ldap_elector_tests::{Bed, Kubelet};
 
 /// The container name of the chart's webhook Deployment.

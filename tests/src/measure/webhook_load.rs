@@ -106,7 +106,7 @@ impl Setup {
     /// Starts the webhook (pinned) against `bed` with everything it needs, and checks one
     /// review in depth (the patch adds the sidecar).
     pub async fn start(bed: &Bed, h2: bool) -> anyhow::Result<Setup> {
-        let binary = webhook_binary()?;
+        let binary = crate::workloads::build::webhook_release_binary()?;
         let taskset = which("taskset");
         let admin = bed.admin_client()?;
         // The webhook's identity, and an opted-in StatefulSet for the owner cache to hold.
@@ -207,24 +207,6 @@ impl Setup {
             first_leaf: old_leaf,
         })
     }
-}
-
-/// The release `ldap-elector-webhook`, built in the shared target directory (as
-/// `electors::elector_binary` does for the elector); `WEBHOOK_BENCH_BINARY` names another
-/// build instead (e.g. one with symbols, for `perf`).
-pub fn webhook_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("WEBHOOK_BENCH_BINARY") {
-        return Ok(PathBuf::from(path));
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "-p", "ldap-elector-webhook", "--bin", "ldap-elector-webhook"])
-        .current_dir(&root)
-        .status()
-        .context("running cargo build for ldap-elector-webhook")?;
-    anyhow::ensure!(status.success(), "building ldap-elector-webhook failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release").join("ldap-elector-webhook"))
 }
 
 fn which(program: &str) -> Option<PathBuf> {

@@ -3,7 +3,6 @@
 //! `contract::elector_role_rules`, RoleBinding, pre-created Lease).
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -17,49 +16,10 @@ use serde_json::json;
 
 use crate::bed::kubelet::Runner;
 use crate::measure::observer::Observer;
+use crate::workloads::build::elector_binary;
 use crate::workloads::fixtures;
 use crate::workloads::webhook::Webhook;
 use crate::{Bed, Kubelet};
-
-/// The `ldap-elector` binary, built once per test process in the shared target directory
-/// (the release profile for benchmarks, debug for tests).
-pub fn elector_binary(release: bool) -> PathBuf {
-    static BINS: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
-    BINS[release as usize]
-        .get_or_init(|| {
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-            let mut args = vec!["build", "--quiet", "-p", "ldap-elector", "--bin", "ldap-elector"];
-            if release {
-                args.push("--release");
-            }
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(&args)
-                .current_dir(&root)
-                .status()
-                .expect("running cargo build for ldap-elector");
-            assert!(status.success(), "building ldap-elector failed");
-            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-            target.join(if release { "release" } else { "debug" }).join("ldap-elector")
-        })
-        .clone()
-}
-
-/// The debug `ldap-elector-webhook` binary, built once per test process in the shared
-/// target directory (for the chart's pods on a bed with a pod network).
-pub fn webhook_debug_binary() -> anyhow::Result<PathBuf> {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(path) = BIN.get() {
-        return Ok(path.clone());
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "ldap-elector-webhook", "--bin", "ldap-elector-webhook"])
-        .current_dir(&root)
-        .status()?;
-    anyhow::ensure!(status.success(), "building ldap-elector-webhook failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    Ok(BIN.get_or_init(|| target.join("debug").join("ldap-elector-webhook")).clone())
-}
 
 /// Options of a `Pair`.
 #[derive(Clone, Debug, Default)]

@@ -38,6 +38,7 @@ use ldap_elector_tests::bed::process::Signal;
 use ldap_elector_tests::bed::proxy::{self, Proxy};
 use ldap_elector_tests::measure::webhook_load::{self, Phase, Schedule, Setup};
 use ldap_elector_tests::measure::{self, DualLeaders, Machine, Partitions, SteadyState};
+use ldap_elector_tests::workloads::build::{cargo_build, elector_binary};
 use ldap_elector_tests::workloads::electors::{Pair, PairOptions};
 use ldap_elector_tests::{wait_for, Bed};
 
@@ -143,7 +144,7 @@ pub async fn run() -> anyhow::Result<()> {
     }
     let client_go = client_go_version();
     let peer = peers_bin()?.join("client-go-elector");
-    let ours = frozen(&ldap_elector_tests::workloads::electors::elector_binary(true))?;
+    let ours = frozen(&elector_binary(true))?;
     let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
     let contenders = [
         Contender {
@@ -175,7 +176,7 @@ pub async fn run() -> anyhow::Result<()> {
     let only: Option<Vec<String>> =
         std::env::var("COMPARE_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let date = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
-    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results");
+    let results = ldap_elector_tests::repo_root().join("results");
     std::fs::create_dir_all(&results)?;
     let (md_path, svg_path) = (results.join(format!("compare-{date}.md")), results.join(format!("compare-{date}.svg")));
 
@@ -300,17 +301,9 @@ async fn measure_webhook(machine: Machine) -> anyhow::Result<WebhookFigures> {
     if !cfg!(debug_assertions) {
         return measure_webhook_here(machine).await;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = tokio::process::Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "-p", "ldap-elector-xtask", "--bin", "xtask"])
-        .current_dir(&root)
-        .status()
-        .await
-        .context("running cargo build --release for compare")?;
-    anyhow::ensure!(status.success(), "building the release compare failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let xtask = tokio::task::spawn_blocking(|| cargo_build("ldap-elector-xtask", "xtask", true)).await??;
     let json = std::env::temp_dir().join(format!("ldap-elector-compare-webhook-{}.json", std::process::id()));
-    let status = tokio::process::Command::new(target.join("release/xtask"))
+    let status = tokio::process::Command::new(xtask)
         .arg("compare")
         .env(WEBHOOK_JSON_ENV, &json)
         .kill_on_drop(true)
@@ -366,7 +359,7 @@ fn peers_bin() -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("LDAP_ELECTOR_PEERS_BIN") {
         return Ok(PathBuf::from(dir));
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/build-peers.sh");
+    let script = ldap_elector_tests::repo_root().join("hack/build-peers.sh");
     let out = std::process::Command::new("bash")
         .arg(&script)
         .stderr(std::process::Stdio::inherit())
