@@ -2,7 +2,6 @@
 //! (with its environment variable) of both binaries: a name added to the code but not to
 //! the docs fails here. Flags come from clap itself, names from the sources.
 
-
 use clap::CommandFactory;
 
 fn repo_file(rel: &str) -> String {
