@@ -45,32 +45,31 @@ impl Conn {
         Ok(self.ldap.with_timeout(OP_TIMEOUT).delete(&format!("uid={uid},{PEOPLE}")).await?)
     }
 
+    /// The values of `attribute` in the entries that `filter` finds from `base` within
+    /// `scope`, sorted.
+    pub async fn values_of(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attribute: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        let (entries, _) =
+            self.ldap.with_timeout(OP_TIMEOUT).search(base, scope, filter, vec![attribute]).await?.success()?;
+        let mut found: Vec<String> =
+            entries.into_iter().flat_map(|e| values(SearchEntry::construct(e), attribute)).collect();
+        found.sort();
+        Ok(found)
+    }
+
     /// The uids under `ou=people`, sorted.
     pub async fn uids(&mut self) -> anyhow::Result<Vec<String>> {
-        let (entries, _) = self
-            .ldap
-            .with_timeout(OP_TIMEOUT)
-            .search(PEOPLE, Scope::OneLevel, "(uid=*)", vec!["uid"])
-            .await?
-            .success()?;
-        let mut uids: Vec<String> =
-            entries.into_iter().flat_map(|e| values(SearchEntry::construct(e), "uid")).collect();
-        uids.sort();
-        Ok(uids)
+        self.values_of(PEOPLE, Scope::OneLevel, "(uid=*)", "uid").await
     }
 
     /// The suffix entry's contextCSN values, sorted.
     pub async fn context_csn(&mut self) -> anyhow::Result<Vec<String>> {
-        let (entries, _) = self
-            .ldap
-            .with_timeout(OP_TIMEOUT)
-            .search(SUFFIX, Scope::Base, "(objectClass=*)", vec!["contextCSN"])
-            .await?
-            .success()?;
-        let mut csns: Vec<String> =
-            entries.into_iter().flat_map(|e| values(SearchEntry::construct(e), "contextCSN")).collect();
-        csns.sort();
-        Ok(csns)
+        self.values_of(SUFFIX, Scope::Base, "(objectClass=*)", "contextCSN").await
     }
 
     /// Sets `olcReadOnly` of the data database (needs a `root` connection).
@@ -86,14 +85,7 @@ impl Conn {
 
     /// `olcReadOnly` of the data database as cn=config holds it (needs a `root` connection).
     pub async fn read_only(&mut self) -> anyhow::Result<bool> {
-        let (entries, _) = self
-            .ldap
-            .with_timeout(OP_TIMEOUT)
-            .search(DATA_DB, Scope::Base, "(objectClass=*)", vec!["olcReadOnly"])
-            .await?
-            .success()?;
-        let values: Vec<String> =
-            entries.into_iter().flat_map(|e| values(SearchEntry::construct(e), "olcReadOnly")).collect();
+        let values = self.values_of(DATA_DB, Scope::Base, "(objectClass=*)", "olcReadOnly").await?;
         Ok(values.iter().any(|v| v.eq_ignore_ascii_case("TRUE")))
     }
 }
@@ -115,6 +107,6 @@ pub(crate) async fn root_dse(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn values(entry: SearchEntry, name: &str) -> Vec<String> {
+fn values(entry: SearchEntry, name: &str) -> Vec<String> {
     entry.attrs.into_iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).flat_map(|(_, v)| v).collect()
 }

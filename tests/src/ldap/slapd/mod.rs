@@ -16,11 +16,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ldap3::{Mod, Scope, SearchEntry};
+use ldap3::{Mod, Scope};
 
 use crate::bed::process::{Child, Signal};
 use crate::bed::{free_port, random_hex};
-use crate::ldap::conn::{root_dse, values, Conn};
+use crate::ldap::conn::{root_dse, Conn};
 use crate::wait::wait_for;
 
 mod config;
@@ -218,19 +218,14 @@ impl SlapdNode {
     /// cn=monitor: `olmSRConnection` is empty while it is retrying).
     pub async fn consumer_connected(&self) -> anyhow::Result<()> {
         let mut root = self.root().await?;
-        let (entries, _) = root
-            .ldap
-            .with_timeout(OP_TIMEOUT)
-            .search(
+        let connections = root
+            .values_of(
                 "cn=Databases,cn=Monitor",
                 Scope::Subtree,
                 "(objectClass=olmSyncReplInstance)",
-                vec!["olmSRConnection"],
+                "olmSRConnection",
             )
-            .await?
-            .success()?;
-        let connections: Vec<String> =
-            entries.into_iter().flat_map(|e| values(SearchEntry::construct(e), "olmSRConnection")).collect();
+            .await?;
         match connections.as_slice() {
             [c] if !c.is_empty() => Ok(()),
             other => bail!("consumer of node {} not connected: olmSRConnection {other:?}", self.id),
