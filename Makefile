@@ -6,7 +6,7 @@ CARGO ?= cargo
 
 ## demo: a local control plane, the webhook, an annotated StatefulSet, an election and a failover, live
 demo: testbed-binaries
-	$(CARGO) run --quiet -p ldap-elector-tests --bin demo
+	$(CARGO) run --quiet -p ldap-elector-xtask -- demo
 
 ## test: everything CI runs after the lint gates: unit tests and e2e tests on the real bed
 test: testbed-binaries
@@ -46,7 +46,7 @@ clean-beds:
 
 ## bench: failover latencies (p50/p99 over BENCH_RUNS=20), API requests/min, RSS — prints a table
 bench: testbed-binaries
-	$(CARGO) run --quiet -p ldap-elector-tests --bin bench
+	$(CARGO) run --quiet -p ldap-elector-xtask -- bench
 
 .PHONY: peers compare
 
@@ -56,22 +56,22 @@ peers:
 
 ## compare: ldap-elector vs client-go (defaults and our timings) on the real bed -> results/compare-<date>.{md,svg}
 compare: testbed-binaries peers
-	$(CARGO) run --quiet -p ldap-elector-tests --bin compare
+	$(CARGO) run --quiet -p ldap-elector-xtask -- compare
 
 .PHONY: webhook-bench
 
 ## webhook-bench: admission load on the release webhook pinned to one core, cert rotation halfway (WEBHOOK_BENCH_SECS=60) — prints a table
 webhook-bench: testbed-binaries
-	$(CARGO) run --quiet --release -p ldap-elector-tests --bin webhook-bench
+	$(CARGO) run --quiet --release -p ldap-elector-xtask -- webhook-bench
 
 .PHONY: audit-bench
 
 ## audit-bench: `ldap-elector audit` (release) on a converged pair preloaded with AUDIT_BENCH_ENTRIES=100000 entries each — wall time and peak RSS
 audit-bench:
-	$(CARGO) run --quiet -p ldap-elector-tests --bin audit_bench
+	$(CARGO) run --quiet -p ldap-elector-xtask -- audit-bench
 
 .PHONY: sbom
 
 ## sbom: CycloneDX 1.5 SBOMs of the shipped binaries (normal dependencies for the musl target) -> results/sbom/
 sbom:
-	$(CARGO) run --quiet -p ldap-elector-tests --bin sbom -- results/sbom
+	$(CARGO) run --quiet -p ldap-elector-xtask -- sbom results/sbom

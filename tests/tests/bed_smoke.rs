@@ -9,7 +9,8 @@ use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
+use ldap_elector_tests::workloads::fixtures;
+use ldap_elector_tests::{wait_for, Bed, Kubelet};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);

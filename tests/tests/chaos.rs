@@ -35,13 +35,16 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::Api;
 use ldap_elector_contract as contract;
-use ldap_elector_tests::electors::{elector_binary, Pair, PairOptions};
-use ldap_elector_tests::forwarder::Forwarder;
-use ldap_elector_tests::process::Signal;
-use ldap_elector_tests::proxy::{self, Mode, Proxy};
-use ldap_elector_tests::slapd::{self, MirrorPair};
-use ldap_elector_tests::writer::{self, Limits, Outcome, Writer};
-use ldap_elector_tests::{fixtures, wait_for};
+use ldap_elector_tests::bed::forwarder::Forwarder;
+use ldap_elector_tests::bed::process::Signal;
+use ldap_elector_tests::bed::proxy::{self, Mode, Proxy};
+use ldap_elector_tests::ldap::slapd::{self, MirrorPair};
+use ldap_elector_tests::ldap::writer::{self, Limits, Outcome, Writer};
+use ldap_elector_tests::splitmix::SplitMix64 as Rng;
+use ldap_elector_tests::wait_for;
+use ldap_elector_tests::workloads::build::elector_binary;
+use ldap_elector_tests::workloads::electors::{Pair, PairOptions};
+use ldap_elector_tests::workloads::fixtures;
 use serde_json::json;
 
 /// After healing, a leader (the Lease holder) must be back within this bound: the lease
@@ -75,27 +78,6 @@ const WATCH_LAG: Duration = Duration::from_secs(1);
 /// The two tests take turns: each starts a control plane, and two at once on a 2-core
 /// machine turn timing faults into noise.
 static ONE_BED_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// SplitMix64: a tiny seeded generator, so a run is reproducible from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn millis(&mut self, from: u64, to: u64) -> Duration {
-        Duration::from_millis(from + self.below(to - from + 1))
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -539,7 +521,7 @@ async fn start(name: &str, slapd: Option<MirrorPair>, writer_time: Duration) -> 
 /// Runs `sequences` faults drawn by `draw` from `seed`, each healed and checked; panics
 /// with the seed, the sequence and the observer's timeline on the first violation.
 async fn run(chaos: &Chaos, seed: u64, sequences: usize, draw: fn(&mut Rng) -> Fault) -> Vec<Duration> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut recoveries = Vec::new();
     for n in 0..sequences {
         let fault = draw(&mut rng);

@@ -4,9 +4,8 @@
 //! ServiceAccount may create exactly the per-StatefulSet RBAC it needs (no `escalate`),
 //! and an upgrade keeps the caBundle the webhook published.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -18,8 +17,10 @@ use k8s_openapi::ByteString;
 use kube::api::{ListParams, PostParams};
 use kube::Api;
 use ldap_elector_contract as contract;
+use ldap_elector_tests::bed::process::{output, run};
 use ldap_elector_tests::bed::{binaries, random_hex};
-use ldap_elector_tests::{fixtures, wait_for, Bed};
+use ldap_elector_tests::workloads::fixtures;
+use ldap_elector_tests::{wait_for, Bed};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
@@ -33,32 +34,7 @@ const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const KUBE_VERSION: &str = "1.35.0";
 
 fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ldap-elector")
-}
-
-/// Runs `cmd` (feeding `stdin`), failing with its stderr unless it exits 0.
-fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> anyhow::Result<Output> {
-    let out = output(cmd, stdin)?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{cmd:?} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
-}
-
-fn output(cmd: &mut Command, stdin: Option<&[u8]>) -> anyhow::Result<Output> {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
-    if let Some(input) = stdin {
-        child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?.write_all(input)?;
-    }
-    Ok(child.wait_with_output()?)
+    ldap_elector_tests::repo_root().join("charts/ldap-elector")
 }
 
 /// `helm` without a cluster, with its state in a throwaway directory.

@@ -19,10 +19,10 @@ use ldap3::Mod;
 use ldap_elector::divergence::audit::{self, AuditConfig, DiffKind, Report, Verdict};
 use ldap_elector::slapd::config_guard;
 use ldap_elector::slapd::ldap::Credentials;
-use ldap_elector_tests::divergence::{self, description, dn, Outcome, CATCH_UP};
-use ldap_elector_tests::electors::elector_binary;
-use ldap_elector_tests::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, PEOPLE, SUFFIX};
+use ldap_elector_tests::ldap::divergence::{self, description, dn, Outcome, CATCH_UP};
+use ldap_elector_tests::ldap::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, PEOPLE, SUFFIX};
 use ldap_elector_tests::wait_for;
+use ldap_elector_tests::workloads::build::elector_binary;
 
 const OP: Duration = Duration::from_secs(5);
 /// Fresh scenarios tried before concluding that this slapd no longer diverges: the notes
@@ -73,7 +73,7 @@ async fn audit_cli(pair: &MirrorPair, extra: &[&str]) -> anyhow::Result<(i32, St
     Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
-/// The scenario of the notes (see `ldap_elector_tests::divergence`): returns what node 2
+/// The scenario of the notes (see `ldap_elector_tests::ldap::divergence`): returns what node 2
 /// then holds; node 1 holds all three changes whatever happened to node 2.
 async fn stop_change_restart(pair: &MirrorPair, tag: &str) -> anyhow::Result<Outcome> {
     divergence::prepare(pair, tag).await?;

@@ -2,12 +2,10 @@
 //! (with its environment variable) of both binaries: a name added to the code but not to
 //! the docs fails here. Flags come from clap itself, names from the sources.
 
-use std::path::Path;
-
 use clap::CommandFactory;
 
 fn repo_file(rel: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+    let path = ldap_elector_tests::repo_root().join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

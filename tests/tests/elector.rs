@@ -8,9 +8,9 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use ldap_elector_contract as contract;
-use ldap_elector_tests::electors::Pair;
-use ldap_elector_tests::process::Signal;
+use ldap_elector_tests::bed::process::Signal;
 use ldap_elector_tests::wait_for;
+use ldap_elector_tests::workloads::electors::Pair;
 
 const ELECT: Duration = Duration::from_secs(60);
 
@@ -50,10 +50,7 @@ async fn graceful_stop_of_the_leader_hands_over_at_once() -> anyhow::Result<()> 
     let old = pair.leader(ELECT).await?;
     let fault = Instant::now();
     assert!(pair.signal(&old, Signal::Term));
-    let (new, at) = wait_for("another pod labelled leader", Duration::from_secs(20), || async {
-        pair.observer.new_leader_after(Some(&old), fault).ok_or_else(|| pair.observer.timeline())
-    })
-    .await?;
+    let (new, at) = pair.wait_for_new_leader(&old, fault, Duration::from_secs(20)).await?;
     println!("graceful handover {old} -> {new}: {:?}", at - fault);
     assert!(pair.log(&old).contains("released the Lease"), "{}", pair.log(&old));
     pair.observer.assert_never_two_leaders();
@@ -66,10 +63,7 @@ async fn deleting_the_leader_pod_hands_over_before_it_goes() -> anyhow::Result<(
     let old = pair.leader(ELECT).await?;
     let fault = Instant::now();
     Api::<Pod>::namespaced(pair.client.clone(), &pair.namespace).delete(&old, &DeleteParams::default()).await?;
-    let (new, at) = wait_for("another pod labelled leader", Duration::from_secs(20), || async {
-        pair.observer.new_leader_after(Some(&old), fault).ok_or_else(|| pair.observer.timeline())
-    })
-    .await?;
+    let (new, at) = pair.wait_for_new_leader(&old, fault, Duration::from_secs(20)).await?;
     println!("handover on pod deletion {old} -> {new}: {:?}", at - fault);
     pair.observer.assert_never_two_leaders();
     Ok(())
@@ -81,10 +75,7 @@ async fn kill_9_of_the_leader_lets_the_standby_take_over_after_expiry() -> anyho
     let old = pair.leader(ELECT).await?;
     let fault = Instant::now();
     assert!(pair.signal(&old, Signal::Kill));
-    let (new, at) = wait_for("another pod labelled leader", Duration::from_secs(30), || async {
-        pair.observer.new_leader_after(Some(&old), fault).ok_or_else(|| pair.observer.timeline())
-    })
-    .await?;
+    let (new, at) = pair.wait_for_new_leader(&old, fault, Duration::from_secs(30)).await?;
     let took = at - fault;
     println!("crash failover {old} -> {new}: {took:?}");
     // Not a timing goal: a safety check. Nobody may take over before the lease expired.
@@ -99,10 +90,7 @@ async fn a_leader_paused_past_its_lease_never_relabels_itself_and_stands_down() 
     let old = pair.leader(ELECT).await?;
     let fault = Instant::now();
     assert!(pair.signal(&old, Signal::Stop));
-    let (new, _) = wait_for("another pod labelled leader", Duration::from_secs(30), || async {
-        pair.observer.new_leader_after(Some(&old), fault).ok_or_else(|| pair.observer.timeline())
-    })
-    .await?;
+    let (new, _) = pair.wait_for_new_leader(&old, fault, Duration::from_secs(30)).await?;
     let resumed = Instant::now();
     assert!(pair.signal(&old, Signal::Cont));
     wait_for("the resumed elector to stand down", Duration::from_secs(10), || async {

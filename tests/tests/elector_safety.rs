@@ -16,8 +16,8 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use ldap_elector::election::decide::{Timing, MAX_CLOCK_DRIFT};
 use ldap_elector_contract as contract;
-use ldap_elector_tests::ldap_rig::{self, ordinal, LdapRig};
-use ldap_elector_tests::process::Signal;
+use ldap_elector_tests::bed::process::Signal;
+use ldap_elector_tests::ldap::rig::{self as ldap_rig, ordinal, LdapRig};
 use ldap_elector_tests::wait_for;
 
 const ELECT: Duration = Duration::from_secs(90);

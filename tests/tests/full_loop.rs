@@ -13,11 +13,12 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use ldap_elector_contract as contract;
-use ldap_elector_tests::electors::elector_binary;
-use ldap_elector_tests::kubelet::Runner;
-use ldap_elector_tests::observer::Observer;
-use ldap_elector_tests::webhook::Webhook;
-use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
+use ldap_elector_tests::bed::kubelet::Runner;
+use ldap_elector_tests::measure::observer::Observer;
+use ldap_elector_tests::workloads::build::elector_binary;
+use ldap_elector_tests::workloads::fixtures;
+use ldap_elector_tests::workloads::webhook::Webhook;
+use ldap_elector_tests::{wait_for, Bed, Kubelet};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(90);
@@ -124,10 +125,8 @@ async fn annotate_inject_elect_route_and_fail_over() -> anyhow::Result<()> {
     // Deleting the leader pod: it hands over before it goes; the Service follows.
     let fault = Instant::now();
     pods.delete(&leader, &DeleteParams::default()).await?;
-    let (next, at) = wait_for("a new leader after deleting the leader pod", T, || async {
-        observer.new_leader_after(Some(&leader), fault).ok_or_else(|| observer.timeline())
-    })
-    .await?;
+    let (next, at) =
+        observer.wait_for_new_leader("a new leader after deleting the leader pod", Some(&leader), fault, T).await?;
     println!("leader pod deleted: {leader} -> {next} in {:?}", at - fault);
     wait_endpoints_are(&admin, &next).await?;
     observer.wait_for_single_leader(T).await?;

@@ -6,9 +6,9 @@
 //! webhook (called through its Service) injects the sidecar, status shows exactly one leader,
 //! the switchover moves leadership to the other pod, and `ldap_elector_is_leader` follows.
 
+use ldap_elector_tests::repo_root;
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -39,10 +39,6 @@ const EXPECTED_BLOCKS: [&str; 12] = [
     "metrics-after",
     "uninstall",
 ];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The `sh` blocks preceded by a `<!-- e2e: NAME -->` line: (NAME, body).
 fn marked_blocks(markdown: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -162,7 +158,7 @@ fn status(output: &str, block: &str) -> anyhow::Result<(String, u64)> {
         .filter_map(|p| p["name"].as_str())
         .collect();
     assert_eq!(labelled, [leader.as_str()], "{block}: exactly the Lease holder is labelled leader: {json:#}");
-    let endpoints = ldap_elector_tests::status::routed_pods(&json);
+    let endpoints = ldap_elector_tests::workloads::status::routed_pods(&json);
     assert_eq!(endpoints, [leader.as_str()], "{block}: the write Service routes to the leader only: {json:#}");
     assert_eq!(json["warnings"], serde_json::json!([]), "{block}: {json:#}");
     Ok((leader, term))
@@ -171,13 +167,13 @@ fn status(output: &str, block: &str) -> anyhow::Result<(String, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newcomer_following_getting_started_installs_opts_in_switches_over_and_sees_the_metrics() -> anyhow::Result<()>
 {
-    let page = std::fs::read_to_string(repo().join("docs/getting-started.md"))?;
+    let page = std::fs::read_to_string(repo_root().join("docs/getting-started.md"))?;
     let blocks = marked_blocks(&page)?;
     let names: Vec<&str> = blocks.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, EXPECTED_BLOCKS, "the marked blocks of docs/getting-started.md");
     // The page starts the bed with `make bed`, which runs the binary this test runs.
     assert!(page.contains("```sh\nmake bed\n```"), "the page starts the bed with `make bed`");
-    let makefile = std::fs::read_to_string(repo().join("Makefile"))?;
+    let makefile = std::fs::read_to_string(repo_root().join("Makefile"))?;
     assert!(makefile.contains("--bin testbed"), "`make bed` runs the testbed binary");
 
     let bed = TestBed::start()?;
@@ -196,7 +192,7 @@ async fn a_newcomer_following_getting_started_installs_opts_in_switches_over_and
     std::fs::write(&script_path, &script)?;
     let run = tokio::process::Command::new("bash")
         .arg(&script_path)
-        .current_dir(repo())
+        .current_dir(repo_root())
         // Helm's state in a throwaway directory instead of the user's (~/.config/helm).
         .env("HELM_CACHE_HOME", work.join("helm/cache"))
         .env("HELM_CONFIG_HOME", work.join("helm/config"))

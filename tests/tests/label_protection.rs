@@ -7,9 +7,6 @@
 //! gracefully and fail over with a demotion of the crashed leader's pod. A write Service
 //! keeps its leader selector against anyone but the webhook and admins.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -18,12 +15,13 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use ldap_elector_contract as contract;
-use ldap_elector_tests::electors::elector_binary;
-use ldap_elector_tests::kubelet::Runner;
-use ldap_elector_tests::observer::Observer;
-use ldap_elector_tests::process::Signal;
-use ldap_elector_tests::webhook::{Webhook, WEBHOOK_NS, WEBHOOK_SA};
-use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
+use ldap_elector_tests::bed::kubelet::Runner;
+use ldap_elector_tests::bed::process::{run, Signal};
+use ldap_elector_tests::measure::observer::Observer;
+use ldap_elector_tests::workloads::build::elector_binary;
+use ldap_elector_tests::workloads::fixtures;
+use ldap_elector_tests::workloads::webhook::{Webhook, WEBHOOK_NS, WEBHOOK_SA};
+use ldap_elector_tests::{wait_for, Bed, Kubelet};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(90);
@@ -36,31 +34,11 @@ const INTRUDER: &str = "intruder";
 const POD_POLICY: &str = "ldap-elector-pod-role";
 const SERVICE_POLICY: &str = "ldap-elector-leader-service";
 
-/// Runs `cmd` (feeding `stdin`); fails with its output unless it exits 0.
-fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> anyhow::Result<Vec<u8>> {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
-    if let Some(input) = stdin {
-        child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?.write_all(input)?;
-    }
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out.stdout)
-}
-
 /// Renders only the chart's label-protection template (release `ldap-elector`, installed
 /// where the test webhook runs, so its exemption names the test webhook's account) and
 /// applies it, as a cluster admin would with `helm install`.
 async fn install_label_protection(bed: &Bed) -> anyhow::Result<()> {
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ldap-elector");
+    let chart = ldap_elector_tests::repo_root().join("charts/ldap-elector");
     // The chart's kubeVersion is checked against the bed's real version.
     let version = bed.admin_client()?.apiserver_version().await?.git_version;
     let rendered = run(
@@ -78,7 +56,8 @@ async fn install_label_protection(bed: &Bed) -> anyhow::Result<()> {
             &version,
         ]),
         None,
-    )?;
+    )?
+    .stdout;
     let text = String::from_utf8_lossy(&rendered);
     for name in [contract::LABEL_ROLE, contract::ANNOTATION_TERM, contract::ANNOTATION_STATUS] {
         anyhow::ensure!(text.contains(&format!("'{name}'")), "the policy does not name {name}");
@@ -284,10 +263,8 @@ async fn only_electors_and_admins_change_the_leader_label_and_electors_still_ele
     // standby), the standby labels itself leader.
     let fault = Instant::now();
     assert!(kubelet.signal(NS, &leader, contract::SIDECAR_CONTAINER, Signal::Term));
-    let (next, at) = wait_for("the standby to take over after SIGTERM", T, || async {
-        observer.new_leader_after(Some(&leader), fault).ok_or_else(|| observer.timeline())
-    })
-    .await?;
+    let (next, at) =
+        observer.wait_for_new_leader("the standby to take over after SIGTERM", Some(&leader), fault, T).await?;
     assert_eq!(next, standby);
     println!("graceful handover {leader} -> {next} in {:?} with the policy active", at - fault);
 
@@ -302,10 +279,8 @@ async fn only_electors_and_admins_change_the_leader_label_and_electors_still_ele
     let log_path = kubelet.log_path(NS, &leader, contract::SIDECAR_CONTAINER);
     let crash = Instant::now();
     assert!(kubelet.signal(NS, &next, contract::SIDECAR_CONTAINER, Signal::Kill));
-    let (survivor, at) = wait_for("the restarted elector to take over after kill -9", T, || async {
-        observer.new_leader_after(Some(&next), crash).ok_or_else(|| observer.timeline())
-    })
-    .await?;
+    let (survivor, at) =
+        observer.wait_for_new_leader("the restarted elector to take over after kill -9", Some(&next), crash, T).await?;
     assert_eq!(survivor, leader);
     println!("crash failover {next} -> {survivor} in {:?} with the policy active", at - crash);
     let crashed = pods.get(&next).await?;

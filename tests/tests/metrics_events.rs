@@ -8,10 +8,10 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::Api;
 use ldap_elector_contract::{self as contract, event_reason, metric};
-use ldap_elector_tests::electors::{Pair, PairOptions};
-use ldap_elector_tests::process::Signal;
+use ldap_elector_tests::bed::process::Signal;
 use ldap_elector_tests::wait_for;
-use ldap_elector_tests::webhook::http_get;
+use ldap_elector_tests::workloads::electors::{Pair, PairOptions};
+use ldap_elector_tests::workloads::webhook::http_get;
 
 const ELECT: Duration = Duration::from_secs(60);
 
@@ -126,10 +126,7 @@ async fn metrics_and_events_follow_a_graceful_handover() -> anyhow::Result<()> {
     // Graceful stop of the leader: the survivor reports leading, one more acquisition.
     let fault = Instant::now();
     assert!(pair.signal(&old, Signal::Term));
-    let (new, _) = wait_for("another pod labelled leader", Duration::from_secs(30), || async {
-        pair.observer.new_leader_after(Some(&old), fault).ok_or_else(|| pair.observer.timeline())
-    })
-    .await?;
+    let (new, _) = pair.wait_for_new_leader(&old, fault, Duration::from_secs(30)).await?;
     assert_eq!(new, survivor);
     wait_for("the survivor's is_leader 1 and its acquisitions up by one", ELECT, || async {
         let text = scrape(survivor_port).await?;

@@ -33,12 +33,13 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::PostParams;
 use kube::Api;
 use ldap_elector_contract as contract;
-use ldap_elector_tests::electors::{Pair, PairOptions};
-use ldap_elector_tests::forwarder::Forwarder;
-use ldap_elector_tests::process::Signal;
-use ldap_elector_tests::slapd::{self, MirrorPair, SlapdNode};
-use ldap_elector_tests::writer::{self, Attempt, Outcome, Writer};
-use ldap_elector_tests::{fixtures, wait_for};
+use ldap_elector_tests::bed::forwarder::Forwarder;
+use ldap_elector_tests::bed::process::Signal;
+use ldap_elector_tests::ldap::slapd::{self, MirrorPair, SlapdNode};
+use ldap_elector_tests::ldap::writer::{self, Attempt, Outcome, Writer};
+use ldap_elector_tests::wait_for;
+use ldap_elector_tests::workloads::electors::{Pair, PairOptions};
+use ldap_elector_tests::workloads::fixtures;
 use serde_json::json;
 
 const PRIMARY: &str = "ldap-server-primary";
@@ -177,10 +178,7 @@ impl Rig {
             Kind::ElectorStop => anyhow::ensure!(self.pair.signal(&old, Signal::Stop), "no elector runs in {old}"),
         }
         let what = format!("{new} labelled leader after the {}", kind.describe());
-        let (labelled_pod, labelled) = wait_for(&what, FAILOVER, || async {
-            self.pair.observer.new_leader_after(Some(&old), at).ok_or_else(|| self.pair.observer.timeline())
-        })
-        .await?;
+        let (labelled_pod, labelled) = self.pair.observer.wait_for_new_leader(&what, Some(&old), at, FAILOVER).await?;
         anyhow::ensure!(labelled_pod == new, "{labelled_pod} became leader, expected {new}");
         self.forwarder.wait_ready_only(&new, FAILOVER).await?;
         let routed = self.forwarder.ready_only_after(&new, at).unwrap_or_else(Instant::now);

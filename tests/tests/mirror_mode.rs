@@ -8,7 +8,7 @@ use ldap_elector::slapd::health::HealthCheck;
 use ldap_elector::slapd::health::RunCheck as _;
 use ldap_elector::slapd::ldap::Probe as _;
 use ldap_elector::slapd::ldap::{self, Credentials};
-use ldap_elector_tests::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, DATA_DB, SUFFIX};
+use ldap_elector_tests::ldap::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, DATA_DB, SUFFIX};
 use ldap_elector_tests::wait_for;
 
 const REPLICATE: Duration = Duration::from_secs(15);

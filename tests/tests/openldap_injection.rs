@@ -11,7 +11,7 @@
 //! read-only over ldapi, leave the leader's writable, publish the contextCSN their health
 //! check read, elect one leader, and swap the fences on a graceful handover.
 //!
-//! How the pod's socket directory reaches the local machine: see `ldap_elector_tests::ldap_rig`.
+//! How the pod's socket directory reaches the local machine: see `ldap_elector_tests::ldap::rig`.
 //! A sidecar without the mount would keep `/run/slapd/ldapi`, find no slapd, and never
 //! become healthy.
 //!
@@ -21,7 +21,7 @@
 //! (slapd's own ACL engine) must grant that identity the fence and the health check and
 //! nothing else it asks about.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -30,10 +30,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::Api;
 use ldap_elector_contract as contract;
+use ldap_elector_tests::bed::process::{self, Signal};
 use ldap_elector_tests::bed::random_hex;
-use ldap_elector_tests::ldap_rig::{ordinal, LdapRig, NAMESPACE, SOCKET_DIR, STATEFULSET};
-use ldap_elector_tests::process::Signal;
-use ldap_elector_tests::slapd::{self, sbin, SUFFIX};
+use ldap_elector_tests::ldap::rig::{ordinal, LdapRig, NAMESPACE, SOCKET_DIR, STATEFULSET};
+use ldap_elector_tests::ldap::slapd::{self, sbin, SUFFIX};
 use ldap_elector_tests::wait_for;
 
 /// The app container of `fixtures::statefulset`, the default slapd container.
@@ -133,11 +133,11 @@ async fn injected_openldap_settings_fence_the_standby_and_elect_one_leader() -> 
         rig.kubelet.signal(NAMESPACE, &leader, contract::SIDECAR_CONTAINER, Signal::Term),
         "no elector runs in {leader}"
     );
-    let (new, _) = wait_for(&format!("a new leader after stopping {leader}'s elector"), HANDOVER, || async {
-        rig.observer.new_leader_after(Some(&leader), at).ok_or_else(|| rig.observer.timeline())
-    })
-    .await
-    .with_context(|| rig.logs())?;
+    let (new, _) = rig
+        .observer
+        .wait_for_new_leader(&format!("a new leader after stopping {leader}'s elector"), Some(&leader), at, HANDOVER)
+        .await
+        .with_context(|| rig.logs())?;
     anyhow::ensure!(new == standby, "{new} became leader, expected {standby}");
     rig.wait_fences(&standby, &leader, FENCE).await?;
 
@@ -150,7 +150,7 @@ const SIDECAR_PEER: &str = "gidNumber=65532+uidNumber=65532,cn=peercred,cn=exter
 
 /// The LDIF between the `acl:begin` and `acl:end` markers of docs/openldap.md.
 fn documented_acl() -> anyhow::Result<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openldap.md");
+    let path = ldap_elector_tests::repo_root().join("docs/openldap.md");
     let doc = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
     let block = doc
         .split_once("<!-- acl:begin")
@@ -162,10 +162,8 @@ fn documented_acl() -> anyhow::Result<String> {
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?} (install slapd: hack/install-deps.sh)"))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    anyhow::ensure!(out.status.success(), "{cmd:?} failed ({}): {text}", out.status);
-    Ok(text)
+    let out = process::run(cmd, None).context("install slapd: hack/install-deps.sh")?;
+    Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 #[test]

@@ -2,16 +2,13 @@
 //! `ldap_elector_*` name in an alert expression or a panel query is one the elector or the
 //! webhook registers (`contract::metric`), and each alert has the fields Prometheus needs.
 
-use std::path::{Path, PathBuf};
+use ldap_elector_tests::repo_root;
+use std::path::Path;
 use std::process::Command;
 
 use ldap_elector_contract::metric;
 use ldap_elector_tests::bed::binaries;
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// YAML → JSON with the bed's `helm` (its `fromYaml | toJson`), so no YAML crate is needed.
 fn yaml_to_json(file: &Path) -> anyhow::Result<Value> {
@@ -59,7 +56,7 @@ fn registered(name: &str) -> bool {
 
 #[test]
 fn alert_rules_are_well_formed_and_use_only_registered_metrics() -> anyhow::Result<()> {
-    let rules = yaml_to_json(&repo().join("deploy/prometheus/alerts.yaml"))?;
+    let rules = yaml_to_json(&repo_root().join("deploy/prometheus/alerts.yaml"))?;
     let groups = rules["groups"].as_array().ok_or_else(|| anyhow::anyhow!("no groups: {rules}"))?;
     let mut alerts = Vec::new();
     for group in groups {
@@ -93,7 +90,7 @@ fn alert_rules_are_well_formed_and_use_only_registered_metrics() -> anyhow::Resu
 
 #[test]
 fn dashboard_queries_use_only_registered_metrics() -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(repo().join("deploy/grafana/ldap-elector.json"))?;
+    let text = std::fs::read_to_string(repo_root().join("deploy/grafana/ldap-elector.json"))?;
     let dashboard: Value = serde_json::from_str(&text)?;
     let panels = dashboard["panels"].as_array().ok_or_else(|| anyhow::anyhow!("no panels"))?;
     let mut seen = std::collections::BTreeSet::new();

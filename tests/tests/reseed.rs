@@ -19,10 +19,12 @@ use ldap_elector::divergence::audit::{self, AuditConfig, Verdict};
 use ldap_elector::divergence::policy::parse_marks;
 use ldap_elector::slapd::ldap::Credentials;
 use ldap_elector_contract as contract;
-use ldap_elector_tests::electors::{elector_binary, Pair, PairOptions};
-use ldap_elector_tests::process::Signal;
-use ldap_elector_tests::slapd::{self, MirrorPair, SUFFIX};
-use ldap_elector_tests::{divergence, wait_for, writer};
+use ldap_elector_tests::bed::process::Signal;
+use ldap_elector_tests::ldap::slapd::{self, MirrorPair, SUFFIX};
+use ldap_elector_tests::ldap::{divergence, writer};
+use ldap_elector_tests::wait_for;
+use ldap_elector_tests::workloads::build::elector_binary;
+use ldap_elector_tests::workloads::electors::{Pair, PairOptions};
 
 const ELECT: Duration = Duration::from_secs(90);
 /// From a standby's return to its mark in the Lease: a probe period (5 s), the audit, a renew.

@@ -4,8 +4,9 @@
 //! evidence or an explicit `gap:`, and an operator column. The gaps are printed
 //! (`cargo test -p ldap-elector-tests --test security_doc -- --nocapture`).
 
+use ldap_elector_tests::repo_root;
 use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The rows of the BSI map (APP.4.4 and SYS.1.6) the page must cover, in its order.
 const BSI_ROWS: &[&str] = &[
@@ -39,14 +40,10 @@ const BSI_ROWS: &[&str] = &[
     "SYS.1.6.A25",
 ];
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 const DOC: &str = "docs/security.md";
 
 fn doc() -> String {
-    std::fs::read_to_string(repo().join(DOC)).expect("docs/security.md exists")
+    std::fs::read_to_string(repo_root().join(DOC)).expect("docs/security.md exists")
 }
 
 /// `(file, function)` for every `` `path.rs::function` `` in `text`.
@@ -141,7 +138,7 @@ fn broken_link(from: &Path, target: &str) -> Option<String> {
         Some((path, anchor)) => (path, Some(anchor)),
         None => (target, None),
     };
-    let file = if path.is_empty() { repo().join(from) } else { repo().join(from).parent()?.join(path) };
+    let file = if path.is_empty() { repo_root().join(from) } else { repo_root().join(from).parent()?.join(path) };
     if !file.exists() {
         return Some(format!("link {target}: {} does not exist", file.display()));
     }
@@ -157,7 +154,7 @@ fn every_cited_test_exists_and_every_link_resolves() {
     assert!(cited.len() > 40, "only {} test citations found: is the format `file.rs::name`?", cited.len());
     let mut problems = BTreeSet::new();
     for (file, function) in &cited {
-        match std::fs::read_to_string(repo().join(file)) {
+        match std::fs::read_to_string(repo_root().join(file)) {
             Err(e) => problems.insert(format!("`{file}::{function}`: cannot read {file}: {e}")),
             Ok(source) if !is_test(&source, function) => {
                 problems.insert(format!("`{file}::{function}`: no test `fn {function}` in {file}"))

@@ -22,9 +22,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
 use ldap_elector_contract as contract;
-use ldap_elector_tests::electors::{elector_binary, Pair, PairOptions, WRITE_SERVICE};
-use ldap_elector_tests::ldap_rig::{self, ordinal, LdapRig};
+use ldap_elector_tests::ldap::rig::{self, ordinal, LdapRig};
 use ldap_elector_tests::wait_for;
+use ldap_elector_tests::workloads::build::elector_binary;
+use ldap_elector_tests::workloads::electors::{Pair, PairOptions, WRITE_SERVICE};
 use serde_json::{json, Value};
 
 const ELECT: Duration = Duration::from_secs(90);
@@ -88,7 +89,7 @@ impl Cli {
     async fn wait_consistent(&self, leader: &str) -> anyhow::Result<Value> {
         wait_for(&format!("status: consistent, {leader} leads"), T, || async {
             let (run, st) = self.status().await.map_err(|e| e.to_string())?;
-            let routed = ldap_elector_tests::status::routed_pods(&st);
+            let routed = ldap_elector_tests::workloads::status::routed_pods(&st);
             if run.code == 0 && st["leader"] == leader && routed == [leader] {
                 Ok(st)
             } else {
@@ -272,8 +273,8 @@ async fn start_with_slapd() -> anyhow::Result<Rig> {
     let ldap = LdapRig::start(1).await?;
     let cli = Cli {
         kubeconfig: ldap.bed.kubeconfig.clone(),
-        namespace: ldap_rig::NAMESPACE.into(),
-        statefulset: ldap_rig::STATEFULSET.into(),
+        namespace: rig::NAMESPACE.into(),
+        statefulset: rig::STATEFULSET.into(),
     };
     Ok(Rig { ldap, cli })
 }

@@ -8,15 +8,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube::Api;
 use ldap_elector_contract as contract;
-use ldap_elector_tests::webhook::{Webhook, WEBHOOK_CONFIG};
-use ldap_elector_tests::{fixtures, wait_for, Bed};
+use ldap_elector_tests::workloads::fixtures;
+use ldap_elector_tests::workloads::webhook::{self, Webhook};
+use ldap_elector_tests::{wait_for, Bed};
 use rustls::crypto::ring::{cipher_suite as cs, kx_group as kx};
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::pem::PemObject;
@@ -298,23 +298,8 @@ async fn kube_apiserver_calls_the_webhook_over_the_bsi_tls_profile() -> anyhow::
     let webhook = Webhook::start(&bed).await?;
     let (relay, connections) = start_relay(webhook.port).await?;
     fixtures::namespace(&admin, NS, Some("restricted")).await?;
-    let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": WEBHOOK_CONFIG},
-        "webhooks": [{
-            "name": "pods.ldap-elector.dev",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 5,
-            "clientConfig": {
-                "url": format!("https://127.0.0.1:{relay}/mutate"),
-                "caBundle": base64::engine::general_purpose::STANDARD.encode(&webhook.ca_pem),
-            },
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                       "resources": ["pods"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}},
-        }],
-    }))?;
+    // Registered as the chart does, but calling the relay.
+    let mwc = webhook::configuration(&format!("https://127.0.0.1:{relay}/mutate"), &webhook.ca_pem, NS, "Fail")?;
     Api::<MutatingWebhookConfiguration>::all(admin.clone()).create(&PostParams::default(), &mwc).await?;
 
     // An admission call through the relay succeeds: the StatefulSet's pod is injected.

@@ -21,9 +21,12 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::free_port;
-use ldap_elector_tests::electors::create_identity;
-use ldap_elector_tests::webhook::{http_status, webhook_identity, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA};
-use ldap_elector_tests::{fixtures, wait_for, Bed, Kubelet};
+use ldap_elector_tests::workloads::electors::create_identity;
+use ldap_elector_tests::workloads::fixtures;
+use ldap_elector_tests::workloads::webhook::{
+    http_status, webhook_identity, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
+};
+use ldap_elector_tests::{wait_for, Bed, Kubelet};
 use ldap_elector_webhook::args::Args;
 use ldap_elector_webhook::reconcile::run_reconciler;
 use serde_json::json;

@@ -4,9 +4,9 @@
 //! until Ctrl-C (or SIGTERM), then tear everything down. docs/getting-started.md walks through
 //! it, and tests/tests/getting_started.rs runs that walk-through against this binary.
 use ldap_elector_contract as contract;
+use ldap_elector_tests::bed::kubelet::Runner;
 use ldap_elector_tests::bed::BedOptions;
-use ldap_elector_tests::electors::{elector_binary, webhook_debug_binary};
-use ldap_elector_tests::kubelet::Runner;
+use ldap_elector_tests::workloads::build::{elector_binary, webhook_debug_binary};
 use ldap_elector_tests::{Bed, Kubelet};
 
 /// The container name of the chart's webhook Deployment.
@@ -14,12 +14,7 @@ const WEBHOOK_CONTAINER: &str = "webhook";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube_client=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ldap_elector_tests::logging::init("info,kube_client=off");
     let started = std::time::Instant::now();
     let elector = elector_binary(false);
     let webhook = webhook_debug_binary()?;

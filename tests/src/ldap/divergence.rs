@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ldap3::{Mod, Scope, SearchEntry};
 
-use crate::slapd::{MirrorPair, PEOPLE};
+use crate::ldap::slapd::{MirrorPair, PEOPLE};
 use crate::wait_for;
 
 /// How long the returning node gets to apply the missed delete.

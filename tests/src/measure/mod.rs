@@ -3,6 +3,12 @@
 //! watch, API requests per minute from the API server's audit log, RSS and CPU time from
 //! `/proc`, and the machine the figures were taken on. No assertions on time: the
 //! machines are noisy; the binaries print what they measured.
+//!
+//! Also the independent observer of role labels (`observer`) and the admission load on the
+//! release webhook (`webhook_load`).
+
+pub mod observer;
+pub mod webhook_load;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,10 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ldap_elector_contract::SIDECAR_CONTAINER;
 
-use crate::electors::Pair;
-use crate::process::Signal;
-use crate::proxy::{Mode, Proxy};
+use crate::bed::process::Signal;
+use crate::bed::proxy::{Mode, Proxy};
 use crate::wait_for;
+use crate::workloads::electors::Pair;
 
 /// `BENCH_RUNS` (default 20): how many times each latency is measured.
 pub fn runs() -> usize {
@@ -90,10 +96,8 @@ pub async fn failovers(pair: &Pair, runs: usize, signal: Signal) -> anyhow::Resu
         let starts = pair.log(&leader).matches("elector started").count();
         let fault = Instant::now();
         anyhow::ensure!(pair.signal(&leader, signal), "no elector process for {leader}");
-        let (next, at) = wait_for("a new leader", Duration::from_secs(60), || async {
-            pair.observer.new_leader_after(Some(&leader), fault).ok_or("not yet")
-        })
-        .await?;
+        let (next, at) =
+            pair.observer.wait_for_new_leader("a new leader", Some(&leader), fault, Duration::from_secs(60)).await?;
         samples.push(at - fault);
         eprintln!("{signal:?} run {run}: {leader} -> {next} in {:?}", at - fault);
         wait_for("the faulted elector to exit", Duration::from_secs(20), || async {
@@ -139,10 +143,10 @@ pub async fn partitions(pair: &Pair, proxies: &[Proxy], runs: usize, settle: Dur
         let proxy = proxies.get(ordinal).with_context(|| format!("no proxy for {leader}"))?;
         let fault = Instant::now();
         proxy.set(Mode::Cut);
-        let next = wait_for("a new leader during the partition", Duration::from_secs(60), || async {
-            pair.observer.new_leader_after(Some(&leader), fault).ok_or("not yet")
-        })
-        .await;
+        let next = pair
+            .observer
+            .wait_for_new_leader("a new leader during the partition", Some(&leader), fault, Duration::from_secs(60))
+            .await;
         proxy.set(Mode::Pass);
         let (next, at) = next?;
         result.samples.push(at - fault);
@@ -215,10 +219,10 @@ pub async fn time_to_leader(pair: &Pair, pods: &[String], runs: usize) -> anyhow
         for result in futures::future::join_all(restarts).await {
             result?;
         }
-        let (leader, at) = wait_for("a leader among the fresh candidates", Duration::from_secs(60), || async {
-            pair.observer.new_leader_after(None, start).ok_or_else(|| pair.observer.timeline())
-        })
-        .await?;
+        let (leader, at) = pair
+            .observer
+            .wait_for_new_leader("a leader among the fresh candidates", None, start, Duration::from_secs(60))
+            .await?;
         samples.push(at - start);
         eprintln!("{} candidates, run {run}: {leader} after {:?}", pods.len(), at - start);
     }

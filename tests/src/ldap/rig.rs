@@ -19,12 +19,14 @@ use kube::{Api, Client};
 use ldap_elector_contract as contract;
 use serde_json::json;
 
-use crate::electors::{elector_binary, WRITE_SERVICE};
-use crate::kubelet::Runner;
-use crate::observer::Observer;
-use crate::slapd::{self, MirrorPair, SlapdNode, SUFFIX};
-use crate::webhook::Webhook;
-use crate::{fixtures, wait_for, Bed, Kubelet};
+use crate::bed::kubelet::Runner;
+use crate::ldap::slapd::{self, MirrorPair, SlapdNode, SUFFIX};
+use crate::measure::observer::Observer;
+use crate::workloads::build::elector_binary;
+use crate::workloads::electors::WRITE_SERVICE;
+use crate::workloads::fixtures;
+use crate::workloads::webhook::Webhook;
+use crate::{wait_for, Bed, Kubelet};
 
 pub const NAMESPACE: &str = "ldap";
 pub const STATEFULSET: &str = "ldap-server";

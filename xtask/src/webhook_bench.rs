@@ -33,11 +33,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ldap_elector_tests::bed::BedOptions;
-use ldap_elector_tests::measure::{self, Machine, Usage};
-use ldap_elector_tests::webhook::{WEBHOOK_NS, WEBHOOK_SA};
-use ldap_elector_tests::webhook_load::{
+use ldap_elector_tests::measure::webhook_load::{
     self, connect, post, run_phase, status_field, Phase, Schedule, Setup, Target, WARM_UP, WEBHOOK_CORE,
 };
+use ldap_elector_tests::measure::{self, Machine, Usage};
+use ldap_elector_tests::workloads::webhook::{WEBHOOK_NS, WEBHOOK_SA};
 use ldap_elector_tests::Bed;
 use rustls::pki_types::CertificateDer;
 use tokio::time::Instant;
@@ -90,21 +90,17 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,kube_client=off".into()),
-        )
-        .init();
+pub fn run() -> anyhow::Result<()> {
+    ldap_elector_tests::logging::init("warn,kube_client=off");
     let settings = Settings::from_env()?;
     let machine = Machine::detect();
     // Everything but the webhook (this process's threads, the bed's processes, which
     // inherit the mask) stays off the webhook's core, so "one core" means one core.
     let (runtime, pinned_away) = webhook_load::runtime_off_the_webhook_core(&machine)?;
-    runtime.block_on(run(settings, machine, pinned_away))
+    runtime.block_on(bench(settings, machine, pinned_away))
 }
 
-async fn run(settings: Settings, machine: Machine, pinned_away: bool) -> anyhow::Result<()> {
+async fn bench(settings: Settings, machine: Machine, pinned_away: bool) -> anyhow::Result<()> {
     let bed = Bed::start_with(BedOptions { audit: true, ..Default::default() }).await?;
 
     let Setup {

@@ -14,11 +14,12 @@ use ldap3::{Scope, SearchEntry};
 use ldap_elector_contract as contract;
 use tokio_util::sync::CancellationToken;
 
-use crate::electors::Pair;
-use crate::forwarder::Forwarder;
-use crate::observer::Observer;
-use crate::slapd::{Conn, MirrorPair, SlapdNode, ADMIN_DN, ADMIN_PASSWORD, PEOPLE, SUFFIX};
+use crate::bed::forwarder::Forwarder;
+use crate::ldap::conn::Conn;
+use crate::ldap::slapd::{MirrorPair, SlapdNode, ADMIN_DN, ADMIN_PASSWORD, PEOPLE, SUFFIX};
+use crate::measure::observer::Observer;
 use crate::wait_for;
+use crate::workloads::electors::Pair;
 
 /// The runner environment of an elector that health-checks and fences ITS OWN slapd over
 /// ldapi: each pod reaches its node through `<pair dir>/o<ordinal>.sock` (symlinks made

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ldap3::Mod;
-use ldap_elector_tests::electors::elector_binary;
+use ldap_elector_tests::ldap::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, PEOPLE, SUFFIX};
 use ldap_elector_tests::measure::Machine;
-use ldap_elector_tests::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, PEOPLE, SUFFIX};
+use ldap_elector_tests::workloads::build::elector_binary;
 
 const TARGET_WALL: Duration = Duration::from_secs(10);
 const TARGET_RSS_MIB: f64 = 64.0;
@@ -164,7 +164,7 @@ fn mib(kib: u64) -> f64 {
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+pub async fn run() -> anyhow::Result<()> {
     let entries = env_number("AUDIT_BENCH_ENTRIES", 100_000);
     let runs = env_number("AUDIT_BENCH_RUNS", 3).max(1);
     let binary = std::env::var_os("AUDIT_BENCH_BINARY").map(Into::into).unwrap_or_else(|| elector_binary(true));

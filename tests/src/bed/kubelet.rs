@@ -21,8 +21,8 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use ldap_elector_contract::check::percent_encode;
 
+use crate::bed::process::{Child, Signal};
 use crate::bed::{kubeconfig_yaml, Bed, Token};
-use crate::process::{Child, Signal};
 
 /// How to run one container of a pod as a local process.
 #[derive(Clone, Debug)]
@@ -339,7 +339,7 @@ async fn start_container(inner: &Arc<Inner>, pod: &Pod, container_name: &str) ->
     // what the container binds to `0.0.0.0` it binds there (see `pod_network`).
     let own_ip = inner
         .pod_network
-        .and_then(|prefix| crate::pod_network::local_ip(prefix, &pod_ip(inner, pod)))
+        .and_then(|prefix| crate::bed::pod_network::local_ip(prefix, &pod_ip(inner, pod)))
         .map(|ip| ip.to_string());
     let bind = |v: &str| match &own_ip {
         Some(ip) => v.replace("0.0.0.0", ip),

@@ -1,12 +1,16 @@
 //! Child processes that cannot outlive the test: each is spawned from its own thread,
 //! which then waits on it, with `PR_SET_PDEATHSIG` = SIGKILL. If the test process dies
 //! (panic, Ctrl-C, kill -9) the kernel kills the children; on `Drop` we kill them.
+//! Short tools run to completion with [`run`] (or [`output`]).
 
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
 
 /// Signals the tests send to processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,4 +142,30 @@ impl Drop for Child {
     fn drop(&mut self) {
         self.kill_now();
     }
+}
+
+/// Runs `cmd` to completion (feeding it `stdin`, if any) and returns its output, whatever
+/// its exit status. For short tools (helm, kubectl, slapadd), not for servers.
+pub fn output(cmd: &mut Command, stdin: Option<&[u8]>) -> anyhow::Result<Output> {
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    if let Some(input) = stdin {
+        child.stdin.take().context("no stdin")?.write_all(input)?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// [`output`], failing with the command, its status, stdout and stderr unless it exits 0.
+pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> anyhow::Result<Output> {
+    let out = output(cmd, stdin)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
 }

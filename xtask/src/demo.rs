@@ -12,17 +12,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use ldap_elector_contract as contract;
-use ldap_elector_tests::electors::{Pair, PairOptions, WRITE_SERVICE};
-use ldap_elector_tests::process::Signal;
+use ldap_elector_tests::bed::process::Signal;
 use ldap_elector_tests::wait_for;
+use ldap_elector_tests::workloads::electors::{Pair, PairOptions, WRITE_SERVICE};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error,kube_client=off".into()),
-        )
-        .init();
+pub async fn run() -> anyhow::Result<()> {
+    ldap_elector_tests::logging::init("error,kube_client=off");
     let t0 = Instant::now();
     say(t0, "starting etcd, kube-apiserver (RBAC, Pod Security), kube-controller-manager, a test kubelet,");
     say(t0, "and the ldap-elector webhook (its own ServiceAccount, least-privilege ClusterRole, TLS on loopback)");

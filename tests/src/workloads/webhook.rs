@@ -20,7 +20,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::bed::free_port;
-use crate::{fixtures, wait_for, Bed};
+use crate::workloads::fixtures;
+use crate::{wait_for, Bed};
 
 pub const WEBHOOK_NS: &str = "ldap-elector-system";
 pub const WEBHOOK_SA: &str = "ldap-elector-webhook";
@@ -63,29 +64,74 @@ pub fn serving_files(bed: &Bed) -> anyhow::Result<(PathBuf, PathBuf, String)> {
     Ok((cert, key, ca.cert_pem()))
 }
 
-/// `GET path` on a plain-HTTP port; the status code.
-pub async fn http_status(port: u16, path: &str) -> Result<u16, String> {
+/// `GET path` on a plain-HTTP port (`Connection: close`); the whole response.
+async fn http_response(port: u16, path: &str) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut response = String::new();
     tcp.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+    Ok(response)
+}
+
+/// `GET path` on a plain-HTTP port; the status code.
+pub async fn http_status(port: u16, path: &str) -> Result<u16, String> {
+    let response = http_response(port, path).await?;
     response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or(response)
 }
 
 /// `GET path` on a plain-HTTP port; the body of a 200 response.
 pub async fn http_get(port: u16, path: &str) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+    let response = http_response(port, path).await?;
     match response.split_once("\r\n\r\n") {
         Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
         _ => Err(response),
     }
+}
+
+/// The webhook configuration as the chart registers it, calling `url` (trusting `ca_pem`)
+/// for `namespace`: pod CREATE of StatefulSet pods with `failure_policy`, and Service
+/// CREATE/UPDATE with `Ignore`.
+pub fn configuration(
+    url: &str,
+    ca_pem: &str,
+    namespace: &str,
+    failure_policy: &str,
+) -> anyhow::Result<MutatingWebhookConfiguration> {
+    let client_config = json!({
+        "url": url,
+        "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+    });
+    let namespace_selector = json!({"matchLabels": {"kubernetes.io/metadata.name": namespace}});
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": [{
+            "name": "pods.ldap-elector.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": failure_policy,
+            "reinvocationPolicy": "Never",
+            "timeoutSeconds": 5,
+            "clientConfig": client_config,
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": namespace_selector,
+            "matchConditions": [{"name": "statefulset-pods",
+                "expression": "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, r.kind == 'StatefulSet')"}],
+        }, {
+            "name": "services.ldap-elector.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "Never",
+            "timeoutSeconds": 5,
+            "clientConfig": client_config,
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                       "resources": ["services"], "scope": "Namespaced"}],
+            "namespaceSelector": namespace_selector,
+        }],
+    }))?)
 }
 
 /// A running in-process webhook (files mode) with its reconciler.
@@ -131,42 +177,10 @@ impl Webhook {
         Ok(Webhook { port, health_port, ca_pem, shutdown, task: Some(task) })
     }
 
-    /// Registers the webhook as the chart does, for `namespace`: pod CREATE with
-    /// `failure_policy`, and Service CREATE/UPDATE with `Ignore`.
+    /// Registers the webhook as the chart does (see [`configuration`]), for `namespace`.
     pub async fn register(&self, bed: &Bed, namespace: &str, failure_policy: &str) -> anyhow::Result<()> {
-        let client_config = json!({
-            "url": format!("https://127.0.0.1:{}/mutate", self.port),
-            "caBundle": base64::engine::general_purpose::STANDARD.encode(&self.ca_pem),
-        });
-        let namespace_selector = json!({"matchLabels": {"kubernetes.io/metadata.name": namespace}});
-        let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
-            "metadata": {"name": WEBHOOK_CONFIG},
-            "webhooks": [{
-                "name": "pods.ldap-elector.dev",
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "None",
-                "failurePolicy": failure_policy,
-                "reinvocationPolicy": "Never",
-                "timeoutSeconds": 5,
-                "clientConfig": client_config,
-                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                           "resources": ["pods"], "scope": "Namespaced"}],
-                "namespaceSelector": namespace_selector,
-                "matchConditions": [{"name": "statefulset-pods",
-                    "expression": "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, r.kind == 'StatefulSet')"}],
-            }, {
-                "name": "services.ldap-elector.dev",
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "None",
-                "failurePolicy": "Ignore",
-                "reinvocationPolicy": "Never",
-                "timeoutSeconds": 5,
-                "clientConfig": client_config,
-                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-                           "resources": ["services"], "scope": "Namespaced"}],
-                "namespaceSelector": namespace_selector,
-            }],
-        }))?;
+        let url = format!("https://127.0.0.1:{}/mutate", self.port);
+        let mwc = configuration(&url, &self.ca_pem, namespace, failure_policy)?;
         let api = Api::<MutatingWebhookConfiguration>::all(bed.admin_client()?);
         let _ = api.delete(WEBHOOK_CONFIG, &DeleteParams::default()).await;
         api.create(&PostParams::default(), &mwc).await?;

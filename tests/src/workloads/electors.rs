@@ -3,8 +3,7 @@
 //! `contract::elector_role_rules`, RoleBinding, pre-created Lease).
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -15,50 +14,12 @@ use kube::{Api, Client};
 use ldap_elector_contract as contract;
 use serde_json::json;
 
-use crate::kubelet::Runner;
-use crate::observer::Observer;
-use crate::webhook::Webhook;
-use crate::{fixtures, Bed, Kubelet};
-
-/// The `ldap-elector` binary, built once per test process in the shared target directory
-/// (the release profile for benchmarks, debug for tests).
-pub fn elector_binary(release: bool) -> PathBuf {
-    static BINS: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
-    BINS[release as usize]
-        .get_or_init(|| {
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-            let mut args = vec!["build", "--quiet", "-p", "ldap-elector", "--bin", "ldap-elector"];
-            if release {
-                args.push("--release");
-            }
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(&args)
-                .current_dir(&root)
-                .status()
-                .expect("running cargo build for ldap-elector");
-            assert!(status.success(), "building ldap-elector failed");
-            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-            target.join(if release { "release" } else { "debug" }).join("ldap-elector")
-        })
-        .clone()
-}
-
-/// The debug `ldap-elector-webhook` binary, built once per test process in the shared
-/// target directory (for the chart's pods on a bed with a pod network).
-pub fn webhook_debug_binary() -> anyhow::Result<PathBuf> {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(path) = BIN.get() {
-        return Ok(path.clone());
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "ldap-elector-webhook", "--bin", "ldap-elector-webhook"])
-        .current_dir(&root)
-        .status()?;
-    anyhow::ensure!(status.success(), "building ldap-elector-webhook failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    Ok(BIN.get_or_init(|| target.join("debug").join("ldap-elector-webhook")).clone())
-}
+use crate::bed::kubelet::Runner;
+use crate::measure::observer::Observer;
+use crate::workloads::build::elector_binary;
+use crate::workloads::fixtures;
+use crate::workloads::webhook::Webhook;
+use crate::{Bed, Kubelet};
 
 /// Options of a `Pair`.
 #[derive(Clone, Debug, Default)]
@@ -216,7 +177,7 @@ impl Pair {
     }
 
     /// Sends a signal to the elector of `pod`.
-    pub fn signal(&self, pod: &str, signal: crate::process::Signal) -> bool {
+    pub fn signal(&self, pod: &str, signal: crate::bed::process::Signal) -> bool {
         self.kubelet.signal(&self.namespace, pod, contract::SIDECAR_CONTAINER, signal)
     }
 
@@ -237,5 +198,16 @@ impl Pair {
     /// Waits for a single leader, bounded.
     pub async fn leader(&self, timeout: Duration) -> anyhow::Result<String> {
         self.observer.wait_for_single_leader(timeout).await
+    }
+
+    /// Waits up to `timeout` for another pod than `old` to be labelled leader after `fault`;
+    /// that pod and when its label was seen (see [`Observer::wait_for_new_leader`]).
+    pub async fn wait_for_new_leader(
+        &self,
+        old: &str,
+        fault: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<(String, Instant)> {
+        self.observer.wait_for_new_leader("another pod labelled leader", Some(old), fault, timeout).await
     }
 }

@@ -1,13 +1,14 @@
 //! `make sbom`: a CycloneDX 1.5 JSON SBOM per shipped binary (`ldap-elector`,
 //! `ldap-elector-webhook`), from `cargo metadata` (the resolved dependency graph for the
 //! images' target, normal dependencies only: what is linked into the binary) and the
-//! checksums of `Cargo.lock`. Deterministic: no random serial number, and a timestamp only
-//! from `SOURCE_DATE_EPOCH`, so the same commit yields the same bytes.
+//! checksums of `Cargo.lock` (parsed with the `cargo-lock` crate). Deterministic: no random
+//! serial number, and a timestamp only from `SOURCE_DATE_EPOCH`, so the same commit yields
+//! the same bytes.
 //!
-//! `sbom [OUT_DIR]` writes `<OUT_DIR>/<package>.cdx.json` (default `results/sbom`).
+//! `xtask sbom [OUT_DIR]` writes `<OUT_DIR>/<package>.cdx.json` (default `results/sbom`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -18,12 +19,11 @@ const SHIPPED: [&str; 2] = ["ldap-elector", "ldap-elector-webhook"];
 /// The images' target (static musl, see the Dockerfiles).
 const TARGET: &str = "x86_64-unknown-linux-musl";
 
-fn main() -> anyhow::Result<()> {
-    let out = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("results/sbom"));
-    let root = workspace_root()?;
+pub fn run(out: &Path) -> anyhow::Result<()> {
+    let root = ldap_elector_tests::repo_root();
     let metadata = cargo_metadata(&root)?;
-    let checksums = lock_checksums(&std::fs::read_to_string(root.join("Cargo.lock")).context("reading Cargo.lock")?);
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let checksums = lock_checksums(&root.join("Cargo.lock"))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     for package in SHIPPED {
         let bom = sbom(&metadata, &checksums, package)?;
         let path = out.join(format!("{package}.cdx.json"));
@@ -32,11 +32,6 @@ fn main() -> anyhow::Result<()> {
         println!("{}: {components} components", path.display());
     }
     Ok(())
-}
-
-fn workspace_root() -> anyhow::Result<PathBuf> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    Ok(manifest.parent().context("the tests crate lives in the workspace")?.to_path_buf())
 }
 
 fn cargo_metadata(root: &Path) -> anyhow::Result<Value> {
@@ -52,18 +47,14 @@ fn cargo_metadata(root: &Path) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&output.stdout)?)
 }
 
-/// `(name, version) → sha256` of every registry package in `Cargo.lock`.
-fn lock_checksums(lock: &str) -> BTreeMap<(String, String), String> {
-    let mut out = BTreeMap::new();
-    for block in lock.split("[[package]]").skip(1) {
-        let field = |key: &str| {
-            block.lines().find_map(|l| l.strip_prefix(&format!("{key} = \""))).map(|v| v.trim_end_matches('"'))
-        };
-        if let (Some(name), Some(version), Some(sum)) = (field("name"), field("version"), field("checksum")) {
-            out.insert((name.to_string(), version.to_string()), sum.to_string());
-        }
-    }
-    out
+/// `(name, version) → sha256` of every registry package in the lock file.
+fn lock_checksums(path: &Path) -> anyhow::Result<BTreeMap<(String, String), String>> {
+    let lockfile = cargo_lock::Lockfile::load(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(lockfile
+        .packages
+        .into_iter()
+        .filter_map(|p| Some(((p.name.to_string(), p.version.to_string()), p.checksum?.to_string())))
+        .collect())
 }
 
 /// The SBOM of `package`: every package reachable from it over normal dependencies.
@@ -167,9 +158,9 @@ mod tests {
 
     #[test]
     fn shipped_binaries_list_what_they_link_and_not_what_they_test_with() {
-        let root = workspace_root().unwrap();
+        let root = ldap_elector_tests::repo_root();
         let metadata = cargo_metadata(&root).unwrap();
-        let checksums = lock_checksums(&std::fs::read_to_string(root.join("Cargo.lock")).unwrap());
+        let checksums = lock_checksums(&root.join("Cargo.lock")).unwrap();
         let names = |bom: &Value| -> BTreeSet<String> {
             bom["components"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
         };

@@ -191,6 +191,20 @@ impl Observer {
             .map(|e| (e.pod.clone(), e.at))
     }
 
+    /// Waits up to `timeout` for [`Observer::new_leader_after`]`(old, since)`: the pod that
+    /// took over after a fault at `since`, and when its label was seen. On timeout, fails
+    /// with `what` and the timeline.
+    pub async fn wait_for_new_leader(
+        &self,
+        what: &str,
+        old: Option<&str>,
+        since: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<(String, Instant)> {
+        crate::wait_for(what, timeout, || async { self.new_leader_after(old, since).ok_or_else(|| self.timeline()) })
+            .await
+    }
+
     /// The timeline, one line per change, for failure messages.
     pub fn timeline(&self) -> String {
         self.timeline_from(0).join("\n")

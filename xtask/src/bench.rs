@@ -12,17 +12,13 @@
 
 use std::time::Duration;
 
-use ldap_elector_tests::electors::{Pair, PairOptions};
+use ldap_elector_tests::bed::process::Signal;
 use ldap_elector_tests::measure::{self, Machine};
-use ldap_elector_tests::process::Signal;
+use ldap_elector_tests::workloads::electors::{Pair, PairOptions};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,kube_client=off".into()),
-        )
-        .init();
+pub async fn run() -> anyhow::Result<()> {
+    ldap_elector_tests::logging::init("warn,kube_client=off");
     let runs = measure::runs();
     let program = std::env::var_os("ELECTOR_BINARY").map(std::path::PathBuf::from);
     let options = PairOptions { audit: true, release: true, program, ..Default::default() };

@@ -36,16 +36,17 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::bed::free_port;
+use crate::bed::process::Child;
 use crate::measure::{Machine, Usage};
-use crate::process::Child;
-use crate::webhook::{http_status, webhook_identity, SIDECAR_IMAGE, WEBHOOK_NS, WEBHOOK_SA};
-use crate::{fixtures, wait_for, Bed};
+use crate::workloads::fixtures;
+use crate::workloads::webhook::{http_status, webhook_identity, SIDECAR_IMAGE, WEBHOOK_NS, WEBHOOK_SA};
+use crate::{wait_for, Bed};
 
 /// The StatefulSet the reviewed pod belongs to (the fixture's names).
 pub const NAMESPACE: &str = "ldap";
 pub const STATEFULSET: &str = "ldap-server";
 /// A realistic review: a fresh pod of an opted-in StatefulSet, as the API server sends it.
-const REVIEW_FIXTURE: &str = include_str!("../../webhook/tests/fixtures/fresh-pod.review.json");
+const REVIEW_FIXTURE: &str = include_str!("../../../webhook/tests/fixtures/fresh-pod.review.json");
 /// The core the webhook is pinned to.
 pub const WEBHOOK_CORE: usize = 0;
 /// Not measured: connections set up, first reviews answered.
@@ -105,7 +106,7 @@ impl Setup {
     /// Starts the webhook (pinned) against `bed` with everything it needs, and checks one
     /// review in depth (the patch adds the sidecar).
     pub async fn start(bed: &Bed, h2: bool) -> anyhow::Result<Setup> {
-        let binary = webhook_binary()?;
+        let binary = crate::workloads::build::webhook_release_binary()?;
         let taskset = which("taskset");
         let admin = bed.admin_client()?;
         // The webhook's identity, and an opted-in StatefulSet for the owner cache to hold.
@@ -206,24 +207,6 @@ impl Setup {
             first_leaf: old_leaf,
         })
     }
-}
-
-/// The release `ldap-elector-webhook`, built in the shared target directory (as
-/// `electors::elector_binary` does for the elector); `WEBHOOK_BENCH_BINARY` names another
-/// build instead (e.g. one with symbols, for `perf`).
-pub fn webhook_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("WEBHOOK_BENCH_BINARY") {
-        return Ok(PathBuf::from(path));
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "-p", "ldap-elector-webhook", "--bin", "ldap-elector-webhook"])
-        .current_dir(&root)
-        .status()
-        .context("running cargo build for ldap-elector-webhook")?;
-    anyhow::ensure!(status.success(), "building ldap-elector-webhook failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release").join("ldap-elector-webhook"))
 }
 
 fn which(program: &str) -> Option<PathBuf> {

@@ -2,6 +2,17 @@
 //! webhooks on) and kube-controller-manager, in a fresh temporary directory on free
 //! ports. Several beds can run at once. Dropping the `Bed` stops everything; with
 //! `LDAP_ELECTOR_KEEP_BED=1` the directory (logs, kubeconfig) is kept for inspection.
+//!
+//! Its parts: the bed's key material (`pki`), child processes that die with the test
+//! (`process`), a test kubelet (`kubelet`), an emulated pod network (`pod_network`), a
+//! faulty-network proxy (`proxy`) and a kube-proxy stand-in (`forwarder`).
+
+pub mod forwarder;
+pub mod kubelet;
+pub mod pki;
+pub mod pod_network;
+pub mod process;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,8 +21,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use kube::Client;
 
-use crate::pki::BedPki;
-use crate::process::Child;
+use crate::bed::pki::BedPki;
+use crate::bed::process::Child;
 use crate::wait::wait_for;
 
 /// The admission plugins the bed enables on top of the defaults; the ones our product
@@ -40,7 +51,7 @@ pub struct Bed {
     controller_manager: Option<Child>,
     keep: bool,
     /// The emulated pod network, when started with `BedOptions::pod_network`.
-    pub pod_network: Option<crate::pod_network::PodNetwork>,
+    pub pod_network: Option<crate::bed::pod_network::PodNetwork>,
 }
 
 /// Optional features of a bed.
@@ -49,7 +60,7 @@ pub struct BedOptions {
     /// Write an audit log (`audit.log`, one JSON line per request, metadata level) so that
     /// benchmarks can count API requests per client.
     pub audit: bool,
-    /// An emulated pod network (see [`crate::pod_network`]): the API server reaches pods
+    /// An emulated pod network (see [`crate::bed::pod_network`]): the API server reaches pods
     /// (webhooks behind a Service, the pods' proxy subresource) at their loopback stand-in
     /// addresses, and the test kubelet gives each pod its own. Off by default.
     pub pod_network: bool,
@@ -136,7 +147,7 @@ impl Bed {
             apiserver_args.push(format!("--audit-log-path={}", d("audit.log")));
         }
         let pod_network = if options.pod_network {
-            let network = crate::pod_network::PodNetwork::start(&dir.join("pod-network.sock"))?;
+            let network = crate::bed::pod_network::PodNetwork::start(&dir.join("pod-network.sock"))?;
             write_private(&dir.join("egress-selector.yaml"), &network.egress_config())?;
             apiserver_args.push(format!("--egress-selector-config-file={}", d("egress-selector.yaml")));
             apiserver_args.push("--enable-aggregator-routing=true".into());
@@ -346,7 +357,7 @@ pub fn binaries() -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("LDAP_ELECTOR_BIN") {
         return Ok(PathBuf::from(dir));
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/build-testbed.sh");
+    let script = crate::repo_root().join("hack/build-testbed.sh");
     let out = Command::new("bash")
         .arg(&script)
         .stderr(std::process::Stdio::inherit())

@@ -16,12 +16,18 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapResult, Mod, Scope, SearchEntry};
+use ldap3::{Mod, Scope};
 use ldap_elector_contract::check::percent_encode;
 
+use crate::bed::process::{Child, Signal};
 use crate::bed::{free_port, random_hex};
-use crate::process::{Child, Signal};
+use crate::ldap::conn::{root_dse, Conn};
 use crate::wait::wait_for;
+
+mod config;
+
+pub use config::{config_ldif, sbin};
+use config::{configure, preload};
 
 pub const SUFFIX: &str = "dc=example,dc=org";
 pub const PEOPLE: &str = "ou=people,dc=example,dc=org";
@@ -30,7 +36,7 @@ pub const ADMIN_PASSWORD: &str = "secret";
 /// The data database in cn=config (the one `olcReadOnly` fences).
 pub const DATA_DB: &str = "olcDatabase={1}mdb,cn=config";
 /// Timeout of every single LDAP operation of the rig.
-const OP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a (re)started slapd may take to answer a rootDSE search.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Grace between SIGTERM and SIGKILL in `stop`.
@@ -220,19 +226,14 @@ impl SlapdNode {
     /// cn=monitor: `olmSRConnection` is empty while it is retrying).
     pub async fn consumer_connected(&self) -> anyhow::Result<()> {
         let mut root = self.root().await?;
-        let (entries, _) = root
-            .ldap
-            .with_timeout(OP_TIMEOUT)
-            .search(
+        let connections = root
+            .values_of(
                 "cn=Databases,cn=Monitor",
                 Scope::Subtree,
                 "(objectClass=olmSyncReplInstance)",
-                vec!["olmSRConnection"],
+                "olmSRConnection",
             )
-            .await?
-            .success()?;
-        let connections: Vec<String> =
-            entries.into_iter().flat_map(|e| values(SearchEntry::construct(e), "olmSRConnection")).collect();
+            .await?;
         match connections.as_slice() {
             [c] if !c.is_empty() => Ok(()),
             other => bail!("consumer of node {} not connected: olmSRConnection {other:?}", self.id),
@@ -264,102 +265,6 @@ impl SlapdNode {
         let mut conn = Conn::open(&self.ldapi_url()).await?;
         conn.ldap.with_timeout(OP_TIMEOUT).sasl_external_bind().await?.success()?;
         Ok(conn)
-    }
-}
-
-/// An open LDAP connection of the rig; dropping it closes the connection.
-pub struct Conn {
-    pub ldap: Ldap,
-    driver: tokio::task::JoinHandle<()>,
-}
-
-impl Conn {
-    pub async fn open(url: &str) -> anyhow::Result<Conn> {
-        let settings = LdapConnSettings::new().set_conn_timeout(OP_TIMEOUT);
-        let (conn, ldap) = tokio::time::timeout(OP_TIMEOUT, LdapConnAsync::with_settings(settings, url))
-            .await
-            .with_context(|| format!("connecting to {url}"))?
-            .with_context(|| format!("connecting to {url}"))?;
-        let driver = tokio::spawn(async move {
-            let _ = conn.drive().await;
-        });
-        Ok(Conn { ldap, driver })
-    }
-
-    /// Adds `uid=<uid>,ou=people,…` (an inetOrgPerson) and returns the server's result,
-    /// whatever its code (a refused write is data for the fence tests).
-    pub async fn add_person(&mut self, uid: &str) -> anyhow::Result<LdapResult> {
-        let dn = format!("uid={uid},{PEOPLE}");
-        let attrs = vec![
-            ("objectClass", HashSet::from(["inetOrgPerson"])),
-            ("uid", HashSet::from([uid])),
-            ("cn", HashSet::from([uid])),
-            ("sn", HashSet::from([uid])),
-        ];
-        Ok(self.ldap.with_timeout(OP_TIMEOUT).add(&dn, attrs).await?)
-    }
-
-    /// Deletes `uid=<uid>,ou=people,…` and returns the server's result.
-    pub async fn delete_person(&mut self, uid: &str) -> anyhow::Result<LdapResult> {
-        Ok(self.ldap.with_timeout(OP_TIMEOUT).delete(&format!("uid={uid},{PEOPLE}")).await?)
-    }
-
-    /// The uids under `ou=people`, sorted.
-    pub async fn uids(&mut self) -> anyhow::Result<Vec<String>> {
-        let (entries, _) = self
-            .ldap
-            .with_timeout(OP_TIMEOUT)
-            .search(PEOPLE, Scope::OneLevel, "(uid=*)", vec!["uid"])
-            .await?
-            .success()?;
-        let mut uids: Vec<String> =
-            entries.into_iter().flat_map(|e| values(SearchEntry::construct(e), "uid")).collect();
-        uids.sort();
-        Ok(uids)
-    }
-
-    /// The suffix entry's contextCSN values, sorted.
-    pub async fn context_csn(&mut self) -> anyhow::Result<Vec<String>> {
-        let (entries, _) = self
-            .ldap
-            .with_timeout(OP_TIMEOUT)
-            .search(SUFFIX, Scope::Base, "(objectClass=*)", vec!["contextCSN"])
-            .await?
-            .success()?;
-        let mut csns: Vec<String> =
-            entries.into_iter().flat_map(|e| values(SearchEntry::construct(e), "contextCSN")).collect();
-        csns.sort();
-        Ok(csns)
-    }
-
-    /// Sets `olcReadOnly` of the data database (needs a `root` connection).
-    pub async fn set_read_only(&mut self, read_only: bool) -> anyhow::Result<()> {
-        let value = if read_only { "TRUE" } else { "FALSE" };
-        self.ldap
-            .with_timeout(OP_TIMEOUT)
-            .modify(DATA_DB, vec![Mod::Replace("olcReadOnly", HashSet::from([value]))])
-            .await?
-            .success()?;
-        Ok(())
-    }
-
-    /// `olcReadOnly` of the data database as cn=config holds it (needs a `root` connection).
-    pub async fn read_only(&mut self) -> anyhow::Result<bool> {
-        let (entries, _) = self
-            .ldap
-            .with_timeout(OP_TIMEOUT)
-            .search(DATA_DB, Scope::Base, "(objectClass=*)", vec!["olcReadOnly"])
-            .await?
-            .success()?;
-        let values: Vec<String> =
-            entries.into_iter().flat_map(|e| values(SearchEntry::construct(e), "olcReadOnly")).collect();
-        Ok(values.iter().any(|v| v.eq_ignore_ascii_case("TRUE")))
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.driver.abort();
     }
 }
 
@@ -527,174 +432,6 @@ impl Drop for MirrorPair {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-    }
-}
-
-/// Writes node's cn=config LDIF and loads it with `slapadd -n0`.
-fn configure(node: &SlapdNode, peer_port: u16, opts: &PairOptions) -> anyhow::Result<()> {
-    let config_dir = node.dir.join("config");
-    std::fs::create_dir_all(&config_dir)?;
-    std::fs::create_dir_all(node.data_dir())?;
-    let socket = node.socket().display().to_string();
-    // sun_path is 108 bytes on Linux.
-    if socket.len() > 100 {
-        bail!("ldapi socket path too long ({socket}); set LDAP_ELECTOR_BED_DIR to a shorter directory");
-    }
-    let ldif = config_ldif(node.id, &node.data_dir(), peer_port, opts);
-    let ldif_path = node.dir.join("config.ldif");
-    std::fs::write(&ldif_path, ldif)?;
-    let out = Command::new(sbin("slapadd"))
-        .arg("-n0")
-        .arg("-F")
-        .arg(&config_dir)
-        .arg("-l")
-        .arg(&ldif_path)
-        .output()
-        .context("running slapadd (install slapd: hack/install-deps.sh)")?;
-    if !out.status.success() {
-        bail!(
-            "slapadd -n0 for node {} failed ({}): {}{}",
-            node.id,
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// Loads `ldif` into node 1 with `slapadd -q -w` (entryUUIDs, entryCSNs with server ID 1,
-/// contextCSN), then copies node 1's database to node 2 with slapcat | slapadd, so both
-/// start with identical entries and contextCSN (a converged pair, without replication).
-fn preload(pair: &MirrorPair, ldif: &Path) -> anyhow::Result<()> {
-    let run = |what: &str, cmd: &mut Command| -> anyhow::Result<()> {
-        let out = cmd.output().with_context(|| format!("running {what}"))?;
-        if !out.status.success() {
-            bail!(
-                "{what} failed ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    };
-    let [n1, n2] = &pair.nodes;
-    let copy = pair.dir.join("preload-copy.ldif");
-    run(
-        "slapadd into node 1",
-        Command::new(sbin("slapadd"))
-            .args(["-q", "-w", "-S", "1", "-b", SUFFIX, "-F"])
-            .arg(n1.dir.join("config"))
-            .arg("-l")
-            .arg(ldif),
-    )?;
-    run(
-        "slapcat of node 1",
-        Command::new(sbin("slapcat")).args(["-b", SUFFIX, "-F"]).arg(n1.dir.join("config")).arg("-l").arg(&copy),
-    )?;
-    run(
-        "slapadd into node 2",
-        Command::new(sbin("slapadd")).args(["-q", "-b", SUFFIX, "-F"]).arg(n2.dir.join("config")).arg("-l").arg(&copy),
-    )?;
-    let _ = std::fs::remove_file(&copy);
-    Ok(())
-}
-
-/// The cn=config of node `id` (1 or 2) replicating from the peer on `peer_port`.
-pub fn config_ldif(id: u32, data_dir: &Path, peer_port: u16, opts: &PairOptions) -> String {
-    // Root of cn=config: whoever runs the tests, over ldapi (peer credentials).
-    // SAFETY: plain getters without side effects.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let peercred = format!("gidNumber={gid}+uidNumber={uid},cn=peercred,cn=external,cn=auth");
-    let peer_id = 3 - id;
-    let (cp_ops, cp_min) = opts.checkpoint;
-    let timeout = opts.sync_timeout;
-    let session_log = opts.session_log.map(|n| format!("olcSpSessionLog: {n}\n")).unwrap_or_default();
-    let max_size = opts.db_max_size.map(|n| format!("olcDbMaxSize: {n}\n")).unwrap_or_default();
-    let schema: String = ["core", "cosine", "nis", "inetorgperson"]
-        .iter()
-        .map(|s| format!("include: file:///etc/ldap/schema/{s}.ldif\n\n"))
-        .collect();
-    format!(
-        "dn: cn=config
-objectClass: olcGlobal
-cn: config
-olcServerID: {id}
-
-dn: cn=module{{0}},cn=config
-objectClass: olcModuleList
-cn: module{{0}}
-olcModulePath: /usr/lib/ldap
-olcModuleLoad: {{0}}back_mdb
-olcModuleLoad: {{1}}syncprov
-
-dn: cn=schema,cn=config
-objectClass: olcSchemaConfig
-cn: schema
-
-{schema}dn: olcDatabase={{-1}}frontend,cn=config
-objectClass: olcDatabaseConfig
-objectClass: olcFrontendConfig
-olcDatabase: {{-1}}frontend
-
-dn: olcDatabase={{0}}config,cn=config
-objectClass: olcDatabaseConfig
-olcDatabase: {{0}}config
-olcRootDN: {peercred}
-
-dn: olcDatabase={{1}}mdb,cn=config
-objectClass: olcDatabaseConfig
-objectClass: olcMdbConfig
-olcDatabase: {{1}}mdb
-olcDbDirectory: {data}
-olcSuffix: {SUFFIX}
-olcRootDN: {ADMIN_DN}
-olcRootPW: {ADMIN_PASSWORD}
-olcDbIndex: objectClass eq
-olcDbIndex: entryCSN,entryUUID eq
-{max_size}olcSyncrepl: {{0}}rid=00{peer_id} provider=ldap://127.0.0.1:{peer_port} bindmethod=simple
-  binddn=\"{ADMIN_DN}\" credentials={ADMIN_PASSWORD} searchbase=\"{SUFFIX}\"
-  type=refreshAndPersist retry=\"1 +\" timeout={timeout} network-timeout={timeout} keepalive=30:3:5
-olcMirrorMode: TRUE
-
-dn: olcOverlay={{0}}syncprov,olcDatabase={{1}}mdb,cn=config
-objectClass: olcOverlayConfig
-objectClass: olcSyncProvConfig
-olcOverlay: {{0}}syncprov
-olcSpCheckpoint: {cp_ops} {cp_min}
-{session_log}
-dn: olcDatabase={{2}}monitor,cn=config
-objectClass: olcDatabaseConfig
-olcDatabase: {{2}}monitor
-olcAccess: {{0}}to * by dn.exact=\"{peercred}\" read by * none
-",
-        data = data_dir.display(),
-    )
-}
-
-/// Answers a rootDSE search (anonymous).
-async fn root_dse(url: &str) -> anyhow::Result<()> {
-    let mut conn = Conn::open(url).await?;
-    let (entries, _) =
-        conn.ldap.with_timeout(OP_TIMEOUT).search("", Scope::Base, "(objectClass=*)", vec!["+"]).await?.success()?;
-    if entries.len() != 1 {
-        bail!("rootDSE search returned {} entries", entries.len());
-    }
-    Ok(())
-}
-
-fn values(entry: SearchEntry, name: &str) -> Vec<String> {
-    entry.attrs.into_iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).flat_map(|(_, v)| v).collect()
-}
-
-/// `/usr/sbin/<name>` (not on a normal user's PATH), else from PATH.
-pub fn sbin(name: &str) -> PathBuf {
-    let path = Path::new("/usr/sbin").join(name);
-    if path.exists() {
-        path
-    } else {
-        PathBuf::from(name)
     }
 }
 

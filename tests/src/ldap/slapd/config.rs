@@ -1,0 +1,137 @@
+//! The cn=config of a Mirror-Mode node (loaded offline with `slapadd -n0`) and the offline
+//! preload of a converged pair.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use super::{MirrorPair, PairOptions, SlapdNode, ADMIN_DN, ADMIN_PASSWORD, SUFFIX};
+use crate::bed::process::run;
+
+/// Writes node's cn=config LDIF and loads it with `slapadd -n0`.
+pub(super) fn configure(node: &SlapdNode, peer_port: u16, opts: &PairOptions) -> anyhow::Result<()> {
+    let config_dir = node.dir.join("config");
+    std::fs::create_dir_all(&config_dir)?;
+    std::fs::create_dir_all(node.data_dir())?;
+    let socket = node.socket().display().to_string();
+    // sun_path is 108 bytes on Linux.
+    if socket.len() > 100 {
+        bail!("ldapi socket path too long ({socket}); set LDAP_ELECTOR_BED_DIR to a shorter directory");
+    }
+    let ldif = config_ldif(node.id, &node.data_dir(), peer_port, opts);
+    let ldif_path = node.dir.join("config.ldif");
+    std::fs::write(&ldif_path, ldif)?;
+    run(Command::new(sbin("slapadd")).arg("-n0").arg("-F").arg(&config_dir).arg("-l").arg(&ldif_path), None)
+        .with_context(|| format!("slapadd -n0 for node {} (install slapd: hack/install-deps.sh)", node.id))?;
+    Ok(())
+}
+
+/// Loads `ldif` into node 1 with `slapadd -q -w` (entryUUIDs, entryCSNs with server ID 1,
+/// contextCSN), then copies node 1's database to node 2 with slapcat | slapadd, so both
+/// start with identical entries and contextCSN (a converged pair, without replication).
+pub(super) fn preload(pair: &MirrorPair, ldif: &Path) -> anyhow::Result<()> {
+    let step = |what: &str, cmd: &mut Command| run(cmd, None).map(drop).with_context(|| what.to_string());
+    let [n1, n2] = &pair.nodes;
+    let copy = pair.dir.join("preload-copy.ldif");
+    step(
+        "slapadd into node 1",
+        Command::new(sbin("slapadd"))
+            .args(["-q", "-w", "-S", "1", "-b", SUFFIX, "-F"])
+            .arg(n1.dir.join("config"))
+            .arg("-l")
+            .arg(ldif),
+    )?;
+    step(
+        "slapcat of node 1",
+        Command::new(sbin("slapcat")).args(["-b", SUFFIX, "-F"]).arg(n1.dir.join("config")).arg("-l").arg(&copy),
+    )?;
+    step(
+        "slapadd into node 2",
+        Command::new(sbin("slapadd")).args(["-q", "-b", SUFFIX, "-F"]).arg(n2.dir.join("config")).arg("-l").arg(&copy),
+    )?;
+    let _ = std::fs::remove_file(&copy);
+    Ok(())
+}
+
+/// The cn=config of node `id` (1 or 2) replicating from the peer on `peer_port`.
+pub fn config_ldif(id: u32, data_dir: &Path, peer_port: u16, opts: &PairOptions) -> String {
+    // Root of cn=config: whoever runs the tests, over ldapi (peer credentials).
+    // SAFETY: plain getters without side effects.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let peercred = format!("gidNumber={gid}+uidNumber={uid},cn=peercred,cn=external,cn=auth");
+    let peer_id = 3 - id;
+    let (cp_ops, cp_min) = opts.checkpoint;
+    let timeout = opts.sync_timeout;
+    let session_log = opts.session_log.map(|n| format!("olcSpSessionLog: {n}\n")).unwrap_or_default();
+    let max_size = opts.db_max_size.map(|n| format!("olcDbMaxSize: {n}\n")).unwrap_or_default();
+    let schema: String = ["core", "cosine", "nis", "inetorgperson"]
+        .iter()
+        .map(|s| format!("include: file:///etc/ldap/schema/{s}.ldif\n\n"))
+        .collect();
+    format!(
+        "dn: cn=config
+objectClass: olcGlobal
+cn: config
+olcServerID: {id}
+
+dn: cn=module{{0}},cn=config
+objectClass: olcModuleList
+cn: module{{0}}
+olcModulePath: /usr/lib/ldap
+olcModuleLoad: {{0}}back_mdb
+olcModuleLoad: {{1}}syncprov
+
+dn: cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: schema
+
+{schema}dn: olcDatabase={{-1}}frontend,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcFrontendConfig
+olcDatabase: {{-1}}frontend
+
+dn: olcDatabase={{0}}config,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{0}}config
+olcRootDN: {peercred}
+
+dn: olcDatabase={{1}}mdb,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcMdbConfig
+olcDatabase: {{1}}mdb
+olcDbDirectory: {data}
+olcSuffix: {SUFFIX}
+olcRootDN: {ADMIN_DN}
+olcRootPW: {ADMIN_PASSWORD}
+olcDbIndex: objectClass eq
+olcDbIndex: entryCSN,entryUUID eq
+{max_size}olcSyncrepl: {{0}}rid=00{peer_id} provider=ldap://127.0.0.1:{peer_port} bindmethod=simple
+  binddn=\"{ADMIN_DN}\" credentials={ADMIN_PASSWORD} searchbase=\"{SUFFIX}\"
+  type=refreshAndPersist retry=\"1 +\" timeout={timeout} network-timeout={timeout} keepalive=30:3:5
+olcMirrorMode: TRUE
+
+dn: olcOverlay={{0}}syncprov,olcDatabase={{1}}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcSyncProvConfig
+olcOverlay: {{0}}syncprov
+olcSpCheckpoint: {cp_ops} {cp_min}
+{session_log}
+dn: olcDatabase={{2}}monitor,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{2}}monitor
+olcAccess: {{0}}to * by dn.exact=\"{peercred}\" read by * none
+",
+        data = data_dir.display(),
+    )
+}
+
+/// `/usr/sbin/<name>` (not on a normal user's PATH), else from PATH.
+pub fn sbin(name: &str) -> PathBuf {
+    let path = Path::new("/usr/sbin").join(name);
+    if path.exists() {
+        path
+    } else {
+        PathBuf::from(name)
+    }
+}
