@@ -29,8 +29,14 @@ fmt:
 	$(CARGO) fmt --all
 
 ## bed: a test bed with a pod network whose kubelet runs the chart's webhook and the injected electors; keeps running (Ctrl-C stops it). docs/getting-started.md
+## bed NODE=real: a test bed with a real node (containerd, kubelet, kube-proxy, kube-scheduler; root, one per machine). docs/real-node.md
+NODE ?= process
 bed: testbed-binaries
-	$(CARGO) run --quiet -p ldap-elector-tests --bin testbed
+	@if [ "$(NODE)" = real ]; then \
+	  $(CARGO) run --quiet -p ldap-elector-tests --bin real_node_bed; \
+	else \
+	  $(CARGO) run --quiet -p ldap-elector-tests --bin testbed; \
+	fi
 
 ## system-packages: install (once, Debian, needs root or sudo) what the tests run: slapd, ldap-utils, Go, a C toolchain
 system-packages:
