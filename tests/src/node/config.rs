@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-/// The node's own address, on a dummy interface of its own (TEST-NET-3): the kubelet serves
+/// The node's own address, on an interface of its own (TEST-NET-3): the kubelet serves
 /// on it, the API server listens and advertises on it, and pods reach it through their gateway.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// Pod addresses (TEST-NET-2): the CNI bridge's host-local range.
@@ -14,7 +14,7 @@ pub const POD_CIDR: &str = "198.51.100.0/24";
 pub const SERVICE_CIDR: &str = "198.18.0.0/24";
 /// The `kubernetes` Service's ClusterIP: the first address of [`SERVICE_CIDR`].
 pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-/// The dummy interface that holds [`NODE_IP`] and swallows unrouted Service traffic.
+/// The port-less bridge that holds [`NODE_IP`] and swallows unrouted Service traffic.
 pub const NODE_LINK: &str = "ldapbed-node0";
 /// The CNI bridge (pods' gateway).
 pub const BRIDGE: &str = "ldapbed-br0";

@@ -1,5 +1,5 @@
 //! The host-global side of the real node: the per-machine lock, the record of what the node
-//! changes on the host (sysctls, directories it creates), the node's dummy interface and
+//! changes on the host (sysctls, directories it creates), the node's own interface and
 //! routes, the egress guard, and iptables clean-up. The kubelet, kube-proxy and the CNI bridge
 //! change host state that no directory of ours holds; this module records it before they
 //! start so that clean-up (also after a crashed run) can put it back.
@@ -138,11 +138,12 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The node IP on a dummy interface of its own; Service addresses routed to it, so traffic to
-/// a ClusterIP that kube-proxy has not (yet) rewritten is dropped here instead of leaving
-/// through the default route; the egress guard for pods.
+/// The node IP on an interface of its own (a bridge without ports: these VMs' kernels have no
+/// `dummy` driver); Service addresses routed to it, so traffic to a ClusterIP that kube-proxy
+/// has not (yet) rewritten is dropped there instead of leaving through the default route; the
+/// egress guard for pods.
 pub fn setup_network() -> anyhow::Result<()> {
-    run("ip", &["link", "add", NODE_LINK, "type", "dummy"])?;
+    run("ip", &["link", "add", NODE_LINK, "type", "bridge"])?;
     run("ip", &["addr", "add", &format!("{NODE_IP}/32"), "dev", NODE_LINK])?;
     run("ip", &["link", "set", NODE_LINK, "up"])?;
     run("ip", &["route", "add", SERVICE_CIDR, "dev", NODE_LINK])?;

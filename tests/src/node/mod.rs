@@ -90,7 +90,7 @@ impl Prepared {
             std::fs::create_dir_all(l.path(dir))?;
         }
         write_private(&l.path(cleanup::HOST_STATE_FILE), &host::HostState::capture().render())?;
-        host::setup_network().context("node network (dummy link, routes, egress guard)")?;
+        host::setup_network().context("node network (node IP link, routes, egress guard)")?;
         let pki = pki::NodePki::generate()?;
         for (name, body) in pki.files() {
             write_private(&l.pki(name), body)?;
