@@ -8,6 +8,7 @@ pub mod forwarder;
 pub mod kubelet;
 pub mod ldap_rig;
 pub mod measure;
+pub mod node;
 pub mod observer;
 pub mod pki;
 pub mod pod_network;
