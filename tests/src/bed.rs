@@ -187,7 +187,7 @@ impl Bed {
         let mut kcm = Command::new(bed.bin.join("kube-controller-manager"));
         kcm.args([
             format!("--kubeconfig={}", kcm_kubeconfig.display()),
-            format!("--controllers={CONTROLLERS}"),
+            format!("--controllers={}", node.as_ref().map_or(CONTROLLERS.to_string(), |n| n.controllers(CONTROLLERS))),
             format!("--service-account-private-key-file={}", bed.dir.join("sa.key").display()),
             format!("--root-ca-file={}", bed.dir.join("ca.crt").display()),
             "--use-service-account-credentials=false".into(),

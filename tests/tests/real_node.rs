@@ -65,10 +65,17 @@ async fn pod_runs_on_the_real_node_a_cluster_ip_reaches_it_and_nothing_is_left_a
     let pod_ip = wait_for("the pod is Running and Ready", T, || async {
         let pod = pods.get("web").await.map_err(|e| e.to_string())?;
         let status = pod.status.unwrap_or_default();
-        let ready = status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        let conditions = status.conditions.unwrap_or_default();
+        let ready = conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
         match (status.phase.as_deref(), ready, status.pod_ip) {
             (Some("Running"), true, Some(ip)) => Ok(ip),
-            (phase, ready, _) => Err(format!("phase {phase:?}, ready {ready}")),
+            (phase, _, _) => {
+                let seen: Vec<String> = conditions
+                    .iter()
+                    .map(|c| format!("{}={} {}", c.type_, c.status, c.message.clone().unwrap_or_default()))
+                    .collect();
+                Err(format!("phase {phase:?}, conditions {seen:?}, containers {:?}", status.container_statuses))
+            }
         }
     })
     .await?;

@@ -209,7 +209,8 @@ shutdownGracePeriod: 0s
 }
 
 /// kube-proxy in iptables mode: NodePorts only on the node IP, no localhost NodePorts (that
-/// would set route_localnet), conntrack sysctls left alone, no health/metrics listeners.
+/// would set route_localnet), conntrack sysctls left alone, health/metrics only on the node IP
+/// (empty means the defaults, which listen on all addresses).
 pub fn kube_proxy_yaml(kubeconfig: &Path) -> String {
     format!(
         r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -218,8 +219,8 @@ mode: iptables
 clusterCIDR: {POD_CIDR}
 hostnameOverride: {NODE_NAME}
 bindAddress: {NODE_IP}
-healthzBindAddress: ""
-metricsBindAddress: ""
+healthzBindAddress: {NODE_IP}:10256
+metricsBindAddress: {NODE_IP}:10249
 nodePortAddresses: ["{NODE_IP}/32"]
 clientConnection:
   kubeconfig: {kubeconfig}

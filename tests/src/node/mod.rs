@@ -40,6 +40,7 @@ const DEFAULT_MACHINE_DIR: &str = "/var/lib/ldap-elector-node";
 /// How long a bed waits for another real-node bed on this machine to finish.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const NODE_LIFECYCLE_CONTROLLER: &str = "node-lifecycle-controller";
 /// The ClusterRole that lets the API server use the kubelet API (logs, exec, port-forward).
 const KUBELET_API_ADMIN: &str = "system:kubelet-api-admin";
 
@@ -108,6 +109,12 @@ impl Prepared {
         config::token_lines(&self.kubelet_token, &self.proxy_token, &self.scheduler_token)
     }
 
+    /// The controller-manager's controllers with the node lifecycle controller, which removes the
+    /// `node.kubernetes.io/not-ready` taint the kubelet registers with (else nothing schedules).
+    pub fn controllers(&self, base: &str) -> String {
+        format!("{base},{NODE_LIFECYCLE_CONTROLLER}")
+    }
+
     /// Sets the API server flags a real node needs (see [`config::apiserver_flags`]).
     pub fn apiserver_flags(&self, args: &mut Vec<String>) {
         for (name, value) in config::apiserver_flags(&self.teardown.layout) {
@@ -174,7 +181,7 @@ impl Prepared {
             format!("--kubeconfig={}", scheduler_kubeconfig.display()),
             "--leader-elect=false".into(),
             "--secure-port=0".into(),
-            "--v=1".into(),
+            "--v=2".into(),
         ]);
         let scheduler = Child::spawn("kube-scheduler", scheduler, &l.logs.join("kube-scheduler.log"))?;
 
