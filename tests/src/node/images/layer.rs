@@ -243,24 +243,26 @@ mod tests {
 
     #[test]
     fn reading_a_rootfs_copies_hard_links_and_drops_devices() {
+        let header = |kind, size| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(0o755);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(size);
+            h
+        };
         let mut builder = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(0o755);
-        header.set_size(4);
-        header.set_entry_type(tar::EntryType::Regular);
+        let mut file = header(tar::EntryType::Regular, 4);
         builder
-            .append_data(&mut header, "./usr/bin/perl", &b"perl"[..])
+            .append_data(&mut file, "./usr/bin/perl", &b"perl"[..])
             .unwrap();
-        let mut link = tar::Header::new_gnu();
-        link.set_entry_type(tar::EntryType::Link);
-        link.set_mode(0o755);
-        link.set_size(0);
+        let mut link = header(tar::EntryType::Link, 0);
         builder
             .append_link(&mut link, "./usr/bin/perl5", "./usr/bin/perl")
             .unwrap();
-        let mut dev = tar::Header::new_gnu();
-        dev.set_entry_type(tar::EntryType::Char);
-        dev.set_size(0);
+        let mut dev = header(tar::EntryType::Char, 0);
         builder
             .append_data(&mut dev, "./dev/null", io::empty())
             .unwrap();
