@@ -9,6 +9,10 @@ command -v make >/dev/null || need+=(make)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 { command -v slapd >/dev/null || [ -x /usr/sbin/slapd ]; } || need+=(slapd)
 command -v ldapsearch >/dev/null || need+=(ldap-utils)
+# Container images without a registry (docs/images.md): musl-gcc for the static binaries and
+# the pause process, mmdebstrap for the OpenLDAP image's Debian rootfs.
+command -v musl-gcc >/dev/null || need+=(musl-tools)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 if [ ${#need[@]} -eq 0 ]; then
   echo "[install-deps] all system packages present"

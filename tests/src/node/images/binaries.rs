@@ -47,39 +47,25 @@ fn cargo_home() -> PathBuf {
 /// workspace sources relative to the workspace root, and leaving the checkout path out of the
 /// flags keeps one cache for every checkout (changed RUSTFLAGS rebuild everything).
 fn rustflags() -> String {
-    format!(
-        "-C target-feature=+crt-static --remap-path-prefix={}=cargo",
-        cargo_home().display()
-    )
+    format!("-C target-feature=+crt-static --remap-path-prefix={}=cargo", cargo_home().display())
 }
 
 /// Installs the musl standard library for the pinned toolchain if it is missing (rustup reads
 /// `targets` in rust-toolchain.toml only when it installs the toolchain).
 fn ensure_musl_target(repo: &Path) -> Result<(), ImageError> {
-    let out = cmd::output(
-        Command::new("rustc")
-            .current_dir(repo)
-            .args(["--print", "sysroot"]),
-    )?;
+    let out = cmd::output(Command::new("rustc").current_dir(repo).args(["--print", "sysroot"]))?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     if sysroot.join("lib/rustlib").join(MUSL_TARGET).is_dir() {
         return Ok(());
     }
-    cmd::status(
-        Command::new("rustup")
-            .current_dir(repo)
-            .args(["target", "add", MUSL_TARGET]),
-    )
+    cmd::status(Command::new("rustup").current_dir(repo).args(["target", "add", MUSL_TARGET]))
 }
 
 /// `cargo build --release --locked --target x86_64-unknown-linux-musl` of one binary into
 /// `target_dir`; cargo decides what is stale. Returns the binary's path.
 pub fn build(repo: &Path, target_dir: &Path, binary: &Binary) -> Result<PathBuf, ImageError> {
     if !cmd::on_path("musl-gcc") {
-        return Err(ImageError::MissingTool {
-            tool: "musl-gcc",
-            package: "musl-tools",
-        });
+        return Err(ImageError::MissingTool { tool: "musl-gcc", package: "musl-tools" });
     }
     ensure_musl_target(repo)?;
     cmd::status(
@@ -95,10 +81,7 @@ pub fn build(repo: &Path, target_dir: &Path, binary: &Binary) -> Result<PathBuf,
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env_remove("CARGO_BUILD_TARGET"),
     )?;
-    Ok(target_dir
-        .join(MUSL_TARGET)
-        .join("release")
-        .join(binary.name))
+    Ok(target_dir.join(MUSL_TARGET).join("release").join(binary.name))
 }
 
 /// The image of a built binary: `/<name>` (0755, root-owned like Docker's COPY), USER

@@ -23,13 +23,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn file(path: &str, mode: u32, data: Vec<u8>) -> Self {
-        Self {
-            path: path.to_owned(),
-            mode,
-            uid: 0,
-            gid: 0,
-            kind: Kind::File(data),
-        }
+        Self { path: path.to_owned(), mode, uid: 0, gid: 0, kind: Kind::File(data) }
     }
 }
 
@@ -54,10 +48,7 @@ pub struct Tree {
 
 /// `./usr/bin/` and `/usr/bin` both become `usr/bin`; `..` is refused.
 fn normalise(path: &str) -> Result<String, LayerError> {
-    let parts: Vec<&str> = path
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     if parts.is_empty() || parts.contains(&"..") {
         return Err(LayerError::BadPath(path.to_owned()));
     }
@@ -127,13 +118,7 @@ impl Tree {
                 tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => continue,
                 other => return Err(LayerError::Unsupported { path, kind: other }),
             };
-            tree.insert(Entry {
-                path,
-                mode,
-                uid,
-                gid,
-                kind,
-            })?;
+            tree.insert(Entry { path, mode, uid, gid, kind })?;
         }
         Ok(tree)
     }
@@ -178,27 +163,9 @@ mod tests {
         let long = format!("usr/{}/file", "d".repeat(120));
         for entry in [
             Entry::file("/zeta", 0o755, b"z".to_vec()),
-            Entry {
-                path: "./usr/".into(),
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                kind: Kind::Dir,
-            },
-            Entry {
-                path: long,
-                mode: 0o600,
-                uid: 100,
-                gid: 101,
-                kind: Kind::File(b"long".to_vec()),
-            },
-            Entry {
-                path: "usr/link".into(),
-                mode: 0o777,
-                uid: 0,
-                gid: 0,
-                kind: Kind::Symlink("/zeta".into()),
-            },
+            Entry { path: "./usr/".into(), mode: 0o755, uid: 0, gid: 0, kind: Kind::Dir },
+            Entry { path: long, mode: 0o600, uid: 100, gid: 101, kind: Kind::File(b"long".to_vec()) },
+            Entry { path: "usr/link".into(), mode: 0o777, uid: 0, gid: 0, kind: Kind::Symlink("/zeta".into()) },
             Entry::file("alpha", 0o644, b"a".to_vec()),
         ] {
             tree.insert(entry).unwrap();
@@ -255,25 +222,16 @@ mod tests {
         };
         let mut builder = tar::Builder::new(Vec::new());
         let mut file = header(tar::EntryType::Regular, 4);
-        builder
-            .append_data(&mut file, "./usr/bin/perl", &b"perl"[..])
-            .unwrap();
+        builder.append_data(&mut file, "./usr/bin/perl", &b"perl"[..]).unwrap();
         let mut link = header(tar::EntryType::Link, 0);
-        builder
-            .append_link(&mut link, "./usr/bin/perl5", "./usr/bin/perl")
-            .unwrap();
+        builder.append_link(&mut link, "./usr/bin/perl5", "./usr/bin/perl").unwrap();
         let mut dev = header(tar::EntryType::Char, 0);
-        builder
-            .append_data(&mut dev, "./dev/null", io::empty())
-            .unwrap();
+        builder.append_data(&mut dev, "./dev/null", io::empty()).unwrap();
         let bytes = builder.into_inner().unwrap();
 
         let tree = Tree::from_tar(bytes.as_slice()).unwrap();
         assert_eq!(tree.len(), 2);
-        assert_eq!(
-            tree.get("usr/bin/perl5").map(|e| &e.kind),
-            Some(&Kind::File(b"perl".to_vec()))
-        );
+        assert_eq!(tree.get("usr/bin/perl5").map(|e| &e.kind), Some(&Kind::File(b"perl".to_vec())));
         assert!(tree.get("dev/null").is_none());
     }
 

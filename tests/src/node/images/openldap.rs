@@ -41,11 +41,8 @@ const DPKG_FILTERS: [&str; 6] = [
 /// The mmdebstrap arguments before the output path. No mirror: mmdebstrap's default for a
 /// stable suite includes its -updates and -security archives.
 fn mmdebstrap_args() -> Vec<String> {
-    let mut args = vec![
-        "--variant=essential".to_owned(),
-        format!("--include={}", PACKAGES.join(",")),
-        "--format=tar".to_owned(),
-    ];
+    let mut args =
+        vec!["--variant=essential".to_owned(), format!("--include={}", PACKAGES.join(",")), "--format=tar".to_owned()];
     args.extend(DPKG_FILTERS.iter().map(|f| format!("--dpkgopt={f}")));
     args.push(format!("--essential-hook={PRESEED_HOOK}"));
     args.push(format!("--customize-hook={CLEANUP_HOOK}"));
@@ -97,24 +94,15 @@ pub fn user_ids(passwd: &str, user: &str) -> Option<(u32, u32)> {
 /// The installed version of `package` from a dpkg status text.
 pub fn installed_version(status: &str, package: &str) -> Option<String> {
     status.split("\n\n").find_map(|stanza| {
-        let field = |name: &str| {
-            stanza
-                .lines()
-                .find_map(|l| l.strip_prefix(name).map(str::trim))
-        };
-        (field("Package:") == Some(package))
-            .then(|| field("Version:").map(str::to_owned))
-            .flatten()
+        let field = |name: &str| stanza.lines().find_map(|l| l.strip_prefix(name).map(str::trim));
+        (field("Package:") == Some(package)).then(|| field("Version:").map(str::to_owned)).flatten()
     })
 }
 
 /// `1:2.5.13+dfsg-5` → `2.5.13` (tags allow no `+` or `:`).
 pub fn upstream_version(version: &str) -> String {
     let without_epoch = version.split_once(':').map_or(version, |(_, v)| v);
-    without_epoch
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect()
+    without_epoch.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect()
 }
 
 /// The cached rootfs for the current package versions, built if missing.
@@ -130,19 +118,11 @@ fn rootfs(store: &Path) -> Result<PathBuf, ImageError> {
         return Ok(path);
     }
     if !cmd::on_path(TOOL) {
-        return Err(ImageError::MissingTool {
-            tool: TOOL,
-            package: TOOL,
-        });
+        return Err(ImageError::MissingTool { tool: TOOL, package: TOOL });
     }
     tracing::info!(?versions, path = %path.display(), "building the OpenLDAP rootfs (mmdebstrap)");
     let partial = path.with_extension(format!("tar.{}.partial", std::process::id()));
-    let built = cmd::output(
-        Command::new(TOOL)
-            .args(&args)
-            .arg(&partial)
-            .env("SOURCE_DATE_EPOCH", "0"),
-    );
+    let built = cmd::output(Command::new(TOOL).args(&args).arg(&partial).env("SOURCE_DATE_EPOCH", "0"));
     if let Err(e) = built {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
@@ -200,12 +180,7 @@ pub fn image(store: &Path) -> Result<OpenLdap, ImageError> {
             ..RunConfig::default()
         },
     };
-    Ok(OpenLdap {
-        spec,
-        tree,
-        uid,
-        gid,
-    })
+    Ok(OpenLdap { spec, tree, uid, gid })
 }
 
 #[cfg(test)]
@@ -232,7 +207,8 @@ mod tests {
 
     #[test]
     fn passwd_status_and_versions_are_read() {
-        let passwd = "root:x:0:0:root:/root:/bin/bash\nopenldap:x:100:101:OpenLDAP Server Account,,,:/var/lib/ldap:/bin/false\n";
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\nopenldap:x:100:101:OpenLDAP Server Account,,,:/var/lib/ldap:/bin/false\n";
         assert_eq!(user_ids(passwd, "openldap"), Some((100, 101)));
         assert_eq!(user_ids(passwd, "nobody"), None);
         let status = "Package: libldap-2.5-0\nVersion: 2.5.13+dfsg-4\n\nPackage: slapd\nStatus: install ok installed\nVersion: 2.5.13+dfsg-5\n";
