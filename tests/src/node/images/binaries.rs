@@ -61,6 +61,34 @@ fn ensure_musl_target(repo: &Path) -> Result<(), ImageError> {
     cmd::status(Command::new("rustup").current_dir(repo).args(["target", "add", MUSL_TARGET]))
 }
 
+/// Variables cargo sets for the crates it builds and runs (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`,
+/// ...). Inherited by the nested cargo they would reach its build-script checks (ring reruns
+/// when `CARGO_PKG_NAME` differs from the last build), so a build from `cargo test` and one
+/// from a shell would rebuild ring and all above it in turn. Flags that would beat ours go too.
+fn inherited_cargo_vars() -> Vec<std::ffi::OsString> {
+    const EXACT: [&str; 11] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_MAKEFLAGS",
+        "OUT_DIR",
+    ];
+    const PREFIXES: [&str; 3] = ["CARGO_PKG_", "CARGO_CFG_", "CARGO_BIN_"];
+    std::env::vars_os()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            let name = name.to_string_lossy();
+            EXACT.contains(&name.as_ref()) || PREFIXES.iter().any(|p| name.starts_with(p))
+        })
+        .collect()
+}
+
 /// `cargo build --release --locked --target x86_64-unknown-linux-musl` of one binary into
 /// `target_dir`; cargo decides what is stale. Returns the binary's path.
 pub fn build(repo: &Path, target_dir: &Path, binary: &Binary) -> Result<PathBuf, ImageError> {
@@ -68,18 +96,19 @@ pub fn build(repo: &Path, target_dir: &Path, binary: &Binary) -> Result<PathBuf,
         return Err(ImageError::MissingTool { tool: "musl-gcc", package: "musl-tools" });
     }
     ensure_musl_target(repo)?;
+    let mut cargo = Command::new("cargo");
+    for name in inherited_cargo_vars() {
+        cargo.env_remove(name);
+    }
     cmd::status(
-        Command::new("cargo")
+        cargo
             .current_dir(repo)
             .args(["build", "--release", "--locked", "--target", MUSL_TARGET])
             .args(["-p", binary.package, "--bin", binary.name])
             .env("CARGO_TARGET_DIR", target_dir)
             .env("CARGO_INCREMENTAL", "0")
             .env("SOURCE_DATE_EPOCH", "0")
-            .env("RUSTFLAGS", rustflags())
-            // Would win over RUSTFLAGS when inherited from an outer cargo.
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET"),
+            .env("RUSTFLAGS", rustflags()),
     )?;
     Ok(target_dir.join(MUSL_TARGET).join("release").join(binary.name))
 }
