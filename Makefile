@@ -81,3 +81,9 @@ audit-bench:
 ## sbom: CycloneDX 1.5 SBOMs of the shipped binaries (normal dependencies for the musl target) -> results/sbom/
 sbom:
 	$(CARGO) run --quiet -p ldap-elector-tests --bin sbom -- results/sbom
+
+.PHONY: images
+
+## images: the real node's container images as OCI archives in ~/.cache/ldap-elector/images, no registry; CONTAINERD_SOCKET=<socket> also imports them (docs/images.md)
+images: system-packages
+	@bash hack/build-images.sh

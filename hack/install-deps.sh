@@ -20,6 +20,10 @@ command -v iptables >/dev/null || real_node+=(iptables)
 command -v conntrack >/dev/null || real_node+=(conntrack)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || real_node+=(busybox-static)
 need+=("${real_node[@]}")
+# Container images without a registry (docs/images.md): musl-gcc for the static binaries and
+# the pause process, mmdebstrap for the OpenLDAP image's Debian rootfs.
+command -v musl-gcc >/dev/null || need+=(musl-tools)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 if [ ${#need[@]} -eq 0 ]; then
   echo "[install-deps] all system packages present"

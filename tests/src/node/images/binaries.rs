@@ -47,58 +47,70 @@ fn cargo_home() -> PathBuf {
 /// workspace sources relative to the workspace root, and leaving the checkout path out of the
 /// flags keeps one cache for every checkout (changed RUSTFLAGS rebuild everything).
 fn rustflags() -> String {
-    format!(
-        "-C target-feature=+crt-static --remap-path-prefix={}=cargo",
-        cargo_home().display()
-    )
+    format!("-C target-feature=+crt-static --remap-path-prefix={}=cargo", cargo_home().display())
 }
 
 /// Installs the musl standard library for the pinned toolchain if it is missing (rustup reads
 /// `targets` in rust-toolchain.toml only when it installs the toolchain).
 fn ensure_musl_target(repo: &Path) -> Result<(), ImageError> {
-    let out = cmd::output(
-        Command::new("rustc")
-            .current_dir(repo)
-            .args(["--print", "sysroot"]),
-    )?;
+    let out = cmd::output(Command::new("rustc").current_dir(repo).args(["--print", "sysroot"]))?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     if sysroot.join("lib/rustlib").join(MUSL_TARGET).is_dir() {
         return Ok(());
     }
-    cmd::status(
-        Command::new("rustup")
-            .current_dir(repo)
-            .args(["target", "add", MUSL_TARGET]),
-    )
+    cmd::status(Command::new("rustup").current_dir(repo).args(["target", "add", MUSL_TARGET]))
+}
+
+/// Variables cargo sets for the crates it builds and runs (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`,
+/// ...). Inherited by the nested cargo they would reach its build-script checks (ring reruns
+/// when `CARGO_PKG_NAME` differs from the last build), so a build from `cargo test` and one
+/// from a shell would rebuild ring and all above it in turn. Flags that would beat ours go too.
+fn inherited_cargo_vars() -> Vec<std::ffi::OsString> {
+    const EXACT: [&str; 11] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_MAKEFLAGS",
+        "OUT_DIR",
+    ];
+    const PREFIXES: [&str; 3] = ["CARGO_PKG_", "CARGO_CFG_", "CARGO_BIN_"];
+    std::env::vars_os()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            let name = name.to_string_lossy();
+            EXACT.contains(&name.as_ref()) || PREFIXES.iter().any(|p| name.starts_with(p))
+        })
+        .collect()
 }
 
 /// `cargo build --release --locked --target x86_64-unknown-linux-musl` of one binary into
 /// `target_dir`; cargo decides what is stale. Returns the binary's path.
 pub fn build(repo: &Path, target_dir: &Path, binary: &Binary) -> Result<PathBuf, ImageError> {
     if !cmd::on_path("musl-gcc") {
-        return Err(ImageError::MissingTool {
-            tool: "musl-gcc",
-            package: "musl-tools",
-        });
+        return Err(ImageError::MissingTool { tool: "musl-gcc", package: "musl-tools" });
     }
     ensure_musl_target(repo)?;
+    let mut cargo = Command::new("cargo");
+    for name in inherited_cargo_vars() {
+        cargo.env_remove(name);
+    }
     cmd::status(
-        Command::new("cargo")
+        cargo
             .current_dir(repo)
             .args(["build", "--release", "--locked", "--target", MUSL_TARGET])
             .args(["-p", binary.package, "--bin", binary.name])
             .env("CARGO_TARGET_DIR", target_dir)
             .env("CARGO_INCREMENTAL", "0")
             .env("SOURCE_DATE_EPOCH", "0")
-            .env("RUSTFLAGS", rustflags())
-            // Would win over RUSTFLAGS when inherited from an outer cargo.
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET"),
+            .env("RUSTFLAGS", rustflags()),
     )?;
-    Ok(target_dir
-        .join(MUSL_TARGET)
-        .join("release")
-        .join(binary.name))
+    Ok(target_dir.join(MUSL_TARGET).join("release").join(binary.name))
 }
 
 /// The image of a built binary: `/<name>` (0755, root-owned like Docker's COPY), USER

@@ -9,11 +9,7 @@ const CTR: &str = "ctr";
 
 fn ctr(target: &ImportTarget) -> Command {
     let mut command = Command::new(CTR);
-    command
-        .arg("--address")
-        .arg(&target.containerd_socket)
-        .arg("--namespace")
-        .arg(&target.namespace);
+    command.arg("--address").arg(&target.containerd_socket).arg("--namespace").arg(&target.namespace);
     command
 }
 
@@ -32,10 +28,7 @@ pub fn list(target: &ImportTarget) -> Result<BTreeSet<String>, ImageError> {
 /// and unpacks it into the default snapshotter, which the CRI plugin uses too.
 pub fn import(target: &ImportTarget, archive: &Path) -> Result<(), ImageError> {
     if !cmd::on_path(CTR) {
-        return Err(ImageError::MissingTool {
-            tool: CTR,
-            package: "containerd",
-        });
+        return Err(ImageError::MissingTool { tool: CTR, package: "containerd" });
     }
     cmd::output(ctr(target).args(["images", "import"]).arg(archive))?;
     Ok(())

@@ -27,30 +27,17 @@ pub const CACHE_ENV: &str = "LDAP_ELECTOR_CACHE";
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("{tool} not found on PATH: install the Debian package {package} (hack/install-deps.sh)")]
-    MissingTool {
-        tool: &'static str,
-        package: &'static str,
-    },
+    MissingTool { tool: &'static str, package: &'static str },
     #[error("apt-cache knows no candidate for {0}: run apt-get update")]
     NoCandidate(String),
     #[error("the OpenLDAP rootfs lacks {0}")]
     RootfsLacks(String),
     #[error("cannot run {command}: {source}")]
-    Spawn {
-        command: String,
-        source: std::io::Error,
-    },
+    Spawn { command: String, source: std::io::Error },
     #[error("{command} failed ({status}): {stderr}")]
-    Failed {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    Failed { command: String, status: String, stderr: String },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Layer(#[from] layer::LayerError),
     #[error(transparent)]
@@ -59,10 +46,7 @@ pub enum ImageError {
 
 impl ImageError {
     fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.to_owned(),
-            source,
-        }
+        Self::Io { path: path.to_owned(), source }
     }
 }
 
@@ -76,10 +60,7 @@ pub struct ImportTarget {
 impl ImportTarget {
     /// The CRI namespace `k8s.io` of the containerd at `containerd_socket`.
     pub fn k8s(containerd_socket: impl Into<PathBuf>) -> Self {
-        Self {
-            containerd_socket: containerd_socket.into(),
-            namespace: K8S_NAMESPACE.to_owned(),
-        }
+        Self { containerd_socket: containerd_socket.into(), namespace: K8S_NAMESPACE.to_owned() }
     }
 }
 
@@ -180,23 +161,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
 }
 
 /// Writes the image's archive unless the cache holds it already (same name = same digest).
-fn save(
-    store: &Path,
-    spec: &oci::ImageSpec,
-    tree: &layer::Tree,
-    started: Instant,
-) -> Result<Archive, ImageError> {
+fn save(store: &Path, spec: &oci::ImageSpec, tree: &layer::Tree, started: Instant) -> Result<Archive, ImageError> {
     let built = oci::build(spec, &tree.to_tar()?)?;
     let name = spec.repository.rsplit('/').next().unwrap_or(&spec.repository);
     let path = store.join(format!("{name}-{}.tar", built.tag));
     if !path.is_file() {
         write_atomically(&path, &built.bytes)?;
     }
-    let archive = Archive {
-        reference: built.reference,
-        path,
-        took: started.elapsed(),
-    };
+    let archive = Archive { reference: built.reference, path, took: started.elapsed() };
     tracing::info!(reference = %archive.reference, took = ?archive.took, "image ready");
     Ok(archive)
 }

@@ -153,9 +153,7 @@ fn check_repository(name: &str) -> Result<(), OciError> {
     let ok = !name.is_empty()
         && name.split('/').all(|part| {
             !part.is_empty()
-                && part.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                })
+                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         });
     if ok {
         Ok(())
@@ -166,9 +164,7 @@ fn check_repository(name: &str) -> Result<(), OciError> {
 
 fn check_tag(tag: &str) -> Result<(), OciError> {
     let mut bytes = tag.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
     let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if first_ok && rest_ok && tag.len() <= 128 {
         Ok(())
@@ -190,9 +186,7 @@ pub fn build(spec: &ImageSpec, layer_tar: &[u8]) -> Result<OciArchive, OciError>
             // Uncompressed: the diff id is the layer digest.
             diff_ids: vec![layer.digest.clone()],
         },
-        history: vec![History {
-            created_by: "ldap-elector-tests node::images (reproducible OCI writer)".into(),
-        }],
+        history: vec![History { created_by: "ldap-elector-tests node::images (reproducible OCI writer)".into() }],
     })?;
     let manifest = serde_json::to_vec(&Manifest {
         schema_version: 2,
@@ -207,28 +201,14 @@ pub fn build(spec: &ImageSpec, layer_tar: &[u8]) -> Result<OciArchive, OciError>
     let reference = format!("{}:{tag}", spec.repository);
 
     let mut entry = descriptor(MEDIA_MANIFEST, &manifest);
-    entry.platform = Some(Platform {
-        architecture: ARCHITECTURE,
-        os: OS,
-    });
-    entry.annotations = BTreeMap::from([
-        (ANNOTATION_CONTAINERD_NAME, reference.clone()),
-        (ANNOTATION_REF_NAME, tag.clone()),
-    ]);
-    let index = serde_json::to_vec(&Index {
-        schema_version: 2,
-        media_type: MEDIA_INDEX,
-        manifests: vec![entry],
-    })?;
+    entry.platform = Some(Platform { architecture: ARCHITECTURE, os: OS });
+    entry.annotations =
+        BTreeMap::from([(ANNOTATION_CONTAINERD_NAME, reference.clone()), (ANNOTATION_REF_NAME, tag.clone())]);
+    let index = serde_json::to_vec(&Index { schema_version: 2, media_type: MEDIA_INDEX, manifests: vec![entry] })?;
 
     let blobs = [layer_tar, config.as_slice(), manifest.as_slice()];
     let bytes = archive(&index, &blobs)?;
-    Ok(OciArchive {
-        reference,
-        tag,
-        manifest_digest,
-        bytes,
-    })
+    Ok(OciArchive { reference, tag, manifest_digest, bytes })
 }
 
 /// The OCI layout as a tar: `oci-layout`, `index.json`, `blobs/sha256/<hex>` (sorted).
@@ -275,10 +255,7 @@ mod tests {
                 user: Some("65532:65532".into()),
                 entrypoint: vec!["/ldap-elector".into()],
                 env: vec![DEFAULT_PATH.into()],
-                labels: BTreeMap::from([(
-                    "org.opencontainers.image.title".into(),
-                    "ldap-elector".into(),
-                )]),
+                labels: BTreeMap::from([("org.opencontainers.image.title".into(), "ldap-elector".into())]),
                 ..RunConfig::default()
             },
         }
@@ -316,18 +293,12 @@ mod tests {
         let layer = b"layer bytes".as_slice();
         let built = build(&spec(), layer).unwrap();
         let files = files(&built.bytes);
-        assert_eq!(
-            files.get("oci-layout").map(Vec::as_slice),
-            Some(br#"{"imageLayoutVersion":"1.0.0"}"#.as_slice())
-        );
+        assert_eq!(files.get("oci-layout").map(Vec::as_slice), Some(br#"{"imageLayoutVersion":"1.0.0"}"#.as_slice()));
         let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
         let entry = &index["manifests"][0];
         let manifest_digest = entry["digest"].as_str().unwrap();
         assert_eq!(manifest_digest, built.manifest_digest);
-        assert_eq!(
-            entry["annotations"][ANNOTATION_CONTAINERD_NAME],
-            built.reference.as_str()
-        );
+        assert_eq!(entry["annotations"][ANNOTATION_CONTAINERD_NAME], built.reference.as_str());
         assert_eq!(entry["annotations"][ANNOTATION_REF_NAME], built.tag.as_str());
         assert_eq!(entry["platform"]["architecture"], ARCHITECTURE);
 
@@ -350,10 +321,7 @@ mod tests {
         assert_eq!(config["rootfs"]["diff_ids"][0], layer_digest);
         assert_eq!(config["config"]["User"], "65532:65532");
         assert_eq!(config["config"]["Entrypoint"][0], "/ldap-elector");
-        assert_eq!(
-            config["config"]["Labels"]["org.opencontainers.image.title"],
-            "ldap-elector"
-        );
+        assert_eq!(config["config"]["Labels"]["org.opencontainers.image.title"], "ldap-elector");
         assert!(config["config"].get("Cmd").is_none());
     }
 

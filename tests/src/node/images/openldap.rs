@@ -22,13 +22,7 @@ const KEY_LEN: usize = 16;
 
 /// No database or config from the package: the tests and the chart bring their own.
 const PRESEED_HOOK: &str = r#"echo "slapd slapd/no_configuration boolean true" | chroot "$1" debconf-set-selections"#;
-/// Docs (but copyright files), man pages, locales, logs and caches out; the essential
-/// packages are unpacked before the dpkg path filters apply, so this catches them too.
-const CLEANUP_HOOK: &str = r#"cd "$1" || exit 1
-find usr/share/doc -type f ! -name copyright -delete
-find usr/share/doc -depth -mindepth 1 -type d -empty -delete
-rm -rf usr/share/man/* usr/share/info/* usr/share/locale/* usr/share/lintian var/log/* \
-  var/cache/ldconfig/aux-cache var/lib/dpkg/*-old var/cache/debconf/*-old"#;
+/// dpkg leaves these out of the packages installed after the essential set.
 const DPKG_FILTERS: [&str; 6] = [
     "path-exclude=/usr/share/man/*",
     "path-exclude=/usr/share/info/*",
@@ -41,16 +35,36 @@ const DPKG_FILTERS: [&str; 6] = [
 /// The mmdebstrap arguments before the output path. No mirror: mmdebstrap's default for a
 /// stable suite includes its -updates and -security archives.
 fn mmdebstrap_args() -> Vec<String> {
-    let mut args = vec![
-        "--variant=essential".to_owned(),
-        format!("--include={}", PACKAGES.join(",")),
-        "--format=tar".to_owned(),
-    ];
+    let mut args =
+        vec!["--variant=essential".to_owned(), format!("--include={}", PACKAGES.join(",")), "--format=tar".to_owned()];
     args.extend(DPKG_FILTERS.iter().map(|f| format!("--dpkgopt={f}")));
     args.push(format!("--essential-hook={PRESEED_HOOK}"));
-    args.push(format!("--customize-hook={CLEANUP_HOOK}"));
     args.push(SUITE.to_owned());
     args
+}
+
+/// Directories whose contents the image leaves out: man pages, info, locales, lintian
+/// overrides, logs, and `/dev` (the runtime mounts its own).
+const DROPPED_TREES: [&str; 6] =
+    ["usr/share/man/", "usr/share/info/", "usr/share/locale/", "usr/share/lintian/", "var/log/", "dev/"];
+/// Files that differ from build to build and matter to no one at run time.
+const DROPPED_FILES: [&str; 1] = ["var/cache/ldconfig/aux-cache"];
+/// Backups of dpkg and debconf databases (`status-old`, `config.dat-old`) live here.
+const BACKUP_DIRS: [&str; 2] = ["var/lib/dpkg/", "var/cache/debconf/"];
+const DOC_DIR: &str = "usr/share/doc/";
+
+/// Whether a rootfs path goes into the image: documentation only as the packages' copyright
+/// files (the essential packages are unpacked before dpkg's path filters apply, so the filter
+/// is repeated here), nothing below `DROPPED_TREES`, no `DROPPED_FILES`, no `*-old` backups.
+pub fn keep(path: &str) -> bool {
+    if let Some(doc) = path.strip_prefix(DOC_DIR) {
+        return match doc.split_once('/') {
+            None => true, // a package's doc directory
+            Some((_, rest)) => rest == "copyright",
+        };
+    }
+    let backup = BACKUP_DIRS.iter().any(|d| path.starts_with(d)) && path.ends_with("-old");
+    !(backup || DROPPED_TREES.iter().any(|d| path.starts_with(d)) || DROPPED_FILES.contains(&path))
 }
 
 /// Candidate versions from `apt-cache policy` output.
@@ -97,24 +111,15 @@ pub fn user_ids(passwd: &str, user: &str) -> Option<(u32, u32)> {
 /// The installed version of `package` from a dpkg status text.
 pub fn installed_version(status: &str, package: &str) -> Option<String> {
     status.split("\n\n").find_map(|stanza| {
-        let field = |name: &str| {
-            stanza
-                .lines()
-                .find_map(|l| l.strip_prefix(name).map(str::trim))
-        };
-        (field("Package:") == Some(package))
-            .then(|| field("Version:").map(str::to_owned))
-            .flatten()
+        let field = |name: &str| stanza.lines().find_map(|l| l.strip_prefix(name).map(str::trim));
+        (field("Package:") == Some(package)).then(|| field("Version:").map(str::to_owned)).flatten()
     })
 }
 
 /// `1:2.5.13+dfsg-5` → `2.5.13` (tags allow no `+` or `:`).
 pub fn upstream_version(version: &str) -> String {
     let without_epoch = version.split_once(':').map_or(version, |(_, v)| v);
-    without_epoch
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect()
+    without_epoch.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect()
 }
 
 /// The cached rootfs for the current package versions, built if missing.
@@ -130,19 +135,11 @@ fn rootfs(store: &Path) -> Result<PathBuf, ImageError> {
         return Ok(path);
     }
     if !cmd::on_path(TOOL) {
-        return Err(ImageError::MissingTool {
-            tool: TOOL,
-            package: TOOL,
-        });
+        return Err(ImageError::MissingTool { tool: TOOL, package: TOOL });
     }
     tracing::info!(?versions, path = %path.display(), "building the OpenLDAP rootfs (mmdebstrap)");
     let partial = path.with_extension(format!("tar.{}.partial", std::process::id()));
-    let built = cmd::output(
-        Command::new(TOOL)
-            .args(&args)
-            .arg(&partial)
-            .env("SOURCE_DATE_EPOCH", "0"),
-    );
+    let built = cmd::output(Command::new(TOOL).args(&args).arg(&partial).env("SOURCE_DATE_EPOCH", "0"));
     if let Err(e) = built {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
@@ -172,9 +169,7 @@ pub fn image(store: &Path) -> Result<OpenLdap, ImageError> {
     std::fs::create_dir_all(store).map_err(|e| ImageError::io(store, e))?;
     let path = rootfs(store)?;
     let file = std::fs::File::open(&path).map_err(|e| ImageError::io(&path, e))?;
-    let mut tree = Tree::from_tar(std::io::BufReader::new(file))?;
-    // The runtime mounts /dev; keep only the directory.
-    tree.retain(|p| !p.starts_with("dev/"));
+    let tree = Tree::from_tar(std::io::BufReader::new(file), keep)?;
     let (uid, gid) = user_ids(&text(&tree, "etc/passwd")?, RUN_USER)
         .ok_or_else(|| ImageError::RootfsLacks(format!("user {RUN_USER} in etc/passwd")))?;
     let slapd = installed_version(&text(&tree, "var/lib/dpkg/status")?, PACKAGES[0])
@@ -200,17 +195,34 @@ pub fn image(store: &Path) -> Result<OpenLdap, ImageError> {
             ..RunConfig::default()
         },
     };
-    Ok(OpenLdap {
-        spec,
-        tree,
-        uid,
-        gid,
-    })
+    Ok(OpenLdap { spec, tree, uid, gid })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_copyright_files_of_the_docs_and_no_logs_devices_or_backups_are_kept() {
+        for path in
+            ["usr/share/doc/slapd", "usr/share/doc/slapd/copyright", "usr/sbin/slapd", "var/log", "dev", "etc/passwd-"]
+        {
+            assert!(keep(path), "{path}");
+        }
+        for path in [
+            "usr/share/doc/base-files/FAQ",
+            "usr/share/doc/adduser/examples/x/copyright",
+            "usr/share/man/man8/slapd.8.gz",
+            "usr/share/locale/de/LC_MESSAGES/x.mo",
+            "var/log/dpkg.log",
+            "dev/null",
+            "var/cache/ldconfig/aux-cache",
+            "var/lib/dpkg/status-old",
+            "var/cache/debconf/config.dat-old",
+        ] {
+            assert!(!keep(path), "{path}");
+        }
+    }
 
     #[test]
     fn candidate_versions_come_from_apt_cache_policy() {
@@ -232,7 +244,8 @@ mod tests {
 
     #[test]
     fn passwd_status_and_versions_are_read() {
-        let passwd = "root:x:0:0:root:/root:/bin/bash\nopenldap:x:100:101:OpenLDAP Server Account,,,:/var/lib/ldap:/bin/false\n";
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\nopenldap:x:100:101:OpenLDAP Server Account,,,:/var/lib/ldap:/bin/false\n";
         assert_eq!(user_ids(passwd, "openldap"), Some((100, 101)));
         assert_eq!(user_ids(passwd, "nobody"), None);
         let status = "Package: libldap-2.5-0\nVersion: 2.5.13+dfsg-4\n\nPackage: slapd\nStatus: install ok installed\nVersion: 2.5.13+dfsg-5\n";
