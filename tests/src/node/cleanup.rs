@@ -32,7 +32,7 @@ pub fn cleanup(layout: &Layout) -> Vec<String> {
     if containers > 0 {
         found.push(format!("{containers} container processes"));
     }
-    let mounts = unmount_under(&[layout.machine.clone()]);
+    let mounts = unmount_under(&layout.machine);
     if mounts > 0 {
         found.push(format!("{mounts} mounts"));
     }
@@ -70,7 +70,7 @@ pub fn leftovers(layout: &Layout) -> Vec<String> {
     }
     left.extend(kubepods_dirs().into_iter().map(|d| format!("cgroup {}", d.display())));
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    left.extend(mounts_under(&info, &[layout.machine.clone()]).into_iter().map(|m| format!("mount {}", m.display())));
+    left.extend(mounts_under(&info, &layout.machine).into_iter().map(|m| format!("mount {}", m.display())));
     for link in [BRIDGE, NODE_LINK] {
         if Path::new("/sys/class/net").join(link).exists() {
             left.push(format!("link {link}"));
@@ -198,13 +198,13 @@ fn remove_cgroups() -> usize {
     removed
 }
 
-/// Mount points (from /proc/self/mountinfo) at or under any of `roots`, deepest first.
-pub fn mounts_under(mountinfo: &str, roots: &[PathBuf]) -> Vec<PathBuf> {
+/// Mount points (from /proc/self/mountinfo) at or under `root`, deepest first.
+pub fn mounts_under(mountinfo: &str, root: &Path) -> Vec<PathBuf> {
     let mut points: Vec<PathBuf> = mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|p| PathBuf::from(unescape_octal(p)))
-        .filter(|p| roots.iter().any(|r| p.starts_with(r)))
+        .filter(|p| p.starts_with(root))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     points.dedup();
@@ -231,12 +231,12 @@ fn unescape_octal(s: &str) -> String {
     out
 }
 
-/// Lazily unmounts everything under `roots` (repeatedly: a bind mount may hide another).
-pub fn unmount_under(roots: &[PathBuf]) -> usize {
+/// Lazily unmounts everything under `root` (repeatedly: a bind mount may hide another).
+pub fn unmount_under(root: &Path) -> usize {
     let mut count = 0;
     for _ in 0..10 {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let points = mounts_under(&info, roots);
+        let points = mounts_under(&info, root);
         if points.is_empty() {
             break;
         }
@@ -289,7 +289,7 @@ mod tests {
                     30 22 0:30 / /m/kubelet rw - tmpfs tmpfs rw\n\
                     31 30 0:31 / /m/kubelet/pods/x/volumes/a\\040b rw - tmpfs tmpfs rw\n\
                     32 22 0:32 / /mother rw - tmpfs tmpfs rw\n";
-        let got = mounts_under(info, &[PathBuf::from("/m")]);
+        let got = mounts_under(info, Path::new("/m"));
         assert_eq!(got, [PathBuf::from("/m/kubelet/pods/x/volumes/a b"), PathBuf::from("/m/kubelet")]);
     }
 }
