@@ -29,8 +29,14 @@ fmt:
 	$(CARGO) fmt --all
 
 ## bed: a test bed with a pod network whose kubelet runs the chart's webhook and the injected electors; keeps running (Ctrl-C stops it). docs/getting-started.md
+## bed NODE=real: a test bed with a real node (containerd, kubelet, kube-proxy, kube-scheduler; root, one per machine). docs/real-node.md
+NODE ?= process
 bed: testbed-binaries
-	$(CARGO) run --quiet -p ldap-elector-tests --bin testbed
+	@if [ "$(NODE)" = real ]; then \
+	  $(CARGO) run --quiet -p ldap-elector-tests --bin real_node_bed; \
+	else \
+	  $(CARGO) run --quiet -p ldap-elector-tests --bin testbed; \
+	fi
 
 ## system-packages: install (once, Debian, needs root or sudo) what the tests run: slapd, ldap-utils, Go, a C toolchain
 system-packages:
@@ -75,3 +81,9 @@ audit-bench:
 ## sbom: CycloneDX 1.5 SBOMs of the shipped binaries (normal dependencies for the musl target) -> results/sbom/
 sbom:
 	$(CARGO) run --quiet -p ldap-elector-xtask -- sbom results/sbom
+
+.PHONY: images
+
+## images: the real node's container images as OCI archives in ~/.cache/ldap-elector/images, no registry; CONTAINERD_SOCKET=<socket> also imports them (docs/images.md)
+images: system-packages
+	@bash hack/build-images.sh

@@ -3,13 +3,15 @@
 //!   processes, their PKI, pod network, proxies and forwarders;
 //! - `ldap`: real slapd Mirror-Mode pairs and the rigs, writers and scenarios built on them;
 //! - `workloads`: what runs on the bed (electors, the webhook) and the objects tests create;
-//! - `measure`: the independent observer and the measurements of `make bench` and friends.
+//! - `measure`: the independent observer and the measurements of `make bench` and friends;
+//! - `node`: a real node (containerd, CNI, kubelet, kube-proxy, scheduler) and its images.
 //!
 //! Plus waiting helpers (`wait`) and a seeded generator for reproducible runs (`splitmix`).
 pub mod bed;
 pub mod ldap;
 pub mod logging;
 pub mod measure;
+pub mod node;
 pub mod splitmix;
 pub mod wait;
 pub mod workloads;

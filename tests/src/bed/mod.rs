@@ -34,7 +34,7 @@ MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,Re
 const CONTROLLERS: &str = "statefulset-controller,endpointslice-controller,endpoints-controller,\
 serviceaccount-controller,serviceaccount-token-controller,garbage-collector-controller,namespace-controller,\
 root-ca-certificate-publisher-controller,replicaset-controller,deployment-controller,disruption-controller";
-const SERVICE_CIDR: &str = "10.96.0.0/16";
+const SERVICE_CIDR: &str = "198.19.0.0/16";
 pub const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 pub struct Bed {
@@ -52,6 +52,8 @@ pub struct Bed {
     keep: bool,
     /// The emulated pod network, when started with `BedOptions::pod_network`.
     pub pod_network: Option<crate::bed::pod_network::PodNetwork>,
+    /// The real node, when started with `BedOptions::real_node` (see [`crate::node`]).
+    pub real_node: Option<crate::node::RealNode>,
 }
 
 /// Optional features of a bed.
@@ -64,6 +66,9 @@ pub struct BedOptions {
     /// (webhooks behind a Service, the pods' proxy subresource) at their loopback stand-in
     /// addresses, and the test kubelet gives each pod its own. Off by default.
     pub pod_network: bool,
+    /// A real node (containerd, kubelet, kube-proxy, kube-scheduler; see [`crate::node`]):
+    /// one per machine, so such beds wait for each other. Off by default.
+    pub real_node: bool,
 }
 
 impl Bed {
@@ -87,20 +92,26 @@ impl Bed {
         ] {
             write_private(&dir.join(name), body)?;
         }
+        let node = match options.real_node {
+            true => Some(crate::node::Prepared::prepare(&dir).await?),
+            false => None,
+        };
         let admin_token = random_hex(24)?;
         let kcm_token = random_hex(24)?;
         write_private(
             &dir.join("tokens.csv"),
             &format!(
                 "{admin_token},admin,admin-uid,system:masters\n\
-                 {kcm_token},system:kube-controller-manager,kcm-uid,system:masters\n"
+                 {kcm_token},system:kube-controller-manager,kcm-uid,system:masters\n{}",
+                node.as_ref().map(|n| n.token_lines()).unwrap_or_default()
             ),
         )?;
 
         let etcd_client = free_port()?;
         let etcd_peer = free_port()?;
         let api_port = free_port()?;
-        let api_url = format!("https://127.0.0.1:{api_port}");
+        let api_host = if node.is_some() { crate::node::config::NODE_IP.to_string() } else { "127.0.0.1".into() };
+        let api_url = format!("https://{api_host}:{api_port}");
         let d = |p: &str| dir.join(p).display().to_string();
 
         let mut etcd_cmd = Command::new(bin.join("etcd"));
@@ -155,6 +166,9 @@ impl Bed {
         } else {
             None
         };
+        if let Some(node) = &node {
+            node.apiserver_flags(&mut apiserver_args);
+        }
         let apiserver = spawn_apiserver(&bin, &dir, &apiserver_args)?;
 
         let kcm_kubeconfig = dir.join("kcm.kubeconfig");
@@ -177,13 +191,14 @@ impl Bed {
             apiserver: std::sync::Mutex::new(Some(apiserver)),
             keep: std::env::var("LDAP_ELECTOR_KEEP_BED").is_ok_and(|v| v == "1"),
             pod_network,
+            real_node: None,
         };
         bed.wait_ready(Duration::from_secs(90)).await?;
 
         let mut kcm = Command::new(bed.bin.join("kube-controller-manager"));
         kcm.args([
             format!("--kubeconfig={}", kcm_kubeconfig.display()),
-            format!("--controllers={CONTROLLERS}"),
+            format!("--controllers={}", node.as_ref().map_or(CONTROLLERS.to_string(), |n| n.controllers(CONTROLLERS))),
             format!("--service-account-private-key-file={}", bed.dir.join("sa.key").display()),
             format!("--root-ca-file={}", bed.dir.join("ca.crt").display()),
             "--use-service-account-credentials=false".into(),
@@ -211,6 +226,9 @@ impl Bed {
         })
         .await
         .with_context(|| format!("see {}", bed.dir.join("kube-controller-manager.log").display()))?;
+        if let Some(node) = node {
+            bed.real_node = Some(node.start(&bed).await?);
+        }
         tracing::info!(dir = %bed.dir.display(), api = %bed.api_url, secs = started.elapsed().as_secs_f64(), "test bed ready");
         Ok(bed)
     }
@@ -326,6 +344,7 @@ impl Bed {
 
 impl Drop for Bed {
     fn drop(&mut self) {
+        drop(self.real_node.take());
         if let Some(kcm) = self.controller_manager.take() {
             kcm.kill_now();
         }
@@ -378,7 +397,7 @@ fn fresh_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn write_private(path: &Path, body: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, body: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path)?;

@@ -23,6 +23,10 @@ impl BedPki {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec!["localhost".to_string(), "kubernetes.default.svc".to_string()])?;
         params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse()?));
+        // The real node's API server address and the `kubernetes` Service IP pods connect to.
+        for ip in [crate::node::config::NODE_IP, crate::node::config::KUBERNETES_SERVICE_IP] {
+            params.subject_alt_names.push(SanType::IpAddress(ip.into()));
+        }
         params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &issuer)?;

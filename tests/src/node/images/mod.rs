@@ -1,0 +1,261 @@
+//! Container images for the real node, built without Docker or a registry: reproducible OCI
+//! archives (`oci`, `layer`) of the pause process (`pause`), the two shipped binaries
+//! (`binaries`, as their Dockerfiles build them) and an OpenLDAP rootfs from Debian packages
+//! (`openldap`), cached under `~/.cache/ldap-elector/images` and imported with `ctr`.
+//! docs/images.md describes the images and the cache.
+pub mod binaries;
+mod cmd;
+pub mod ctr;
+pub mod layer;
+pub mod oci;
+pub mod openldap;
+pub mod pause;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Every reference is `localhost/<name>:<tag>`: a registry-less domain CRI never rewrites to
+/// docker.io, so `imagePullPolicy: Never`/`IfNotPresent` find the imported image.
+pub const REPOSITORY_PREFIX: &str = "localhost/";
+/// The containerd namespace of the CRI plugin (the kubelet's images).
+pub const K8S_NAMESPACE: &str = "k8s.io";
+/// Pull policy the chart gets: the images exist only in the node's containerd.
+pub const PULL_POLICY: &str = "Never";
+/// `LDAP_ELECTOR_CACHE` overrides `~/.cache/ldap-elector` (as in hack/build-testbed.sh).
+pub const CACHE_ENV: &str = "LDAP_ELECTOR_CACHE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{tool} not found on PATH: install the Debian package {package} (hack/install-deps.sh)")]
+    MissingTool { tool: &'static str, package: &'static str },
+    #[error("apt-cache knows no candidate for {0}: run apt-get update")]
+    NoCandidate(String),
+    #[error("the OpenLDAP rootfs lacks {0}")]
+    RootfsLacks(String),
+    #[error("cannot run {command}: {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("{command} failed ({status}): {stderr}")]
+    Failed { command: String, status: String, stderr: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Layer(#[from] layer::LayerError),
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
+}
+
+impl ImageError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io { path: path.to_owned(), source }
+    }
+}
+
+/// Where to import: a containerd socket and a namespace.
+#[derive(Debug, Clone)]
+pub struct ImportTarget {
+    pub containerd_socket: PathBuf,
+    pub namespace: String,
+}
+
+impl ImportTarget {
+    /// The CRI namespace `k8s.io` of the containerd at `containerd_socket`.
+    pub fn k8s(containerd_socket: impl Into<PathBuf>) -> Self {
+        Self { containerd_socket: containerd_socket.into(), namespace: K8S_NAMESPACE.to_owned() }
+    }
+}
+
+/// Fully qualified references (`localhost/<name>:<version>-<12 hex of the manifest digest>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Images {
+    /// containerd's `sandbox_image`.
+    pub pause: String,
+    pub elector: String,
+    pub webhook: String,
+    pub openldap: String,
+    /// uid/gid of `openldap` in the OpenLDAP image (slapd `-u`/`-g`, fsGroup).
+    pub openldap_uid: u32,
+    pub openldap_gid: u32,
+}
+
+/// `localhost/ldap-elector:0.1.0-abc` → (`localhost/ldap-elector`, `0.1.0-abc`).
+pub fn split_reference(reference: &str) -> (&str, &str) {
+    match reference.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (reference, ""),
+    }
+}
+
+impl Images {
+    /// `--set` arguments for `helm install` of charts/ldap-elector: the webhook and sidecar
+    /// images and pull policy `Never`; nothing else of the chart changes.
+    pub fn helm_set_args(&self) -> Vec<String> {
+        let (webhook_repo, webhook_tag) = split_reference(&self.webhook);
+        let (elector_repo, elector_tag) = split_reference(&self.elector);
+        [
+            ("image.repository", webhook_repo),
+            ("image.tag", webhook_tag),
+            ("image.pullPolicy", PULL_POLICY),
+            ("sidecar.image.repository", elector_repo),
+            ("sidecar.image.tag", elector_tag),
+            ("sidecar.image.pullPolicy", PULL_POLICY),
+        ]
+        .into_iter()
+        .flat_map(|(key, value)| ["--set".to_owned(), format!("{key}={value}")])
+        .collect()
+    }
+}
+
+/// One image archive in the cache.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    pub reference: String,
+    pub path: PathBuf,
+    /// Wall time spent building it in this call (cargo, mmdebstrap, layer and archive).
+    pub took: Duration,
+}
+
+/// Built images: references and their archives.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub images: Images,
+    pub archives: Vec<Archive>,
+}
+
+impl Built {
+    /// Imports each archive whose reference the namespace lacks (a reference names its
+    /// content, so a present one is the same image). Blocking.
+    pub fn import(&self, target: &ImportTarget) -> Result<(), ImageError> {
+        let present = ctr::list(target)?;
+        for archive in &self.archives {
+            if !present.contains(&archive.reference) {
+                let started = Instant::now();
+                ctr::import(target, &archive.path)?;
+                tracing::info!(reference = %archive.reference, took = ?started.elapsed(), "imported");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `$LDAP_ELECTOR_CACHE` or `~/.cache/ldap-elector`.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os(CACHE_ENV) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache").join("ldap-elector")
+}
+
+/// The repository checkout these tests were built from.
+fn repo_root() -> PathBuf {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().unwrap_or(tests).to_owned()
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a concurrent reader
+/// never sees half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let partial = path.with_extension(format!("partial.{}", std::process::id()));
+    std::fs::write(&partial, bytes).map_err(|e| ImageError::io(&partial, e))?;
+    std::fs::rename(&partial, path).map_err(|e| ImageError::io(path, e))
+}
+
+/// Writes the image's archive unless the cache holds it already (same name = same digest).
+fn save(store: &Path, spec: &oci::ImageSpec, tree: &layer::Tree, started: Instant) -> Result<Archive, ImageError> {
+    let built = oci::build(spec, &tree.to_tar()?)?;
+    let name = spec.repository.rsplit('/').next().unwrap_or(&spec.repository);
+    let path = store.join(format!("{name}-{}.tar", built.tag));
+    if !path.is_file() {
+        write_atomically(&path, &built.bytes)?;
+    }
+    let archive = Archive { reference: built.reference, path, took: started.elapsed() };
+    tracing::info!(reference = %archive.reference, took = ?archive.took, "image ready");
+    Ok(archive)
+}
+
+/// Builds what is missing, without touching containerd: cargo decides for the musl binaries,
+/// the OpenLDAP rootfs is cached by package versions, archives are written only when their
+/// digest is new. Blocking (minutes when cold): call it through `spawn_blocking`.
+pub fn build() -> Result<Built, ImageError> {
+    let root = cache_root();
+    let store = root.join("images");
+    std::fs::create_dir_all(&store).map_err(|e| ImageError::io(&store, e))?;
+    let version = env!("CARGO_PKG_VERSION");
+
+    let started = Instant::now();
+    let (spec, tree) = pause::image(&store.join("pause-build"))?;
+    let pause = save(&store, &spec, &tree, started)?;
+
+    let repo = repo_root();
+    let target_dir = root.join("musl-target");
+    let mut shipped = Vec::new();
+    for binary in [binaries::ELECTOR, binaries::WEBHOOK] {
+        let started = Instant::now();
+        let path = binaries::build(&repo, &target_dir, &binary)?;
+        let data = std::fs::read(&path).map_err(|e| ImageError::io(&path, e))?;
+        let (spec, tree) = binaries::image(&binary, version, data)?;
+        shipped.push(save(&store, &spec, &tree, started)?);
+    }
+
+    let started = Instant::now();
+    let ldap = openldap::image(&store)?;
+    let openldap = save(&store, &ldap.spec, &ldap.tree, started)?;
+
+    let [elector, webhook] = [&shipped[0], &shipped[1]].map(|a| a.reference.clone());
+    let images = Images {
+        pause: pause.reference.clone(),
+        elector,
+        webhook,
+        openldap: openldap.reference.clone(),
+        openldap_uid: ldap.uid,
+        openldap_gid: ldap.gid,
+    };
+    let mut archives = vec![pause];
+    archives.extend(shipped);
+    archives.push(openldap);
+    Ok(Built { images, archives })
+}
+
+/// The one entry point: `build()` and import into `target`. Blocking.
+pub fn ensure(target: &ImportTarget) -> Result<Images, ImageError> {
+    let built = build()?;
+    built.import(target)?;
+    Ok(built.images)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helm_values_point_at_the_local_images_and_never_pull() {
+        let images = Images {
+            pause: "localhost/ldap-elector-pause:1.0-aaaaaaaaaaaa".into(),
+            elector: "localhost/ldap-elector:0.1.0-bbbbbbbbbbbb".into(),
+            webhook: "localhost/ldap-elector-webhook:0.1.0-cccccccccccc".into(),
+            openldap: "localhost/ldap-elector-openldap:2.5.13-dddddddddddd".into(),
+            openldap_uid: 100,
+            openldap_gid: 101,
+        };
+        let args = images.helm_set_args();
+        let values: Vec<&str> = args.iter().skip(1).step_by(2).map(String::as_str).collect();
+        assert!(args.iter().step_by(2).all(|a| a == "--set"));
+        assert_eq!(
+            values,
+            [
+                "image.repository=localhost/ldap-elector-webhook",
+                "image.tag=0.1.0-cccccccccccc",
+                "image.pullPolicy=Never",
+                "sidecar.image.repository=localhost/ldap-elector",
+                "sidecar.image.tag=0.1.0-bbbbbbbbbbbb",
+                "sidecar.image.pullPolicy=Never",
+            ]
+        );
+    }
+
+    #[test]
+    fn references_split_at_the_tag_not_at_a_port() {
+        assert_eq!(split_reference("localhost/a:1.0-x"), ("localhost/a", "1.0-x"));
+        assert_eq!(split_reference("host:5000/a"), ("host:5000/a", ""));
+    }
+}
