@@ -142,7 +142,7 @@ pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os(CACHE_ENV) {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
     home.join(".cache").join("ldap-elector")
 }
 
