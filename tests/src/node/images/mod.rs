@@ -142,7 +142,7 @@ pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os(CACHE_ENV) {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
     home.join(".cache").join("ldap-elector")
 }
 
@@ -173,6 +173,42 @@ fn save(store: &Path, spec: &oci::ImageSpec, tree: &layer::Tree, started: Instan
     Ok(archive)
 }
 
+/// The code that turns a rootfs into an archive: a memo from other code is not used.
+const OPENLDAP_RECIPE: [&str; 4] =
+    [include_str!("mod.rs"), include_str!("openldap.rs"), include_str!("layer.rs"), include_str!("oci.rs")];
+
+/// What the OpenLDAP archive of one rootfs is, so a warm build skips reading and hashing the
+/// 128 MB rootfs again (the archive name holds its digest, the rootfs name its inputs).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OpenLdapMemo {
+    reference: String,
+    archive: PathBuf,
+    uid: u32,
+    gid: u32,
+}
+
+fn openldap_image(store: &Path, started: Instant) -> Result<(Archive, u32, u32), ImageError> {
+    let rootfs = openldap::rootfs_path(store)?;
+    let recipe = oci::sha256_digest(OPENLDAP_RECIPE.concat().as_bytes());
+    let memo_path = rootfs.with_extension(format!("{}.json", &oci::digest_hex(&recipe)[..oci::TAG_HASH_LEN]));
+    let memo: Option<OpenLdapMemo> =
+        std::fs::read(&memo_path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    if let Some(memo) = memo.filter(|m| m.archive.is_file() && rootfs.is_file()) {
+        let archive = Archive { reference: memo.reference, path: memo.archive, took: started.elapsed() };
+        return Ok((archive, memo.uid, memo.gid));
+    }
+    let ldap = openldap::image(&rootfs)?;
+    let archive = save(store, &ldap.spec, &ldap.tree, started)?;
+    let memo = OpenLdapMemo {
+        reference: archive.reference.clone(),
+        archive: archive.path.clone(),
+        uid: ldap.uid,
+        gid: ldap.gid,
+    };
+    write_atomically(&memo_path, &serde_json::to_vec(&memo).map_err(oci::OciError::from)?)?;
+    Ok((archive, ldap.uid, ldap.gid))
+}
+
 /// Builds what is missing, without touching containerd: cargo decides for the musl binaries,
 /// the OpenLDAP rootfs is cached by package versions, archives are written only when their
 /// digest is new. Blocking (minutes when cold): call it through `spawn_blocking`.
@@ -198,8 +234,7 @@ pub fn build() -> Result<Built, ImageError> {
     }
 
     let started = Instant::now();
-    let ldap = openldap::image(&store)?;
-    let openldap = save(&store, &ldap.spec, &ldap.tree, started)?;
+    let (openldap, openldap_uid, openldap_gid) = openldap_image(&store, started)?;
 
     let [elector, webhook] = [&shipped[0], &shipped[1]].map(|a| a.reference.clone());
     let images = Images {
@@ -207,8 +242,8 @@ pub fn build() -> Result<Built, ImageError> {
         elector,
         webhook,
         openldap: openldap.reference.clone(),
-        openldap_uid: ldap.uid,
-        openldap_gid: ldap.gid,
+        openldap_uid,
+        openldap_gid,
     };
     let mut archives = vec![pause];
     archives.extend(shipped);

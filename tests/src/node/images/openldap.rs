@@ -122,30 +122,32 @@ pub fn upstream_version(version: &str) -> String {
     without_epoch.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect()
 }
 
-/// The cached rootfs for the current package versions, built if missing.
-fn rootfs(store: &Path) -> Result<PathBuf, ImageError> {
+/// Where the rootfs of the current recipe and package versions is (or will be) cached.
+pub fn rootfs_path(store: &Path) -> Result<PathBuf, ImageError> {
     let policy = cmd::output(Command::new("apt-cache").arg("policy").args(PACKAGES))?;
     let versions = candidates(&String::from_utf8_lossy(&policy.stdout));
     if let Some(missing) = PACKAGES.iter().find(|p| !versions.contains_key(**p)) {
         return Err(ImageError::NoCandidate(missing.to_string()));
     }
-    let args = mmdebstrap_args();
-    let path = store.join(format!("{NAME}-rootfs-{}.tar", cache_key(&args, &versions)));
+    Ok(store.join(format!("{NAME}-rootfs-{}.tar", cache_key(&mmdebstrap_args(), &versions))))
+}
+
+/// Runs mmdebstrap into `path` unless it exists.
+fn ensure_rootfs(path: &Path) -> Result<(), ImageError> {
     if path.is_file() {
-        return Ok(path);
+        return Ok(());
     }
     if !cmd::on_path(TOOL) {
         return Err(ImageError::MissingTool { tool: TOOL, package: TOOL });
     }
-    tracing::info!(?versions, path = %path.display(), "building the OpenLDAP rootfs (mmdebstrap)");
+    tracing::info!(path = %path.display(), "building the OpenLDAP rootfs (mmdebstrap)");
     let partial = path.with_extension(format!("tar.{}.partial", std::process::id()));
-    let built = cmd::output(Command::new(TOOL).args(&args).arg(&partial).env("SOURCE_DATE_EPOCH", "0"));
+    let built = cmd::output(Command::new(TOOL).args(mmdebstrap_args()).arg(&partial).env("SOURCE_DATE_EPOCH", "0"));
     if let Err(e) = built {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }
-    std::fs::rename(&partial, &path).map_err(|e| ImageError::io(&path, e))?;
-    Ok(path)
+    std::fs::rename(&partial, path).map_err(|e| ImageError::io(path, e))
 }
 
 /// What the image needs besides its layer.
@@ -164,11 +166,10 @@ fn text(tree: &Tree, path: &str) -> Result<String, ImageError> {
     }
 }
 
-/// Builds (or reuses) the rootfs and reads it into the image's layer.
-pub fn image(store: &Path) -> Result<OpenLdap, ImageError> {
-    std::fs::create_dir_all(store).map_err(|e| ImageError::io(store, e))?;
-    let path = rootfs(store)?;
-    let file = std::fs::File::open(&path).map_err(|e| ImageError::io(&path, e))?;
+/// Builds the rootfs at `path` (from `rootfs_path`) if missing and reads it into the layer.
+pub fn image(path: &Path) -> Result<OpenLdap, ImageError> {
+    ensure_rootfs(path)?;
+    let file = std::fs::File::open(path).map_err(|e| ImageError::io(path, e))?;
     let tree = Tree::from_tar(std::io::BufReader::new(file), keep)?;
     let (uid, gid) = user_ids(&text(&tree, "etc/passwd")?, RUN_USER)
         .ok_or_else(|| ImageError::RootfsLacks(format!("user {RUN_USER} in etc/passwd")))?;
