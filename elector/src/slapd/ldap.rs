@@ -58,7 +58,7 @@ pub enum LdapError {
     #[error("{0}")]
     BadUrl(String),
     /// Nothing listens on the socket (connection refused, or no socket): slapd is not running.
-    #[error("{url}: slapd is not running ({message})")]
+    #[error("{url}: connect: slapd is not running ({message})")]
     NotRunning { url: String, message: String },
     /// The caller withdrew the change before it was sent (see [`set_read_only`]).
     #[error("{url}: change withdrawn before it was sent")]
