@@ -109,9 +109,9 @@ async fn pod_runs_on_the_real_node_a_cluster_ip_reaches_it_and_nothing_is_left_a
     );
 
     assert_eq!(cleanup::leftovers(&layout), Vec::<String>::new(), "nothing of the node is left");
-    let alive: Vec<i32> =
-        pod_pids.into_iter().filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists()).collect();
-    assert!(alive.is_empty(), "container processes still alive: {alive:?}");
+    let alive: Vec<i32> = pod_pids.into_iter().filter(|p| cleanup::is_alive(*p)).collect();
+    let stat = |p: &i32| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+    assert!(alive.is_empty(), "container processes still alive: {:?}", alive.iter().map(stat).collect::<Vec<_>>());
     assert_eq!(HostState::capture(), host_before, "sysctls restored, host dirs the node created removed");
     Ok(())
 }

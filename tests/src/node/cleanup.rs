@@ -121,10 +121,15 @@ fn kill_all(pids: &[i32]) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p)) && Instant::now() < deadline
-    {
+    while pids.iter().any(|p| is_alive(*p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether `pid` still runs: it exists and is no zombie (a killed process whose parent has
+/// not reaped it yet holds no resources and runs no code).
+pub fn is_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
 }
 
 fn is_zombie(pid: i32) -> bool {
