@@ -143,7 +143,7 @@ mod tests {
     fn only_test_net_pod_ips_map_to_the_pods_loopback_address() {
         assert_eq!(local_ip([7, 9], "192.0.2.4"), Some(Ipv4Addr::new(127, 7, 9, 4)));
         assert_eq!(local_ip([7, 9], "192.0.3.4"), None);
-        assert_eq!(local_ip([7, 9], "10.96.0.1"), None);
+        assert_eq!(local_ip([7, 9], "198.19.0.1"), None); // the bed's kubernetes Service IP
         assert_eq!(local_ip([7, 9], "192.0.2.0"), None);
         assert_eq!(local_ip([7, 9], "kubernetes.default.svc"), None);
     }
