@@ -87,7 +87,7 @@ pub struct Elector {
     /// `olcReadOnly: TRUE` (or is known dead) the Lease is neither released nor handed over
     /// (it expires on the followers' clocks), the watchdog stays armed, and a stopping
     /// elector does not exit.
-    unfenced_term: Option<Leading>,
+    unfenced_term: Option<i32>,
     stopping: bool,
     failures: u32,
     retry_at: Option<Moment>,
@@ -395,7 +395,7 @@ impl Elector {
             // Keep the Lease (it expires on the followers' clocks) and the watchdog armed.
             tracing::error!(pod = %self.cfg.identity, term = leading.term,
                 "slapd not confirmed fenced within the budget: keeping the Lease until it expires (the fence keeps retrying)");
-            self.unfenced_term = Some(leading);
+            self.unfenced_term = Some(leading.term);
         }
         tracing::warn!(pod = %self.cfg.identity, term = leading.term, reason, fenced, role = ROLE_STANDBY, "stepped down");
         if let Err(e) = self.labels.label_self_standby(leading.term).await {
@@ -411,14 +411,13 @@ impl Elector {
         if !self.fence.is_fenced() {
             return;
         }
-        tracing::info!(pod = %self.cfg.identity, term = term.term, "slapd fence confirmed after stepping down");
+        tracing::info!(pod = %self.cfg.identity, term, "slapd fence confirmed after stepping down");
         self.unfenced_term = None;
         if let Some(w) = self.watchdog.as_mut() {
             w.disarm().await;
         }
-        if self.leading.is_none() {
-            self.release().await; // only if the Lease is still ours (release checks)
-        }
+        // Not leading (taking office clears the unfenced term): hand over what is still ours.
+        self.release().await;
     }
 
     /// Clear the holder so a standby takes over at once (CAS; skipped if not ours). The
