@@ -47,7 +47,13 @@ impl Fence {
     /// [`Fence::apply`], asking `still` immediately before each step that would make slapd
     /// writable; a `false` stops there (the wish expired while the keeper waited).
     async fn apply_while(&self, role: &str, still: &(dyn Fn() -> bool + Sync)) -> bool {
-        self.apply_ldap(role, still).await && (role != ROLE_LEADER || still()) && self.hook.run(role).await
+        let ldap = self.apply_ldap(role, still).await;
+        if role == ROLE_LEADER {
+            // Writable only once the built-in fence is lifted and the wish still stands.
+            return ldap && still() && self.hook.run(role).await;
+        }
+        // Fencing runs every configured step, whatever the others did.
+        self.hook.run(role).await & ldap
     }
 
     /// The built-in fence only; true when slapd confirmed the state by reading it back, or
