@@ -96,6 +96,17 @@ fn age(now: Timestamp, then: Option<Timestamp>) -> Option<Duration> {
     Some(Duration::from_micros(micros as u64))
 }
 
+/// Whether the pod's elector container runs and is ready (`None`: the kubelet reported no
+/// status for it yet).
+pub fn elector_running(pod: &Pod) -> Option<bool> {
+    let status = pod.status.as_ref()?;
+    let containers = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
+    containers
+        .into_iter()
+        .find(|c| c.name == contract::SIDECAR_CONTAINER)
+        .map(|c| c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+}
+
 /// The assessment (pure).
 pub fn assess(s: &Snapshot) -> Status {
     let mut warnings = Vec::new();
@@ -144,10 +155,12 @@ pub fn assess(s: &Snapshot) -> Status {
             let a = pod.metadata.annotations.as_ref();
             let role = role_of(pod).map(String::from);
             let ready = switchover::pod_ready(pod);
-            let health = a.and_then(|a| a.get(ANNOTATION_HEALTH)).cloned();
+            // A dead elector's publications are stale: its health and contextCSN read as unknown.
+            let elector_down = elector_running(pod) == Some(false);
+            let health = a.and_then(|a| a.get(ANNOTATION_HEALTH)).filter(|_| !elector_down).cloned();
             let csn = csn::split_annotation(a.and_then(|a| a.get(ANNOTATION_CONTEXT_CSN)).map(String::as_str));
             let is_holder = holder.as_deref() == Some(name.as_str());
-            let (lag, up) = if is_holder || leader_csn.is_empty() {
+            let (lag, up) = if is_holder || leader_csn.is_empty() || elector_down {
                 (None, None)
             } else {
                 (csn::lag(&csn, &leader_csn).map(|d| d.as_secs_f64()), Some(caught_up(&csn, &leader_csn)))
@@ -165,6 +178,9 @@ pub fn assess(s: &Snapshot) -> Status {
                 warnings.push(format!("{name} is not Ready (its published health may be stale)"));
             }
             match health.as_deref() {
+                None if elector_down => warnings.push(format!(
+                    "{name}'s elector is not running: its published health and contextCSN are stale (unknown)"
+                )),
                 None => warnings.push(format!("{name} has not published its health (is its elector running?)")),
                 Some(HEALTH_HEALTHY) => {}
                 Some(other) => warnings.push(format!("{name} is {other}")),
@@ -389,6 +405,38 @@ mod tests {
             .collect();
         serde_json::from_value(json!({"metadata": {"name": "s"}, "addressType": "IPv4", "endpoints": endpoints}))
             .unwrap()
+    }
+
+    /// Issue 15, item 8: an elector that was killed and not restarted left `healthy` and its
+    /// contextCSN on its pod; status must read them as unknown and exit non-zero.
+    #[test]
+    fn a_dead_electors_publications_read_as_unknown() {
+        let sidecar = |running: bool| {
+            let state = if running {
+                json!({"running": {"startedAt": NOW}})
+            } else {
+                json!({"terminated": {"exitCode": 137, "reason": "Error"}})
+            };
+            json!([{"name": contract::SIDECAR_CONTAINER, "image": "x", "imageID": "", "ready": running,
+                    "restartCount": 1, "state": state}])
+        };
+        let mut s = healthy();
+        let i = s.pods.iter().position(|p| p.metadata.name.as_deref() == Some("ldap-1")).unwrap();
+        let mut standby = serde_json::to_value(&s.pods[i]).unwrap();
+        standby["status"]["initContainerStatuses"] = sidecar(false);
+        s.pods[i] = serde_json::from_value(standby.clone()).unwrap();
+        assert_eq!(elector_running(&s.pods[i]), Some(false));
+        let status = assess(&s);
+        let p = status.pods.iter().find(|p| p.name == "ldap-1").unwrap();
+        assert_eq!((p.health.as_deref(), p.caught_up, p.lag_seconds), (None, None, None), "{p:?}");
+        assert!(warns(&s, "ldap-1's elector is not running"), "{:?}", status.warnings);
+        // Running again: its publications count.
+        standby["status"]["initContainerStatuses"] = sidecar(true);
+        s.pods[i] = serde_json::from_value(standby).unwrap();
+        let status = assess(&s);
+        let p = status.pods.iter().find(|p| p.name == "ldap-1").unwrap();
+        assert_eq!((p.health.as_deref(), p.caught_up), (Some(HEALTH_HEALTHY), Some(true)), "{p:?}");
+        assert!(status.warnings.is_empty(), "{:?}", status.warnings);
     }
 
     /// A healthy pair: ldap-0 leads, ldap-1 is a caught-up standby, the Service routes to ldap-0.
