@@ -2,6 +2,16 @@
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
 
+/// A fresh self-signed CA named `common_name`: its certificate (PEM) and the issuer that signs with it.
+pub(crate) fn test_ca(common_name: &str) -> anyhow::Result<(String, Issuer<'static, KeyPair>)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), Issuer::new(params, key)))
+}
+
 pub struct BedPki {
     pub ca_pem: String,
     pub serving_cert_pem: String,
@@ -13,12 +23,7 @@ pub struct BedPki {
 
 impl BedPki {
     pub fn generate() -> anyhow::Result<BedPki> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.distinguished_name.push(DnType::CommonName, "ldap-elector test bed CA");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca, ca_key);
+        let (ca_pem, issuer) = test_ca("ldap-elector test bed CA")?;
 
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec!["localhost".to_string(), "kubernetes.default.svc".to_string()])?;
@@ -33,7 +38,7 @@ impl BedPki {
 
         let sa = KeyPair::generate()?;
         Ok(BedPki {
-            ca_pem: ca_cert.pem(),
+            ca_pem,
             serving_cert_pem: cert.pem(),
             serving_key_pem: key.serialize_pem(),
             sa_key_pem: sa.serialize_pem(),

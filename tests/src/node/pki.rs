@@ -3,9 +3,10 @@
 //! server's client certificate towards the kubelet (the kubelet trusts the node CA as its
 //! x509 client CA). The kubelet itself authenticates to the API server with a bearer token.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SanType};
 
 use super::config::{APISERVER_KUBELET_CLIENT, NODE_IP, NODE_NAME};
+use crate::bed::pki::test_ca;
 
 pub struct NodePki {
     pub ca_pem: String,
@@ -17,12 +18,7 @@ pub struct NodePki {
 
 impl NodePki {
     pub fn generate() -> anyhow::Result<NodePki> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.distinguished_name.push(DnType::CommonName, "ldap-elector test bed node CA");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca, ca_key);
+        let (ca_pem, issuer) = test_ca("ldap-elector test bed node CA")?;
 
         let kubelet_key = KeyPair::generate()?;
         let mut kubelet = CertificateParams::new(vec![NODE_NAME.to_string()])?;
@@ -38,7 +34,7 @@ impl NodePki {
         let client_cert = client.signed_by(&client_key, &issuer)?;
 
         Ok(NodePki {
-            ca_pem: ca_cert.pem(),
+            ca_pem,
             kubelet_cert_pem: kubelet_cert.pem(),
             kubelet_key_pem: kubelet_key.serialize_pem(),
             apiserver_client_cert_pem: client_cert.pem(),
