@@ -6,6 +6,12 @@
 //! confirm anything, so a leader told to step down (its health fails, then SIGTERM) must keep
 //! the Lease until it expires on the standby's clock; before the fix it released at once and
 //! the standby unfenced its slapd while the old one could still commit queued writes.
+//!
+//! Item 2: the leader's slapd is fenced within 1 s of its elector dying in any way, even
+//! when everything in the elector's container dies with it (kill -9 of the container, an
+//! OOM kill): the fence guard, a container of its own, fences when the elector's
+//! connection closes. Before the fix the watchdog was the elector's child in the same
+//! container and died with it, and the old slapd stayed writable.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +28,8 @@ use ldap_elector_tests::wait_for;
 
 const ELECT: Duration = Duration::from_secs(90);
 const FENCE: Duration = Duration::from_secs(30);
+/// Issue 15, item 2: a leader's slapd is fenced this soon after its elector died.
+const FENCE_AFTER_DEATH: Duration = Duration::from_secs(1);
 
 /// One version of the Lease as this test saw it, with the holders' own wall-clock stamps
 /// (all electors run on this machine: one clock, and no lag of this test's watch in them).
@@ -133,6 +141,42 @@ async fn a_leader_with_a_stalled_slapd_keeps_the_lease_until_it_expires() -> any
 
     // Once slapd runs again, the fences follow the Lease.
     rig.wait_fences(&standby, &leader, FENCE).await?;
+    rig.observer.assert_never_two_leaders();
+    Ok(())
+}
+
+/// The real-node counterpart (killing the sidecar container's PID 1, an OOM kill) lives in
+/// the real-node harness; this one kills the elector's process and everything it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_elector_container_is_killed_is_fenced_within_a_second() -> anyhow::Result<()> {
+    let rig = LdapRig::start(1).await?;
+    let leader = rig.observer.wait_for_single_leader(ELECT).await?;
+    let standby = other(&leader);
+    rig.wait_fences(&leader, &standby, FENCE).await?;
+
+    let killed = Instant::now();
+    anyhow::ensure!(
+        rig.kubelet.kill_container(ldap_rig::NAMESPACE, &leader, contract::SIDECAR_CONTAINER),
+        "{leader}'s elector runs"
+    );
+    let node = rig.node(&leader);
+    let fenced = wait_for(
+        &format!("{leader}'s slapd fenced after its elector container was killed"),
+        FENCE_AFTER_DEATH,
+        || async {
+            match node.root().await.map_err(|e| e.to_string())?.read_only().await {
+                Ok(true) => Ok(killed.elapsed()),
+                Ok(false) => Err(format!("still writable {:?} after the kill", killed.elapsed())),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", rig.logs()))?;
+    println!("{leader}'s slapd was fenced {fenced:?} after its elector container was killed");
+
+    // The standby takes over once the Lease expires on its clock; the old slapd stays fenced.
+    rig.wait_fences(&standby, &leader, ELECT).await?;
     rig.observer.assert_never_two_leaders();
     Ok(())
 }

@@ -135,6 +135,23 @@ impl Kubelet {
         }
     }
 
+    /// Kills the process of `container` in `namespace/pod` together with every process it
+    /// started, at once, as a container runtime kills a container's cgroup (kill -9 or OOM
+    /// kill of the container): nothing in the container outlives it. False if none runs.
+    pub fn kill_container(&self, namespace: &str, pod: &str, container: &str) -> bool {
+        let Some(pid) = self.pid(namespace, pod, container) else { return false };
+        let all = with_descendants(pid);
+        // Stop them all first, so none reacts to another's death, then kill them.
+        for signal in [Signal::Stop, Signal::Kill] {
+            for p in &all {
+                // SAFETY: plain syscalls; the container's process is ours and not reaped
+                // (checked above), its descendants were listed just now.
+                unsafe { libc::kill(*p as libc::pid_t, signal.raw()) };
+            }
+        }
+        true
+    }
+
     /// The PID of the process of `container` in `namespace/pod`, if it runs.
     pub fn pid(&self, namespace: &str, pod: &str, container: &str) -> Option<u32> {
         let pods = lock(&self.inner.pods);
@@ -159,6 +176,21 @@ impl Drop for Kubelet {
         self.task.abort();
         lock(&self.inner.pods).clear(); // Child::drop kills each process
     }
+}
+
+/// `pid` and all its descendants (e.g. a watchdog child), from `/proc/<pid>/task/<tid>/children`.
+pub fn with_descendants(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() && all.len() < 1000 {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", all[i])).into_iter().flatten().flatten();
+        for task in tasks {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            all.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+        i += 1;
+    }
+    all
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

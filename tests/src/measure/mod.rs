@@ -283,7 +283,7 @@ impl Usage {
     pub fn of(pid: Option<u32>) -> Usage {
         let Some(pid) = pid else { return Usage::default() };
         let mut total = Usage::default();
-        for pid in with_descendants(pid) {
+        for pid in crate::bed::kubelet::with_descendants(pid) {
             let own = Usage::of_process(pid);
             total.rss_kib = add(total.rss_kib, own.rss_kib);
             total.cpu = add(total.cpu, own.cpu);
@@ -313,21 +313,6 @@ fn add<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
         (Some(a), Some(b)) => Some(a + b),
         (a, b) => a.or(b),
     }
-}
-
-/// `pid` and all its descendants, from `/proc/<pid>/task/<tid>/children`.
-fn with_descendants(pid: u32) -> Vec<u32> {
-    let mut all = vec![pid];
-    let mut i = 0;
-    while i < all.len() && all.len() < 1000 {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", all[i])).into_iter().flatten().flatten();
-        for task in tasks {
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            all.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
-        }
-        i += 1;
-    }
-    all
 }
 
 /// One sidecar at steady state.
