@@ -142,11 +142,11 @@ impl Kubelet {
         let Some(pid) = self.pid(namespace, pod, container) else { return false };
         let all = with_descendants(pid);
         // Stop them all first, so none reacts to another's death, then kill them.
-        for signal in [Signal::Stop, Signal::Kill] {
+        for signal in [libc::SIGSTOP, libc::SIGKILL] {
             for p in &all {
                 // SAFETY: plain syscalls; the container's process is ours and not reaped
                 // (checked above), its descendants were listed just now.
-                unsafe { libc::kill(*p as libc::pid_t, signal.raw()) };
+                unsafe { libc::kill(*p as libc::pid_t, signal) };
             }
         }
         true
