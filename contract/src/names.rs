@@ -76,6 +76,9 @@ pub const ENV_FENCE_LDAPI: &str = "ELECTOR_FENCE_LDAPI";
 pub const ENV_FENCE_DATABASE: &str = "ELECTOR_FENCE_DATABASE";
 pub const ENV_CATCH_UP_GRACE: &str = "ELECTOR_CATCH_UP_GRACE";
 pub const ENV_WATCHDOG: &str = "ELECTOR_WATCHDOG";
+/// The fence guard's Unix socket: where the guard listens and the elector connects
+/// (the webhook sets it on both; unset in the elector: a child watchdog process instead).
+pub const ENV_GUARD_SOCKET: &str = "ELECTOR_GUARD_SOCKET";
 pub const ENV_LOG_FORMAT: &str = "ELECTOR_LOG_FORMAT";
 /// The elector's `tracing` filter (`EnvFilter` syntax, e.g. `info,ldap_elector=debug`).
 pub const ENV_LOG: &str = "ELECTOR_LOG";
@@ -109,6 +112,21 @@ pub const TOKEN_VOLUME: &str = "ldap-elector-token";
 pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Lifetime requested for the projected token (the kubelet refreshes it at 80 %).
 pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+
+/// The fence guard the webhook injects with the OpenLDAP integration: a second native
+/// sidecar (same image, [`GUARD_COMMAND`]) with no API token that fences slapd over ldapi
+/// when the elector's connection closes or its deadline passes (docs/design.md, "Write
+/// fencing"). In its own container, so that it outlives the elector's.
+pub const GUARD_CONTAINER: &str = "ldap-elector-guard";
+/// The subcommand that runs the guard (`ldap-elector guard`).
+pub const GUARD_COMMAND: &str = "guard";
+/// The in-memory volume shared by the elector and the guard only, holding the guard's socket.
+pub const RUN_VOLUME: &str = "ldap-elector-run";
+/// Where both containers mount [`RUN_VOLUME`] (not `/run/ldap-elector`: with `/var/run`
+/// a symlink to `/run`, the audit's bind secret under `/var/run/ldap-elector` would nest in it).
+pub const RUN_DIR: &str = "/run/ldap-elector-guard";
+/// The guard's socket in [`RUN_DIR`].
+pub const GUARD_SOCKET_NAME: &str = "guard.sock";
 
 /// Label on every object the reconciler creates, so it can find and clean them up.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -205,6 +223,11 @@ pub const PROBE_PATH_LIVE: &str = "/livez";
 /// so this must mean "the elector runs", never "this pod is the leader": a healthy
 /// standby must stay Ready (the old design's bug).
 pub const PROBE_PATH_READY: &str = "/readyz";
+/// Hand-over endpoint of the probe server, the target of the `preStop` hook the webhook
+/// gives slapd's containers: it only waits (bounded) until this pod's elector no longer
+/// holds office, its slapd fence is confirmed and its final contextCSN is published; when
+/// the pod is not being deleted it answers at once. It triggers nothing.
+pub const PROBE_PATH_HANDOVER: &str = "/handover";
 /// Default port of the probe server; the webhook sets `ELECTOR_PROBE_ADDR=0.0.0.0:<port>`.
 pub const DEFAULT_PROBE_PORT: u16 = 8086;
 

@@ -1,5 +1,5 @@
-//! The `ldap-elector` binary's commands: the elector's set-up around the election loop, and
-//! the one-shot `audit`, `reseed`, `status` and `switchover`. `main.rs` only dispatches.
+//! The `ldap-elector` binary's commands: the elector's set-up around the election loop, the
+//! fence guard, and the one-shot `audit`, `reseed`, `status` and `switchover`. `main.rs` only dispatches.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use crate::cli::operator;
 use crate::election::run;
 use crate::observe::metrics::{ElectorMetrics, Telemetry};
 use crate::observe::probe::{self, Heartbeat};
+use crate::slapd::fence_guard;
 use crate::slapd::health;
 use crate::slapd::watchdog::{self, Watchdog};
 use ldap_elector_contract::events::{EventSink, Subject};
@@ -118,8 +119,12 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-/// The watchdog: this binary again, with the same flags, as `... watchdog`.
+/// The watchdog: the fence guard's socket when one is configured (the injected pod), else
+/// this binary again, with the same flags, as `... watchdog`.
 fn start_watchdog(config: &Config) -> Option<Watchdog> {
+    if let Some(socket) = &config.guard_socket {
+        return Some(Watchdog::guard(socket.clone()));
+    }
     if !config.watchdog || !config.fence().is_configured() {
         return None;
     }
@@ -154,6 +159,33 @@ pub fn run(args: RunArgs, command: Command) -> ExitCode {
         }
         _ => runtime.block_on(elect(config)),
     }
+}
+
+/// `ldap-elector guard`: the fence guard (see `fence_guard.rs`) until SIGTERM. Exit 2 on bad
+/// flags or when it cannot listen.
+pub fn guard(args: RunArgs) -> ExitCode {
+    let (fence, socket) = match args.into_guard_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ldap-elector guard: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime("ldap-elector guard", 0, 1) {
+        Ok(rt) => rt,
+        Err(exit) => return exit,
+    };
+    runtime.block_on(async {
+        let stop = CancellationToken::new();
+        tokio::spawn(forward_sigterm(stop.clone()));
+        match fence_guard::serve(fence, &socket, stop).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ldap-elector guard: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
 }
 
 /// Sets up every task around the election loop, runs it, and drains on the way out.

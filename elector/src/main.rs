@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => app::audit(*args),
         Command::Reseed(args) => app::reseed(*args),
         command @ (Command::Status(_) | Command::Switchover(_)) => app::operator_command(command),
+        Command::Guard => app::guard(cli.run),
         command @ (Command::Run | Command::Watchdog) => app::run(cli.run, command),
     }
 }

@@ -172,11 +172,17 @@ async fn a_leader_whose_elector_container_is_killed_is_fenced_within_a_second() 
         },
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", rig.logs()))?;
+    .map_err(|e| anyhow::anyhow!("{e}\n{}\n--- guard ---\n{}", rig.logs(), guard_log(&rig, &leader)))?;
     println!("{leader}'s slapd was fenced {fenced:?} after its elector container was killed");
 
     // The standby takes over once the Lease expires on its clock; the old slapd stays fenced.
     rig.wait_fences(&standby, &leader, ELECT).await?;
     rig.observer.assert_never_two_leaders();
     Ok(())
+}
+
+/// The fence guard's log of `pod` (empty where none runs).
+fn guard_log(rig: &LdapRig, pod: &str) -> String {
+    std::fs::read_to_string(rig.kubelet.log_path(ldap_rig::NAMESPACE, pod, contract::GUARD_CONTAINER))
+        .unwrap_or_default()
 }

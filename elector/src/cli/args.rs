@@ -46,6 +46,10 @@ pub enum Command {
     /// Internal: the watchdog process the elector starts and feeds (see `watchdog.rs`).
     #[command(hide = true)]
     Watchdog,
+    /// The fence guard (the injected container `ldap-elector-guard`): listens on
+    /// --guard-socket for the elector and fences slapd over --fence-ldapi when the elector's
+    /// connection closes, its deadline passes, and at start until an elector arms it.
+    Guard,
     /// Compare the two servers of the pair entry by entry (entryUUID, entryCSN, attribute
     /// digests) and report divergence. Exit 0 in sync, 1 diverged, 3 unsettled, 4 failed.
     Audit(Box<AuditArgs>),
@@ -259,6 +263,10 @@ pub struct RunArgs {
     /// (paused, hung, killed). On by default when a fence is configured.
     #[arg(long, env = contract::ENV_WATCHDOG, default_value_t = true, action = clap::ArgAction::Set)]
     pub watchdog: bool,
+    /// The fence guard's Unix socket (docs/design.md, "Write fencing"): the elector connects
+    /// there instead of starting a watchdog process, and `guard` listens there.
+    #[arg(long, env = contract::ENV_GUARD_SOCKET)]
+    pub guard_socket: Option<std::path::PathBuf>,
     /// Divergence audits by the leader (docs/divergence.md): how to reach each standby's
     /// slapd, a URL template with `{pod}` (`ldap://{pod}.ldap-server:389`) or `POD=URL`
     /// pairs; the local side is the LDAP health check's server. Binds with the
@@ -298,6 +306,8 @@ pub struct Config {
     pub fence_ldapi: Option<LdapFence>,
     pub catch_up_grace: Option<Duration>,
     pub watchdog: bool,
+    /// The fence guard's socket (`None`: a child watchdog, if `watchdog`).
+    pub guard_socket: Option<std::path::PathBuf>,
     pub probe_addr: Option<String>,
     pub metrics_addr: Option<String>,
     /// The leader's divergence audits (`None`: off).
@@ -322,10 +332,13 @@ pub enum ConfigError {
     FenceUrl(String),
     #[error("divergence audit: {0}")]
     Audit(String),
+    #[error("the guard needs --fence-ldapi (ELECTOR_FENCE_LDAPI) and --guard-socket (ELECTOR_GUARD_SOCKET)")]
+    GuardUnconfigured,
 }
 
 impl RunArgs {
     pub fn into_config(self) -> Result<Config, ConfigError> {
+        let fence_ldapi = fence(self.fence_ldapi, self.fence_database)?;
         let identity = self.pod_name.filter(|s| !s.is_empty()).ok_or(ConfigError::Missing("pod name (POD_NAME)"))?;
         let namespace =
             self.namespace.filter(|s| !s.is_empty()).ok_or(ConfigError::Missing("namespace (POD_NAMESPACE)"))?;
@@ -387,19 +400,35 @@ impl RunArgs {
             health_interval: self.health_interval,
             health_failures: self.health_failures,
             on_role_change: self.on_role_change.filter(|s| !s.trim().is_empty()),
-            fence_ldapi: match self.fence_ldapi.filter(|s| !s.trim().is_empty()) {
-                Some(url) if url.starts_with("ldapi://") => {
-                    Some(LdapFence { ldapi_url: url, database_dn: self.fence_database })
-                }
-                Some(url) => return Err(ConfigError::FenceUrl(url)),
-                None => None,
-            },
+            fence_ldapi,
             catch_up_grace: parse_optional_duration(&self.catch_up_grace).map_err(ConfigError::CatchUpGrace)?,
             watchdog: self.watchdog,
+            guard_socket: self.guard_socket.filter(|p| !p.as_os_str().is_empty()),
             probe_addr: Some(self.probe_addr).filter(|a| a != "off"),
             metrics_addr: Some(self.metrics_addr).filter(|a| !a.trim().is_empty() && a != "off"),
             audit,
         })
+    }
+
+    /// The guard's fence (ldapi only: the role-change hook is the elector's) and socket.
+    pub fn into_guard_config(self) -> Result<(Fence, std::path::PathBuf), ConfigError> {
+        let ldap = fence(self.fence_ldapi, self.fence_database)?;
+        let socket = self.guard_socket.filter(|p| !p.as_os_str().is_empty());
+        match (ldap, socket) {
+            (Some(ldap), Some(socket)) => {
+                Ok((Fence::new(Some(ldap), None, crate::election::decide::FENCE_BUDGET), socket))
+            }
+            _ => Err(ConfigError::GuardUnconfigured),
+        }
+    }
+}
+
+/// The built-in fence's settings (`None` without an ldapi URL).
+fn fence(url: Option<String>, database_dn: String) -> Result<Option<LdapFence>, ConfigError> {
+    match url.filter(|s| !s.trim().is_empty()) {
+        Some(url) if url.starts_with("ldapi://") => Ok(Some(LdapFence { ldapi_url: url, database_dn })),
+        Some(url) => Err(ConfigError::FenceUrl(url)),
+        None => Ok(None),
     }
 }
 

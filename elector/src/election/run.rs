@@ -30,7 +30,7 @@ use crate::election::lease::{self, LeaseClient, LeaseError};
 use crate::observe::probe::Heartbeat;
 use crate::slapd::fence::{FenceKeeper, WantedFence};
 use crate::slapd::health::RunCheck as _;
-use crate::slapd::watchdog::Watchdog;
+use crate::slapd::watchdog::{Changes, Watchdog};
 use ldap_elector_contract::{ROLE_LEADER, ROLE_STANDBY};
 
 mod handover;
@@ -163,7 +163,17 @@ impl Elector {
             // borrow_and_update marks the values seen, so `changed()` below waits for news.
             self.my_csn.clone_from(&csn.borrow_and_update());
             let healthy_now = *healthy.borrow_and_update();
-            let eligible = healthy_now && (self.leading.is_some() || self.caught_up_or_graced(now, &recheck));
+            // Issue 15 item 2: lead only while the guard would fence slapd on our death; a
+            // lost guard is a fence we cannot trust: step down without releasing.
+            let mut guard_changes = self.watchdog.as_ref().map_or_else(Changes::never, Watchdog::changes);
+            let guarded = self.watchdog.as_ref().is_none_or(Watchdog::trusted);
+            if !guarded && self.leading.is_some() {
+                tracing::error!(pod = %self.cfg.identity, "lost the fence guard while leading: stepping down, keeping the Lease until it expires");
+                self.step_down("GuardLost").await;
+                continue;
+            }
+            let eligible =
+                healthy_now && guarded && (self.leading.is_some() || self.caught_up_or_graced(now, &recheck));
             let me = Me {
                 identity: &self.cfg.identity,
                 eligible,
@@ -226,6 +236,7 @@ impl Elector {
                         Ok(()) = healthy.changed() => {}
                         Ok(()) = csn.changed() => {}
                         Ok(()) = deleting.changed() => {}
+                        _ = guard_changes.changed() => {}
                         _ = terminate.cancelled(), if !self.stopping => {}
                         _ = tokio::time::sleep(wake) => {}
                     }

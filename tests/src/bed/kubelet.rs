@@ -1,6 +1,7 @@
 //! A test kubelet: registers a Node, binds pending pods to it, marks them Running/Ready
 //! with placeholder IPs from TEST-NET-1 (192.0.2.0/24: strings only, never connected
-//! to), runs chosen containers as local processes with a pod-bound service-account token,
+//! to), runs chosen containers (and the containers of the same image: one image, one
+//! program) as local processes with a pod-bound service-account token,
 //! signals them on request, and finalises deleted pods after SIGTERM and the grace period.
 //! On a bed with a pod network (`BedOptions::pod_network`) each pod's IP stands for its own
 //! loopback address `127.B.C.N` instead: its processes bind there where their arguments or
@@ -277,7 +278,7 @@ async fn sync_pod(inner: &Arc<Inner>, pod: &Pod) -> anyhow::Result<()> {
         lock(&inner.pods).insert(key, Running { uid: uid.clone(), children: BTreeMap::new() });
         let runners = lock(&inner.runners).clone();
         for container in all_containers(pod) {
-            if runners.iter().any(|r| r.container == container.name) {
+            if runner_for(&runners, pod, &container.name).is_some() {
                 start_container(inner, pod, &container.name).await?;
             }
         }
@@ -329,6 +330,21 @@ async fn mark_running(inner: &Inner, api: &Api<Pod>, pod: &Pod) -> anyhow::Resul
     Ok(())
 }
 
+/// The runner of `container` in `pod`: its own, else that of a container of the same pod
+/// with the same image, since one image runs one program (e.g. the fence guard: the
+/// elector's image with other arguments).
+fn runner_for(runners: &[Runner], pod: &Pod, container: &str) -> Option<Runner> {
+    if let Some(own) = runners.iter().find(|r| r.container == container) {
+        return Some(own.clone());
+    }
+    let containers = all_containers(pod);
+    let image = containers.iter().find(|c| c.name == container)?.image.as_deref()?;
+    runners
+        .iter()
+        .find(|r| containers.iter().any(|c| c.name == r.container && c.image.as_deref() == Some(image)))
+        .cloned()
+}
+
 /// The pod's IP (TEST-NET-1), handed out once per pod UID.
 fn pod_ip(inner: &Inner, pod: &Pod) -> String {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -338,10 +354,7 @@ fn pod_ip(inner: &Inner, pod: &Pod) -> String {
 }
 
 async fn start_container(inner: &Arc<Inner>, pod: &Pod, container_name: &str) -> anyhow::Result<()> {
-    let runner = lock(&inner.runners)
-        .iter()
-        .find(|r| r.container == container_name)
-        .cloned()
+    let runner = runner_for(&lock(&inner.runners), pod, container_name)
         .with_context(|| format!("no runner for container {container_name}"))?;
     let container = all_containers(pod)
         .into_iter()

@@ -6,17 +6,13 @@
 use std::collections::BTreeMap;
 
 use jsonptr::Token;
-use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, EnvVar, PodSpec, Volume, VolumeMount};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, VolumeMount};
 use ldap_elector_contract as contract;
 
 use super::patch::{ptr, PatchOps};
-use super::template::env_value;
+use super::template::{env_value, socket_volume};
 use super::{InjectError, DEFAULT_TOKEN_VOLUME_PREFIX};
 
-/// Size limit of the in-memory socket volume: it holds a socket and at most slapd's pid
-/// and args files, and tmpfs pages count against the pod's memory.
-const LDAPI_VOLUME_SIZE_LIMIT: &str = "1Mi";
 /// `sun_path` is 108 bytes on Linux, including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -40,18 +36,18 @@ pub(super) struct LdapiPlan {
 }
 
 impl LdapiPlan {
+    /// The fence settings alone (the guard's environment).
+    pub(super) fn fence_env(&self) -> Vec<EnvVar> {
+        let fence = [contract::ENV_FENCE_LDAPI, contract::ENV_FENCE_DATABASE];
+        self.env.iter().filter(|e| fence.contains(&e.name.as_str())).cloned().collect()
+    }
+}
+
+impl LdapiPlan {
     /// Adds the volume (after the token volume, so `volumes` exists) and slapd's mounts.
     pub(super) fn apply(&self, ops: &mut PatchOps) -> Result<(), InjectError> {
         if self.add_volume {
-            let volume = Volume {
-                name: self.volume.clone(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    medium: Some("Memory".to_string()),
-                    size_limit: Some(Quantity(LDAPI_VOLUME_SIZE_LIMIT.to_string())),
-                }),
-                ..Default::default()
-            };
-            ops.add_item(ptr(&["spec", "volumes"]), Some(Token::new("-")), volume)?;
+            ops.add_item(ptr(&["spec", "volumes"]), Some(Token::new("-")), socket_volume(&self.volume))?;
         }
         for (list, index, has_mounts, mount) in &self.mounts {
             let mut path = ptr(&["spec", list]);
@@ -201,6 +197,10 @@ fn socket_dir(raw: &str) -> Result<String, InjectError> {
     let nested = |inner: &str, outer: &str| inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/'));
     if dir == token || nested(dir, token) || nested(token, dir) {
         return Err(invalid("must not overlap the sidecar's service-account token mount"));
+    }
+    let run = contract::RUN_DIR;
+    if dir == run || nested(dir, run) || nested(run, dir) {
+        return Err(invalid("must not overlap the fence guard's socket directory"));
     }
     Ok(dir.to_string())
 }
@@ -353,6 +353,8 @@ mod tests {
             contract::TOKEN_MOUNT_PATH,
             "/var/run/secrets/kubernetes.io/serviceaccount/x",
             "/var/run/secrets",
+            contract::RUN_DIR,
+            "/run/ldap-elector-guard/slapd",
         ] {
             let err = denied(&[(contract::ANNOTATION_LDAPI_SOCKET_DIR, dir)]);
             assert!(
@@ -464,6 +466,51 @@ mod tests {
     }
 
     #[test]
+    fn the_fence_guard_has_the_fence_and_a_socket_shared_with_the_elector_only_and_no_token() {
+        let pod = pod_json();
+        let sts = ldap_owner(&[(contract::ANNOTATION_FENCE_DATABASE, "olcDatabase={2}mdb,cn=config")]);
+        let out = apply(&pod, &decide(&pod, Some(&sts)).unwrap());
+        let guard = container(&out, contract::GUARD_CONTAINER);
+        assert_eq!(guard["args"], json!([contract::GUARD_COMMAND]));
+        assert_eq!(guard["image"], container(&out, contract::SIDECAR_CONTAINER)["image"]);
+        assert_eq!(guard["restartPolicy"], json!("Always"));
+        assert_eq!(guard["securityContext"], container(&out, contract::SIDECAR_CONTAINER)["securityContext"]);
+        let socket = format!("{}/{}", contract::RUN_DIR, contract::GUARD_SOCKET_NAME);
+        let names: Vec<&str> = guard["env"].as_array().unwrap().iter().filter_map(|e| e["name"].as_str()).collect();
+        assert_eq!(names, [contract::ENV_FENCE_LDAPI, contract::ENV_FENCE_DATABASE, contract::ENV_GUARD_SOCKET]);
+        assert_eq!(env(&out, contract::ENV_GUARD_SOCKET), Some(socket.as_str()));
+        let env_of =
+            |c: &Value, name: &str| c["env"].as_array().unwrap().iter().find(|e| e["name"] == json!(name)).cloned();
+        let sidecar = container(&out, contract::SIDECAR_CONTAINER);
+        for name in [contract::ENV_FENCE_LDAPI, contract::ENV_FENCE_DATABASE, contract::ENV_GUARD_SOCKET] {
+            assert_eq!(env_of(guard, name), env_of(sidecar, name), "{name}");
+        }
+        assert_eq!(
+            guard["volumeMounts"],
+            json!([
+                {"name": contract::LDAPI_VOLUME, "mountPath": "/run/slapd", "readOnly": true},
+                {"name": contract::RUN_VOLUME, "mountPath": contract::RUN_DIR},
+            ]),
+            "no token, the socket directory read-only, the run volume writable"
+        );
+        assert_eq!(
+            mounts_at(&out, contract::SIDECAR_CONTAINER, contract::RUN_DIR),
+            [&json!({"name": contract::RUN_VOLUME, "mountPath": contract::RUN_DIR, "readOnly": true})]
+        );
+        assert!(mounts_at(&out, "slapd", contract::RUN_DIR).is_empty(), "slapd cannot reach the guard");
+        let volume =
+            out["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == json!(contract::RUN_VOLUME));
+        assert_eq!(
+            volume,
+            Some(&json!({"name": contract::RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}))
+        );
+        // Without the OpenLDAP integration there is no fence to guard.
+        let plain = apply(&pod, &decide(&pod, Some(&owner(&[]))).unwrap());
+        assert!(!plain.to_string().contains(contract::GUARD_CONTAINER));
+        assert!(!plain.to_string().contains(contract::RUN_VOLUME));
+    }
+
+    #[test]
     fn named_containers_get_the_mount_including_init_containers_shifted_by_the_sidecar() {
         let mut pod = pod_json();
         pod["spec"]["containers"].as_array_mut().unwrap().insert(0, json!({"name": "exporter", "image": "x"}));
@@ -471,13 +518,23 @@ mod tests {
             json!([{"name": "chown", "image": "x"}, {"name": "load-config", "image": "x", "volumeMounts": []}]);
         let sts = ldap_owner(&[(contract::ANNOTATION_LDAP_CONTAINER, " slapd , load-config,slapd")]);
         let out = apply(&pod, &decide(&pod, Some(&sts)).unwrap());
-        for name in ["slapd", "load-config", contract::SIDECAR_CONTAINER] {
+        for name in ["slapd", "load-config", contract::SIDECAR_CONTAINER, contract::GUARD_CONTAINER] {
             assert_eq!(mounts_at(&out, name, "/run/slapd").len(), 1, "{name}");
         }
         for name in ["exporter", "chown"] {
             assert!(mounts_at(&out, name, "/run/slapd").is_empty(), "{name}");
         }
-        assert_eq!(out["spec"]["initContainers"][0]["name"], json!(contract::SIDECAR_CONTAINER));
+        // The guard first (it stops last), then the elector, then the pod's own.
+        let inits: Vec<&Value> = out["spec"]["initContainers"].as_array().unwrap().iter().map(|c| &c["name"]).collect();
+        assert_eq!(
+            inits,
+            [
+                &json!(contract::GUARD_CONTAINER),
+                &json!(contract::SIDECAR_CONTAINER),
+                &json!("chown"),
+                &json!("load-config")
+            ]
+        );
         // Default: the first app container only.
         let out = apply(&pod, &decide(&pod, Some(&ldap_owner(&[]))).unwrap());
         assert_eq!(mounts_at(&out, "exporter", "/run/slapd").len(), 1);

@@ -7,7 +7,9 @@
 //!   the kubelet starts init containers in order and waits for a sidecar's startup probe,
 //!   so the elector runs before any other init container and before slapd, and is stopped
 //!   after them. It holds no leadership during init (slapd is not healthy yet), so running
-//!   early is harmless.
+//!   early is harmless. With the OpenLDAP integration the fence guard
+//!   ([`contract::GUARD_CONTAINER`]) goes in before it: sidecars stop in the reverse order,
+//!   so the guard outlives the elector on deletion as it does on a crash.
 //! - `automountServiceAccountToken: false` plus removal of the `kube-api-access-*` volume
 //!   and its mounts: otherwise the ServiceAccount plugin (re-run after every webhook that
 //!   changed the pod) would hand a token to every container. The elector alone mounts an
@@ -44,7 +46,7 @@ pub use config::{ConfigError, InjectConfig, SidecarResources};
 use annotations::{audit_plan, metrics_port, tuning_env};
 use ldapi::ldapi_plan;
 use patch::{identity, metadata, pod_security_context, ptr, strip_default_token, PatchOps};
-use template::{env_value, sidecar, token_volume};
+use template::{env_value, guard_socket, run_mount, sidecar, socket_volume, token_volume};
 
 /// Prefix of the token volume the ServiceAccount admission plugin adds (Kubernetes' name).
 const DEFAULT_TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
@@ -172,11 +174,19 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
     let volumes_at = spec.volumes.is_some().then(|| Token::new("-"));
     ops.add_item(ptr(&["spec", "volumes"]), volumes_at, token_volume(cfg))?;
     let mut sidecar_mounts = Vec::new();
+    let mut guard = None;
     if let Some(plan) = ldapi {
         // Before the sidecar goes in at initContainers/0: the indices are the incoming pod's.
         plan.apply(&mut ops)?;
+        ops.add_item(ptr(&["spec", "volumes"]), Some(Token::new("-")), socket_volume(contract::RUN_VOLUME))?;
+        let socket = env_value(contract::ENV_GUARD_SOCKET, guard_socket());
+        let mut guard_env = plan.fence_env();
+        guard_env.push(socket.clone());
+        guard = Some(template::guard(cfg, guard_env, plan.sidecar_mount.clone()));
         env.extend(plan.env);
+        env.push(socket);
         sidecar_mounts.push(plan.sidecar_mount);
+        sidecar_mounts.push(run_mount(true));
     }
     if let Some((volume, mount)) = audit.bind_secret {
         ops.add_item(ptr(&["spec", "volumes"]), Some(Token::new("-")), volume)?;
@@ -194,6 +204,10 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
         }]
     });
     ops.add_item(ptr(&["spec", "initContainers"]), inits_at, container)?;
+    if let Some(guard) = guard {
+        // Before the elector: started before it, stopped after it (sidecars stop in reverse).
+        ops.add_item(ptr(&["spec", "initContainers"]), Some(Token::from(0usize)), guard)?;
+    }
     identity(&mut ops, spec, owner_name)?;
     pod_security_context(&mut ops, spec)?;
     metadata(&mut ops, meta)?;
@@ -226,11 +240,15 @@ fn check_owner(meta: &ObjectMeta, owner_name: &str, sts: &StatefulSet) -> Result
 /// A container or volume already using our names would make the patched pod invalid.
 fn check_conflicts(spec: &PodSpec) -> Result<(), InjectError> {
     let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
-    if containers.clone().any(|c| c.name == contract::SIDECAR_CONTAINER) {
-        return Err(InjectError::NameConflict { what: "container", name: contract::SIDECAR_CONTAINER });
+    for name in [contract::SIDECAR_CONTAINER, contract::GUARD_CONTAINER] {
+        if containers.clone().any(|c| c.name == name) {
+            return Err(InjectError::NameConflict { what: "container", name });
+        }
     }
-    if spec.volumes.iter().flatten().any(|v| v.name == contract::TOKEN_VOLUME) {
-        return Err(InjectError::NameConflict { what: "volume", name: contract::TOKEN_VOLUME });
+    for name in [contract::TOKEN_VOLUME, contract::RUN_VOLUME] {
+        if spec.volumes.iter().flatten().any(|v| v.name == name) {
+            return Err(InjectError::NameConflict { what: "volume", name });
+        }
     }
     Ok(())
 }

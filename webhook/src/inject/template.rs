@@ -1,12 +1,14 @@
 //! The pod-spec pieces the webhook adds: the elector container (a native sidecar) and its
-//! projected token volume, built from [`InjectConfig`].
+//! projected token volume, and with the OpenLDAP integration the fence guard and the volume
+//! it shares with the elector, built from [`InjectConfig`].
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapProjection, Container, DownwardAPIProjection, DownwardAPIVolumeFile, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapProjection, Container, DownwardAPIProjection, DownwardAPIVolumeFile, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -68,16 +70,7 @@ pub(super) fn sidecar(
             limits: quantities(&r.cpu_limit, &r.memory_limit),
             ..Default::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities { add: None, drop: Some(vec!["ALL".to_string()]) }),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(cfg.uid),
-            run_as_group: Some(cfg.gid),
-            seccomp_profile: Some(runtime_default()),
-            ..Default::default()
-        }),
+        security_context: Some(restricted(cfg)),
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         volume_mounts: Some(
             std::iter::once(VolumeMount {
@@ -89,6 +82,92 @@ pub(super) fn sidecar(
             .chain(mounts)
             .collect(),
         ),
+        ..Default::default()
+    }
+}
+
+/// The fence guard (docs/design.md, "Write fencing"): the elector's image running
+/// `ldap-elector guard`, a native sidecar placed before the elector so that it starts
+/// before and stops after it. No API token (the pod does not automount one and the guard
+/// mounts none), the ldapi socket directory read-only, and the run volume read-write (it
+/// creates its socket there). `env`: the fence settings.
+pub(super) fn guard(cfg: &InjectConfig, env: Vec<EnvVar>, ldapi_mount: VolumeMount) -> Container {
+    let quantities = |cpu: &str, memory: &str| {
+        Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.to_string())),
+            ("ephemeral-storage".to_string(), Quantity(GUARD_EPHEMERAL_STORAGE.to_string())),
+            ("memory".to_string(), Quantity(memory.to_string())),
+        ]))
+    };
+    let (cpu, memory) = GUARD_REQUESTS;
+    let (cpu_limit, memory_limit) = GUARD_LIMITS;
+    Container {
+        name: contract::GUARD_CONTAINER.to_string(),
+        image: Some(cfg.image.clone()),
+        image_pull_policy: Some(cfg.image_pull_policy.clone()),
+        args: Some(vec![contract::GUARD_COMMAND.to_string()]),
+        restart_policy: Some("Always".to_string()),
+        env: Some(env),
+        resources: Some(ResourceRequirements {
+            requests: quantities(cpu, memory),
+            limits: quantities(cpu_limit, memory_limit),
+            ..Default::default()
+        }),
+        security_context: Some(restricted(cfg)),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        volume_mounts: Some(vec![ldapi_mount, run_mount(false)]),
+        ..Default::default()
+    }
+}
+
+/// The guard idles on a socket and a timer; it needs CPU only to fence (a few LDAP
+/// operations), so its limit stays well above its request, like the elector's.
+const GUARD_REQUESTS: (&str, &str) = ("5m", "8Mi");
+const GUARD_LIMITS: (&str, &str) = ("100m", "32Mi");
+const GUARD_EPHEMERAL_STORAGE: &str = "8Mi";
+/// Size limit of the small in-memory volumes (the ldapi socket directory, the run volume):
+/// they hold a socket and at most slapd's pid and args files, and tmpfs pages count
+/// against the pod's memory.
+const SOCKET_VOLUME_SIZE_LIMIT: &str = "1Mi";
+
+/// A small in-memory `emptyDir` for sockets.
+pub(super) fn socket_volume(name: &str) -> Volume {
+    Volume {
+        name: name.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".to_string()),
+            size_limit: Some(Quantity(SOCKET_VOLUME_SIZE_LIMIT.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A mount of the run volume: read-only for the elector (connecting to a socket needs no
+/// write access), read-write for the guard.
+pub(super) fn run_mount(read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: contract::RUN_VOLUME.to_string(),
+        mount_path: contract::RUN_DIR.to_string(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+/// The guard's socket, as both containers see it.
+pub(super) fn guard_socket() -> String {
+    format!("{}/{}", contract::RUN_DIR, contract::GUARD_SOCKET_NAME)
+}
+
+/// The restricted Pod Security Standard's container settings, as a fixed non-root user.
+fn restricted(cfg: &InjectConfig) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities { add: None, drop: Some(vec!["ALL".to_string()]) }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(cfg.uid),
+        run_as_group: Some(cfg.gid),
+        seccomp_profile: Some(runtime_default()),
         ..Default::default()
     }
 }
