@@ -33,6 +33,10 @@ pub const ANNOTATION_TERM: &str = "ldap-elector.dev/term";
 /// Pod annotation marking a pod as injected (makes injection idempotent).
 pub const ANNOTATION_STATUS: &str = "ldap-elector.dev/status";
 pub const STATUS_INJECTED: &str = "injected";
+/// Pod annotation the webhook sets when it did NOT give a slapd container the hand-over
+/// `preStop` hook ([`PROBE_PATH_HANDOVER`]) because the container has its own: says which
+/// and what to do (docs/openldap.md). Absent when every slapd container got it.
+pub const ANNOTATION_HANDOVER_HOOK: &str = "ldap-elector.dev/handover-hook";
 
 /// Pod annotations each elector publishes about ITS OWN pod (status CLI, switchover checks):
 /// the local slapd's health (`healthy`, or `unhealthy: <reason>`) and its contextCSN

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::args::{AuditArgs, Command, Config, LogFormat, Output, ReseedArgs, RunArgs};
 use crate::cli::operator;
 use crate::election::run;
+use crate::observe::handover::Gate;
 use crate::observe::metrics::{ElectorMetrics, Telemetry};
 use crate::observe::probe::{self, Heartbeat};
 use crate::slapd::fence_guard;
@@ -202,11 +203,14 @@ async fn elect(config: Config) -> ExitCode {
     let heartbeat = Heartbeat::default();
     heartbeat.beat();
 
+    let (deleting_tx, deleting) = tokio::sync::watch::channel(false);
+    let (handed_over_tx, handed_over) = tokio::sync::watch::channel(false);
     if let Some(addr) = &config.probe_addr {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
                 let stale = config.timing.lease_duration * 2;
-                tokio::spawn(probe::serve(listener, heartbeat.clone(), stale, tasks.clone()));
+                let gate = Gate::new(deleting.clone(), handed_over);
+                tokio::spawn(probe::serve(listener, heartbeat.clone(), stale, Some(gate), tasks.clone()));
             }
             Err(e) => {
                 eprintln!("ldap-elector: cannot listen on probe address {addr}: {e}");
@@ -245,7 +249,6 @@ async fn elect(config: Config) -> ExitCode {
         };
         tokio::spawn(monitor.run(tasks.clone()));
     }
-    let (deleting_tx, deleting) = tokio::sync::watch::channel(false);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
     tokio::spawn(run::watch_own_pod(pods, config.identity.clone(), deleting_tx, tasks.clone()));
     tokio::spawn(forward_sigterm(terminate.clone()));
@@ -295,7 +298,8 @@ async fn elect(config: Config) -> ExitCode {
             }
         });
     }
-    let elector = run::Elector::new(config, client, heartbeat, watchdog).with_telemetry(ops);
+    let elector =
+        run::Elector::new(config, client, heartbeat, watchdog).with_telemetry(ops).with_handover(handed_over_tx);
     let exit = elector.run(run::Inputs { healthy, csn, deleting, recheck, divergence }, terminate).await;
     guard_stop.cancel();
     // The loop (and with it every Event sink) is gone: let the last Events out, bounded.

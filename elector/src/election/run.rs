@@ -94,6 +94,10 @@ pub struct Elector {
     /// Metrics and Events (docs/metrics.md): one hook per transition.
     ops: crate::observe::metrics::Telemetry,
     divergence: Option<crate::divergence::auditor::Link>,
+    /// Whether this elector has handed over (for `/handover`, the preStop hook's wait), and
+    /// whether it led in this run (then "handed over" needs another holder).
+    handed_over: Option<watch::Sender<bool>>,
+    led: bool,
 }
 
 impl Elector {
@@ -123,6 +127,8 @@ impl Elector {
             retry_at: None,
             ops: crate::observe::metrics::Telemetry::disabled(),
             divergence: None,
+            handed_over: None,
+            led: false,
         }
     }
 
@@ -130,6 +136,24 @@ impl Elector {
     pub fn with_telemetry(mut self, ops: crate::observe::metrics::Telemetry) -> Self {
         self.ops = ops;
         self
+    }
+
+    /// Publishes whether this elector has handed over: not in office, no unconfirmed fence,
+    /// and the Lease held by another pod (after our release, the standby took it: it had
+    /// replicated our final contextCSN) or, if we never led, by anyone but us.
+    pub fn with_handover(mut self, handed_over: watch::Sender<bool>) -> Self {
+        self.handed_over = Some(handed_over);
+        self
+    }
+
+    fn publish_handover(&self) {
+        let Some(tx) = &self.handed_over else { return };
+        let holder = self.observed.as_ref().and_then(|o| o.holder());
+        let done = self.leading.is_none()
+            && self.unfenced_term.is_none()
+            && holder != Some(self.cfg.identity.as_str())
+            && (holder.is_some() || !self.led);
+        tx.send_if_modified(|v| std::mem::replace(v, done) != done);
     }
 
     /// Runs until `terminate` (SIGTERM).
@@ -156,6 +180,7 @@ impl Elector {
 
         loop {
             self.heartbeat.beat();
+            self.publish_handover();
             if terminate.is_cancelled() {
                 self.stopping = true;
             }
@@ -308,6 +333,7 @@ impl Elector {
                 let term = lease::observe(&won, sent).transitions;
                 tracing::info!(pod = %self.cfg.identity, term, previous = ?self.observed.as_ref().and_then(|o| o.holder.clone()), "acquired the Lease");
                 self.leading = Some(Leading { term, renewed_at: sent });
+                self.led = true;
                 self.in_office = false;
                 self.unfenced_term = None; // the new term's fence is the keeper's again
                 self.ops.acquired(sent);

@@ -10,11 +10,24 @@ use tokio_util::sync::CancellationToken;
 
 use ldap_elector_contract::prometheus;
 
+/// Status line, content type and body of a response.
+pub type Response = (&'static str, &'static str, String);
+
 /// The server: for the probes and `/metrics`: one request per
 /// connection, bounded reads and writes; `respond(path)` gives status, content type, body.
 pub async fn serve<F>(listener: TcpListener, respond: F, cancel: CancellationToken)
 where
-    F: Fn(&str) -> (&'static str, &'static str, String) + Clone + Send + Sync + 'static,
+    F: Fn(&str) -> Response + Clone + Send + Sync + 'static,
+{
+    let respond = move |path: String| std::future::ready(respond(&path));
+    serve_async(listener, respond, cancel).await
+}
+
+/// [`serve`] with a responder that may wait (e.g. `/handover`); it bounds its own wait.
+pub async fn serve_async<F, Fut>(listener: TcpListener, respond: F, cancel: CancellationToken)
+where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response> + Send + 'static,
 {
     loop {
         let (mut stream, _) = tokio::select! {
@@ -34,7 +47,7 @@ where
             let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await else { return };
             let request = String::from_utf8_lossy(&buf[..n]);
             let target = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, content_type, body) = respond(target.split('?').next().unwrap_or(""));
+            let (status, content_type, body) = respond(target.split('?').next().unwrap_or("").to_string()).await;
             let response = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()

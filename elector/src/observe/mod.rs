@@ -1,5 +1,6 @@
 //! What the elector tells the outside: metrics, Events, its pod's annotations, and the
 //! kubelet's probes.
+pub mod handover;
 pub mod http;
 pub mod metrics;
 pub mod probe;

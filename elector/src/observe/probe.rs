@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Moment;
-use ldap_elector_contract::{PROBE_PATH_LIVE, PROBE_PATH_READY};
+use crate::observe::handover::Gate;
+use ldap_elector_contract::{PROBE_PATH_HANDOVER, PROBE_PATH_LIVE, PROBE_PATH_READY};
 
 /// The loop's last sign of life, in milliseconds on the boot-time clock.
 #[derive(Clone, Default)]
@@ -27,13 +28,28 @@ impl Heartbeat {
     }
 }
 
-/// Serves the probes until `cancel`. `stale_after`: how old the heartbeat may get.
-pub async fn serve(listener: TcpListener, heartbeat: Heartbeat, stale_after: Duration, cancel: CancellationToken) {
-    let respond = move |path: &str| {
-        let (status, body) = respond(path, heartbeat.age(), stale_after);
-        (status, "text/plain", body)
+/// Serves the probes, and `/handover` (the preStop hook's wait) when `handover` is given,
+/// until `cancel`. `stale_after`: how old the heartbeat may get.
+pub async fn serve(
+    listener: TcpListener,
+    heartbeat: Heartbeat,
+    stale_after: Duration,
+    handover: Option<Gate>,
+    cancel: CancellationToken,
+) {
+    let respond = move |path: String| {
+        let (heartbeat, handover) = (heartbeat.clone(), handover.clone());
+        async move {
+            match handover {
+                Some(gate) if path == PROBE_PATH_HANDOVER => gate.wait().await,
+                _ => {
+                    let (status, body) = respond(&path, heartbeat.age(), stale_after);
+                    (status, "text/plain", body)
+                }
+            }
+        }
     };
-    crate::observe::http::serve(listener, respond, cancel).await
+    crate::observe::http::serve_async(listener, respond, cancel).await
 }
 
 fn respond(path: &str, age: Duration, stale_after: Duration) -> (&'static str, String) {
@@ -66,12 +82,20 @@ mod tests {
         let hb = Heartbeat::default();
         hb.beat();
         let cancel = CancellationToken::new();
-        tokio::spawn(serve(listener, hb, Duration::from_secs(10), cancel.clone()));
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        // A pod being deleted whose elector has handed over.
+        let gate = Gate::new(tokio::sync::watch::channel(true).1, tokio::sync::watch::channel(true).1);
+        tokio::spawn(serve(listener, hb, Duration::from_secs(10), Some(gate), cancel.clone()));
+        let get = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let live = get("/livez").await;
+        assert!(live.starts_with("HTTP/1.1 200 OK"), "{live}");
+        let handover = get(PROBE_PATH_HANDOVER).await;
+        assert!(handover.starts_with("HTTP/1.1 200 OK") && handover.ends_with("handed over\n"), "{handover}");
         cancel.cancel();
     }
 }

@@ -175,9 +175,13 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
     ops.add_item(ptr(&["spec", "volumes"]), volumes_at, token_volume(cfg))?;
     let mut sidecar_mounts = Vec::new();
     let mut guard = None;
+    let mut handover_note = None;
     if let Some(plan) = ldapi {
         // Before the sidecar goes in at initContainers/0: the indices are the incoming pod's.
-        plan.apply(&mut ops)?;
+        plan.apply(&mut ops, cfg.probe_port)?;
+        if !plan.own_pre_stops.is_empty() {
+            handover_note = Some(ldapi::own_pre_stop_note(&plan.own_pre_stops, cfg.probe_port));
+        }
         ops.add_item(ptr(&["spec", "volumes"]), Some(Token::new("-")), socket_volume(contract::RUN_VOLUME))?;
         let socket = env_value(contract::ENV_GUARD_SOCKET, guard_socket());
         let mut guard_env = plan.fence_env();
@@ -210,7 +214,7 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
     }
     identity(&mut ops, spec, owner_name)?;
     pod_security_context(&mut ops, spec)?;
-    metadata(&mut ops, meta)?;
+    metadata(&mut ops, meta, handover_note)?;
     Ok(Decision::Patch(ops.into_patch()))
 }
 

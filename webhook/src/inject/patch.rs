@@ -122,13 +122,26 @@ pub(super) fn pod_security_context(ops: &mut PatchOps, spec: &PodSpec) -> Result
 
 /// Role label `standby` (a pod is never born leader; only the Lease holder writes
 /// `leader`), the injection marker, and no pre-set fencing term.
-pub(super) fn metadata(ops: &mut PatchOps, meta: &ObjectMeta) -> Result<(), InjectError> {
+/// `handover_note`: the [`contract::ANNOTATION_HANDOVER_HOOK`] value, when slapd kept its own
+/// preStop hook.
+pub(super) fn metadata(
+    ops: &mut PatchOps,
+    meta: &ObjectMeta,
+    handover_note: Option<String>,
+) -> Result<(), InjectError> {
     set_map_entry(ops, "labels", meta.labels.as_ref(), contract::LABEL_ROLE, contract::ROLE_STANDBY)?;
     if meta.annotations.as_ref().is_some_and(|a| a.contains_key(contract::ANNOTATION_TERM)) {
         ops.remove(ptr(&["metadata", "annotations", contract::ANNOTATION_TERM]));
     }
     let annotations = meta.annotations.as_ref();
-    set_map_entry(ops, "annotations", annotations, contract::ANNOTATION_STATUS, contract::STATUS_INJECTED)
+    set_map_entry(ops, "annotations", annotations, contract::ANNOTATION_STATUS, contract::STATUS_INJECTED)?;
+    if let Some(note) = handover_note {
+        // The map exists by now (the status marker went in first).
+        let key = contract::ANNOTATION_HANDOVER_HOOK;
+        let exists = annotations.is_some_and(|a| a.contains_key(key));
+        ops.set(ptr(&["metadata", "annotations", key]), note, exists)?;
+    }
+    Ok(())
 }
 
 fn set_map_entry(
