@@ -12,19 +12,32 @@
 //! OOM kill): the fence guard, a container of its own, fences when the elector's
 //! connection closes. Before the fix the watchdog was the elector's child in the same
 //! container and died with it, and the old slapd stayed writable.
+//!
+//! Item 5: on graceful deletion of the leader's pod, slapd is stopped only after the
+//! hand-over: the kubelet runs slapd's injected `preStop` hook (`/handover` on the
+//! elector's probe port), which returns once the elector is out of office with a confirmed
+//! fence and the standby holds the Lease; no acknowledged write is lost.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::DeleteParams;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use ldap_elector::election::decide::{Timing, MAX_CLOCK_DRIFT};
 use ldap_elector_contract as contract;
+use ldap_elector_tests::bed::forwarder::Forwarder;
+use ldap_elector_tests::bed::kubelet::Step;
 use ldap_elector_tests::bed::process::Signal;
 use ldap_elector_tests::ldap::rig::{self as ldap_rig, ordinal, LdapRig};
+use ldap_elector_tests::ldap::writer::{self, Outcome, Writer};
 use ldap_elector_tests::wait_for;
+use ldap_elector_tests::workloads::electors::WRITE_SERVICE;
 
 const ELECT: Duration = Duration::from_secs(90);
 const FENCE: Duration = Duration::from_secs(30);
@@ -185,4 +198,68 @@ async fn a_leader_whose_elector_container_is_killed_is_fenced_within_a_second() 
 fn guard_log(rig: &LdapRig, pod: &str) -> String {
     std::fs::read_to_string(rig.kubelet.log_path(ldap_rig::NAMESPACE, pod, contract::GUARD_CONTAINER))
         .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_leader_pod_hands_over_before_its_slapd_is_stopped() -> anyhow::Result<()> {
+    let rig = LdapRig::start_with(1, true).await?;
+    let leader = rig.observer.wait_for_single_leader(ELECT).await?;
+    let standby = other(&leader);
+    rig.wait_fences(&leader, &standby, FENCE).await?;
+    let leases = LeaseLog::start(rig.client.clone(), ldap_rig::NAMESPACE, &contract::lease_name(ldap_rig::STATEFULSET));
+
+    // A client of the write Service, each pod standing for its slapd.
+    let backends: HashMap<String, SocketAddr> = (0..2u32)
+        .map(|o| {
+            (
+                contract::pod_name(ldap_rig::STATEFULSET, o),
+                SocketAddr::from(([127, 0, 0, 1], rig.slapd.node(o + 1).port())),
+            )
+        })
+        .collect();
+    let forwarder =
+        Forwarder::start(rig.client.clone(), ldap_rig::NAMESPACE, WRITE_SERVICE, move |pod| backends.get(pod).copied())
+            .await?;
+    let writer = Writer::start(forwarder.ldap_url());
+    writer.wait_ack_after(Instant::now(), ELECT).await?;
+
+    let deleted = Instant::now();
+    Api::<Pod>::namespaced(rig.client.clone(), ldap_rig::NAMESPACE).delete(&leader, &DeleteParams::default()).await?;
+    let (hook, stopped) = wait_for(&format!("the kubelet to stop {leader}'s slapd container"), ELECT, || async {
+        let steps = rig.kubelet.terminations();
+        let hook = steps.iter().find(|t| t.pod == leader && matches!(t.step, Step::PreStop(_)));
+        let stop = hook.and_then(|h| {
+            steps.iter().find(|t| t.pod == leader && t.container == h.container && t.step == Step::Stopping)
+        });
+        match (hook, stop) {
+            (Some(h), Some(s)) => Ok((h.clone(), s.clone())),
+            _ => Err(format!("{steps:?}")),
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", rig.logs()))?;
+    println!("{leader} deleted; its preStop hook returned {:?} after {:?}", hook.step, hook.at - deleted);
+    assert_eq!(hook.step, Step::PreStop(Ok("HTTP/1.1 200 OK".into())), "the hand-over hook\n{}", rig.logs());
+
+    // The standby held the Lease before slapd was told to stop: the old leader had fenced,
+    // published its final contextCSN and released, and the standby had caught up.
+    let history = leases.history();
+    let taken = history.iter().find(|s| s.at >= deleted && s.holder.as_deref() == Some(standby.as_str()));
+    assert!(
+        taken.is_some_and(|t| t.at <= stopped.at),
+        "{standby} did not hold the Lease before {leader}'s slapd was stopped at {:?}: {history:?}",
+        stopped.at - deleted
+    );
+    anyhow::ensure!(rig.node(&leader).root().await?.read_only().await?, "{leader}'s slapd is fenced");
+
+    // Writes go on through the new leader; every acknowledged write is there.
+    writer.wait_ack_after(Instant::now(), ELECT).await?;
+    let attempts = writer.stop().await;
+    let on_new = writer::entry_server_ids(rig.node(&standby)).await?;
+    let acked: Vec<&writer::Attempt> = attempts.iter().filter(|a| a.outcome == Outcome::Acked).collect();
+    let lost: Vec<&str> = acked.iter().filter(|a| !on_new.contains_key(&a.uid)).map(|a| a.uid.as_str()).collect();
+    println!("{} writes acknowledged, {} lost", acked.len(), lost.len());
+    assert!(lost.is_empty(), "acknowledged writes missing on the new leader {standby}: {lost:?}");
+    rig.observer.assert_never_two_leaders();
+    Ok(())
 }

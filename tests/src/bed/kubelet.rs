@@ -50,6 +50,25 @@ impl Runner {
 
 type PodKey = (String, String);
 
+/// A step of a pod's termination, as the test kubelet took it.
+#[derive(Clone, Debug)]
+pub struct Termination {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub step: Step,
+    /// When the step was done (a hook: when it returned).
+    pub at: std::time::Instant,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The container's `preStop` httpGet hook returned this status line, or failed.
+    PreStop(Result<String, String>),
+    /// The container was told to stop (SIGTERM to its process, if it runs here).
+    Stopping,
+}
+
 struct Running {
     uid: String,
     children: BTreeMap<String, Child>,
@@ -66,6 +85,10 @@ struct Inner {
     ips: Mutex<HashMap<String, String>>,
     /// Root of the pods' volume directories, once `map_volumes` was called.
     volume_root: Mutex<Option<PathBuf>>,
+    terminations: Mutex<Vec<Termination>>,
+    /// UIDs of the pods being terminated (a pod's updates during its termination, e.g. by
+    /// its own elector, must not start another one).
+    terminating: Mutex<std::collections::HashSet<String>>,
     // Token requests need the bed; keep what they need.
     token_client: Client,
     /// The bed's emulated pod network (`127.B.C`): processes listen on their pod's own
@@ -95,6 +118,8 @@ impl Kubelet {
             pods: Mutex::new(HashMap::new()),
             ips: Mutex::new(HashMap::new()),
             volume_root: Mutex::new(None),
+            terminations: Mutex::new(Vec::new()),
+            terminating: Mutex::new(std::collections::HashSet::new()),
             token_client: client,
             pod_network: bed.pod_network.as_ref().map(|n| n.prefix),
         });
@@ -164,6 +189,11 @@ impl Kubelet {
     pub async fn restart(&self, namespace: &str, pod: &str, container: &str) -> anyhow::Result<()> {
         let pod: Pod = Api::namespaced(self.inner.client.clone(), namespace).get(pod).await?;
         start_container(&self.inner, &pod, container).await
+    }
+
+    /// Every termination step taken so far, in order.
+    pub fn terminations(&self) -> Vec<Termination> {
+        lock(&self.inner.terminations).clone()
     }
 
     /// The log file of a container's process.
@@ -248,6 +278,7 @@ async fn run(inner: Arc<Inner>) {
 }
 
 fn forget(inner: &Inner, pod: &Pod) {
+    lock(&inner.terminating).remove(pod.metadata.uid.as_deref().unwrap_or_default());
     let key = (pod.namespace().unwrap_or_default(), pod.name_any());
     let mut pods = lock(&inner.pods);
     if pods.get(&key).is_some_and(|r| Some(r.uid.as_str()) == pod.metadata.uid.as_deref()) {
@@ -266,6 +297,9 @@ async fn sync_pod(inner: &Arc<Inner>, pod: &Pod) -> anyhow::Result<()> {
         _ => return Ok(()),
     }
     if pod.metadata.deletion_timestamp.is_some() {
+        if !lock(&inner.terminating).insert(pod.metadata.uid.clone().unwrap_or_default()) {
+            return Ok(());
+        }
         let inner = inner.clone();
         let pod = pod.clone();
         tokio::spawn(async move { terminate(&inner, &pod).await });
@@ -466,14 +500,83 @@ fn rewrite_path(value: &str, mount: &str, local: &str) -> String {
     out
 }
 
-/// What a kubelet does on pod deletion: SIGTERM every process, SIGKILL after the grace
-/// period, then remove the pod object (grace 0, guarded by the pod's UID).
+/// What a kubelet does on pod deletion, within the grace period: the main containers'
+/// `preStop` hooks (httpGet only, and only with a pod network to reach the pod; others are
+/// skipped), then SIGTERM to the main containers, then the native sidecars one by one in
+/// reverse order (SIGKILL once the grace period is over); then remove the pod object
+/// (grace 0, guarded by the pod's UID).
 async fn terminate(inner: &Inner, pod: &Pod) {
     let key = (pod.namespace().unwrap_or_default(), pod.name_any());
     let grace = Duration::from_secs(pod.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u64);
-    let children = lock(&inner.pods).remove(&key).map(|r| r.children).unwrap_or_default();
-    futures::future::join_all(children.values().map(|c| c.stop(grace))).await;
-    drop(children);
+    let deadline = tokio::time::Instant::now() + grace;
+    let Some(mut children) = lock(&inner.pods).remove(&key).map(|r| r.children) else {
+        return finalise(inner, pod, &key).await; // not ours, or already terminating
+    };
+    let Some(spec) = pod.spec.as_ref() else { return };
+    let record = |container: &str, step: Step| {
+        lock(&inner.terminations).push(Termination {
+            namespace: key.0.clone(),
+            pod: key.1.clone(),
+            container: container.to_string(),
+            step,
+            at: std::time::Instant::now(),
+        })
+    };
+    let hooks = spec.containers.iter().filter_map(|c| {
+        let get = c.lifecycle.as_ref()?.pre_stop.as_ref()?.http_get.as_ref()?;
+        Some(async move {
+            let result = tokio::time::timeout_at(deadline, http_hook(inner, pod, get)).await;
+            let result = result.unwrap_or_else(|_| Err("the grace period ended".into()));
+            record(&c.name, Step::PreStop(result));
+        })
+    });
+    futures::future::join_all(hooks).await;
+    // The main containers together, then each sidecar (init containers that restart) in
+    // reverse order; what is left (an init container still running) last.
+    let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    let mut waves: Vec<Vec<&str>> = vec![spec.containers.iter().map(|c| c.name.as_str()).collect()];
+    waves.extend(sidecars.rev().map(|c| vec![c.name.as_str()]));
+    let rest: Vec<String> = children.keys().cloned().collect();
+    waves.push(rest.iter().map(String::as_str).collect());
+    for wave in waves {
+        let stopping: Vec<Child> = wave.iter().filter_map(|name| children.remove(*name)).collect();
+        wave.iter().for_each(|name| record(name, Step::Stopping));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        futures::future::join_all(stopping.iter().map(|c| c.stop(left))).await;
+    }
+    finalise(inner, pod, &key).await
+}
+
+/// A `preStop` httpGet hook: `GET` on the pod's own address (its loopback address on the
+/// bed's pod network), the status line of the answer.
+async fn http_hook(
+    inner: &Inner,
+    pod: &Pod,
+    get: &k8s_openapi::api::core::v1::HTTPGetAction,
+) -> Result<String, String> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let prefix = inner.pod_network.ok_or("no pod network: the pod cannot be reached")?;
+    let ip = crate::bed::pod_network::local_ip(prefix, &pod_ip(inner, pod)).ok_or("the pod has no local address")?;
+    let port = match &get.port {
+        IntOrString::Int(p) => u16::try_from(*p).map_err(|e| e.to_string())?,
+        IntOrString::String(name) => all_containers(pod)
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(name))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .ok_or_else(|| format!("no container port named {name}"))?,
+    };
+    let path = get.path.as_deref().unwrap_or("/");
+    let mut stream = tokio::net::TcpStream::connect((ip, port)).await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {ip}:{port}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.map_err(|e| e.to_string())?;
+    Ok(answer.lines().next().unwrap_or_default().to_string())
+}
+
+async fn finalise(inner: &Inner, pod: &Pod, key: &PodKey) {
     let api: Api<Pod> = Api::namespaced(inner.client.clone(), &key.0);
     let dp = DeleteParams {
         grace_period_seconds: Some(0),

@@ -50,8 +50,15 @@ impl LdapRig {
     /// then, and the StatefulSet controller's retry backoff only slows the test down).
     /// `sync_timeout`: the syncrepl `timeout=` of the pair (seconds).
     pub async fn start(sync_timeout: u32) -> anyhow::Result<LdapRig> {
+        LdapRig::start_with(sync_timeout, false).await
+    }
+
+    /// [`LdapRig::start`], optionally on a bed with a pod network (`pod_network`): each
+    /// elector then serves its probe port on its pod's own address, where the test kubelet
+    /// calls the injected `preStop` hooks.
+    pub async fn start_with(sync_timeout: u32, pod_network: bool) -> anyhow::Result<LdapRig> {
         let slapd = MirrorPair::start(slapd::PairOptions::default().sync_timeout(sync_timeout)).await?;
-        let bed = Bed::start().await?;
+        let bed = Bed::start_with(crate::bed::BedOptions { pod_network, ..Default::default() }).await?;
         let kubelet = Kubelet::start(&bed, "bed-node").await?;
         // Under the pair's directory: short enough for socket paths.
         kubelet.map_volumes(slapd.dir.join("pods"));
@@ -69,16 +76,19 @@ impl LdapRig {
                 socket.display()
             );
         }
-        // The injected environment as it is, plus log settings; the probe server off, since
-        // two local electors cannot both listen on the injected port.
+        // The injected environment as it is, plus log settings; the probe server off without
+        // a pod network, since two local electors cannot both listen on the injected port.
+        let mut env = vec![
+            (contract::ENV_LOG_FORMAT.into(), "text".into()),
+            ("ELECTOR_LOG".into(), "info,ldap_elector=debug".into()),
+        ];
+        if !pod_network {
+            env.push((contract::ENV_PROBE_ADDR.into(), "off".into()));
+        }
         kubelet.add_runner(Runner {
             container: contract::SIDECAR_CONTAINER.into(),
             program: elector_binary(false),
-            env: vec![
-                (contract::ENV_PROBE_ADDR.into(), "off".into()),
-                (contract::ENV_LOG_FORMAT.into(), "text".into()),
-                ("ELECTOR_LOG".into(), "info,ldap_elector=debug".into()),
-            ],
+            env,
         });
 
         let client = bed.admin_client()?;
