@@ -41,6 +41,8 @@ use ldap_elector_tests::workloads::electors::WRITE_SERVICE;
 
 const ELECT: Duration = Duration::from_secs(90);
 const FENCE: Duration = Duration::from_secs(30);
+/// Acknowledged writes before the leader's pod is deleted (the writer keeps writing).
+const WRITES_BEFORE: usize = 50;
 /// Issue 15, item 2: a leader's slapd is fenced this soon after its elector died.
 const FENCE_AFTER_DEATH: Duration = Duration::from_secs(1);
 
@@ -221,7 +223,13 @@ async fn a_deleted_leader_pod_hands_over_before_its_slapd_is_stopped() -> anyhow
         Forwarder::start(rig.client.clone(), ldap_rig::NAMESPACE, WRITE_SERVICE, move |pod| backends.get(pod).copied())
             .await?;
     let writer = Writer::start(forwarder.ldap_url());
-    writer.wait_ack_after(Instant::now(), ELECT).await?;
+    wait_for("acknowledged writes through the write Service", ELECT, || async {
+        match writer.acked().len() {
+            n if n >= WRITES_BEFORE => Ok(()),
+            n => Err(format!("{n} acknowledged")),
+        }
+    })
+    .await?;
 
     let deleted = Instant::now();
     Api::<Pod>::namespaced(rig.client.clone(), ldap_rig::NAMESPACE).delete(&leader, &DeleteParams::default()).await?;

@@ -73,6 +73,16 @@ where
     serve(listener, respond, cancel).await
 }
 
+/// `GET path` on `addr`, the whole answer (tests of the servers built on this one).
+#[cfg(test)]
+pub(crate) async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,13 +93,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
         tokio::spawn(serve_metrics(listener, || "m 1\n".to_string(), cancel.clone()));
-        let get = |path: &'static str| async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        };
+        let get = |path: &'static str| get(addr, path);
         let ok = get("/metrics").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK") && ok.contains("version=0.0.4") && ok.ends_with("m 1\n"), "{ok}");
         assert!(get("/other").await.starts_with("HTTP/1.1 404"));

@@ -64,7 +64,6 @@ fn respond(path: &str, age: Duration, stale_after: Duration) -> (&'static str, S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn liveness_follows_the_heartbeat_and_readiness_does_not_depend_on_role() {
@@ -85,13 +84,7 @@ mod tests {
         // A pod being deleted whose elector has handed over.
         let gate = Gate::new(tokio::sync::watch::channel(true).1, tokio::sync::watch::channel(true).1);
         tokio::spawn(serve(listener, hb, Duration::from_secs(10), Some(gate), cancel.clone()));
-        let get = |path: &'static str| async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        };
+        let get = |path: &'static str| crate::observe::http::get(addr, path);
         let live = get("/livez").await;
         assert!(live.starts_with("HTTP/1.1 200 OK"), "{live}");
         let handover = get(PROBE_PATH_HANDOVER).await;

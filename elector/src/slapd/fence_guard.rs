@@ -64,7 +64,7 @@ pub async fn serve(fence: impl Fencing, path: &Path, stop: CancellationToken) ->
                 (false, 1) => {
                     tracing::warn!("guard: slapd did not confirm the fence (not up yet, or stalled); retrying")
                 }
-                (false, n) if n % 50 == 0 => {
+                (false, n) if n.is_multiple_of(50) => {
                     tracing::warn!(attempts = n, "guard: slapd still does not confirm the fence")
                 }
                 _ => {}
@@ -209,7 +209,7 @@ async fn keep_connected(
             Ok(s) => s,
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 50 == 0 {
+                if failures == 1 || failures.is_multiple_of(50) {
                     tracing::warn!(socket = %path.display(), error = %e, attempts = failures,
                         "cannot reach the fence guard; not eligible to lead until it answers");
                 }
