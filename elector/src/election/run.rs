@@ -34,6 +34,7 @@ use crate::slapd::watchdog::Watchdog;
 use ldap_elector_contract::{ROLE_LEADER, ROLE_STANDBY};
 
 mod handover;
+mod office;
 
 /// Longest time the loop sleeps without re-deciding (health and deadlines are re-read).
 const TICK: Duration = Duration::from_secs(1);
@@ -83,6 +84,8 @@ pub struct Elector {
     leading: Option<Leading>,
     /// Leader label and hook done for the current term.
     in_office: bool,
+    /// Taking office, while not yet in office (see `office.rs`).
+    office: Option<office::Office>,
     /// A term this elector stepped down from without a confirmed fence: until slapd confirms
     /// `olcReadOnly: TRUE` (or is known dead) the Lease is neither released nor handed over
     /// (it expires on the followers' clocks), the watchdog stays armed, and a stopping
@@ -117,6 +120,7 @@ impl Elector {
             observed: None,
             leading: None,
             in_office: false,
+            office: None,
             unfenced_term: None,
             stopping: false,
             failures: 0,
@@ -206,8 +210,7 @@ impl Elector {
                         return Exit::Terminated;
                     }
                     if self.leading.is_some() && !self.in_office && retry_due {
-                        self.take_office().await;
-                        continue;
+                        self.advance_office().await;
                     }
                     if self.current.is_none() && retry_due {
                         self.reread().await; // not readable yet (absent, forbidden, API down)
@@ -216,6 +219,9 @@ impl Elector {
                     let mut wake = until.map_or(TICK, |t| t.since(now).min(TICK));
                     if self.unfenced_term.is_some() {
                         wake = wake.min(UNFENCED_POLL);
+                    }
+                    if self.office.is_some() {
+                        wake = wake.min(office::OFFICE_POLL);
                     }
                     tokio::select! {
                         Ok(()) = lease_rx.changed() => {
@@ -298,6 +304,7 @@ impl Elector {
                 tracing::info!(pod = %self.cfg.identity, term, previous = ?self.observed.as_ref().and_then(|o| o.holder.clone()), "acquired the Lease");
                 self.leading = Some(Leading { term, renewed_at: sent });
                 self.in_office = false;
+                self.abandon_office().await;
                 self.unfenced_term = None; // the new term's fence is the keeper's again
                 self.ops.acquired(sent);
                 self.feed_watchdog(sent).await;
@@ -338,50 +345,12 @@ impl Elector {
         }
     }
 
-    /// Steps 2–4 of a term, bounded by the renew deadline.
-    async fn take_office(&mut self) {
-        let Some(leading) = self.leading else { return };
-        let remaining = (leading.renewed_at + self.cfg.timing.renew_deadline).since(Moment::now());
-        let labels = self.labels.clone();
-        let steps = async {
-            let demoted = labels.demote_others(leading.term).await?;
-            labels.label_self(ROLE_LEADER, leading.term).await?;
-            Ok::<_, crate::election::labels::LabelError>(demoted)
-        };
-        match tokio::time::timeout(remaining, steps).await {
-            Ok(Ok(demoted)) => {
-                // The deadline may have passed while labelling; decide() will demote then.
-                if Moment::now() >= leading.renewed_at + self.cfg.timing.renew_deadline {
-                    return;
-                }
-                let deadline = leading.renewed_at + self.cfg.timing.renew_deadline;
-                let remaining = deadline.since(Moment::now());
-                let unfenced = self.fence.set(WantedFence::Leader { until: deadline }, remaining).await;
-                self.ops.took_office(leading.term, unfenced);
-                if !unfenced {
-                    tracing::error!(pod = %self.cfg.identity, term = leading.term, "could not lift the write fence; stepping down");
-                    if self.step_down("HookFailed").await {
-                        self.release().await;
-                    }
-                    return;
-                }
-                self.in_office = true;
-                if let Some(link) = &self.divergence {
-                    link.office.send_replace(Some(leading.term));
-                }
-                self.succeeded();
-                tracing::info!(pod = %self.cfg.identity, term = leading.term, demoted = ?demoted, role = ROLE_LEADER, "took office: labelled leader");
-            }
-            Ok(Err(e)) => self.failed("labelling the pods for the new term", &e),
-            Err(_) => self.failed("labelling the pods for the new term", &"renew deadline reached"),
-        }
-    }
-
     /// Stop leading: fence locally first, then label standby (best effort). True when the
     /// fence is confirmed; only then may the caller release or hand over the Lease.
     async fn step_down(&mut self, reason: &str) -> bool {
         let Some(leading) = self.leading.take() else { return self.unfenced_term.is_none() };
         self.in_office = false;
+        self.abandon_office().await;
         if let Some(link) = &self.divergence {
             link.office.send_replace(None);
         }
