@@ -55,6 +55,9 @@ pub const LEASE_ANNOTATION_SWITCHOVER_REFUSED: &str = "ldap-elector.dev/switchov
 pub const LEASE_ANNOTATION_DIVERGED: &str = "ldap-elector.dev/diverged";
 /// Set by an operator: comma-separated pod names that may be promoted although listed as diverged.
 pub const LEASE_ANNOTATION_ALLOW_DIVERGED: &str = "ldap-elector.dev/allow-diverged";
+/// Written with the holder: the holder pod's UID. A pod recreated under the same name is
+/// another pod and waits for the Lease to expire (its predecessor may still be writable).
+pub const LEASE_ANNOTATION_HOLDER_UID: &str = "ldap-elector.dev/holder-uid";
 
 // ---- Sidecar environment ----
 

@@ -201,6 +201,10 @@ pub struct RunArgs {
     /// This pod's name: the candidate identity written into the Lease.
     #[arg(long, env = contract::ENV_POD_NAME)]
     pub pod_name: Option<String>,
+    /// This pod's UID (recorded on the Lease: a pod recreated under the same name is
+    /// another pod and waits for the Lease to expire).
+    #[arg(long, env = contract::ENV_POD_UID)]
+    pub pod_uid: Option<String>,
     /// This pod's namespace (also the Lease's).
     #[arg(long, env = contract::ENV_POD_NAMESPACE)]
     pub namespace: Option<String>,
@@ -284,6 +288,8 @@ pub struct RunArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub identity: String,
+    /// This pod's UID (`None`: unknown; a Lease held under this name is never taken for ours).
+    pub pod_uid: Option<String>,
     pub namespace: String,
     pub statefulset: String,
     pub lease_name: String,
@@ -377,6 +383,7 @@ impl RunArgs {
             }
         };
         Ok(Config {
+            pod_uid: self.pod_uid.filter(|u| !u.trim().is_empty()),
             lease_name: self.lease_name.filter(|s| !s.is_empty()).unwrap_or_else(|| contract::lease_name(&statefulset)),
             identity,
             namespace,

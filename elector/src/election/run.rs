@@ -170,6 +170,7 @@ impl Elector {
             let eligible = healthy_now && (self.leading.is_some() || self.caught_up_or_graced(now, &recheck));
             let me = Me {
                 identity: &self.cfg.identity,
+                uid: self.cfg.pod_uid.as_deref(),
                 eligible,
                 stopping: self.stopping || *deleting.borrow_and_update(),
                 leading: self.leading,
@@ -295,7 +296,7 @@ impl Elector {
         let Some(base) = self.current.clone() else { return self.reread().await };
         let sent = Moment::now();
         let next = lease::with_context_csn(
-            lease::acquired(&base, &self.cfg.identity, self.cfg.timing.lease_duration),
+            lease::acquired(&base, &self.cfg.identity, self.cfg.pod_uid.as_deref(), self.cfg.timing.lease_duration),
             &self.my_csn,
         );
         match self.lease.write(&next, self.cfg.api_timeout).await {
