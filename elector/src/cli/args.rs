@@ -253,6 +253,11 @@ pub struct RunArgs {
     /// never — the pair then stays without a writer until the old leader returns).
     #[arg(long, env = contract::ENV_CATCH_UP_GRACE, default_value = "30s")]
     pub catch_up_grace: String,
+    /// After the leader's Lease expired, how long a standby waits for the old leader's slapd
+    /// (reached over --audit-peers) to answer with its current contextCSN before it takes
+    /// over without it, recording the uncovered window (docs/operations.md).
+    #[arg(long, env = contract::ENV_CATCH_UP_VERIFY, default_value = "3s", value_parser = parse_duration)]
+    pub catch_up_verify: Duration,
     /// Bind DN of the LDAP health check (simple bind); without it SASL EXTERNAL over ldapi.
     #[arg(long, env = ldap_elector_contract::ENV_LDAP_BIND_DN)]
     pub ldap_bind_dn: Option<String>,
@@ -303,6 +308,8 @@ pub struct Config {
     pub on_role_change: Option<String>,
     pub fence_ldapi: Option<LdapFence>,
     pub catch_up_grace: Option<Duration>,
+    /// How long to wait for the old leader's current contextCSN after an expiry.
+    pub catch_up_verify: Duration,
     pub watchdog: bool,
     pub probe_addr: Option<String>,
     pub metrics_addr: Option<String>,
@@ -402,6 +409,7 @@ impl RunArgs {
                 None => None,
             },
             catch_up_grace: parse_optional_duration(&self.catch_up_grace).map_err(ConfigError::CatchUpGrace)?,
+            catch_up_verify: self.catch_up_verify,
             watchdog: self.watchdog,
             probe_addr: Some(self.probe_addr).filter(|a| a != "off"),
             metrics_addr: Some(self.metrics_addr).filter(|a| !a.trim().is_empty() && a != "off"),

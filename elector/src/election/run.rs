@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::args::Config;
 use crate::clock::Moment;
 use crate::election::decide::FENCE_BUDGET;
-use crate::election::decide::{decide, may_promote, Action, Leading, Me, Observed};
+use crate::election::decide::{decide, Action, Leading, Me, Observed};
 use crate::election::labels::PodLabeler;
 use crate::election::lease::{self, LeaseClient, LeaseError};
 use crate::observe::probe::Heartbeat;
@@ -35,6 +35,7 @@ use ldap_elector_contract::{ROLE_LEADER, ROLE_STANDBY};
 
 mod handover;
 mod office;
+mod old_leader;
 
 /// Longest time the loop sleeps without re-deciding (health and deadlines are re-read).
 const TICK: Duration = Duration::from_secs(1);
@@ -78,6 +79,10 @@ pub struct Elector {
     /// The local contextCSN as last seen (published by the leader on each write).
     my_csn: Vec<String>,
     waiting_to_catch_up: bool,
+    /// The expired holder whose slapd is being read (catch-up after an expiry).
+    old_leader: Option<old_leader::OldLeaderReader>,
+    /// The previous holder and window of an acquisition that would not be fully verified.
+    uncovered: Option<(String, crate::election::catch_up::Uncovered)>,
     /// Latest Lease object seen (the base of every CAS write) and its observation.
     current: Option<Lease>,
     observed: Option<Observed>,
@@ -115,6 +120,8 @@ impl Elector {
             heartbeat,
             my_csn: Vec::new(),
             waiting_to_catch_up: false,
+            old_leader: None,
+            uncovered: None,
             cfg,
             current: None,
             observed: None,
@@ -224,6 +231,9 @@ impl Elector {
                     if self.office.is_some() {
                         wake = wake.min(office::OFFICE_POLL);
                     }
+                    if self.old_leader.is_some() && self.waiting_to_catch_up {
+                        wake = wake.min(UNFENCED_POLL);
+                    }
                     tokio::select! {
                         Ok(()) = lease_rx.changed() => {
                             if let Some(seen) = lease_rx.borrow_and_update().clone() {
@@ -241,11 +251,12 @@ impl Elector {
         }
     }
 
-    /// Catch-up gating for a follower: caught up with the leader's published contextCSN,
-    /// or the Lease free for longer than the grace. While waiting, ask for fresh checks.
+    /// Catch-up gating for a follower (`catch_up::gate`): caught up with the leader's
+    /// published contextCSN and, after an expiry, with its slapd's current one, or the Lease
+    /// free for longer than the grace. While waiting, ask for fresh checks.
     fn caught_up_or_graced(&mut self, now: Moment, recheck: &tokio::sync::Notify) -> bool {
         let published = self.current.as_ref().map(lease::published_csn).unwrap_or_default();
-        let ok = may_promote(&self.my_csn, &published, self.observed.as_ref(), now, self.cfg.catch_up_grace);
+        let ok = self.catch_up_gate(now, &published).may_promote();
         let free = self.observed.as_ref().is_some_and(|o| crate::election::decide::free_since(o, now).is_some());
         if !ok && free {
             recheck.notify_one();
@@ -295,10 +306,15 @@ impl Elector {
     async fn acquire(&mut self) {
         let Some(base) = self.current.clone() else { return self.reread().await };
         let sent = Moment::now();
-        let next = lease::with_context_csn(
+        let mut next = lease::with_context_csn(
             lease::acquired(&base, &self.cfg.identity, self.cfg.pod_uid.as_deref(), self.cfg.timing.lease_duration),
             &self.my_csn,
         );
+        // The status of the new term: which window, if any, this acquisition leaves uncovered.
+        let uncovered = self.uncovered.take();
+        let term = lease::observe(&next, sent).transitions;
+        let note = uncovered.as_ref().map(|(previous, u)| old_leader::uncovered_annotation(term, previous, u));
+        lease::set_annotation(&mut next, ldap_elector_contract::LEASE_ANNOTATION_UNCOVERED, note);
         match self.lease.write(&next, self.cfg.api_timeout).await {
             Ok(won) => {
                 let term = lease::observe(&won, sent).transitions;
@@ -308,6 +324,7 @@ impl Elector {
                 self.abandon_office().await;
                 self.unfenced_term = None; // the new term's fence is the keeper's again
                 self.ops.acquired(sent);
+                self.record_uncovered(term, uncovered);
                 self.feed_watchdog(sent).await;
                 self.accept_lease(won);
                 self.succeeded();
