@@ -171,6 +171,21 @@ pub fn is_newer(candidate: &Lease, known: Option<&Lease>) -> bool {
     }
 }
 
+/// Whether the election loop adopts `seen` as the base of its next CAS write. An answer of
+/// the API server (a GET or a CAS write) is authoritative whenever it differs, even with a
+/// lower resourceVersion: after etcd is restored from a backup every write against the old
+/// one would fail with 409 and the next GET would be ignored, Acquire→409 for ever. A watch
+/// event only when it is newer (old events may arrive late).
+pub fn adopts(seen: &Lease, known: Option<&Lease>, answered: bool) -> bool {
+    if answered {
+        known.is_none_or(|k| {
+            k.metadata.resource_version != seen.metadata.resource_version || k.metadata.uid != seen.metadata.uid
+        })
+    } else {
+        is_newer(seen, known)
+    }
+}
+
 /// Reads and writes one Lease; every call bounded by a timeout.
 #[derive(Clone)]
 pub struct LeaseClient {
@@ -338,6 +353,19 @@ mod tests {
         let l = with_divergence_edits(l, &e, 4);
         assert!(!l.metadata.annotations.as_ref().unwrap().contains_key(LEASE_ANNOTATION_DIVERGED));
         assert!(!observe(&l, Moment::ZERO).ineligible.blocks("ldap-1"));
+    }
+
+    /// Issue 15, item 8: a resourceVersion that went backwards (etcd restore) is taken from
+    /// the API server's answers, so the next CAS write is based on it; the watch's old events
+    /// are not.
+    #[test]
+    fn an_answer_with_a_lower_resource_version_is_adopted_a_watch_event_is_not() {
+        let before = lease_of("a", "50", Some("ldap-0"));
+        let restored = lease_of("a", "7", Some("ldap-0"));
+        assert!(adopts(&restored, Some(&before), true));
+        assert!(!adopts(&restored, Some(&before), false));
+        assert!(!adopts(&before, Some(&before), true), "the same version is not news");
+        assert!(adopts(&lease_of("a", "51", None), Some(&before), false));
     }
 
     #[test]

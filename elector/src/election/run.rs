@@ -271,7 +271,7 @@ impl Elector {
 
     /// A version of the Lease from the watch: kept if newer than the one known.
     fn on_lease(&mut self, seen: Lease) {
-        if lease::is_newer(&seen, self.current.as_ref()) {
+        if lease::adopts(&seen, self.current.as_ref(), false) {
             self.accept_lease(seen);
         }
     }
@@ -279,7 +279,7 @@ impl Elector {
     /// The Lease as the API server answered a read or a write: authoritative even with a lower
     /// resourceVersion (etcd restored from a backup), or every CAS write would fail forever.
     fn accept_lease(&mut self, seen: Lease) {
-        if self.current.as_ref().is_none_or(|c| c.metadata.resource_version != seen.metadata.resource_version) {
+        if lease::adopts(&seen, self.current.as_ref(), true) {
             self.ops.lease_seen(&seen);
             let previous = self.current.as_ref().zip(self.observed.as_ref());
             let next = lease::observe_after(previous, &seen, Moment::now());
