@@ -59,6 +59,12 @@ pub const LEASE_ANNOTATION_SWITCHOVER_REFUSED: &str = "ldap-elector.dev/switchov
 pub const LEASE_ANNOTATION_DIVERGED: &str = "ldap-elector.dev/diverged";
 /// Set by an operator: comma-separated pod names that may be promoted although listed as diverged.
 pub const LEASE_ANNOTATION_ALLOW_DIVERGED: &str = "ldap-elector.dev/allow-diverged";
+/// Written with the holder: the holder pod's UID. A pod recreated under the same name is
+/// another pod and waits for the Lease to expire (its predecessor may still be writable).
+pub const LEASE_ANNOTATION_HOLDER_UID: &str = "ldap-elector.dev/holder-uid";
+/// Written with an acquisition after an expiry that could not verify the old leader's
+/// current contextCSN: JSON `{term, previous, reason, seconds}` (docs/operations.md).
+pub const LEASE_ANNOTATION_UNCOVERED: &str = "ldap-elector.dev/uncovered-window";
 
 // ---- Sidecar environment ----
 
@@ -79,6 +85,7 @@ pub const ENV_ON_ROLE_CHANGE: &str = "ELECTOR_ON_ROLE_CHANGE";
 pub const ENV_FENCE_LDAPI: &str = "ELECTOR_FENCE_LDAPI";
 pub const ENV_FENCE_DATABASE: &str = "ELECTOR_FENCE_DATABASE";
 pub const ENV_CATCH_UP_GRACE: &str = "ELECTOR_CATCH_UP_GRACE";
+pub const ENV_CATCH_UP_VERIFY: &str = "ELECTOR_CATCH_UP_VERIFY";
 pub const ENV_WATCHDOG: &str = "ELECTOR_WATCHDOG";
 /// The fence guard's Unix socket: where the guard listens and the elector connects
 /// (the webhook sets it on both; unset in the elector: a child watchdog process instead).
@@ -300,6 +307,10 @@ pub mod metric {
     pub const DIVERGENCE_MARKED: &str = "ldap_elector_divergence_marked";
     pub const CONFIG_WARNINGS: &str = "ldap_elector_config_warnings";
     pub const EVENTS_DROPPED_TOTAL: &str = "ldap_elector_events_dropped_total";
+    /// Promotions after an expiry that could not verify the old leader's current contextCSN.
+    pub const UNCOVERED_PROMOTIONS_TOTAL: &str = "ldap_elector_uncovered_promotions_total";
+    /// The uncovered window of this pod's last such promotion (seconds).
+    pub const UNCOVERED_WINDOW_SECONDS: &str = "ldap_elector_uncovered_window_seconds";
     /// Every elector metric family.
     pub const ELECTOR: &[&str] = &[
         IS_LEADER,
@@ -312,6 +323,8 @@ pub mod metric {
         DIVERGENCE_MARKED,
         CONFIG_WARNINGS,
         EVENTS_DROPPED_TOTAL,
+        UNCOVERED_PROMOTIONS_TOTAL,
+        UNCOVERED_WINDOW_SECONDS,
     ];
 
     pub const WEBHOOK_REVIEWS_TOTAL: &str = "ldap_elector_webhook_reviews_total";
@@ -335,6 +348,8 @@ pub mod event_reason {
     pub const DIVERGENCE_CLEARED: &str = "DivergenceCleared";
     /// The configuration guard found a dangerous slapd setting (docs/divergence.md).
     pub const DANGEROUS_SLAPD_CONFIG: &str = "DangerousSlapdConfig";
+    /// Took over after an expiry without verifying the old leader's current contextCSN.
+    pub const PROMOTED_UNCOVERED: &str = "PromotedUncovered";
     pub const ALL: &[&str] = &[
         BECAME_LEADER,
         STEPPED_DOWN,
@@ -345,6 +360,7 @@ pub mod event_reason {
         MARKED_DIVERGED,
         DIVERGENCE_CLEARED,
         DANGEROUS_SLAPD_CONFIG,
+        PROMOTED_UNCOVERED,
     ];
 }
 

@@ -205,6 +205,10 @@ pub struct RunArgs {
     /// This pod's name: the candidate identity written into the Lease.
     #[arg(long, env = contract::ENV_POD_NAME)]
     pub pod_name: Option<String>,
+    /// This pod's UID (recorded on the Lease: a pod recreated under the same name is
+    /// another pod and waits for the Lease to expire).
+    #[arg(long, env = contract::ENV_POD_UID)]
+    pub pod_uid: Option<String>,
     /// This pod's namespace (also the Lease's).
     #[arg(long, env = contract::ENV_POD_NAMESPACE)]
     pub namespace: Option<String>,
@@ -253,6 +257,11 @@ pub struct RunArgs {
     /// never — the pair then stays without a writer until the old leader returns).
     #[arg(long, env = contract::ENV_CATCH_UP_GRACE, default_value = "30s")]
     pub catch_up_grace: String,
+    /// After the leader's Lease expired, how long a standby waits for the old leader's slapd
+    /// (reached over --audit-peers) to answer with its current contextCSN before it takes
+    /// over without it, recording the uncovered window (docs/operations.md).
+    #[arg(long, env = contract::ENV_CATCH_UP_VERIFY, default_value = "3s", value_parser = parse_duration)]
+    pub catch_up_verify: Duration,
     /// Bind DN of the LDAP health check (simple bind); without it SASL EXTERNAL over ldapi.
     #[arg(long, env = ldap_elector_contract::ENV_LDAP_BIND_DN)]
     pub ldap_bind_dn: Option<String>,
@@ -292,6 +301,8 @@ pub struct RunArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub identity: String,
+    /// This pod's UID (`None`: unknown; a Lease held under this name is never taken for ours).
+    pub pod_uid: Option<String>,
     pub namespace: String,
     pub statefulset: String,
     pub lease_name: String,
@@ -305,6 +316,8 @@ pub struct Config {
     pub on_role_change: Option<String>,
     pub fence_ldapi: Option<LdapFence>,
     pub catch_up_grace: Option<Duration>,
+    /// How long to wait for the old leader's current contextCSN after an expiry.
+    pub catch_up_verify: Duration,
     pub watchdog: bool,
     /// The fence guard's socket (`None`: a child watchdog, if `watchdog`).
     pub guard_socket: Option<std::path::PathBuf>,
@@ -390,6 +403,7 @@ impl RunArgs {
             }
         };
         Ok(Config {
+            pod_uid: self.pod_uid.filter(|u| !u.trim().is_empty()),
             lease_name: self.lease_name.filter(|s| !s.is_empty()).unwrap_or_else(|| contract::lease_name(&statefulset)),
             identity,
             namespace,
@@ -402,6 +416,7 @@ impl RunArgs {
             on_role_change: self.on_role_change.filter(|s| !s.trim().is_empty()),
             fence_ldapi,
             catch_up_grace: parse_optional_duration(&self.catch_up_grace).map_err(ConfigError::CatchUpGrace)?,
+            catch_up_verify: self.catch_up_verify,
             watchdog: self.watchdog,
             guard_socket: self.guard_socket.filter(|p| !p.as_os_str().is_empty()),
             probe_addr: Some(self.probe_addr).filter(|a| a != "off"),

@@ -93,6 +93,10 @@ impl Timing {
 pub struct Observed {
     /// `spec.holderIdentity`; `None` (or empty) when released.
     pub holder: Option<String>,
+    /// The holder pod's UID as it recorded on acquiring (`ldap-elector.dev/holder-uid`): a
+    /// pod recreated under the same name (StatefulSet) is another pod, whose predecessor
+    /// may still be writable.
+    pub holder_uid: Option<String>,
     /// `spec.leaseTransitions`: the fencing term.
     pub transitions: i32,
     /// `spec.leaseDurationSeconds` as written by the holder.
@@ -114,6 +118,9 @@ impl Observed {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Me<'a> {
     pub identity: &'a str,
+    /// This pod's UID (`None`: unknown; a Lease held under this name is then never taken
+    /// for this pod's own).
+    pub uid: Option<&'a str>,
     /// Healthy and caught up: may become or stay leader.
     pub eligible: bool,
     /// Shutting down (SIGTERM or pod deletion): hand over.
@@ -201,9 +208,12 @@ fn decide_as_follower(lease: Option<&Observed>, me: &Me<'_>, now: Moment) -> Act
         return Action::Wait(None); // marked diverged: only a reseed or an operator lifts it
     }
     match lease.holder() {
-        // Released, or held by an earlier incarnation of this very pod: take it.
+        // Released, or held by an earlier elector of this very pod (same UID): take it. A
+        // replacement pod under the same name waits for expiry like anyone else.
         None => Action::Acquire,
-        Some(holder) if holder == me.identity => Action::Acquire,
+        Some(holder) if holder == me.identity && me.uid.is_some() && lease.holder_uid.as_deref() == me.uid => {
+            Action::Acquire
+        }
         Some(_) => {
             let expires = lease.seen_change_at + lease.lease_duration;
             if now >= expires {
@@ -256,6 +266,7 @@ mod tests {
     fn lease(holder: Option<&str>, transitions: i32, seen: f64) -> Observed {
         Observed {
             holder: holder.map(String::from),
+            holder_uid: holder.map(|h| format!("uid-{h}")),
             transitions,
             lease_duration: 8 * S,
             seen_change_at: at(seen),
@@ -263,11 +274,16 @@ mod tests {
         }
     }
 
-    fn follower(identity: &str) -> Me<'_> {
-        Me { identity, eligible: true, stopping: false, leading: None }
+    fn follower(identity: &'static str) -> Me<'static> {
+        let uid = match identity {
+            "a" => "uid-a",
+            "b" => "uid-b",
+            _ => "uid-other",
+        };
+        Me { identity, uid: Some(uid), eligible: true, stopping: false, leading: None }
     }
 
-    fn leader(identity: &str, term: i32, renewed: f64) -> Me<'_> {
+    fn leader(identity: &'static str, term: i32, renewed: f64) -> Me<'static> {
         Me { leading: Some(Leading { term, renewed_at: at(renewed) }), ..follower(identity) }
     }
 
@@ -354,6 +370,22 @@ mod tests {
     fn follower_retakes_lease_held_by_its_earlier_incarnation() {
         let l = lease(Some("a"), 3, 10.0);
         assert_eq!(decide(Some(&l), &follower("a"), at(10.0), &Timing::default()), Action::Acquire);
+    }
+
+    /// Issue 15, item 8: a StatefulSet recreates `a` as a new pod (another UID) while the old
+    /// `a` may still be writable; the new one must wait for the Lease to expire.
+    #[test]
+    fn a_replacement_pod_with_the_same_name_waits_for_expiry() {
+        let t = Timing::default();
+        let l = lease(Some("a"), 3, 10.0);
+        let replacement = Me { uid: Some("uid-a-2"), ..follower("a") };
+        assert_eq!(decide(Some(&l), &replacement, at(10.0), &t), Action::Wait(Some(at(18.0))));
+        assert_eq!(decide(Some(&l), &replacement, at(18.0), &t), Action::Acquire);
+        // Neither an unknown own UID nor a Lease without one (an older elector) proves it ours.
+        let unknown = Me { uid: None, ..follower("a") };
+        assert_eq!(decide(Some(&l), &unknown, at(10.0), &t), Action::Wait(Some(at(18.0))));
+        let legacy = Observed { holder_uid: None, ..l };
+        assert_eq!(decide(Some(&legacy), &follower("a"), at(10.0), &t), Action::Wait(Some(at(18.0))));
     }
 
     #[test]

@@ -11,7 +11,10 @@ use kube::Api;
 
 use crate::clock::Moment;
 use crate::election::decide::Observed;
-use ldap_elector_contract::{LEASE_ANNOTATION_ALLOW_DIVERGED, LEASE_ANNOTATION_CONTEXT_CSN, LEASE_ANNOTATION_DIVERGED};
+use ldap_elector_contract::{
+    LEASE_ANNOTATION_ALLOW_DIVERGED, LEASE_ANNOTATION_CONTEXT_CSN, LEASE_ANNOTATION_DIVERGED,
+    LEASE_ANNOTATION_HOLDER_UID,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -42,6 +45,7 @@ pub fn observe(lease: &Lease, seen_change_at: Moment) -> Observed {
     let spec = lease.spec.clone().unwrap_or_default();
     Observed {
         holder: spec.holder_identity.filter(|h| !h.is_empty()),
+        holder_uid: annotation(lease, LEASE_ANNOTATION_HOLDER_UID).filter(|u| !u.is_empty()).map(String::from),
         transitions: spec.lease_transitions.unwrap_or(0),
         lease_duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
         seen_change_at,
@@ -62,6 +66,7 @@ pub fn observe_after(previous: Option<(&Lease, &Observed)>, seen: &Lease, now: M
         let recreated = lease.metadata.uid != seen.metadata.uid;
         if recreated && next.holder().is_none() && before.holder().is_some() {
             next.holder.clone_from(&before.holder);
+            next.holder_uid.clone_from(&before.holder_uid);
             next.lease_duration = next.lease_duration.max(before.lease_duration);
         }
     }
@@ -100,9 +105,11 @@ pub fn set_annotation(lease: &mut Lease, name: &str, value: Option<String>) {
     }
 }
 
-/// The Lease after `identity` takes it: a new term (transitions + 1).
-pub fn acquired(lease: &Lease, identity: &str, lease_duration: Duration) -> Lease {
+/// The Lease after `identity` (the pod with `uid`, when known) takes it: a new term
+/// (transitions + 1).
+pub fn acquired(lease: &Lease, identity: &str, uid: Option<&str>, lease_duration: Duration) -> Lease {
     let mut next = lease.clone();
+    set_annotation(&mut next, LEASE_ANNOTATION_HOLDER_UID, uid.map(String::from));
     let spec = next.spec.get_or_insert_with(LeaseSpec::default);
     let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
     spec.holder_identity = Some(identity.to_string());
@@ -124,6 +131,7 @@ pub fn renewed(lease: &Lease) -> Lease {
 /// The Lease after its holder gives it up: no holder, so any standby may take it at once.
 pub fn released(lease: &Lease) -> Lease {
     let mut next = lease.clone();
+    set_annotation(&mut next, LEASE_ANNOTATION_HOLDER_UID, None);
     let spec = next.spec.get_or_insert_with(LeaseSpec::default);
     spec.holder_identity = None;
     spec.acquire_time = None;
@@ -160,6 +168,21 @@ pub fn is_newer(candidate: &Lease, known: Option<&Lease>) -> bool {
     match (rv(candidate), known.and_then(rv)) {
         (Some(c), Some(k)) => c > k,
         _ => known.is_none_or(|k| k.metadata.resource_version != candidate.metadata.resource_version),
+    }
+}
+
+/// Whether the election loop adopts `seen` as the base of its next CAS write. An answer of
+/// the API server (a GET or a CAS write) is authoritative whenever it differs, even with a
+/// lower resourceVersion: after etcd is restored from a backup every write against the old
+/// one would fail with 409 and the next GET would be ignored, Acquire→409 for ever. A watch
+/// event only when it is newer (old events may arrive late).
+pub fn adopts(seen: &Lease, known: Option<&Lease>, answered: bool) -> bool {
+    if answered {
+        known.is_none_or(|k| {
+            k.metadata.resource_version != seen.metadata.resource_version || k.metadata.uid != seen.metadata.uid
+        })
+    } else {
+        is_newer(seen, known)
     }
 }
 
@@ -242,6 +265,7 @@ mod tests {
         let later = t0 + Duration::from_secs(1);
         let seen = observe_after(Some((&held, &before)), &recreated, later);
         assert_eq!(seen.holder(), Some("ldap-0"));
+        assert_eq!(seen.holder_uid, before.holder_uid);
         assert_eq!(seen.seen_change_at, later);
         assert_eq!(seen.lease_duration, Duration::from_secs(8));
         // A release (same uid, no holder) is what it says.
@@ -270,14 +294,16 @@ mod tests {
 
     #[test]
     fn acquiring_starts_a_new_term_and_keeps_the_resource_version_for_cas() {
-        let next = acquired(&lease(Some("ldap-0"), 4, "17"), "ldap-1", Duration::from_secs(8));
+        let next = acquired(&lease(Some("ldap-0"), 4, "17"), "ldap-1", Some("u1"), Duration::from_secs(8));
+        assert_eq!(observe(&next, Moment::ZERO).holder_uid.as_deref(), Some("u1"));
+        assert_eq!(observe(&released(&next), Moment::ZERO).holder_uid, None);
         let spec = next.spec.as_ref().unwrap();
         assert_eq!(spec.holder_identity.as_deref(), Some("ldap-1"));
         assert_eq!(spec.lease_transitions, Some(5));
         assert!(spec.acquire_time.is_some() && spec.renew_time.is_some());
         assert_eq!(next.metadata.resource_version.as_deref(), Some("17"));
         let empty = Lease { spec: None, ..lease(None, 0, "1") };
-        assert_eq!(acquired(&empty, "a", Duration::from_secs(8)).spec.unwrap().lease_transitions, Some(1));
+        assert_eq!(acquired(&empty, "a", None, Duration::from_secs(8)).spec.unwrap().lease_transitions, Some(1));
     }
 
     #[test]
@@ -327,6 +353,19 @@ mod tests {
         let l = with_divergence_edits(l, &e, 4);
         assert!(!l.metadata.annotations.as_ref().unwrap().contains_key(LEASE_ANNOTATION_DIVERGED));
         assert!(!observe(&l, Moment::ZERO).ineligible.blocks("ldap-1"));
+    }
+
+    /// Issue 15, item 8: a resourceVersion that went backwards (etcd restore) is taken from
+    /// the API server's answers, so the next CAS write is based on it; the watch's old events
+    /// are not.
+    #[test]
+    fn an_answer_with_a_lower_resource_version_is_adopted_a_watch_event_is_not() {
+        let before = lease_of("a", "50", Some("ldap-0"));
+        let restored = lease_of("a", "7", Some("ldap-0"));
+        assert!(adopts(&restored, Some(&before), true));
+        assert!(!adopts(&restored, Some(&before), false));
+        assert!(!adopts(&before, Some(&before), true), "the same version is not news");
+        assert!(adopts(&lease_of("a", "51", None), Some(&before), false));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The election: the pure decision, the Lease and the pod labels it writes, the loop that
 //! carries it out, and planned handovers (switchover).
+pub mod catch_up;
 pub mod decide;
 pub mod labels;
 pub mod lease;

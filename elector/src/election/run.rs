@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::args::Config;
 use crate::clock::Moment;
 use crate::election::decide::FENCE_BUDGET;
-use crate::election::decide::{decide, may_promote, Action, Leading, Me, Observed};
+use crate::election::decide::{decide, Action, Leading, Me, Observed};
 use crate::election::labels::PodLabeler;
 use crate::election::lease::{self, LeaseClient, LeaseError};
 use crate::observe::probe::Heartbeat;
@@ -34,6 +34,8 @@ use crate::slapd::watchdog::{Changes, Watchdog};
 use ldap_elector_contract::{ROLE_LEADER, ROLE_STANDBY};
 
 mod handover;
+mod office;
+mod old_leader;
 
 /// Longest time the loop sleeps without re-deciding (health and deadlines are re-read).
 const TICK: Duration = Duration::from_secs(1);
@@ -77,12 +79,18 @@ pub struct Elector {
     /// The local contextCSN as last seen (published by the leader on each write).
     my_csn: Vec<String>,
     waiting_to_catch_up: bool,
+    /// The expired holder whose slapd is being read (catch-up after an expiry).
+    old_leader: Option<old_leader::OldLeaderReader>,
+    /// The previous holder and window of an acquisition that would not be fully verified.
+    uncovered: Option<(String, crate::election::catch_up::Uncovered)>,
     /// Latest Lease object seen (the base of every CAS write) and its observation.
     current: Option<Lease>,
     observed: Option<Observed>,
     leading: Option<Leading>,
     /// Leader label and hook done for the current term.
     in_office: bool,
+    /// Taking office, while not yet in office (see `office.rs`).
+    office: Option<office::Office>,
     /// A term this elector stepped down from without a confirmed fence: until slapd confirms
     /// `olcReadOnly: TRUE` (or is known dead) the Lease is neither released nor handed over
     /// (it expires on the followers' clocks), the watchdog stays armed, and a stopping
@@ -116,11 +124,14 @@ impl Elector {
             heartbeat,
             my_csn: Vec::new(),
             waiting_to_catch_up: false,
+            old_leader: None,
+            uncovered: None,
             cfg,
             current: None,
             observed: None,
             leading: None,
             in_office: false,
+            office: None,
             unfenced_term: None,
             stopping: false,
             failures: 0,
@@ -201,6 +212,7 @@ impl Elector {
                 healthy_now && guarded && (self.leading.is_some() || self.caught_up_or_graced(now, &recheck));
             let me = Me {
                 identity: &self.cfg.identity,
+                uid: self.cfg.pod_uid.as_deref(),
                 eligible,
                 stopping: self.stopping || *deleting.borrow_and_update(),
                 leading: self.leading,
@@ -241,8 +253,7 @@ impl Elector {
                         return Exit::Terminated;
                     }
                     if self.leading.is_some() && !self.in_office && retry_due {
-                        self.take_office().await;
-                        continue;
+                        self.advance_office().await;
                     }
                     if self.current.is_none() && retry_due {
                         self.reread().await; // not readable yet (absent, forbidden, API down)
@@ -250,6 +261,12 @@ impl Elector {
                     }
                     let mut wake = until.map_or(TICK, |t| t.since(now).min(TICK));
                     if self.unfenced_term.is_some() {
+                        wake = wake.min(UNFENCED_POLL);
+                    }
+                    if self.office.is_some() {
+                        wake = wake.min(office::OFFICE_POLL);
+                    }
+                    if self.old_leader.is_some() && self.waiting_to_catch_up {
                         wake = wake.min(UNFENCED_POLL);
                     }
                     tokio::select! {
@@ -270,11 +287,12 @@ impl Elector {
         }
     }
 
-    /// Catch-up gating for a follower: caught up with the leader's published contextCSN,
-    /// or the Lease free for longer than the grace. While waiting, ask for fresh checks.
+    /// Catch-up gating for a follower (`catch_up::gate`): caught up with the leader's
+    /// published contextCSN and, after an expiry, with its slapd's current one, or the Lease
+    /// free for longer than the grace. While waiting, ask for fresh checks.
     fn caught_up_or_graced(&mut self, now: Moment, recheck: &tokio::sync::Notify) -> bool {
         let published = self.current.as_ref().map(lease::published_csn).unwrap_or_default();
-        let ok = may_promote(&self.my_csn, &published, self.observed.as_ref(), now, self.cfg.catch_up_grace);
+        let ok = self.catch_up_gate(now, &published).may_promote();
         let free = self.observed.as_ref().is_some_and(|o| crate::election::decide::free_since(o, now).is_some());
         if !ok && free {
             recheck.notify_one();
@@ -289,7 +307,7 @@ impl Elector {
 
     /// A version of the Lease from the watch: kept if newer than the one known.
     fn on_lease(&mut self, seen: Lease) {
-        if lease::is_newer(&seen, self.current.as_ref()) {
+        if lease::adopts(&seen, self.current.as_ref(), false) {
             self.accept_lease(seen);
         }
     }
@@ -297,7 +315,7 @@ impl Elector {
     /// The Lease as the API server answered a read or a write: authoritative even with a lower
     /// resourceVersion (etcd restored from a backup), or every CAS write would fail forever.
     fn accept_lease(&mut self, seen: Lease) {
-        if self.current.as_ref().is_none_or(|c| c.metadata.resource_version != seen.metadata.resource_version) {
+        if lease::adopts(&seen, self.current.as_ref(), true) {
             self.ops.lease_seen(&seen);
             let previous = self.current.as_ref().zip(self.observed.as_ref());
             let next = lease::observe_after(previous, &seen, Moment::now());
@@ -324,10 +342,15 @@ impl Elector {
     async fn acquire(&mut self) {
         let Some(base) = self.current.clone() else { return self.reread().await };
         let sent = Moment::now();
-        let next = lease::with_context_csn(
-            lease::acquired(&base, &self.cfg.identity, self.cfg.timing.lease_duration),
+        let mut next = lease::with_context_csn(
+            lease::acquired(&base, &self.cfg.identity, self.cfg.pod_uid.as_deref(), self.cfg.timing.lease_duration),
             &self.my_csn,
         );
+        // The status of the new term: which window, if any, this acquisition leaves uncovered.
+        let uncovered = self.uncovered.take();
+        let term = lease::observe(&next, sent).transitions;
+        let note = uncovered.as_ref().map(|(previous, u)| old_leader::uncovered_annotation(term, previous, u));
+        lease::set_annotation(&mut next, ldap_elector_contract::LEASE_ANNOTATION_UNCOVERED, note);
         match self.lease.write(&next, self.cfg.api_timeout).await {
             Ok(won) => {
                 let term = lease::observe(&won, sent).transitions;
@@ -335,8 +358,10 @@ impl Elector {
                 self.leading = Some(Leading { term, renewed_at: sent });
                 self.led = true;
                 self.in_office = false;
+                self.abandon_office().await;
                 self.unfenced_term = None; // the new term's fence is the keeper's again
                 self.ops.acquired(sent);
+                self.record_uncovered(term, uncovered);
                 self.feed_watchdog(sent).await;
                 self.accept_lease(won);
                 self.succeeded();
@@ -375,50 +400,12 @@ impl Elector {
         }
     }
 
-    /// Steps 2–4 of a term, bounded by the renew deadline.
-    async fn take_office(&mut self) {
-        let Some(leading) = self.leading else { return };
-        let remaining = (leading.renewed_at + self.cfg.timing.renew_deadline).since(Moment::now());
-        let labels = self.labels.clone();
-        let steps = async {
-            let demoted = labels.demote_others(leading.term).await?;
-            labels.label_self(ROLE_LEADER, leading.term).await?;
-            Ok::<_, crate::election::labels::LabelError>(demoted)
-        };
-        match tokio::time::timeout(remaining, steps).await {
-            Ok(Ok(demoted)) => {
-                // The deadline may have passed while labelling; decide() will demote then.
-                if Moment::now() >= leading.renewed_at + self.cfg.timing.renew_deadline {
-                    return;
-                }
-                let deadline = leading.renewed_at + self.cfg.timing.renew_deadline;
-                let remaining = deadline.since(Moment::now());
-                let unfenced = self.fence.set(WantedFence::Leader { until: deadline }, remaining).await;
-                self.ops.took_office(leading.term, unfenced);
-                if !unfenced {
-                    tracing::error!(pod = %self.cfg.identity, term = leading.term, "could not lift the write fence; stepping down");
-                    if self.step_down("HookFailed").await {
-                        self.release().await;
-                    }
-                    return;
-                }
-                self.in_office = true;
-                if let Some(link) = &self.divergence {
-                    link.office.send_replace(Some(leading.term));
-                }
-                self.succeeded();
-                tracing::info!(pod = %self.cfg.identity, term = leading.term, demoted = ?demoted, role = ROLE_LEADER, "took office: labelled leader");
-            }
-            Ok(Err(e)) => self.failed("labelling the pods for the new term", &e),
-            Err(_) => self.failed("labelling the pods for the new term", &"renew deadline reached"),
-        }
-    }
-
     /// Stop leading: fence locally first, then label standby (best effort). True when the
     /// fence is confirmed; only then may the caller release or hand over the Lease.
     async fn step_down(&mut self, reason: &str) -> bool {
         let Some(leading) = self.leading.take() else { return self.unfenced_term.is_none() };
         self.in_office = false;
+        self.abandon_office().await;
         if let Some(link) = &self.divergence {
             link.office.send_replace(None);
         }

@@ -210,9 +210,12 @@ fn without_request(mut lease: Lease) -> Lease {
 
 /// The Lease handed over to `target`: same term and duration, fresh renewTime (so the other
 /// followers wait a whole lease duration), the request cleared, the leader's final contextCSN
-/// published (the target waits until it holds it).
-pub fn handed_over(lease: &Lease, target: &str, csn: &[String]) -> Lease {
+/// published (the target waits until it holds it). `target_uid` is the target pod's UID as
+/// read: only that pod takes the Lease at once (a replacement under the same name waits).
+pub fn handed_over(lease: &Lease, target: &str, target_uid: Option<&str>, csn: &[String]) -> Lease {
     let mut next = crate::election::lease::with_context_csn(without_request(lease.clone()), csn);
+    let uid = target_uid.map(String::from);
+    crate::election::lease::set_annotation(&mut next, ldap_elector_contract::LEASE_ANNOTATION_HOLDER_UID, uid);
     let spec = next.spec.get_or_insert_with(LeaseSpec::default);
     let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
     spec.holder_identity = Some(target.to_string());
@@ -395,7 +398,7 @@ mod tests {
     #[test]
     fn handing_over_names_the_target_keeps_the_term_and_clears_the_request() {
         let l = lease(json!({LEASE_ANNOTATION_SWITCHOVER_TO: "ldap-1", LEASE_ANNOTATION_SWITCHOVER_REFUSED: "old"}));
-        let next = handed_over(&l, "ldap-1", &v(&[CSN_A]));
+        let next = handed_over(&l, "ldap-1", Some("uid-1"), &v(&[CSN_A]));
         let o = crate::election::lease::observe(&next, Moment::ZERO);
         assert_eq!((o.holder.as_deref(), o.transitions), (Some("ldap-1"), 4));
         assert_eq!(next.metadata.resource_version.as_deref(), Some("7"), "CAS on what was read");

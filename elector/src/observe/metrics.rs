@@ -18,6 +18,10 @@ use ldap_elector_contract::{event_reason, metric, LEASE_ANNOTATION_DIVERGED};
 pub const TRANSITION_REASONS: &[&str] =
     &["acquired", "renew_deadline_passed", "lease_lost", "released_stopping", "released_unhealthy", "fence_failed"];
 
+/// Why a promotion left a window uncovered (the `reason` label of
+/// `ldap_elector_uncovered_promotions_total`; `catch_up::UncoveredReason::label`).
+pub const UNCOVERED_REASONS: &[&str] = &["not_configured", "unreachable", "behind"];
+
 /// The elector's metrics. Cheap to update from any task.
 #[derive(Debug)]
 pub struct ElectorMetrics {
@@ -34,6 +38,8 @@ pub struct ElectorMetrics {
     pub divergence_marked: Gauge,
     pub config_warnings: Gauge,
     pub events_dropped: Arc<Counter>,
+    pub uncovered_promotions: LabeledCounter,
+    pub uncovered_window: Gauge,
 }
 
 impl Default for ElectorMetrics {
@@ -50,6 +56,8 @@ impl Default for ElectorMetrics {
             divergence_marked: Gauge::default(),
             config_warnings: Gauge::default(),
             events_dropped: Arc::default(),
+            uncovered_promotions: LabeledCounter::with_values("reason", UNCOVERED_REASONS),
+            uncovered_window: Gauge::default(),
         }
     }
 }
@@ -113,6 +121,16 @@ impl ElectorMetrics {
             "Kubernetes Events not written (queue full or API error).",
             Kind::Counter,
             self.events_dropped.get() as f64,
+        ));
+        out.push(self.uncovered_promotions.family(
+            metric::UNCOVERED_PROMOTIONS_TOTAL,
+            "Promotions after an expiry that could not verify the old leader's current contextCSN, by reason.",
+        ));
+        out.push(Family::single(
+            metric::UNCOVERED_WINDOW_SECONDS,
+            "Seconds of the old leader's writes this pod may lack since its last such promotion (0: none).",
+            Kind::Gauge,
+            self.uncovered_window.get(),
         ));
         out
     }
@@ -335,6 +353,29 @@ impl Telemetry {
                 "could not fence slapd read-only within the budget; the fence keeps retrying and the watchdog fences at the renew deadline".into(),
             );
         }
+    }
+
+    /// Took over in `term` after `previous`'s Lease expired without verifying its current
+    /// contextCSN: up to `u.seconds` of its acknowledged writes may be missing here.
+    pub fn promoted_uncovered(&self, term: i32, previous: &str, u: &crate::election::catch_up::Uncovered) {
+        use crate::election::catch_up::UncoveredReason;
+        self.metrics.uncovered_promotions.inc(u.reason.label());
+        self.metrics.uncovered_window.set(u.seconds);
+        let why = match u.reason {
+            UncoveredReason::NotConfigured => "no peer URLs are configured (--audit-peers), so its slapd was not asked",
+            UncoveredReason::Unreachable => "its slapd did not answer within --catch-up-verify",
+            UncoveredReason::Behind => "this slapd was still behind it when --catch-up-grace ran out",
+        };
+        self.emit(
+            Severity::Warning,
+            event_reason::PROMOTED_UNCOVERED,
+            "Acquire",
+            format!(
+                "took over term {term} after {previous}'s Lease expired without holding its current contextCSN: {why}; \
+                 up to {:.1} s of its acknowledged writes may be missing until it returns (docs/operations.md)",
+                u.seconds
+            ),
+        );
     }
 
     /// Released the Lease, so a standby can take over at once.

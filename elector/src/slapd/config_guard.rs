@@ -137,6 +137,11 @@ pub fn evaluate(dbs: &[DatabaseConfig]) -> Vec<Finding> {
                 });
             }
         }
+        for syncrepl in &db.syncrepl {
+            if let Some(finding) = syncrepl_timeout_finding(db, syncrepl) {
+                findings.push(finding);
+            }
+        }
         let is_accesslog =
             db.suffix.as_deref().is_some_and(|s| accesslog_suffixes.iter().any(|a| a.eq_ignore_ascii_case(s)));
         if is_accesslog {
@@ -156,6 +161,34 @@ pub fn evaluate(dbs: &[DatabaseConfig]) -> Vec<Finding> {
     }
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
+}
+
+/// The syncrepl `timeout=` the fence budget relies on: a cn=config change (the fence) waits
+/// for a consumer that has just reconnected for up to that many seconds, so anything but
+/// `1` (larger, `0`, missing: no bound) lets a fence outlast its 1 s budget, and a deposed
+/// leader stay writable after a follower may take over.
+fn syncrepl_timeout_finding(db: &DatabaseConfig, syncrepl: &str) -> Option<Finding> {
+    let value = syncrepl.split_whitespace().find_map(|kv| {
+        let (key, value) = kv.split_once('=')?;
+        key.eq_ignore_ascii_case("timeout").then(|| value.trim_matches('"').to_string())
+    });
+    let max = crate::election::decide::FENCE_BUDGET.as_secs();
+    if value.as_deref().and_then(|v| v.parse::<u64>().ok()).is_some_and(|t| (1..=max).contains(&t)) {
+        return None;
+    }
+    let seen = value.map_or("no timeout=".to_string(), |v| format!("timeout={v}"));
+    let rid = syncrepl.split_whitespace().find(|kv| kv.to_ascii_lowercase().starts_with("rid=")).unwrap_or("?");
+    Some(Finding {
+        severity: Severity::Danger,
+        code: "syncrepl-timeout",
+        entry: db.dn.clone(),
+        message: format!(
+            "olcSyncrepl {rid} of {} has {seen}: a fence (a cn=config change) waits for a consumer that has just \
+             reconnected for up to this timeout, and the election's safety bound allows {max} s; set timeout={max} \
+             (docs/openldap.md)",
+            db.suffix.as_deref().unwrap_or(&db.dn)
+        ),
+    })
 }
 
 /// The frontend, config and monitor databases.
@@ -367,8 +400,9 @@ mod tests {
         ]
     }
 
-    const PLAIN: &str = "{0}rid=002 provider=ldap://peer:389 searchbase=\"dc=example,dc=org\" type=refreshAndPersist";
-    const DELTA: &str = "{0}rid=002 provider=ldap://peer:389 syncdata=accesslog logbase=\"cn=accesslog\"";
+    const PLAIN: &str =
+        "{0}rid=002 provider=ldap://peer:389 searchbase=\"dc=example,dc=org\" type=refreshAndPersist timeout=1";
+    const DELTA: &str = "{0}rid=002 provider=ldap://peer:389 syncdata=accesslog logbase=\"cn=accesslog\" timeout=1";
 
     #[test]
     fn the_safe_rig_configuration_has_no_findings() {
@@ -442,6 +476,30 @@ mod tests {
         let last = entries.len() - 1;
         entries[last].1.insert("olcSpCheckpoint".into(), vec!["1 1".into()]);
         assert_eq!(evaluate(&from_entries(entries)), vec![]);
+    }
+
+    /// Issue 15, item 8: the fence budget (and so the safety bound) assumes a cn=config
+    /// change stalls behind a reconnected consumer for at most 1 s, its syncrepl `timeout=`.
+    #[test]
+    fn a_syncrepl_timeout_above_the_fence_budget_or_missing_is_a_danger() {
+        let with = |timeout: &str| {
+            format!("{{0}}rid=002 provider=ldap://peer:389 type=refreshAndPersist {timeout} network-timeout=1")
+        };
+        for safe in ["timeout=1", "TIMEOUT=\"1\""] {
+            assert_eq!(evaluate(&from_entries(mirror(None, &with(safe)))), vec![], "{safe}");
+        }
+        for (unsafe_, shown) in
+            [("timeout=3", "timeout=3"), ("", "no timeout="), ("timeout=x", "timeout=x"), ("timeout=0", "timeout=0")]
+        {
+            let findings = evaluate(&from_entries(mirror(None, &with(unsafe_))));
+            assert_eq!(findings.len(), 1, "{unsafe_}: {findings:?}");
+            let f = &findings[0];
+            assert_eq!((f.severity, f.code, f.entry.as_str()), (Severity::Danger, "syncrepl-timeout", DB), "{unsafe_}");
+            assert!(f.message.contains(shown) && f.message.contains("rid=002"), "{f}");
+        }
+        // network-timeout= is another setting: it does not stand in for timeout=.
+        let only_network = "{0}rid=002 provider=ldap://peer:389 network-timeout=1";
+        assert_eq!(evaluate(&from_entries(mirror(None, only_network))).len(), 1);
     }
 
     #[tokio::test]

@@ -212,6 +212,18 @@ impl FenceKeeper {
         reached.await.unwrap_or(false)
     }
 
+    /// Asks for `desired` without waiting; [`FenceKeeper::is_unfenced`] tells when a leader
+    /// wish is in place (the election loop keeps renewing meanwhile).
+    pub fn request(&self, desired: WantedFence) {
+        self.desired.send_replace(desired);
+    }
+
+    /// Whether slapd is confirmed writable (every configured step of `leader` succeeded) and
+    /// the elector still wants it so.
+    pub fn is_unfenced(&self) -> bool {
+        *self.applied.borrow() == Some(ROLE_LEADER) && matches!(*self.desired.borrow(), WantedFence::Leader { .. })
+    }
+
     /// Moves the leader's deadline (after a renew) without waiting.
     pub fn extend(&self, until: Moment) {
         self.desired.send_if_modified(|d| match d {

@@ -100,7 +100,14 @@ impl Sim {
         }
         let now = cand.clock.local(self.now);
         let me =
-            Me { identity: &cand.id, eligible: cand.unhealthy == 0, stopping: cand.stopping, leading: cand.leading };
+            // One pod per name in the model (restarts keep the pod): its UID is its name.
+            Me {
+                identity: &cand.id,
+                uid: Some(&cand.id),
+                eligible: cand.unhealthy == 0,
+                stopping: cand.stopping,
+                leading: cand.leading,
+            };
         let action = decide(cand.obs.as_ref().map(|(o, _)| o), &me, now, &timing);
         let obs = cand.obs.clone();
         let id = cand.id.clone();
@@ -250,6 +257,7 @@ impl Sim {
         cand.obs = Some((
             Observed {
                 holder: rec.holder.clone(),
+                holder_uid: rec.holder.clone(),
                 transitions: rec.transitions,
                 lease_duration: rec.lease_duration,
                 seen_change_at: now,

@@ -28,7 +28,7 @@ impl Elector {
         let facts = switchover::target_facts(target, pod.as_ref(), &base, &self.cfg.statefulset);
         let me = switchover::Leader { holder: Some(self.cfg.identity.clone()), csn: self.my_csn.clone() };
         match switchover::verdict(&facts, &me, &self.cfg.statefulset) {
-            Ok(()) => self.hand_over(target).await,
+            Ok(()) => self.hand_over(target, pod.and_then(|p| p.metadata.uid)).await,
             Err(refusal) => {
                 let budget = (leading.renewed_at + self.cfg.timing.renew_period).since(Moment::now());
                 self.refuse_switchover(&base, target, &refusal, budget.min(self.cfg.api_timeout)).await
@@ -38,7 +38,7 @@ impl Elector {
 
     /// Graceful handover with the fencing of a release: demote and fence first, then give the
     /// Lease to `target` in the same term (CAS); the target acquires it at once (term + 1).
-    async fn hand_over(&mut self, target: &str) {
+    async fn hand_over(&mut self, target: &str, target_uid: Option<String>) {
         let Some(term) = self.leading.map(|l| l.term) else { return };
         tracing::info!(pod = %self.cfg.identity, term, target, "switchover: stepping down to hand over");
         if !self.step_down("Switchover").await {
@@ -62,7 +62,7 @@ impl Elector {
                 tracing::warn!(pod = %self.cfg.identity, target, "switchover: the Lease or the request changed while stepping down; not handing over");
                 return;
             }
-            let next = switchover::handed_over(&base, target, &self.my_csn);
+            let next = switchover::handed_over(&base, target, target_uid.as_deref(), &self.my_csn);
             match self.lease.write(&next, self.cfg.api_timeout).await {
                 Ok(written) => {
                     tracing::info!(pod = %self.cfg.identity, term, target, reason = "Switchover", "handed the Lease over");

@@ -51,6 +51,7 @@ pub struct PairOptions {
     pub checkpoint: (u32, u32),
     /// syncrepl `timeout=` and `network-timeout=` (seconds). It also bounds how long a
     /// cn=config change (the `olcReadOnly` fence) can stall after a consumer reconnects.
+    /// Default 1, the fence budget (the configuration guard flags anything else).
     pub sync_timeout: u32,
     /// slapd's `-d` level (`0` = quiet; e.g. `sync` or `stats` to see replication in the
     /// logs). Default from `LDAP_ELECTOR_SLAPD_DEBUG`.
@@ -68,7 +69,7 @@ impl Default for PairOptions {
         PairOptions {
             session_log: None,
             checkpoint: (10, 1),
-            sync_timeout: 3,
+            sync_timeout: 1,
             debug: std::env::var("LDAP_ELECTOR_SLAPD_DEBUG").ok().filter(|d| !d.is_empty()).unwrap_or("0".into()),
             preload: None,
             db_max_size: None,

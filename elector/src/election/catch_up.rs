@@ -1,0 +1,251 @@
+//! Catch-up gating after an expiry (pure; issue 15, item 4). A leader that stops renewing
+//! keeps acknowledging writes until it is fenced, up to its renew deadline plus the fence
+//! budget after its last renew, but the contextCSN in the Lease is the one of that renew.
+//! So before a standby promotes after the Lease EXPIRED, it asks the old leader's slapd for
+//! its CURRENT contextCSN (over the `--audit-peers` URLs) and waits until it holds that much
+//! too. When that slapd does not answer within the verify bound, or no peer URLs are
+//! configured, it promotes as before (caught up with the published contextCSN, or after the
+//! grace) and the writes it could not verify are recorded as an uncovered window, like
+//! Patroni's failover that judges a replica against the last WAL position in its DCS.
+//!
+//! A release or hand-over needs none of this: the old leader fenced itself first and then
+//! published its final contextCSN.
+
+use std::time::Duration;
+
+use ldap_elector_contract::csn;
+
+use crate::clock::Moment;
+use crate::election::decide::{free_since, may_promote, Me, Observed, Timing, FENCE_BUDGET, MAX_CLOCK_DRIFT};
+
+/// What is known of the old leader's slapd now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OldLeader {
+    /// No peer URLs configured (`--audit-peers`): the published contextCSN is all there is.
+    NotConfigured,
+    /// Not read yet, or the last read failed.
+    NoAnswer,
+    /// Its current contextCSN values.
+    Current(Vec<String>),
+}
+
+/// Why a promotion could not verify that it holds every write the old leader acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UncoveredReason {
+    /// No peer URLs configured: judged against the published contextCSN only.
+    NotConfigured,
+    /// The old leader's slapd did not answer within the verify bound.
+    Unreachable,
+    /// It answered, but this slapd was still behind it when the grace ran out.
+    Behind,
+}
+
+impl UncoveredReason {
+    /// The metric label and annotation value.
+    pub fn label(self) -> &'static str {
+        match self {
+            UncoveredReason::NotConfigured => "not_configured",
+            UncoveredReason::Unreachable => "unreachable",
+            UncoveredReason::Behind => "behind",
+        }
+    }
+}
+
+/// A promotion that may lack acknowledged writes of the old leader.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Uncovered {
+    pub reason: UncoveredReason,
+    /// How many seconds of the old leader's writes this slapd may lack (an upper bound; +Inf
+    /// when the contextCSNs cannot be compared).
+    pub seconds: f64,
+}
+
+/// The verdict for a healthy follower.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Gate {
+    /// Holds everything it knows of: may take over.
+    Promote,
+    /// May take over, but the window is recorded (metric, Event, Lease annotation).
+    PromoteUncovered(Uncovered),
+    /// Not yet.
+    Wait,
+}
+
+impl Gate {
+    pub fn may_promote(&self) -> bool {
+        !matches!(self, Gate::Wait)
+    }
+}
+
+/// The operator's bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// `--catch-up-grace`: promote although behind once free this long (`None`: never).
+    pub grace: Option<Duration>,
+    /// `--catch-up-verify`: how long after the expiry to wait for the old leader's answer.
+    pub verify: Duration,
+    pub timing: Timing,
+}
+
+/// The holder whose Lease expired (not released, not handed to `me`), if the Lease is free
+/// because of that: its slapd may hold writes acknowledged after its last renew.
+pub fn expired_holder<'a>(lease: Option<&'a Observed>, me: &Me<'_>, now: Moment) -> Option<&'a str> {
+    let lease = lease?;
+    let holder = lease.holder()?;
+    let ours = holder == me.identity && me.uid.is_some() && lease.holder_uid.as_deref() == me.uid;
+    (!ours && free_since(lease, now).is_some()).then_some(holder)
+}
+
+/// Whether `me` (healthy, following) may take over, given its contextCSN `mine`, the one
+/// the leader `published`, and what its slapd says now.
+pub fn gate(
+    mine: &[String],
+    published: &[String],
+    lease: Option<&Observed>,
+    me: &Me<'_>,
+    old: &OldLeader,
+    now: Moment,
+    policy: &Policy,
+) -> Gate {
+    let promote = || may_promote(mine, published, lease, now, policy.grace);
+    if expired_holder(lease, me, now).is_none() {
+        return if promote() { Gate::Promote } else { Gate::Wait };
+    }
+    let expired_at = lease.and_then(|l| free_since(l, now)).unwrap_or(now);
+    let graced = policy.grace.is_some_and(|g| now.since(expired_at) >= g);
+    // Writes acknowledged after the last renew the follower saw, until the old leader fenced.
+    let unverified = || {
+        let after_renew = policy.timing.renew_deadline.mul_f64(1.0 + MAX_CLOCK_DRIFT) + FENCE_BUDGET;
+        let behind = if csn::caught_up(mine, published) { Some(Duration::ZERO) } else { csn::lag(mine, published) };
+        behind.map_or(f64::INFINITY, |b| (b + after_renew).as_secs_f64())
+    };
+    match old {
+        OldLeader::Current(current) => {
+            if csn::caught_up(mine, current) && csn::caught_up(mine, published) {
+                Gate::Promote
+            } else if graced {
+                let all: Vec<String> = current.iter().chain(published).cloned().collect();
+                let seconds = csn::lag(mine, &all).map_or(f64::INFINITY, |l| l.as_secs_f64());
+                Gate::PromoteUncovered(Uncovered { reason: UncoveredReason::Behind, seconds })
+            } else {
+                Gate::Wait
+            }
+        }
+        OldLeader::NotConfigured if promote() => {
+            Gate::PromoteUncovered(Uncovered { reason: UncoveredReason::NotConfigured, seconds: unverified() })
+        }
+        OldLeader::NoAnswer if now.since(expired_at) >= policy.verify && promote() => {
+            Gate::PromoteUncovered(Uncovered { reason: UncoveredReason::Unreachable, seconds: unverified() })
+        }
+        _ => Gate::Wait,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn at(secs: f64) -> Moment {
+        Moment::ZERO + Duration::from_secs_f64(secs)
+    }
+
+    fn csn(time: &str, sid: u8) -> String {
+        format!("{time}.000000Z#000000#{sid:03x}#000000")
+    }
+
+    /// Held by `holder` (uid `uid-<holder>`), renewed (seen) at 10 s: expires at 18 s.
+    fn lease(holder: Option<&str>) -> Observed {
+        Observed {
+            holder: holder.map(String::from),
+            holder_uid: holder.map(|h| format!("uid-{h}")),
+            transitions: 3,
+            lease_duration: 8 * S,
+            seen_change_at: at(10.0),
+            ineligible: Default::default(),
+        }
+    }
+
+    fn me() -> Me<'static> {
+        Me { identity: "b", uid: Some("uid-b"), eligible: true, stopping: false, leading: None }
+    }
+
+    fn policy() -> Policy {
+        Policy { grace: Some(30 * S), verify: 3 * S, timing: Timing::default() }
+    }
+
+    /// Issue 15, item 4: the leader published `renewed` at its last renew and acknowledged
+    /// `later` before it was fenced. Today's rule (`may_promote`, against the published
+    /// contextCSN) lets a standby holding only `renewed` take over at expiry; the gate waits
+    /// until it holds the old leader's current contextCSN.
+    #[test]
+    fn a_standby_waits_for_the_old_leaders_current_csn_not_the_published_one() {
+        let (renewed, later) = (vec![csn("20261125100000", 1)], vec![csn("20261125100004", 1)]);
+        let l = lease(Some("a"));
+        assert!(may_promote(&renewed, &renewed, Some(&l), at(18.0), Some(30 * S)), "today's rule: promote");
+        let old = OldLeader::Current(later.clone());
+        assert_eq!(gate(&renewed, &renewed, Some(&l), &me(), &old, at(18.0), &policy()), Gate::Wait);
+        assert_eq!(gate(&later, &renewed, Some(&l), &me(), &old, at(18.0), &policy()), Gate::Promote);
+        // Still behind when the grace runs out (30 s after the expiry): promote, recorded.
+        assert_eq!(gate(&renewed, &renewed, Some(&l), &me(), &old, at(47.9), &policy()), Gate::Wait);
+        let Gate::PromoteUncovered(u) = gate(&renewed, &renewed, Some(&l), &me(), &old, at(48.0), &policy()) else {
+            panic!("the grace ran out")
+        };
+        assert_eq!(u.reason, UncoveredReason::Behind);
+        assert_eq!(u.seconds, 4.0);
+        // Grace off: never.
+        let off = Policy { grace: None, ..policy() };
+        assert_eq!(gate(&renewed, &renewed, Some(&l), &me(), &old, at(1000.0), &off), Gate::Wait);
+    }
+
+    #[test]
+    fn an_unreachable_old_leader_costs_the_verify_bound_and_is_recorded() {
+        let renewed = vec![csn("20261125100000", 1)];
+        let l = lease(Some("a"));
+        let p = policy();
+        assert_eq!(gate(&renewed, &renewed, Some(&l), &me(), &OldLeader::NoAnswer, at(20.9), &p), Gate::Wait);
+        let Gate::PromoteUncovered(u) = gate(&renewed, &renewed, Some(&l), &me(), &OldLeader::NoAnswer, at(21.0), &p)
+        else {
+            panic!("the verify bound passed")
+        };
+        assert_eq!(u.reason, UncoveredReason::Unreachable);
+        // Up to the old leader's renew deadline (with drift) and fence budget after its renew.
+        assert!((u.seconds - (5.05 + 1.0)).abs() < 1e-9, "{u:?}");
+        // Behind the published contextCSN as well: the grace rule as before, and the lag counts.
+        let behind = vec![csn("20261125095958", 1)];
+        assert_eq!(gate(&behind, &renewed, Some(&l), &me(), &OldLeader::NoAnswer, at(47.9), &p), Gate::Wait);
+        let Gate::PromoteUncovered(u) = gate(&behind, &renewed, Some(&l), &me(), &OldLeader::NoAnswer, at(48.0), &p)
+        else {
+            panic!("the grace ran out")
+        };
+        assert!((u.seconds - (2.0 + 5.05 + 1.0)).abs() < 1e-9, "{u:?}");
+    }
+
+    #[test]
+    fn without_peer_urls_the_published_csn_decides_as_before_and_the_window_is_recorded() {
+        let renewed = vec![csn("20261125100000", 1)];
+        let l = lease(Some("a"));
+        let g = gate(&renewed, &renewed, Some(&l), &me(), &OldLeader::NotConfigured, at(18.0), &policy());
+        assert!(matches!(g, Gate::PromoteUncovered(Uncovered { reason: UncoveredReason::NotConfigured, .. })), "{g:?}");
+        let behind = vec![csn("20261125095958", 1)];
+        assert_eq!(
+            gate(&behind, &renewed, Some(&l), &me(), &OldLeader::NotConfigured, at(18.0), &policy()),
+            Gate::Wait
+        );
+    }
+
+    #[test]
+    fn a_release_a_hand_over_and_a_held_lease_need_no_old_leader() {
+        let renewed = vec![csn("20261125100000", 1)];
+        let p = policy();
+        for (l, now) in [(lease(None), 10.0), (lease(Some("b")), 10.0), (lease(Some("a")), 12.0)] {
+            assert_eq!(expired_holder(Some(&l), &me(), at(now)), None, "{l:?}");
+            assert_eq!(gate(&renewed, &renewed, Some(&l), &me(), &OldLeader::NoAnswer, at(now), &p), Gate::Promote);
+        }
+        // A replacement pod under this pod's name: the old one's Lease expired, it is checked.
+        let mut replaced = lease(Some("b"));
+        replaced.holder_uid = Some("uid-b-old".into());
+        assert_eq!(expired_holder(Some(&replaced), &me(), at(18.0)), Some("b"));
+    }
+}

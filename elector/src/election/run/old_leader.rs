@@ -1,0 +1,111 @@
+//! The runtime side of catch-up gating after an expiry (issue 15, item 4; the decision is
+//! the pure `catch_up::gate`): while a follower could take over from a holder whose Lease
+//! expired, a task reads that holder's slapd's current contextCSN over the `--audit-peers`
+//! URL and bind, every `READ_EVERY`, until the Lease changes. A child module of `run`.
+
+use super::*;
+use crate::election::catch_up::{self, Gate, OldLeader, Policy, Uncovered};
+use crate::slapd::ldap::Probe as _;
+
+/// How often the old leader's slapd is asked, and the timeout of one read.
+const READ_EVERY: Duration = Duration::from_millis(250);
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The reader of one expired holder's slapd, for one term; dropping it stops the task.
+pub(super) struct OldLeaderReader {
+    holder: String,
+    term: i32,
+    state: watch::Receiver<OldLeader>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Elector {
+    /// The catch-up verdict of this (healthy, following) pod now; remembers an uncovered
+    /// promotion for the acquire that follows.
+    pub(super) fn catch_up_gate(&mut self, now: Moment, published: &[String]) -> Gate {
+        let (identity, uid) = (self.cfg.identity.clone(), self.cfg.pod_uid.clone());
+        let me = Me { identity: &identity, uid: uid.as_deref(), eligible: true, stopping: false, leading: None };
+        let expired = catch_up::expired_holder(self.observed.as_ref(), &me, now).map(String::from);
+        let old = self.old_leader_state(expired.as_deref());
+        let policy =
+            Policy { grace: self.cfg.catch_up_grace, verify: self.cfg.catch_up_verify, timing: self.cfg.timing };
+        let gate = catch_up::gate(&self.my_csn, published, self.observed.as_ref(), &me, &old, now, &policy);
+        self.uncovered = match gate {
+            Gate::PromoteUncovered(u) => expired.map(|previous| (previous, u)),
+            _ => None,
+        };
+        gate
+    }
+
+    /// What is known of `holder`'s slapd (starting or replacing the reader as needed).
+    fn old_leader_state(&mut self, holder: Option<&str>) -> OldLeader {
+        let Some(holder) = holder else {
+            self.old_leader = None;
+            return OldLeader::NoAnswer;
+        };
+        let term = self.observed.as_ref().map_or(0, |o| o.transitions);
+        if let Some(r) = self.old_leader.as_ref().filter(|r| r.holder == holder && r.term == term) {
+            return r.state.borrow().clone();
+        }
+        self.old_leader = None;
+        let Some(settings) = &self.cfg.audit else { return OldLeader::NotConfigured };
+        let check = settings
+            .peers
+            .url(holder)
+            .ok_or_else(|| format!("no peer URL names {holder}"))
+            .and_then(|url| crate::divergence::auditor::peer_check(&url, &settings.local.base, &settings.creds));
+        let check = match check {
+            Ok(check) => check,
+            Err(e) => {
+                tracing::warn!(pod = %self.cfg.identity, holder, error = %e, "cannot reach the old leader's slapd: catch-up judged against its published contextCSN");
+                return OldLeader::NotConfigured;
+            }
+        };
+        let (tx, state) = watch::channel(OldLeader::NoAnswer);
+        let stop = CancellationToken::new();
+        let cancel = stop.clone();
+        let who = holder.to_string();
+        tokio::spawn(async move {
+            loop {
+                match check.probe(READ_TIMEOUT).await {
+                    Ok(status) => {
+                        tx.send_if_modified(|s| {
+                            let next = OldLeader::Current(status.context_csn);
+                            std::mem::replace(s, next.clone()) != next
+                        });
+                    }
+                    // Once it answered, its contextCSN stays the target (it only grows).
+                    Err(e) => tracing::debug!(holder = %who, error = %e, "the old leader's slapd does not answer"),
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(READ_EVERY) => {}
+                }
+            }
+        });
+        tracing::info!(pod = %self.cfg.identity, holder, term, "the Lease expired: reading the old leader's current contextCSN");
+        self.old_leader = Some(OldLeaderReader { holder: holder.to_string(), term, state, _stop: stop.drop_guard() });
+        OldLeader::NoAnswer
+    }
+
+    /// After an acquisition: records a promotion that left a window uncovered.
+    pub(super) fn record_uncovered(&mut self, term: i32, uncovered: Option<(String, Uncovered)>) {
+        self.old_leader = None;
+        if let Some((previous, u)) = uncovered {
+            tracing::warn!(pod = %self.cfg.identity, term, previous, reason = u.reason.label(), seconds = u.seconds,
+                "took over without holding the old leader's current contextCSN: the uncovered window is recorded");
+            self.ops.promoted_uncovered(term, &previous, &u);
+        }
+    }
+}
+
+/// The Lease annotation recording an uncovered promotion into `term` (`seconds` is null
+/// when the contextCSNs could not be compared).
+pub(super) fn uncovered_annotation(term: i32, previous: &str, u: &Uncovered) -> String {
+    let seconds = if u.seconds.is_finite() {
+        serde_json::json!((u.seconds * 1000.0).round() / 1000.0)
+    } else {
+        serde_json::Value::Null
+    };
+    serde_json::json!({"term": term, "previous": previous, "reason": u.reason.label(), "seconds": seconds}).to_string()
+}

@@ -1,0 +1,209 @@
+//! Reproducers of the elector-safety review (issue 15) about the way into office and out of
+//! it after a failover, on the process bed.
+//!
+//! Item 4: after an expiry, catch-up is judged against the old leader's CURRENT contextCSN,
+//! read from its slapd, not the one it published at its last renew: the writes it
+//! acknowledged after that renew, until its watchdog fenced it, are not lost by the failover.
+//!
+//! Item 7: taking office (demote the others, label itself, lift the fence, run the hook)
+//! must not starve the renewals. Before the fix those steps ran one after another inside the
+//! renew deadline with no renew in between; a slow role-change hook held the Lease's
+//! renewTime still for seconds, and a slow enough one made the new leader give up.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use ldap3::{Mod, Scope};
+use ldap_elector::election::decide::Timing;
+use ldap_elector_contract as contract;
+use ldap_elector_tests::bed::process::Signal;
+use ldap_elector_tests::ldap::slapd::{MirrorPair, PairOptions as SlapdOptions, SlapdNode, DATA_DB, SUFFIX};
+use ldap_elector_tests::ldap::writer;
+use ldap_elector_tests::wait_for;
+use ldap_elector_tests::workloads::electors::{Pair, PairOptions};
+
+const ELECT: Duration = Duration::from_secs(90);
+/// How late a renew may come after the renew period (API latency, scheduling).
+const RENEW_SLACK: Duration = Duration::from_secs(1);
+
+/// One renewal of the Lease as polled: the holder's wall-clock stamp and the term.
+#[derive(Clone, Debug, PartialEq)]
+struct Stamp {
+    holder: Option<String>,
+    term: i32,
+    renewed: Option<k8s_openapi::jiff::Timestamp>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_role_change_hook_does_not_starve_the_renewals() -> anyhow::Result<()> {
+    // The hook fails its first four `leader` runs, each after 0.7 s (inside the hook's 1 s
+    // timeout): the fence keeper retries, and the leader is in office after about 4.5 s.
+    let dir = std::env::temp_dir().join(format!("failover-catch-up-hook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let hook = dir.join("hook.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\n[ \"$2\" = leader ] || exit 0\nn=$(cat \"$1/runs\" 2>/dev/null || echo 0)\n\
+         n=$((n + 1))\necho $n > \"$1/runs\"\nsleep 0.7\n[ $n -gt 4 ]\n",
+    )?;
+    let command = format!("sh {} {}", hook.display(), dir.display());
+    let pair = Pair::start(1, &[(contract::ENV_ON_ROLE_CHANGE, command.as_str())]).await?;
+    let leases: Api<Lease> = Api::namespaced(pair.client.clone(), &pair.namespace);
+    let name = contract::lease_name(&pair.statefulset);
+
+    // Every distinct renewal from the first acquisition until well after taking office.
+    let timing = Timing::default();
+    let mut stamps: Vec<(Instant, Stamp)> = Vec::new();
+    let started = Instant::now();
+    let mut watched_until: Option<Instant> = None;
+    while watched_until.is_none_or(|t| Instant::now() < t) {
+        anyhow::ensure!(started.elapsed() < ELECT, "no leader within {ELECT:?}\n{}", pair.log(&pair.pod(0)));
+        if let Some(spec) = leases.get_opt(&name).await?.and_then(|l| l.spec) {
+            let stamp = Stamp {
+                holder: spec.holder_identity.filter(|h| !h.is_empty()),
+                term: spec.lease_transitions.unwrap_or(0),
+                renewed: spec.renew_time.map(|t| t.0),
+            };
+            if stamp.holder.is_some() && stamps.last().is_none_or(|(_, s)| *s != stamp) {
+                stamps.push((Instant::now(), stamp));
+            }
+        }
+        if watched_until.is_none() && pair.observer.leaders().len() == 1 {
+            watched_until = Some(Instant::now() + timing.lease_duration);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = pair.log(&pair.pod(0));
+    let runs = std::fs::read_to_string(dir.join("runs"))?;
+    std::fs::remove_dir_all(&dir)?;
+    println!("hook runs for leader: {}", runs.trim());
+    for (at, s) in &stamps {
+        println!("{:?} {s:?}", at.duration_since(started));
+    }
+
+    let first = &stamps.first().expect("the Lease was acquired").1;
+    assert!(
+        stamps.iter().all(|(_, s)| s.holder == first.holder && s.term == first.term),
+        "the leader gave the Lease up (or lost it) while taking office: {stamps:?}\n{log}"
+    );
+    let bound = timing.renew_period + RENEW_SLACK;
+    for w in stamps.windows(2) {
+        let (a, b) = (w[0].1.renewed.expect("renewTime"), w[1].1.renewed.expect("renewTime"));
+        let gap = Duration::try_from(b.duration_since(a))?;
+        assert!(gap <= bound, "{gap:?} between two renewals (bound {bound:?}) while taking office\n{log}");
+    }
+    assert!(stamps.len() >= 4, "renewals went on: {stamps:?}");
+    Ok(())
+}
+
+/// Points `node`'s syncrepl consumer at `port` (a closed one cuts replication into it).
+async fn set_provider(node: &SlapdNode, port: u16) -> anyhow::Result<()> {
+    let mut root = node.root().await?;
+    let current = root.values_of(DATA_DB, Scope::Base, "(objectClass=*)", "olcSyncrepl").await?;
+    let [value] = current.as_slice() else { anyhow::bail!("one olcSyncrepl expected, got {current:?}") };
+    let start = value.find("provider=").ok_or_else(|| anyhow::anyhow!("no provider in {value}"))?;
+    let end = value[start..].find(char::is_whitespace).map_or(value.len(), |e| start + e);
+    let next = format!("{}provider=ldap://127.0.0.1:{port}{}", &value[..start], &value[end..]);
+    root.ldap
+        .with_timeout(Duration::from_secs(10))
+        .modify(DATA_DB, vec![Mod::Replace("olcSyncrepl", HashSet::from([next.as_str()]))])
+        .await?
+        .success()?;
+    Ok(())
+}
+
+/// The holder of the Lease and its annotation `ldap-elector.dev/uncovered-window`.
+async fn holder(leases: &Api<Lease>, name: &str) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let lease = leases.get(name).await?;
+    let uncovered =
+        lease.metadata.annotations.as_ref().and_then(|a| a.get(contract::LEASE_ANNOTATION_UNCOVERED)).cloned();
+    Ok((lease.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty()), uncovered))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_expiry_the_standby_waits_for_the_old_leaders_current_csn() -> anyhow::Result<()> {
+    let slapd = MirrorPair::start(SlapdOptions::default()).await?;
+    let servers = (0..2u32)
+        .map(|o| {
+            format!(
+                "{}=ldap://127.0.0.1:{}?base={SUFFIX}",
+                contract::pod_name("ldap-server", o),
+                slapd.node(o + 1).port()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut env = writer::elector_env(&slapd)?;
+    env.push((contract::ENV_AUDIT_PEERS.into(), servers));
+    env.push((contract::ENV_AUDIT_INTERVAL.into(), "off".into()));
+    // Long enough that only catching up (not the grace) can promote within this test.
+    env.push((contract::ENV_CATCH_UP_GRACE.into(), "120s".into()));
+    let pair = Pair::start_with(2, &[], PairOptions { runner_env: Some(env), ..Default::default() }).await?;
+    let leader = pair.leader(ELECT).await?;
+    let standby = pair.pod(1 - contract::split_pod_name(&leader).map_or(0, |(_, o)| o.min(1)));
+    let (old, new) = (writer::node_of(&slapd, &leader), writer::node_of(&slapd, &standby));
+    slapd.wait_converged(Duration::from_secs(30)).await?;
+    let leases: Api<Lease> = Api::namespaced(pair.client.clone(), &pair.namespace);
+    let name = contract::lease_name(&pair.statefulset);
+
+    // Replication into the standby stops; the leader's elector freezes right after a renew,
+    // and its slapd acknowledges a write before the watchdog fences it at the renew deadline.
+    set_provider(new, 1).await?;
+    wait_for("the standby's consumer to disconnect", Duration::from_secs(30), || async {
+        match new.consumer_connected().await {
+            Ok(()) => Err("still connected".to_string()),
+            Err(_) => Ok(()),
+        }
+    })
+    .await?;
+    let renewed = leases.get(&name).await?.spec.and_then(|s| s.renew_time);
+    wait_for("a renew", Duration::from_secs(10), || async {
+        let now = leases.get(&name).await.map_err(|e| e.to_string())?.spec.and_then(|s| s.renew_time);
+        if now != renewed {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await?;
+    anyhow::ensure!(pair.signal(&leader, Signal::Stop), "the leader's elector runs");
+    let frozen = Instant::now();
+    old.admin().await?.add_person("after-the-last-renew").await?.success()?;
+    println!("{leader}'s slapd acknowledged a write {:?} after its elector froze", frozen.elapsed());
+
+    // Replication returns well after the Lease expired (lease duration after the last renew).
+    let lease_duration = Timing::default().lease_duration;
+    let restore_at = frozen + lease_duration + Duration::from_secs(6);
+    let mut restored = None;
+    let taken = loop {
+        anyhow::ensure!(
+            frozen.elapsed() < Duration::from_secs(90),
+            "{standby} never took over\n{}",
+            pair.log(&standby)
+        );
+        if restored.is_none() && Instant::now() >= restore_at {
+            set_provider(new, old.port()).await?;
+            restored = Some(Instant::now());
+            println!("replication into {standby} restored {:?} after the freeze", frozen.elapsed());
+        }
+        let (holder, uncovered) = holder(&leases, &name).await?;
+        if holder.as_deref() == Some(standby.as_str()) {
+            let uids = slapd.search_uids(new.id()).await?;
+            break (Instant::now(), uids, uncovered);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (at, uids, uncovered) = taken;
+    println!("{standby} took over {:?} after the freeze; uncovered: {uncovered:?}", at.duration_since(frozen));
+    pair.signal(&leader, Signal::Cont);
+    assert!(
+        uids.iter().any(|u| u == "after-the-last-renew"),
+        "{standby} took over without the write {leader} acknowledged after its last renew\n{}",
+        pair.log(&standby)
+    );
+    assert!(restored.is_some_and(|r| at >= r), "taken before replication returned");
+    assert_eq!(uncovered, None, "it verified the old leader's contextCSN: nothing is uncovered");
+    Ok(())
+}
