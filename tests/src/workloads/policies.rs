@@ -1,0 +1,34 @@
+//! The chart's ValidatingAdmissionPolicies on a bed, applied as `helm install` would: the
+//! leader-label protection (`templates/label-protection.yaml`) and the protection of an
+//! injected pod's code and credentials (`templates/pod-protection.yaml`), for the release
+//! `ldap-elector` installed where the test webhook runs, so the exemptions name its account.
+
+use crate::bed::process::run;
+use crate::workloads::webhook::{WEBHOOK_NS, WEBHOOK_SA};
+use crate::Bed;
+
+/// The chart templates holding the policies.
+pub const POLICY_TEMPLATES: [&str; 2] = ["templates/label-protection.yaml", "templates/pod-protection.yaml"];
+/// Policy names of the release `ldap-elector` (`<fullname>-...`).
+pub const POD_ROLE_POLICY: &str = "ldap-elector-pod-role";
+pub const LEADER_SERVICE_POLICY: &str = "ldap-elector-leader-service";
+pub const POD_SPEC_POLICY: &str = "ldap-elector-pod-spec";
+pub const POD_BOUND_TOKEN_POLICY: &str = "ldap-elector-pod-bound-token";
+
+/// Renders the policy templates with `helm template` and applies them with `kubectl`;
+/// returns the rendered YAML.
+pub async fn install(bed: &Bed) -> anyhow::Result<String> {
+    let chart = crate::repo_root().join("charts/ldap-elector");
+    // The chart's kubeVersion is checked against the bed's real version.
+    let version = bed.admin_client()?.apiserver_version().await?.git_version;
+    let chart = chart.display().to_string();
+    let service_account = format!("serviceAccount.name={WEBHOOK_SA}");
+    let mut args = vec!["template", "ldap-elector", &chart, "--namespace", WEBHOOK_NS, "--set", &service_account];
+    for template in POLICY_TEMPLATES {
+        args.extend(["--show-only", template]);
+    }
+    args.extend(["--kube-version", &version]);
+    let rendered = run(bed.helm().args(&args), None)?.stdout;
+    run(bed.kubectl().args(["apply", "-f", "-"]), Some(&rendered))?;
+    Ok(String::from_utf8_lossy(&rendered).into_owned())
+}
