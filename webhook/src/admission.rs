@@ -7,7 +7,8 @@
 //!   ([`inject::inject`]), unless the StatefulSet's write Services do not select the leader
 //!   yet: then the pod is refused (see [`crate::leader_service`]) and the StatefulSet
 //!   controller retries it. A failed lookup or an injection error also refuses: a pod
-//!   admitted without its elector would run slapd unfenced.
+//!   admitted without its elector would run slapd unfenced. So does a replica count above
+//!   [`contract::MAX_REPLICAS`] (issue 17, item 3).
 //! - Service CREATE/UPDATE named by an opted-in StatefulSet's leader-service annotation:
 //!   the leader selector is added, so a Service created or replaced after its StatefulSet
 //!   (e.g. `kubectl apply` of a manifest without it) never selects every pod.
@@ -161,6 +162,10 @@ pub fn pod_answer<E: Display>(
             return (Answer::deny(req, reason, statefulset), None);
         }
     };
+    if let Some(refused) = owner.as_ref().and_then(replicas_refused) {
+        let reason = format!("StatefulSet {}/{statefulset}: {refused}", namespace(req));
+        return (Answer::deny(req, reason, statefulset), None);
+    }
     match inject::inject(&pod, owner.as_ref(), cfg) {
         Ok(Decision::Skip(reason)) => (Answer::allow(req, Outcome::Skipped, reason.as_str().into(), statefulset), None),
         Ok(Decision::Patch(patch)) => {
@@ -175,6 +180,14 @@ pub fn pod_answer<E: Display>(
         }
         Err(e) => (Answer::deny(req, e.to_string(), statefulset), None),
     }
+}
+
+/// An opted-in StatefulSet above [`contract::MAX_REPLICAS`]: its pods are refused, since
+/// the reconciler gives their electors no rights for it (see `reconcile::elector_replicas`).
+fn replicas_refused(owner: &StatefulSet) -> Option<contract::ReplicasOutOfRange> {
+    contract::is_opted_in(owner.metadata.annotations.as_ref())
+        .then(|| crate::reconcile::elector_replicas(owner).err())
+        .flatten()
 }
 
 /// `injected` stands only once every existing write Service of the gate selects the

@@ -299,6 +299,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pods_of_an_opted_in_statefulset_above_the_replica_maximum_are_refused_saying_why() {
+        fn huge() -> Result<Option<StatefulSet>, LookupError> {
+            let mut sts: StatefulSet = serde_json::from_slice(OWNER).unwrap();
+            sts.spec.as_mut().unwrap().replicas = Some(i32::MAX);
+            Ok(Some(sts))
+        }
+        let h = handler(huge, selecting_leader);
+        let response = review_of(&h.handle(post(MUTATE_PATH, REVIEW)).await);
+        assert!(!response.allowed);
+        let msg = &response.result.message;
+        assert!(
+            msg.contains("2147483647 replicas") && msg.contains(&format!("at most {}", contract::MAX_REPLICAS)),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
     async fn missing_owner_is_allowed_unchanged() {
         let h = handler(|| Ok(None), no_services);
         let response = review_of(&h.handle(post(MUTATE_PATH, REVIEW)).await);

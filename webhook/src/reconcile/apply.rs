@@ -177,6 +177,15 @@ impl Reconciler {
         Ok(Action::await_change())
     }
 
+    /// A StatefulSet above [`contract::MAX_REPLICAS`]: its objects stay as they are (running
+    /// electors keep their rights), its new pods are refused at admission; it says so.
+    pub(super) async fn refuse_too_many_replicas(&self, sts: &StatefulSet, refused: contract::ReplicasOutOfRange) {
+        let (ns, name) = (sts.namespace().unwrap_or_default(), sts.name_any());
+        warn!(namespace = %ns, statefulset = %name, replicas = refused.replicas, "not reconciled: {refused}");
+        let note = format!("not reconciled, new pods are refused: {refused}");
+        self.event(sts, EventType::Warning, contract::EVENT_TOO_MANY_REPLICAS, note).await;
+    }
+
     /// Best effort: an Event on the StatefulSet (shown by `kubectl describe`); a failure
     /// is only logged, it never fails the reconcile.
     async fn event(&self, sts: &StatefulSet, type_: EventType, reason: &str, note: String) {

@@ -153,9 +153,15 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Reconciler>) -> Result<Action
     } else {
         BTreeSet::new()
     };
-    let action = match desired(&sts, &in_use)? {
-        Some(want) => ctx.ensure(&sts, &want).await?,
-        None => ctx.clean_up(&sts).await?,
+    let action = match desired(&sts, &in_use) {
+        Ok(Some(want)) => ctx.ensure(&sts, &want).await?,
+        Ok(None) => ctx.clean_up(&sts).await?,
+        // Not retried with backoff: only a change of the StatefulSet can fix it.
+        Err(ReconcileError::TooManyReplicas(refused)) => {
+            ctx.refuse_too_many_replicas(&sts, refused).await;
+            Action::await_change()
+        }
+        Err(e) => return Err(e),
     };
     ctx.failures.lock().unwrap_or_else(PoisonError::into_inner).remove(&ObjectRef::from_obj(sts.as_ref()));
     Ok(action)

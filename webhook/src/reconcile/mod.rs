@@ -54,6 +54,9 @@ pub use ldap_elector_contract::api::API_TIMEOUT;
 pub enum ReconcileError {
     #[error("StatefulSet has no {0}; cannot derive its objects")]
     Incomplete(&'static str),
+    /// Refused, not retried: the StatefulSet gets an Event and its objects stay as they are.
+    #[error(transparent)]
+    TooManyReplicas(#[from] ldap_elector_contract::ReplicasOutOfRange),
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error("cannot serialise the patch for {op}: {source}")]
