@@ -1,0 +1,376 @@
+//! The attack suite (issue 17): what a tenant can do to ldap-elector, tried on the real bed.
+//!
+//! The attacker is a **tenant**: the user [`TENANT_USER`], bound to the built-in ClusterRole
+//! `edit` in one namespace and to nothing else (the bed runs the ClusterRole aggregation
+//! controller, so `edit` holds what it holds on a real cluster). The product is installed as
+//! a cluster admin installs it: the webhook (injection + reconciler) and the chart's
+//! admission policies.
+//!
+//! Every attack first shows that the tenant CAN do the harmless neighbour action (annotate
+//! the pod, replace an image of a pod without an elector, mint a token without a pod binding,
+//! ...), so that a refusal means what it claims, and every refusal is checked for the message
+//! that says why.
+//!
+//! | attack (issue 17 item) | refused by |
+//! |---|---|
+//! | 3: an opted-in StatefulSet with 100,000 replicas topples the webhook | `contract::MAX_REPLICAS`: pods refused, Event on the StatefulSet, webhook keeps admitting |
+//! | 1: replace the sidecar's image (other code gets the pod-bound elector token) | policy `<fullname>-pod-spec` |
+//! | 1: replace slapd's image (slapd outside the fence) | policy `<fullname>-pod-spec` |
+//! | 1: add an ephemeral container (reads the token, enters slapd) | RBAC (`edit` lacks it); with the right granted on top, policy `<fullname>-pod-spec` |
+//! | 1: mint a token for the elector's account bound to an LDAP pod | policy `<fullname>-pod-bound-token` |
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use ldap_elector_contract as contract;
+use ldap_elector_tests::bed::{request_token, TENANT_USER};
+use ldap_elector_tests::workloads::webhook::{http_status, Webhook};
+use ldap_elector_tests::workloads::{fixtures, policies};
+use ldap_elector_tests::{wait_for, Bed};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(90);
+/// The tenant's namespace.
+const NS: &str = "tenant";
+/// The tenant's own, well-behaved LDAP StatefulSet.
+const STS: &str = "ldap";
+const ATTACKER_IMAGE: &str = "registry.invalid/attacker:1";
+
+// ---- The tenant ----
+
+/// Namespace [`NS`] with [`TENANT_USER`] bound to `edit` there; returns the tenant's client
+/// once the aggregated `edit` role lets it patch pods and mint tokens.
+async fn tenant(bed: &Bed) -> anyhow::Result<Client> {
+    let admin = bed.admin_client()?;
+    fixtures::namespace(&admin, NS, None).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "tenant-edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": TENANT_USER}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin, NS).create(&PostParams::default(), &binding).await?;
+    let tenant = bed.tenant_client()?;
+    for (verb, resource, subresource) in
+        [("patch", "pods", ""), ("create", "serviceaccounts", "token"), ("create", "statefulsets", "")]
+    {
+        wait_for(&format!("the tenant's edit role to allow {verb} {resource}/{subresource}"), T, || async {
+            can_i(&tenant, verb, resource, subresource).await?.then_some(()).ok_or("not yet".to_string())
+        })
+        .await?;
+    }
+    // And nothing outside its namespace.
+    let review = access_review("patch", "pods", "", "default");
+    let answer = Api::<SelfSubjectAccessReview>::all(tenant.clone()).create(&PostParams::default(), &review).await?;
+    anyhow::ensure!(!answer.status.is_some_and(|s| s.allowed), "the tenant must hold no rights outside {NS}");
+    Ok(tenant)
+}
+
+/// Grants the tenant a Role `name` with `rules` in [`NS`], on top of `edit`.
+async fn grant_tenant(admin: &Client, name: &str, rules: Value) -> anyhow::Result<()> {
+    let pp = PostParams::default();
+    let role: Role = serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules}))?;
+    Api::<Role>::namespaced(admin.clone(), NS).create(&pp, &role).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": TENANT_USER}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), NS).create(&pp, &binding).await?;
+    Ok(())
+}
+
+fn access_review(verb: &str, resource: &str, subresource: &str, namespace: &str) -> SelfSubjectAccessReview {
+    let group = if resource == "statefulsets" { "apps" } else { "" };
+    serde_json::from_value(json!({"spec": {"resourceAttributes": {
+        "namespace": namespace, "verb": verb, "group": group, "resource": resource, "subresource": subresource,
+    }}}))
+    .unwrap_or_default()
+}
+
+/// Whether RBAC lets `client` do `verb` on `resource/subresource` in [`NS`].
+async fn can_i(client: &Client, verb: &str, resource: &str, subresource: &str) -> Result<bool, String> {
+    let review = access_review(verb, resource, subresource, NS);
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+// ---- What the tenant sees ----
+
+/// Asserts a 403 from `policy` whose message contains `needle`; returns the message.
+fn refused<T>(result: Result<T, kube::Error>, what: &str, policy: &str, needle: &str) -> String {
+    match result {
+        Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains(policy) && e.message.contains(needle) => {
+            println!("refused as expected ({what}): {}", e.message);
+            e.message.clone()
+        }
+        Err(e) => panic!("{what}: expected 403 from {policy} mentioning {needle:?}, got: {e}"),
+        Ok(_) => {
+            panic!("ATTACK SUCCEEDED: {what}: expected 403 from {policy} mentioning {needle:?}, but it was admitted")
+        }
+    }
+}
+
+/// Waits until `policy` refuses the dry-run `probe` (policies act a moment after creation).
+async fn wait_policy_active<T, F, Fut>(policy: &str, probe: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    wait_for(&format!("policy {policy} to act"), T, || async {
+        match probe().await {
+            Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains(policy) => Ok(()),
+            Err(e) => Err(e.to_string()),
+            Ok(_) => Err("admitted (policy not active yet)".to_string()),
+        }
+    })
+    .await
+}
+
+/// Pods `<sts>-0..replicas` exist and carry the injection marker.
+async fn wait_injected(pods: &Api<Pod>, sts: &str, replicas: u32) -> anyhow::Result<Vec<Pod>> {
+    let names: Vec<String> = (0..replicas).map(|i| contract::pod_name(sts, i)).collect();
+    wait_for(&format!("pods of {sts} created and injected"), T, || async {
+        let mut out = Vec::new();
+        for name in &names {
+            let pod = pods.get_opt(name).await.map_err(|e| e.to_string())?.ok_or(format!("{name} missing"))?;
+            let status = pod.metadata.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_STATUS));
+            if status.map(String::as_str) != Some(contract::STATUS_INJECTED) {
+                return Err(format!("{name} not injected"));
+            }
+            out.push(pod);
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// The JSON-patch path of container `name`'s image (`containers` or `initContainers`).
+fn image_path(pod: &Pod, name: &str) -> anyhow::Result<String> {
+    let spec = pod.spec.as_ref().ok_or_else(|| anyhow::anyhow!("pod without spec"))?;
+    let lists = [("containers", Some(&spec.containers)), ("initContainers", spec.init_containers.as_ref())];
+    for (list, containers) in lists {
+        if let Some(i) = containers.into_iter().flatten().position(|c| c.name == name) {
+            return Ok(format!("/spec/{list}/{i}/image"));
+        }
+    }
+    anyhow::bail!("pod has no container {name}")
+}
+
+fn replace_image(path: &str) -> anyhow::Result<Patch<Value>> {
+    Ok(Patch::Json(serde_json::from_value(json!([{"op": "replace", "path": path, "value": ATTACKER_IMAGE}]))?))
+}
+
+fn debug_container(target: &str) -> Patch<Value> {
+    Patch::Strategic(json!({"spec": {"ephemeralContainers": [{
+        "name": "debugger", "image": ATTACKER_IMAGE, "targetContainerName": target,
+    }]}}))
+}
+
+fn opted_in() -> Value {
+    json!({contract::ANNOTATION_INJECT: "true"})
+}
+
+// ---- Item 3: one StatefulSet must not stop admission cluster-wide ----
+
+/// `replicas: 2147483647` made every webhook replica abort on a per-replica allocation, and
+/// with `failurePolicy: Fail` no covered StatefulSet pod could be created. Tested with
+/// 100,000 (above `contract::MAX_REPLICAS`, harmless to the controller-manager, which also
+/// allocates per replica: never 2^31 on a bed), OrderedReady and a nodeSelector no node
+/// matches, so at most one pod would ever exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_with_a_huge_replica_count_gets_no_pods_and_the_webhook_keeps_admitting() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let tenant = tenant(&bed).await?;
+    let admin = bed.admin_client()?;
+    let webhook = Webhook::start(&bed).await?;
+    webhook.register(&bed, NS, "Fail").await?;
+
+    // Neighbour: the tenant opts a StatefulSet in, and its pods are injected.
+    let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
+    sets.create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?).await?;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    wait_injected(&pods, STS, 2).await?;
+
+    // Attack: the same with 100,000 replicas.
+    let huge = "huge";
+    let mut set = fixtures::statefulset(huge, 100_000, opted_in())?;
+    let spec = set.spec.as_mut().ok_or_else(|| anyhow::anyhow!("fixture without spec"))?;
+    spec.pod_management_policy = Some("OrderedReady".into());
+    if let Some(template) = spec.template.spec.as_mut() {
+        template.node_selector =
+            Some([("ldap-elector.dev/attack-test".to_string(), "no-such-node".to_string())].into());
+    }
+    sets.create(&PostParams::default(), &set).await?;
+
+    // The reconciler refuses it with an Event naming the limit, ...
+    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
+    let limit = format!("at most {}", contract::MAX_REPLICAS);
+    let note = |reason: &'static str| {
+        let (events, limit) = (events.clone(), limit.clone());
+        async move {
+            let list = events.list(&Default::default()).await.map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(huge)
+                        && e.reason.as_deref() == Some(reason)
+                        && e.note.as_deref().is_some_and(|n| n.contains(&limit))
+                })
+                .and_then(|e| e.note)
+                .ok_or(format!("no {reason} Event naming the limit yet"))
+        }
+    };
+    let refusal =
+        wait_for("the webhook's TooManyReplicas Event", T, || note(contract::EVENT_TOO_MANY_REPLICAS)).await?;
+    println!("TooManyReplicas: {refusal}");
+    // ... the admission refuses its pods (the StatefulSet controller reports why), ...
+    let failed =
+        wait_for("the StatefulSet controller's FailedCreate naming the limit", T, || note("FailedCreate")).await?;
+    println!("FailedCreate: {failed}");
+    assert!(pods.get_opt(&contract::pod_name(huge, 0)).await?.is_none(), "a pod of {huge} was admitted");
+    let roles: Api<Role> = Api::namespaced(admin.clone(), NS);
+    assert!(roles.get_opt(&contract::identity_name(huge)).await?.is_none(), "a Role was sized by 100,000 replicas");
+
+    // ... and the webhook stays up: ready, and it still injects the neighbour's new pods.
+    assert_eq!(http_status(webhook.health_port, "/readyz").await.map_err(anyhow::Error::msg)?, 200);
+    let replaced = contract::pod_name(STS, 1);
+    let old_uid = pods.get(&replaced).await?.metadata.uid;
+    pods.delete(&replaced, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    wait_for("the neighbour's pod re-created and injected", T, || async {
+        let pod = pods.get_opt(&replaced).await.map_err(|e| e.to_string())?.ok_or("not yet".to_string())?;
+        let injected = pod.metadata.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_STATUS)).is_some();
+        (pod.metadata.uid != old_uid && injected).then_some(()).ok_or("not yet".to_string())
+    })
+    .await?;
+
+    Api::<StatefulSet>::namespaced(admin, NS).delete(huge, &DeleteParams::default()).await?;
+    drop(webhook);
+    Ok(())
+}
+
+// ---- Item 1: the leader-label protection must not be bypassed through the pod ----
+
+/// With `patch pods` a tenant could replace the code that holds the pod-bound elector token
+/// (which passes the role policy as "the pod's own elector"), run slapd outside the fence,
+/// attach a debug container, or mint such a token itself. None of it works on an injected
+/// pod; the same requests on a pod without an elector still do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_replace_code_or_mint_the_elector_token_of_an_injected_pod() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let tenant = tenant(&bed).await?;
+    let admin = bed.admin_client()?;
+    policies::install(&bed).await?;
+    let webhook = Webhook::start(&bed).await?;
+    webhook.register(&bed, NS, "Fail").await?;
+
+    Api::<StatefulSet>::namespaced(tenant.clone(), NS)
+        .create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?)
+        .await?;
+    let as_admin: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let injected = wait_injected(&as_admin, STS, 2).await?;
+    let (first, second) = (contract::pod_name(STS, 0), contract::pod_name(STS, 1));
+    // A pod of the tenant's without an elector: the neighbour of every attack.
+    let plain = "plain";
+    let pods: Api<Pod> = Api::namespaced(tenant.clone(), NS);
+    let plain_pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": plain},
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }))?;
+    pods.create(&PostParams::default(), &plain_pod).await?;
+
+    let pp = PatchParams::default();
+    let dry = PatchParams { dry_run: true, ..Default::default() };
+    let sidecar = image_path(&injected[1], contract::SIDECAR_CONTAINER)?;
+    let replace_sidecar = replace_image(&sidecar)?;
+    wait_policy_active(policies::POD_SPEC_POLICY, || pods.patch(&second, &dry, &replace_sidecar)).await?;
+
+    // Neighbour: the tenant may patch the injected pod's metadata.
+    pods.patch(&second, &pp, &Patch::Merge(json!({"metadata": {"annotations": {"team": "ldap"}}}))).await?;
+
+    // Attack: the sidecar's image.
+    refused(
+        pods.patch(&second, &pp, &replace_sidecar).await,
+        "replace the ldap-elector sidecar's image",
+        policies::POD_SPEC_POLICY,
+        &format!("may not replace images of pod {NS}/{second} ({}={ATTACKER_IMAGE})", contract::SIDECAR_CONTAINER),
+    );
+    // Attack: slapd's image, on the other pod.
+    refused(
+        pods.patch(&first, &pp, &replace_image(&image_path(&injected[0], "ldap")?)?).await,
+        "replace slapd's image",
+        policies::POD_SPEC_POLICY,
+        "slapd outside the fence",
+    );
+    // Neighbour: the same patch on a pod without an elector.
+    pods.patch(plain, &pp, &replace_image("/spec/containers/0/image")?).await?;
+
+    // Attack: an ephemeral container next to the sidecar. `edit` does not grant
+    // `pods/ephemeralcontainers`; clusters that allow `kubectl debug` grant it on top, so the
+    // tenant gets it here (and nothing else) to show the policy holds without RBAC's help.
+    let debug = can_i(&tenant, "patch", "pods", "ephemeralcontainers").await.map_err(anyhow::Error::msg)?;
+    assert!(!debug, "the built-in edit role grants pods/ephemeralcontainers: RBAC changed, review this attack");
+    let rules = json!([{"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["patch"]}]);
+    grant_tenant(&admin, "debug-pods", rules).await?;
+    wait_for("the tenant's debug right", T, || async {
+        can_i(&tenant, "patch", "pods", "ephemeralcontainers").await?.then_some(()).ok_or("not yet".to_string())
+    })
+    .await?;
+    refused(
+        pods.patch_subresource("ephemeralcontainers", &second, &pp, &debug_container(contract::SIDECAR_CONTAINER))
+            .await,
+        "add an ephemeral container to an injected pod",
+        policies::POD_SPEC_POLICY,
+        &format!("may not add an ephemeral container to pod {NS}/{second}"),
+    );
+    // Neighbour: `kubectl debug` of a pod without an elector.
+    pods.patch_subresource("ephemeralcontainers", plain, &pp, &debug_container("app")).await?;
+
+    // Attack: a token of the elector's account bound to the standby-to-be, which would pass
+    // the role policy as that pod's own elector (the issue's reproducer labelled both pods
+    // leader with it).
+    let account = contract::identity_name(STS);
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), NS);
+    wait_for("the reconciler to create the elector account", T, || async {
+        accounts.get_opt(&account).await.map_err(|e| e.to_string())?.map(drop).ok_or("not yet".to_string())
+    })
+    .await?;
+    // Neighbour: a token of that account without a pod binding (the role policy refuses it
+    // for role changes; label_protection.rs shows that).
+    request_token(&tenant, NS, &account, None).await?;
+    let uid = injected[1].metadata.uid.clone().unwrap_or_default();
+    let minted = request_token(&tenant, NS, &account, Some((&second, &uid))).await;
+    let error = match minted {
+        Ok(_) => panic!("ATTACK SUCCEEDED: the tenant minted a token of {account} bound to pod {second}"),
+        Err(e) => e.chain().find_map(|c| c.downcast_ref::<kube::Error>()).map(|e| e.to_string()).unwrap_or_default(),
+    };
+    assert!(
+        error.contains(policies::POD_BOUND_TOKEN_POLICY)
+            && error.contains("only the kubelet requests pod-bound tokens"),
+        "minting a pod-bound elector token: expected a refusal by {}, got: {error}",
+        policies::POD_BOUND_TOKEN_POLICY
+    );
+    println!("refused as expected (mint a pod-bound elector token): {error}");
+
+    // Nothing changed on the injected pods.
+    for (pod, before) in [(&first, &injected[0]), (&second, &injected[1])] {
+        let now = as_admin.get(pod).await?;
+        let images = |p: &Pod| {
+            let spec = p.spec.clone().unwrap_or_default();
+            let all = spec.containers.into_iter().chain(spec.init_containers.unwrap_or_default());
+            all.map(|c| (c.name, c.image)).collect::<Vec<_>>()
+        };
+        assert_eq!(images(&now), images(before), "{pod}'s images changed");
+        assert!(now.spec.and_then(|s| s.ephemeral_containers).unwrap_or_default().is_empty(), "{pod} got a debugger");
+    }
+    drop(webhook);
+    Ok(())
+}
