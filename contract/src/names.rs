@@ -9,6 +9,10 @@ pub const DOMAIN: &str = "ldap-elector.dev";
 
 /// Opt-in: `"true"` on a StatefulSet makes the webhook inject its pods.
 pub const ANNOTATION_INJECT: &str = "ldap-elector.dev/inject";
+/// The same key as a pod-template label (`"true"`): with the chart's
+/// `webhookConfiguration.podOptInLabel` only pods carrying it reach the pod webhook, so a
+/// webhook outage blocks no pod of a StatefulSet that did not opt in (issue 17, item 5).
+pub const LABEL_INJECT: &str = ANNOTATION_INJECT;
 /// Comma-separated names of Services that must route only to the leader.
 pub const ANNOTATION_LEADER_SERVICE: &str = "ldap-elector.dev/leader-service";
 /// Optional: `"true"` makes the reconciler generate an egress NetworkPolicy for the LDAP pods

@@ -18,6 +18,7 @@
 //! | 1: replace slapd's image (slapd outside the fence) | policy `<fullname>-pod-spec` |
 //! | 1: add an ephemeral container (reads the token, enters slapd) | RBAC (`edit` lacks it); with the right granted on top, policy `<fullname>-pod-spec` |
 //! | 1: mint a token for the elector's account bound to an LDAP pod | policy `<fullname>-pod-bound-token` |
+//! | 5: a webhook outage blocks pods of StatefulSets that never opted in | `webhookConfiguration.podOptInLabel` + policy `<fullname>-opt-in` |
 
 use std::time::Duration;
 
@@ -372,5 +373,86 @@ async fn a_tenant_cannot_replace_code_or_mint_the_elector_token_of_an_injected_p
         assert!(now.spec.and_then(|s| s.ephemeral_containers).unwrap_or_default().is_empty(), "{pod} got a debugger");
     }
     drop(webhook);
+    Ok(())
+}
+
+// ---- Item 5: the blast radius of a webhook outage ----
+
+/// With `failurePolicy: Fail` every StatefulSet pod the webhook covered depended on it, opted
+/// in or not. With the chart's `webhookConfiguration.podOptInLabel` only pods labelled
+/// `ldap-elector.dev/inject: "true"` reach it, and the policy `<fullname>-opt-in` refuses an
+/// opted-in StatefulSet without that label (its pods would start without the elector). Then a
+/// webhook outage (scaled to 0) blocks only the pods of opted-in StatefulSets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_outage_blocks_no_pod_of_a_statefulset_that_did_not_opt_in() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let tenant = tenant(&bed).await?;
+    let admin = bed.admin_client()?;
+    let scoped = ["--set", "webhookConfiguration.podOptInLabel=true"];
+    policies::install_with(&bed, &["templates/opt-in-guard.yaml"], &scoped).await?;
+    let selector = policies::pod_webhook_object_selector(&bed, &scoped).await?;
+    assert_eq!(selector["matchLabels"][contract::LABEL_INJECT], "true", "{selector}");
+    let mut webhook = Webhook::start(&bed).await?;
+    webhook.register_selecting(&bed, NS, "Fail", selector).await?;
+
+    let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
+    let labelled = |name: &str| -> anyhow::Result<StatefulSet> {
+        let mut set = fixtures::statefulset(name, 2, opted_in())?;
+        if let Some(spec) = set.spec.as_mut() {
+            let labels =
+                spec.template.metadata.get_or_insert_with(Default::default).labels.get_or_insert_with(Default::default);
+            labels.insert(contract::LABEL_INJECT.into(), "true".into());
+        }
+        Ok(set)
+    };
+    // Neighbour: an opted-in StatefulSet with the label is injected.
+    sets.create(&PostParams::default(), &labelled(STS)?).await?;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    wait_injected(&pods, STS, 2).await?;
+    // One without the label would be missed by the webhook: refused, saying why.
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    let unlabelled = fixtures::statefulset("forgot", 2, opted_in())?;
+    wait_policy_active(policies::OPT_IN_POLICY, || sets.create(&dry, &unlabelled)).await?;
+    refused(
+        sets.create(&PostParams::default(), &unlabelled).await,
+        "opt a StatefulSet in without the pod-template label",
+        policies::OPT_IN_POLICY,
+        &format!("lacks the label {}: \"true\"", contract::LABEL_INJECT),
+    );
+
+    // The outage: no webhook replica answers; the configuration stays, failurePolicy Fail.
+    webhook.stop().await?;
+    assert!(http_status(webhook.health_port, "/readyz").await.is_err(), "the webhook still answers");
+
+    // A StatefulSet that did not opt in gets its pods all the same ...
+    sets.create(&PostParams::default(), &fixtures::statefulset("other", 2, json!({}))?).await?;
+    wait_for("the pods of a StatefulSet that did not opt in", T, || async {
+        let mut missing = Vec::new();
+        for name in [contract::pod_name("other", 0), contract::pod_name("other", 1)] {
+            if pods.get_opt(&name).await.map_err(|e| e.to_string())?.is_none() {
+                missing.push(name);
+            }
+        }
+        missing.is_empty().then_some(()).ok_or(format!("missing {missing:?}"))
+    })
+    .await?;
+    // ... while an opted-in one gets none: no slapd starts without its elector.
+    let late = "late";
+    sets.create(&PostParams::default(), &labelled(late)?).await?;
+    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
+    wait_for("the StatefulSet controller's FailedCreate for the opted-in StatefulSet", T, || async {
+        let list = events.list(&Default::default()).await.map_err(|e| e.to_string())?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(late)
+                    && e.reason.as_deref() == Some("FailedCreate")
+                    && e.note.as_deref().is_some_and(|n| n.contains("pods.ldap-elector.dev"))
+            })
+            .then_some(())
+            .ok_or("not yet".to_string())
+    })
+    .await?;
+    assert!(pods.get_opt(&contract::pod_name(late, 0)).await?.is_none(), "an opted-in pod started uninjected");
     Ok(())
 }
