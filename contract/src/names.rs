@@ -174,6 +174,13 @@ pub struct ReplicasOutOfRange {
 
 /// Reason of the webhook's Event on a StatefulSet above [`MAX_REPLICAS`].
 pub const EVENT_TOO_MANY_REPLICAS: &str = "TooManyReplicas";
+/// Reason of the webhook's Event on a StatefulSet when an object it would generate (Lease,
+/// ServiceAccount, Role, ...) exists and was not created by ldap-elector: never taken over.
+pub const EVENT_OBJECT_NOT_OURS: &str = "ObjectNotOurs";
+/// Reason of the webhook's Event on a StatefulSet when a Service its leader-service
+/// annotation names is left alone (no selector, another StatefulSet's, not selecting
+/// exactly its pods, ...).
+pub const EVENT_LEADER_SERVICE_REFUSED: &str = "LeaderServiceRefused";
 
 /// `replicas` as a count of pods, if it is within `0..=MAX_REPLICAS`.
 pub fn bounded_replicas(replicas: i64) -> Result<u32, ReplicasOutOfRange> {

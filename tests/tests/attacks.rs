@@ -19,12 +19,16 @@
 //! | 1: add an ephemeral container (reads the token, enters slapd) | RBAC (`edit` lacks it); with the right granted on top, policy `<fullname>-pod-spec` |
 //! | 1: mint a token for the elector's account bound to an LDAP pod | policy `<fullname>-pod-bound-token` |
 //! | 5: a webhook outage blocks pods of StatefulSets that never opted in | `webhookConfiguration.podOptInLabel` + policy `<fullname>-opt-in` |
+//! | 6: `leader-service` names another team's Service | reconciler: only Services selecting exactly its pods, Event `LeaderServiceRefused` |
+//! | 6: a StatefulSet named after another team's Lease takes it over | reconciler: never applies over an object it did not create, Event `ObjectNotOurs` |
+//! | 6: relabel a write Service's `ldap-elector.dev/statefulset` mark | policy `<fullname>-leader-service` |
 
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -454,5 +458,111 @@ async fn a_webhook_outage_blocks_no_pod_of_a_statefulset_that_did_not_opt_in() -
     })
     .await?;
     assert!(pods.get_opt(&contract::pod_name(late, 0)).await?.is_none(), "an opted-in pod started uninjected");
+    Ok(())
+}
+
+// ---- Item 6: the webhook as a confused deputy in the namespace ----
+
+/// The reconciler acts with the webhook's rights, wider than the tenant's: it must not
+/// narrow another team's Service to the tenant's leader because an annotation names it,
+/// take over an object named like one it generates (and delete it on opt-out), or follow a
+/// write Service's mark that a tenant relabelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_cannot_steer_or_take_over_what_another_team_owns() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let tenant = tenant(&bed).await?;
+    let admin = bed.admin_client()?;
+    policies::install(&bed).await?;
+    let webhook = Webhook::start(&bed).await?;
+    webhook.register(&bed, NS, "Fail").await?;
+
+    // Another team's objects in the namespace: a Service and a Lease named as ours would be
+    // for a StatefulSet `payroll`.
+    let other = "payroll";
+    let services: Api<Service> = Api::namespaced(admin.clone(), NS);
+    services.create(&PostParams::default(), &fixtures::service(other, json!({"app": other}))?).await?;
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), NS);
+    let lease: Lease = serde_json::from_value(json!({"metadata": {"name": contract::lease_name(other)}}))?;
+    leases.create(&PostParams::default(), &lease).await?;
+
+    // Neighbour: the tenant's own write Service gets the leader selector and our mark.
+    let primary = "ldap-primary";
+    let as_tenant: Api<Service> = Api::namespaced(tenant.clone(), NS);
+    as_tenant.create(&PostParams::default(), &fixtures::service(primary, json!({"app": STS}))?).await?;
+    let annotations = json!({contract::ANNOTATION_INJECT: "true", contract::ANNOTATION_LEADER_SERVICE: format!("{primary}, {other}")});
+    let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
+    sets.create(&PostParams::default(), &fixtures::statefulset(STS, 2, annotations)?).await?;
+    wait_for("the tenant's write Service to select the leader", T, || async {
+        let svc = services.get(primary).await.map_err(|e| e.to_string())?;
+        let selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
+        let mark = svc.metadata.labels.unwrap_or_default().get(contract::LABEL_STATEFULSET).cloned();
+        (selector.get(contract::LABEL_ROLE).map(String::as_str) == Some(contract::ROLE_LEADER)
+            && mark.as_deref() == Some(STS))
+        .then_some(())
+        .ok_or(format!("selector {selector:?}, mark {mark:?}"))
+    })
+    .await?;
+
+    // Attack: the annotation names the other team's Service. Left alone, saying why; the
+    // tenant's pods do not wait for it.
+    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
+    let event = |regarding: &'static str, reason: &'static str, needle: String| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
+                        && e.reason.as_deref() == Some(reason)
+                        && e.note.as_deref().is_some_and(|n| n.contains(&needle))
+                })
+                .and_then(|e| e.note)
+                .ok_or(format!("no {reason} Event on {regarding} mentioning {needle:?} yet"))
+        }
+    };
+    let note = wait_for("the refusal to touch the other team's Service", T, || {
+        event(STS, contract::EVENT_LEADER_SERVICE_REFUSED, format!("Service {other} left alone: not a write Service"))
+    })
+    .await?;
+    println!("refused as expected (steer another team's Service): {note}");
+    let selector = services.get(other).await?.spec.and_then(|s| s.selector).unwrap_or_default();
+    assert_eq!(selector, [("app".to_string(), other.to_string())].into(), "the other team's Service was changed");
+    wait_injected(&Api::namespaced(admin.clone(), NS), STS, 2).await?;
+
+    // Attack: a StatefulSet named so that its Lease is the other team's. Nothing is taken
+    // over (not even a Role granting that Lease), and deleting the StatefulSet leaves it.
+    sets.create(&PostParams::default(), &fixtures::statefulset(other, 1, opted_in())?).await?;
+    let note = wait_for("the refusal to take over the other team's Lease", T, || {
+        event(other, contract::EVENT_OBJECT_NOT_OURS, format!("Lease {NS}/{}", contract::lease_name(other)))
+    })
+    .await?;
+    println!("refused as expected (take over another team's Lease): {note}");
+    let roles: Api<Role> = Api::namespaced(admin.clone(), NS);
+    assert!(roles.get_opt(&contract::identity_name(other)).await?.is_none(), "a Role was granted on their Lease");
+    let theirs = leases.get(&contract::lease_name(other)).await?;
+    assert!(theirs.metadata.owner_references.is_none() && theirs.metadata.labels.is_none(), "{:?}", theirs.metadata);
+    sets.delete(other, &DeleteParams::default()).await?;
+
+    // Attack: relabel the write Service's mark, so that another StatefulSet's reconciler
+    // "restores" it (removes its leader selector). Neighbour: other metadata changes work.
+    let pp = PatchParams::default();
+    as_tenant.patch(primary, &pp, &Patch::Merge(json!({"metadata": {"annotations": {"team": "ldap"}}}))).await?;
+    for mark in [json!(other), Value::Null] {
+        refused(
+            as_tenant
+                .patch(
+                    primary,
+                    &pp,
+                    &Patch::Merge(json!({"metadata": {"labels": {contract::LABEL_STATEFULSET: mark}}})),
+                )
+                .await,
+            "relabel the write Service's mark",
+            policies::LEADER_SERVICE_POLICY,
+            &format!("may not set, change or remove the label {}", contract::LABEL_STATEFULSET),
+        );
+    }
+    assert!(leases.get_opt(&contract::lease_name(other)).await?.is_some(), "the other team's Lease was deleted");
+    drop(webhook);
     Ok(())
 }

@@ -114,11 +114,13 @@ impl Answer {
 }
 
 /// The write Services a pod's admission waits for (see [`gate_answer`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Gate {
     pub namespace: String,
     pub statefulset: String,
     pub services: Vec<String>,
+    /// The StatefulSet itself: only Services that select its pods are waited for.
+    pub owner: StatefulSet,
 }
 
 /// Answers `req`, reading what it needs from `cluster`.
@@ -171,10 +173,8 @@ pub fn pod_answer<E: Display>(
         Ok(Decision::Patch(patch)) => {
             let answer = Answer::patched(req, Outcome::Injected, patch, statefulset);
             let services = contract::leader_services(owner.as_ref().and_then(|o| o.metadata.annotations.as_ref()));
-            let gate = (answer.outcome == Outcome::Injected && !services.is_empty()).then(|| Gate {
-                namespace: namespace(req).to_string(),
-                statefulset: statefulset.to_string(),
-                services,
+            let gate = owner.filter(|_| answer.outcome == Outcome::Injected && !services.is_empty()).map(|owner| {
+                Gate { namespace: namespace(req).to_string(), statefulset: statefulset.to_string(), services, owner }
             });
             (answer, gate)
         }
@@ -203,7 +203,7 @@ pub fn gate_answer<E: Display>(
         Ok(services) => services,
         Err(e) => return Answer::deny(req, format!("cannot read the write Services of {ns}/{sts}: {e}; retry"), sts),
     };
-    let waiting = leader_service::not_selecting_leader(&services, sts);
+    let waiting = leader_service::not_selecting_leader(&services, &gate.owner);
     if waiting.is_empty() {
         return injected;
     }
@@ -229,7 +229,7 @@ pub fn service_answer(req: &AdmissionRequest<DynamicObject>, statefulsets: &[Sta
         return Answer::allow(req, Outcome::Passed, "not a write Service of an opted-in StatefulSet".into(), "");
     };
     let sts = owner.metadata.name.as_deref().unwrap_or_default();
-    match leader_service::admission_patch(&svc, sts) {
+    match leader_service::admission_patch(&svc, owner) {
         Some(patch) => Answer::patched(req, Outcome::SelectorAdded, patch, sts),
         None => Answer::allow(req, Outcome::Passed, "selects the leader already, or is not ours to change".into(), sts),
     }

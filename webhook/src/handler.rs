@@ -145,6 +145,8 @@ mod tests {
     const SERVICE_REVIEW: &[u8] = include_bytes!("../tests/fixtures/service-passthrough.review.json");
     /// The write Service named by the owner fixture's leader-service annotation.
     const PRIMARY: &str = "ldap-server-primary";
+    /// The label the owner fixture selects and labels its pods by (`ldap-server`).
+    const OWNER_LABEL: &str = "app.kubernetes.io/name";
 
     /// Answers from fixed results and records what it was asked.
     struct Fake {
@@ -195,11 +197,11 @@ mod tests {
     }
 
     fn selecting_leader() -> Result<Vec<Service>, LookupError> {
-        Ok(vec![service(json!({"app": "ldap", contract::LABEL_ROLE: contract::ROLE_LEADER}))])
+        Ok(vec![service(json!({OWNER_LABEL: "ldap-server", contract::LABEL_ROLE: contract::ROLE_LEADER}))])
     }
 
     fn selecting_all() -> Result<Vec<Service>, LookupError> {
-        Ok(vec![service(json!({"app": "ldap"}))])
+        Ok(vec![service(json!({OWNER_LABEL: "ldap-server"}))])
     }
 
     fn no_services() -> Result<Vec<Service>, LookupError> {

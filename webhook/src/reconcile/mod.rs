@@ -57,6 +57,9 @@ pub enum ReconcileError {
     /// Refused, not retried: the StatefulSet gets an Event and its objects stay as they are.
     #[error(transparent)]
     TooManyReplicas(#[from] ldap_elector_contract::ReplicasOutOfRange),
+    /// Refused: an object we would generate exists and is not ours; never taken over.
+    #[error("{kind} {namespace}/{name} exists and is not ours to take over: {why}")]
+    NotOurs { kind: String, namespace: String, name: String, why: String },
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error("cannot serialise the patch for {op}: {source}")]
