@@ -9,6 +9,10 @@ pub const DOMAIN: &str = "ldap-elector.dev";
 
 /// Opt-in: `"true"` on a StatefulSet makes the webhook inject its pods.
 pub const ANNOTATION_INJECT: &str = "ldap-elector.dev/inject";
+/// The same key as a pod-template label (`"true"`): with the chart's
+/// `webhookConfiguration.podOptInLabel` only pods carrying it reach the pod webhook, so a
+/// webhook outage blocks no pod of a StatefulSet that did not opt in (issue 17, item 5).
+pub const LABEL_INJECT: &str = ANNOTATION_INJECT;
 /// Comma-separated names of Services that must route only to the leader.
 pub const ANNOTATION_LEADER_SERVICE: &str = "ldap-elector.dev/leader-service";
 /// Optional: `"true"` makes the reconciler generate an egress NetworkPolicy for the LDAP pods
@@ -182,15 +186,47 @@ pub fn leader_services(annotations: Option<&std::collections::BTreeMap<String, S
         .unwrap_or_default()
 }
 
+/// The largest replica count of an opted-in StatefulSet ldap-elector works for (issue 17,
+/// item 3). Mirror Mode is a pair; the rest is room for scaling and read replicas. The
+/// elector Role names every pod and a takeover demotes every ordinal, so the work per
+/// StatefulSet grows with the count: above this the webhook refuses its pods and the
+/// reconciler leaves its objects alone, each with a message naming the limit, instead of
+/// sizing memory by a number any tenant may write (`replicas: 2147483647`).
+pub const MAX_REPLICAS: u32 = 32;
+
+/// A replica count above [`MAX_REPLICAS`] (or negative).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{replicas} replicas is outside what ldap-elector supports (0 to {MAX_REPLICAS}); scale the StatefulSet to at most {MAX_REPLICAS}")]
+pub struct ReplicasOutOfRange {
+    pub replicas: i64,
+}
+
+/// Reason of the webhook's Event on a StatefulSet above [`MAX_REPLICAS`].
+pub const EVENT_TOO_MANY_REPLICAS: &str = "TooManyReplicas";
+/// Reason of the webhook's Event on a StatefulSet when an object it would generate (Lease,
+/// ServiceAccount, Role, ...) exists and was not created by ldap-elector: never taken over.
+pub const EVENT_OBJECT_NOT_OURS: &str = "ObjectNotOurs";
+/// Reason of the webhook's Event on a StatefulSet when a Service its leader-service
+/// annotation names is left alone (no selector, another StatefulSet's, not selecting
+/// exactly its pods, ...).
+pub const EVENT_LEADER_SERVICE_REFUSED: &str = "LeaderServiceRefused";
+
+/// `replicas` as a count of pods, if it is within `0..=MAX_REPLICAS`.
+pub fn bounded_replicas(replicas: i64) -> Result<u32, ReplicasOutOfRange> {
+    u32::try_from(replicas).ok().filter(|r| *r <= MAX_REPLICAS).ok_or(ReplicasOutOfRange { replicas })
+}
+
 /// The least-privilege rules of an elector's Role: its one Lease, its own StatefulSet
 /// (read-only, to learn the replica count) and the pods `0..replicas` of that StatefulSet;
 /// nothing else (no Secrets, no other Lease, no create or delete). List and
 /// watch are only usable with a `metadata.name` field selector under `resourceNames`,
-/// which is exactly how the elector watches.
+/// which is exactly how the elector watches. `replicas` is capped at [`MAX_REPLICAS`]
+/// (callers refuse larger counts with [`bounded_replicas`] first; the cap only keeps
+/// this function's memory bounded whatever it is given).
 pub fn elector_role_rules(statefulset: &str, replicas: u32) -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
     use k8s_openapi::api::rbac::v1::PolicyRule;
     let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let pods = (0..replicas.max(1)).map(|i| pod_name(statefulset, i)).collect();
+    let pods = (0..replicas.clamp(1, MAX_REPLICAS)).map(|i| pod_name(statefulset, i)).collect();
     vec![
         PolicyRule {
             api_groups: Some(strings(&["coordination.k8s.io"])),
@@ -395,6 +431,20 @@ mod tests {
         a.insert(ANNOTATION_LEADER_SERVICE.into(), " a-primary, ,b ".into());
         assert_eq!(leader_services(Some(&a)), vec!["a-primary", "b"]);
         assert!(leader_services(None).is_empty());
+    }
+
+    #[test]
+    fn replica_counts_beyond_the_maximum_are_refused_and_never_sized_by() {
+        assert_eq!(bounded_replicas(0), Ok(0));
+        assert_eq!(bounded_replicas(i64::from(MAX_REPLICAS)), Ok(MAX_REPLICAS));
+        for huge in [i64::from(MAX_REPLICAS) + 1, 1 << 31, i64::from(i32::MAX), -1] {
+            let refused = bounded_replicas(huge).unwrap_err();
+            assert!(refused.to_string().contains(&format!("at most {MAX_REPLICAS}")), "{refused}");
+        }
+        // Whatever a caller passes, the Role lists at most MAX_REPLICAS pods.
+        let rules = elector_role_rules("ldap", 1 << 31);
+        let pods = rules.iter().find(|r| r.resources.as_deref() == Some(&["pods".to_string()][..])).unwrap();
+        assert_eq!(pods.resource_names.as_ref().map(Vec::len), Some(MAX_REPLICAS as usize));
     }
 
     #[test]

@@ -16,11 +16,11 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::kubelet::Runner;
-use ldap_elector_tests::bed::process::{run, Signal};
+use ldap_elector_tests::bed::process::Signal;
 use ldap_elector_tests::measure::observer::Observer;
 use ldap_elector_tests::workloads::build::elector_binary;
-use ldap_elector_tests::workloads::fixtures;
 use ldap_elector_tests::workloads::webhook::{Webhook, WEBHOOK_NS, WEBHOOK_SA};
+use ldap_elector_tests::workloads::{fixtures, policies};
 use ldap_elector_tests::{wait_for, Bed, Kubelet};
 use serde_json::{json, Value};
 
@@ -30,39 +30,15 @@ const STS: &str = "ldap-server";
 const PRIMARY: &str = "ldap-server-primary";
 /// A namespace member with RBAC rights to patch pods and Services, but no elector.
 const INTRUDER: &str = "intruder";
-/// The policies of the release `ldap-elector` (`<fullname>-pod-role`, `-leader-service`).
-const POD_POLICY: &str = "ldap-elector-pod-role";
-const SERVICE_POLICY: &str = "ldap-elector-leader-service";
+const POD_POLICY: &str = policies::POD_ROLE_POLICY;
+const SERVICE_POLICY: &str = policies::LEADER_SERVICE_POLICY;
 
-/// Renders only the chart's label-protection template (release `ldap-elector`, installed
-/// where the test webhook runs, so its exemption names the test webhook's account) and
-/// applies it, as a cluster admin would with `helm install`.
+/// Applies the chart's policies, as a cluster admin would with `helm install`.
 async fn install_label_protection(bed: &Bed) -> anyhow::Result<()> {
-    let chart = ldap_elector_tests::repo_root().join("charts/ldap-elector");
-    // The chart's kubeVersion is checked against the bed's real version.
-    let version = bed.admin_client()?.apiserver_version().await?.git_version;
-    let rendered = run(
-        bed.helm().args([
-            "template",
-            "ldap-elector",
-            &chart.display().to_string(),
-            "--namespace",
-            WEBHOOK_NS,
-            "--set",
-            &format!("serviceAccount.name={WEBHOOK_SA}"),
-            "--show-only",
-            "templates/label-protection.yaml",
-            "--kube-version",
-            &version,
-        ]),
-        None,
-    )?
-    .stdout;
-    let text = String::from_utf8_lossy(&rendered);
+    let text = policies::install(bed).await?;
     for name in [contract::LABEL_ROLE, contract::ANNOTATION_TERM, contract::ANNOTATION_STATUS] {
         anyhow::ensure!(text.contains(&format!("'{name}'")), "the policy does not name {name}");
     }
-    run(bed.kubectl().args(["apply", "-f", "-"]), Some(&rendered))?;
     Ok(())
 }
 

@@ -7,7 +7,8 @@
 //!   ([`inject::inject`]), unless the StatefulSet's write Services do not select the leader
 //!   yet: then the pod is refused (see [`crate::leader_service`]) and the StatefulSet
 //!   controller retries it. A failed lookup or an injection error also refuses: a pod
-//!   admitted without its elector would run slapd unfenced.
+//!   admitted without its elector would run slapd unfenced. So does a replica count above
+//!   [`contract::MAX_REPLICAS`] (issue 17, item 3).
 //! - Service CREATE/UPDATE named by an opted-in StatefulSet's leader-service annotation:
 //!   the leader selector is added, so a Service created or replaced after its StatefulSet
 //!   (e.g. `kubectl apply` of a manifest without it) never selects every pod.
@@ -113,11 +114,13 @@ impl Answer {
 }
 
 /// The write Services a pod's admission waits for (see [`gate_answer`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Gate {
     pub namespace: String,
     pub statefulset: String,
     pub services: Vec<String>,
+    /// The StatefulSet itself: only Services that select its pods are waited for.
+    pub owner: StatefulSet,
 }
 
 /// Answers `req`, reading what it needs from `cluster`.
@@ -161,20 +164,30 @@ pub fn pod_answer<E: Display>(
             return (Answer::deny(req, reason, statefulset), None);
         }
     };
+    if let Some(refused) = owner.as_ref().and_then(replicas_refused) {
+        let reason = format!("StatefulSet {}/{statefulset}: {refused}", namespace(req));
+        return (Answer::deny(req, reason, statefulset), None);
+    }
     match inject::inject(&pod, owner.as_ref(), cfg) {
         Ok(Decision::Skip(reason)) => (Answer::allow(req, Outcome::Skipped, reason.as_str().into(), statefulset), None),
         Ok(Decision::Patch(patch)) => {
             let answer = Answer::patched(req, Outcome::Injected, patch, statefulset);
             let services = contract::leader_services(owner.as_ref().and_then(|o| o.metadata.annotations.as_ref()));
-            let gate = (answer.outcome == Outcome::Injected && !services.is_empty()).then(|| Gate {
-                namespace: namespace(req).to_string(),
-                statefulset: statefulset.to_string(),
-                services,
+            let gate = owner.filter(|_| answer.outcome == Outcome::Injected && !services.is_empty()).map(|owner| {
+                Gate { namespace: namespace(req).to_string(), statefulset: statefulset.to_string(), services, owner }
             });
             (answer, gate)
         }
         Err(e) => (Answer::deny(req, e.to_string(), statefulset), None),
     }
+}
+
+/// An opted-in StatefulSet above [`contract::MAX_REPLICAS`]: its pods are refused, since
+/// the reconciler gives their electors no rights for it (see `reconcile::elector_replicas`).
+fn replicas_refused(owner: &StatefulSet) -> Option<contract::ReplicasOutOfRange> {
+    contract::is_opted_in(owner.metadata.annotations.as_ref())
+        .then(|| crate::reconcile::elector_replicas(owner).err())
+        .flatten()
 }
 
 /// `injected` stands only once every existing write Service of the gate selects the
@@ -190,7 +203,7 @@ pub fn gate_answer<E: Display>(
         Ok(services) => services,
         Err(e) => return Answer::deny(req, format!("cannot read the write Services of {ns}/{sts}: {e}; retry"), sts),
     };
-    let waiting = leader_service::not_selecting_leader(&services, sts);
+    let waiting = leader_service::not_selecting_leader(&services, &gate.owner);
     if waiting.is_empty() {
         return injected;
     }
@@ -216,7 +229,7 @@ pub fn service_answer(req: &AdmissionRequest<DynamicObject>, statefulsets: &[Sta
         return Answer::allow(req, Outcome::Passed, "not a write Service of an opted-in StatefulSet".into(), "");
     };
     let sts = owner.metadata.name.as_deref().unwrap_or_default();
-    match leader_service::admission_patch(&svc, sts) {
+    match leader_service::admission_patch(&svc, owner) {
         Some(patch) => Answer::patched(req, Outcome::SelectorAdded, patch, sts),
         None => Answer::allow(req, Outcome::Passed, "selects the leader already, or is not ours to change".into(), sts),
     }

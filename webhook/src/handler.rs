@@ -145,6 +145,8 @@ mod tests {
     const SERVICE_REVIEW: &[u8] = include_bytes!("../tests/fixtures/service-passthrough.review.json");
     /// The write Service named by the owner fixture's leader-service annotation.
     const PRIMARY: &str = "ldap-server-primary";
+    /// The label the owner fixture selects and labels its pods by (`ldap-server`).
+    const OWNER_LABEL: &str = "app.kubernetes.io/name";
 
     /// Answers from fixed results and records what it was asked.
     struct Fake {
@@ -195,11 +197,11 @@ mod tests {
     }
 
     fn selecting_leader() -> Result<Vec<Service>, LookupError> {
-        Ok(vec![service(json!({"app": "ldap", contract::LABEL_ROLE: contract::ROLE_LEADER}))])
+        Ok(vec![service(json!({OWNER_LABEL: "ldap-server", contract::LABEL_ROLE: contract::ROLE_LEADER}))])
     }
 
     fn selecting_all() -> Result<Vec<Service>, LookupError> {
-        Ok(vec![service(json!({"app": "ldap"}))])
+        Ok(vec![service(json!({OWNER_LABEL: "ldap-server"}))])
     }
 
     fn no_services() -> Result<Vec<Service>, LookupError> {
@@ -296,6 +298,23 @@ mod tests {
         let response = review_of(&h.handle(post(MUTATE_PATH, REVIEW)).await);
         assert!(!response.allowed);
         assert!(response.result.message.contains("retry"), "{}", response.result.message);
+    }
+
+    #[tokio::test]
+    async fn pods_of_an_opted_in_statefulset_above_the_replica_maximum_are_refused_saying_why() {
+        fn huge() -> Result<Option<StatefulSet>, LookupError> {
+            let mut sts: StatefulSet = serde_json::from_slice(OWNER).unwrap();
+            sts.spec.as_mut().unwrap().replicas = Some(i32::MAX);
+            Ok(Some(sts))
+        }
+        let h = handler(huge, selecting_leader);
+        let response = review_of(&h.handle(post(MUTATE_PATH, REVIEW)).await);
+        assert!(!response.allowed);
+        let msg = &response.result.message;
+        assert!(
+            msg.contains("2147483647 replicas") && msg.contains(&format!("at most {}", contract::MAX_REPLICAS)),
+            "{msg}"
+        );
     }
 
     #[tokio::test]

@@ -63,6 +63,41 @@ pub fn leader_selector_change(svc: &Service, statefulset: &str) -> ServiceChange
     }
 }
 
+/// Why `svc` is not a write Service of `sts` at all (`None`: it is, or it has no selector,
+/// which [`leader_selector_change`] refuses itself). Its selector, without the role key, must
+/// contain the StatefulSet's own `matchLabels` (so it selects no pod the StatefulSet's selector
+/// would not) and be matched by the StatefulSet's pod template (so it selects its pods).
+/// Otherwise the leader-service annotation would let any StatefulSet steer any Service of its
+/// namespace (issue 17, item 6): the other team's Service would select nothing, or only the
+/// annotating StatefulSet's leader. The reconciler also checks the live pods
+/// (`Reconciler::foreign_pods`): this is the part that needs no request.
+pub fn foreign_service(svc: &Service, sts: &StatefulSet) -> Option<String> {
+    let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty())?;
+    let spec = sts.spec.as_ref();
+    let own = spec.and_then(|s| s.selector.match_labels.as_ref());
+    let template = spec.and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.as_ref());
+    let name = sts.name_any();
+    if let Some((k, v)) = own.into_iter().flatten().find(|(k, v)| selector.get(*k) != Some(*v)) {
+        return Some(format!(
+            "its selector lacks {k}={v} of StatefulSet {name}'s selector, so it may select pods that are not {name}'s"
+        ));
+    }
+    let unmatched = selector
+        .iter()
+        .filter(|(k, _)| *k != contract::LABEL_ROLE)
+        .find(|(k, v)| template.and_then(|t| t.get(*k)) != Some(*v));
+    unmatched.map(|(k, v)| format!("its selector {k}={v} does not match the pods of StatefulSet {name}"))
+}
+
+/// [`leader_selector_change`] for `sts`, refusing a Service that is not its write Service
+/// ([`foreign_service`]).
+pub fn leader_selector_change_for(svc: &Service, sts: &StatefulSet) -> ServiceChange {
+    match foreign_service(svc, sts) {
+        Some(why) => ServiceChange::Refuse(format!("not a write Service of StatefulSet {}: {why}", sts.name_any())),
+        None => leader_selector_change(svc, &sts.name_any()),
+    }
+}
+
 /// Undo [`leader_selector_change`] on a Service we marked for `statefulset`.
 pub fn restore_selector_change(svc: &Service, statefulset: &str) -> ServiceChange {
     if svc.labels().get(contract::LABEL_STATEFULSET).map(String::as_str) != Some(statefulset) {
@@ -96,10 +131,12 @@ pub fn statefulset_naming<'a>(
 /// The admission-time form of [`leader_selector_change`]: the JSON patch that gives a
 /// Service being created or replaced the leader selector and our mark, or `None` when it
 /// needs none (or is not ours to change: the reconciler reports why, as an Event).
-pub fn admission_patch(svc: &Service, statefulset: &str) -> Option<Patch> {
-    let ServiceChange::Patch(_) = leader_selector_change(svc, statefulset) else {
+pub fn admission_patch(svc: &Service, sts: &StatefulSet) -> Option<Patch> {
+    let ServiceChange::Patch(_) = leader_selector_change_for(svc, sts) else {
         return None;
     };
+    let statefulset = sts.name_any();
+    let statefulset = statefulset.as_str();
     let add = |tokens: &[&str], value: serde_json::Value| {
         PatchOperation::Add(AddOperation { path: PointerBuf::from_tokens(tokens.iter().copied()), value })
     };
@@ -114,10 +151,10 @@ pub fn admission_patch(svc: &Service, statefulset: &str) -> Option<Patch> {
 
 /// The Services among `services` (those of `statefulset`'s leader-service annotation that
 /// exist) that do not select its leader yet: while any does, its pods are refused.
-pub fn not_selecting_leader<'a>(services: &'a [Service], statefulset: &str) -> Vec<&'a str> {
+pub fn not_selecting_leader<'a>(services: &'a [Service], sts: &StatefulSet) -> Vec<&'a str> {
     services
         .iter()
-        .filter(|svc| matches!(leader_selector_change(svc, statefulset), ServiceChange::Patch(_)))
+        .filter(|svc| matches!(leader_selector_change_for(svc, sts), ServiceChange::Patch(_)))
         .map(|svc| svc.metadata.name.as_deref().unwrap_or_default())
         .collect()
 }
@@ -139,6 +176,34 @@ mod tests {
     fn sts(name: &str, annotations: Value) -> StatefulSet {
         serde_json::from_value(json!({"metadata": {"name": name, "namespace": "dir", "annotations": annotations}}))
             .unwrap()
+    }
+
+    /// StatefulSet `ldap` selecting and labelling its pods `app=ldap` (its template adds `tier`).
+    fn ldap() -> StatefulSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": "ldap", "namespace": "dir"},
+            "spec": {"serviceName": "ldap", "selector": {"matchLabels": {"app": "ldap"}},
+                     "template": {"metadata": {"labels": {"app": "ldap", "tier": "directory"}}}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_service_selecting_exactly_the_statefulsets_pods_is_its_write_service() {
+        let set = ldap();
+        for ok in [json!({"app": "ldap"}), json!({"app": "ldap", "tier": "directory"})] {
+            assert_eq!(foreign_service(&svc(Some(ok.clone()), json!({})), &set), None, "{ok}");
+        }
+        // Another team's Service: the annotation must not let us narrow it to our leader.
+        let theirs = svc(Some(json!({"app": "payroll"})), json!({}));
+        let why = foreign_service(&theirs, &set).expect("refused");
+        assert!(why.contains("app=ldap"), "{why}");
+        assert!(matches!(leader_selector_change_for(&theirs, &set), ServiceChange::Refuse(_)));
+        // Wider than the StatefulSet's selector, or naming labels its pods do not carry.
+        assert!(foreign_service(&svc(Some(json!({"tier": "directory"})), json!({})), &set).is_some());
+        assert!(foreign_service(&svc(Some(json!({"app": "ldap", "zone": "a"})), json!({})), &set).is_some());
+        assert!(admission_patch(&theirs, &set).is_none());
+        assert!(not_selecting_leader(&[theirs], &set).is_empty(), "pods do not wait for a Service that is not theirs");
     }
 
     #[test]
@@ -181,7 +246,7 @@ mod tests {
     fn admission_patch_gives_the_same_result_as_the_reconciler() {
         for labels in [Value::Null, json!({"team": "x"})] {
             let s = svc(Some(json!({"app": "ldap"})), labels);
-            let patch = admission_patch(&s, "ldap").expect("needs the selector");
+            let patch = admission_patch(&s, &ldap()).expect("needs the selector");
             let mut patched = serde_json::to_value(&s).unwrap();
             json_patch::patch(&mut patched, &patch).unwrap();
             let ServiceChange::Patch(merge) = leader_selector_change(&s, "ldap") else { panic!() };
@@ -190,9 +255,9 @@ mod tests {
             merged["metadata"]["resourceVersion"] = patched["metadata"]["resourceVersion"].clone();
             assert_eq!(patched, merged);
             let patched: Service = serde_json::from_value(patched).unwrap();
-            assert!(admission_patch(&patched, "ldap").is_none(), "idempotent");
+            assert!(admission_patch(&patched, &ldap()).is_none(), "idempotent");
         }
-        assert!(admission_patch(&svc(None, json!({})), "ldap").is_none(), "no selector: not ours to add one");
+        assert!(admission_patch(&svc(None, json!({})), &ldap()).is_none(), "no selector: not ours to add one");
     }
 
     #[test]
@@ -215,7 +280,7 @@ mod tests {
         waiting.metadata.name = Some("rw".into());
         let ready = svc(Some(json!({"app": "ldap", contract::LABEL_ROLE: contract::ROLE_LEADER})), json!({}));
         let manual = svc(None, json!({}));
-        assert_eq!(not_selecting_leader(&[waiting, ready.clone(), manual.clone()], "ldap"), vec!["rw"]);
-        assert!(not_selecting_leader(&[ready, manual], "ldap").is_empty());
+        assert_eq!(not_selecting_leader(&[waiting, ready.clone(), manual.clone()], &ldap()), vec!["rw"]);
+        assert!(not_selecting_leader(&[ready, manual], &ldap()).is_empty());
     }
 }

@@ -29,11 +29,17 @@ use crate::wait::wait_for;
 /// depends on are named explicitly so a changed default cannot silently drop them.
 const ADMISSION_PLUGINS: &str = "NamespaceLifecycle,LimitRanger,ServiceAccount,PodSecurity,\
 MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,ResourceQuota";
-/// Controllers the product relies on (plus namespace clean-up and the CA publisher that
-/// fills the `kube-root-ca.crt` ConfigMap every projected token volume refers to).
+/// Controllers the product relies on (plus namespace clean-up, the CA publisher that
+/// fills the `kube-root-ca.crt` ConfigMap every projected token volume refers to, and the
+/// ClusterRole aggregation that fills the built-in `admin`/`edit`/`view` roles a tenant is
+/// bound to: without it they are empty and every attack would fail for the wrong reason).
 const CONTROLLERS: &str = "statefulset-controller,endpointslice-controller,endpoints-controller,\
 serviceaccount-controller,serviceaccount-token-controller,garbage-collector-controller,namespace-controller,\
-root-ca-certificate-publisher-controller,replicaset-controller,deployment-controller,disruption-controller";
+root-ca-certificate-publisher-controller,replicaset-controller,deployment-controller,disruption-controller,\
+clusterrole-aggregation-controller";
+/// The one non-admin user of every bed (token authentication, no groups beyond
+/// `system:authenticated`): tests bind it to what a tenant holds (see [`Bed::tenant_client`]).
+pub const TENANT_USER: &str = "tenant";
 const SERVICE_CIDR: &str = "198.19.0.0/16";
 pub const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
@@ -44,6 +50,7 @@ pub struct Bed {
     pub ca_pem: String,
     pub ca_der: Vec<u8>,
     admin_token: String,
+    tenant_token: String,
     pub kubeconfig: PathBuf,
     apiserver_args: Vec<String>,
     etcd: Child,
@@ -98,11 +105,13 @@ impl Bed {
         };
         let admin_token = random_hex(24)?;
         let kcm_token = random_hex(24)?;
+        let tenant_token = random_hex(24)?;
         write_private(
             &dir.join("tokens.csv"),
             &format!(
                 "{admin_token},admin,admin-uid,system:masters\n\
-                 {kcm_token},system:kube-controller-manager,kcm-uid,system:masters\n{}",
+                 {kcm_token},system:kube-controller-manager,kcm-uid,system:masters\n\
+                 {tenant_token},{TENANT_USER},tenant-uid\n{}",
                 node.as_ref().map(|n| n.token_lines()).unwrap_or_default()
             ),
         )?;
@@ -185,6 +194,7 @@ impl Bed {
             ca_pem: pki.ca_pem,
             ca_der,
             admin_token,
+            tenant_token,
             kubeconfig,
             apiserver_args,
             etcd,
@@ -255,6 +265,11 @@ impl Bed {
     /// A client acting as cluster admin (system:masters).
     pub fn admin_client(&self) -> anyhow::Result<Client> {
         self.client_with_token(&self.admin_token)
+    }
+
+    /// A client acting as [`TENANT_USER`]: no rights until a test binds some.
+    pub fn tenant_client(&self) -> anyhow::Result<Client> {
+        self.client_with_token(&self.tenant_token)
     }
 
     /// A client authenticating with `token`.

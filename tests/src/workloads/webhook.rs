@@ -180,11 +180,24 @@ impl Webhook {
     /// Registers the webhook as the chart does (see [`configuration`]), for `namespace`.
     pub async fn register(&self, bed: &Bed, namespace: &str, failure_policy: &str) -> anyhow::Result<()> {
         let url = format!("https://127.0.0.1:{}/mutate", self.port);
-        let mwc = configuration(&url, &self.ca_pem, namespace, failure_policy)?;
-        let api = Api::<MutatingWebhookConfiguration>::all(bed.admin_client()?);
-        let _ = api.delete(WEBHOOK_CONFIG, &DeleteParams::default()).await;
-        api.create(&PostParams::default(), &mwc).await?;
-        Ok(())
+        replace_configuration(bed, configuration(&url, &self.ca_pem, namespace, failure_policy)?).await
+    }
+
+    /// [`Webhook::register`] with the pod webhook's `objectSelector` replaced (e.g. the
+    /// chart's, see `policies::pod_webhook_object_selector`).
+    pub async fn register_selecting(
+        &self,
+        bed: &Bed,
+        namespace: &str,
+        failure_policy: &str,
+        object_selector: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let url = format!("https://127.0.0.1:{}/mutate", self.port);
+        let mut mwc = configuration(&url, &self.ca_pem, namespace, failure_policy)?;
+        if let Some(pods) = mwc.webhooks.as_mut().and_then(|w| w.first_mut()) {
+            pods.object_selector = Some(serde_json::from_value(object_selector)?);
+        }
+        replace_configuration(bed, mwc).await
     }
 
     /// Stops the webhook gracefully and waits for it.
@@ -195,6 +208,14 @@ impl Webhook {
         }
         Ok(())
     }
+}
+
+/// Registers `mwc` as [`WEBHOOK_CONFIG`], replacing any earlier registration.
+async fn replace_configuration(bed: &Bed, mwc: MutatingWebhookConfiguration) -> anyhow::Result<()> {
+    let api = Api::<MutatingWebhookConfiguration>::all(bed.admin_client()?);
+    let _ = api.delete(WEBHOOK_CONFIG, &DeleteParams::default()).await;
+    api.create(&PostParams::default(), &mwc).await?;
+    Ok(())
 }
 
 impl Drop for Webhook {

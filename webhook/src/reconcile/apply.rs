@@ -24,7 +24,7 @@ use super::controller::Reconciler;
 use super::desired::{ours_selector, DesiredObjects};
 use super::{call, ReconcileError, API_TIMEOUT, FIELD_MANAGER};
 use crate::inject;
-use crate::leader_service::{leader_selector_change, restore_selector_change, ServiceChange};
+use crate::leader_service::{leader_selector_change_for, restore_selector_change, ServiceChange};
 
 /// Periodic re-check of an opted-in StatefulSet (repairs manual edits and deletions).
 const RESYNC: Duration = Duration::from_secs(300);
@@ -43,6 +43,21 @@ fn meta_matches(have: &ObjectMeta, want: &ObjectMeta) -> bool {
             .any(|h| h.uid == w.uid && h.controller == w.controller && h.kind == w.kind)
     });
     labels_ok && owners_ok
+}
+
+/// Why an existing object named like one we generate is not ours to apply over (`None`: it
+/// is ours). Ours means: it carries our labels (`want`'s) and no controller but our owner.
+/// Server-side apply with `force` would otherwise take over, say, a Lease `<name>-leader`
+/// someone else made, and our opt-out would delete it (issue 17, item 6).
+fn not_ours(have: &ObjectMeta, want: &ObjectMeta) -> Option<String> {
+    let unlabelled =
+        want.labels.iter().flatten().find(|(k, v)| have.labels.as_ref().and_then(|l| l.get(*k)) != Some(v));
+    if let Some((key, value)) = unlabelled {
+        return Some(format!("it lacks our label {key}={value}, so ldap-elector did not create it"));
+    }
+    let ours = |uid: &str| want.owner_references.iter().flatten().any(|w| w.uid == uid);
+    let controller = have.owner_references.iter().flatten().find(|h| h.controller == Some(true) && !ours(&h.uid));
+    controller.map(|c| format!("it is controlled by {} {}", c.kind, c.name))
 }
 
 /// The objects we compare and apply, with what "already as wanted" means for each.
@@ -100,6 +115,11 @@ impl Reconciler {
     /// Bring an opted-in StatefulSet's objects and Services to the desired state.
     pub(super) async fn ensure(&self, owner: &StatefulSet, want: &DesiredObjects) -> Result<Action, ReconcileError> {
         let (ns, sts) = (want.namespace.as_str(), want.statefulset.as_str());
+        self.claimable(ns, want.service_account.as_ref()).await?;
+        self.claimable(ns, Some(&want.role)).await?;
+        self.claimable(ns, Some(&want.role_binding)).await?;
+        self.claimable(ns, Some(&want.lease)).await?;
+        self.claimable(ns, want.network_policy.as_ref()).await?;
         // Role before RoleBinding: binding a Role is checked against the Role's rules.
         self.sync(ns, sts, want.service_account.as_ref()).await?;
         self.sync(ns, sts, Some(&want.role)).await?;
@@ -114,10 +134,20 @@ impl Reconciler {
             match call(&op, services.get_opt(name)).await? {
                 None => missing.push(name.as_str()),
                 Some(svc) => {
-                    let change = leader_selector_change(&svc, sts);
+                    let mut change = leader_selector_change_for(&svc, owner);
+                    if let ServiceChange::Patch(_) = change {
+                        let foreign = self.foreign_pods(&svc, owner).await?;
+                        if !foreign.is_empty() {
+                            change = ServiceChange::Refuse(format!(
+                                "it also selects pods that are not StatefulSet {sts}'s ({}); narrowing it to our leader \
+                                 would cut them off",
+                                foreign.join(", ")
+                            ));
+                        }
+                    }
                     if let ServiceChange::Refuse(reason) = &change {
                         let note = format!("Service {name} left alone: {reason}");
-                        self.event(owner, EventType::Warning, "LeaderServiceRefused", note).await;
+                        self.event(owner, EventType::Warning, contract::EVENT_LEADER_SERVICE_REFUSED, note).await;
                     }
                     self.change_service(&services, &svc, sts, change).await?
                 }
@@ -177,6 +207,25 @@ impl Reconciler {
         Ok(Action::await_change())
     }
 
+    /// A StatefulSet above [`contract::MAX_REPLICAS`]: its objects stay as they are (running
+    /// electors keep their rights), its new pods are refused at admission; it says so.
+    pub(super) async fn refuse_too_many_replicas(&self, sts: &StatefulSet, refused: contract::ReplicasOutOfRange) {
+        let (ns, name) = (sts.namespace().unwrap_or_default(), sts.name_any());
+        warn!(namespace = %ns, statefulset = %name, replicas = refused.replicas, "not reconciled: {refused}");
+        let note = format!("not reconciled, new pods are refused: {refused}");
+        self.event(sts, EventType::Warning, contract::EVENT_TOO_MANY_REPLICAS, note).await;
+    }
+
+    /// An object we would generate belongs to someone else: left alone, said as an Event,
+    /// re-checked at the next resync (the owner may delete or rename it).
+    pub(super) async fn refuse_not_ours(&self, sts: &StatefulSet, error: &ReconcileError) -> Action {
+        let (ns, name) = (sts.namespace().unwrap_or_default(), sts.name_any());
+        warn!(namespace = %ns, statefulset = %name, %error, "not reconciled");
+        let note = format!("not reconciled: {error}; rename or remove that object, or rename the StatefulSet");
+        self.event(sts, EventType::Warning, contract::EVENT_OBJECT_NOT_OURS, note).await;
+        Action::requeue(RESYNC)
+    }
+
     /// Best effort: an Event on the StatefulSet (shown by `kubectl describe`); a failure
     /// is only logged, it never fails the reconcile.
     async fn event(&self, sts: &StatefulSet, type_: EventType, reason: &str, note: String) {
@@ -213,6 +262,23 @@ impl Reconciler {
             .collect())
     }
 
+    /// Pods the Service `svc` selects now (its selector without the role key) that `sts`
+    /// does not control (at most a few names, for the message).
+    async fn foreign_pods(&self, svc: &Service, sts: &StatefulSet) -> Result<Vec<String>, ReconcileError> {
+        let ns = sts.namespace().ok_or(ReconcileError::Incomplete("namespace"))?;
+        let uid = sts.metadata.uid.clone().ok_or(ReconcileError::Incomplete("uid"))?;
+        let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref()).cloned().unwrap_or_default();
+        let labels: Vec<String> =
+            selector.iter().filter(|(k, _)| *k != contract::LABEL_ROLE).map(|(k, v)| format!("{k}={v}")).collect();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let op = format!("listing the pods Service {ns}/{} selects", svc.name_any());
+        let list = call(&op, pods.list_metadata(&ListParams::default().labels(&labels.join(",")).limit(100))).await?;
+        let controlled = |p: &kube::core::PartialObjectMeta<Pod>| {
+            p.metadata.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
+        };
+        Ok(list.items.iter().filter(|p| !controlled(p)).take(3).map(|p| p.name_any()).collect())
+    }
+
     async fn marked_services(&self, api: &Api<Service>, ns: &str, sts: &str) -> Result<Vec<Service>, ReconcileError> {
         let op = format!("listing Services of {ns}/{sts}");
         let selector = format!("{}={sts}", contract::LABEL_STATEFULSET);
@@ -241,6 +307,25 @@ impl Reconciler {
                 info!(namespace = %ns, statefulset = sts, service = %name, %selector, "patched Service selector");
                 Ok(())
             }
+        }
+    }
+
+    /// `Err(NotOurs)` if an object named like `want` exists and is not ours ([`not_ours`]).
+    /// Checked for every object before any is applied: a Role granting the electors a Lease
+    /// someone else owns would be a takeover too.
+    async fn claimable<K: Generated>(&self, ns: &str, want: Option<&K>) -> Result<(), ReconcileError> {
+        let Some((want, name)) = want.and_then(|w| Some((w, w.meta().name.clone()?))) else {
+            return Ok(());
+        };
+        let kind = K::kind(&()).to_string();
+        let op = format!("reading {kind} {ns}/{name}");
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+        // A list by name: the webhook holds `list` on every kind it generates, not `get`.
+        let named = ListParams::default().fields(&format!("metadata.name={name}"));
+        let found = call(&op, api.list(&named)).await?.items.into_iter().next();
+        match found.and_then(|have| not_ours(have.meta(), want.meta())) {
+            Some(why) => Err(ReconcileError::NotOurs { kind, namespace: ns.to_string(), name, why }),
+            None => Ok(()),
         }
     }
 
@@ -286,6 +371,24 @@ impl Reconciler {
 mod tests {
     use super::super::desired::tests::{desired_now, opted_in, sts};
     use super::*;
+
+    #[test]
+    fn an_object_we_did_not_create_is_never_taken_over() {
+        let want = desired_now(&sts(opted_in(), 2, None, None)).unwrap().unwrap();
+        assert_eq!(not_ours(&want.lease.metadata, &want.lease.metadata), None, "our own object");
+        // Someone else's Lease of the same name: no labels of ours.
+        let theirs = ObjectMeta { name: want.lease.metadata.name.clone(), ..Default::default() };
+        let why = not_ours(&theirs, &want.lease.metadata).expect("refused");
+        assert!(why.contains(contract::LABEL_MANAGED_BY), "{why}");
+        // Our labels copied onto an object another controller owns.
+        let mut controlled = want.lease.metadata.clone();
+        let owner = &mut controlled.owner_references.as_mut().unwrap()[0];
+        (owner.uid, owner.kind, owner.name) = ("u-other".into(), "Deployment".into(), "payroll".into());
+        assert_eq!(
+            not_ours(&controlled, &want.lease.metadata).as_deref(),
+            Some("it is controlled by Deployment payroll")
+        );
+    }
 
     #[test]
     fn generated_objects_compare_by_what_we_apply() {

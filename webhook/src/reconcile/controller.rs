@@ -153,9 +153,21 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Reconciler>) -> Result<Action
     } else {
         BTreeSet::new()
     };
-    let action = match desired(&sts, &in_use)? {
-        Some(want) => ctx.ensure(&sts, &want).await?,
-        None => ctx.clean_up(&sts).await?,
+    let outcome = match desired(&sts, &in_use) {
+        Ok(Some(want)) => ctx.ensure(&sts, &want).await,
+        Ok(None) => ctx.clean_up(&sts).await,
+        Err(e) => Err(e),
+    };
+    // Refusals are not retried with backoff: only a change of the StatefulSet (or of the
+    // object in the way) can fix them.
+    let action = match outcome {
+        Ok(action) => action,
+        Err(ReconcileError::TooManyReplicas(refused)) => {
+            ctx.refuse_too_many_replicas(&sts, refused).await;
+            Action::await_change()
+        }
+        Err(e @ ReconcileError::NotOurs { .. }) => ctx.refuse_not_ours(&sts, &e).await,
+        Err(e) => return Err(e),
     };
     ctx.failures.lock().unwrap_or_else(PoisonError::into_inner).remove(&ObjectRef::from_obj(sts.as_ref()));
     Ok(action)

@@ -40,11 +40,12 @@ pub struct DesiredObjects {
 
 /// The pod names the elector Role must cover: the larger of the wanted and the existing
 /// replica count, so that pods of a scale-down keep their rights while they terminate
-/// (a leader must still be able to remove its own label on SIGTERM).
-pub fn elector_replicas(sts: &StatefulSet) -> u32 {
+/// (a leader must still be able to remove its own label on SIGTERM). Above
+/// [`contract::MAX_REPLICAS`] it is refused, so no memory is ever sized by the count.
+pub fn elector_replicas(sts: &StatefulSet) -> Result<u32, contract::ReplicasOutOfRange> {
     let wanted = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let existing = sts.status.as_ref().map(|s| s.replicas).unwrap_or(0);
-    u32::try_from(wanted.max(existing)).unwrap_or(0)
+    contract::bounded_replicas(i64::from(wanted.max(existing).max(0)))
 }
 
 /// `None` when the StatefulSet is not opted in (then everything we made should go).
@@ -60,6 +61,8 @@ pub fn desired(
     if !contract::is_opted_in(sts.metadata.annotations.as_ref()) {
         return Ok(None);
     }
+    // First, before anything is sized by it.
+    let replicas = elector_replicas(sts)?;
     let name = sts.metadata.name.clone().ok_or(ReconcileError::Incomplete("name"))?;
     let namespace = sts.metadata.namespace.clone().ok_or(ReconcileError::Incomplete("namespace"))?;
     let uid = sts.metadata.uid.clone().ok_or(ReconcileError::Incomplete("uid"))?;
@@ -91,10 +94,7 @@ pub fn desired(
         automount_service_account_token: Some(false),
         ..Default::default()
     });
-    let role = Role {
-        metadata: meta(identity.clone()),
-        rules: Some(contract::elector_role_rules(&name, elector_replicas(sts))),
-    };
+    let role = Role { metadata: meta(identity.clone()), rules: Some(contract::elector_role_rules(&name, replicas)) };
     let role_binding = RoleBinding {
         metadata: meta(identity.clone()),
         role_ref: RoleRef {
@@ -284,6 +284,22 @@ pub(super) mod tests {
         assert_eq!(rules(2, Some(3)), Some(contract::elector_role_rules("ldap", 3)), "terminating pod keeps rights");
         assert_eq!(rules(2, Some(2)), Some(contract::elector_role_rules("ldap", 2)));
         assert_eq!(rules(0, Some(0)), Some(contract::elector_role_rules("ldap", 0)));
+    }
+
+    #[test]
+    fn a_replica_count_above_the_maximum_is_refused_before_anything_is_sized_by_it() {
+        let max = contract::MAX_REPLICAS as i32;
+        assert!(desired_now(&sts(opted_in(), max, None, None)).is_ok());
+        for (replicas, status) in [(i32::MAX, None), (max + 1, None), (2, Some(i32::MAX))] {
+            match desired_now(&sts(opted_in(), replicas, status, None)) {
+                Err(ReconcileError::TooManyReplicas(e)) => {
+                    assert_eq!(e.replicas, i64::from(replicas.max(status.unwrap_or(0))))
+                }
+                other => panic!("{replicas}/{status:?}: expected TooManyReplicas, got {other:?}"),
+            }
+        }
+        // Not opted in: not ours, whatever the count.
+        assert_eq!(desired_now(&sts(json!({}), i32::MAX, None, None)).unwrap(), None);
     }
 
     #[test]

@@ -54,6 +54,12 @@ pub use ldap_elector_contract::api::API_TIMEOUT;
 pub enum ReconcileError {
     #[error("StatefulSet has no {0}; cannot derive its objects")]
     Incomplete(&'static str),
+    /// Refused, not retried: the StatefulSet gets an Event and its objects stay as they are.
+    #[error(transparent)]
+    TooManyReplicas(#[from] ldap_elector_contract::ReplicasOutOfRange),
+    /// Refused: an object we would generate exists and is not ours; never taken over.
+    #[error("{kind} {namespace}/{name} exists and is not ours to take over: {why}")]
+    NotOurs { kind: String, namespace: String, name: String, why: String },
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error("cannot serialise the patch for {op}: {source}")]

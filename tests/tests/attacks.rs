@@ -1,0 +1,568 @@
+//! The attack suite (issue 17): what a tenant can do to ldap-elector, tried on the real bed.
+//!
+//! The attacker is a **tenant**: the user [`TENANT_USER`], bound to the built-in ClusterRole
+//! `edit` in one namespace and to nothing else (the bed runs the ClusterRole aggregation
+//! controller, so `edit` holds what it holds on a real cluster). The product is installed as
+//! a cluster admin installs it: the webhook (injection + reconciler) and the chart's
+//! admission policies.
+//!
+//! Every attack first shows that the tenant CAN do the harmless neighbour action (annotate
+//! the pod, replace an image of a pod without an elector, mint a token without a pod binding,
+//! ...), so that a refusal means what it claims, and every refusal is checked for the message
+//! that says why.
+//!
+//! | attack (issue 17 item) | refused by |
+//! |---|---|
+//! | 3: an opted-in StatefulSet with 100,000 replicas topples the webhook | `contract::MAX_REPLICAS`: pods refused, Event on the StatefulSet, webhook keeps admitting |
+//! | 1: replace the sidecar's image (other code gets the pod-bound elector token) | policy `<fullname>-pod-spec` |
+//! | 1: replace slapd's image (slapd outside the fence) | policy `<fullname>-pod-spec` |
+//! | 1: add an ephemeral container (reads the token, enters slapd) | RBAC (`edit` lacks it); with the right granted on top, policy `<fullname>-pod-spec` |
+//! | 1: mint a token for the elector's account bound to an LDAP pod | policy `<fullname>-pod-bound-token` |
+//! | 5: a webhook outage blocks pods of StatefulSets that never opted in | `webhookConfiguration.podOptInLabel` + policy `<fullname>-opt-in` |
+//! | 6: `leader-service` names another team's Service | reconciler: only Services selecting exactly its pods, Event `LeaderServiceRefused` |
+//! | 6: a StatefulSet named after another team's Lease takes it over | reconciler: never applies over an object it did not create, Event `ObjectNotOurs` |
+//! | 6: relabel a write Service's `ldap-elector.dev/statefulset` mark | policy `<fullname>-leader-service` |
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use ldap_elector_contract as contract;
+use ldap_elector_tests::bed::{request_token, TENANT_USER};
+use ldap_elector_tests::workloads::webhook::{http_status, Webhook};
+use ldap_elector_tests::workloads::{fixtures, policies};
+use ldap_elector_tests::{wait_for, Bed};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(90);
+/// The tenant's namespace.
+const NS: &str = "tenant";
+/// The tenant's own, well-behaved LDAP StatefulSet.
+const STS: &str = "ldap";
+const ATTACKER_IMAGE: &str = "registry.invalid/attacker:1";
+
+// ---- The tenant ----
+
+/// Namespace [`NS`] with [`TENANT_USER`] bound to `edit` there; returns the tenant's client
+/// once the aggregated `edit` role lets it patch pods and mint tokens.
+async fn tenant(bed: &Bed) -> anyhow::Result<Client> {
+    let admin = bed.admin_client()?;
+    fixtures::namespace(&admin, NS, None).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "tenant-edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": TENANT_USER}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin, NS).create(&PostParams::default(), &binding).await?;
+    let tenant = bed.tenant_client()?;
+    for (verb, resource, subresource) in
+        [("patch", "pods", ""), ("create", "serviceaccounts", "token"), ("create", "statefulsets", "")]
+    {
+        wait_for(&format!("the tenant's edit role to allow {verb} {resource}/{subresource}"), T, || async {
+            can_i(&tenant, verb, resource, subresource).await?.then_some(()).ok_or("not yet".to_string())
+        })
+        .await?;
+    }
+    // And nothing outside its namespace.
+    let review = access_review("patch", "pods", "", "default");
+    let answer = Api::<SelfSubjectAccessReview>::all(tenant.clone()).create(&PostParams::default(), &review).await?;
+    anyhow::ensure!(!answer.status.is_some_and(|s| s.allowed), "the tenant must hold no rights outside {NS}");
+    Ok(tenant)
+}
+
+/// Grants the tenant a Role `name` with `rules` in [`NS`], on top of `edit`.
+async fn grant_tenant(admin: &Client, name: &str, rules: Value) -> anyhow::Result<()> {
+    let pp = PostParams::default();
+    let role: Role = serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules}))?;
+    Api::<Role>::namespaced(admin.clone(), NS).create(&pp, &role).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": TENANT_USER}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), NS).create(&pp, &binding).await?;
+    Ok(())
+}
+
+fn access_review(verb: &str, resource: &str, subresource: &str, namespace: &str) -> SelfSubjectAccessReview {
+    let group = if resource == "statefulsets" { "apps" } else { "" };
+    serde_json::from_value(json!({"spec": {"resourceAttributes": {
+        "namespace": namespace, "verb": verb, "group": group, "resource": resource, "subresource": subresource,
+    }}}))
+    .unwrap_or_default()
+}
+
+/// Whether RBAC lets `client` do `verb` on `resource/subresource` in [`NS`].
+async fn can_i(client: &Client, verb: &str, resource: &str, subresource: &str) -> Result<bool, String> {
+    let review = access_review(verb, resource, subresource, NS);
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+// ---- What the tenant sees ----
+
+/// Asserts a 403 from `policy` whose message contains `needle`; returns the message.
+fn refused<T>(result: Result<T, kube::Error>, what: &str, policy: &str, needle: &str) -> String {
+    match result {
+        Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains(policy) && e.message.contains(needle) => {
+            println!("refused as expected ({what}): {}", e.message);
+            e.message.clone()
+        }
+        Err(e) => panic!("{what}: expected 403 from {policy} mentioning {needle:?}, got: {e}"),
+        Ok(_) => {
+            panic!("ATTACK SUCCEEDED: {what}: expected 403 from {policy} mentioning {needle:?}, but it was admitted")
+        }
+    }
+}
+
+/// Waits until `policy` refuses the dry-run `probe` (policies act a moment after creation).
+async fn wait_policy_active<T, F, Fut>(policy: &str, probe: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    wait_for(&format!("policy {policy} to act"), T, || async {
+        match probe().await {
+            Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains(policy) => Ok(()),
+            Err(e) => Err(e.to_string()),
+            Ok(_) => Err("admitted (policy not active yet)".to_string()),
+        }
+    })
+    .await
+}
+
+/// Pods `<sts>-0..replicas` exist and carry the injection marker.
+async fn wait_injected(pods: &Api<Pod>, sts: &str, replicas: u32) -> anyhow::Result<Vec<Pod>> {
+    let names: Vec<String> = (0..replicas).map(|i| contract::pod_name(sts, i)).collect();
+    wait_for(&format!("pods of {sts} created and injected"), T, || async {
+        let mut out = Vec::new();
+        for name in &names {
+            let pod = pods.get_opt(name).await.map_err(|e| e.to_string())?.ok_or(format!("{name} missing"))?;
+            let status = pod.metadata.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_STATUS));
+            if status.map(String::as_str) != Some(contract::STATUS_INJECTED) {
+                return Err(format!("{name} not injected"));
+            }
+            out.push(pod);
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// The JSON-patch path of container `name`'s image (`containers` or `initContainers`).
+fn image_path(pod: &Pod, name: &str) -> anyhow::Result<String> {
+    let spec = pod.spec.as_ref().ok_or_else(|| anyhow::anyhow!("pod without spec"))?;
+    let lists = [("containers", Some(&spec.containers)), ("initContainers", spec.init_containers.as_ref())];
+    for (list, containers) in lists {
+        if let Some(i) = containers.into_iter().flatten().position(|c| c.name == name) {
+            return Ok(format!("/spec/{list}/{i}/image"));
+        }
+    }
+    anyhow::bail!("pod has no container {name}")
+}
+
+fn replace_image(path: &str) -> anyhow::Result<Patch<Value>> {
+    Ok(Patch::Json(serde_json::from_value(json!([{"op": "replace", "path": path, "value": ATTACKER_IMAGE}]))?))
+}
+
+fn debug_container(target: &str) -> Patch<Value> {
+    Patch::Strategic(json!({"spec": {"ephemeralContainers": [{
+        "name": "debugger", "image": ATTACKER_IMAGE, "targetContainerName": target,
+    }]}}))
+}
+
+fn opted_in() -> Value {
+    json!({contract::ANNOTATION_INJECT: "true"})
+}
+
+// ---- Item 3: one StatefulSet must not stop admission cluster-wide ----
+
+/// `replicas: 2147483647` made every webhook replica abort on a per-replica allocation, and
+/// with `failurePolicy: Fail` no covered StatefulSet pod could be created. Tested with
+/// 100,000 (above `contract::MAX_REPLICAS`, harmless to the controller-manager, which also
+/// allocates per replica: never 2^31 on a bed), OrderedReady and a nodeSelector no node
+/// matches, so at most one pod would ever exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_with_a_huge_replica_count_gets_no_pods_and_the_webhook_keeps_admitting() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let tenant = tenant(&bed).await?;
+    let admin = bed.admin_client()?;
+    let webhook = Webhook::start(&bed).await?;
+    webhook.register(&bed, NS, "Fail").await?;
+
+    // Neighbour: the tenant opts a StatefulSet in, and its pods are injected.
+    let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
+    sets.create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?).await?;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    wait_injected(&pods, STS, 2).await?;
+
+    // Attack: the same with 100,000 replicas.
+    let huge = "huge";
+    let mut set = fixtures::statefulset(huge, 100_000, opted_in())?;
+    let spec = set.spec.as_mut().ok_or_else(|| anyhow::anyhow!("fixture without spec"))?;
+    spec.pod_management_policy = Some("OrderedReady".into());
+    if let Some(template) = spec.template.spec.as_mut() {
+        template.node_selector =
+            Some([("ldap-elector.dev/attack-test".to_string(), "no-such-node".to_string())].into());
+    }
+    sets.create(&PostParams::default(), &set).await?;
+
+    // The reconciler refuses it with an Event naming the limit, ...
+    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
+    let limit = format!("at most {}", contract::MAX_REPLICAS);
+    let note = |reason: &'static str| {
+        let (events, limit) = (events.clone(), limit.clone());
+        async move {
+            let list = events.list(&Default::default()).await.map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(huge)
+                        && e.reason.as_deref() == Some(reason)
+                        && e.note.as_deref().is_some_and(|n| n.contains(&limit))
+                })
+                .and_then(|e| e.note)
+                .ok_or(format!("no {reason} Event naming the limit yet"))
+        }
+    };
+    let refusal =
+        wait_for("the webhook's TooManyReplicas Event", T, || note(contract::EVENT_TOO_MANY_REPLICAS)).await?;
+    println!("TooManyReplicas: {refusal}");
+    // ... the admission refuses its pods (the StatefulSet controller reports why), ...
+    let failed =
+        wait_for("the StatefulSet controller's FailedCreate naming the limit", T, || note("FailedCreate")).await?;
+    println!("FailedCreate: {failed}");
+    assert!(pods.get_opt(&contract::pod_name(huge, 0)).await?.is_none(), "a pod of {huge} was admitted");
+    let roles: Api<Role> = Api::namespaced(admin.clone(), NS);
+    assert!(roles.get_opt(&contract::identity_name(huge)).await?.is_none(), "a Role was sized by 100,000 replicas");
+
+    // ... and the webhook stays up: ready, and it still injects the neighbour's new pods.
+    assert_eq!(http_status(webhook.health_port, "/readyz").await.map_err(anyhow::Error::msg)?, 200);
+    let replaced = contract::pod_name(STS, 1);
+    let old_uid = pods.get(&replaced).await?.metadata.uid;
+    pods.delete(&replaced, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    wait_for("the neighbour's pod re-created and injected", T, || async {
+        let pod = pods.get_opt(&replaced).await.map_err(|e| e.to_string())?.ok_or("not yet".to_string())?;
+        let injected = pod.metadata.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_STATUS)).is_some();
+        (pod.metadata.uid != old_uid && injected).then_some(()).ok_or("not yet".to_string())
+    })
+    .await?;
+
+    Api::<StatefulSet>::namespaced(admin, NS).delete(huge, &DeleteParams::default()).await?;
+    drop(webhook);
+    Ok(())
+}
+
+// ---- Item 1: the leader-label protection must not be bypassed through the pod ----
+
+/// With `patch pods` a tenant could replace the code that holds the pod-bound elector token
+/// (which passes the role policy as "the pod's own elector"), run slapd outside the fence,
+/// attach a debug container, or mint such a token itself. None of it works on an injected
+/// pod; the same requests on a pod without an elector still do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_replace_code_or_mint_the_elector_token_of_an_injected_pod() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let tenant = tenant(&bed).await?;
+    let admin = bed.admin_client()?;
+    policies::install(&bed).await?;
+    let webhook = Webhook::start(&bed).await?;
+    webhook.register(&bed, NS, "Fail").await?;
+
+    Api::<StatefulSet>::namespaced(tenant.clone(), NS)
+        .create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?)
+        .await?;
+    let as_admin: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let injected = wait_injected(&as_admin, STS, 2).await?;
+    let (first, second) = (contract::pod_name(STS, 0), contract::pod_name(STS, 1));
+    // A pod of the tenant's without an elector: the neighbour of every attack.
+    let plain = "plain";
+    let pods: Api<Pod> = Api::namespaced(tenant.clone(), NS);
+    let plain_pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": plain},
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }))?;
+    pods.create(&PostParams::default(), &plain_pod).await?;
+
+    let pp = PatchParams::default();
+    let dry = PatchParams { dry_run: true, ..Default::default() };
+    let sidecar = image_path(&injected[1], contract::SIDECAR_CONTAINER)?;
+    let replace_sidecar = replace_image(&sidecar)?;
+    wait_policy_active(policies::POD_SPEC_POLICY, || pods.patch(&second, &dry, &replace_sidecar)).await?;
+
+    // Neighbour: the tenant may patch the injected pod's metadata.
+    pods.patch(&second, &pp, &Patch::Merge(json!({"metadata": {"annotations": {"team": "ldap"}}}))).await?;
+
+    // Attack: the sidecar's image.
+    refused(
+        pods.patch(&second, &pp, &replace_sidecar).await,
+        "replace the ldap-elector sidecar's image",
+        policies::POD_SPEC_POLICY,
+        &format!("may not replace images of pod {NS}/{second} ({}={ATTACKER_IMAGE})", contract::SIDECAR_CONTAINER),
+    );
+    // Attack: slapd's image, on the other pod.
+    refused(
+        pods.patch(&first, &pp, &replace_image(&image_path(&injected[0], "ldap")?)?).await,
+        "replace slapd's image",
+        policies::POD_SPEC_POLICY,
+        "slapd outside the fence",
+    );
+    // Neighbour: the same patch on a pod without an elector.
+    pods.patch(plain, &pp, &replace_image("/spec/containers/0/image")?).await?;
+
+    // Attack: an ephemeral container next to the sidecar. `edit` does not grant
+    // `pods/ephemeralcontainers`; clusters that allow `kubectl debug` grant it on top, so the
+    // tenant gets it here (and nothing else) to show the policy holds without RBAC's help.
+    let debug = can_i(&tenant, "patch", "pods", "ephemeralcontainers").await.map_err(anyhow::Error::msg)?;
+    assert!(!debug, "the built-in edit role grants pods/ephemeralcontainers: RBAC changed, review this attack");
+    let rules = json!([{"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["patch"]}]);
+    grant_tenant(&admin, "debug-pods", rules).await?;
+    wait_for("the tenant's debug right", T, || async {
+        can_i(&tenant, "patch", "pods", "ephemeralcontainers").await?.then_some(()).ok_or("not yet".to_string())
+    })
+    .await?;
+    refused(
+        pods.patch_subresource("ephemeralcontainers", &second, &pp, &debug_container(contract::SIDECAR_CONTAINER))
+            .await,
+        "add an ephemeral container to an injected pod",
+        policies::POD_SPEC_POLICY,
+        &format!("may not add an ephemeral container to pod {NS}/{second}"),
+    );
+    // Neighbour: `kubectl debug` of a pod without an elector.
+    pods.patch_subresource("ephemeralcontainers", plain, &pp, &debug_container("app")).await?;
+
+    // Attack: a token of the elector's account bound to the standby-to-be, which would pass
+    // the role policy as that pod's own elector (the issue's reproducer labelled both pods
+    // leader with it).
+    let account = contract::identity_name(STS);
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), NS);
+    wait_for("the reconciler to create the elector account", T, || async {
+        accounts.get_opt(&account).await.map_err(|e| e.to_string())?.map(drop).ok_or("not yet".to_string())
+    })
+    .await?;
+    // Neighbour: a token of that account without a pod binding (the role policy refuses it
+    // for role changes; label_protection.rs shows that).
+    request_token(&tenant, NS, &account, None).await?;
+    let uid = injected[1].metadata.uid.clone().unwrap_or_default();
+    let minted = request_token(&tenant, NS, &account, Some((&second, &uid))).await;
+    let error = match minted {
+        Ok(_) => panic!("ATTACK SUCCEEDED: the tenant minted a token of {account} bound to pod {second}"),
+        Err(e) => e.chain().find_map(|c| c.downcast_ref::<kube::Error>()).map(|e| e.to_string()).unwrap_or_default(),
+    };
+    assert!(
+        error.contains(policies::POD_BOUND_TOKEN_POLICY)
+            && error.contains("only the kubelet requests pod-bound tokens"),
+        "minting a pod-bound elector token: expected a refusal by {}, got: {error}",
+        policies::POD_BOUND_TOKEN_POLICY
+    );
+    println!("refused as expected (mint a pod-bound elector token): {error}");
+
+    // Nothing changed on the injected pods.
+    for (pod, before) in [(&first, &injected[0]), (&second, &injected[1])] {
+        let now = as_admin.get(pod).await?;
+        let images = |p: &Pod| {
+            let spec = p.spec.clone().unwrap_or_default();
+            let all = spec.containers.into_iter().chain(spec.init_containers.unwrap_or_default());
+            all.map(|c| (c.name, c.image)).collect::<Vec<_>>()
+        };
+        assert_eq!(images(&now), images(before), "{pod}'s images changed");
+        assert!(now.spec.and_then(|s| s.ephemeral_containers).unwrap_or_default().is_empty(), "{pod} got a debugger");
+    }
+    drop(webhook);
+    Ok(())
+}
+
+// ---- Item 5: the blast radius of a webhook outage ----
+
+/// With `failurePolicy: Fail` every StatefulSet pod the webhook covered depended on it, opted
+/// in or not. With the chart's `webhookConfiguration.podOptInLabel` only pods labelled
+/// `ldap-elector.dev/inject: "true"` reach it, and the policy `<fullname>-opt-in` refuses an
+/// opted-in StatefulSet without that label (its pods would start without the elector). Then a
+/// webhook outage (scaled to 0) blocks only the pods of opted-in StatefulSets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_outage_blocks_no_pod_of_a_statefulset_that_did_not_opt_in() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let tenant = tenant(&bed).await?;
+    let admin = bed.admin_client()?;
+    let scoped = ["--set", "webhookConfiguration.podOptInLabel=true"];
+    policies::install_with(&bed, &["templates/opt-in-guard.yaml"], &scoped).await?;
+    let selector = policies::pod_webhook_object_selector(&bed, &scoped).await?;
+    assert_eq!(selector["matchLabels"][contract::LABEL_INJECT], "true", "{selector}");
+    let mut webhook = Webhook::start(&bed).await?;
+    webhook.register_selecting(&bed, NS, "Fail", selector).await?;
+
+    let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
+    let labelled = |name: &str| -> anyhow::Result<StatefulSet> {
+        let mut set = fixtures::statefulset(name, 2, opted_in())?;
+        if let Some(spec) = set.spec.as_mut() {
+            let labels =
+                spec.template.metadata.get_or_insert_with(Default::default).labels.get_or_insert_with(Default::default);
+            labels.insert(contract::LABEL_INJECT.into(), "true".into());
+        }
+        Ok(set)
+    };
+    // Neighbour: an opted-in StatefulSet with the label is injected.
+    sets.create(&PostParams::default(), &labelled(STS)?).await?;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    wait_injected(&pods, STS, 2).await?;
+    // One without the label would be missed by the webhook: refused, saying why.
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    let unlabelled = fixtures::statefulset("forgot", 2, opted_in())?;
+    wait_policy_active(policies::OPT_IN_POLICY, || sets.create(&dry, &unlabelled)).await?;
+    refused(
+        sets.create(&PostParams::default(), &unlabelled).await,
+        "opt a StatefulSet in without the pod-template label",
+        policies::OPT_IN_POLICY,
+        &format!("lacks the label {}: \"true\"", contract::LABEL_INJECT),
+    );
+
+    // The outage: no webhook replica answers; the configuration stays, failurePolicy Fail.
+    webhook.stop().await?;
+    assert!(http_status(webhook.health_port, "/readyz").await.is_err(), "the webhook still answers");
+
+    // A StatefulSet that did not opt in gets its pods all the same ...
+    sets.create(&PostParams::default(), &fixtures::statefulset("other", 2, json!({}))?).await?;
+    wait_for("the pods of a StatefulSet that did not opt in", T, || async {
+        let mut missing = Vec::new();
+        for name in [contract::pod_name("other", 0), contract::pod_name("other", 1)] {
+            if pods.get_opt(&name).await.map_err(|e| e.to_string())?.is_none() {
+                missing.push(name);
+            }
+        }
+        missing.is_empty().then_some(()).ok_or(format!("missing {missing:?}"))
+    })
+    .await?;
+    // ... while an opted-in one gets none: no slapd starts without its elector.
+    let late = "late";
+    sets.create(&PostParams::default(), &labelled(late)?).await?;
+    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
+    wait_for("the StatefulSet controller's FailedCreate for the opted-in StatefulSet", T, || async {
+        let list = events.list(&Default::default()).await.map_err(|e| e.to_string())?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(late)
+                    && e.reason.as_deref() == Some("FailedCreate")
+                    && e.note.as_deref().is_some_and(|n| n.contains("pods.ldap-elector.dev"))
+            })
+            .then_some(())
+            .ok_or("not yet".to_string())
+    })
+    .await?;
+    assert!(pods.get_opt(&contract::pod_name(late, 0)).await?.is_none(), "an opted-in pod started uninjected");
+    Ok(())
+}
+
+// ---- Item 6: the webhook as a confused deputy in the namespace ----
+
+/// The reconciler acts with the webhook's rights, wider than the tenant's: it must not
+/// narrow another team's Service to the tenant's leader because an annotation names it,
+/// take over an object named like one it generates (and delete it on opt-out), or follow a
+/// write Service's mark that a tenant relabelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_cannot_steer_or_take_over_what_another_team_owns() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let tenant = tenant(&bed).await?;
+    let admin = bed.admin_client()?;
+    policies::install(&bed).await?;
+    let webhook = Webhook::start(&bed).await?;
+    webhook.register(&bed, NS, "Fail").await?;
+
+    // Another team's objects in the namespace: a Service and a Lease named as ours would be
+    // for a StatefulSet `payroll`.
+    let other = "payroll";
+    let services: Api<Service> = Api::namespaced(admin.clone(), NS);
+    services.create(&PostParams::default(), &fixtures::service(other, json!({"app": other}))?).await?;
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), NS);
+    let lease: Lease = serde_json::from_value(json!({"metadata": {"name": contract::lease_name(other)}}))?;
+    leases.create(&PostParams::default(), &lease).await?;
+
+    // Neighbour: the tenant's own write Service gets the leader selector and our mark.
+    let primary = "ldap-primary";
+    let as_tenant: Api<Service> = Api::namespaced(tenant.clone(), NS);
+    as_tenant.create(&PostParams::default(), &fixtures::service(primary, json!({"app": STS}))?).await?;
+    let annotations = json!({contract::ANNOTATION_INJECT: "true", contract::ANNOTATION_LEADER_SERVICE: format!("{primary}, {other}")});
+    let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
+    sets.create(&PostParams::default(), &fixtures::statefulset(STS, 2, annotations)?).await?;
+    wait_for("the tenant's write Service to select the leader", T, || async {
+        let svc = services.get(primary).await.map_err(|e| e.to_string())?;
+        let selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
+        let mark = svc.metadata.labels.unwrap_or_default().get(contract::LABEL_STATEFULSET).cloned();
+        (selector.get(contract::LABEL_ROLE).map(String::as_str) == Some(contract::ROLE_LEADER)
+            && mark.as_deref() == Some(STS))
+        .then_some(())
+        .ok_or(format!("selector {selector:?}, mark {mark:?}"))
+    })
+    .await?;
+
+    // Attack: the annotation names the other team's Service. Left alone, saying why; the
+    // tenant's pods do not wait for it.
+    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
+    let event = |regarding: &'static str, reason: &'static str, needle: String| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
+                        && e.reason.as_deref() == Some(reason)
+                        && e.note.as_deref().is_some_and(|n| n.contains(&needle))
+                })
+                .and_then(|e| e.note)
+                .ok_or(format!("no {reason} Event on {regarding} mentioning {needle:?} yet"))
+        }
+    };
+    let note = wait_for("the refusal to touch the other team's Service", T, || {
+        event(STS, contract::EVENT_LEADER_SERVICE_REFUSED, format!("Service {other} left alone: not a write Service"))
+    })
+    .await?;
+    println!("refused as expected (steer another team's Service): {note}");
+    let selector = services.get(other).await?.spec.and_then(|s| s.selector).unwrap_or_default();
+    assert_eq!(selector, [("app".to_string(), other.to_string())].into(), "the other team's Service was changed");
+    wait_injected(&Api::namespaced(admin.clone(), NS), STS, 2).await?;
+
+    // Attack: a StatefulSet named so that its Lease is the other team's. Nothing is taken
+    // over (not even a Role granting that Lease), and deleting the StatefulSet leaves it.
+    sets.create(&PostParams::default(), &fixtures::statefulset(other, 1, opted_in())?).await?;
+    let note = wait_for("the refusal to take over the other team's Lease", T, || {
+        event(other, contract::EVENT_OBJECT_NOT_OURS, format!("Lease {NS}/{}", contract::lease_name(other)))
+    })
+    .await?;
+    println!("refused as expected (take over another team's Lease): {note}");
+    let roles: Api<Role> = Api::namespaced(admin.clone(), NS);
+    assert!(roles.get_opt(&contract::identity_name(other)).await?.is_none(), "a Role was granted on their Lease");
+    let theirs = leases.get(&contract::lease_name(other)).await?;
+    assert!(theirs.metadata.owner_references.is_none() && theirs.metadata.labels.is_none(), "{:?}", theirs.metadata);
+    sets.delete(other, &DeleteParams::default()).await?;
+
+    // Attack: relabel the write Service's mark, so that another StatefulSet's reconciler
+    // "restores" it (removes its leader selector). Neighbour: other metadata changes work.
+    let pp = PatchParams::default();
+    as_tenant.patch(primary, &pp, &Patch::Merge(json!({"metadata": {"annotations": {"team": "ldap"}}}))).await?;
+    for mark in [json!(other), Value::Null] {
+        refused(
+            as_tenant
+                .patch(
+                    primary,
+                    &pp,
+                    &Patch::Merge(json!({"metadata": {"labels": {contract::LABEL_STATEFULSET: mark}}})),
+                )
+                .await,
+            "relabel the write Service's mark",
+            policies::LEADER_SERVICE_POLICY,
+            &format!("may not set, change or remove the label {}", contract::LABEL_STATEFULSET),
+        );
+    }
+    assert!(leases.get_opt(&contract::lease_name(other)).await?.is_some(), "the other team's Lease was deleted");
+    drop(webhook);
+    Ok(())
+}
