@@ -8,6 +8,7 @@
 //! release webhook (`webhook_load`).
 
 pub mod observer;
+pub mod writability;
 pub mod webhook_load;
 
 use std::collections::BTreeMap;
