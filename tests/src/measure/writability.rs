@@ -30,10 +30,13 @@ pub const PROBE_PERIOD: Duration = Duration::from_millis(25);
 /// A probe not answered within this is `Failed` (a frozen server answers after the thaw; an
 /// answer that late would prove nothing about the instant it was sent).
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
-/// RFC-less but OpenLDAP's: the No-Op control, and the result code of a writable server.
-const NOOP_CONTROL: &str = "1.3.6.1.4.1.4203.1.5.2";
+/// OpenLDAP's No-Op control (in its experimental arc), and the result code of a writable
+/// server.
+const NOOP_CONTROL: &str = "1.3.6.1.4.1.4203.666.5.2";
 const RC_NOOP: u32 = 16654;
 const RC_SUCCESS: u32 = 0;
+/// `unwillingToPerform`: what a fenced (`olcReadOnly`) slapd answers.
+pub const RC_FENCED: u32 = 53;
 
 /// What a probe got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +114,12 @@ pub fn overlapping(intervals: &[Interval]) -> Vec<(Interval, Interval)> {
 pub fn missing(acked: &[String], present: &[String]) -> Vec<String> {
     let present: HashSet<&str> = present.iter().map(String::as_str).collect();
     acked.iter().filter(|u| !present.contains(u.as_str())).cloned().collect()
+}
+
+/// Probes refused with another code than [`RC_FENCED`]: the observer could not tell whether
+/// the server was writable (a broken probe must not pass for a fenced server).
+pub fn unexplained(probes: &[Probe]) -> Vec<Probe> {
+    probes.iter().filter(|p| matches!(p.answer, Answer::Refused(rc) if rc != RC_FENCED)).copied().collect()
 }
 
 /// Snapshots of the write Service's ready endpoints with more than one of them.
@@ -399,6 +408,14 @@ mod tests {
     fn intervals_that_touch_count_as_overlapping() {
         let probes = vec![probe(0, 0, 10, Answer::Writable), probe(1, 10, 11, Answer::Writable)];
         assert_eq!(overlapping(&writable_intervals(&probes)).len(), 1);
+    }
+
+    #[test]
+    fn refusals_other_than_the_fence_are_unexplained() {
+        assert!(unexplained(&handover()).is_empty());
+        let mut probes = handover();
+        probes.push(probe(1, 300, 301, Answer::Refused(12)));
+        assert_eq!(unexplained(&probes), vec![probe(1, 300, 301, Answer::Refused(12))]);
     }
 
     #[test]

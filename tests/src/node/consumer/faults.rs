@@ -1,6 +1,6 @@
 //! Faults injected from the host into the real node's containers: a container's PID 1
 //! killed with SIGKILL (as the OOM killer or a crash would), and a whole pod frozen through
-//! its cgroup v1 freezer.
+//! its cgroup v1 freezer. Also a container's memory working set, read from its cgroup.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use crate::node::RealNode;
 
 const FREEZER_ROOT: &str = "/sys/fs/cgroup/freezer/kubepods";
+const MEMORY_ROOT: &str = "/sys/fs/cgroup/memory/kubepods";
 const CONTAINERD_PREFIX: &str = "containerd://";
 
 /// The containerd ID of `container` (regular or native sidecar) in `pod`'s status.
@@ -57,15 +58,35 @@ pub fn kill_container(node: &RealNode, pod: &Pod, container: &str) -> anyhow::Re
 
 /// The freezer cgroup of the pod with `uid` (any QoS class).
 pub fn pod_freezer(uid: &str) -> anyhow::Result<PathBuf> {
+    pod_cgroup(FREEZER_ROOT, uid)
+}
+
+/// The cgroup of the pod with `uid` under the hierarchy's `kubepods` (any QoS class).
+fn pod_cgroup(root: &str, uid: &str) -> anyhow::Result<PathBuf> {
     let name = format!("pod{uid}");
-    let root = Path::new(FREEZER_ROOT);
+    let root = Path::new(root);
     for dir in [root.to_path_buf(), root.join("burstable"), root.join("besteffort")] {
         let candidate = dir.join(&name);
         if candidate.is_dir() {
             return Ok(candidate);
         }
     }
-    bail!("no freezer cgroup {name} under {FREEZER_ROOT}")
+    bail!("no cgroup {name} under {}", root.display())
+}
+
+/// Working set of `container` in `pod` as the kubelet computes it (cgroup v1): usage minus
+/// inactive file pages, in bytes.
+pub fn working_set(pod: &Pod, container: &str) -> anyhow::Result<u64> {
+    let uid = pod.metadata.uid.as_deref().context("pod without uid")?;
+    let dir = pod_cgroup(MEMORY_ROOT, uid)?.join(container_id(pod, container)?);
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).with_context(|| format!("{}/{name}", dir.display()));
+    let usage: u64 = read("memory.usage_in_bytes")?.trim().parse()?;
+    Ok(usage.saturating_sub(stat_value(&read("memory.stat")?, "total_inactive_file").unwrap_or(0)))
+}
+
+/// A value of `memory.stat`.
+pub fn stat_value(stat: &str, key: &str) -> Option<u64> {
+    stat.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Freezes (`true`) or thaws every process of the pod at `cgroup`.
@@ -85,5 +106,13 @@ mod tests {
         assert_eq!(task_pid(listing, "abc"), Some(4242));
         assert_eq!(task_pid(listing, "abcd"), Some(17));
         assert_eq!(task_pid(listing, "ab"), None);
+    }
+
+    #[test]
+    fn stat_value_matches_the_whole_key() {
+        let stat = "inactive_file 5\ntotal_inactive_file 4096\ntotal_inactive_file_x 1\n";
+        assert_eq!(stat_value(stat, "total_inactive_file"), Some(4096));
+        assert_eq!(stat_value(stat, "inactive_file"), Some(5));
+        assert_eq!(stat_value(stat, "active_file"), None);
     }
 }

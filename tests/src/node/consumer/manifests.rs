@@ -158,7 +158,7 @@ pub fn listen_urls() -> String {
 }
 
 /// The StatefulSet: two slapd servers as the image's openldap user, read-only root file
-/// system, emptyDirs where slapd writes, opted in with `lease_duration`.
+/// system, emptyDirs where slapd writes, opted in with `lease_duration` (whole seconds).
 pub fn statefulset(image: &str, openldap: (u32, u32), lease_duration: &str) -> anyhow::Result<StatefulSet> {
     let (uid, gid) = openldap;
     let container_security = json!({
@@ -247,7 +247,7 @@ mod tests {
     #[test]
     fn slapd_listens_on_the_annotated_socket_dir() {
         assert_eq!(listen_urls(), "ldap://:1389/ ldapi://%2Frun%2Fslapd%2Fldapi/");
-        let sts = statefulset("localhost/openldap:x", (101, 102), "8s").unwrap();
+        let sts = statefulset("localhost/openldap:x", (101, 102), "8").unwrap();
         let annotations = sts.metadata.annotations.unwrap();
         assert_eq!(annotations[contract::ANNOTATION_LDAPI_SOCKET_DIR], SOCKET_DIR);
     }

@@ -5,6 +5,7 @@
 
 pub mod faults;
 pub mod manifests;
+pub mod scenario;
 
 use std::time::Duration;
 
