@@ -9,7 +9,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Patch, PatchParams};
+use kube::Api;
 use ldap3::{Scope, SearchEntry};
+use ldap_elector_contract::{lease_name, LEASE_ANNOTATION_SWITCHOVER_TO, SIDECAR_CONTAINER};
 use ldap_elector_tests::ldap::conn::Conn;
 use ldap_elector_tests::ldap::slapd::{ADMIN_DN, ADMIN_PASSWORD, PEOPLE};
 use ldap_elector_tests::measure::writability::{Answer, RC_FENCED};
@@ -17,10 +21,6 @@ use ldap_elector_tests::node::consumer::faults;
 use ldap_elector_tests::node::consumer::manifests::{CONTAINER_PORT, SLAPD_CONTAINER};
 use ldap_elector_tests::node::consumer::scenario::{Scenario, LEASE};
 use ldap_elector_tests::node::consumer::{pod_name, server_id, NAMESPACE, STATEFULSET};
-use ldap_elector_contract::{lease_name, LEASE_ANNOTATION_SWITCHOVER_TO, SIDECAR_CONTAINER};
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Patch, PatchParams};
-use kube::Api;
 
 /// Fresh connections through the write Service in the full loop (kube-proxy picks an
 /// endpoint per connection).
@@ -60,7 +60,11 @@ async fn full_loop_helm_install_annotate_one_leader_and_the_cluster_ip_reaches_o
     let (leader, _) = s.leader().await?;
     let ids = accepting_servers(&s.consumer.write_url(), ROUTE_CHECKS).await?;
     let distinct: HashSet<u32> = ids.iter().copied().collect();
-    assert_eq!(distinct, HashSet::from([server_id(leader)]), "the write Service reached {ids:?}; leader is pod {leader}");
+    assert_eq!(
+        distinct,
+        HashSet::from([server_id(leader)]),
+        "the write Service reached {ids:?}; leader is pod {leader}"
+    );
     // The standby's slapd is fenced: its probes are refused with 53.
     let standby = 1 - leader;
     let since = Instant::now();
@@ -109,8 +113,8 @@ async fn the_leaders_slapd_container_killed_is_restarted_by_the_kubelet_and_writ
     let s = Scenario::start().await?;
     let (leader, pod) = s.leader().await?;
     let before = restarts(&s, leader, SLAPD_CONTAINER).await?;
-    let killed_at = Instant::now();
-    let pid = faults::kill_container(s.node(), &pod, SLAPD_CONTAINER)?;
+    let pid = faults::container_pid(s.node(), &pod, SLAPD_CONTAINER)?;
+    let killed_at = faults::sigkill(pid)?;
     eprintln!("{} kill -9 of slapd (pid {pid}) in {}", s.at(killed_at), pod_name(leader));
     ldap_elector_tests::wait_for("the kubelet to restart slapd", RECOVERY, || async {
         match restarts(&s, leader, SLAPD_CONTAINER).await {
@@ -153,7 +157,8 @@ async fn the_leader_pod_frozen_for_longer_than_the_lease_and_thawed_never_gives_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_holding_its_connection_to_the_old_leader_gets_refused_or_closed_never_success() -> anyhow::Result<()> {
+async fn a_client_holding_its_connection_to_the_old_leader_gets_refused_or_closed_never_success() -> anyhow::Result<()>
+{
     let s = Scenario::start().await?;
     let (leader, _) = s.leader().await?;
     let mut held = Conn::open(&s.consumer.write_url()).await?;
@@ -172,7 +177,10 @@ async fn a_client_holding_its_connection_to_the_old_leader_gets_refused_or_close
     for i in 0..5 {
         let uid = format!("held-after{i}");
         match held.add_person(&uid).await {
-            Ok(r) => assert_ne!(r.rc, 0, "{uid} acknowledged on the connection to the old leader"),
+            Ok(r) => {
+                eprintln!("held connection: {uid} answered {} {:?}", r.rc, r.text);
+                assert_ne!(r.rc, 0, "{uid} acknowledged on the connection to the old leader");
+            }
             Err(e) => {
                 eprintln!("held connection: {e} (closed)");
                 break;
@@ -186,21 +194,38 @@ async fn a_client_holding_its_connection_to_the_old_leader_gets_refused_or_close
     Ok(())
 }
 
+/// Kills of the leader's elector in a row, each after the killed container ran again: the
+/// kubelet restarts a container at once after its first exit, then with a growing back-off
+/// (10 s, 20 s, ...), longer than the Lease: the container is left in CrashLoopBackOff.
+const ELECTOR_KILLS: usize = 3;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "issue 15 item 2: the watchdog dies with the elector container, the old leader's slapd stays writable (fix: the fence guard container)"]
-async fn the_leaders_elector_container_killed_from_the_host_leaves_no_two_writable_servers() -> anyhow::Result<()> {
+async fn the_leaders_elector_container_killed_from_the_host_into_crash_loop_leaves_no_two_writable_servers(
+) -> anyhow::Result<()> {
     let s = Scenario::start().await?;
-    let (leader, pod) = s.leader().await?;
-    let killed_at = Instant::now();
-    let pid = faults::kill_container(s.node(), &pod, SIDECAR_CONTAINER)?;
-    eprintln!("{} kill -9 of the elector's PID 1 ({pid}) in {}", s.at(killed_at), pod_name(leader));
-    let refused = ldap_elector_tests::wait_for("the old leader's slapd to refuse writes", RECOVERY, || async {
-        s.prober.first_after(leader, killed_at, |a| a != Answer::Writable).ok_or("still writable")
-    })
-    .await?;
-    eprintln!("old leader's slapd stopped accepting writes {:.3}s after the kill", refused.sent.as_secs_f64()
-        - killed_at.saturating_duration_since(s.epoch).as_secs_f64());
-    s.writer.wait_ack_after(killed_at, RECOVERY).await?;
+    for kill in 0..ELECTOR_KILLS {
+        let (leader, pod) = s.leader().await?;
+        let before = restarts(&s, leader, SIDECAR_CONTAINER).await?;
+        let pid = faults::container_pid(s.node(), &pod, SIDECAR_CONTAINER)?;
+        let killed_at = faults::sigkill(pid)?;
+        eprintln!("{} kill {kill}: kill -9 of the elector's PID 1 ({pid}) in {}", s.at(killed_at), pod_name(leader));
+        let refused = ldap_elector_tests::wait_for("the old leader's slapd to refuse writes", RECOVERY, || async {
+            s.prober.first_after(leader, killed_at, |a| a != Answer::Writable).ok_or("still writable")
+        })
+        .await?;
+        let since_kill = refused.sent.saturating_sub(killed_at.saturating_duration_since(s.epoch));
+        eprintln!("  old leader's slapd answered {:?} {:.3}s after the kill", refused.answer, since_kill.as_secs_f64());
+        s.writer.wait_ack_after(killed_at, RECOVERY).await?;
+        ldap_elector_tests::wait_for("the killed elector to run again", RECOVERY, || async {
+            match restarts(&s, leader, SIDECAR_CONTAINER).await {
+                Ok(n) if n > before => Ok(()),
+                other => Err(format!("restarts {other:?}")),
+            }
+        })
+        .await?;
+        s.observer.wait_for_single_leader(RECOVERY).await?;
+    }
     tokio::time::sleep(SETTLE).await;
     let verdict = s.finish().await?;
     verdict.assert_safe();

@@ -44,8 +44,7 @@ pub async fn run() -> anyhow::Result<()> {
     for run in 0..runs {
         settle(&s).await?;
         let (leader, pod) = s.leader().await?;
-        let fault = Instant::now();
-        faults::kill_container(s.node(), &pod, SLAPD_CONTAINER)?;
+        let fault = faults::sigkill(faults::container_pid(s.node(), &pod, SLAPD_CONTAINER)?)?;
         let back = s.writer.wait_ack_after(fault, RECOVERY).await?;
         slapd_killed.push(back.end - fault);
         eprintln!("slapd kill {run}: pod {leader}, writes back after {:?}", back.end - fault);
@@ -67,8 +66,7 @@ pub async fn run() -> anyhow::Result<()> {
     for run in 0..runs {
         settle(&s).await?;
         let (leader, pod) = s.leader().await?;
-        let fault = Instant::now();
-        faults::kill_container(s.node(), &pod, SIDECAR_CONTAINER)?;
+        let fault = faults::sigkill(faults::container_pid(s.node(), &pod, SIDECAR_CONTAINER)?)?;
         let stopped = ldap_elector_tests::wait_for("the old leader's slapd to refuse", RECOVERY, || async {
             s.prober.first_after(leader, fault, |a| a != Answer::Writable).ok_or("still writable")
         })
@@ -93,13 +91,20 @@ pub async fn run() -> anyhow::Result<()> {
         ("graceful deletion of the leader pod → client-visible write gap", &deletion_gap),
         ("elector container killed → old leader's slapd refuses writes", &refused),
     ] {
-        let (p50, p99, max) = (measure::percentile(samples, 50), measure::percentile(samples, 99), measure::percentile(samples, 100));
+        let (p50, p99, max) =
+            (measure::percentile(samples, 50), measure::percentile(samples, 99), measure::percentile(samples, 100));
         println!("| {name} | {} | {} | {} | {} |", measure::ms(p50), measure::ms(p99), measure::ms(max), samples.len());
     }
     memory.sort_unstable();
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
     let (mid, top) = (memory.get(memory.len() / 2).copied().unwrap_or(0), memory.last().copied().unwrap_or(0));
-    println!("| sidecar working set (cgroup, steady state) | {} | {} | {} | {} |", mib(mid), mib(top), mib(top), memory.len());
+    println!(
+        "| sidecar working set (cgroup, steady state) | {} | {} | {} | {} |",
+        mib(mid),
+        mib(top),
+        mib(top),
+        memory.len()
+    );
     println!("\nold leader refused before the other slapd accepted: {refused_first}/{runs}");
     println!("acknowledged writes: {}", verdict.acked);
     let violations = verdict.violations();

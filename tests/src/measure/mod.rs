@@ -8,8 +8,8 @@
 //! release webhook (`webhook_load`).
 
 pub mod observer;
-pub mod writability;
 pub mod webhook_load;
+pub mod writability;
 
 use std::collections::BTreeMap;
 use std::fmt;

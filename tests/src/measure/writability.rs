@@ -325,13 +325,19 @@ pub async fn wait_converged(
     timeout: Duration,
 ) -> anyhow::Result<Vec<String>> {
     crate::wait_for("both slapd servers to hold the same entries", timeout, || async {
-        let (a, b) = (uids(&urls[0]).await.map_err(|e| e.to_string())?, uids(&urls[1]).await.map_err(|e| e.to_string())?);
+        let (a, b) =
+            (uids(&urls[0]).await.map_err(|e| e.to_string())?, uids(&urls[1]).await.map_err(|e| e.to_string())?);
         let one_sided: Vec<&String> =
             a.iter().filter(|u| !b.contains(u)).chain(b.iter().filter(|u| !a.contains(u))).collect();
         if one_sided.iter().all(|u| unacknowledged.contains(*u)) {
             Ok(a)
         } else {
-            Err(format!("{} vs {} entries; differ: {:?}", a.len(), b.len(), one_sided.iter().take(10).collect::<Vec<_>>()))
+            Err(format!(
+                "{} vs {} entries; differ: {:?}",
+                a.len(),
+                b.len(),
+                one_sided.iter().take(10).collect::<Vec<_>>()
+            ))
         }
     })
     .await

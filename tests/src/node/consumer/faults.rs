@@ -3,6 +3,7 @@
 //! its cgroup v1 freezer. Also a container's memory working set, read from its cgroup.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use k8s_openapi::api::core::v1::Pod;
@@ -45,15 +46,21 @@ pub fn host_pid(node: &RealNode, id: &str) -> anyhow::Result<i32> {
     task_pid(&listing, id).with_context(|| format!("container {id} not in `ctr tasks ls`:\n{listing}"))
 }
 
-/// SIGKILL to the PID 1 of `container` in `pod`, from the host; returns the PID.
-pub fn kill_container(node: &RealNode, pod: &Pod, container: &str) -> anyhow::Result<i32> {
-    let pid = host_pid(node, &container_id(pod, container)?)?;
-    // SAFETY: kill(2) with a PID read just now; a recycled PID would only be one of the
+/// The host PID of the PID 1 of `container` in `pod`.
+pub fn container_pid(node: &RealNode, pod: &Pod, container: &str) -> anyhow::Result<i32> {
+    host_pid(node, &container_id(pod, container)?)
+}
+
+/// SIGKILL to `pid` from the host (look it up first with [`container_pid`]: `ctr` takes
+/// tens of milliseconds); returns the instant of the kill.
+pub fn sigkill(pid: i32) -> anyhow::Result<Instant> {
+    let at = Instant::now();
+    // SAFETY: kill(2) with a PID read just before; a recycled PID would only be one of the
     // node's own processes, which the test owns.
     if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
         bail!("kill -9 {pid}: {}", std::io::Error::last_os_error());
     }
-    Ok(pid)
+    Ok(at)
 }
 
 /// The freezer cgroup of the pod with `uid` (any QoS class).
@@ -79,7 +86,8 @@ fn pod_cgroup(root: &str, uid: &str) -> anyhow::Result<PathBuf> {
 pub fn working_set(pod: &Pod, container: &str) -> anyhow::Result<u64> {
     let uid = pod.metadata.uid.as_deref().context("pod without uid")?;
     let dir = pod_cgroup(MEMORY_ROOT, uid)?.join(container_id(pod, container)?);
-    let read = |name: &str| std::fs::read_to_string(dir.join(name)).with_context(|| format!("{}/{name}", dir.display()));
+    let read =
+        |name: &str| std::fs::read_to_string(dir.join(name)).with_context(|| format!("{}/{name}", dir.display()));
     let usage: u64 = read("memory.usage_in_bytes")?.trim().parse()?;
     Ok(usage.saturating_sub(stat_value(&read("memory.stat")?, "total_inactive_file").unwrap_or(0)))
 }

@@ -115,11 +115,8 @@ createTimestamp: 20260101000000Z
 /// pair's safe settings (tests/src/ldap/slapd/config.rs) with the container's paths, the image's
 /// openldap user as root of cn=config, and the sidecar's ACL.
 pub fn config_ldif(ordinal: usize, peer_ip: &str, openldap: (u32, u32)) -> String {
-    let node = NodeConfig {
-        provider: format!("ldap://{peer_ip}:{SERVICE_PORT}"),
-        root: openldap,
-        sidecar: Some(SIDECAR_ID),
-    };
+    let node =
+        NodeConfig { provider: format!("ldap://{peer_ip}:{SERVICE_PORT}"), root: openldap, sidecar: Some(SIDECAR_ID) };
     let opts = PairOptions::default().sync_timeout(SYNC_TIMEOUT).db_max_size(DB_MAX_SIZE);
     render(server_id(ordinal), Path::new(DATA_DIR), &node, &opts)
 }

@@ -44,7 +44,9 @@ pub async fn install_chart(bed: &Bed, images: &Images) -> anyhow::Result<()> {
     wait_for("the webhook configuration's caBundle", CHART_TIMEOUT, || async {
         let mwc = configs.get(WEBHOOK_CONFIG).await.map_err(|e| e.to_string())?;
         let webhooks = mwc.webhooks.unwrap_or_default();
-        if !webhooks.is_empty() && webhooks.iter().all(|w| w.client_config.ca_bundle.as_ref().is_some_and(|b| !b.0.is_empty())) {
+        if !webhooks.is_empty()
+            && webhooks.iter().all(|w| w.client_config.ca_bundle.as_ref().is_some_and(|b| !b.0.is_empty()))
+        {
             Ok(())
         } else {
             Err("caBundle not set yet".to_string())

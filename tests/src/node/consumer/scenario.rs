@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Pod;
-use ldap_elector_contract::{LABEL_ROLE, ROLE_LEADER};
+use ldap_elector_contract::{LABEL_ROLE, ROLE_LEADER, SIDECAR_CONTAINER};
 
 use super::{install_chart, pod_name, Consumer, NAMESPACE, WRITE_SERVICE};
 use crate::bed::BedOptions;
 use crate::ldap::writer::{Attempt, Limits, Outcome, Writer};
 use crate::measure::observer::Observer;
-use crate::measure::writability::{self, Prober, Probe};
-use crate::node::consumer::manifests::{CONTAINER_PORT, STATEFULSET};
+use crate::measure::writability::{self, Probe, Prober};
+use crate::node::consumer::manifests::{CONTAINER_PORT, SLAPD_CONTAINER, STATEFULSET};
 use crate::node::RealNode;
 use crate::Bed;
 
@@ -54,7 +54,10 @@ impl Scenario {
         observer.wait_for_single_leader(FIRST_LEADER_TIMEOUT).await?;
         let limits = Limits { pace: WRITE_PACE, ..Limits::default() };
         let writer = Writer::start_with(consumer.write_url(), limits);
-        writer.wait_ack_after(Instant::now(), FIRST_LEADER_TIMEOUT).await.context("a first write through the ClusterIP")?;
+        writer
+            .wait_ack_after(Instant::now(), FIRST_LEADER_TIMEOUT)
+            .await
+            .context("a first write through the ClusterIP")?;
         let setup = epoch.elapsed();
         Ok(Scenario { consumer, observer, prober, writer, epoch, setup, bed })
     }
@@ -74,6 +77,29 @@ impl Scenario {
         anyhow::bail!("no pod labelled leader; timeline:\n{}", self.observer.timeline())
     }
 
+    /// Copies the containers' logs (current and previous) into the bed directory, which
+    /// `LDAP_ELECTOR_KEEP_BED=1` keeps (the node's own log directory goes with the node).
+    pub fn save_container_logs(&self) {
+        let dir = self.bed.dir.join("container-logs");
+        let _ = std::fs::create_dir_all(&dir);
+        for ordinal in 0..2 {
+            for container in [SIDECAR_CONTAINER, SLAPD_CONTAINER] {
+                for previous in [false, true] {
+                    let pod = pod_name(ordinal);
+                    let mut kubectl = self.bed.kubectl();
+                    kubectl.args(["logs", "-n", NAMESPACE, &pod, "-c", container, "--timestamps"]);
+                    if previous {
+                        kubectl.arg("--previous");
+                    }
+                    if let Ok(out) = kubectl.output() {
+                        let suffix = if previous { ".previous" } else { "" };
+                        let _ = std::fs::write(dir.join(format!("{pod}-{container}{suffix}.log")), out.stdout);
+                    }
+                }
+            }
+        }
+    }
+
     /// Seconds since the epoch, for messages.
     pub fn at(&self, t: Instant) -> String {
         format!("+{:.3}s", t.saturating_duration_since(self.epoch).as_secs_f64())
@@ -82,6 +108,7 @@ impl Scenario {
     /// Stops the client and the prober, waits for both servers to converge, and checks every
     /// invariant. The verdict holds what was seen; [`Verdict::assert_safe`] fails with it.
     pub async fn finish(self) -> anyhow::Result<Verdict> {
+        self.save_container_logs();
         let attempts = self.writer.stop().await;
         let probes = self.prober.stop().await;
         self.consumer.wait_ready(Duration::from_secs(90)).await?;
@@ -93,7 +120,8 @@ impl Scenario {
         writability::wait_converged(&urls, &unacknowledged, CONVERGE_TIMEOUT).await?;
         let leader_ordinal = if leader == pod_name(0) { 0 } else { 1 };
         let on_leader = writability::uids(&urls[leader_ordinal]).await?;
-        let acked: Vec<String> = attempts.iter().filter(|a| a.outcome == Outcome::Acked).map(|a| a.uid.clone()).collect();
+        let acked: Vec<String> =
+            attempts.iter().filter(|a| a.outcome == Outcome::Acked).map(|a| a.uid.clone()).collect();
         let lost = writability::missing(&acked, &on_leader);
         let endpoints = writability::endpoint_violations(&self.observer.endpoint_history())
             .into_iter()
@@ -105,7 +133,11 @@ impl Scenario {
             unexplained,
             lost,
             endpoints,
-            timeline: self.observer.timeline(),
+            timeline: format!(
+                "(its +0 is {} of the probe times)\n{}",
+                fmt_at(self.epoch, self.observer.started()),
+                self.observer.timeline()
+            ),
             probes,
             attempts,
             acked: acked.len(),
