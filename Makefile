@@ -54,6 +54,12 @@ clean-beds:
 bench: testbed-binaries
 	$(CARGO) run --quiet -p ldap-elector-xtask -- bench
 
+.PHONY: bench-node
+
+## bench-node: the consumer on the real node (root): slapd kill, pod deletion, elector kill (p50/p99 over BENCH_RUNS=20), sidecar working set — prints a table. docs/real-node.md
+bench-node: testbed-binaries
+	$(CARGO) run --quiet -p ldap-elector-xtask -- bench-node
+
 .PHONY: peers compare
 
 ## peers: build (or reuse from ~/.cache) the client-go leader-election baseline (tests/peers/client-go-elector)

@@ -9,6 +9,7 @@
 
 pub mod observer;
 pub mod webhook_load;
+pub mod writability;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -158,6 +158,16 @@ impl Observer {
         )));
     }
 
+    /// The zero of [`Observer::timeline`]'s times.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Every observed change of the write Service's ready endpoints (pod names), in order.
+    pub fn endpoint_history(&self) -> Vec<(Instant, Vec<String>)> {
+        self.lock().timeline.iter().filter(|e| e.pod == ENDPOINTS).map(|e| (e.at, e.leaders.clone())).collect()
+    }
+
     /// The ready endpoints of the watched Service, as last observed.
     pub fn ready_endpoints(&self) -> Vec<String> {
         self.lock().ready.values().flatten().cloned().collect()

@@ -15,6 +15,7 @@
 
 pub mod cleanup;
 pub mod config;
+pub mod consumer;
 pub mod host;
 pub mod images;
 pub mod pki;

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use super::{MirrorPair, PairOptions, SlapdNode, ADMIN_DN, ADMIN_PASSWORD, SUFFIX};
+use super::{MirrorPair, PairOptions, SlapdNode, ADMIN_DN, ADMIN_PASSWORD, DATA_DB, SUFFIX};
 use crate::bed::process::run;
 
 /// Writes node's cn=config LDIF and loads it with `slapadd -n0`.
@@ -58,8 +58,50 @@ pub(super) fn preload(pair: &MirrorPair, ldif: &Path) -> anyhow::Result<()> {
 pub fn config_ldif(id: u32, data_dir: &Path, peer_port: u16, opts: &PairOptions) -> String {
     // Root of cn=config: whoever runs the tests, over ldapi (peer credentials).
     // SAFETY: plain getters without side effects.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let peercred = format!("gidNumber={gid}+uidNumber={uid},cn=peercred,cn=external,cn=auth");
+    let root = unsafe { (libc::getuid(), libc::getgid()) };
+    let node = NodeConfig { provider: format!("ldap://127.0.0.1:{peer_port}"), root, sidecar: None };
+    render(id, data_dir, &node, opts)
+}
+
+/// What differs between the loopback pair and slapd in a container: where the peer is, who
+/// administers cn=config over ldapi, and whether the elector sidecar gets its ACL.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// syncrepl `provider=` URL of the peer.
+    pub provider: String,
+    /// (uid, gid) of the rootDN of cn=config over ldapi (the process running slapd's tools).
+    pub root: (u32, u32),
+    /// (uid, gid) of the elector sidecar: adds the ACL of docs/openldap.md ("Let the sidecar
+    /// fence and read, nothing else").
+    pub sidecar: Option<(u32, u32)>,
+}
+
+/// peer-credential identity of a process over ldapi (SASL EXTERNAL).
+pub fn peercred((uid, gid): (u32, u32)) -> String {
+    format!("gidNumber={gid}+uidNumber={uid},cn=peercred,cn=external,cn=auth")
+}
+
+/// The cn=config of node `id` (1 or 2) with the same safe Mirror-Mode settings as the
+/// loopback pair ([`config_ldif`]).
+pub fn render(id: u32, data_dir: &Path, node: &NodeConfig, opts: &PairOptions) -> String {
+    let peercred = peercred(node.root);
+    let provider = &node.provider;
+    // The rules of docs/openldap.md, as attributes of the two entries instead of a modify.
+    let (config_access, data_access) = match node.sidecar {
+        None => (String::new(), String::new()),
+        Some(sidecar) => {
+            let who = self::peercred(sidecar);
+            (
+                format!(
+                    "olcAccess: {{0}}to dn.exact=\"{DATA_DB}\" attrs=olcReadOnly\n  by dn.exact=\"{who}\" write\n  by * break\n\
+                     olcAccess: {{1}}to dn.exact=\"{DATA_DB}\" attrs=entry,objectClass\n  by dn.exact=\"{who}\" read\n  by * break\n"
+                ),
+                format!(
+                    "olcAccess: {{0}}to dn.base=\"{SUFFIX}\" attrs=entry,objectClass,contextCSN\n  by dn.exact=\"{who}\" read\n  by * break\n"
+                ),
+            )
+        }
+    };
     let peer_id = 3 - id;
     let (cp_ops, cp_min) = opts.checkpoint;
     let timeout = opts.sync_timeout;
@@ -95,7 +137,7 @@ dn: olcDatabase={{0}}config,cn=config
 objectClass: olcDatabaseConfig
 olcDatabase: {{0}}config
 olcRootDN: {peercred}
-
+{config_access}
 dn: olcDatabase={{1}}mdb,cn=config
 objectClass: olcDatabaseConfig
 objectClass: olcMdbConfig
@@ -106,7 +148,7 @@ olcRootDN: {ADMIN_DN}
 olcRootPW: {ADMIN_PASSWORD}
 olcDbIndex: objectClass eq
 olcDbIndex: entryCSN,entryUUID eq
-{max_size}olcSyncrepl: {{0}}rid=00{peer_id} provider=ldap://127.0.0.1:{peer_port} bindmethod=simple
+{max_size}{data_access}olcSyncrepl: {{0}}rid=00{peer_id} provider={provider} bindmethod=simple
   binddn=\"{ADMIN_DN}\" credentials={ADMIN_PASSWORD} searchbase=\"{SUFFIX}\"
   type=refreshAndPersist retry=\"1 +\" timeout={timeout} network-timeout={timeout} keepalive=30:3:5
 olcMirrorMode: TRUE

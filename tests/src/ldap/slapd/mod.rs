@@ -26,7 +26,7 @@ use crate::wait::wait_for;
 
 mod config;
 
-pub use config::{config_ldif, sbin};
+pub use config::{config_ldif, peercred, render, sbin, NodeConfig};
 use config::{configure, preload};
 
 pub const SUFFIX: &str = "dc=example,dc=org";

@@ -1,0 +1,131 @@
+//! `make bench-node`: the consumer on the real node (`node::consumer::scenario`), faults
+//! repeated `BENCH_RUNS` times each (default 20), p50/p99 printed. No assertions on time;
+//! the invariants (never two writable slapd servers, no acknowledged write lost, never two
+//! ready endpoints) are checked once at the end over all runs and printed.
+//!
+//! - slapd container of the leader killed → the first write acknowledged through the
+//!   ClusterIP after the kill;
+//! - graceful deletion of the leader pod → client-visible write gap (last acknowledgement
+//!   before the deletion to the first after it);
+//! - the leader's elector container killed (its PID 1, from the host) → the first probe of
+//!   the old leader's slapd that is not accepted, and whether that came before the other
+//!   slapd accepted any; the pod is deleted afterwards to reset CrashLoopBackOff;
+//! - the sidecar container's working set (cgroup) at steady state.
+
+use std::time::{Duration, Instant};
+
+use ldap_elector_contract::SIDECAR_CONTAINER;
+use ldap_elector_tests::measure::writability::Answer;
+use ldap_elector_tests::measure::{self, Machine};
+use ldap_elector_tests::node::consumer::manifests::SLAPD_CONTAINER;
+use ldap_elector_tests::node::consumer::scenario::{Scenario, LEASE};
+use ldap_elector_tests::node::consumer::{faults, pod_name, NAMESPACE};
+
+const RECOVERY: Duration = Duration::from_secs(120);
+const MEMORY_SAMPLES: usize = 10;
+
+#[tokio::main]
+pub async fn run() -> anyhow::Result<()> {
+    ldap_elector_tests::logging::init("warn,kube_client=off");
+    let runs = measure::runs();
+    let s = Scenario::start().await?;
+    eprintln!("set-up {:.1}s", s.setup.as_secs_f64());
+
+    let mut memory = Vec::new();
+    for _ in 0..MEMORY_SAMPLES {
+        for ordinal in 0..2 {
+            let pod = s.consumer.pods().get(&pod_name(ordinal)).await?;
+            memory.push(faults::working_set(&pod, SIDECAR_CONTAINER)?);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    let mut slapd_killed = Vec::new();
+    for run in 0..runs {
+        settle(&s).await?;
+        let (leader, pod) = s.leader().await?;
+        let fault = faults::sigkill(faults::container_pid(s.node(), &pod, SLAPD_CONTAINER)?)?;
+        let back = s.writer.wait_ack_after(fault, RECOVERY).await?;
+        slapd_killed.push(back.end - fault);
+        eprintln!("slapd kill {run}: pod {leader}, writes back after {:?}", back.end - fault);
+    }
+
+    let mut deletion_gap = Vec::new();
+    for run in 0..runs {
+        settle(&s).await?;
+        let (leader, _) = s.leader().await?;
+        let fault = Instant::now();
+        let last = s.writer.acked().iter().rev().find(|a| a.end <= fault).map(|a| a.end).unwrap_or(fault);
+        delete_pod(&s, leader)?;
+        let next = s.writer.wait_ack_after(fault, RECOVERY).await?;
+        deletion_gap.push(next.end - last);
+        eprintln!("deletion {run}: pod {leader}, gap {:?}", next.end - last);
+    }
+
+    let (mut refused, mut refused_first) = (Vec::new(), 0);
+    for run in 0..runs {
+        settle(&s).await?;
+        let (leader, pod) = s.leader().await?;
+        let fault = faults::sigkill(faults::container_pid(s.node(), &pod, SIDECAR_CONTAINER)?)?;
+        let stopped = ldap_elector_tests::wait_for("the old leader's slapd to refuse", RECOVERY, || async {
+            s.prober.first_after(leader, fault, |a| a != Answer::Writable).ok_or("still writable")
+        })
+        .await?;
+        let other = s.prober.first_after(1 - leader, fault, |a| a == Answer::Writable);
+        let fault_at = fault.saturating_duration_since(s.prober.epoch());
+        refused.push(stopped.sent.saturating_sub(fault_at));
+        if other.is_none_or(|o| stopped.received <= o.sent) {
+            refused_first += 1;
+        }
+        eprintln!("elector kill {run}: pod {leader}, refused after {:?}", stopped.sent.saturating_sub(fault_at));
+        // A fresh pod resets the CrashLoopBackOff of the killed container.
+        s.writer.wait_ack_after(fault, RECOVERY).await?;
+        delete_pod(&s, leader)?;
+    }
+
+    let verdict = s.finish().await?;
+    println!("\n## Real node ({}, {runs} runs each, lease {} s)\n", Machine::detect(), LEASE.as_secs());
+    println!("| metric | p50 | p99 | max | runs |\n|---|---|---|---|---|");
+    for (name, samples) in [
+        ("slapd container killed → writes succeed again via the ClusterIP", &slapd_killed),
+        ("graceful deletion of the leader pod → client-visible write gap", &deletion_gap),
+        ("elector container killed → old leader's slapd refuses writes", &refused),
+    ] {
+        let (p50, p99, max) =
+            (measure::percentile(samples, 50), measure::percentile(samples, 99), measure::percentile(samples, 100));
+        println!("| {name} | {} | {} | {} | {} |", measure::ms(p50), measure::ms(p99), measure::ms(max), samples.len());
+    }
+    memory.sort_unstable();
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+    let (mid, top) = (memory.get(memory.len() / 2).copied().unwrap_or(0), memory.last().copied().unwrap_or(0));
+    println!(
+        "| sidecar working set (cgroup, steady state) | {} | {} | {} | {} |",
+        mib(mid),
+        mib(top),
+        mib(top),
+        memory.len()
+    );
+    println!("\nold leader refused before the other slapd accepted: {refused_first}/{runs}");
+    println!("acknowledged writes: {}", verdict.acked);
+    let violations = verdict.violations();
+    if violations.is_empty() {
+        println!("invariants: no violation over all runs");
+    } else {
+        println!("INVARIANT VIOLATIONS:\n{}\ntimeline:\n{}", violations.join("\n"), verdict.timeline);
+    }
+    Ok(())
+}
+
+/// Both pods Ready, one leader, and a write acknowledged after now.
+async fn settle(s: &Scenario) -> anyhow::Result<()> {
+    s.consumer.wait_ready(RECOVERY).await?;
+    s.observer.wait_for_single_leader(RECOVERY).await?;
+    s.writer.wait_ack_after(Instant::now(), RECOVERY).await?;
+    Ok(())
+}
+
+fn delete_pod(s: &Scenario, ordinal: usize) -> anyhow::Result<()> {
+    let out = s.bed.kubectl().args(["delete", "pod", &pod_name(ordinal), "-n", NAMESPACE, "--wait=false"]).output()?;
+    anyhow::ensure!(out.status.success(), "kubectl delete pod: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
