@@ -202,6 +202,60 @@ fn guard_log(rig: &LdapRig, pod: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The guard's own death (item 2): the leader can no longer count on a fence that outlives
+/// it, so it fences its slapd at once and steps down without releasing; once the guard is
+/// back (it fences at start), a leader is elected again: this pod (it still holds the
+/// Lease), or the standby after expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_guard_fences_itself_and_keeps_the_lease() -> anyhow::Result<()> {
+    let rig = LdapRig::start(1).await?;
+    let leader = rig.observer.wait_for_single_leader(ELECT).await?;
+    let standby = other(&leader);
+    rig.wait_fences(&leader, &standby, FENCE).await?;
+    let leases = LeaseLog::start(rig.client.clone(), ldap_rig::NAMESPACE, &contract::lease_name(ldap_rig::STATEFULSET));
+
+    let term = wait_for("the Lease watch to see the leader", FENCE, || async {
+        match leases.history().last() {
+            Some(s) if s.holder.as_deref() == Some(leader.as_str()) => Ok(s.transitions),
+            last => Err(format!("last seen {last:?}")),
+        }
+    })
+    .await?;
+    let killed = Instant::now();
+    anyhow::ensure!(
+        rig.kubelet.kill_container(ldap_rig::NAMESPACE, &leader, contract::GUARD_CONTAINER),
+        "{leader}'s guard runs"
+    );
+    let node = rig.node(&leader);
+    let fenced =
+        wait_for(&format!("{leader}'s slapd fenced after its guard was killed"), FENCE_AFTER_DEATH, || async {
+            match node.root().await.map_err(|e| e.to_string())?.read_only().await {
+                Ok(true) => Ok(killed.elapsed()),
+                Ok(false) => Err(format!("still writable {:?} after the kill", killed.elapsed())),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", rig.logs()))?;
+    println!("{leader} fenced its slapd {fenced:?} after its guard was killed");
+
+    rig.kubelet.restart(ldap_rig::NAMESPACE, &leader, contract::GUARD_CONTAINER).await?;
+    let holder = wait_for("a new term", ELECT, || async {
+        match leases.history().last() {
+            Some(s) if s.transitions > term => s.holder.clone().ok_or_else(|| format!("{s:?}")),
+            last => Err(format!("last seen {last:?}")),
+        }
+    })
+    .await?;
+    rig.wait_fences(&holder, &other(&holder), ELECT).await?;
+    let history = leases.history();
+    let released: Vec<&Seen> = history.iter().filter(|s| s.at >= killed && s.holder.is_none()).collect();
+    assert!(released.is_empty(), "{leader} released the Lease after losing its guard: {history:?}");
+    println!("{holder} leads after {leader}'s guard came back");
+    rig.observer.assert_never_two_leaders();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_leader_pod_hands_over_before_its_slapd_is_stopped() -> anyhow::Result<()> {
     let rig = LdapRig::start_with(1, true).await?;

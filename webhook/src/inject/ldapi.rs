@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 
 use jsonptr::Token;
-use k8s_openapi::api::core::v1::{Container, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec, VolumeMount};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, VolumeMount};
 use ldap_elector_contract as contract;
 
+use super::handover::{handover_plan, HandoverPlan};
 use super::patch::{ptr, PatchOps};
 use super::template::{env_value, socket_volume};
 use super::{InjectError, DEFAULT_TOKEN_VOLUME_PREFIX};
@@ -34,11 +34,8 @@ pub(super) struct LdapiPlan {
     pub(super) sidecar_mount: VolumeMount,
     /// Fence and health-check settings of the elector.
     pub(super) env: Vec<EnvVar>,
-    /// slapd's main containers that get the hand-over `preStop` hook: (index, has a
-    /// `lifecycle`).
-    pre_stops: Vec<(usize, bool)>,
-    /// slapd containers left with their own `preStop` hook (none of ours).
-    pub(super) own_pre_stops: Vec<String>,
+    /// The hand-over hooks of slapd's containers.
+    pub(super) handover: HandoverPlan,
 }
 
 impl LdapiPlan {
@@ -47,24 +44,11 @@ impl LdapiPlan {
         let fence = [contract::ENV_FENCE_LDAPI, contract::ENV_FENCE_DATABASE];
         self.env.iter().filter(|e| fence.contains(&e.name.as_str())).cloned().collect()
     }
-}
 
-impl LdapiPlan {
     /// Adds the volume (after the token volume, so `volumes` exists), slapd's mounts and
     /// its hand-over hooks on the probe port `probe_port`.
     pub(super) fn apply(&self, ops: &mut PatchOps, probe_port: u16) -> Result<(), InjectError> {
-        for (index, has_lifecycle) in &self.pre_stops {
-            let mut path = ptr(&["spec", "containers"]);
-            path.push_back(*index);
-            path.push_back("lifecycle");
-            let hook = handover_hook(probe_port);
-            if *has_lifecycle {
-                path.push_back("preStop");
-                ops.set(path, hook, false)?;
-            } else {
-                ops.set(path, Lifecycle { pre_stop: Some(hook), ..Default::default() }, false)?;
-            }
-        }
+        self.handover.apply(ops, probe_port)?;
         if self.add_volume {
             ops.add_item(ptr(&["spec", "volumes"]), Some(Token::new("-")), socket_volume(&self.volume))?;
         }
@@ -187,54 +171,14 @@ pub(super) fn ldapi_plan(
         ldap_elector_contract::check::LdapCheck::parse(&check).map_err(invalid)?;
         env.push(env_value(contract::ENV_HEALTH_CHECK, check));
     }
-    // The hand-over hook goes on slapd's main containers (init containers take no preStop);
-    // a hook of the consumer's own is kept, never overwritten, and reported.
-    let mut pre_stops = Vec::new();
-    let mut own_pre_stops = Vec::new();
-    for (_, index, c) in containers.iter().filter(|(list, ..)| *list == "containers") {
-        match c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
-            None => pre_stops.push((*index, c.lifecycle.is_some())),
-            Some(hook) if is_handover_hook(hook) => {}
-            Some(_) => own_pre_stops.push(c.name.clone()),
-        }
-    }
     Ok(Some(LdapiPlan {
         volume: volume.clone(),
         add_volume,
         mounts,
         sidecar_mount: mount(Some(true)),
         env,
-        pre_stops,
-        own_pre_stops,
+        handover: handover_plan(&containers),
     }))
-}
-
-/// `GET /handover` on the elector's probe port: the kubelet runs it before it stops slapd
-/// and waits until the elector has handed over (bounded; see the elector's `handover.rs`).
-fn handover_hook(probe_port: u16) -> LifecycleHandler {
-    LifecycleHandler {
-        http_get: Some(HTTPGetAction {
-            path: Some(contract::PROBE_PATH_HANDOVER.to_string()),
-            port: IntOrString::Int(i32::from(probe_port)),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// Ours already (a template copied from an injected pod): any port, our path.
-fn is_handover_hook(hook: &LifecycleHandler) -> bool {
-    hook.http_get.as_ref().is_some_and(|h| h.path.as_deref() == Some(contract::PROBE_PATH_HANDOVER))
-}
-
-/// The note for [`contract::ANNOTATION_HANDOVER_HOOK`] when slapd containers kept their own hook.
-pub(super) fn own_pre_stop_note(containers: &[String], probe_port: u16) -> String {
-    format!(
-        "not set: container(s) {} have their own preStop hook; have it call GET http://localhost:{probe_port}{} \
-         first, or slapd may stop before the elector has handed over (docs/openldap.md)",
-        containers.join(", "),
-        contract::PROBE_PATH_HANDOVER
-    )
 }
 
 /// The socket directory, validated and without trailing `/`.
@@ -574,44 +518,6 @@ mod tests {
         let plain = apply(&pod, &decide(&pod, Some(&owner(&[]))).unwrap());
         assert!(!plain.to_string().contains(contract::GUARD_CONTAINER));
         assert!(!plain.to_string().contains(contract::RUN_VOLUME));
-    }
-
-    #[test]
-    fn slapd_containers_get_the_hand_over_pre_stop_hook_and_their_own_hooks_are_kept_and_reported() {
-        let hook = json!({"httpGet": {"path": contract::PROBE_PATH_HANDOVER, "port": contract::DEFAULT_PROBE_PORT}});
-        let note = |out: &Value| out["metadata"]["annotations"].get(contract::ANNOTATION_HANDOVER_HOOK).cloned();
-        let pod = pod_json();
-        let out = apply(&pod, &decide(&pod, Some(&ldap_owner(&[]))).unwrap());
-        assert_eq!(container(&out, "slapd")["lifecycle"], json!({"preStop": hook}));
-        assert_eq!(note(&out), None);
-
-        // A lifecycle without preStop keeps its postStart and gains the hook; an init
-        // container named as slapd gets no hook (init containers take none); a container
-        // with its own preStop keeps it, and the pod says so.
-        let mut pod = pod_json();
-        let post_start = json!({"exec": {"command": ["true"]}});
-        let theirs = json!({"exec": {"command": ["slapd-drain"]}});
-        pod["spec"]["containers"][0]["lifecycle"] = json!({"postStart": post_start});
-        pod["spec"]["containers"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"name": "replica", "image": "x", "lifecycle": {"preStop": theirs}}));
-        pod["spec"]["initContainers"] = json!([{"name": "load-config", "image": "x"}]);
-        let sts = ldap_owner(&[(contract::ANNOTATION_LDAP_CONTAINER, "slapd,replica,load-config")]);
-        let out = apply(&pod, &decide(&pod, Some(&sts)).unwrap());
-        assert_eq!(container(&out, "slapd")["lifecycle"], json!({"postStart": post_start, "preStop": hook}));
-        assert_eq!(container(&out, "replica")["lifecycle"], json!({"preStop": theirs}), "never overwritten");
-        assert_eq!(container(&out, "load-config").get("lifecycle"), None);
-        let note = note(&out).expect("the kept hook is reported");
-        assert!(note.as_str().unwrap().contains("replica") && note.as_str().unwrap().contains("/handover"), "{note}");
-        assert_eq!(out["metadata"]["annotations"][contract::ANNOTATION_STATUS], json!(contract::STATUS_INJECTED));
-
-        // Our own hook (a template copied from an injected pod) is left as it is, unreported.
-        let mut pod = pod_json();
-        pod["spec"]["containers"][0]["lifecycle"] = json!({"preStop": hook});
-        let out = apply(&pod, &decide(&pod, Some(&ldap_owner(&[]))).unwrap());
-        assert_eq!(container(&out, "slapd")["lifecycle"], json!({"preStop": hook}));
-        assert_eq!(out["metadata"]["annotations"].get(contract::ANNOTATION_HANDOVER_HOOK), None);
     }
 
     #[test]

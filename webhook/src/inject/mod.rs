@@ -23,11 +23,12 @@
 //!
 //! Layout: [`inject`] decides and assembles; [`config`] holds the sidecar settings,
 //! [`annotations`] parses the StatefulSet's tuning, metrics and audit annotations, [`ldapi`]
-//! plans the OpenLDAP integration, [`template`] builds the sidecar container and token
+//! plans the OpenLDAP integration ([`handover`]: slapd's preStop hook), [`template`] builds the sidecar container and token
 //! volume, and [`patch`] the JSON patch and the edits of the pod's own fields.
 
 mod annotations;
 mod config;
+mod handover;
 mod ldapi;
 mod patch;
 mod template;
@@ -179,9 +180,7 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
     if let Some(plan) = ldapi {
         // Before the sidecar goes in at initContainers/0: the indices are the incoming pod's.
         plan.apply(&mut ops, cfg.probe_port)?;
-        if !plan.own_pre_stops.is_empty() {
-            handover_note = Some(ldapi::own_pre_stop_note(&plan.own_pre_stops, cfg.probe_port));
-        }
+        handover_note = plan.handover.note(cfg.probe_port);
         ops.add_item(ptr(&["spec", "volumes"]), Some(Token::new("-")), socket_volume(contract::RUN_VOLUME))?;
         let socket = env_value(contract::ENV_GUARD_SOCKET, guard_socket());
         let mut guard_env = plan.fence_env();
