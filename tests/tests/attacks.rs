@@ -13,6 +13,7 @@
 //!
 //! | attack (issue 17 item) | refused by |
 //! |---|---|
+//! | 2: a stolen webhook token rewrites its webhook configuration (URL, selectors, failurePolicy) | policy `<fullname>-webhook-configuration`: caBundle only |
 //! | 3: an opted-in StatefulSet with 100,000 replicas topples the webhook | `contract::MAX_REPLICAS`: pods refused, Event on the StatefulSet, webhook keeps admitting |
 //! | 1: replace the sidecar's image (other code gets the pod-bound elector token) | policy `<fullname>-pod-spec` |
 //! | 1: replace slapd's image (slapd outside the fence) | policy `<fullname>-pod-spec` |
@@ -25,6 +26,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -35,7 +37,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::{request_token, TENANT_USER};
-use ldap_elector_tests::workloads::webhook::{http_status, Webhook};
+use ldap_elector_tests::workloads::webhook::{http_status, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA};
 use ldap_elector_tests::workloads::{fixtures, policies};
 use ldap_elector_tests::{wait_for, Bed};
 use serde_json::{json, Value};
@@ -563,6 +565,78 @@ async fn a_statefulset_cannot_steer_or_take_over_what_another_team_owns() -> any
         );
     }
     assert!(leases.get_opt(&contract::lease_name(other)).await?.is_some(), "the other team's Lease was deleted");
+    drop(webhook);
+    Ok(())
+}
+
+// ---- Item 2: a stolen webhook token ----
+
+/// The webhook's account may `update` its MutatingWebhookConfiguration (to publish the
+/// caBundle); `resourceNames` limits the object, not the fields. With its token an attacker
+/// could point the webhook elsewhere or drop its selectors. The policy
+/// `<fullname>-webhook-configuration` lets that account change only the caBundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_webhook_token_changes_only_the_ca_bundle_of_its_configuration() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let webhook = Webhook::start(&bed).await?;
+    webhook.register(&bed, NS, "Fail").await?;
+    policies::install_with(&bed, &["templates/webhook-configuration-guard.yaml"], &[]).await?;
+    let stolen = bed.service_account_client(WEBHOOK_NS, WEBHOOK_SA).await?;
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(stolen);
+    let current = configs.get(WEBHOOK_CONFIG).await?;
+    let edited = |edit: &dyn Fn(&mut MutatingWebhookConfiguration)| {
+        let mut config = current.clone();
+        edit(&mut config);
+        config
+    };
+    let redirect = edited(&|c| {
+        if let Some(w) = c.webhooks.as_mut().and_then(|w| w.first_mut()) {
+            w.client_config.url = Some("https://198.51.100.7/mutate".into());
+        }
+    });
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    wait_policy_active(policies::WEBHOOK_CONFIGURATION_POLICY, || configs.replace(WEBHOOK_CONFIG, &dry, &redirect))
+        .await?;
+
+    // Neighbour: what it is for, a new caBundle.
+    let rotated = edited(&|c| {
+        for w in c.webhooks.iter_mut().flatten() {
+            w.client_config.ca_bundle = Some(k8s_openapi::ByteString(b"-----BEGIN CERTIFICATE-----\n".to_vec()));
+        }
+    });
+    configs.replace(WEBHOOK_CONFIG, &PostParams::default(), &rotated).await?;
+    let current = configs.get(WEBHOOK_CONFIG).await?;
+    let edited = |edit: &dyn Fn(&mut MutatingWebhookConfiguration)| {
+        let mut config = current.clone();
+        edit(&mut config);
+        config
+    };
+    // Attacks: redirect it, widen or drop its selectors, let it fail open.
+    let attacks: [(&str, &dyn Fn(&mut MutatingWebhookConfiguration)); 3] = [
+        ("redirect the pod webhook", &|c| {
+            if let Some(w) = c.webhooks.as_mut().and_then(|w| w.first_mut()) {
+                w.client_config.url = Some("https://198.51.100.7/mutate".into());
+            }
+        }),
+        ("drop its namespace selector", &|c| {
+            if let Some(w) = c.webhooks.as_mut().and_then(|w| w.first_mut()) {
+                w.namespace_selector = None;
+            }
+        }),
+        ("let it fail open", &|c| {
+            if let Some(w) = c.webhooks.as_mut().and_then(|w| w.first_mut()) {
+                w.failure_policy = Some("Ignore".into());
+            }
+        }),
+    ];
+    for (what, edit) in attacks {
+        refused(
+            configs.replace(WEBHOOK_CONFIG, &PostParams::default(), &edited(edit)).await,
+            what,
+            policies::WEBHOOK_CONFIGURATION_POLICY,
+            "may change only clientConfig.caBundle",
+        );
+    }
     drop(webhook);
     Ok(())
 }
