@@ -148,6 +148,9 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "ldap-elector";
 /// Label naming the StatefulSet a generated object belongs to.
 pub const LABEL_STATEFULSET: &str = "ldap-elector.dev/statefulset";
+/// Kubernetes' label with a StatefulSet pod's own name (set by the StatefulSet controller):
+/// with the pod names it selects exactly the StatefulSet's pods, whatever labels others share.
+pub const LABEL_STATEFULSET_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 
 /// The Lease the pods of `statefulset` compete for.
 pub fn lease_name(statefulset: &str) -> String {

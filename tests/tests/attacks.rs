@@ -13,6 +13,7 @@
 //!
 //! | attack (issue 17 item) | refused by |
 //! |---|---|
+//! | 2: a stolen webhook token rewrites its webhook configuration (URL, selectors, failurePolicy) | policy `<fullname>-webhook-configuration`: caBundle only |
 //! | 3: an opted-in StatefulSet with 100,000 replicas topples the webhook | `contract::MAX_REPLICAS`: pods refused, Event on the StatefulSet, webhook keeps admitting |
 //! | 1: replace the sidecar's image (other code gets the pod-bound elector token) | policy `<fullname>-pod-spec` |
 //! | 1: replace slapd's image (slapd outside the fence) | policy `<fullname>-pod-spec` |
@@ -25,6 +26,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -35,7 +37,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::{request_token, TENANT_USER};
-use ldap_elector_tests::workloads::webhook::{http_status, Webhook};
+use ldap_elector_tests::workloads::webhook::{http_status, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA};
 use ldap_elector_tests::workloads::{fixtures, policies};
 use ldap_elector_tests::{wait_for, Bed};
 use serde_json::{json, Value};
@@ -140,6 +142,34 @@ where
     .await
 }
 
+/// Waits for an Event about `regarding` with `reason` whose note contains `needle`; its note.
+async fn wait_event(admin: &Client, regarding: &str, reason: &str, needle: &str) -> anyhow::Result<String> {
+    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
+    wait_for(&format!("a {reason} Event on {regarding} mentioning {needle:?}"), T, || async {
+        let list = events.list(&Default::default()).await.map_err(|e| e.to_string())?;
+        list.items
+            .into_iter()
+            .find(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
+                    && e.reason.as_deref() == Some(reason)
+                    && e.note.as_deref().is_some_and(|n| n.contains(needle))
+            })
+            .and_then(|e| e.note)
+            .ok_or("not yet".to_string())
+    })
+    .await
+}
+
+/// A bed with the product installed as a cluster admin installs it (the chart's policies,
+/// the webhook covering [`NS`] with `failurePolicy: Fail`) and the tenant; (tenant, admin).
+async fn installed(bed: &Bed) -> anyhow::Result<(Client, Client, Webhook)> {
+    let tenant = tenant(bed).await?;
+    policies::install(bed).await?;
+    let webhook = Webhook::start(bed).await?;
+    webhook.register(bed, NS, "Fail").await?;
+    Ok((tenant, bed.admin_client()?, webhook))
+}
+
 /// Pods `<sts>-0..replicas` exist and carry the injection marker.
 async fn wait_injected(pods: &Api<Pod>, sts: &str, replicas: u32) -> anyhow::Result<Vec<Pod>> {
     let names: Vec<String> = (0..replicas).map(|i| contract::pod_name(sts, i)).collect();
@@ -217,29 +247,11 @@ async fn a_statefulset_with_a_huge_replica_count_gets_no_pods_and_the_webhook_ke
     sets.create(&PostParams::default(), &set).await?;
 
     // The reconciler refuses it with an Event naming the limit, ...
-    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
     let limit = format!("at most {}", contract::MAX_REPLICAS);
-    let note = |reason: &'static str| {
-        let (events, limit) = (events.clone(), limit.clone());
-        async move {
-            let list = events.list(&Default::default()).await.map_err(|e| e.to_string())?;
-            list.items
-                .into_iter()
-                .find(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(huge)
-                        && e.reason.as_deref() == Some(reason)
-                        && e.note.as_deref().is_some_and(|n| n.contains(&limit))
-                })
-                .and_then(|e| e.note)
-                .ok_or(format!("no {reason} Event naming the limit yet"))
-        }
-    };
-    let refusal =
-        wait_for("the webhook's TooManyReplicas Event", T, || note(contract::EVENT_TOO_MANY_REPLICAS)).await?;
+    let refusal = wait_event(&admin, huge, contract::EVENT_TOO_MANY_REPLICAS, &limit).await?;
     println!("TooManyReplicas: {refusal}");
     // ... the admission refuses its pods (the StatefulSet controller reports why), ...
-    let failed =
-        wait_for("the StatefulSet controller's FailedCreate naming the limit", T, || note("FailedCreate")).await?;
+    let failed = wait_event(&admin, huge, "FailedCreate", &limit).await?;
     println!("FailedCreate: {failed}");
     assert!(pods.get_opt(&contract::pod_name(huge, 0)).await?.is_none(), "a pod of {huge} was admitted");
     let roles: Api<Role> = Api::namespaced(admin.clone(), NS);
@@ -271,11 +283,7 @@ async fn a_statefulset_with_a_huge_replica_count_gets_no_pods_and_the_webhook_ke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_cannot_replace_code_or_mint_the_elector_token_of_an_injected_pod() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
-    let tenant = tenant(&bed).await?;
-    let admin = bed.admin_client()?;
-    policies::install(&bed).await?;
-    let webhook = Webhook::start(&bed).await?;
-    webhook.register(&bed, NS, "Fail").await?;
+    let (tenant, admin, webhook) = installed(&bed).await?;
 
     Api::<StatefulSet>::namespaced(tenant.clone(), NS)
         .create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?)
@@ -443,20 +451,7 @@ async fn a_webhook_outage_blocks_no_pod_of_a_statefulset_that_did_not_opt_in() -
     // ... while an opted-in one gets none: no slapd starts without its elector.
     let late = "late";
     sets.create(&PostParams::default(), &labelled(late)?).await?;
-    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
-    wait_for("the StatefulSet controller's FailedCreate for the opted-in StatefulSet", T, || async {
-        let list = events.list(&Default::default()).await.map_err(|e| e.to_string())?;
-        list.items
-            .iter()
-            .any(|e| {
-                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(late)
-                    && e.reason.as_deref() == Some("FailedCreate")
-                    && e.note.as_deref().is_some_and(|n| n.contains("pods.ldap-elector.dev"))
-            })
-            .then_some(())
-            .ok_or("not yet".to_string())
-    })
-    .await?;
+    wait_event(&admin, late, "FailedCreate", "pods.ldap-elector.dev").await?;
     assert!(pods.get_opt(&contract::pod_name(late, 0)).await?.is_none(), "an opted-in pod started uninjected");
     Ok(())
 }
@@ -470,11 +465,7 @@ async fn a_webhook_outage_blocks_no_pod_of_a_statefulset_that_did_not_opt_in() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statefulset_cannot_steer_or_take_over_what_another_team_owns() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
-    let tenant = tenant(&bed).await?;
-    let admin = bed.admin_client()?;
-    policies::install(&bed).await?;
-    let webhook = Webhook::start(&bed).await?;
-    webhook.register(&bed, NS, "Fail").await?;
+    let (tenant, admin, webhook) = installed(&bed).await?;
 
     // Another team's objects in the namespace: a Service and a Lease named as ours would be
     // for a StatefulSet `payroll`.
@@ -505,26 +496,8 @@ async fn a_statefulset_cannot_steer_or_take_over_what_another_team_owns() -> any
 
     // Attack: the annotation names the other team's Service. Left alone, saying why; the
     // tenant's pods do not wait for it.
-    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
-    let event = |regarding: &'static str, reason: &'static str, needle: String| {
-        let events = events.clone();
-        async move {
-            let list = events.list(&Default::default()).await.map_err(|e| e.to_string())?;
-            list.items
-                .into_iter()
-                .find(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
-                        && e.reason.as_deref() == Some(reason)
-                        && e.note.as_deref().is_some_and(|n| n.contains(&needle))
-                })
-                .and_then(|e| e.note)
-                .ok_or(format!("no {reason} Event on {regarding} mentioning {needle:?} yet"))
-        }
-    };
-    let note = wait_for("the refusal to touch the other team's Service", T, || {
-        event(STS, contract::EVENT_LEADER_SERVICE_REFUSED, format!("Service {other} left alone: not a write Service"))
-    })
-    .await?;
+    let needle = format!("Service {other} left alone: not a write Service");
+    let note = wait_event(&admin, STS, contract::EVENT_LEADER_SERVICE_REFUSED, &needle).await?;
     println!("refused as expected (steer another team's Service): {note}");
     let selector = services.get(other).await?.spec.and_then(|s| s.selector).unwrap_or_default();
     assert_eq!(selector, [("app".to_string(), other.to_string())].into(), "the other team's Service was changed");
@@ -533,10 +506,8 @@ async fn a_statefulset_cannot_steer_or_take_over_what_another_team_owns() -> any
     // Attack: a StatefulSet named so that its Lease is the other team's. Nothing is taken
     // over (not even a Role granting that Lease), and deleting the StatefulSet leaves it.
     sets.create(&PostParams::default(), &fixtures::statefulset(other, 1, opted_in())?).await?;
-    let note = wait_for("the refusal to take over the other team's Lease", T, || {
-        event(other, contract::EVENT_OBJECT_NOT_OURS, format!("Lease {NS}/{}", contract::lease_name(other)))
-    })
-    .await?;
+    let needle = format!("Lease {NS}/{}", contract::lease_name(other));
+    let note = wait_event(&admin, other, contract::EVENT_OBJECT_NOT_OURS, &needle).await?;
     println!("refused as expected (take over another team's Lease): {note}");
     let roles: Api<Role> = Api::namespaced(admin.clone(), NS);
     assert!(roles.get_opt(&contract::identity_name(other)).await?.is_none(), "a Role was granted on their Lease");
@@ -565,4 +536,56 @@ async fn a_statefulset_cannot_steer_or_take_over_what_another_team_owns() -> any
     assert!(leases.get_opt(&contract::lease_name(other)).await?.is_some(), "the other team's Lease was deleted");
     drop(webhook);
     Ok(())
+}
+
+// ---- Item 2: a stolen webhook token ----
+
+/// The webhook's account may `update` its MutatingWebhookConfiguration (to publish the
+/// caBundle); `resourceNames` limits the object, not the fields. With its token an attacker
+/// could point the webhook elsewhere or drop its selectors. The policy
+/// `<fullname>-webhook-configuration` lets that account change only the caBundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_webhook_token_changes_only_the_ca_bundle_of_its_configuration() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let webhook = Webhook::start(&bed).await?;
+    webhook.register(&bed, NS, "Fail").await?;
+    policies::install_with(&bed, &["templates/webhook-configuration-guard.yaml"], &[]).await?;
+    let stolen = bed.service_account_client(WEBHOOK_NS, WEBHOOK_SA).await?;
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(stolen);
+    let redirect: Edit = |w| w.client_config.url = Some("https://198.51.100.7/mutate".into());
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    let probe = edited(&configs.get(WEBHOOK_CONFIG).await?, redirect);
+    wait_policy_active(policies::WEBHOOK_CONFIGURATION_POLICY, || configs.replace(WEBHOOK_CONFIG, &dry, &probe))
+        .await?;
+
+    // Neighbour: what the right is for, a new caBundle.
+    let rotate: Edit = |w| w.client_config.ca_bundle = Some(k8s_openapi::ByteString(b"rotated".to_vec()));
+    let rotated = edited(&configs.get(WEBHOOK_CONFIG).await?, rotate);
+    configs.replace(WEBHOOK_CONFIG, &PostParams::default(), &rotated).await?;
+
+    // Attacks: redirect it, drop its selectors, let it fail open.
+    let current = configs.get(WEBHOOK_CONFIG).await?;
+    let drop_selector: Edit = |w| w.namespace_selector = None;
+    let fail_open: Edit = |w| w.failure_policy = Some("Ignore".into());
+    for (what, edit) in
+        [("redirect it", redirect), ("drop its namespace selector", drop_selector), ("let it fail open", fail_open)]
+    {
+        refused(
+            configs.replace(WEBHOOK_CONFIG, &PostParams::default(), &edited(&current, edit)).await,
+            what,
+            policies::WEBHOOK_CONFIGURATION_POLICY,
+            "may change only clientConfig.caBundle",
+        );
+    }
+    drop(webhook);
+    Ok(())
+}
+
+/// A change to every webhook of a configuration.
+type Edit = fn(&mut MutatingWebhook);
+
+fn edited(config: &MutatingWebhookConfiguration, edit: Edit) -> MutatingWebhookConfiguration {
+    let mut config = config.clone();
+    config.webhooks.iter_mut().flatten().for_each(edit);
+    config
 }

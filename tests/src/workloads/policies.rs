@@ -15,6 +15,7 @@ pub const LEADER_SERVICE_POLICY: &str = "ldap-elector-leader-service";
 pub const POD_SPEC_POLICY: &str = "ldap-elector-pod-spec";
 pub const POD_BOUND_TOKEN_POLICY: &str = "ldap-elector-pod-bound-token";
 pub const OPT_IN_POLICY: &str = "ldap-elector-opt-in";
+pub const WEBHOOK_CONFIGURATION_POLICY: &str = "ldap-elector-webhook-configuration";
 
 /// Renders the policy templates with `helm template` and applies them with `kubectl`;
 /// returns the rendered YAML.

@@ -46,18 +46,22 @@ fn meta_matches(have: &ObjectMeta, want: &ObjectMeta) -> bool {
 }
 
 /// Why an existing object named like one we generate is not ours to apply over (`None`: it
-/// is ours). Ours means: it carries our labels (`want`'s) and no controller but our owner.
+/// is ours). Ours means: our StatefulSet controls it (labels may have been stripped; the
+/// apply restores them), or it carries our labels (`want`'s) and no other controller.
 /// Server-side apply with `force` would otherwise take over, say, a Lease `<name>-leader`
 /// someone else made, and our opt-out would delete it (issue 17, item 6).
 fn not_ours(have: &ObjectMeta, want: &ObjectMeta) -> Option<String> {
-    let unlabelled =
-        want.labels.iter().flatten().find(|(k, v)| have.labels.as_ref().and_then(|l| l.get(*k)) != Some(v));
-    if let Some((key, value)) = unlabelled {
-        return Some(format!("it lacks our label {key}={value}, so ldap-elector did not create it"));
-    }
     let ours = |uid: &str| want.owner_references.iter().flatten().any(|w| w.uid == uid);
-    let controller = have.owner_references.iter().flatten().find(|h| h.controller == Some(true) && !ours(&h.uid));
-    controller.map(|c| format!("it is controlled by {} {}", c.kind, c.name))
+    let controller = have.owner_references.iter().flatten().find(|h| h.controller == Some(true));
+    match controller {
+        Some(c) if ours(&c.uid) => None,
+        Some(c) => Some(format!("it is controlled by {} {}", c.kind, c.name)),
+        None => {
+            let unlabelled =
+                want.labels.iter().flatten().find(|(k, v)| have.labels.as_ref().and_then(|l| l.get(*k)) != Some(v));
+            unlabelled.map(|(k, v)| format!("it lacks our label {k}={v}, so ldap-elector did not create it"))
+        }
+    }
 }
 
 /// The objects we compare and apply, with what "already as wanted" means for each.
@@ -388,6 +392,10 @@ mod tests {
             not_ours(&controlled, &want.lease.metadata).as_deref(),
             Some("it is controlled by Deployment payroll")
         );
+        // Ours with a label stripped: the apply restores it.
+        let mut stripped = want.lease.metadata.clone();
+        stripped.labels.as_mut().unwrap().remove(contract::LABEL_STATEFULSET);
+        assert_eq!(not_ours(&stripped, &want.lease.metadata), None);
     }
 
     #[test]

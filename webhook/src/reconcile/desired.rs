@@ -10,8 +10,9 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
 use ldap_elector_contract as contract;
 
 use super::ReconcileError;
@@ -117,7 +118,7 @@ pub fn desired(
     let lease = Lease { metadata: meta(contract::lease_name(&name)), spec: None };
     let wants_policy = sts.metadata.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_NETWORK_POLICY));
     let network_policy =
-        wants_policy.is_some_and(|v| v == "true").then(|| ldap_network_policy(sts, meta(identity.clone())));
+        wants_policy.is_some_and(|v| v == "true").then(|| ldap_network_policy(sts, replicas, meta(identity.clone())));
     Ok(Some(DesiredObjects {
         leader_services: contract::leader_services(sts.metadata.annotations.as_ref()),
         namespace: namespace.clone(),
@@ -137,9 +138,20 @@ pub fn desired(
 /// none) and DNS for the peer's name. The API server is allowed by port only, since its
 /// address differs per cluster (narrow it with a policy of your own). Ingress is left to
 /// the consumer: LDAP clients are theirs to list.
-pub fn ldap_network_policy(sts: &StatefulSet, metadata: ObjectMeta) -> NetworkPolicy {
+///
+/// The pods are the StatefulSet's selector AND their names `<sts>-0..replicas`: a selector
+/// alone may match other teams' pods with the same labels, whose egress the policy would then
+/// cut (issue 17, item 6).
+pub fn ldap_network_policy(sts: &StatefulSet, replicas: u32, metadata: ObjectMeta) -> NetworkPolicy {
     let spec = sts.spec.as_ref();
-    let pods = spec.map(|s| s.selector.clone()).unwrap_or_default();
+    let mut pods = spec.map(|s| s.selector.clone()).unwrap_or_default();
+    let names =
+        (0..replicas.clamp(1, contract::MAX_REPLICAS)).map(|i| contract::pod_name(&sts.name_any(), i)).collect();
+    pods.match_expressions.get_or_insert_with(Vec::new).push(LabelSelectorRequirement {
+        key: contract::LABEL_STATEFULSET_POD_NAME.into(),
+        operator: "In".into(),
+        values: Some(names),
+    });
     let tcp = |port: i32| NetworkPolicyPort {
         port: Some(IntOrString::Int(port)),
         protocol: Some("TCP".into()),
@@ -321,14 +333,17 @@ pub(super) mod tests {
         let policy = desired_now(&s).unwrap().unwrap().network_policy.expect("requested");
         assert_eq!(policy.metadata.name.as_deref(), Some(contract::identity_name("ldap").as_str()));
         let value = serde_json::to_value(&policy.spec).unwrap();
-        assert_eq!(value["podSelector"], json!({"matchLabels": {"app": "ldap"}}));
+        // Exactly the StatefulSet's pods: its selector and their names.
+        let pods = json!({"matchLabels": {"app": "ldap"}, "matchExpressions": [
+            {"key": contract::LABEL_STATEFULSET_POD_NAME, "operator": "In", "values": ["ldap-0", "ldap-1"]}]});
+        assert_eq!(value["podSelector"], pods);
         assert_eq!(value["policyTypes"], json!(["Egress"]), "ingress (the LDAP clients) stays the consumer's");
         let rules = value["egress"].as_array().unwrap();
         let ports =
             |i: usize| rules[i]["ports"].as_array().unwrap().iter().map(|p| p["port"].clone()).collect::<Vec<_>>();
         assert_eq!(ports(0), vec![json!(443), json!(6443)], "the API server");
         assert_eq!(ports(1), vec![json!(389), json!(636)], "the Mirror-Mode peer");
-        assert_eq!(rules[1]["to"], json!([{"podSelector": {"matchLabels": {"app": "ldap"}}}]));
+        assert_eq!(rules[1]["to"], json!([{"podSelector": pods}]));
         assert_eq!(ports(2), vec![json!(53), json!(53)], "DNS, UDP and TCP");
     }
 }
