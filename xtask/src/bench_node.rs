@@ -4,7 +4,7 @@
 //! ready endpoints) are checked once at the end over all runs and printed.
 //!
 //! - slapd container of the leader killed → the first write acknowledged through the
-//!   ClusterIP after the kill;
+//!   ClusterIP after the kill; the pod is deleted afterwards to reset the restart back-off;
 //! - graceful deletion of the leader pod → client-visible write gap (last acknowledgement
 //!   before the deletion to the first after it);
 //! - the leader's elector container killed (its PID 1, from the host) → the first probe of
@@ -48,6 +48,9 @@ pub async fn run() -> anyhow::Result<()> {
         let back = s.writer.wait_ack_after(fault, RECOVERY).await?;
         slapd_killed.push(back.end - fault);
         eprintln!("slapd kill {run}: pod {leader}, writes back after {:?}", back.end - fault);
+        // A fresh pod resets the kubelet's restart back-off of the killed container (it
+        // doubles from 10 s with every restart and would dominate later runs).
+        delete_pod(&s, leader)?;
     }
 
     let mut deletion_gap = Vec::new();
