@@ -4,9 +4,10 @@
 //! ready endpoints) are checked once at the end over all runs and printed.
 //!
 //! - slapd container of the leader killed → the first write acknowledged through the
-//!   ClusterIP after the kill;
-//! - graceful deletion of the leader pod → client-visible write gap (last acknowledgement
-//!   before the deletion to the first after it);
+//!   ClusterIP after the kill; the pod is deleted afterwards to reset the restart back-off;
+//! - graceful deletion of the leader pod → client-visible write gap (the longest time
+//!   between two consecutive acknowledgements from the last one before the deletion to the
+//!   first one after the new leader's label);
 //! - the leader's elector container killed (its PID 1, from the host) → the first probe of
 //!   the old leader's slapd that is not accepted, and whether that came before the other
 //!   slapd accepted any; the pod is deleted afterwards to reset CrashLoopBackOff;
@@ -48,6 +49,9 @@ pub async fn run() -> anyhow::Result<()> {
         let back = s.writer.wait_ack_after(fault, RECOVERY).await?;
         slapd_killed.push(back.end - fault);
         eprintln!("slapd kill {run}: pod {leader}, writes back after {:?}", back.end - fault);
+        // A fresh pod resets the kubelet's restart back-off of the killed container (it
+        // doubles from 10 s with every restart and would dominate later runs).
+        delete_pod(&s, leader)?;
     }
 
     let mut deletion_gap = Vec::new();
@@ -55,11 +59,15 @@ pub async fn run() -> anyhow::Result<()> {
         settle(&s).await?;
         let (leader, _) = s.leader().await?;
         let fault = Instant::now();
-        let last = s.writer.acked().iter().rev().find(|a| a.end <= fault).map(|a| a.end).unwrap_or(fault);
         delete_pod(&s, leader)?;
-        let next = s.writer.wait_ack_after(fault, RECOVERY).await?;
-        deletion_gap.push(next.end - last);
-        eprintln!("deletion {run}: pod {leader}, gap {:?}", next.end - last);
+        let old = pod_name(leader);
+        let (_, at) =
+            s.observer.wait_for_new_leader("a new leader after the deletion", Some(&old), fault, RECOVERY).await?;
+        let next = s.writer.wait_ack_after(at, RECOVERY).await?;
+        let ends: Vec<Instant> = s.writer.acked().iter().map(|a| a.end).collect();
+        let gap = longest_gap(&ends, fault, next.end);
+        deletion_gap.push(gap);
+        eprintln!("deletion {run}: pod {leader}, longest gap between acknowledgements {gap:?}");
     }
 
     let (mut refused, mut refused_first) = (Vec::new(), 0);
@@ -116,6 +124,14 @@ pub async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The longest time between consecutive acknowledgements (`ends`, in order) from the last
+/// one at or before `from` to `to`.
+fn longest_gap(ends: &[Instant], from: Instant, to: Instant) -> Duration {
+    let start = ends.iter().rposition(|e| *e <= from).unwrap_or(0);
+    let window: Vec<Instant> = ends[start..].iter().copied().filter(|e| *e <= to).collect();
+    window.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+}
+
 /// Both pods Ready, one leader, and a write acknowledged after now.
 async fn settle(s: &Scenario) -> anyhow::Result<()> {
     s.consumer.wait_ready(RECOVERY).await?;
@@ -128,4 +144,18 @@ fn delete_pod(s: &Scenario, ordinal: usize) -> anyhow::Result<()> {
     let out = s.bed.kubectl().args(["delete", "pod", &pod_name(ordinal), "-n", NAMESPACE, "--wait=false"]).output()?;
     anyhow::ensure!(out.status.success(), "kubectl delete pod: {}", String::from_utf8_lossy(&out.stderr));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_gap_spans_from_the_last_acknowledgement_before_the_fault() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let ends = [at(0), at(100), at(120), at(900), at(920), at(5000)];
+        assert_eq!(longest_gap(&ends, at(110), at(920)), Duration::from_millis(780));
+        assert_eq!(longest_gap(&ends, at(950), at(950)), Duration::ZERO);
+    }
 }
