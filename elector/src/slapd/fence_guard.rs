@@ -170,6 +170,9 @@ impl Link {
         tracing::error!(error, "cannot feed the fence guard; dropping the connection");
         slot.broken.cancel();
         *writer = None;
+        if self.armed_on.is_some() {
+            self.armed_on = Some(0); // an arm that did not go out is never trusted
+        }
     }
 
     /// Whether the guard would fence slapd on this elector's death now: connected, and if
