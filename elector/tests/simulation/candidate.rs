@@ -27,12 +27,26 @@ pub(crate) enum Busy {
 /// Something delivered to a candidate's process.
 #[derive(Clone, Debug)]
 pub(crate) enum Msg {
-    Reply { req_id: u64, reply: Reply },
-    Watch { gen: u64, rec: LeaseRecord },
-    Timeout { req_id: u64 },
-    Wake { gen: u64 },
+    Reply {
+        req_id: u64,
+        reply: Reply,
+    },
+    Watch {
+        gen: u64,
+        rec: LeaseRecord,
+    },
+    Timeout {
+        req_id: u64,
+    },
+    Wake {
+        gen: u64,
+    },
     Tick,
     FenceDone,
+    /// The fence budget passed and slapd has not confirmed `olcReadOnly: TRUE` (item 1).
+    FenceTimedOut,
+    /// slapd applied a fence that the elector had stopped waiting for.
+    FenceConfirmed,
     Reconnect,
     HealthChanged,
     Sigterm,
@@ -77,6 +91,12 @@ pub(crate) struct Candidate {
     pub(crate) paused_since_feed: bool,
     /// slapd left writable by a crashed elector: writable until the watchdog fences it.
     pub(crate) orphan_until: Option<Moment>,
+    /// slapd holds `olcReadOnly` changes until this real time (a fence stall, item 1).
+    pub(crate) stall_until: Nanos,
+    /// Stepped down without a confirmed fence: keep the Lease, do not exit (item 1).
+    pub(crate) unfenced: bool,
+    /// The watchdog's state (the real `Warden`); with the guard it outlives the elector.
+    pub(crate) guard: Warden,
 }
 
 impl Candidate {
@@ -103,6 +123,9 @@ impl Candidate {
             watchdog_at: Moment::ZERO,
             paused_since_feed: false,
             orphan_until: None,
+            stall_until: 0,
+            unfenced: false,
+            guard: Warden::fail_closed(),
         }
     }
 

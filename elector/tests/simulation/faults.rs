@@ -4,7 +4,8 @@ use super::*;
 
 impl Sim {
     pub(crate) fn start(&mut self, c: usize) {
-        self.to(c, self.now, Msg::Reconnect);
+        let fenced = self.start_fence(c);
+        self.to(c, fenced, Msg::Reconnect);
         self.after_local(c, TICK, Msg::Tick);
     }
 
@@ -62,6 +63,16 @@ impl Sim {
                 cand.partitioned += 1;
                 self.push(end, Ev::Heal(c));
             }
+            FaultKind::FenceStall => self.stall(c, end),
+            FaultKind::ContainerKill => {
+                if !cand.down {
+                    self.container_kill(c);
+                    if !self.cands[c].restart_pending {
+                        self.cands[c].restart_pending = true;
+                        self.push(end, Ev::Restart(c));
+                    }
+                }
+            }
         }
     }
 
@@ -105,8 +116,12 @@ impl Sim {
 
     /// Graceful exit after SIGTERM.
     pub(crate) fn exit(&mut self, c: usize) {
-        if self.cands[c].writable {
-            self.failure = Some(format!("{} exited while slapd is writable", self.cands[c].id));
+        let cand = &mut self.cands[c];
+        if cand.writable && cand.stall_until > self.now {
+            // The old release: exits with its fence still queued in slapd.
+            cand.orphan_until = Some(cand.clock.local(cand.stall_until));
+        } else if cand.writable {
+            self.failure = Some(format!("{} exited while slapd is writable", cand.id));
         }
         self.log(Some(c), "exited");
         self.kill(c);
@@ -127,6 +142,10 @@ impl Sim {
         cand.watch_gen += 1;
         cand.writable = false;
         cand.paused_since_feed = false;
+        cand.unfenced = false;
+        if self.sc.variants.watchdog == Watchdog::SameContainer {
+            cand.guard = Warden::idle(); // a child of the next elector
+        }
         self.server.watches[c] = None;
     }
 

@@ -61,12 +61,15 @@
 mod api;
 mod candidate;
 mod faults;
+mod items;
 mod model;
 mod properties;
 mod queue;
 mod runtime;
 mod sim;
+mod slapd;
 mod strategies;
+mod variants;
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
@@ -77,6 +80,7 @@ use ldap_elector::clock::Moment;
 use ldap_elector::election::decide::{
     decide, Action, DemoteReason, Leading, Me, Observed, Timing, FENCE_BUDGET, MAX_CLOCK_DRIFT,
 };
+use ldap_elector::slapd::watchdog::{Command, Warden};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
@@ -89,6 +93,7 @@ use model::Rng;
 use queue::*;
 use sim::*;
 use strategies::*;
+use variants::*;
 
 proptest! {
     #![proptest_config(config(256))]
@@ -126,7 +131,7 @@ fn random_runs_exercise_takeovers_pauses_and_fences() {
     assert!(total.orphans >= 1, "{total:?}");
 }
 
-fn pause_leader(at_s: u64, for_s: u64) -> Fault {
+pub(crate) fn pause_leader(at_s: u64, for_s: u64) -> Fault {
     Fault {
         at: Duration::from_secs(at_s),
         target: Target::Leader,
@@ -136,7 +141,7 @@ fn pause_leader(at_s: u64, for_s: u64) -> Fault {
 }
 
 /// Keep candidate 1 out of the first election so candidate 0 (with its clock) leads.
-fn let_first_lead() -> Fault {
+pub(crate) fn let_first_lead() -> Fault {
     Fault { at: Duration::ZERO, target: Target::Cand(1), kind: FaultKind::Unhealthy, length: Duration::from_secs(1) }
 }
 

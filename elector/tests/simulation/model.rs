@@ -98,6 +98,11 @@ pub(crate) enum FaultKind {
     WatchReset,
     /// All traffic of the pod is dropped for `length`.
     Partition,
+    /// slapd holds `olcReadOnly` changes for `length`, at most until the fence budget after
+    /// its leader's renew deadline (the bound `Timing::validate` rests on).
+    FenceStall,
+    /// The elector's whole container dies (kill -9 of PID 1, OOM); restarted after `length`.
+    ContainerKill,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +138,8 @@ pub(crate) struct Scenario {
     /// Runtime contract item 4; `false` only to show why it is needed.
     pub(crate) cap_leader_timeouts: bool,
     pub(crate) fence: FencePolicy,
+    /// Old or current runtime policies (issue 15).
+    pub(crate) variants: Variants,
 }
 
 impl Scenario {
@@ -154,6 +161,7 @@ impl Scenario {
             seed: 7,
             cap_leader_timeouts: true,
             fence: FencePolicy::Max,
+            variants: Variants::current(),
         }
     }
 }

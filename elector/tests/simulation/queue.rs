@@ -4,13 +4,26 @@ use super::*;
 
 #[derive(Clone, Debug)]
 pub(crate) enum Ev {
-    AtServer { from: usize, inc: u32, req_id: u64, req: Req },
-    To { cand: usize, inc: u32, msg: Msg },
+    AtServer {
+        from: usize,
+        inc: u32,
+        req_id: u64,
+        req: Req,
+    },
+    To {
+        cand: usize,
+        inc: u32,
+        msg: Msg,
+    },
     Fault(Fault),
     Resume(usize),
     Restart(usize),
     Healthy(usize),
     Heal(usize),
+    /// slapd applies a fence the elector stopped waiting for.
+    SlapdFenced(usize),
+    /// slapd applies the fence a starting elector asked for.
+    StartFenced(usize),
 }
 
 pub(crate) struct Queued {

@@ -69,6 +69,7 @@ impl Sim {
                     // One slapd per pod: this also fences what a crashed incarnation left.
                     self.cands[c].writable = false;
                     self.cands[c].orphan_until = None;
+                    self.cands[c].guard.command(Command::Disarm);
                     self.cands[c].busy = Busy::Idle;
                     self.log(Some(c), "fenced");
                     match release {
@@ -79,6 +80,8 @@ impl Sim {
                     }
                 }
             }
+            Msg::FenceTimedOut => self.fence_timed_out(c),
+            Msg::FenceConfirmed => self.fence_confirmed(c),
             Msg::Reconnect => self.reconnect(c),
             Msg::HealthChanged => self.step(c),
             Msg::Sigterm => {
@@ -157,7 +160,8 @@ impl Sim {
                     let at = self.cands[c].clock.real_at(t, self.now);
                     self.to(c, at, Msg::Wake { gen });
                 }
-                if self.cands[c].stopping && self.cands[c].leading.is_none() {
+                let unfenced = self.cands[c].unfenced;
+                if self.cands[c].stopping && self.cands[c].leading.is_none() && !unfenced {
                     self.exit(c);
                 }
             }
@@ -173,16 +177,6 @@ impl Sim {
             }
             _ => CALL_TIMEOUT,
         }
-    }
-
-    pub(crate) fn fence(&mut self, c: usize, release: Option<(u64, LeaseSpec)>) {
-        self.cands[c].busy = Busy::Fencing { release };
-        let budget = nanos(FENCE_BUDGET);
-        let d = match self.sc.fence {
-            FencePolicy::Random => self.rng.up_to(budget),
-            FencePolicy::Max => budget,
-        };
-        self.after_local(c, Duration::from_nanos(d), Msg::FenceDone);
     }
 
     pub(crate) fn call(&mut self, c: usize, what: Call, req: Req, timeout: Duration) {
@@ -233,6 +227,7 @@ impl Sim {
                     if now < sent_at + deadline {
                         cand.writable = true;
                         cand.watchdog_at = sent_at + deadline + FENCE_BUDGET;
+                        cand.guard.command(Command::Arm(sent_at + deadline));
                         cand.paused_since_feed = false;
                     }
                     if what == Call::Acquire {

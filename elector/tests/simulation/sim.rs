@@ -155,6 +155,8 @@ impl Sim {
                 self.log(Some(c), "healthy again");
                 self.to(c, self.now, Msg::HealthChanged);
             }
+            Ev::SlapdFenced(c) => self.slapd_fenced(c),
+            Ev::StartFenced(c) => self.start_fenced(c),
             Ev::Heal(c) => {
                 self.cands[c].partitioned -= 1;
                 self.log(Some(c), "partition healed");

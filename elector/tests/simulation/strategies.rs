@@ -44,6 +44,8 @@ pub(crate) fn fault_strategy() -> impl Strategy<Value = RawFault> {
         1 => Just(FaultKind::Stop),
         1 => Just(FaultKind::Unhealthy),
         1 => Just(FaultKind::WatchReset),
+        1 => Just(FaultKind::FenceStall),
+        1 => Just(FaultKind::ContainerKill),
     ];
     (0u32..=1000, target, kind, 0u32..=1000).prop_map(|(at, target, kind, length)| RawFault {
         at,
@@ -90,6 +92,7 @@ pub(crate) fn scenario_strategy() -> impl Strategy<Value = Scenario> {
                 seed,
                 cap_leader_timeouts: true,
                 fence: FencePolicy::Random,
+                variants: Variants::current(),
             }
         })
 }
