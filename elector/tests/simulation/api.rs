@@ -2,12 +2,17 @@
 
 use super::*;
 
+/// See `Server::issued`.
+pub(crate) const REVISION_STEP: u64 = 10;
+
 #[derive(Clone, Debug)]
 pub(crate) struct LeaseRecord {
     pub(crate) holder: Option<String>,
     pub(crate) transitions: i32,
     pub(crate) lease_duration: Duration,
     pub(crate) rv: u64,
+    /// The object's uid: a deleted and recreated Lease gets another.
+    pub(crate) uid: u32,
 }
 
 /// The object a client PUTs (the observed object with its changes).
@@ -38,6 +43,10 @@ pub(crate) struct Server {
     pub(crate) watches: Vec<Option<(u32, u64)>>,
     /// Per candidate: the last delivery time on its stream (streams are FIFO).
     pub(crate) stream_floor: Vec<Nanos>,
+    /// The highest resourceVersion handed out. Versions are sparse (etcd's revision is global:
+    /// `REVISION_STEP` apart), so a restored etcd can go back to one never handed out: a
+    /// stale CAS of a reused number would pass (an ABA hazard of Kubernetes itself).
+    pub(crate) issued: u64,
 }
 
 impl Sim {
@@ -61,16 +70,19 @@ impl Sim {
                 if expected_rv != self.server.lease.rv {
                     Reply::Conflict
                 } else {
+                    let uid = self.server.lease.uid;
                     let old = std::mem::replace(
                         &mut self.server.lease,
                         LeaseRecord {
                             holder: spec.holder,
                             transitions: spec.transitions,
                             lease_duration: spec.lease_duration,
-                            rv: expected_rv + 1,
+                            rv: self.server.issued + REVISION_STEP,
+                            uid,
                         },
                     );
                     let new = self.server.lease.clone();
+                    self.server.issued = new.rv;
                     if old.holder.is_some() && new.holder.is_some() && old.holder != new.holder {
                         self.stats.takeovers += 1;
                     }

@@ -75,6 +75,8 @@ pub(crate) struct Candidate {
     // The runtime's state.
     pub(crate) stopping: bool,
     pub(crate) obs: Option<(Observed, u64)>,
+    /// The Lease object behind `obs` (for `lease::adopts` / `observe_after`).
+    pub(crate) known: Option<Lease>,
     pub(crate) leading: Option<Leading>,
     pub(crate) busy: Busy,
     pub(crate) wake_gen: u64,
@@ -113,6 +115,7 @@ impl Candidate {
             partitioned: 0,
             stopping: false,
             obs: None,
+            known: None,
             leading: None,
             busy: Busy::Idle,
             wake_gen: 0,

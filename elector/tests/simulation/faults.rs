@@ -64,6 +64,8 @@ impl Sim {
                 self.push(end, Ev::Heal(c));
             }
             FaultKind::FenceStall => self.stall(c, end),
+            FaultKind::LeaseRecreated => self.recreate_lease(),
+            FaultKind::EtcdRestored => self.restore_etcd(),
             FaultKind::ContainerKill => {
                 if !cand.down {
                     self.container_kill(c);
@@ -135,6 +137,7 @@ impl Sim {
         cand.inc += 1;
         cand.stopping = false;
         cand.obs = None;
+        cand.known = None;
         cand.leading = None;
         cand.busy = Busy::Idle;
         cand.watch_ok = false;

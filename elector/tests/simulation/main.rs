@@ -62,6 +62,7 @@ mod api;
 mod candidate;
 mod faults;
 mod items;
+mod lease;
 mod model;
 mod properties;
 mod queue;
@@ -76,6 +77,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use ldap_elector::clock::Moment;
 use ldap_elector::election::decide::{
     decide, Action, DemoteReason, Leading, Me, Observed, Timing, FENCE_BUDGET, MAX_CLOCK_DRIFT,

@@ -103,6 +103,10 @@ pub(crate) enum FaultKind {
     FenceStall,
     /// The elector's whole container dies (kill -9 of PID 1, OOM); restarted after `length`.
     ContainerKill,
+    /// The Lease is deleted and created empty (target and length unused).
+    LeaseRecreated,
+    /// etcd is restored from a backup: the Lease's resourceVersion goes back (content kept).
+    EtcdRestored,
 }
 
 #[derive(Clone, Copy, Debug)]

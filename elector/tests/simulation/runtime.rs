@@ -33,7 +33,7 @@ impl Sim {
                     self.cands[c].relist = None;
                     if let Reply::Ok(rec) = reply {
                         self.cands[c].watch_ok = true;
-                        self.observe(c, &rec);
+                        self.observe(c, &rec, true);
                     }
                     self.step(c);
                 }
@@ -51,7 +51,7 @@ impl Sim {
             }
             Msg::Watch { gen, rec } => {
                 if gen == self.cands[c].watch_gen {
-                    self.observe(c, &rec);
+                    self.observe(c, &rec, false);
                     self.step(c);
                 }
             }
@@ -215,7 +215,7 @@ impl Sim {
                 self.call(c, Call::Get, Req::Read { relist_gen: None }, timeout);
             }
             Reply::Ok(rec) => {
-                self.observe(c, &rec);
+                self.observe(c, &rec, true);
                 if matches!(what, Call::Acquire | Call::Renew) {
                     let deadline = self.sc.timing.renew_deadline;
                     let now = self.local(c);
@@ -240,26 +240,6 @@ impl Sim {
                 self.step(c);
             }
         }
-    }
-
-    /// Contract item 2: take an observation only if it is newer.
-    pub(crate) fn observe(&mut self, c: usize, rec: &LeaseRecord) {
-        let now = self.local(c);
-        let cand = &mut self.cands[c];
-        if cand.obs.as_ref().is_some_and(|(_, rv)| *rv >= rec.rv) {
-            return;
-        }
-        cand.obs = Some((
-            Observed {
-                holder: rec.holder.clone(),
-                holder_uid: rec.holder.clone(),
-                transitions: rec.transitions,
-                lease_duration: rec.lease_duration,
-                seen_change_at: now,
-                ineligible: Default::default(),
-            },
-            rec.rv,
-        ));
     }
 
     pub(crate) fn break_watch(&mut self, c: usize, reconnect_after: Duration) {

@@ -42,9 +42,16 @@ impl Sim {
             queue: BinaryHeap::new(),
             server: Server {
                 // Pre-created by the reconciler.
-                lease: LeaseRecord { holder: None, transitions: 0, lease_duration: t.lease_duration, rv: 1 },
+                lease: LeaseRecord {
+                    holder: None,
+                    transitions: 0,
+                    lease_duration: t.lease_duration,
+                    rv: REVISION_STEP,
+                    uid: 1,
+                },
                 watches: vec![None; n],
                 stream_floor: vec![0; n],
+                issued: REVISION_STEP,
             },
             cands: sc.clocks.iter().enumerate().map(|(i, &c)| Candidate::new(i, c)).collect(),
             next_req: 0,
