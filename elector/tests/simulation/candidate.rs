@@ -1,5 +1,7 @@
 //! Candidates: the runtime contract's state of each elector incarnation and its node.
 
+use ldap_elector::slapd::fence::WantedFence;
+
 use super::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +49,11 @@ pub(crate) enum Msg {
     FenceTimedOut,
     /// slapd applied a fence that the elector had stopped waiting for.
     FenceConfirmed,
+    KeeperRound,
+    /// The keeper's read-back answered; `role` is what it decided before the read.
+    KeeperVerified {
+        role: &'static str,
+    },
     Reconnect,
     HealthChanged,
     Sigterm,
@@ -54,7 +61,7 @@ pub(crate) enum Msg {
 
 impl Msg {
     pub(crate) fn is_network(&self) -> bool {
-        matches!(self, Msg::Reply { .. } | Msg::Watch { .. })
+        matches!(self, Msg::Reply { .. } | Msg::Watch { .. } | Msg::KeeperVerified { .. })
     }
 }
 
@@ -99,6 +106,8 @@ pub(crate) struct Candidate {
     pub(crate) unfenced: bool,
     /// The watchdog's state (the real `Warden`); with the guard it outlives the elector.
     pub(crate) guard: Warden,
+    /// What the elector asked its fence keeper for.
+    pub(crate) wanted: WantedFence,
 }
 
 impl Candidate {
@@ -129,6 +138,7 @@ impl Candidate {
             stall_until: 0,
             unfenced: false,
             guard: Warden::fail_closed(),
+            wanted: WantedFence::Standby,
         }
     }
 

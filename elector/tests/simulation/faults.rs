@@ -7,6 +7,7 @@ impl Sim {
         let fenced = self.start_fence(c);
         self.to(c, fenced, Msg::Reconnect);
         self.after_local(c, TICK, Msg::Tick);
+        self.after_local(c, VERIFY_EVERY, Msg::KeeperRound);
     }
 
     pub(crate) fn fault(&mut self, f: Fault) {
@@ -146,6 +147,7 @@ impl Sim {
         cand.writable = false;
         cand.paused_since_feed = false;
         cand.unfenced = false;
+        cand.wanted = ldap_elector::slapd::fence::WantedFence::Standby;
         if self.sc.variants.watchdog == Watchdog::SameContainer {
             cand.guard = Warden::idle(); // a child of the next elector
         }

@@ -47,6 +47,16 @@ fn item2_watchdog_dying_with_its_container_is_found() {
     found_with_old_only(&sc, old, "SAFETY VIOLATION");
 }
 
+/// Item 3: the leader's elector is paused while its fence keeper waits for slapd's read-back;
+/// the watchdog fences at the deadline and the standby takes over. Old: on resume the keeper
+/// repairs the "drifted" fence to the role it decided before the read: writable again.
+#[test]
+fn item3_keeper_deciding_before_its_read_back_is_found() {
+    let sc = scripted(vec![fault(20_050, 0, FaultKind::Pause, 20_000)]);
+    let old = Variants { keeper: KeeperRole::BeforeVerify, ..Variants::current() };
+    found_with_old_only(&sc, old, "SAFETY VIOLATION");
+}
+
 /// Item 8: the Lease is deleted and recreated while held. Old: a follower takes the empty
 /// Lease at once while the leader is still fencing. Current: `lease::observe_after` counts it
 /// as held by the previous holder for a lease duration.

@@ -62,6 +62,7 @@ mod api;
 mod candidate;
 mod faults;
 mod items;
+mod keeper;
 mod lease;
 mod model;
 mod properties;
@@ -91,6 +92,7 @@ use api::*;
 use candidate::*;
 use model::*;
 // Ours, not proptest's `Rng` trait (both come in by glob).
+use keeper::VERIFY_EVERY;
 use model::Rng;
 use queue::*;
 use sim::*;

@@ -142,6 +142,8 @@ pub(crate) struct Scenario {
     /// Runtime contract item 4; `false` only to show why it is needed.
     pub(crate) cap_leader_timeouts: bool,
     pub(crate) fence: FencePolicy,
+    /// Longest answer time of the fence keeper's read-back of slapd's fence.
+    pub(crate) keeper_verify: Duration,
     /// Old or current runtime policies (issue 15).
     pub(crate) variants: Variants,
 }
@@ -165,6 +167,7 @@ impl Scenario {
             seed: 7,
             cap_leader_timeouts: true,
             fence: FencePolicy::Max,
+            keeper_verify: Duration::from_millis(100),
             variants: Variants::current(),
         }
     }

@@ -1,5 +1,7 @@
 //! The runtime contract (module docs of `main.rs`, points 2-7) as each candidate follows it.
 
+use ldap_elector::slapd::fence::WantedFence;
+
 use super::*;
 
 impl Sim {
@@ -81,6 +83,8 @@ impl Sim {
                 }
             }
             Msg::FenceTimedOut => self.fence_timed_out(c),
+            Msg::KeeperRound => self.keeper_round(c),
+            Msg::KeeperVerified { role } => self.keeper_verified(c, role),
             Msg::FenceConfirmed => self.fence_confirmed(c),
             Msg::Reconnect => self.reconnect(c),
             Msg::HealthChanged => self.step(c),
@@ -138,11 +142,13 @@ impl Sim {
                     DemoteReason::LeaseLost => self.stats.demoted_lost += 1,
                 }
                 self.cands[c].leading = None;
+                self.cands[c].wanted = WantedFence::Standby;
                 self.fence(c, None);
             }
             Action::Release(_) => {
                 self.stats.released += 1;
                 self.cands[c].leading = None;
+                self.cands[c].wanted = WantedFence::Standby;
                 let Some((o, rv)) = obs else {
                     self.failure = Some(format!("{id}: decide returned {action:?} without an observed Lease"));
                     return;
@@ -228,6 +234,7 @@ impl Sim {
                         cand.writable = true;
                         cand.watchdog_at = sent_at + deadline + FENCE_BUDGET;
                         cand.guard.command(Command::Arm(sent_at + deadline));
+                        cand.wanted = WantedFence::Leader { until: sent_at + deadline };
                         cand.paused_since_feed = false;
                     }
                     if what == Call::Acquire {

@@ -95,6 +95,7 @@ pub(crate) fn scenario_strategy() -> impl Strategy<Value = Scenario> {
                 seed,
                 cap_leader_timeouts: true,
                 fence: FencePolicy::Random,
+                keeper_verify: Duration::from_millis(200),
                 variants: Variants::current(),
             }
         })
