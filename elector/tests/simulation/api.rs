@@ -13,6 +13,8 @@ pub(crate) struct LeaseRecord {
     pub(crate) rv: u64,
     /// The object's uid: a deleted and recreated Lease gets another.
     pub(crate) uid: u32,
+    /// The holder's published contextCSN (annotation).
+    pub(crate) csn: Vec<String>,
 }
 
 /// The object a client PUTs (the observed object with its changes).
@@ -21,6 +23,7 @@ pub(crate) struct LeaseSpec {
     pub(crate) holder: Option<String>,
     pub(crate) transitions: i32,
     pub(crate) lease_duration: Duration,
+    pub(crate) csn: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -79,6 +82,7 @@ impl Sim {
                             lease_duration: spec.lease_duration,
                             rv: self.server.issued + REVISION_STEP,
                             uid,
+                            csn: spec.csn,
                         },
                     );
                     let new = self.server.lease.clone();

@@ -106,12 +106,22 @@ pub(crate) struct Candidate {
     pub(crate) unfenced: bool,
     /// The watchdog's state (the real `Warden`); with the guard it outlives the elector.
     pub(crate) guard: Warden,
+    /// Per server ID: the newest write this slapd holds (real time; 0: none).
+    pub(crate) holds: Vec<Nanos>,
+    /// The contextCSN its health check read last.
+    pub(crate) my_csn: Vec<String>,
+    /// Replication into this slapd is cut.
+    pub(crate) rep_cut: u32,
+    /// A promotion now would be recorded as uncovered (`catch_up::Gate::PromoteUncovered`).
+    pub(crate) uncovered: bool,
+    /// slapd is stopped (pod deletion).
+    pub(crate) slapd_down: bool,
     /// What the elector asked its fence keeper for.
     pub(crate) wanted: WantedFence,
 }
 
 impl Candidate {
-    pub(crate) fn new(i: usize, clock: ClockSpec) -> Self {
+    pub(crate) fn new(i: usize, clock: ClockSpec, n: usize) -> Self {
         Candidate {
             id: format!("ldap-server-{i}"),
             clock,
@@ -139,6 +149,11 @@ impl Candidate {
             unfenced: false,
             guard: Warden::fail_closed(),
             wanted: WantedFence::Standby,
+            holds: vec![0; n],
+            my_csn: Vec::new(),
+            rep_cut: 0,
+            slapd_down: false,
+            uncovered: false,
         }
     }
 
@@ -146,7 +161,7 @@ impl Candidate {
         let local = self.clock.local(real);
         let orphan = self.orphan_until.is_some_and(|t| local < t);
         let frozen = self.paused || self.down || self.paused_since_feed;
-        orphan || (self.writable && (!frozen || local < self.watchdog_at))
+        !self.slapd_down && (orphan || (self.writable && (!frozen || local < self.watchdog_at)))
     }
 
     /// Leading by the runtime's own account (for liveness).

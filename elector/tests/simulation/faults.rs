@@ -46,6 +46,7 @@ impl Sim {
                 if !cand.down && !cand.restart_pending {
                     cand.restart_pending = true;
                     self.to(c, self.now, Msg::Sigterm);
+                    self.slapd_stop_after_sigterm(c);
                     self.push(end, Ev::Restart(c));
                 }
             }
@@ -65,6 +66,10 @@ impl Sim {
                 self.push(end, Ev::Heal(c));
             }
             FaultKind::FenceStall => self.stall(c, end),
+            FaultKind::ReplicationCut => {
+                cand.rep_cut += 1;
+                self.push(end, Ev::RepHealed(c));
+            }
             FaultKind::LeaseRecreated => self.recreate_lease(),
             FaultKind::EtcdRestored => self.restore_etcd(),
             FaultKind::ContainerKill => {
@@ -128,6 +133,9 @@ impl Sim {
         }
         self.log(Some(c), "exited");
         self.kill(c);
+        if self.sc.variants.deletion == Deletion::PreStopHandover {
+            self.push(self.now, Ev::HandoverPoll { cand: c, since: self.now });
+        }
     }
 
     pub(crate) fn kill(&mut self, c: usize) {
@@ -163,6 +171,9 @@ impl Sim {
         let cand = &mut self.cands[c];
         cand.down = false;
         cand.restart_pending = false;
+        cand.slapd_down = false;
+        self.catch_up_all();
+        let cand = &mut self.cands[c];
         self.start(c);
     }
 }

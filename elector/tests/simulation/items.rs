@@ -57,6 +57,38 @@ fn item3_keeper_deciding_before_its_read_back_is_found() {
     found_with_old_only(&sc, old, "SAFETY VIOLATION");
 }
 
+/// Item 4: replication into the standby is cut right after the leader's renew at 21 s, then
+/// the leader's elector freezes; its slapd acknowledges writes until the watchdog fences it.
+/// Old: at expiry the standby holds the contextCSN published at that renew and promotes
+/// without the later writes. Current: it reads the old leader's current contextCSN (its slapd
+/// stays reachable) and waits until replication brought it.
+#[test]
+fn item4_catch_up_against_the_published_csn_is_found() {
+    let sc = Scenario {
+        audit_peers: true,
+        ..scripted(vec![
+            fault(21_010, 1, FaultKind::ReplicationCut, 15_000),
+            fault(21_050, 0, FaultKind::Pause, 18_000),
+        ])
+    };
+    let old = Variants { catch_up: CatchUp::Published, ..Variants::current() };
+    found_with_old_only(&sc, old, "LOST WRITES");
+}
+
+/// Item 5: the leader's pod is deleted (recreated 10 s later); writes take up to 300 ms to
+/// replicate. Old: slapd stops at once, in parallel with the hand-over; the final
+/// contextCSN read fails, the stale one is published, the standby promotes without the
+/// writes slapd acknowledged last. Current: slapd's preStop waits for the hand-over.
+#[test]
+fn item5_slapd_stopping_in_parallel_with_the_hand_over_is_found() {
+    let sc = Scenario {
+        max_rep_lag: Duration::from_millis(300),
+        ..scripted(vec![fault(20_550, 0, FaultKind::Stop, 10_000)])
+    };
+    let old = Variants { deletion: Deletion::InParallel, ..Variants::current() };
+    found_with_old_only(&sc, old, "LOST WRITES");
+}
+
 /// Item 8: the Lease is deleted and recreated while held. Old: a follower takes the empty
 /// Lease at once while the leader is still fencing. Current: `lease::observe_after` counts it
 /// as held by the previous holder for a lease duration.

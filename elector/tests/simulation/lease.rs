@@ -5,13 +5,20 @@
 use k8s_openapi::api::coordination::v1::LeaseSpec as K8sLeaseSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use ldap_elector::election::lease;
-use ldap_elector_contract::LEASE_ANNOTATION_HOLDER_UID;
+use ldap_elector_contract::{LEASE_ANNOTATION_CONTEXT_CSN, LEASE_ANNOTATION_HOLDER_UID};
 
 use super::*;
 
 /// The Lease object of a record (one pod per name in the model: its UID is its name).
 pub(crate) fn object(rec: &LeaseRecord) -> Lease {
-    let annotations = rec.holder.as_ref().map(|h| [(LEASE_ANNOTATION_HOLDER_UID.to_string(), h.clone())].into());
+    let mut annotations = std::collections::BTreeMap::new();
+    if let Some(h) = &rec.holder {
+        annotations.insert(LEASE_ANNOTATION_HOLDER_UID.to_string(), h.clone());
+    }
+    if !rec.csn.is_empty() {
+        annotations.insert(LEASE_ANNOTATION_CONTEXT_CSN.to_string(), rec.csn.join(" "));
+    }
+    let annotations = Some(annotations);
     Lease {
         metadata: ObjectMeta {
             name: Some("ldap-server".into()),
@@ -65,6 +72,7 @@ impl Sim {
             lease_duration: old.lease_duration,
             rv: self.server.issued + REVISION_STEP,
             uid: old.uid + 1,
+            csn: Vec::new(),
         };
         self.server.issued = new.rv;
         self.log(None, format_args!("Lease deleted and recreated: {new:?}"));

@@ -72,6 +72,7 @@ mod sim;
 mod slapd;
 mod strategies;
 mod variants;
+mod writes;
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
@@ -98,6 +99,7 @@ use queue::*;
 use sim::*;
 use strategies::*;
 use variants::*;
+use writes::*;
 
 proptest! {
     #![proptest_config(config(256))]

@@ -103,6 +103,8 @@ pub(crate) enum FaultKind {
     FenceStall,
     /// The elector's whole container dies (kill -9 of PID 1, OOM); restarted after `length`.
     ContainerKill,
+    /// Replication into the pod's slapd is cut for `length`.
+    ReplicationCut,
     /// The Lease is deleted and created empty (target and length unused).
     LeaseRecreated,
     /// etcd is restored from a backup: the Lease's resourceVersion goes back (content kept).
@@ -142,6 +144,11 @@ pub(crate) struct Scenario {
     /// Runtime contract item 4; `false` only to show why it is needed.
     pub(crate) cap_leader_timeouts: bool,
     pub(crate) fence: FencePolicy,
+    /// `--audit-peers` configured: after an expiry a standby reads the old leader's current
+    /// contextCSN (else `OldLeader::NotConfigured`: judged against the published one).
+    pub(crate) audit_peers: bool,
+    /// Longest replication delay of a write to a peer.
+    pub(crate) max_rep_lag: Duration,
     /// Longest answer time of the fence keeper's read-back of slapd's fence.
     pub(crate) keeper_verify: Duration,
     /// Old or current runtime policies (issue 15).
@@ -168,6 +175,8 @@ impl Scenario {
             cap_leader_timeouts: true,
             fence: FencePolicy::Max,
             keeper_verify: Duration::from_millis(100),
+            max_rep_lag: Duration::ZERO,
+            audit_peers: false,
             variants: Variants::current(),
         }
     }

@@ -24,6 +24,19 @@ pub(crate) enum Ev {
     SlapdFenced(usize),
     /// slapd applies the fence a starting elector asked for.
     StartFenced(usize),
+    /// Clients write (every `WRITE_EVERY`).
+    Write,
+    Replicated {
+        to: usize,
+        origin: usize,
+        stamp: Nanos,
+    },
+    RepHealed(usize),
+    SlapdStop(usize),
+    HandoverPoll {
+        cand: usize,
+        since: Nanos,
+    },
 }
 
 pub(crate) struct Queued {
@@ -67,6 +80,9 @@ pub(crate) struct Stats {
     pub(crate) paused_leaders: u64,
     pub(crate) watchdog_fences: u64,
     pub(crate) orphans: u64,
+    pub(crate) writes_acked: u64,
+    pub(crate) promotions_checked: u64,
+    pub(crate) promotions_uncovered: u64,
 }
 
 impl Stats {
@@ -82,5 +98,8 @@ impl Stats {
         self.paused_leaders += o.paused_leaders;
         self.watchdog_fences += o.watchdog_fences;
         self.orphans += o.orphans;
+        self.writes_acked += o.writes_acked;
+        self.promotions_checked += o.promotions_checked;
+        self.promotions_uncovered += o.promotions_uncovered;
     }
 }

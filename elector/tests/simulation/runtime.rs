@@ -63,6 +63,9 @@ impl Sim {
                 }
             }
             Msg::Tick => {
+                if !self.cands[c].slapd_down {
+                    self.cands[c].my_csn = self.slapd_csn(c); // the health check
+                }
                 self.step(c);
                 self.after_local(c, TICK, Msg::Tick);
             }
@@ -76,6 +79,7 @@ impl Sim {
                     self.log(Some(c), "fenced");
                     match release {
                         Some((rv, spec)) => {
+                            let spec = LeaseSpec { csn: self.final_csn(c), ..spec };
                             self.call(c, Call::Release, Req::Write { expected_rv: rv, spec }, CALL_TIMEOUT)
                         }
                         None => self.step(c),
@@ -106,12 +110,15 @@ impl Sim {
             return;
         }
         let now = cand.clock.local(self.now);
+        let (caught_up, uncovered) = if cand.leading.is_none() { self.caught_up(c, now) } else { (true, false) };
+        self.cands[c].uncovered = uncovered;
+        let cand = &self.cands[c];
         let me =
             // One pod per name in the model (restarts keep the pod): its UID is its name.
             Me {
                 identity: &cand.id,
                 uid: Some(&cand.id),
-                eligible: cand.unhealthy == 0,
+                eligible: cand.unhealthy == 0 && (cand.leading.is_some() || caught_up),
                 stopping: cand.stopping,
                 leading: cand.leading,
             };
@@ -133,7 +140,8 @@ impl Sim {
                 } else {
                     (Call::Renew, o.transitions, self.leader_timeout(c))
                 };
-                let spec = LeaseSpec { holder: Some(id), transitions, lease_duration: timing.lease_duration };
+                let csn = self.cands[c].my_csn.clone();
+                let spec = LeaseSpec { holder: Some(id), transitions, lease_duration: timing.lease_duration, csn };
                 self.call(c, what, Req::Write { expected_rv: rv, spec }, timeout);
             }
             Action::Demote(reason) => {
@@ -153,7 +161,12 @@ impl Sim {
                     self.failure = Some(format!("{id}: decide returned {action:?} without an observed Lease"));
                     return;
                 };
-                let spec = LeaseSpec { holder: None, transitions: o.transitions, lease_duration: o.lease_duration };
+                let spec = LeaseSpec {
+                    holder: None,
+                    transitions: o.transitions,
+                    lease_duration: o.lease_duration,
+                    csn: Vec::new(), // read after the fence
+                };
                 self.fence(c, Some((rv, spec)));
             }
             Action::Wait(until) => {
@@ -238,6 +251,9 @@ impl Sim {
                         cand.paused_since_feed = false;
                     }
                     if what == Call::Acquire {
+                        if self.cands[c].writable {
+                            self.check_no_lost_writes(c);
+                        }
                         self.stats.acquired += 1;
                         self.log(Some(c), format_args!("LEADS, term {}", rec.transitions));
                     } else {

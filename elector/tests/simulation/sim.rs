@@ -48,12 +48,13 @@ impl Sim {
                     lease_duration: t.lease_duration,
                     rv: REVISION_STEP,
                     uid: 1,
+                    csn: Vec::new(),
                 },
                 watches: vec![None; n],
                 stream_floor: vec![0; n],
                 issued: REVISION_STEP,
             },
-            cands: sc.clocks.iter().enumerate().map(|(i, &c)| Candidate::new(i, c)).collect(),
+            cands: sc.clocks.iter().enumerate().map(|(i, &c)| Candidate::new(i, c, n)).collect(),
             next_req: 0,
             fault_end,
             quiet_at,
@@ -69,6 +70,7 @@ impl Sim {
         for c in 0..n {
             sim.start(c);
         }
+        sim.push(nanos(WRITE_EVERY), Ev::Write);
         for f in sim.sc.faults.clone() {
             sim.push(nanos(f.at).min(fault_end), Ev::Fault(f));
         }
@@ -163,9 +165,18 @@ impl Sim {
                 self.to(c, self.now, Msg::HealthChanged);
             }
             Ev::SlapdFenced(c) => self.slapd_fenced(c),
+            Ev::Write => self.write(),
+            Ev::Replicated { to, origin, stamp } => self.replicated(to, origin, stamp),
+            Ev::RepHealed(c) => {
+                self.cands[c].rep_cut -= 1;
+                self.catch_up_all();
+            }
+            Ev::SlapdStop(c) => self.slapd_stop(c),
+            Ev::HandoverPoll { cand, since } => self.handover_poll(cand, since),
             Ev::StartFenced(c) => self.start_fenced(c),
             Ev::Heal(c) => {
                 self.cands[c].partitioned -= 1;
+                self.catch_up_all();
                 self.log(Some(c), "partition healed");
             }
         }

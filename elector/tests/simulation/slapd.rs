@@ -7,6 +7,9 @@ use super::*;
 impl Sim {
     /// The real instant at which a fence asked for now is applied by slapd.
     pub(crate) fn fence_applies_at(&mut self, c: usize) -> Nanos {
+        if self.cands[c].slapd_down {
+            return self.now; // not running: nothing accepts writes
+        }
         let budget = nanos(FENCE_BUDGET);
         let d = match self.sc.fence {
             FencePolicy::Random => self.rng.up_to(budget),
@@ -40,7 +43,10 @@ impl Sim {
                 self.log(Some(c), "fence not confirmed within the budget: releasing anyway (old)");
                 self.cands[c].guard.command(Command::Disarm);
                 match release {
-                    Some((rv, spec)) => self.call(c, Call::Release, Req::Write { expected_rv: rv, spec }, CALL_TIMEOUT),
+                    Some((rv, spec)) => {
+                        let spec = LeaseSpec { csn: self.final_csn(c), ..spec };
+                        self.call(c, Call::Release, Req::Write { expected_rv: rv, spec }, CALL_TIMEOUT)
+                    }
                     None => self.step(c),
                 }
             }
@@ -75,7 +81,9 @@ impl Sim {
         let ours = cand.obs.as_ref().filter(|(o, _)| o.holder() == Some(cand.id.as_str())).cloned();
         match ours {
             Some((o, rv)) if cand.leading.is_none() && matches!(cand.busy, Busy::Idle) => {
-                let spec = LeaseSpec { holder: None, transitions: o.transitions, lease_duration: o.lease_duration };
+                let csn = self.final_csn(c);
+                let spec =
+                    LeaseSpec { holder: None, transitions: o.transitions, lease_duration: o.lease_duration, csn };
                 self.call(c, Call::Release, Req::Write { expected_rv: rv, spec }, CALL_TIMEOUT);
             }
             _ => self.step(c),

@@ -46,6 +46,7 @@ pub(crate) fn fault_strategy() -> impl Strategy<Value = RawFault> {
         1 => Just(FaultKind::WatchReset),
         1 => Just(FaultKind::FenceStall),
         1 => Just(FaultKind::ContainerKill),
+        1 => Just(FaultKind::ReplicationCut),
         // Not `LeaseRecreated`: it finds a gap of the current code (see
         // `items::gap_a_recreated_lease_is_free_to_a_restarted_elector`).
         1 => Just(FaultKind::EtcdRestored),
@@ -68,8 +69,9 @@ pub(crate) fn scenario_strategy() -> impl Strategy<Value = Scenario> {
         prop_oneof![Just(0.0), 0.0..0.05],
         any::<u64>(),
         prop::collection::vec(fault_strategy(), 0..=24),
+        (0u64..=500, any::<bool>()),
     )
-        .prop_map(|(timing, clocks, latency_ms, watch_ms, loss, straggler, seed, raw)| {
+        .prop_map(|(timing, clocks, latency_ms, watch_ms, loss, straggler, seed, raw, (rep_ms, audit_peers))| {
             let fault_phase = 5 * timing.lease_duration;
             let faults = raw
                 .into_iter()
@@ -96,6 +98,8 @@ pub(crate) fn scenario_strategy() -> impl Strategy<Value = Scenario> {
                 cap_leader_timeouts: true,
                 fence: FencePolicy::Random,
                 keeper_verify: Duration::from_millis(200),
+                max_rep_lag: Duration::from_millis(rep_ms),
+                audit_peers,
                 variants: Variants::current(),
             }
         })
