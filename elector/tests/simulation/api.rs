@@ -50,6 +50,8 @@ pub(crate) struct Server {
     /// `REVISION_STEP` apart), so a restored etcd can go back to one never handed out: a
     /// stale CAS of a reused number would pass (an ABA hazard of Kubernetes itself).
     pub(crate) issued: u64,
+    /// The versions restores went back to.
+    pub(crate) restored: std::collections::BTreeSet<u64>,
 }
 
 impl Sim {

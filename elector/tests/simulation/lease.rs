@@ -84,7 +84,13 @@ impl Sim {
     /// revision is handed out twice, see `Server::issued`); every watch breaks (its
     /// resourceVersion is gone) and is re-listed.
     pub(crate) fn restore_etcd(&mut self) {
-        let rv = self.server.lease.rv - REVISION_STEP / 2;
+        // The highest version below the current one never handed out (writes use multiples
+        // of the step, earlier restores the numbers in between).
+        let mut rv = self.server.lease.rv - 1;
+        while rv > 1 && (rv % REVISION_STEP == 0 || self.server.restored.contains(&rv)) {
+            rv -= 1;
+        }
+        self.server.restored.insert(rv);
         self.server.lease.rv = rv;
         self.log(None, format_args!("etcd restored: Lease resourceVersion back to {rv}"));
         for c in 0..self.cands.len() {

@@ -22,6 +22,8 @@ pub(crate) struct Sim {
     pub(crate) stats: Stats,
     pub(crate) first_leader_after_quiet: Option<Nanos>,
     pub(crate) stable_leader: Option<usize>,
+    /// Per server ID: writes up to this time fall in a recorded uncovered window.
+    pub(crate) waived: Vec<Nanos>,
 }
 
 impl Sim {
@@ -53,6 +55,7 @@ impl Sim {
                 watches: vec![None; n],
                 stream_floor: vec![0; n],
                 issued: REVISION_STEP,
+                restored: Default::default(),
             },
             cands: sc.clocks.iter().enumerate().map(|(i, &c)| Candidate::new(i, c, n)).collect(),
             next_req: 0,
@@ -65,6 +68,7 @@ impl Sim {
             stats: Stats::default(),
             first_leader_after_quiet: None,
             stable_leader: None,
+            waived: vec![0; n],
             sc,
         };
         for c in 0..n {
