@@ -1,5 +1,7 @@
 //! The API server: one Lease, compare-and-swap on resourceVersion, watches.
 
+use k8s_openapi::api::core::v1::Pod;
+
 use super::*;
 
 /// See `Server::issued`.
@@ -32,12 +34,20 @@ pub(crate) enum Req {
     Read { relist_gen: Option<u64> },
     /// PUT with `metadata.resourceVersion = expected_rv`.
     Write { expected_rv: u64, spec: LeaseSpec },
+    /// GET of a member pod (taking office).
+    PodRead { pod: usize },
+    /// JSON patch of a member pod (its `test` ops make it fail on a stale view).
+    PodPatch { pod: usize, patch: json_patch::Patch },
 }
 
 #[derive(Clone, Debug)]
 pub(crate) enum Reply {
     Ok(LeaseRecord),
     Conflict,
+    Pod(Box<Pod>),
+    Patched,
+    /// 422: a `test` op of the patch failed.
+    Invalid,
 }
 
 pub(crate) struct Server {
@@ -52,12 +62,15 @@ pub(crate) struct Server {
     pub(crate) issued: u64,
     /// The versions restores went back to.
     pub(crate) restored: std::collections::BTreeSet<u64>,
+    /// The StatefulSet's pods (labels and term annotations).
+    pub(crate) pods: Vec<Pod>,
 }
 
 impl Sim {
     pub(crate) fn at_server(&mut self, from: usize, inc: u32, req_id: u64, req: Req) {
         let lose_reply = self.now < self.fault_end && self.rng.chance(self.sc.loss);
-        let back = self.now + self.rng.up_to(nanos(self.sc.max_latency));
+        let (min, max) = (nanos(self.sc.min_latency), nanos(self.sc.max_latency));
+        let back = self.now + min + self.rng.up_to(max.saturating_sub(min));
         let reply = match req {
             Req::Read { relist_gen } => {
                 if let Some(gen) = relist_gen {
@@ -71,6 +84,7 @@ impl Sim {
                 }
                 Reply::Ok(self.server.lease.clone())
             }
+            pod @ (Req::PodRead { .. } | Req::PodPatch { .. }) => self.pod_request(pod),
             Req::Write { expected_rv, spec } => {
                 if expected_rv != self.server.lease.rv {
                     Reply::Conflict

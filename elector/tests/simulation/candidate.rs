@@ -49,6 +49,7 @@ pub(crate) enum Msg {
     FenceTimedOut,
     /// slapd applied a fence that the elector had stopped waiting for.
     FenceConfirmed,
+    OfficeRetry,
     KeeperRound,
     /// The keeper's read-back answered; `role` is what it decided before the read.
     KeeperVerified {
@@ -114,6 +115,12 @@ pub(crate) struct Candidate {
     pub(crate) rep_cut: u32,
     /// A promotion now would be recorded as uncovered (`catch_up::Gate::PromoteUncovered`).
     pub(crate) uncovered: bool,
+    /// Taking office: the label step in flight.
+    pub(crate) office: Option<office::Run>,
+    /// Labelled leader for the current term (slapd is unfenced only then).
+    pub(crate) in_office: bool,
+    /// The next label write on its own pod arrives this late (FaultKind::LateLabelWrite).
+    pub(crate) late_label: Option<Duration>,
     /// slapd is stopped (pod deletion).
     pub(crate) slapd_down: bool,
     /// What the elector asked its fence keeper for.
@@ -154,6 +161,9 @@ impl Candidate {
             rep_cut: 0,
             slapd_down: false,
             uncovered: false,
+            office: None,
+            in_office: false,
+            late_label: None,
         }
     }
 

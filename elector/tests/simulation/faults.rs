@@ -66,6 +66,7 @@ impl Sim {
                 self.push(end, Ev::Heal(c));
             }
             FaultKind::FenceStall => self.stall(c, end),
+            FaultKind::LateLabelWrite => cand.late_label = Some(f.length),
             FaultKind::ReplicationCut => {
                 cand.rep_cut += 1;
                 self.push(end, Ev::RepHealed(c));
@@ -155,6 +156,8 @@ impl Sim {
         cand.writable = false;
         cand.paused_since_feed = false;
         cand.unfenced = false;
+        cand.office = None;
+        cand.in_office = false;
         cand.wanted = ldap_elector::slapd::fence::WantedFence::Standby;
         if self.sc.variants.watchdog == Watchdog::SameContainer {
             cand.guard = Warden::idle(); // a child of the next elector

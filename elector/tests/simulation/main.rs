@@ -65,6 +65,7 @@ mod items;
 mod keeper;
 mod lease;
 mod model;
+mod office;
 mod properties;
 mod queue;
 mod runtime;
@@ -92,6 +93,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use api::*;
 use candidate::*;
 use model::*;
+use office::new_pod;
 // Ours, not proptest's `Rng` trait (both come in by glob).
 use keeper::VERIFY_EVERY;
 use model::Rng;

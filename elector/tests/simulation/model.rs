@@ -103,6 +103,8 @@ pub(crate) enum FaultKind {
     FenceStall,
     /// The elector's whole container dies (kill -9 of PID 1, OOM); restarted after `length`.
     ContainerKill,
+    /// The pod's next label write on itself is delivered `length` late.
+    LateLabelWrite,
     /// Replication into the pod's slapd is cut for `length`.
     ReplicationCut,
     /// The Lease is deleted and created empty (target and length unused).
@@ -147,6 +149,8 @@ pub(crate) struct Scenario {
     /// `--audit-peers` configured: after an expiry a standby reads the old leader's current
     /// contextCSN (else `OldLeader::NotConfigured`: judged against the published one).
     pub(crate) audit_peers: bool,
+    /// Shortest one-way network delay (scripted slow API servers).
+    pub(crate) min_latency: Duration,
     /// Longest replication delay of a write to a peer.
     pub(crate) max_rep_lag: Duration,
     /// Longest answer time of the fence keeper's read-back of slapd's fence.
@@ -176,6 +180,7 @@ impl Scenario {
             fence: FencePolicy::Max,
             keeper_verify: Duration::from_millis(100),
             max_rep_lag: Duration::ZERO,
+            min_latency: Duration::ZERO,
             audit_peers: false,
             variants: Variants::current(),
         }

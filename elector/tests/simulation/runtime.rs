@@ -31,6 +31,9 @@ impl Sim {
         match msg {
             Msg::Reply { req_id, reply } => match self.cands[c].busy.clone() {
                 Busy::Call { req_id: r, what, sent_at } if r == req_id => self.on_call_reply(c, what, sent_at, reply),
+                _ if self.cands[c].office.as_ref().is_some_and(|o| o.pending == req_id) => {
+                    self.office_reply(c, Some(reply))
+                }
                 _ if self.cands[c].relist == Some(req_id) => {
                     self.cands[c].relist = None;
                     if let Reply::Ok(rec) = reply {
@@ -46,6 +49,8 @@ impl Sim {
                     self.log(Some(c), "call timed out");
                     self.cands[c].busy = Busy::Idle;
                     self.step(c);
+                } else if self.cands[c].office.as_ref().is_some_and(|o| o.pending == req_id) {
+                    self.office_reply(c, None);
                 } else if self.cands[c].relist == Some(req_id) {
                     self.cands[c].relist = None;
                     self.after_local(c, RECONNECT_BACKOFF, Msg::Reconnect);
@@ -87,6 +92,11 @@ impl Sim {
                 }
             }
             Msg::FenceTimedOut => self.fence_timed_out(c),
+            Msg::OfficeRetry => {
+                if self.cands[c].office.is_none() {
+                    self.start_office(c);
+                }
+            }
             Msg::KeeperRound => self.keeper_round(c),
             Msg::KeeperVerified { role } => self.keeper_verified(c, role),
             Msg::FenceConfirmed => self.fence_confirmed(c),
@@ -106,7 +116,7 @@ impl Sim {
     pub(crate) fn step(&mut self, c: usize) {
         let timing = self.sc.timing;
         let cand = &self.cands[c];
-        if cand.down || cand.paused || !matches!(cand.busy, Busy::Idle) {
+        if cand.down || cand.paused || !matches!(cand.busy, Busy::Idle) || self.office_blocks(c) {
             return;
         }
         let now = cand.clock.local(self.now);
@@ -149,14 +159,12 @@ impl Sim {
                     DemoteReason::RenewDeadlinePassed => self.stats.demoted_deadline += 1,
                     DemoteReason::LeaseLost => self.stats.demoted_lost += 1,
                 }
-                self.cands[c].leading = None;
-                self.cands[c].wanted = WantedFence::Standby;
+                self.stand_down(c);
                 self.fence(c, None);
             }
             Action::Release(_) => {
                 self.stats.released += 1;
-                self.cands[c].leading = None;
-                self.cands[c].wanted = WantedFence::Standby;
+                self.stand_down(c);
                 let Some((o, rv)) = obs else {
                     self.failure = Some(format!("{id}: decide returned {action:?} without an observed Lease"));
                     return;
@@ -213,7 +221,13 @@ impl Sim {
         if lost {
             self.log(Some(c), format_args!("request #{req_id} lost: {req:?}"));
         } else {
-            let mut delay = self.rng.up_to(nanos(self.sc.max_latency));
+            let (min, max) = (nanos(self.sc.min_latency), nanos(self.sc.max_latency));
+            let mut delay = min + self.rng.up_to(max.saturating_sub(min));
+            if matches!(req, Req::PodPatch { pod, .. } if pod == c) {
+                if let Some(late) = self.cands[c].late_label.take() {
+                    delay = nanos(late);
+                }
+            }
             if faulty && self.rng.chance(self.sc.straggler) {
                 let limit = (self.fault_end + nanos(self.sc.max_latency)).saturating_sub(self.now);
                 delay = self.rng.up_to(nanos(3 * self.sc.timing.lease_duration)).min(limit);
@@ -233,6 +247,7 @@ impl Sim {
                 let timeout = self.leader_timeout(c);
                 self.call(c, Call::Get, Req::Read { relist_gen: None }, timeout);
             }
+            Reply::Pod(_) | Reply::Patched | Reply::Invalid => unreachable!("a pod reply to a Lease call"),
             Reply::Ok(rec) => {
                 self.observe(c, &rec, true);
                 if matches!(what, Call::Acquire | Call::Renew) {
@@ -243,26 +258,32 @@ impl Sim {
                     cand.leading = Some(Leading { term: rec.transitions, renewed_at: sent_at });
                     // A reply handled late (after a pause) may already be past the deadline:
                     // then decide demotes at once and slapd must not be unfenced or fed.
-                    if now < sent_at + deadline {
-                        cand.writable = true;
-                        cand.watchdog_at = sent_at + deadline + FENCE_BUDGET;
-                        cand.guard.command(Command::Arm(sent_at + deadline));
-                        cand.wanted = WantedFence::Leader { until: sent_at + deadline };
-                        cand.paused_since_feed = false;
-                    }
+                    // slapd is unfenced once in office (`office.rs`), fed on every renew.
                     if what == Call::Acquire {
-                        if self.cands[c].writable {
-                            self.check_no_lost_writes(c);
-                        }
+                        cand.in_office = false;
                         self.stats.acquired += 1;
                         self.log(Some(c), format_args!("LEADS, term {}", rec.transitions));
+                        self.start_office(c);
                     } else {
+                        if cand.in_office && now < sent_at + deadline {
+                            self.unfence(c, sent_at);
+                        }
                         self.stats.renewed += 1;
                     }
                 }
                 self.step(c);
             }
         }
+    }
+
+    /// Stop leading: the fence keeper's wish is standby, a label step in flight is dropped
+    /// (a write already sent may still land).
+    pub(crate) fn stand_down(&mut self, c: usize) {
+        let cand = &mut self.cands[c];
+        cand.leading = None;
+        cand.wanted = WantedFence::Standby;
+        cand.office = None;
+        cand.in_office = false;
     }
 
     pub(crate) fn break_watch(&mut self, c: usize, reconnect_after: Duration) {

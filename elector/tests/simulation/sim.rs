@@ -56,6 +56,7 @@ impl Sim {
                 stream_floor: vec![0; n],
                 issued: REVISION_STEP,
                 restored: Default::default(),
+                pods: sc.clocks.iter().enumerate().map(|(i, _)| new_pod(&format!("ldap-server-{i}"))).collect(),
             },
             cands: sc.clocks.iter().enumerate().map(|(i, &c)| Candidate::new(i, c, n)).collect(),
             next_req: 0,
@@ -102,6 +103,7 @@ impl Sim {
         if self.stable_leader.is_none() {
             return Err(self.report("the run ended before the liveness check"));
         }
+        self.check_labels()?;
         Ok(self.stats)
     }
 

@@ -47,6 +47,7 @@ pub(crate) fn fault_strategy() -> impl Strategy<Value = RawFault> {
         1 => Just(FaultKind::FenceStall),
         1 => Just(FaultKind::ContainerKill),
         1 => Just(FaultKind::ReplicationCut),
+        1 => Just(FaultKind::LateLabelWrite),
         // Not `LeaseRecreated`: it finds a gap of the current code (see
         // `items::gap_a_recreated_lease_is_free_to_a_restarted_elector`).
         1 => Just(FaultKind::EtcdRestored),
@@ -99,6 +100,7 @@ pub(crate) fn scenario_strategy() -> impl Strategy<Value = Scenario> {
                 fence: FencePolicy::Random,
                 keeper_verify: Duration::from_millis(200),
                 max_rep_lag: Duration::from_millis(rep_ms),
+                min_latency: Duration::ZERO,
                 audit_peers,
                 variants: Variants::current(),
             }
