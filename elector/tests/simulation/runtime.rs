@@ -120,8 +120,11 @@ impl Sim {
             return;
         }
         let now = cand.clock.local(self.now);
-        let (caught_up, uncovered) = if cand.leading.is_none() { self.caught_up(c, now) } else { (true, false) };
-        self.cands[c].uncovered = uncovered;
+        let caught_up = cand.leading.is_some() || {
+            let (caught_up, uncovered) = self.caught_up(c, now);
+            self.cands[c].uncovered = uncovered; // for the promotion that may follow
+            caught_up
+        };
         let cand = &self.cands[c];
         let me =
             // One pod per name in the model (restarts keep the pod): its UID is its name.

@@ -175,7 +175,10 @@ impl Sim {
         for o in 0..self.cands.len() {
             let acked = self.cands[o].holds[o];
             let reachable = self.cands[o].partitioned == 0 && self.cands[c].partitioned == 0;
-            if o != c && reachable && self.cands[c].holds[o] < acked && acked > self.waived[o] {
+            if !reachable {
+                // Out of the property's scope, for good: a later promotion lacks them too.
+                self.waived[o] = self.waived[o].max(acked);
+            } else if o != c && self.cands[c].holds[o] < acked && acked > self.waived[o] {
                 self.failure = Some(format!(
                     "LOST WRITES: {} writable without the write {} acknowledged at {:.6}s (it holds {:.6}s)",
                     self.cands[c].id,
