@@ -101,6 +101,34 @@ fn item5_slapd_stopping_in_parallel_with_the_hand_over_is_found() {
     found_with_old_only_over_seeds(&sc, 0..16, old, "LOST WRITES");
 }
 
+/// Item 6: candidate 0 takes office in term 3 from a pod labelled standby under term 2; its
+/// own leader label write is delivered late (20 s) and it freezes before it retries.
+/// Candidate 1 takes term 4. Old: it rewrites only pods labelled leader, so the late write
+/// (testing term 2) still lands: two pods labelled leader. Current: every older term moves.
+#[test]
+fn item6_a_late_label_write_leaving_two_leader_labels_is_found() {
+    let faults = vec![
+        fault(10_000, 0, FaultKind::Pause, 12_000), // term 2 to candidate 1
+        fault(23_000, 1, FaultKind::Pause, 15_000), // term 3 to candidate 0
+        fault(23_000, 0, FaultKind::LateLabelWrite, 20_000),
+        fault(31_100, 0, FaultKind::Pause, 15_000), // term 4 to candidate 1
+    ];
+    let sc = Scenario { fault_phase: Duration::from_secs(60), ..scripted(faults) };
+    let old = Variants { demote: Demote::LeaderLabelled, ..Variants::current() };
+    found_with_old_only(&sc, old, "LABELS");
+}
+
+/// Item 7: a slow API server (0.7 s each way: four label steps take 5.6 s, longer than the
+/// renew deadline). Old: no renew while taking office; the leader misses its deadline every
+/// term and nobody leads. Current: the renewals go on beside the label writes.
+#[test]
+fn item7_taking_office_starving_the_renewals_is_found() {
+    let slow = Duration::from_millis(700);
+    let sc = Scenario { min_latency: slow, max_latency: slow, ..scripted(vec![]) };
+    let old = Variants { office: Office::Inline, ..Variants::current() };
+    found_with_old_only(&sc, old, "LIVENESS");
+}
+
 /// Item 8: the Lease is deleted and recreated while held. Old: a follower takes the empty
 /// Lease at once while the leader is still fencing. Current: `lease::observe_after` counts it
 /// as held by the previous holder for a lease duration.
