@@ -176,7 +176,6 @@ impl Sim {
         cand.restart_pending = false;
         cand.slapd_down = false;
         self.catch_up_all();
-        let cand = &mut self.cands[c];
         self.start(c);
     }
 }

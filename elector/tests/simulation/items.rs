@@ -160,3 +160,26 @@ fn gap_a_recreated_lease_is_free_to_a_restarted_elector() {
     let sc = scripted(vec![fault(19_000, 1, FaultKind::Crash, 1_100), fault(20_500, 0, FaultKind::LeaseRecreated, 0)]);
     simulate(&sc).unwrap_or_else(|r| panic!("{r}"));
 }
+
+/// The random scenarios find the old variants too (not only the scripted ones above), and the
+/// current runtime passes every one of them. Item 6 needs a late label write of a deposed
+/// term landing after the next term took office: the random mix has not drawn that (its
+/// scripted scenario above shows it).
+#[test]
+fn random_runs_find_the_old_variants() {
+    const RUNS: usize = 160;
+    let mut runner = TestRunner::new_with_rng(config(1), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let strategy = scenario_strategy();
+    let scenarios: Vec<Scenario> =
+        (0..RUNS).map(|_| strategy.new_tree(&mut runner).expect("a scenario").current()).collect();
+    for sc in &scenarios {
+        simulate(sc).unwrap_or_else(|r| panic!("{r}\nscenario: {sc:?}"));
+    }
+    for (item, old) in Variants::old_ones() {
+        let failures: Vec<String> =
+            scenarios.iter().filter_map(|sc| simulate(&Scenario { variants: old, ..sc.clone() }).err()).collect();
+        let first = failures.first().and_then(|r| r.lines().next()).unwrap_or("-");
+        println!("item {item}: {} of {RUNS} random runs fail; first: {first}", failures.len());
+        assert!(!failures.is_empty() || item.starts_with('6'), "item {item}: not found by the random runs");
+    }
+}

@@ -87,7 +87,7 @@ impl Sim {
         // The highest version below the current one never handed out (writes use multiples
         // of the step, earlier restores the numbers in between).
         let mut rv = self.server.lease.rv - 1;
-        while rv > 1 && (rv % REVISION_STEP == 0 || self.server.restored.contains(&rv)) {
+        while rv > 1 && (rv.is_multiple_of(REVISION_STEP) || self.server.restored.contains(&rv)) {
             rv -= 1;
         }
         self.server.restored.insert(rv);

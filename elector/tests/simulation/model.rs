@@ -11,7 +11,7 @@ pub(crate) const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 /// A run that needs more events than this is livelocked.
 pub(crate) const MAX_EVENTS: u64 = 300_000;
 /// Trace lines kept for failure reports.
-pub(crate) const TRACE_LEN: usize = 250;
+pub(crate) const TRACE_LEN: usize = 100;
 
 /// Real (simulated) time in nanoseconds.
 pub(crate) type Nanos = u64;

@@ -159,19 +159,4 @@ impl Sim {
             _ => unreachable!("not a pod request"),
         }
     }
-
-    /// The property: at most one pod labelled leader once the label writes settled.
-    pub(crate) fn check_labels(&self) -> Result<(), String> {
-        let leaders: Vec<&str> = self
-            .server
-            .pods
-            .iter()
-            .filter(|p| role_of(p) == Some(ROLE_LEADER))
-            .filter_map(|p| p.metadata.name.as_deref())
-            .collect();
-        if leaders.len() > 1 {
-            return Err(self.report(&format!("LABELS: {leaders:?} labelled leader after the last label write")));
-        }
-        Ok(())
-    }
 }

@@ -140,8 +140,9 @@ impl Sim {
 
     pub(crate) fn report(&self, what: &str) -> String {
         let mut s = format!(
-            "{what}\n at t={:.6}s (faults end {:.3}s, live_by {:.3}s)\n",
+            "{what}\n at t={:.6}s (seed {}, faults end {:.3}s, live_by {:.3}s)\n",
             secs(self.now),
+            self.sc.seed,
             secs(self.fault_end),
             secs(self.live_by)
         );

@@ -91,6 +91,21 @@ pub(crate) struct Variants {
 }
 
 impl Variants {
+    /// Each item's old variant, alone (the rest current).
+    pub(crate) fn old_ones() -> [(&'static str, Variants); 8] {
+        let c = Variants::current();
+        [
+            ("1 release after the fence budget", Variants { release: ReleaseAfter::FenceBudget, ..c }),
+            ("2 watchdog in the same container", Variants { watchdog: Watchdog::SameContainer, ..c }),
+            ("3 keeper decides before its read-back", Variants { keeper: KeeperRole::BeforeVerify, ..c }),
+            ("4 catch-up against the published contextCSN", Variants { catch_up: CatchUp::Published, ..c }),
+            ("5 slapd stops in parallel with the hand-over", Variants { deletion: Deletion::InParallel, ..c }),
+            ("6 only leader-labelled pods demoted", Variants { demote: Demote::LeaderLabelled, ..c }),
+            ("7 label writes inline", Variants { office: Office::Inline, ..c }),
+            ("8 newer versions only, empty Lease free", Variants { adopt: Adopt::NewerOnly, ..c }),
+        ]
+    }
+
     /// What the elector does today.
     pub(crate) const fn current() -> Self {
         Variants {

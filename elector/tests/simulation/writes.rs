@@ -9,7 +9,7 @@
 //!
 //! Catch-up runs the real `catch_up::gate` (current) or `decide::may_promote` against the
 //! published contextCSN (old). Checked when a slapd becomes writable: it holds every write
-//! any other reachable slapd acknowledged (0 acknowledged writes lost).
+//! any other reachable slapd acknowledged (`properties.rs`).
 
 use ldap_elector::election::catch_up::{self, Gate, OldLeader, Policy};
 use ldap_elector::election::decide::may_promote;
@@ -158,35 +158,5 @@ impl Sim {
 
     pub(crate) fn index_of(&self, id: &str) -> Option<usize> {
         self.cands.iter().position(|c| c.id == id)
-    }
-
-    /// The property: `c`'s slapd, just made writable, holds every write acknowledged by a
-    /// slapd it can reach, unless the gate recorded the promotion as uncovered.
-    pub(crate) fn check_no_lost_writes(&mut self, c: usize) {
-        if self.cands[c].uncovered {
-            // Recorded (metric, Event, Lease annotation): what it lacks now is waived.
-            self.stats.promotions_uncovered += 1;
-            for o in 0..self.cands.len() {
-                self.waived[o] = self.waived[o].max(self.cands[o].holds[o]);
-            }
-            return;
-        }
-        self.stats.promotions_checked += 1;
-        for o in 0..self.cands.len() {
-            let acked = self.cands[o].holds[o];
-            let reachable = self.cands[o].partitioned == 0 && self.cands[c].partitioned == 0;
-            if !reachable {
-                // Out of the property's scope, for good: a later promotion lacks them too.
-                self.waived[o] = self.waived[o].max(acked);
-            } else if o != c && self.cands[c].holds[o] < acked && acked > self.waived[o] {
-                self.failure = Some(format!(
-                    "LOST WRITES: {} writable without the write {} acknowledged at {:.6}s (it holds {:.6}s)",
-                    self.cands[c].id,
-                    self.cands[o].id,
-                    secs(acked),
-                    secs(self.cands[c].holds[o])
-                ));
-            }
-        }
     }
 }
