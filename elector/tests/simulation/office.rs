@@ -105,6 +105,7 @@ impl Sim {
             }
             (Step::PatchSelf, Some(Reply::Patched)) => self.take_office(c),
             (step, reply) => {
+                self.stats.office_retries += 1;
                 self.log(Some(c), format_args!("office: {step:?} failed ({reply:?}); retrying"));
                 self.after_local(c, OFFICE_RETRY, Msg::OfficeRetry);
                 self.step(c);

@@ -42,12 +42,7 @@ impl Sim {
     /// slapd it can reach, unless the gate recorded the promotion as uncovered.
     pub(crate) fn check_no_lost_writes(&mut self, c: usize) {
         if self.cands[c].uncovered {
-            // Recorded (metric, Event, Lease annotation): what it lacks now is waived.
-            self.stats.promotions_uncovered += 1;
-            for o in 0..self.cands.len() {
-                self.waived[o] = self.waived[o].max(self.cands[o].holds[o]);
-            }
-            return;
+            return; // waived when it acquired (`waive_uncovered`)
         }
         self.stats.promotions_checked += 1;
         for o in 0..self.cands.len() {
@@ -64,6 +59,17 @@ impl Sim {
                     secs(acked),
                     secs(self.cands[c].holds[o])
                 ));
+            }
+        }
+    }
+
+    /// An acquisition the gate let through as uncovered is recorded (metric, Event, Lease
+    /// annotation) as it is made: what it lacks then is waived, for this term and later ones.
+    pub(crate) fn waive_uncovered(&mut self, c: usize) {
+        if self.cands[c].uncovered {
+            self.stats.promotions_uncovered += 1;
+            for o in 0..self.cands.len() {
+                self.waived[o] = self.waived[o].max(self.cands[o].holds[o]);
             }
         }
     }

@@ -83,6 +83,12 @@ pub(crate) struct Stats {
     pub(crate) writes_acked: u64,
     pub(crate) promotions_checked: u64,
     pub(crate) promotions_uncovered: u64,
+    /// Step-downs whose fence slapd did not confirm within the budget (item 1).
+    pub(crate) unconfirmed_fences: u64,
+    /// Container kills of a leader whose guard fenced on EOF (item 2).
+    pub(crate) guard_fences: u64,
+    /// Offices that took more than one attempt (items 6, 7).
+    pub(crate) office_retries: u64,
 }
 
 impl Stats {
@@ -101,5 +107,8 @@ impl Stats {
         self.writes_acked += o.writes_acked;
         self.promotions_checked += o.promotions_checked;
         self.promotions_uncovered += o.promotions_uncovered;
+        self.unconfirmed_fences += o.unconfirmed_fences;
+        self.guard_fences += o.guard_fences;
+        self.office_retries += o.office_retries;
     }
 }

@@ -38,6 +38,7 @@ impl Sim {
     pub(crate) fn fence_timed_out(&mut self, c: usize) {
         let Busy::Fencing { release } = self.cands[c].busy.clone() else { return };
         self.cands[c].busy = Busy::Idle;
+        self.stats.unconfirmed_fences += 1;
         match self.sc.variants.release {
             ReleaseAfter::FenceBudget => {
                 self.log(Some(c), "fence not confirmed within the budget: releasing anyway (old)");
@@ -122,6 +123,7 @@ impl Sim {
                     let at = cand.clock.local(applied);
                     cand.orphan_until = cand.orphan_until.map(|o| o.min(at));
                     cand.guard.fenced(true);
+                    self.stats.guard_fences += u64::from(leading_slapd);
                     self.log(Some(c), "the guard saw EOF: fencing slapd");
                 }
             }
