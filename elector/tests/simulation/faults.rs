@@ -33,9 +33,13 @@ impl Sim {
                     self.push(end, Ev::Resume(c));
                 }
             }
-            FaultKind::Crash => {
+            FaultKind::Crash | FaultKind::ContainerKill => {
                 if !cand.down {
-                    self.crash(c);
+                    if f.kind == FaultKind::Crash {
+                        self.crash(c);
+                    } else {
+                        self.container_kill(c);
+                    }
                     if !self.cands[c].restart_pending {
                         self.cands[c].restart_pending = true;
                         self.push(end, Ev::Restart(c));
@@ -73,15 +77,6 @@ impl Sim {
             }
             FaultKind::LeaseRecreated => self.recreate_lease(),
             FaultKind::EtcdRestored => self.restore_etcd(),
-            FaultKind::ContainerKill => {
-                if !cand.down {
-                    self.container_kill(c);
-                    if !self.cands[c].restart_pending {
-                        self.cands[c].restart_pending = true;
-                        self.push(end, Ev::Restart(c));
-                    }
-                }
-            }
         }
     }
 

@@ -63,12 +63,15 @@ impl Sim {
         }
     }
 
-    /// An acquisition the gate let through as uncovered is recorded (metric, Event, Lease
-    /// annotation) as it is made: what it lacks then is waived, for this term and later ones.
-    pub(crate) fn waive_uncovered(&mut self, c: usize) {
-        if self.cands[c].uncovered {
-            self.stats.promotions_uncovered += 1;
-            for o in 0..self.cands.len() {
+    /// At an acquisition, what it lacks is waived (for this term and later ones) when the gate
+    /// let it through as uncovered (recorded: metric, Event, Lease annotation), and the writes
+    /// of a slapd it cannot reach then (out of the property's scope for good).
+    pub(crate) fn waive_at_acquisition(&mut self, c: usize) {
+        let uncovered = self.cands[c].uncovered;
+        self.stats.promotions_uncovered += u64::from(uncovered);
+        for o in 0..self.cands.len() {
+            let unreachable = self.cands[o].partitioned > 0 || self.cands[c].partitioned > 0;
+            if uncovered || unreachable {
                 self.waived[o] = self.waived[o].max(self.cands[o].holds[o]);
             }
         }

@@ -264,7 +264,7 @@ impl Sim {
                     // slapd is unfenced once in office (`office.rs`), fed on every renew.
                     if what == Call::Acquire {
                         cand.in_office = false;
-                        self.waive_uncovered(c);
+                        self.waive_at_acquisition(c);
                         self.stats.acquired += 1;
                         self.log(Some(c), format_args!("LEADS, term {}", rec.transitions));
                         self.start_office(c);
