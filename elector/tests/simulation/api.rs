@@ -17,6 +17,8 @@ pub(crate) struct LeaseRecord {
     pub(crate) uid: u32,
     /// The holder's published contextCSN (annotation).
     pub(crate) csn: Vec<String>,
+    /// A pending switchover request (annotation).
+    pub(crate) switchover_to: Option<String>,
 }
 
 /// The object a client PUTs (the observed object with its changes).
@@ -26,6 +28,7 @@ pub(crate) struct LeaseSpec {
     pub(crate) transitions: i32,
     pub(crate) lease_duration: Duration,
     pub(crate) csn: Vec<String>,
+    pub(crate) switchover_to: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -99,12 +102,17 @@ impl Sim {
                             rv: self.server.issued + REVISION_STEP,
                             uid,
                             csn: spec.csn,
+                            switchover_to: spec.switchover_to,
                         },
                     );
                     let new = self.server.lease.clone();
                     self.server.issued = new.rv;
                     if old.holder.is_some() && new.holder.is_some() && old.holder != new.holder {
                         self.stats.takeovers += 1;
+                    }
+                    if new.transitions > old.transitions {
+                        // Recorded with the write (the uncovered-window annotation), answered or not.
+                        self.waive_at_acquisition(from);
                     }
                     self.log(None, format_args!("commit #{req_id} from c{from}: {new:?}"));
                     self.notify(&new);

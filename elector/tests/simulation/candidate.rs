@@ -9,6 +9,8 @@ pub(crate) enum Call {
     Acquire,
     Renew,
     Release,
+    /// Clear a switchover request and record the refusal.
+    Refuse,
     Get,
 }
 

@@ -77,6 +77,7 @@ impl Sim {
             }
             FaultKind::LeaseRecreated => self.recreate_lease(),
             FaultKind::EtcdRestored => self.restore_etcd(),
+            FaultKind::Switchover => self.request_switchover(c),
         }
     }
 

@@ -49,6 +49,16 @@ fn item1_release_without_a_confirmed_fence_is_found() {
     found_with_old_only(&sc, old, "SAFETY VIOLATION");
 }
 
+/// Item 1, hand-over: slapd holds the fence, then an operator asks for a switchover to
+/// candidate 1 (judged by the real `switchover::verdict`). Old: the Lease is handed over after
+/// the fence budget without a confirmed fence, and the target takes over at once.
+#[test]
+fn item1_hand_over_without_a_confirmed_fence_is_found() {
+    let sc = scripted(vec![fault(20_050, 0, FaultKind::FenceStall, 5_000), fault(20_100, 1, FaultKind::Switchover, 0)]);
+    let old = Variants { release: ReleaseAfter::FenceBudget, ..Variants::current() };
+    found_with_old_only(&sc, old, "SAFETY VIOLATION");
+}
+
 /// Item 2: the leader's elector container is killed (its restart takes 10 s,
 /// CrashLoopBackOff). Old: the watchdog died with it; slapd stays writable until the restart
 /// while the standby takes over after the lease. Current: the guard fences on EOF.

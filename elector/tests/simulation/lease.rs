@@ -5,7 +5,9 @@
 use k8s_openapi::api::coordination::v1::LeaseSpec as K8sLeaseSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use ldap_elector::election::lease;
-use ldap_elector_contract::{LEASE_ANNOTATION_CONTEXT_CSN, LEASE_ANNOTATION_HOLDER_UID};
+use ldap_elector_contract::{
+    LEASE_ANNOTATION_CONTEXT_CSN, LEASE_ANNOTATION_HOLDER_UID, LEASE_ANNOTATION_SWITCHOVER_TO,
+};
 
 use super::*;
 
@@ -17,6 +19,9 @@ pub(crate) fn object(rec: &LeaseRecord) -> Lease {
     }
     if !rec.csn.is_empty() {
         annotations.insert(LEASE_ANNOTATION_CONTEXT_CSN.to_string(), rec.csn.join(" "));
+    }
+    if let Some(t) = &rec.switchover_to {
+        annotations.insert(LEASE_ANNOTATION_SWITCHOVER_TO.to_string(), t.clone());
     }
     let annotations = Some(annotations);
     Lease {
@@ -73,6 +78,7 @@ impl Sim {
             rv: self.server.issued + REVISION_STEP,
             uid: old.uid + 1,
             csn: Vec::new(),
+            switchover_to: None,
         };
         self.server.issued = new.rv;
         self.log(None, format_args!("Lease deleted and recreated: {new:?}"));

@@ -99,6 +99,7 @@ mod runtime;
 mod sim;
 mod slapd;
 mod strategies;
+mod switchover;
 mod variants;
 mod writes;
 
@@ -170,6 +171,7 @@ fn random_runs_exercise_takeovers_pauses_and_fences() {
     assert!(total.unconfirmed_fences >= 1, "{total:?}");
     assert!(total.guard_fences >= 1, "{total:?}");
     assert!(total.office_retries >= 1, "{total:?}");
+    assert!(total.handovers >= 1, "{total:?}");
 }
 
 pub(crate) fn pause_leader(at_s: u64, for_s: u64) -> Fault {

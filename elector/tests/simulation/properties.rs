@@ -63,7 +63,7 @@ impl Sim {
         }
     }
 
-    /// At an acquisition, what it lacks is waived (for this term and later ones) when the gate
+    /// When an acquisition commits, what it lacks is waived (for this term and later ones) when the gate
     /// let it through as uncovered (recorded: metric, Event, Lease annotation), and the writes
     /// of a slapd it cannot reach then (out of the property's scope for good).
     pub(crate) fn waive_at_acquisition(&mut self, c: usize) {

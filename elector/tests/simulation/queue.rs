@@ -89,6 +89,7 @@ pub(crate) struct Stats {
     pub(crate) guard_fences: u64,
     /// Offices that took more than one attempt (items 6, 7).
     pub(crate) office_retries: u64,
+    pub(crate) handovers: u64,
 }
 
 impl Stats {
@@ -110,5 +111,6 @@ impl Stats {
         self.unconfirmed_fences += o.unconfirmed_fences;
         self.guard_fences += o.guard_fences;
         self.office_retries += o.office_retries;
+        self.handovers += o.handovers;
     }
 }

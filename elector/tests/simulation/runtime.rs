@@ -142,6 +142,9 @@ impl Sim {
             self.log(Some(c), format_args!("decide -> {action:?}"));
         }
         self.cands[c].wake_gen += 1;
+        if self.consider_switchover(c, &action) {
+            return;
+        }
         match action {
             Action::Acquire | Action::Renew => {
                 let Some((o, rv)) = obs else {
@@ -153,8 +156,14 @@ impl Sim {
                 } else {
                     (Call::Renew, o.transitions, self.leader_timeout(c))
                 };
-                let csn = self.cands[c].my_csn.clone();
-                let spec = LeaseSpec { holder: Some(id), transitions, lease_duration: timing.lease_duration, csn };
+                let (csn, switchover_to) = (self.cands[c].my_csn.clone(), self.request_seen(c));
+                let spec = LeaseSpec {
+                    holder: Some(id),
+                    transitions,
+                    lease_duration: timing.lease_duration,
+                    csn,
+                    switchover_to,
+                };
                 self.call(c, what, Req::Write { expected_rv: rv, spec }, timeout);
             }
             Action::Demote(reason) => {
@@ -177,6 +186,7 @@ impl Sim {
                     transitions: o.transitions,
                     lease_duration: o.lease_duration,
                     csn: Vec::new(), // read after the fence
+                    switchover_to: self.request_seen(c),
                 };
                 self.fence(c, Some((rv, spec)));
             }
@@ -264,7 +274,6 @@ impl Sim {
                     // slapd is unfenced once in office (`office.rs`), fed on every renew.
                     if what == Call::Acquire {
                         cand.in_office = false;
-                        self.waive_at_acquisition(c);
                         self.stats.acquired += 1;
                         self.log(Some(c), format_args!("LEADS, term {}", rec.transitions));
                         self.start_office(c);

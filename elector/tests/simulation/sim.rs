@@ -51,6 +51,7 @@ impl Sim {
                     rv: REVISION_STEP,
                     uid: 1,
                     csn: Vec::new(),
+                    switchover_to: None,
                 },
                 watches: vec![None; n],
                 stream_floor: vec![0; n],

@@ -82,9 +82,9 @@ impl Sim {
         let ours = cand.obs.as_ref().filter(|(o, _)| o.holder() == Some(cand.id.as_str())).cloned();
         match ours {
             Some((o, rv)) if cand.leading.is_none() && matches!(cand.busy, Busy::Idle) => {
-                let csn = self.final_csn(c);
-                let spec =
-                    LeaseSpec { holder: None, transitions: o.transitions, lease_duration: o.lease_duration, csn };
+                let (csn, switchover_to) = (self.final_csn(c), self.request_seen(c));
+                let lease_duration = o.lease_duration;
+                let spec = LeaseSpec { holder: None, transitions: o.transitions, lease_duration, csn, switchover_to };
                 self.call(c, Call::Release, Req::Write { expected_rv: rv, spec }, CALL_TIMEOUT);
             }
             _ => self.step(c),

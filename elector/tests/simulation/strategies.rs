@@ -48,6 +48,7 @@ pub(crate) fn fault_strategy() -> impl Strategy<Value = RawFault> {
         1 => Just(FaultKind::ContainerKill),
         1 => Just(FaultKind::ReplicationCut),
         1 => Just(FaultKind::LateLabelWrite),
+        1 => Just(FaultKind::Switchover),
         // Not `LeaseRecreated`: it finds a gap of the current code (see
         // `items::gap_a_recreated_lease_is_free_to_a_restarted_elector`).
         1 => Just(FaultKind::EtcdRestored),
