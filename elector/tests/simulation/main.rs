@@ -1,9 +1,9 @@
 //! Deterministic discrete-event simulation of the election: the real pure cores (`decide`,
 //! `catch_up::gate`, `labels::{needs_demotion, role_patch}`, `lease::{adopts, observe_after,
-//! published_csn}`, `WantedFence::role`, the watchdog's `Warden`) inside a model of the runtime
-//! around them: several candidates with drifting clocks, a compare-and-swap API server with
-//! pods, a lossy network, watches, slapd with its write fence, acknowledged writes and
-//! Mirror-Mode replication, and faults. proptest draws the scenarios; a `Scenario` (printed
+//! published_csn}`, `switchover::{step, verdict}`, `WantedFence::role`, the watchdog's `Warden`)
+//! inside a model of the runtime around them: several candidates with drifting clocks, a
+//! compare-and-swap API server with pods, a lossy network, watches, slapd with its write
+//! fence, acknowledged writes and Mirror-Mode replication, and faults. proptest draws the scenarios; a `Scenario` (printed
 //! on failure, with its SplitMix `seed`) replays exactly.
 //!
 //! # Properties (`properties.rs`)
@@ -42,10 +42,11 @@
 //!    `uncapped_leader_call_timeout_overshoots_the_deadline`).
 //! 5. Demote: `leading = None` at once, then fence slapd, waiting at most `FENCE_BUDGET` on the
 //!    local clock for the read-back; the pod counts as leader until slapd applied the fence.
-//! 6. Release: like Demote; once the fence is confirmed, a CAS write `holder = None` (with the
-//!    final contextCSN read after the fence) against the resourceVersion of the observation
-//!    `decide` saw, never a fresher one (that may be a new holder's). An unconfirmed fence keeps
-//!    the Lease (it expires) and the watchdog armed; the release follows the late confirmation.
+//! 6. Release (and a switchover's hand-over, `holder = target`): like Demote; once the fence is
+//!    confirmed, a CAS write `holder = None` (with the final contextCSN read after the fence)
+//!    against the resourceVersion of the observation `decide` saw, never a fresher one (that
+//!    may be a new holder's). An unconfirmed fence keeps the Lease (it expires) and the
+//!    watchdog armed; the release follows the late confirmation.
 //! 7. Stop (pod deletion): `stopping = true`; the process exits once it is no longer leading and
 //!    its fence is confirmed; slapd stops once another pod holds the Lease (its preStop hook),
 //!    at most 15 s later. The pod is recreated later; not exited by then, it is killed.
@@ -67,7 +68,8 @@
 //!   `timeout=` that `config_guard` checks keeps cn=config changes within it).
 //! - Replication cuts, a Lease deleted and recreated, etcd restored (the Lease's resourceVersion
 //!   goes back, content kept, no version handed out twice), health flaps, watch resets,
-//!   graceful stops. Compound faults pair a stall with a release or stop, a cut with a pause.
+//!   graceful stops, switchover requests. Compound faults pair a stall with a release or stop,
+//!   a cut with a pause.
 //!
 //! # What counts as leader (may accept writes)
 //! - slapd running, and: unfenced by a running elector, until the fence it asked for applied;
