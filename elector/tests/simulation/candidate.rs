@@ -52,6 +52,7 @@ pub(crate) enum Msg {
     /// slapd applied a fence that the elector had stopped waiting for.
     FenceConfirmed,
     OfficeRetry,
+    GuardLost,
     KeeperRound,
     /// The keeper's read-back answered; `role` is what it decided before the read.
     KeeperVerified {
@@ -125,6 +126,8 @@ pub(crate) struct Candidate {
     pub(crate) late_label: Option<Duration>,
     /// slapd is stopped (pod deletion).
     pub(crate) slapd_down: bool,
+    /// The guard's connection is down (restarting): not eligible.
+    pub(crate) guard_down: u32,
     /// What the elector asked its fence keeper for.
     pub(crate) wanted: WantedFence,
 }
@@ -158,6 +161,7 @@ impl Candidate {
             unfenced: false,
             guard: Warden::fail_closed(),
             wanted: WantedFence::Standby,
+            guard_down: 0,
             holds: vec![0; n],
             my_csn: Vec::new(),
             rep_cut: 0,

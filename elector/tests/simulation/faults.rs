@@ -78,6 +78,7 @@ impl Sim {
             FaultKind::LeaseRecreated => self.recreate_lease(),
             FaultKind::EtcdRestored => self.restore_etcd(),
             FaultKind::Switchover => self.request_switchover(c),
+            FaultKind::GuardKill => self.guard_kill(c, end),
         }
     }
 

@@ -105,6 +105,8 @@ pub(crate) enum FaultKind {
     ContainerKill,
     /// The pod's next label write on itself is delivered `length` late.
     LateLabelWrite,
+    /// The fence guard's container dies and restarts (fail-closed); reconnected after `length`.
+    GuardKill,
     /// An operator asks for a switchover to the pod (length unused).
     Switchover,
     /// Replication into the pod's slapd is cut for `length`.

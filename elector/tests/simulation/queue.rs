@@ -24,6 +24,10 @@ pub(crate) enum Ev {
     SlapdFenced(usize),
     /// slapd applies the fence a starting elector asked for.
     StartFenced(usize),
+    /// The restarted guard's fence applies.
+    GuardFenced(usize),
+    /// The elector is connected to its guard again.
+    GuardBack(usize),
     /// Clients write (every `WRITE_EVERY`).
     Write,
     Replicated {
@@ -90,6 +94,8 @@ pub(crate) struct Stats {
     /// Offices that took more than one attempt (items 6, 7).
     pub(crate) office_retries: u64,
     pub(crate) handovers: u64,
+    /// Guard restarts under a running elector (fail-closed).
+    pub(crate) guard_restarts: u64,
 }
 
 impl Stats {
@@ -112,5 +118,6 @@ impl Stats {
         self.guard_fences += o.guard_fences;
         self.office_retries += o.office_retries;
         self.handovers += o.handovers;
+        self.guard_restarts += o.guard_restarts;
     }
 }

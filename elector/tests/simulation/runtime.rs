@@ -92,6 +92,7 @@ impl Sim {
                 }
             }
             Msg::FenceTimedOut => self.fence_timed_out(c),
+            Msg::GuardLost => self.step(c),
             Msg::OfficeRetry => {
                 if self.cands[c].office.is_none() {
                     self.start_office(c);
@@ -120,6 +121,10 @@ impl Sim {
             return;
         }
         let now = cand.clock.local(self.now);
+        if self.step_down_without_guard(c) {
+            return;
+        }
+        let cand = &self.cands[c];
         let caught_up = cand.leading.is_some() || {
             let (caught_up, uncovered) = self.caught_up(c, now);
             self.cands[c].uncovered = uncovered; // for the promotion that may follow
@@ -131,7 +136,7 @@ impl Sim {
             Me {
                 identity: &cand.id,
                 uid: Some(&cand.id),
-                eligible: cand.unhealthy == 0 && (cand.leading.is_some() || caught_up),
+                eligible: cand.unhealthy == 0 && cand.guard_down == 0 && caught_up,
                 stopping: cand.stopping,
                 leading: cand.leading,
             };

@@ -174,6 +174,11 @@ impl Sim {
             }
             Ev::SlapdFenced(c) => self.slapd_fenced(c),
             Ev::Write => self.write(),
+            Ev::GuardFenced(c) => self.guard_fenced(c),
+            Ev::GuardBack(c) => {
+                self.cands[c].guard_down -= 1;
+                self.to(c, self.now, Msg::HealthChanged);
+            }
             Ev::Replicated { to, origin, stamp } => self.replicated(to, origin, stamp),
             Ev::RepHealed(c) => {
                 self.cands[c].rep_cut -= 1;

@@ -136,6 +136,43 @@ impl Sim {
         }
     }
 
+    /// FaultKind::GuardKill: the guard container restarts fail-closed and fences slapd; the
+    /// elector reads EOF: a leader steps down without releasing, nobody leads until it is
+    /// connected again (`length`).
+    pub(crate) fn guard_kill(&mut self, c: usize, end: Nanos) {
+        if self.sc.variants.watchdog != Watchdog::Guard {
+            return;
+        }
+        self.cands[c].guard = Warden::fail_closed();
+        self.cands[c].guard_down += 1;
+        self.stats.guard_restarts += 1;
+        let applied = self.fence_applies_at(c);
+        self.push(applied, Ev::GuardFenced(c));
+        self.to(c, self.now, Msg::GuardLost);
+        self.push(end, Ev::GuardBack(c));
+    }
+
+    pub(crate) fn guard_fenced(&mut self, c: usize) {
+        let cand = &mut self.cands[c];
+        if cand.guard.must_fence() {
+            cand.guard.fenced(true);
+            cand.writable = false;
+            cand.orphan_until = None;
+            self.log(Some(c), "the restarted guard fenced slapd");
+        }
+    }
+
+    /// Run by `step` first: a leader without its guard steps down without releasing (true).
+    pub(crate) fn step_down_without_guard(&mut self, c: usize) -> bool {
+        if self.cands[c].leading.is_none() || self.cands[c].guard_down == 0 {
+            return false;
+        }
+        self.log(Some(c), "lost the fence guard while leading: stepping down, keeping the Lease");
+        self.stand_down(c);
+        self.fence(c, None);
+        true
+    }
+
     /// On start a pod is standby: fence first (bounded by the budget), then read the Lease.
     pub(crate) fn start_fence(&mut self, c: usize) -> Nanos {
         let applied = self.fence_applies_at(c);

@@ -49,6 +49,7 @@ pub(crate) fn fault_strategy() -> impl Strategy<Value = RawFault> {
         1 => Just(FaultKind::ReplicationCut),
         1 => Just(FaultKind::LateLabelWrite),
         1 => Just(FaultKind::Switchover),
+        1 => Just(FaultKind::GuardKill),
         // Not `LeaseRecreated`: it finds a gap of the current code (see
         // `items::gap_a_recreated_lease_is_free_to_a_restarted_elector`).
         1 => Just(FaultKind::EtcdRestored),
@@ -87,10 +88,20 @@ pub(crate) fn scenario_strategy() -> impl Strategy<Value = Scenario> {
         prop_oneof![Just(0.0), 0.0..0.05],
         any::<u64>(),
         prop::collection::vec(fault_strategy(), 0..=24),
-        (0u64..=500, any::<bool>(), prop::collection::vec(compound_strategy(), 0..=2)),
+        (0u64..=500, any::<bool>(), prop::collection::vec(compound_strategy(), 0..=2), 0u64..=800),
     )
         .prop_map(
-            |(timing, clocks, latency_ms, watch_ms, loss, straggler, seed, raw, (rep_ms, audit_peers, pairs))| {
+            |(
+                timing,
+                clocks,
+                latency_ms,
+                watch_ms,
+                loss,
+                straggler,
+                seed,
+                raw,
+                (rep_ms, audit_peers, pairs, verify_ms),
+            )| {
                 let fault_phase = 5 * timing.lease_duration;
                 let pairs = pairs.into_iter().flat_map(|(at, which, length, pod)| {
                     let at = fault_phase.mul_f64(f64::from(at) / 1000.0);
@@ -121,7 +132,7 @@ pub(crate) fn scenario_strategy() -> impl Strategy<Value = Scenario> {
                     seed,
                     cap_leader_timeouts: true,
                     fence: FencePolicy::Random,
-                    keeper_verify: Duration::from_millis(200),
+                    keeper_verify: Duration::from_millis(verify_ms),
                     max_rep_lag: Duration::from_millis(rep_ms),
                     min_latency: Duration::ZERO,
                     audit_peers,
