@@ -1,5 +1,7 @@
 //! Candidates: the runtime contract's state of each elector incarnation and its node.
 
+use ldap_elector::slapd::fence::WantedFence;
+
 use super::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -7,6 +9,8 @@ pub(crate) enum Call {
     Acquire,
     Renew,
     Release,
+    /// Clear a switchover request and record the refusal.
+    Refuse,
     Get,
 }
 
@@ -27,12 +31,33 @@ pub(crate) enum Busy {
 /// Something delivered to a candidate's process.
 #[derive(Clone, Debug)]
 pub(crate) enum Msg {
-    Reply { req_id: u64, reply: Reply },
-    Watch { gen: u64, rec: LeaseRecord },
-    Timeout { req_id: u64 },
-    Wake { gen: u64 },
+    Reply {
+        req_id: u64,
+        reply: Reply,
+    },
+    Watch {
+        gen: u64,
+        rec: LeaseRecord,
+    },
+    Timeout {
+        req_id: u64,
+    },
+    Wake {
+        gen: u64,
+    },
     Tick,
     FenceDone,
+    /// The fence budget passed and slapd has not confirmed `olcReadOnly: TRUE` (item 1).
+    FenceTimedOut,
+    /// slapd applied a fence that the elector had stopped waiting for.
+    FenceConfirmed,
+    OfficeRetry,
+    GuardLost,
+    KeeperRound,
+    /// The keeper's read-back answered; `role` is what it decided before the read.
+    KeeperVerified {
+        role: &'static str,
+    },
     Reconnect,
     HealthChanged,
     Sigterm,
@@ -40,7 +65,7 @@ pub(crate) enum Msg {
 
 impl Msg {
     pub(crate) fn is_network(&self) -> bool {
-        matches!(self, Msg::Reply { .. } | Msg::Watch { .. })
+        matches!(self, Msg::Reply { .. } | Msg::Watch { .. } | Msg::KeeperVerified { .. })
     }
 }
 
@@ -61,6 +86,8 @@ pub(crate) struct Candidate {
     // The runtime's state.
     pub(crate) stopping: bool,
     pub(crate) obs: Option<(Observed, u64)>,
+    /// The Lease object behind `obs` (for `lease::adopts` / `observe_after`).
+    pub(crate) known: Option<Lease>,
     pub(crate) leading: Option<Leading>,
     pub(crate) busy: Busy,
     pub(crate) wake_gen: u64,
@@ -77,10 +104,36 @@ pub(crate) struct Candidate {
     pub(crate) paused_since_feed: bool,
     /// slapd left writable by a crashed elector: writable until the watchdog fences it.
     pub(crate) orphan_until: Option<Moment>,
+    /// slapd holds `olcReadOnly` changes until this real time (a fence stall, item 1).
+    pub(crate) stall_until: Nanos,
+    /// Stepped down without a confirmed fence: keep the Lease, do not exit (item 1).
+    pub(crate) unfenced: bool,
+    /// The watchdog's state (the real `Warden`); with the guard it outlives the elector.
+    pub(crate) guard: Warden,
+    /// Per server ID: the newest write this slapd holds (real time; 0: none).
+    pub(crate) holds: Vec<Nanos>,
+    /// The contextCSN its health check read last.
+    pub(crate) my_csn: Vec<String>,
+    /// Replication into this slapd is cut.
+    pub(crate) rep_cut: u32,
+    /// A promotion now would be recorded as uncovered (`catch_up::Gate::PromoteUncovered`).
+    pub(crate) uncovered: bool,
+    /// Taking office: the label step in flight.
+    pub(crate) office: Option<office::Run>,
+    /// Labelled leader for the current term (slapd is unfenced only then).
+    pub(crate) in_office: bool,
+    /// The next label write on its own pod arrives this late (FaultKind::LateLabelWrite).
+    pub(crate) late_label: Option<Duration>,
+    /// slapd is stopped (pod deletion).
+    pub(crate) slapd_down: bool,
+    /// The guard's connection is down (restarting): not eligible.
+    pub(crate) guard_down: u32,
+    /// What the elector asked its fence keeper for.
+    pub(crate) wanted: WantedFence,
 }
 
 impl Candidate {
-    pub(crate) fn new(i: usize, clock: ClockSpec) -> Self {
+    pub(crate) fn new(i: usize, clock: ClockSpec, n: usize) -> Self {
         Candidate {
             id: format!("ldap-server-{i}"),
             clock,
@@ -93,6 +146,7 @@ impl Candidate {
             partitioned: 0,
             stopping: false,
             obs: None,
+            known: None,
             leading: None,
             busy: Busy::Idle,
             wake_gen: 0,
@@ -103,6 +157,19 @@ impl Candidate {
             watchdog_at: Moment::ZERO,
             paused_since_feed: false,
             orphan_until: None,
+            stall_until: 0,
+            unfenced: false,
+            guard: Warden::fail_closed(),
+            wanted: WantedFence::Standby,
+            guard_down: 0,
+            holds: vec![0; n],
+            my_csn: Vec::new(),
+            rep_cut: 0,
+            slapd_down: false,
+            uncovered: false,
+            office: None,
+            in_office: false,
+            late_label: None,
         }
     }
 
@@ -110,7 +177,7 @@ impl Candidate {
         let local = self.clock.local(real);
         let orphan = self.orphan_until.is_some_and(|t| local < t);
         let frozen = self.paused || self.down || self.paused_since_feed;
-        orphan || (self.writable && (!frozen || local < self.watchdog_at))
+        !self.slapd_down && (orphan || (self.writable && (!frozen || local < self.watchdog_at)))
     }
 
     /// Leading by the runtime's own account (for liveness).

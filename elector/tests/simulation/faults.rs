@@ -4,8 +4,10 @@ use super::*;
 
 impl Sim {
     pub(crate) fn start(&mut self, c: usize) {
-        self.to(c, self.now, Msg::Reconnect);
+        let fenced = self.start_fence(c);
+        self.to(c, fenced, Msg::Reconnect);
         self.after_local(c, TICK, Msg::Tick);
+        self.after_local(c, VERIFY_EVERY, Msg::KeeperRound);
     }
 
     pub(crate) fn fault(&mut self, f: Fault) {
@@ -31,9 +33,13 @@ impl Sim {
                     self.push(end, Ev::Resume(c));
                 }
             }
-            FaultKind::Crash => {
+            FaultKind::Crash | FaultKind::ContainerKill => {
                 if !cand.down {
-                    self.crash(c);
+                    if f.kind == FaultKind::Crash {
+                        self.crash(c);
+                    } else {
+                        self.container_kill(c);
+                    }
                     if !self.cands[c].restart_pending {
                         self.cands[c].restart_pending = true;
                         self.push(end, Ev::Restart(c));
@@ -44,6 +50,7 @@ impl Sim {
                 if !cand.down && !cand.restart_pending {
                     cand.restart_pending = true;
                     self.to(c, self.now, Msg::Sigterm);
+                    self.slapd_stop_after_sigterm(c);
                     self.push(end, Ev::Restart(c));
                 }
             }
@@ -62,6 +69,16 @@ impl Sim {
                 cand.partitioned += 1;
                 self.push(end, Ev::Heal(c));
             }
+            FaultKind::FenceStall => self.stall(c, end),
+            FaultKind::LateLabelWrite => cand.late_label = Some(f.length),
+            FaultKind::ReplicationCut => {
+                cand.rep_cut += 1;
+                self.push(end, Ev::RepHealed(c));
+            }
+            FaultKind::LeaseRecreated => self.recreate_lease(),
+            FaultKind::EtcdRestored => self.restore_etcd(),
+            FaultKind::Switchover => self.request_switchover(c),
+            FaultKind::GuardKill => self.guard_kill(c, end),
         }
     }
 
@@ -105,11 +122,18 @@ impl Sim {
 
     /// Graceful exit after SIGTERM.
     pub(crate) fn exit(&mut self, c: usize) {
-        if self.cands[c].writable {
-            self.failure = Some(format!("{} exited while slapd is writable", self.cands[c].id));
+        let cand = &mut self.cands[c];
+        if cand.writable && cand.stall_until > self.now {
+            // The old release: exits with its fence still queued in slapd.
+            cand.orphan_until = Some(cand.clock.local(cand.stall_until));
+        } else if cand.writable {
+            self.failure = Some(format!("{} exited while slapd is writable", cand.id));
         }
         self.log(Some(c), "exited");
         self.kill(c);
+        if self.sc.variants.deletion == Deletion::PreStopHandover {
+            self.push(self.now, Ev::HandoverPoll { cand: c, since: self.now });
+        }
     }
 
     pub(crate) fn kill(&mut self, c: usize) {
@@ -120,6 +144,7 @@ impl Sim {
         cand.inc += 1;
         cand.stopping = false;
         cand.obs = None;
+        cand.known = None;
         cand.leading = None;
         cand.busy = Busy::Idle;
         cand.watch_ok = false;
@@ -127,6 +152,13 @@ impl Sim {
         cand.watch_gen += 1;
         cand.writable = false;
         cand.paused_since_feed = false;
+        cand.unfenced = false;
+        cand.office = None;
+        cand.in_office = false;
+        cand.wanted = ldap_elector::slapd::fence::WantedFence::Standby;
+        if self.sc.variants.watchdog == Watchdog::SameContainer {
+            cand.guard = Warden::idle(); // a child of the next elector
+        }
         self.server.watches[c] = None;
     }
 
@@ -139,6 +171,8 @@ impl Sim {
         let cand = &mut self.cands[c];
         cand.down = false;
         cand.restart_pending = false;
+        cand.slapd_down = false;
+        self.catch_up_all();
         self.start(c);
     }
 }

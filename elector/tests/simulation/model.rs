@@ -11,7 +11,7 @@ pub(crate) const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 /// A run that needs more events than this is livelocked.
 pub(crate) const MAX_EVENTS: u64 = 300_000;
 /// Trace lines kept for failure reports.
-pub(crate) const TRACE_LEN: usize = 250;
+pub(crate) const TRACE_LEN: usize = 100;
 
 /// Real (simulated) time in nanoseconds.
 pub(crate) type Nanos = u64;
@@ -98,6 +98,23 @@ pub(crate) enum FaultKind {
     WatchReset,
     /// All traffic of the pod is dropped for `length`.
     Partition,
+    /// slapd holds `olcReadOnly` changes for `length`, at most until the fence budget after
+    /// its leader's renew deadline (the bound `Timing::validate` rests on).
+    FenceStall,
+    /// The elector's whole container dies (kill -9 of PID 1, OOM); restarted after `length`.
+    ContainerKill,
+    /// The pod's next label write on itself is delivered `length` late.
+    LateLabelWrite,
+    /// The fence guard's container dies and restarts (fail-closed); reconnected after `length`.
+    GuardKill,
+    /// An operator asks for a switchover to the pod (length unused).
+    Switchover,
+    /// Replication into the pod's slapd is cut for `length`.
+    ReplicationCut,
+    /// The Lease is deleted and created empty (target and length unused).
+    LeaseRecreated,
+    /// etcd is restored from a backup: the Lease's resourceVersion goes back (content kept).
+    EtcdRestored,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +150,17 @@ pub(crate) struct Scenario {
     /// Runtime contract item 4; `false` only to show why it is needed.
     pub(crate) cap_leader_timeouts: bool,
     pub(crate) fence: FencePolicy,
+    /// `--audit-peers` configured: after an expiry a standby reads the old leader's current
+    /// contextCSN (else `OldLeader::NotConfigured`: judged against the published one).
+    pub(crate) audit_peers: bool,
+    /// Shortest one-way network delay (scripted slow API servers).
+    pub(crate) min_latency: Duration,
+    /// Longest replication delay of a write to a peer.
+    pub(crate) max_rep_lag: Duration,
+    /// Longest answer time of the fence keeper's read-back of slapd's fence.
+    pub(crate) keeper_verify: Duration,
+    /// Old or current runtime policies (issue 15).
+    pub(crate) variants: Variants,
 }
 
 impl Scenario {
@@ -154,6 +182,11 @@ impl Scenario {
             seed: 7,
             cap_leader_timeouts: true,
             fence: FencePolicy::Max,
+            keeper_verify: Duration::from_millis(100),
+            max_rep_lag: Duration::ZERO,
+            min_latency: Duration::ZERO,
+            audit_peers: false,
+            variants: Variants::current(),
         }
     }
 }

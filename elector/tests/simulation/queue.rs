@@ -4,13 +4,43 @@ use super::*;
 
 #[derive(Clone, Debug)]
 pub(crate) enum Ev {
-    AtServer { from: usize, inc: u32, req_id: u64, req: Req },
-    To { cand: usize, inc: u32, msg: Msg },
+    AtServer {
+        from: usize,
+        inc: u32,
+        req_id: u64,
+        req: Req,
+    },
+    To {
+        cand: usize,
+        inc: u32,
+        msg: Msg,
+    },
     Fault(Fault),
     Resume(usize),
     Restart(usize),
     Healthy(usize),
     Heal(usize),
+    /// slapd applies a fence the elector stopped waiting for.
+    SlapdFenced(usize),
+    /// slapd applies the fence a starting elector asked for.
+    StartFenced(usize),
+    /// The restarted guard's fence applies.
+    GuardFenced(usize),
+    /// The elector is connected to its guard again.
+    GuardBack(usize),
+    /// Clients write (every `WRITE_EVERY`).
+    Write,
+    Replicated {
+        to: usize,
+        origin: usize,
+        stamp: Nanos,
+    },
+    RepHealed(usize),
+    SlapdStop(usize),
+    HandoverPoll {
+        cand: usize,
+        since: Nanos,
+    },
 }
 
 pub(crate) struct Queued {
@@ -54,6 +84,18 @@ pub(crate) struct Stats {
     pub(crate) paused_leaders: u64,
     pub(crate) watchdog_fences: u64,
     pub(crate) orphans: u64,
+    pub(crate) writes_acked: u64,
+    pub(crate) promotions_checked: u64,
+    pub(crate) promotions_uncovered: u64,
+    /// Step-downs whose fence slapd did not confirm within the budget (item 1).
+    pub(crate) unconfirmed_fences: u64,
+    /// Container kills of a leader whose guard fenced on EOF (item 2).
+    pub(crate) guard_fences: u64,
+    /// Offices that took more than one attempt (items 6, 7).
+    pub(crate) office_retries: u64,
+    pub(crate) handovers: u64,
+    /// Guard restarts under a running elector (fail-closed).
+    pub(crate) guard_restarts: u64,
 }
 
 impl Stats {
@@ -69,5 +111,13 @@ impl Stats {
         self.paused_leaders += o.paused_leaders;
         self.watchdog_fences += o.watchdog_fences;
         self.orphans += o.orphans;
+        self.writes_acked += o.writes_acked;
+        self.promotions_checked += o.promotions_checked;
+        self.promotions_uncovered += o.promotions_uncovered;
+        self.unconfirmed_fences += o.unconfirmed_fences;
+        self.guard_fences += o.guard_fences;
+        self.office_retries += o.office_retries;
+        self.handovers += o.handovers;
+        self.guard_restarts += o.guard_restarts;
     }
 }

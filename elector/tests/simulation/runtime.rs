@@ -1,5 +1,7 @@
 //! The runtime contract (module docs of `main.rs`, points 2-7) as each candidate follows it.
 
+use ldap_elector::slapd::fence::WantedFence;
+
 use super::*;
 
 impl Sim {
@@ -29,11 +31,14 @@ impl Sim {
         match msg {
             Msg::Reply { req_id, reply } => match self.cands[c].busy.clone() {
                 Busy::Call { req_id: r, what, sent_at } if r == req_id => self.on_call_reply(c, what, sent_at, reply),
+                _ if self.cands[c].office.as_ref().is_some_and(|o| o.pending == req_id) => {
+                    self.office_reply(c, Some(reply))
+                }
                 _ if self.cands[c].relist == Some(req_id) => {
                     self.cands[c].relist = None;
                     if let Reply::Ok(rec) = reply {
                         self.cands[c].watch_ok = true;
-                        self.observe(c, &rec);
+                        self.observe(c, &rec, true);
                     }
                     self.step(c);
                 }
@@ -44,6 +49,8 @@ impl Sim {
                     self.log(Some(c), "call timed out");
                     self.cands[c].busy = Busy::Idle;
                     self.step(c);
+                } else if self.cands[c].office.as_ref().is_some_and(|o| o.pending == req_id) {
+                    self.office_reply(c, None);
                 } else if self.cands[c].relist == Some(req_id) {
                     self.cands[c].relist = None;
                     self.after_local(c, RECONNECT_BACKOFF, Msg::Reconnect);
@@ -51,7 +58,7 @@ impl Sim {
             }
             Msg::Watch { gen, rec } => {
                 if gen == self.cands[c].watch_gen {
-                    self.observe(c, &rec);
+                    self.observe(c, &rec, false);
                     self.step(c);
                 }
             }
@@ -61,6 +68,9 @@ impl Sim {
                 }
             }
             Msg::Tick => {
+                if !self.cands[c].slapd_down {
+                    self.cands[c].my_csn = self.slapd_csn(c); // the health check
+                }
                 self.step(c);
                 self.after_local(c, TICK, Msg::Tick);
             }
@@ -69,16 +79,28 @@ impl Sim {
                     // One slapd per pod: this also fences what a crashed incarnation left.
                     self.cands[c].writable = false;
                     self.cands[c].orphan_until = None;
+                    self.cands[c].guard.command(Command::Disarm);
                     self.cands[c].busy = Busy::Idle;
                     self.log(Some(c), "fenced");
                     match release {
                         Some((rv, spec)) => {
+                            let spec = LeaseSpec { csn: self.final_csn(c), ..spec };
                             self.call(c, Call::Release, Req::Write { expected_rv: rv, spec }, CALL_TIMEOUT)
                         }
                         None => self.step(c),
                     }
                 }
             }
+            Msg::FenceTimedOut => self.fence_timed_out(c),
+            Msg::GuardLost => self.step(c),
+            Msg::OfficeRetry => {
+                if self.cands[c].office.is_none() {
+                    self.start_office(c);
+                }
+            }
+            Msg::KeeperRound => self.keeper_round(c),
+            Msg::KeeperVerified { role } => self.keeper_verified(c, role),
+            Msg::FenceConfirmed => self.fence_confirmed(c),
             Msg::Reconnect => self.reconnect(c),
             Msg::HealthChanged => self.step(c),
             Msg::Sigterm => {
@@ -95,16 +117,26 @@ impl Sim {
     pub(crate) fn step(&mut self, c: usize) {
         let timing = self.sc.timing;
         let cand = &self.cands[c];
-        if cand.down || cand.paused || !matches!(cand.busy, Busy::Idle) {
+        if cand.down || cand.paused || !matches!(cand.busy, Busy::Idle) || self.office_blocks(c) {
             return;
         }
         let now = cand.clock.local(self.now);
+        if self.step_down_without_guard(c) {
+            return;
+        }
+        let cand = &self.cands[c];
+        let caught_up = cand.leading.is_some() || {
+            let (caught_up, uncovered) = self.caught_up(c, now);
+            self.cands[c].uncovered = uncovered; // for the promotion that may follow
+            caught_up
+        };
+        let cand = &self.cands[c];
         let me =
             // One pod per name in the model (restarts keep the pod): its UID is its name.
             Me {
                 identity: &cand.id,
                 uid: Some(&cand.id),
-                eligible: cand.unhealthy == 0,
+                eligible: cand.unhealthy == 0 && cand.guard_down == 0 && caught_up,
                 stopping: cand.stopping,
                 leading: cand.leading,
             };
@@ -115,6 +147,9 @@ impl Sim {
             self.log(Some(c), format_args!("decide -> {action:?}"));
         }
         self.cands[c].wake_gen += 1;
+        if self.consider_switchover(c, &action) {
+            return;
+        }
         match action {
             Action::Acquire | Action::Renew => {
                 let Some((o, rv)) = obs else {
@@ -126,7 +161,14 @@ impl Sim {
                 } else {
                     (Call::Renew, o.transitions, self.leader_timeout(c))
                 };
-                let spec = LeaseSpec { holder: Some(id), transitions, lease_duration: timing.lease_duration };
+                let (csn, switchover_to) = (self.cands[c].my_csn.clone(), self.request_seen(c));
+                let spec = LeaseSpec {
+                    holder: Some(id),
+                    transitions,
+                    lease_duration: timing.lease_duration,
+                    csn,
+                    switchover_to,
+                };
                 self.call(c, what, Req::Write { expected_rv: rv, spec }, timeout);
             }
             Action::Demote(reason) => {
@@ -134,17 +176,23 @@ impl Sim {
                     DemoteReason::RenewDeadlinePassed => self.stats.demoted_deadline += 1,
                     DemoteReason::LeaseLost => self.stats.demoted_lost += 1,
                 }
-                self.cands[c].leading = None;
+                self.stand_down(c);
                 self.fence(c, None);
             }
             Action::Release(_) => {
                 self.stats.released += 1;
-                self.cands[c].leading = None;
+                self.stand_down(c);
                 let Some((o, rv)) = obs else {
                     self.failure = Some(format!("{id}: decide returned {action:?} without an observed Lease"));
                     return;
                 };
-                let spec = LeaseSpec { holder: None, transitions: o.transitions, lease_duration: o.lease_duration };
+                let spec = LeaseSpec {
+                    holder: None,
+                    transitions: o.transitions,
+                    lease_duration: o.lease_duration,
+                    csn: Vec::new(), // read after the fence
+                    switchover_to: self.request_seen(c),
+                };
                 self.fence(c, Some((rv, spec)));
             }
             Action::Wait(until) => {
@@ -157,7 +205,8 @@ impl Sim {
                     let at = self.cands[c].clock.real_at(t, self.now);
                     self.to(c, at, Msg::Wake { gen });
                 }
-                if self.cands[c].stopping && self.cands[c].leading.is_none() {
+                let unfenced = self.cands[c].unfenced;
+                if self.cands[c].stopping && self.cands[c].leading.is_none() && !unfenced {
                     self.exit(c);
                 }
             }
@@ -175,16 +224,6 @@ impl Sim {
         }
     }
 
-    pub(crate) fn fence(&mut self, c: usize, release: Option<(u64, LeaseSpec)>) {
-        self.cands[c].busy = Busy::Fencing { release };
-        let budget = nanos(FENCE_BUDGET);
-        let d = match self.sc.fence {
-            FencePolicy::Random => self.rng.up_to(budget),
-            FencePolicy::Max => budget,
-        };
-        self.after_local(c, Duration::from_nanos(d), Msg::FenceDone);
-    }
-
     pub(crate) fn call(&mut self, c: usize, what: Call, req: Req, timeout: Duration) {
         let req_id = self.next_req;
         self.next_req += 1;
@@ -200,7 +239,13 @@ impl Sim {
         if lost {
             self.log(Some(c), format_args!("request #{req_id} lost: {req:?}"));
         } else {
-            let mut delay = self.rng.up_to(nanos(self.sc.max_latency));
+            let (min, max) = (nanos(self.sc.min_latency), nanos(self.sc.max_latency));
+            let mut delay = min + self.rng.up_to(max.saturating_sub(min));
+            if matches!(req, Req::PodPatch { pod, .. } if pod == c) {
+                if let Some(late) = self.cands[c].late_label.take() {
+                    delay = nanos(late);
+                }
+            }
             if faulty && self.rng.chance(self.sc.straggler) {
                 let limit = (self.fault_end + nanos(self.sc.max_latency)).saturating_sub(self.now);
                 delay = self.rng.up_to(nanos(3 * self.sc.timing.lease_duration)).min(limit);
@@ -220,8 +265,9 @@ impl Sim {
                 let timeout = self.leader_timeout(c);
                 self.call(c, Call::Get, Req::Read { relist_gen: None }, timeout);
             }
+            Reply::Pod(_) | Reply::Patched | Reply::Invalid => unreachable!("a pod reply to a Lease call"),
             Reply::Ok(rec) => {
-                self.observe(c, &rec);
+                self.observe(c, &rec, true);
                 if matches!(what, Call::Acquire | Call::Renew) {
                     let deadline = self.sc.timing.renew_deadline;
                     let now = self.local(c);
@@ -230,15 +276,16 @@ impl Sim {
                     cand.leading = Some(Leading { term: rec.transitions, renewed_at: sent_at });
                     // A reply handled late (after a pause) may already be past the deadline:
                     // then decide demotes at once and slapd must not be unfenced or fed.
-                    if now < sent_at + deadline {
-                        cand.writable = true;
-                        cand.watchdog_at = sent_at + deadline + FENCE_BUDGET;
-                        cand.paused_since_feed = false;
-                    }
+                    // slapd is unfenced once in office (`office.rs`), fed on every renew.
                     if what == Call::Acquire {
+                        cand.in_office = false;
                         self.stats.acquired += 1;
                         self.log(Some(c), format_args!("LEADS, term {}", rec.transitions));
+                        self.start_office(c);
                     } else {
+                        if cand.in_office && now < sent_at + deadline {
+                            self.unfence(c, sent_at);
+                        }
                         self.stats.renewed += 1;
                     }
                 }
@@ -247,24 +294,14 @@ impl Sim {
         }
     }
 
-    /// Contract item 2: take an observation only if it is newer.
-    pub(crate) fn observe(&mut self, c: usize, rec: &LeaseRecord) {
-        let now = self.local(c);
+    /// Stop leading: the fence keeper's wish is standby, a label step in flight is dropped
+    /// (a write already sent may still land).
+    pub(crate) fn stand_down(&mut self, c: usize) {
         let cand = &mut self.cands[c];
-        if cand.obs.as_ref().is_some_and(|(_, rv)| *rv >= rec.rv) {
-            return;
-        }
-        cand.obs = Some((
-            Observed {
-                holder: rec.holder.clone(),
-                holder_uid: rec.holder.clone(),
-                transitions: rec.transitions,
-                lease_duration: rec.lease_duration,
-                seen_change_at: now,
-                ineligible: Default::default(),
-            },
-            rec.rv,
-        ));
+        cand.leading = None;
+        cand.wanted = WantedFence::Standby;
+        cand.office = None;
+        cand.in_office = false;
     }
 
     pub(crate) fn break_watch(&mut self, c: usize, reconnect_after: Duration) {

@@ -22,6 +22,8 @@ pub(crate) struct Sim {
     pub(crate) stats: Stats,
     pub(crate) first_leader_after_quiet: Option<Nanos>,
     pub(crate) stable_leader: Option<usize>,
+    /// Per server ID: writes up to this time fall in a recorded uncovered window.
+    pub(crate) waived: Vec<Nanos>,
 }
 
 impl Sim {
@@ -42,11 +44,22 @@ impl Sim {
             queue: BinaryHeap::new(),
             server: Server {
                 // Pre-created by the reconciler.
-                lease: LeaseRecord { holder: None, transitions: 0, lease_duration: t.lease_duration, rv: 1 },
+                lease: LeaseRecord {
+                    holder: None,
+                    transitions: 0,
+                    lease_duration: t.lease_duration,
+                    rv: REVISION_STEP,
+                    uid: 1,
+                    csn: Vec::new(),
+                    switchover_to: None,
+                },
                 watches: vec![None; n],
                 stream_floor: vec![0; n],
+                issued: REVISION_STEP,
+                restored: Default::default(),
+                pods: sc.clocks.iter().enumerate().map(|(i, _)| new_pod(&format!("ldap-server-{i}"))).collect(),
             },
-            cands: sc.clocks.iter().enumerate().map(|(i, &c)| Candidate::new(i, c)).collect(),
+            cands: sc.clocks.iter().enumerate().map(|(i, &c)| Candidate::new(i, c, n)).collect(),
             next_req: 0,
             fault_end,
             quiet_at,
@@ -57,11 +70,13 @@ impl Sim {
             stats: Stats::default(),
             first_leader_after_quiet: None,
             stable_leader: None,
+            waived: vec![0; n],
             sc,
         };
         for c in 0..n {
             sim.start(c);
         }
+        sim.push(nanos(WRITE_EVERY), Ev::Write);
         for f in sim.sc.faults.clone() {
             sim.push(nanos(f.at).min(fault_end), Ev::Fault(f));
         }
@@ -89,6 +104,7 @@ impl Sim {
         if self.stable_leader.is_none() {
             return Err(self.report("the run ended before the liveness check"));
         }
+        self.check_labels()?;
         Ok(self.stats)
     }
 
@@ -125,8 +141,9 @@ impl Sim {
 
     pub(crate) fn report(&self, what: &str) -> String {
         let mut s = format!(
-            "{what}\n at t={:.6}s (faults end {:.3}s, live_by {:.3}s)\n",
+            "{what}\n at t={:.6}s (seed {}, faults end {:.3}s, live_by {:.3}s)\n",
             secs(self.now),
+            self.sc.seed,
             secs(self.fault_end),
             secs(self.live_by)
         );
@@ -155,8 +172,24 @@ impl Sim {
                 self.log(Some(c), "healthy again");
                 self.to(c, self.now, Msg::HealthChanged);
             }
+            Ev::SlapdFenced(c) => self.slapd_fenced(c),
+            Ev::Write => self.write(),
+            Ev::GuardFenced(c) => self.guard_fenced(c),
+            Ev::GuardBack(c) => {
+                self.cands[c].guard_down -= 1;
+                self.to(c, self.now, Msg::HealthChanged);
+            }
+            Ev::Replicated { to, origin, stamp } => self.replicated(to, origin, stamp),
+            Ev::RepHealed(c) => {
+                self.cands[c].rep_cut -= 1;
+                self.catch_up_all();
+            }
+            Ev::SlapdStop(c) => self.slapd_stop(c),
+            Ev::HandoverPoll { cand, since } => self.handover_poll(cand, since),
+            Ev::StartFenced(c) => self.start_fenced(c),
             Ev::Heal(c) => {
                 self.cands[c].partitioned -= 1;
+                self.catch_up_all();
                 self.log(Some(c), "partition healed");
             }
         }

@@ -1,0 +1,197 @@
+//! Issue 15, items 1–8: for each old behaviour the model can express, a scripted scenario in
+//! which the simulation FINDS the violation with the old variant and none with the current
+//! runtime. (Items it cannot express are listed in `main.rs`.)
+
+use super::*;
+
+fn fault(at_ms: u64, c: usize, kind: FaultKind, for_ms: u64) -> Fault {
+    Fault { at: Duration::from_millis(at_ms), target: Target::Cand(c), kind, length: Duration::from_millis(for_ms) }
+}
+
+/// Candidate 0 leads from the start (candidate 1 is kept out of the first election).
+pub(crate) fn scripted(faults: Vec<Fault>) -> Scenario {
+    let mut all = vec![let_first_lead()];
+    all.extend(faults);
+    Scenario::scripted(Timing::default(), &[0.0, 0.0], all, Duration::from_secs(40))
+}
+
+/// The old variant's run fails with `expect` in its report; the current one passes.
+pub(crate) fn found_with_old_only(sc: &Scenario, old: Variants, expect: &str) {
+    assert_ne!(old, Variants::current());
+    let report = simulate(&Scenario { variants: old, ..sc.clone() }).expect_err("the old variant must fail");
+    assert!(report.contains(expect), "expected {expect:?}:\n{report}");
+    if std::env::var_os("SIM_SHOW").is_some() {
+        println!("{report}");
+    }
+    simulate(sc).unwrap_or_else(|r| panic!("the current runtime must pass:\n{r}"));
+}
+
+/// Like `found_with_old_only` over `seeds`: the old variant fails for one of them at least
+/// (the report of the first is checked), the current one passes for every one.
+pub(crate) fn found_with_old_only_over_seeds(sc: &Scenario, seeds: std::ops::Range<u64>, old: Variants, expect: &str) {
+    let runs: Vec<Scenario> = seeds.map(|seed| Scenario { seed, ..sc.clone() }).collect();
+    let failed = runs.iter().find_map(|sc| simulate(&Scenario { variants: old, ..sc.clone() }).err());
+    let report = failed.expect("the old variant must fail for some seed");
+    assert!(report.contains(expect), "expected {expect:?}:\n{report}");
+    for sc in &runs {
+        simulate(sc).unwrap_or_else(|r| panic!("the current runtime must pass (seed {}):\n{r}", sc.seed));
+    }
+}
+
+/// Item 1: slapd holds the fence (cn=config change queued behind a syncrepl consumer), then
+/// the leader turns unhealthy and releases. Old: released after the fence budget without
+/// a confirmed fence; the standby acquires at once while the old slapd still takes writes.
+#[test]
+fn item1_release_without_a_confirmed_fence_is_found() {
+    let sc =
+        scripted(vec![fault(20_050, 0, FaultKind::FenceStall, 5_000), fault(20_100, 0, FaultKind::Unhealthy, 15_000)]);
+    let old = Variants { release: ReleaseAfter::FenceBudget, ..Variants::current() };
+    found_with_old_only(&sc, old, "SAFETY VIOLATION");
+}
+
+/// Item 1, hand-over: slapd holds the fence, then an operator asks for a switchover to
+/// candidate 1 (judged by the real `switchover::verdict`). Old: the Lease is handed over after
+/// the fence budget without a confirmed fence, and the target takes over at once.
+#[test]
+fn item1_hand_over_without_a_confirmed_fence_is_found() {
+    let sc = scripted(vec![fault(20_050, 0, FaultKind::FenceStall, 5_000), fault(20_100, 1, FaultKind::Switchover, 0)]);
+    let old = Variants { release: ReleaseAfter::FenceBudget, ..Variants::current() };
+    found_with_old_only(&sc, old, "SAFETY VIOLATION");
+}
+
+/// Item 2: the leader's elector container is killed (its restart takes 10 s,
+/// CrashLoopBackOff). Old: the watchdog died with it; slapd stays writable until the restart
+/// while the standby takes over after the lease. Current: the guard fences on EOF.
+#[test]
+fn item2_watchdog_dying_with_its_container_is_found() {
+    let sc = scripted(vec![fault(20_100, 0, FaultKind::ContainerKill, 10_000)]);
+    let old = Variants { watchdog: Watchdog::SameContainer, ..Variants::current() };
+    found_with_old_only(&sc, old, "SAFETY VIOLATION");
+}
+
+/// Item 3: the leader's elector is paused while its fence keeper waits for slapd's read-back;
+/// the watchdog fences at the deadline and the standby takes over. Old: on resume the keeper
+/// repairs the "drifted" fence to the role it decided before the read: writable again.
+#[test]
+fn item3_keeper_deciding_before_its_read_back_is_found() {
+    let sc = scripted(vec![fault(20_050, 0, FaultKind::Pause, 20_000)]);
+    let old = Variants { keeper: KeeperRole::BeforeVerify, ..Variants::current() };
+    found_with_old_only(&sc, old, "SAFETY VIOLATION");
+}
+
+/// Item 4: replication into the standby is cut right after the leader's renew at 21 s, then
+/// the leader's elector freezes; its slapd acknowledges writes until the watchdog fences it.
+/// Old: at expiry the standby holds the contextCSN published at that renew and promotes
+/// without the later writes. Current: it reads the old leader's current contextCSN (its slapd
+/// stays reachable) and waits until replication brought it.
+#[test]
+fn item4_catch_up_against_the_published_csn_is_found() {
+    let sc = Scenario {
+        audit_peers: true,
+        ..scripted(vec![
+            fault(21_010, 1, FaultKind::ReplicationCut, 15_000),
+            fault(21_050, 0, FaultKind::Pause, 18_000),
+        ])
+    };
+    let old = Variants { catch_up: CatchUp::Published, ..Variants::current() };
+    found_with_old_only(&sc, old, "LOST WRITES");
+}
+
+/// Item 5: the leader's pod is deleted (recreated 10 s later); writes take up to 300 ms to
+/// replicate. Old: slapd stops at once, in parallel with the hand-over; the final
+/// contextCSN read fails, the stale one is published, the standby promotes without the
+/// writes slapd acknowledged last. Current: slapd's preStop waits for the hand-over.
+#[test]
+fn item5_slapd_stopping_in_parallel_with_the_hand_over_is_found() {
+    let sc = Scenario {
+        max_rep_lag: Duration::from_millis(300),
+        ..scripted(vec![fault(20_550, 0, FaultKind::Stop, 10_000)])
+    };
+    let old = Variants { deletion: Deletion::InParallel, ..Variants::current() };
+    found_with_old_only_over_seeds(&sc, 0..16, old, "LOST WRITES");
+}
+
+/// Item 6: candidate 0 takes office in term 3 from a pod labelled standby under term 2; its
+/// own leader label write is delivered late (20 s) and it freezes before it retries.
+/// Candidate 1 takes term 4. Old: it rewrites only pods labelled leader, so the late write
+/// (testing term 2) still lands: two pods labelled leader. Current: every older term moves.
+#[test]
+fn item6_a_late_label_write_leaving_two_leader_labels_is_found() {
+    let faults = vec![
+        fault(10_000, 0, FaultKind::Pause, 12_000), // term 2 to candidate 1
+        fault(23_000, 1, FaultKind::Pause, 15_000), // term 3 to candidate 0
+        fault(23_000, 0, FaultKind::LateLabelWrite, 20_000),
+        fault(31_100, 0, FaultKind::Pause, 15_000), // term 4 to candidate 1
+    ];
+    let sc = Scenario { fault_phase: Duration::from_secs(60), ..scripted(faults) };
+    let old = Variants { demote: Demote::LeaderLabelled, ..Variants::current() };
+    found_with_old_only(&sc, old, "LABELS");
+}
+
+/// Item 7: a slow API server (0.7 s each way: four label steps take 5.6 s, longer than the
+/// renew deadline). Old: no renew while taking office; the leader misses its deadline every
+/// term and nobody leads. Current: the renewals go on beside the label writes.
+#[test]
+fn item7_taking_office_starving_the_renewals_is_found() {
+    let slow = Duration::from_millis(700);
+    let sc = Scenario { min_latency: slow, max_latency: slow, ..scripted(vec![]) };
+    let old = Variants { office: Office::Inline, ..Variants::current() };
+    found_with_old_only(&sc, old, "LIVENESS");
+}
+
+/// Item 8: the Lease is deleted and recreated while held. Old: a follower takes the empty
+/// Lease at once while the leader is still fencing. Current: `lease::observe_after` counts it
+/// as held by the previous holder for a lease duration.
+#[test]
+fn item8_a_recreated_lease_taken_at_once_is_found() {
+    let sc = scripted(vec![fault(20_100, 0, FaultKind::LeaseRecreated, 0)]);
+    let old = Variants { adopt: Adopt::NewerOnly, ..Variants::current() };
+    found_with_old_only(&sc, old, "SAFETY VIOLATION");
+}
+
+/// Item 8: etcd restored from a backup (the Lease's resourceVersion goes back). Old: answers
+/// with a lower resourceVersion are ignored, every CAS write fails with 409 for ever.
+/// Current: `lease::adopts` takes the API server's answers.
+#[test]
+fn item8_a_restored_etcd_wedging_the_election_is_found() {
+    let sc = scripted(vec![fault(20_100, 0, FaultKind::EtcdRestored, 0)]);
+    let old = Variants { adopt: Adopt::NewerOnly, ..Variants::current() };
+    found_with_old_only(&sc, old, "livelock");
+}
+
+/// FOUND in the current code (not fixed here; outside this lane): `lease::observe_after`
+/// keeps a recreated Lease held only for an elector that saw it held before. One that
+/// starts meanwhile (or whose watch had not yet shown the last acquisition) takes the empty
+/// Lease at once while the deposed leader is still fencing. Candidate 1 restarts just after
+/// the Lease was recreated under candidate 0. Run with `--ignored` to see the trace.
+#[test]
+#[ignore = "dual writer in the current code: a recreated Lease is free to an elector that did not see it held"]
+fn gap_a_recreated_lease_is_free_to_a_restarted_elector() {
+    let sc = scripted(vec![fault(19_000, 1, FaultKind::Crash, 1_100), fault(20_500, 0, FaultKind::LeaseRecreated, 0)]);
+    simulate(&sc).unwrap_or_else(|r| panic!("{r}"));
+}
+
+/// The random scenarios find the old variants too (not only the scripted ones above), and the
+/// current runtime passes every one of them. Required: items 1, 2, 4, 5 and 8, which the
+/// random mix finds several times; printed only: item 3 (a pause inside the keeper's read-back
+/// is rare), 6 (a deposed term's late label write landing after the next term took office)
+/// and 7 (an API slower than the random latencies), which their scripted scenarios show.
+#[test]
+fn random_runs_find_the_old_variants() {
+    const RUNS: usize = 160;
+    let mut runner = TestRunner::new_with_rng(config(1), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let strategy = scenario_strategy();
+    let scenarios: Vec<Scenario> =
+        (0..RUNS).map(|_| strategy.new_tree(&mut runner).expect("a scenario").current()).collect();
+    for sc in &scenarios {
+        simulate(sc).unwrap_or_else(|r| panic!("{r}\nscenario: {sc:?}"));
+    }
+    for (item, old) in Variants::old_ones() {
+        let failures: Vec<String> =
+            scenarios.iter().filter_map(|sc| simulate(&Scenario { variants: old, ..sc.clone() }).err()).collect();
+        let first = failures.first().and_then(|r| r.lines().next()).unwrap_or("-");
+        println!("item {item}: {} of {RUNS} random runs fail; first: {first}", failures.len());
+        let required = ['1', '2', '4', '5', '8'].iter().any(|n| item.starts_with(*n));
+        assert!(!failures.is_empty() || !required, "item {item}: not found by the random runs");
+    }
+}
