@@ -169,7 +169,7 @@ pub enum ReleaseReason {
 pub fn decide(lease: Option<&Observed>, me: &Me<'_>, now: Moment, timing: &Timing) -> Action {
     match me.leading {
         Some(leading) => decide_as_leader(lease, me, leading, now, timing),
-        None => decide_as_follower(lease, me, now),
+        None => decide_as_follower(lease, me, now, timing),
     }
 }
 
@@ -197,7 +197,7 @@ fn decide_as_leader(lease: Option<&Observed>, me: &Me<'_>, leading: Leading, now
     }
 }
 
-fn decide_as_follower(lease: Option<&Observed>, me: &Me<'_>, now: Moment) -> Action {
+fn decide_as_follower(lease: Option<&Observed>, me: &Me<'_>, now: Moment, timing: &Timing) -> Action {
     if me.stopping || !me.eligible {
         return Action::Wait(None);
     }
@@ -208,8 +208,20 @@ fn decide_as_follower(lease: Option<&Observed>, me: &Me<'_>, now: Moment) -> Act
         return Action::Wait(None); // marked diverged: only a reseed or an operator lifts it
     }
     match lease.holder() {
-        // Released, or held by an earlier elector of this very pod (same UID): take it. A
-        // replacement pod under the same name waits for expiry like anyone else.
+        // Never held (no term yet): a new Lease, or one deleted and recreated while its holder
+        // may still be writable (it stands down by its renew deadline, within a lease
+        // duration): wait one lease duration from when it was seen so.
+        None if lease.transitions == 0 => {
+            let free_at = lease.seen_change_at + timing.lease_duration;
+            if now >= free_at {
+                Action::Acquire
+            } else {
+                Action::Wait(Some(free_at))
+            }
+        }
+        // Released (after a confirmed fence), or held by an earlier elector of this very pod
+        // (same UID): take it. A replacement pod under the same name waits for expiry like
+        // anyone else.
         None => Action::Acquire,
         Some(holder) if holder == me.identity && me.uid.is_some() && lease.holder_uid.as_deref() == me.uid => {
             Action::Acquire
@@ -386,6 +398,18 @@ mod tests {
         assert_eq!(decide(Some(&l), &unknown, at(10.0), &t), Action::Wait(Some(at(18.0))));
         let legacy = Observed { holder_uid: None, ..l };
         assert_eq!(decide(Some(&legacy), &follower("a"), at(10.0), &t), Action::Wait(Some(at(18.0))));
+    }
+
+    #[test]
+    fn a_lease_never_held_is_taken_only_after_one_lease_duration() {
+        // A Lease with no holder and no transition is new, or was deleted and recreated: the
+        // holder of the deleted one may still be writable until its renew deadline passes.
+        let t = Timing::default();
+        let fresh = lease(None, 0, 10.0);
+        assert_eq!(decide(Some(&fresh), &follower("a"), at(10.0), &t), Action::Wait(Some(at(18.0))));
+        assert_eq!(decide(Some(&fresh), &follower("a"), at(18.0), &t), Action::Acquire);
+        // Released by a holder (a term was held, the fence confirmed first): free at once.
+        assert_eq!(decide(Some(&lease(None, 3, 10.0)), &follower("a"), at(10.0), &t), Action::Acquire);
     }
 
     #[test]

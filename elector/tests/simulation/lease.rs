@@ -61,7 +61,14 @@ impl Sim {
                 if cand.obs.as_ref().is_some_and(|(_, rv)| *rv >= rec.rv) {
                     return;
                 }
-                lease::observe(&seen, now)
+                // The old `decide` took every Lease without a holder at once; today's waits a
+                // lease duration on one never held (no term). Shown to it as released, the
+                // real `decide` acts as the old one did.
+                let mut old = lease::observe(&seen, now);
+                if old.holder().is_none() {
+                    old.transitions = old.transitions.max(1);
+                }
+                old
             }
         };
         cand.obs = Some((next, rec.rv));
