@@ -24,6 +24,20 @@ pub const ANNOTATION_RENEW_PERIOD: &str = "ldap-elector.dev/renew-period";
 pub const ANNOTATION_RENEW_DEADLINE: &str = "ldap-elector.dev/renew-deadline";
 /// Optional health check of the sidecar, e.g. `tcp://127.0.0.1:389`.
 pub const ANNOTATION_HEALTH_CHECK: &str = "ldap-elector.dev/health-check";
+/// Comma list of containers of the pod that are an elector of their own (e.g. a proof of
+/// concept's `leader-elector`): the webhook removes them from the pods it injects, so two
+/// electors never fight over the write Service.
+pub const ANNOTATION_REPLACE_CONTAINERS: &str = "ldap-elector.dev/replace-containers";
+/// Whose API token the consumer's own containers keep: [`TOKEN_MODE_KEEP`] (default) or
+/// [`TOKEN_MODE_STRICT`].
+pub const ANNOTATION_TOKEN_MODE: &str = "ldap-elector.dev/token-mode";
+/// The consumer's containers keep the token the pod's own (custom) ServiceAccount gave them.
+pub const TOKEN_MODE_KEEP: &str = "keep";
+/// Only the elector holds a token: the consumer's containers get none.
+pub const TOKEN_MODE_STRICT: &str = "strict";
+/// The container name of Univention Nubus' proof-of-concept elector; the webhook's default
+/// list of container names that are electors of their own.
+pub const KNOWN_ELECTOR_CONTAINER: &str = "leader-elector";
 
 // ---- Pod label and annotations (set by webhook and elector) ----
 
