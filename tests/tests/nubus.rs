@@ -4,22 +4,25 @@
 //! `kubectl rollout restart`. One leader; the write Service, created with a placeholder
 //! pod-name selector, selects exactly the leader (the placeholder replaced, not kept beside
 //! ours); the proof of concept is gone from the pods (never two electors); the consumer's
-//! `main` container keeps its own ServiceAccount's token. Opting out restores it all.
+//! `main` container keeps its own ServiceAccount's token. While no pod runs our elector yet,
+//! the empty write Service raises an Event and a metric. Opting out restores it all.
 
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use ldap_elector_contract as contract;
+use ldap_elector_contract::metric;
 use ldap_elector_tests::bed::kubelet::Runner;
 use ldap_elector_tests::measure::observer::Observer;
 use ldap_elector_tests::workloads::build::elector_binary;
 use ldap_elector_tests::workloads::fixtures;
 use ldap_elector_tests::workloads::nubus::{self, Nubus};
-use ldap_elector_tests::workloads::webhook::Webhook;
+use ldap_elector_tests::workloads::webhook::{http_get, Webhook};
 use ldap_elector_tests::{wait_for, Bed, Kubelet};
 use serde_json::json;
 
@@ -137,6 +140,26 @@ async fn annotating_the_live_statefulset_adopts_it_and_opting_out_restores_it() 
     observer.watch_service(admin.clone(), NS, &write);
     let annotate = json!({"metadata": {"annotations": nubus.opt_in_annotations()}});
     sets.patch(&nubus.statefulset_name(), &PatchParams::default(), &Patch::Merge(&annotate)).await?;
+
+    // Until a pod runs our elector, nobody is leader: the write Service selects no pod. Past
+    // a failover's time that is loud: an Event on the StatefulSet and a metric.
+    let gauge = format!("{}{{namespace=\"{NS}\",service=\"{write}\"}} 1", metric::WEBHOOK_LEADER_SERVICE_EMPTY);
+    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
+    wait_for("Event LeaderServiceEmpty and the gauge", T, || async {
+        let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let event = list.items.iter().find(|e| {
+            e.reason.as_deref() == Some(contract::EVENT_LEADER_SERVICE_EMPTY)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(nubus.statefulset_name().as_str())
+                && e.note.as_deref().is_some_and(|n| n.contains(&write))
+        });
+        let metrics = http_get(webhook.health_port, "/metrics").await?;
+        match (event, metrics.contains(&gauge)) {
+            (Some(_), true) => Ok(()),
+            (event, gauge) => Err(format!("event {:?}, gauge {gauge}", event.map(|e| &e.note))),
+        }
+    })
+    .await?;
+
     let generation = rollout_restart(&sets, &nubus.statefulset_name(), 1).await?;
     let adopted = wait_rolled_out(&admin, &sets, &nubus, generation).await?;
     let leader = observer.wait_for_single_leader(T).await?;
@@ -169,6 +192,11 @@ async fn annotating_the_live_statefulset_adopts_it_and_opting_out_restores_it() 
         assert_eq!(spec.service_account_name, Some(nubus.service_account_name()), "{name}");
     }
     observer.assert_never_two_leaders();
+    wait_for("the gauge to clear", T, || async {
+        let metrics = http_get(webhook.health_port, "/metrics").await?;
+        (!metrics.contains(&gauge)).then_some(()).ok_or_else(|| "still reported".to_string())
+    })
+    .await?;
 
     // Opt-out (rollback): annotation off + rollout restart; the placeholder comes back and
     // so does the proof of concept (the template was never changed).
