@@ -24,6 +24,20 @@ pub const ANNOTATION_RENEW_PERIOD: &str = "ldap-elector.dev/renew-period";
 pub const ANNOTATION_RENEW_DEADLINE: &str = "ldap-elector.dev/renew-deadline";
 /// Optional health check of the sidecar, e.g. `tcp://127.0.0.1:389`.
 pub const ANNOTATION_HEALTH_CHECK: &str = "ldap-elector.dev/health-check";
+/// Comma list of containers of the pod that are an elector of their own (e.g. a proof of
+/// concept's `leader-elector`): the webhook removes them from the pods it injects, so two
+/// electors never fight over the write Service.
+pub const ANNOTATION_REPLACE_CONTAINERS: &str = "ldap-elector.dev/replace-containers";
+/// Whose API token the consumer's own containers keep: [`TOKEN_MODE_KEEP`] (default) or
+/// [`TOKEN_MODE_STRICT`].
+pub const ANNOTATION_TOKEN_MODE: &str = "ldap-elector.dev/token-mode";
+/// The consumer's containers keep the token the pod's own (custom) ServiceAccount gave them.
+pub const TOKEN_MODE_KEEP: &str = "keep";
+/// Only the elector holds a token: the consumer's containers get none.
+pub const TOKEN_MODE_STRICT: &str = "strict";
+/// The container name of Univention Nubus' proof-of-concept elector; the webhook's default
+/// list of container names that are electors of their own.
+pub const KNOWN_ELECTOR_CONTAINER: &str = "leader-elector";
 
 // ---- Pod label and annotations (set by webhook and elector) ----
 
@@ -151,6 +165,10 @@ pub const LABEL_STATEFULSET: &str = "ldap-elector.dev/statefulset";
 /// Kubernetes' label with a StatefulSet pod's own name (set by the StatefulSet controller):
 /// with the pod names it selects exactly the StatefulSet's pods, whatever labels others share.
 pub const LABEL_STATEFULSET_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
+/// Annotation on a write Service whose selector pinned a pod name
+/// ([`LABEL_STATEFULSET_POD_NAME`], e.g. a placeholder another elector was to fill in): the
+/// replaced selector entries as a JSON object, put back on opt-out.
+pub const ANNOTATION_REPLACED_SELECTOR: &str = "ldap-elector.dev/replaced-selector";
 
 /// The Lease the pods of `statefulset` compete for.
 pub fn lease_name(statefulset: &str) -> String {
@@ -213,6 +231,9 @@ pub const EVENT_OBJECT_NOT_OURS: &str = "ObjectNotOurs";
 /// annotation names is left alone (no selector, another StatefulSet's, not selecting
 /// exactly its pods, ...).
 pub const EVENT_LEADER_SERVICE_REFUSED: &str = "LeaderServiceRefused";
+/// Reason of the webhook's Event on a StatefulSet when one of its write Services has
+/// selected no pod for longer than a failover takes.
+pub const EVENT_LEADER_SERVICE_EMPTY: &str = "LeaderServiceEmpty";
 
 /// `replicas` as a count of pods, if it is within `0..=MAX_REPLICAS`.
 pub fn bounded_replicas(replicas: i64) -> Result<u32, ReplicasOutOfRange> {
@@ -369,9 +390,15 @@ pub mod metric {
     pub const WEBHOOK_REVIEWS_TOTAL: &str = "ldap_elector_webhook_reviews_total";
     pub const WEBHOOK_REVIEW_LATENCY_SECONDS: &str = "ldap_elector_webhook_review_latency_seconds";
     pub const WEBHOOK_CERT_EXPIRY_TIMESTAMP_SECONDS: &str = "ldap_elector_webhook_certificate_expiry_timestamp_seconds";
+    /// Write Services that have selected no pod for longer than a failover (1 each).
+    pub const WEBHOOK_LEADER_SERVICE_EMPTY: &str = "ldap_elector_webhook_leader_service_empty";
     /// Every webhook metric family.
-    pub const WEBHOOK: &[&str] =
-        &[WEBHOOK_REVIEWS_TOTAL, WEBHOOK_REVIEW_LATENCY_SECONDS, WEBHOOK_CERT_EXPIRY_TIMESTAMP_SECONDS];
+    pub const WEBHOOK: &[&str] = &[
+        WEBHOOK_REVIEWS_TOTAL,
+        WEBHOOK_REVIEW_LATENCY_SECONDS,
+        WEBHOOK_CERT_EXPIRY_TIMESTAMP_SECONDS,
+        WEBHOOK_LEADER_SERVICE_EMPTY,
+    ];
 }
 
 /// Reasons of the Kubernetes Events the elector writes on its pod and StatefulSet.

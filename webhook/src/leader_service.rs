@@ -9,7 +9,9 @@
 //! the write Service would list two ready endpoints for a reconcile round. Refusing the pod
 //! costs only a retry of the StatefulSet controller; the reconciler adds the selector.
 
-use json_patch::{AddOperation, Patch, PatchOperation};
+use std::collections::BTreeMap;
+
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use jsonptr::PointerBuf;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
@@ -27,11 +29,36 @@ pub enum ServiceChange {
     Refuse(String),
 }
 
+/// Selector keys that pin one pod by name, which the leader selector replaces rather than
+/// adds to: a write Service created with `statefulset.kubernetes.io/pod-name: <placeholder>`
+/// for another elector to fill in (Univention Nubus) would otherwise select nothing, ever.
+pub const REPLACED_SELECTOR_KEYS: &[&str] = &[contract::LABEL_STATEFULSET_POD_NAME];
+
+/// Whether `key` of a write Service's selector is one the leader selector replaces.
+pub fn is_replaced_key(key: &str) -> bool {
+    REPLACED_SELECTOR_KEYS.contains(&key)
+}
+
+/// The entries of `svc`'s selector the leader selector replaces.
+fn pinned(svc: &Service) -> BTreeMap<String, String> {
+    let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
+    selector.into_iter().flatten().filter(|(k, _)| is_replaced_key(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The replaced entries recorded on `svc` (see [`contract::ANNOTATION_REPLACED_SELECTOR`]);
+/// `None` when nothing is recorded, or the record is not ours to read.
+fn recorded(svc: &Service) -> Option<BTreeMap<String, String>> {
+    let text = svc.annotations().get(contract::ANNOTATION_REPLACED_SELECTOR)?;
+    let entries: BTreeMap<String, String> = serde_json::from_str(text).ok()?;
+    Some(entries.into_iter().filter(|(k, _)| is_replaced_key(k)).collect())
+}
+
 /// Make `svc` select only the leader of `statefulset`: add `LABEL_ROLE: ROLE_LEADER` to its
-/// selector (keeping the rest) and mark it with `LABEL_STATEFULSET`, which later tells us
-/// which Services to restore (the leader-service annotation may be gone by then). The
-/// selector map is atomic for server-side apply, so a merge patch is used instead: it
-/// touches exactly our key.
+/// selector (keeping the rest, but replacing a pinned pod name, [`REPLACED_SELECTOR_KEYS`],
+/// recorded in [`contract::ANNOTATION_REPLACED_SELECTOR`] for the opt-out) and mark it with
+/// `LABEL_STATEFULSET`, which later tells us which Services to restore (the leader-service
+/// annotation may be gone by then). The selector map is atomic for server-side apply, so a
+/// merge patch is used instead: it touches exactly our keys.
 pub fn leader_selector_change(svc: &Service, statefulset: &str) -> ServiceChange {
     let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty());
     let Some(selector) = selector else {
@@ -45,22 +72,39 @@ pub fn leader_selector_change(svc: &Service, statefulset: &str) -> ServiceChange
         return ServiceChange::Refuse(format!("the Service already routes to the leader of StatefulSet {other}"));
     }
     let role = selector.get(contract::LABEL_ROLE).map(String::as_str);
+    let pins = pinned(svc);
     match (role, marked.is_some()) {
-        (Some(contract::ROLE_LEADER), true) => ServiceChange::Unchanged,
+        (Some(contract::ROLE_LEADER), true) if pins.is_empty() => ServiceChange::Unchanged,
         // The consumer selects the leader by itself: theirs to keep, nothing for us to undo.
         (Some(contract::ROLE_LEADER), false) => ServiceChange::Unchanged,
         (Some(other), false) => ServiceChange::Refuse(format!(
             "the Service's own selector has {}={other}; not overriding it",
             contract::LABEL_ROLE
         )),
-        _ => ServiceChange::Patch(json!({
-            "metadata": {
+        _ => {
+            let mut selector = json!({contract::LABEL_ROLE: contract::ROLE_LEADER});
+            for key in pins.keys() {
+                selector[key] = serde_json::Value::Null;
+            }
+            let mut metadata = json!({
                 "resourceVersion": svc.metadata.resource_version,
                 "labels": {contract::LABEL_STATEFULSET: statefulset},
-            },
-            "spec": {"selector": {contract::LABEL_ROLE: contract::ROLE_LEADER}},
-        })),
+            });
+            // The first record wins: a pin put back later (by another elector, or a chart
+            // upgrade) is not what the consumer had before us.
+            if let Some(record) = replaced_record(svc, &pins) {
+                metadata["annotations"] = json!({contract::ANNOTATION_REPLACED_SELECTOR: record});
+            }
+            ServiceChange::Patch(json!({"metadata": metadata, "spec": {"selector": selector}}))
+        }
     }
+}
+
+/// The value of [`contract::ANNOTATION_REPLACED_SELECTOR`] to write when `pins` are replaced
+/// (`None`: nothing replaced, or already recorded).
+fn replaced_record(svc: &Service, pins: &BTreeMap<String, String>) -> Option<String> {
+    let already = svc.annotations().contains_key(contract::ANNOTATION_REPLACED_SELECTOR);
+    (!pins.is_empty() && !already).then(|| serde_json::Value::from_iter(pins.clone()).to_string())
 }
 
 /// Why `svc` is not a write Service of `sts` at all (`None`: it is, or it has no selector,
@@ -84,7 +128,7 @@ pub fn foreign_service(svc: &Service, sts: &StatefulSet) -> Option<String> {
     }
     let unmatched = selector
         .iter()
-        .filter(|(k, _)| *k != contract::LABEL_ROLE)
+        .filter(|(k, _)| *k != contract::LABEL_ROLE && !is_replaced_key(k))
         .find(|(k, v)| template.and_then(|t| t.get(*k)) != Some(*v));
     unmatched.map(|(k, v)| format!("its selector {k}={v} does not match the pods of StatefulSet {name}"))
 }
@@ -98,18 +142,26 @@ pub fn leader_selector_change_for(svc: &Service, sts: &StatefulSet) -> ServiceCh
     }
 }
 
-/// Undo [`leader_selector_change`] on a Service we marked for `statefulset`.
+/// Undo [`leader_selector_change`] on a Service we marked for `statefulset`: drop the role
+/// key and put back the selector entries it replaced.
 pub fn restore_selector_change(svc: &Service, statefulset: &str) -> ServiceChange {
     if svc.labels().get(contract::LABEL_STATEFULSET).map(String::as_str) != Some(statefulset) {
         return ServiceChange::Unchanged;
     }
     let has_role =
         svc.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| s.contains_key(contract::LABEL_ROLE));
-    let selector = if has_role { json!({"selector": {contract::LABEL_ROLE: null}}) } else { json!({}) };
-    ServiceChange::Patch(json!({
-        "metadata": {"resourceVersion": svc.metadata.resource_version, "labels": {contract::LABEL_STATEFULSET: null}},
-        "spec": selector,
-    }))
+    let mut selector = serde_json::Map::new();
+    if has_role {
+        selector.insert(contract::LABEL_ROLE.into(), serde_json::Value::Null);
+    }
+    let mut metadata =
+        json!({"resourceVersion": svc.metadata.resource_version, "labels": {contract::LABEL_STATEFULSET: null}});
+    if let Some(entries) = recorded(svc) {
+        selector.extend(entries.into_iter().map(|(k, v)| (k, json!(v))));
+        metadata["annotations"] = json!({contract::ANNOTATION_REPLACED_SELECTOR: null});
+    }
+    let spec = if selector.is_empty() { json!({}) } else { json!({"selector": selector}) };
+    ServiceChange::Patch(json!({"metadata": metadata, "spec": spec}))
 }
 
 /// The opted-in StatefulSet among `statefulsets` (of the Service's namespace) whose
@@ -146,7 +198,18 @@ pub fn admission_patch(svc: &Service, sts: &StatefulSet) -> Option<Patch> {
     };
     // A Patch decision implies a non-empty selector, so the map exists.
     let selector = add(&["spec", "selector", contract::LABEL_ROLE], json!(contract::ROLE_LEADER));
-    Some(Patch(vec![label, selector]))
+    let pins = pinned(svc);
+    let mut ops = vec![label, selector];
+    if let Some(record) = replaced_record(svc, &pins) {
+        ops.push(match svc.metadata.annotations {
+            Some(_) => add(&["metadata", "annotations", contract::ANNOTATION_REPLACED_SELECTOR], json!(record)),
+            None => add(&["metadata", "annotations"], json!({contract::ANNOTATION_REPLACED_SELECTOR: record})),
+        });
+    }
+    ops.extend(pins.keys().map(|key| {
+        PatchOperation::Remove(RemoveOperation { path: PointerBuf::from_tokens(["spec", "selector", key.as_str()]) })
+    }));
+    Some(Patch(ops))
 }
 
 /// The Services among `services` (those of `statefulset`'s leader-service annotation that
@@ -226,6 +289,70 @@ mod tests {
         json_patch::merge(&mut restored, &undo);
         assert_eq!(restored["spec"]["selector"], json!({"app": "ldap"}));
         assert_eq!(restored["metadata"]["labels"], json!({"team": "x"}));
+    }
+
+    /// Univention Nubus' write Service: its selector pins a pod name another elector was to
+    /// fill in. Adding the role key beside it would select nothing, ever.
+    fn placeholder() -> Service {
+        svc(
+            Some(json!({"app": "ldap", contract::LABEL_STATEFULSET_POD_NAME: "will-be-updated-by-elector"})),
+            json!({"team": "x"}),
+        )
+    }
+
+    fn merged(s: &Service, change: ServiceChange) -> Service {
+        let ServiceChange::Patch(p) = change else { panic!("expected a patch, got {change:?}") };
+        let mut merged = serde_json::to_value(s).unwrap();
+        json_patch::merge(&mut merged, &p);
+        serde_json::from_value(merged).unwrap()
+    }
+
+    fn selector_of(s: &Service) -> Value {
+        serde_json::to_value(s.spec.as_ref().unwrap().selector.as_ref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_pinned_pod_name_is_replaced_by_the_leader_selector_and_restored_on_opt_out() {
+        let original = placeholder();
+        assert_eq!(foreign_service(&original, &ldap()), None, "the pin does not make it another's Service");
+        let ours = merged(&original, leader_selector_change_for(&original, &ldap()));
+        assert_eq!(selector_of(&ours), json!({"app": "ldap", contract::LABEL_ROLE: contract::ROLE_LEADER}));
+        assert_eq!(leader_selector_change(&ours, "ldap"), ServiceChange::Unchanged, "idempotent");
+
+        // Another elector (or a chart upgrade) pins a pod again: replaced again, and the
+        // first record (the consumer's original) is kept.
+        let mut repinned = ours.clone();
+        repinned
+            .spec
+            .as_mut()
+            .unwrap()
+            .selector
+            .as_mut()
+            .unwrap()
+            .insert(contract::LABEL_STATEFULSET_POD_NAME.into(), "ldap-1".into());
+        let again = merged(&repinned, leader_selector_change(&repinned, "ldap"));
+        assert_eq!(selector_of(&again), selector_of(&ours));
+        assert_eq!(again.annotations(), ours.annotations());
+
+        let restored = merged(&again, restore_selector_change(&again, "ldap"));
+        assert_eq!(selector_of(&restored), selector_of(&original), "the placeholder is back");
+        assert_eq!(restored.labels(), original.labels());
+        assert!(restored.annotations().is_empty(), "{:?}", restored.annotations());
+    }
+
+    #[test]
+    fn admission_replaces_a_pinned_pod_name_like_the_reconciler() {
+        let s = placeholder();
+        let patch = admission_patch(&s, &ldap()).expect("needs the selector");
+        let mut patched = serde_json::to_value(&s).unwrap();
+        json_patch::patch(&mut patched, &patch).unwrap();
+        let patched: Service = serde_json::from_value(patched).unwrap();
+        let merged = merged(&s, leader_selector_change(&s, "ldap"));
+        assert_eq!(selector_of(&patched), selector_of(&merged));
+        assert_eq!(patched.annotations(), merged.annotations());
+        assert_eq!(patched.labels(), merged.labels());
+        assert!(admission_patch(&patched, &ldap()).is_none(), "idempotent");
+        assert_eq!(not_selecting_leader(&[s], &ldap()), vec!["ldap-primary"], "pods wait for it");
     }
 
     #[test]

@@ -64,6 +64,7 @@ impl WebhookMetrics {
                 "Time from a decoded review to its answer, in seconds.",
             ),
             expiry,
+            crate::reconcile::leader_service_empty_family(),
         ]
     }
 

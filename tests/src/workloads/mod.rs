@@ -4,6 +4,7 @@
 pub mod build;
 pub mod electors;
 pub mod fixtures;
+pub mod nubus;
 pub mod policies;
 pub mod status;
 pub mod webhook;

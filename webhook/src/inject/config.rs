@@ -20,6 +20,10 @@ pub struct InjectConfig {
     /// Audience of the projected token; `None` = the apiserver's own audience.
     pub token_audience: Option<String>,
     pub token_expiration_seconds: i64,
+    /// Names of containers that are electors of their own: an opted-in pod with one of them
+    /// is refused unless the StatefulSet names it in
+    /// [`contract::ANNOTATION_REPLACE_CONTAINERS`] (never two electors).
+    pub elector_containers: Vec<String>,
 }
 
 /// Requests and limits of the sidecar, as Kubernetes quantities. Small: the elector idles
@@ -58,6 +62,7 @@ impl InjectConfig {
             probe_port: contract::DEFAULT_PROBE_PORT,
             token_audience: None,
             token_expiration_seconds: contract::TOKEN_EXPIRATION_SECONDS,
+            elector_containers: vec![contract::KNOWN_ELECTOR_CONTAINER.into()],
         }
     }
 

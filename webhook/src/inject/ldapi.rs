@@ -86,6 +86,17 @@ pub(super) fn ldapi_plan(
         let mut kept = c.volume_mounts.iter().flatten().filter(|m| !m.name.starts_with(DEFAULT_TOKEN_VOLUME_PREFIX));
         kept.find(|m| m.mount_path.trim_end_matches('/') == dir).cloned()
     };
+    // The consumer's containers may keep their API token (`keeps_consumer_tokens`): a
+    // token at the socket directory would then sit beside our mount at the same path.
+    let token_at_dir = containers.iter().find(|(_, _, c)| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name.starts_with(DEFAULT_TOKEN_VOLUME_PREFIX) && m.mount_path.trim_end_matches('/') == dir)
+    });
+    if let Some((_, _, c)) = token_at_dir {
+        return Err(conflict(format!("container {:?} has its API token mounted there", c.name)));
+    }
     let existing: Vec<(&str, VolumeMount)> =
         containers.iter().filter_map(|(_, _, c)| Some((c.name.as_str(), at_dir(c)?))).collect();
     let (volume, add_volume, sub_path) = match existing.first() {

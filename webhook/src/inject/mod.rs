@@ -10,10 +10,14 @@
 //!   early is harmless. With the OpenLDAP integration the fence guard
 //!   ([`contract::GUARD_CONTAINER`]) goes in before it: sidecars stop in the reverse order,
 //!   so the guard outlives the elector on deletion as it does on a crash.
-//! - `automountServiceAccountToken: false` plus removal of the `kube-api-access-*` volume
-//!   and its mounts: otherwise the ServiceAccount plugin (re-run after every webhook that
-//!   changed the pod) would hand a token to every container. The elector alone mounts an
-//!   explicit projected token.
+//! - `automountServiceAccountToken: false`: otherwise the ServiceAccount plugin (re-run
+//!   after every webhook that changed the pod) would hand a token to our containers too (the
+//!   guard must have none). The elector mounts an explicit projected token. The consumer's
+//!   containers keep the token their own ServiceAccount gave them (`kube-api-access-*`,
+//!   mounted before us): a consumer container may rely on the API (Univention Nubus' does).
+//!   It is removed when the pod is switched to the elector's account (a token of that account
+//!   would carry the elector's rights) or with [`contract::ANNOTATION_TOKEN_MODE`] `strict`
+//!   (see [`patch::keeps_consumer_tokens`]).
 //! - The pod is switched to the elector's ServiceAccount only when it runs as `default`;
 //!   a custom account is kept (see [`elector_service_account`]).
 //! - The OpenLDAP integration is opt-in by [`contract::ANNOTATION_LDAPI_SOCKET_DIR`]: slapd's
@@ -28,6 +32,7 @@
 
 mod annotations;
 mod config;
+mod electors;
 mod handover;
 mod ldapi;
 mod patch;
@@ -45,8 +50,9 @@ use ldap_elector_contract as contract;
 pub use config::{ConfigError, InjectConfig, SidecarResources};
 
 use annotations::{audit_plan, metrics_port, tuning_env};
+use electors::{elector_removals, remove_containers};
 use ldapi::ldapi_plan;
-use patch::{identity, metadata, pod_security_context, ptr, strip_default_token, PatchOps};
+use patch::{identity, keeps_consumer_tokens, metadata, pod_security_context, ptr, strip_default_token, PatchOps};
 use template::{env_value, guard_socket, run_mount, sidecar, socket_volume, token_volume};
 
 /// Prefix of the token volume the ServiceAccount admission plugin adds (Kubernetes' name).
@@ -104,8 +110,24 @@ pub enum InjectError {
         health = contract::ANNOTATION_HEALTH_CHECK
     )]
     MissingLdapSuffix,
+    #[error(
+        "pod has container {container:?}, an elector of its own (the webhook's elector container names): two electors \
+         would fight over the Lease and the write Service. Set annotation {annotation}={container} on the StatefulSet \
+         to have the webhook remove it from the pods it injects, or remove it from the pod template",
+        annotation = contract::ANNOTATION_REPLACE_CONTAINERS
+    )]
+    ForeignElector { container: String },
+    #[error("StatefulSet annotation {annotation}: cannot remove container {container:?}: {reason}", annotation = contract::ANNOTATION_REPLACE_CONTAINERS)]
+    CannotReplace { container: String, reason: String },
     #[error("cannot share the ldapi socket directory {dir} with the sidecar: {reason}")]
     SocketDirConflict { dir: String, reason: String },
+    #[error(
+        "pod carries {marker}={injected} but no elector, and its StatefulSet is not opted in; remove that \
+         annotation from the pod template (it is the webhook's to set)",
+        marker = contract::ANNOTATION_STATUS,
+        injected = contract::STATUS_INJECTED
+    )]
+    MarkerWithoutElector,
     #[error("pod has no spec")]
     NoSpec,
     #[error("cannot serialise patch value: {0}")]
@@ -145,7 +167,15 @@ pub fn elector_service_account(statefulset: &str, spec: Option<&PodSpec>) -> Str
 pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Result<Decision, InjectError> {
     let meta = &pod.metadata;
     let marked = meta.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_STATUS));
-    if marked.is_some_and(|v| v == contract::STATUS_INJECTED) {
+    let marked = marked.is_some_and(|v| v == contract::STATUS_INJECTED);
+    // The marker alone proves nothing (a template may carry it): only with our sidecar is
+    // the pod ours already. A marked pod without it is injected, or refused (issue 17, item 7).
+    let has_sidecar = || {
+        let spec = pod.spec.as_ref();
+        let inits = spec.and_then(|s| s.init_containers.as_ref());
+        inits.into_iter().flatten().any(|c| c.name == contract::SIDECAR_CONTAINER)
+    };
+    if marked && has_sidecar() {
         return Ok(Decision::Skip(SkipReason::AlreadyInjected));
     }
     let Some(owner_name) = owner_statefulset_name(meta) else {
@@ -156,11 +186,22 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
     };
     check_owner(meta, owner_name, sts)?;
     if !contract::is_opted_in(sts.metadata.annotations.as_ref()) {
+        if marked {
+            return Err(InjectError::MarkerWithoutElector);
+        }
         return Ok(Decision::Skip(SkipReason::NotOptedIn));
     }
     let spec = pod.spec.as_ref().ok_or(InjectError::NoSpec)?;
     check_conflicts(spec)?;
     let annotations = sts.metadata.annotations.as_ref();
+    let slapd: Vec<String> = annotations
+        .and_then(|a| a.get(contract::ANNOTATION_LDAP_CONTAINER))
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_string())
+        .collect();
+    let removals = elector_removals(annotations, spec, cfg, &slapd)?;
+    let keep_tokens = keeps_consumer_tokens(annotations, spec, owner_name)?;
     let mut env = tuning_env(annotations)?;
     let metrics_port = metrics_port(annotations, cfg)?;
     if let Some(port) = metrics_port {
@@ -171,7 +212,9 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
     env.extend(audit.env);
 
     let mut ops = PatchOps::default();
-    strip_default_token(&mut ops, spec);
+    if !keep_tokens {
+        strip_default_token(&mut ops, spec);
+    }
     let volumes_at = spec.volumes.is_some().then(|| Token::new("-"));
     ops.add_item(ptr(&["spec", "volumes"]), volumes_at, token_volume(cfg))?;
     let mut sidecar_mounts = Vec::new();
@@ -214,6 +257,7 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
     identity(&mut ops, spec, owner_name)?;
     pod_security_context(&mut ops, spec)?;
     metadata(&mut ops, meta, handover_note)?;
+    remove_containers(&mut ops, &removals);
     Ok(Decision::Patch(ops.into_patch()))
 }
 
@@ -291,6 +335,19 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_carrying_the_marker_without_the_elector_is_injected_or_refused_never_passed() {
+        let mut forged = pod_json();
+        forged["metadata"]["annotations"] = json!({contract::ANNOTATION_STATUS: contract::STATUS_INJECTED});
+        let out = apply(&forged, &decide(&forged, Some(&owner(&[]))).unwrap());
+        assert_eq!(container(&out, contract::SIDECAR_CONTAINER)["name"], json!(contract::SIDECAR_CONTAINER));
+        let mut sts = owner(&[]);
+        sts.metadata.annotations = None;
+        let err = decide(&forged, Some(&sts)).unwrap_err();
+        assert!(matches!(err, InjectError::MarkerWithoutElector), "{err}");
+        assert!(err.to_string().contains(contract::ANNOTATION_STATUS));
+    }
+
+    #[test]
     fn skips_without_opted_in_owner() {
         let mut sts = owner(&[]);
         sts.metadata.annotations = None;
@@ -318,14 +375,19 @@ mod tests {
             let typed: Pod = serde_json::from_value(out.clone()).unwrap();
             let spec = typed.spec.clone().unwrap();
             prop_assert_eq!(&spec.init_containers.clone().unwrap()[0].name, contract::SIDECAR_CONTAINER);
+            // The consumer's containers keep their token only when the pod keeps its own
+            // (custom) account; ours never get it.
+            let kept = pod["spec"]["serviceAccountName"] == json!("custom");
+            let ours = [contract::SIDECAR_CONTAINER, contract::GUARD_CONTAINER];
             let all = spec.containers.iter().chain(spec.init_containers.iter().flatten());
             for c in all {
                 for m in c.volume_mounts.iter().flatten() {
-                    prop_assert!(!m.name.starts_with(DEFAULT_TOKEN_VOLUME_PREFIX));
+                    let allowed = kept && !ours.contains(&c.name.as_str());
+                    prop_assert!(allowed || !m.name.starts_with(DEFAULT_TOKEN_VOLUME_PREFIX));
                     prop_assert_eq!(m.name == contract::TOKEN_VOLUME, c.name == contract::SIDECAR_CONTAINER);
                 }
             }
-            prop_assert!(spec.volumes.iter().flatten().all(|v| !v.name.starts_with(DEFAULT_TOKEN_VOLUME_PREFIX)));
+            prop_assert!(kept || spec.volumes.iter().flatten().all(|v| !v.name.starts_with(DEFAULT_TOKEN_VOLUME_PREFIX)));
             prop_assert_eq!(&out["metadata"]["labels"][contract::LABEL_ROLE], &json!(contract::ROLE_STANDBY));
             prop_assert_eq!(decide(&out, Some(&sts)).unwrap(), Decision::Skip(SkipReason::AlreadyInjected));
         }

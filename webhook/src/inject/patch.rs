@@ -83,6 +83,37 @@ pub(super) fn strip_default_token(ops: &mut PatchOps, spec: &PodSpec) {
     }
 }
 
+/// Whether the consumer's containers keep the token the ServiceAccount plugin mounted for
+/// them (before us). Yes, unless
+/// - the pod is switched to the elector's account (it ran as `default`): the volume would
+///   then carry a token of the account the elector Role is bound to, or
+/// - the StatefulSet asks for [`contract::TOKEN_MODE_STRICT`]: only the elector holds a token.
+///
+/// Kept, a consumer container holds a token of the pod's own ServiceAccount, which the
+/// reconciler also binds to the elector Role: it may renew the Lease and set role labels
+/// as the elector can. That is the consumer's choice of account (docs/nubus.md); `strict`
+/// is the way out for pods whose containers need no token.
+pub(super) fn keeps_consumer_tokens(
+    annotations: Option<&BTreeMap<String, String>>,
+    spec: &PodSpec,
+    statefulset: &str,
+) -> Result<bool, InjectError> {
+    let strict = match annotations.and_then(|a| a.get(contract::ANNOTATION_TOKEN_MODE)).map(String::as_str) {
+        None | Some(contract::TOKEN_MODE_KEEP) => false,
+        Some(contract::TOKEN_MODE_STRICT) => true,
+        Some(other) => {
+            return Err(InjectError::InvalidAnnotation {
+                key: contract::ANNOTATION_TOKEN_MODE,
+                value: other.to_string(),
+                reason: format!("must be {:?} or {:?}", contract::TOKEN_MODE_KEEP, contract::TOKEN_MODE_STRICT),
+            })
+        }
+    };
+    let switched =
+        spec.service_account_name.as_deref() != Some(elector_service_account(statefulset, Some(spec)).as_str());
+    Ok(!strict && !switched)
+}
+
 /// Service account, automount off (see the module docs).
 pub(super) fn identity(ops: &mut PatchOps, spec: &PodSpec, statefulset: &str) -> Result<(), InjectError> {
     let account = elector_service_account(statefulset, Some(spec));
@@ -166,6 +197,54 @@ mod tests {
     use super::super::Decision;
     use ldap_elector_contract as contract;
     use serde_json::json;
+
+    /// Which API token each container holds after injection, per token mode and account:
+    /// (consumer's `slapd`, the elector, the guard) → the account whose token it holds.
+    #[test]
+    fn which_container_holds_which_token() {
+        use super::super::elector_service_account;
+        use k8s_openapi::api::core::v1::Pod;
+        let token_of = |pod: &serde_json::Value, name: &str| -> Option<String> {
+            let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
+            let spec = typed.spec.unwrap();
+            let account = spec.service_account_name.clone().unwrap_or_default();
+            let all = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+            let c = all.into_iter().find(|c| c.name == name)?;
+            let mounts = c.volume_mounts.iter().flatten();
+            mounts.into_iter().any(|m| m.mount_path == contract::TOKEN_MOUNT_PATH).then_some(account)
+        };
+        let mut custom = pod_json();
+        custom["spec"]["serviceAccountName"] = json!("ldap-server-primary");
+        custom["spec"]["serviceAccount"] = json!("ldap-server-primary");
+        let socket =
+            [(contract::ANNOTATION_LDAPI_SOCKET_DIR, "/run/slapd"), (contract::ANNOTATION_LDAP_SUFFIX, "dc=x")];
+        let strict = [socket[0], socket[1], (contract::ANNOTATION_TOKEN_MODE, contract::TOKEN_MODE_STRICT)];
+        let elector = contract::identity_name("ldap-server");
+        let cases = [
+            // The consumer's own account: its container keeps that token; the elector Role is
+            // bound to the same account, so that container has the elector's rights too.
+            (&custom, &socket[..], Some("ldap-server-primary"), "ldap-server-primary"),
+            // Strict: only the elector holds a token.
+            (&custom, &strict[..], None, "ldap-server-primary"),
+            // `default` is switched to the elector's account: the consumer's `default` token goes.
+            (&pod_json(), &socket[..], None, elector.as_str()),
+        ];
+        for (pod, annotations, slapd_token, account) in cases {
+            let out = apply(pod, &decide(pod, Some(&owner(annotations))).unwrap());
+            assert_eq!(token_of(&out, "slapd").as_deref(), slapd_token, "{annotations:?}");
+            assert_eq!(token_of(&out, contract::SIDECAR_CONTAINER).as_deref(), Some(account));
+            assert_eq!(token_of(&out, contract::GUARD_CONTAINER), None, "the guard never has a token");
+            assert_eq!(
+                out["spec"]["automountServiceAccountToken"],
+                json!(false),
+                "no token for containers added later"
+            );
+            let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(out).unwrap();
+            assert_eq!(elector_service_account("ldap-server", typed.spec.as_ref()), account, "the Role is bound to it");
+        }
+        let bad = owner(&[(contract::ANNOTATION_TOKEN_MODE, "none")]);
+        assert!(decide(&custom, Some(&bad)).unwrap_err().to_string().contains("\"keep\" or \"strict\""));
+    }
 
     #[test]
     fn keys_with_slashes_are_escaped() {

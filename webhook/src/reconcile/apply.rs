@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::time::Duration;
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -22,16 +23,29 @@ use tracing::{debug, info, warn};
 
 use super::controller::Reconciler;
 use super::desired::{ours_selector, DesiredObjects};
+use super::empty::{self, Verdict};
 use super::{call, ReconcileError, API_TIMEOUT, FIELD_MANAGER};
 use crate::inject;
-use crate::leader_service::{leader_selector_change_for, restore_selector_change, ServiceChange};
+use crate::leader_service::{is_replaced_key, leader_selector_change_for, restore_selector_change, ServiceChange};
 
 /// Periodic re-check of an opted-in StatefulSet (repairs manual edits and deletions).
 const RESYNC: Duration = Duration::from_secs(300);
 /// Re-check while a named leader Service does not exist (yet).
 const MISSING_SERVICE_RETRY: Duration = Duration::from_secs(30);
+/// Re-check while a write Service selects no ready pod.
+const EMPTY_RECHECK: Duration = Duration::from_secs(5);
 /// Re-check while an opt-out waits for pods that still run an elector.
 const OPT_OUT_RETRY: Duration = Duration::from_secs(30);
+
+/// Ready and not terminating: an endpoint the write Service would route to.
+fn is_ready(pod: &Pod) -> bool {
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    ready && pod.metadata.deletion_timestamp.is_none()
+}
 
 /// Whether `have` carries our labels and owner reference (the only metadata we apply).
 fn meta_matches(have: &ObjectMeta, want: &ObjectMeta) -> bool {
@@ -133,6 +147,7 @@ impl Reconciler {
 
         let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
         let mut missing = Vec::new();
+        let mut recheck = RESYNC;
         for name in &want.leader_services {
             let op = format!("reading Service {ns}/{name}");
             match call(&op, services.get_opt(name)).await? {
@@ -153,12 +168,17 @@ impl Reconciler {
                         let note = format!("Service {name} left alone: {reason}");
                         self.event(owner, EventType::Warning, contract::EVENT_LEADER_SERVICE_REFUSED, note).await;
                     }
-                    self.change_service(&services, &svc, sts, change).await?
+                    let refused = matches!(change, ServiceChange::Refuse(_));
+                    self.change_service(&services, &svc, sts, change).await?;
+                    if !refused {
+                        recheck = recheck.min(self.check_serving(owner, &svc).await?);
+                    }
                 }
             }
         }
         for svc in self.marked_services(&services, ns, sts).await? {
             if !want.leader_services.iter().any(|n| Some(n.as_str()) == svc.metadata.name.as_deref()) {
+                self.forget_serving(&svc);
                 self.change_service(&services, &svc, sts, restore_selector_change(&svc, sts)).await?;
             }
         }
@@ -168,7 +188,58 @@ impl Reconciler {
             self.event(owner, EventType::Warning, "LeaderServiceMissing", note).await;
             return Ok(Action::requeue(MISSING_SERVICE_RETRY));
         }
-        Ok(Action::requeue(RESYNC))
+        Ok(Action::requeue(recheck))
+    }
+
+    /// Whether the write Service `svc` of `sts` (as our selector makes it) selects a ready
+    /// pod; empty for longer than a failover is a Warning Event and
+    /// [`metric::WEBHOOK_LEADER_SERVICE_EMPTY`](contract::metric::WEBHOOK_LEADER_SERVICE_EMPTY).
+    /// Pod changes do not trigger a reconcile, so it returns when to look again.
+    async fn check_serving(&self, sts: &StatefulSet, svc: &Service) -> Result<Duration, ReconcileError> {
+        let ns = svc.namespace().unwrap_or_default();
+        let name = svc.name_any();
+        let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref()).cloned().unwrap_or_default();
+        let mut labels: Vec<String> = selector
+            .iter()
+            .filter(|(k, _)| *k != contract::LABEL_ROLE && !is_replaced_key(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.push(format!("{}={}", contract::LABEL_ROLE, contract::ROLE_LEADER));
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let op = format!("listing the pods Service {ns}/{name} selects");
+        let list = call(&op, pods.list(&ListParams::default().labels(&labels.join(",")))).await?;
+        let serving = list.items.iter().any(is_ready);
+        let grace = empty::failover_grace(sts.metadata.annotations.as_ref());
+        let key = (ns.clone(), name.clone());
+        let verdict = self.empty.lock().unwrap_or_else(PoisonError::into_inner).observe(
+            key.clone(),
+            serving,
+            Instant::now(),
+            grace,
+        );
+        empty::set_overdue(&key, matches!(verdict, Verdict::Overdue(_)));
+        Ok(match verdict {
+            Verdict::Serving => RESYNC,
+            Verdict::Waiting(left) => left.min(EMPTY_RECHECK),
+            Verdict::Overdue(empty_for) => {
+                warn!(namespace = %ns, service = %name, empty_s = empty_for.as_secs(), "write Service selects no ready pod");
+                let note = format!(
+                    "Service {name} has selected no ready pod for {}s (longer than a failover, {}s): \
+                     writes through it fail; check `ldap-elector status` and its selector",
+                    empty_for.as_secs(),
+                    grace.as_secs()
+                );
+                self.event(sts, EventType::Warning, contract::EVENT_LEADER_SERVICE_EMPTY, note).await;
+                EMPTY_RECHECK
+            }
+        })
+    }
+
+    /// Stop watching `svc` for emptiness (it is no longer a write Service of ours).
+    fn forget_serving(&self, svc: &Service) {
+        let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+        self.empty.lock().unwrap_or_else(PoisonError::into_inner).forget(&key);
+        empty::set_overdue(&key, false);
     }
 
     /// Remove what we made for a StatefulSet that is no longer opted in; restore its
@@ -198,6 +269,7 @@ impl Reconciler {
         }
         let services: Api<Service> = Api::namespaced(self.client.clone(), &ns);
         for svc in self.marked_services(&services, &ns, &name).await? {
+            self.forget_serving(&svc);
             self.change_service(&services, &svc, &name, restore_selector_change(&svc, &name)).await?;
         }
         self.sync::<NetworkPolicy>(&ns, &name, None).await?;
@@ -266,14 +338,17 @@ impl Reconciler {
             .collect())
     }
 
-    /// Pods the Service `svc` selects now (its selector without the role key) that `sts`
+    /// Pods the Service `svc` selects without the keys the leader selector sets or replaces that `sts`
     /// does not control (at most a few names, for the message).
     async fn foreign_pods(&self, svc: &Service, sts: &StatefulSet) -> Result<Vec<String>, ReconcileError> {
         let ns = sts.namespace().ok_or(ReconcileError::Incomplete("namespace"))?;
         let uid = sts.metadata.uid.clone().ok_or(ReconcileError::Incomplete("uid"))?;
         let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref()).cloned().unwrap_or_default();
-        let labels: Vec<String> =
-            selector.iter().filter(|(k, _)| *k != contract::LABEL_ROLE).map(|(k, v)| format!("{k}={v}")).collect();
+        let labels: Vec<String> = selector
+            .iter()
+            .filter(|(k, _)| *k != contract::LABEL_ROLE && !is_replaced_key(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         let op = format!("listing the pods Service {ns}/{} selects", svc.name_any());
         let list = call(&op, pods.list_metadata(&ListParams::default().labels(&labels.join(",")).limit(100))).await?;

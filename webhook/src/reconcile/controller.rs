@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::desired::desired;
+use super::empty::EmptyServices;
 use super::{ReconcileError, FIELD_MANAGER};
 use crate::watches::{spawn_store, Changes, SharedWatches};
 
@@ -86,6 +87,8 @@ pub(super) struct Reconciler {
     pub(super) client: Client,
     pub(super) recorder: Recorder,
     footprint: Footprint,
+    /// Since when each write Service has selected no ready pod.
+    pub(super) empty: Mutex<EmptyServices>,
     failures: Mutex<HashMap<ObjectRef<StatefulSet>, u32>>,
 }
 
@@ -115,7 +118,13 @@ pub async fn run_reconciler_on(client: Client, watches: SharedWatches, changes: 
     info!("reconciler caches synced; reconciling StatefulSets");
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: None };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Reconciler { client, recorder, footprint, failures: Mutex::new(HashMap::new()) });
+    let ctx = Arc::new(Reconciler {
+        client,
+        recorder,
+        footprint,
+        empty: Mutex::new(EmptyServices::default()),
+        failures: Mutex::new(HashMap::new()),
+    });
     let stop = shutdown.clone();
     let statefulsets = changes.statefulsets.map(Ok::<_, watcher::Error>);
     Controller::for_stream(statefulsets, watches.statefulsets)

@@ -11,7 +11,9 @@
 //!
 //! all labelled [`contract::LABEL_MANAGED_BY`]/[`contract::LABEL_STATEFULSET`] and owned by
 //! the StatefulSet (garbage-collected with it), and it adds `LABEL_ROLE: ROLE_LEADER` to
-//! the selector of each Service named by [`contract::leader_services`]. When the opt-in
+//! the selector of each Service named by [`contract::leader_services`] (replacing a pinned
+//! pod name, see [`crate::leader_service::REPLACED_SELECTOR_KEYS`]), and reports one that
+//! selects no ready pod for longer than a failover ([`empty`]). When the opt-in
 //! goes away it deletes what it created and restores those selectors, but only once no
 //! pod of the StatefulSet still runs an elector (see `Reconciler::clean_up`).
 //!
@@ -36,6 +38,7 @@
 mod apply;
 mod controller;
 mod desired;
+mod empty;
 mod rbac;
 
 use std::future::Future;
@@ -44,6 +47,7 @@ use ldap_elector_contract::api::{self, ApiError, Hints};
 
 pub use controller::{run_reconciler, run_reconciler_on};
 pub use desired::{desired, elector_replicas, ldap_network_policy, DesiredObjects};
+pub use empty::family as leader_service_empty_family;
 pub use rbac::{cluster_role_rules, namespace_role_rules};
 
 /// The one field manager of every server-side apply (see "Several webhook replicas").
