@@ -57,7 +57,8 @@ pub fn uncovered_warning(w: &UncoveredWindow, term: Option<i32>, holder: Option<
     };
     let who = match (term == Some(w.term), holder) {
         (true, Some(h)) => format!("the leader {h} took over term {}", w.term),
-        _ => format!("term {} (not the current one) was taken over", w.term),
+        (true, None) => format!("term {} was taken over", w.term),
+        (false, _) => format!("term {} (not the current one) was taken over", w.term),
     };
     format!(
         "{who} after {}'s Lease expired without verifying its current contextCSN ({}): {amount} may be missing until {} returns; compare with `ldap-elector audit` (docs/operations.md)",
@@ -123,5 +124,7 @@ mod tests {
         assert!(unknown.contains("an unknown amount"), "{unknown}");
         let older = uncovered_warning(&window(Some(1.0)), Some(9), Some("ldap-1"));
         assert!(older.starts_with("term 7 (not the current one) was taken over"), "{older}");
+        let released = uncovered_warning(&window(Some(1.0)), Some(7), None);
+        assert!(released.starts_with("term 7 was taken over after ldap-0's Lease expired"), "{released}");
     }
 }
