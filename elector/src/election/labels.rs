@@ -85,9 +85,9 @@ fn set_in_map(map_exists: bool, map: &str, key: &str, value: &str) -> PatchOpera
 /// How many ordinals taking office checks: below the larger of the StatefulSet's `replicas`
 /// and this pod's `own` ordinal + 1, at least 2 (a Mirror-Mode pair), and never more than
 /// [`contract::MAX_REPLICAS`] (issue 17, item 3: a tenant may write `replicas: 2147483647`).
-/// Above the cap the webhook admits no pod of the StatefulSet and the Role names no pod beyond it, so no
-/// ordinal beyond it can be a leader this elector could demote; the excess is returned to be
-/// logged, not sized by.
+/// Above the cap the webhook admits no pod of the StatefulSet and the Role names no pod
+/// beyond it, so no ordinal beyond it can be a leader this elector could demote; the excess
+/// is returned to be logged, not sized by.
 pub fn member_count(replicas: i64, own: Option<u32>) -> (u32, Option<contract::ReplicasOutOfRange>) {
     let wanted = replicas.max(own.map_or(0, |o| i64::from(o) + 1)).max(2);
     match contract::bounded_replicas(wanted) {
