@@ -131,6 +131,40 @@ async fn the_leaders_slapd_container_killed_is_restarted_by_the_kubelet_and_writ
     Ok(())
 }
 
+/// Issue 15/16: a standby's slapd restarts from its on-disk cn=config, writable, while the
+/// other pod leads. The elector must fence it as soon as it accepts connections (before
+/// the fix: at its next verify, up to 1 s later; the prober saw it accept writes for 35 ms
+/// to 4 s, two writable servers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standbys_slapd_container_killed_restarts_fenced_never_two_writable_servers() -> anyhow::Result<()> {
+    let s = Scenario::start().await?;
+    let (leader, _) = s.leader().await?;
+    let standby = 1 - leader;
+    let pod = s.consumer.pods().get(&pod_name(standby)).await?;
+    let before = restarts(&s, standby, SLAPD_CONTAINER).await?;
+    let pid = faults::container_pid(s.node(), &pod, SLAPD_CONTAINER)?;
+    let killed_at = faults::sigkill(pid)?;
+    eprintln!("{} kill -9 of slapd (pid {pid}) in the standby {}", s.at(killed_at), pod_name(standby));
+    ldap_elector_tests::wait_for("the kubelet to restart slapd", RECOVERY, || async {
+        match restarts(&s, standby, SLAPD_CONTAINER).await {
+            Ok(n) if n > before => Ok(()),
+            other => Err(format!("restarts {other:?}")),
+        }
+    })
+    .await?;
+    let answered = ldap_elector_tests::wait_for("the restarted slapd to answer", RECOVERY, || async {
+        s.prober
+            .first_after(standby, killed_at, |a| matches!(a, Answer::Refused(_) | Answer::Writable))
+            .ok_or("no answer")
+    })
+    .await?;
+    eprintln!("  its first answer after the kill: {:?} at +{:.3}s", answered.answer, answered.sent.as_secs_f64());
+    tokio::time::sleep(SETTLE).await;
+    let verdict = s.finish().await?;
+    verdict.assert_safe();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_pod_frozen_for_longer_than_the_lease_and_thawed_never_gives_two_writable_servers(
 ) -> anyhow::Result<()> {
@@ -194,13 +228,46 @@ async fn a_client_holding_its_connection_to_the_old_leader_gets_refused_or_close
     Ok(())
 }
 
+/// Why `container` of pod `ordinal` last terminated (`OOMKilled`, `Error`, ...).
+async fn last_termination(s: &Scenario, ordinal: usize, container: &str) -> anyhow::Result<Option<String>> {
+    let pod = s.consumer.pods().get(&pod_name(ordinal)).await?;
+    let status = pod.status.unwrap_or_default();
+    Ok(status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .find(|c| c.name == container)
+        .and_then(|c| c.last_state.as_ref()?.terminated.as_ref()?.reason.clone()))
+}
+
+/// After the leader's elector died at `killed_at`: its slapd refuses writes, the writer's
+/// writes are acknowledged again, the killed container runs again and one leader is labelled.
+async fn elector_death_is_covered(s: &Scenario, leader: usize, killed_at: Instant, before: i32) -> anyhow::Result<()> {
+    let refused = ldap_elector_tests::wait_for("the old leader's slapd to refuse writes", RECOVERY, || async {
+        s.prober.first_after(leader, killed_at, |a| a != Answer::Writable).ok_or("still writable")
+    })
+    .await?;
+    let since_kill = refused.sent.saturating_sub(killed_at.saturating_duration_since(s.epoch));
+    eprintln!("  old leader's slapd answered {:?} {:.3}s after the kill", refused.answer, since_kill.as_secs_f64());
+    s.writer.wait_ack_after(killed_at, RECOVERY).await?;
+    ldap_elector_tests::wait_for("the killed elector to run again", RECOVERY, || async {
+        match restarts(s, leader, SIDECAR_CONTAINER).await {
+            Ok(n) if n > before => Ok(()),
+            other => Err(format!("restarts {other:?}")),
+        }
+    })
+    .await?;
+    s.observer.wait_for_single_leader(RECOVERY).await?;
+    Ok(())
+}
+
 /// Kills of the leader's elector in a row, each after the killed container ran again: the
 /// kubelet restarts a container at once after its first exit, then with a growing back-off
 /// (10 s, 20 s, ...), longer than the Lease: the container is left in CrashLoopBackOff.
 const ELECTOR_KILLS: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 15 item 2: the watchdog dies with the elector container, the old leader's slapd stays writable (fix: the fence guard container)"]
 async fn the_leaders_elector_container_killed_from_the_host_into_crash_loop_leaves_no_two_writable_servers(
 ) -> anyhow::Result<()> {
     let s = Scenario::start().await?;
@@ -210,21 +277,7 @@ async fn the_leaders_elector_container_killed_from_the_host_into_crash_loop_leav
         let pid = faults::container_pid(s.node(), &pod, SIDECAR_CONTAINER)?;
         let killed_at = faults::sigkill(pid)?;
         eprintln!("{} kill {kill}: kill -9 of the elector's PID 1 ({pid}) in {}", s.at(killed_at), pod_name(leader));
-        let refused = ldap_elector_tests::wait_for("the old leader's slapd to refuse writes", RECOVERY, || async {
-            s.prober.first_after(leader, killed_at, |a| a != Answer::Writable).ok_or("still writable")
-        })
-        .await?;
-        let since_kill = refused.sent.saturating_sub(killed_at.saturating_duration_since(s.epoch));
-        eprintln!("  old leader's slapd answered {:?} {:.3}s after the kill", refused.answer, since_kill.as_secs_f64());
-        s.writer.wait_ack_after(killed_at, RECOVERY).await?;
-        ldap_elector_tests::wait_for("the killed elector to run again", RECOVERY, || async {
-            match restarts(&s, leader, SIDECAR_CONTAINER).await {
-                Ok(n) if n > before => Ok(()),
-                other => Err(format!("restarts {other:?}")),
-            }
-        })
-        .await?;
-        s.observer.wait_for_single_leader(RECOVERY).await?;
+        elector_death_is_covered(&s, leader, killed_at, before).await?;
     }
     tokio::time::sleep(SETTLE).await;
     let verdict = s.finish().await?;
@@ -232,8 +285,28 @@ async fn the_leaders_elector_container_killed_from_the_host_into_crash_loop_leav
     Ok(())
 }
 
+/// The elector's container OOM-killed by the kernel at its memory limit (the injected
+/// sidecar's `resources.limits.memory`): the same as a kill -9, from the kernel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 15 item 5: on deletion the kubelet sends slapd SIGTERM before the elector hands over (fix: preStop on the slapd container)"]
+async fn the_leaders_elector_oom_killed_at_its_memory_limit_leaves_no_two_writable_servers() -> anyhow::Result<()> {
+    let s = Scenario::start().await?;
+    let (leader, pod) = s.leader().await?;
+    let before = restarts(&s, leader, SIDECAR_CONTAINER).await?;
+    let (filled_at, mut filler) = faults::oom_kill(&pod, SIDECAR_CONTAINER)?;
+    eprintln!("{} the elector's memory cgroup in {} filled to its limit", s.at(filled_at), pod_name(leader));
+    let covered = elector_death_is_covered(&s, leader, filled_at, before).await;
+    let filler_exit = filler.wait(); // killed in turn, once the container's processes are gone
+    covered?;
+    eprintln!("  the filler ended: {:?}", filler_exit?);
+    let reason = last_termination(&s, leader, SIDECAR_CONTAINER).await?;
+    anyhow::ensure!(reason.as_deref() == Some("OOMKilled"), "the elector ended with {reason:?}, not OOMKilled");
+    tokio::time::sleep(SETTLE).await;
+    let verdict = s.finish().await?;
+    verdict.assert_safe();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_delete_pod_of_the_leader_hands_over_without_two_writable_servers() -> anyhow::Result<()> {
     let s = Scenario::start().await?;
     let (leader, _) = s.leader().await?;

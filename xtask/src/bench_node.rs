@@ -20,7 +20,7 @@ use ldap_elector_tests::measure::writability::Answer;
 use ldap_elector_tests::measure::{self, Machine};
 use ldap_elector_tests::node::consumer::manifests::SLAPD_CONTAINER;
 use ldap_elector_tests::node::consumer::scenario::{Scenario, LEASE};
-use ldap_elector_tests::node::consumer::{faults, pod_name, NAMESPACE};
+use ldap_elector_tests::node::consumer::{faults, is_ready, pod_name, summary, NAMESPACE};
 
 const RECOVERY: Duration = Duration::from_secs(120);
 const MEMORY_SAMPLES: usize = 10;
@@ -51,7 +51,7 @@ pub async fn run() -> anyhow::Result<()> {
         eprintln!("slapd kill {run}: pod {leader}, writes back after {:?}", back.end - fault);
         // A fresh pod resets the kubelet's restart back-off of the killed container (it
         // doubles from 10 s with every restart and would dominate later runs).
-        delete_pod(&s, leader)?;
+        replace_pod(&s, leader).await?;
     }
 
     let mut deletion_gap = Vec::new();
@@ -88,7 +88,7 @@ pub async fn run() -> anyhow::Result<()> {
         eprintln!("elector kill {run}: pod {leader}, refused after {:?}", stopped.sent.saturating_sub(fault_at));
         // A fresh pod resets the CrashLoopBackOff of the killed container.
         s.writer.wait_ack_after(fault, RECOVERY).await?;
-        delete_pod(&s, leader)?;
+        replace_pod(&s, leader).await?;
     }
 
     let verdict = s.finish().await?;
@@ -132,8 +132,34 @@ fn longest_gap(ends: &[Instant], from: Instant, to: Instant) -> Duration {
     window.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
 }
 
-/// Both pods Ready, one leader, and a write acknowledged after now.
+/// Deletes pod `ordinal` and waits until the StatefulSet's new pod of that name is Ready.
+async fn replace_pod(s: &Scenario, ordinal: usize) -> anyhow::Result<()> {
+    let pods = s.consumer.pods();
+    let old = pods.get(&pod_name(ordinal)).await?.metadata.uid;
+    delete_pod(s, ordinal)?;
+    ldap_elector_tests::wait_for("the re-created pod to be Ready", RECOVERY, || async {
+        match pods.get_opt(&pod_name(ordinal)).await {
+            Ok(Some(p)) if p.metadata.uid != old && is_ready(&p) => Ok(()),
+            Ok(p) => Err(p.map(|p| summary(&p)).unwrap_or_else(|| "absent".into())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+}
+
+/// Both pods Ready (none terminating), one leader, and a write acknowledged after now.
 async fn settle(s: &Scenario) -> anyhow::Result<()> {
+    let pods = s.consumer.pods();
+    ldap_elector_tests::wait_for("no pod terminating", RECOVERY, || async {
+        for ordinal in 0..2 {
+            match pods.get_opt(&pod_name(ordinal)).await {
+                Ok(Some(p)) if p.metadata.deletion_timestamp.is_none() => {}
+                other => return Err(format!("{}: {:?}", pod_name(ordinal), other.map(|p| p.map(|p| summary(&p))))),
+            }
+        }
+        Ok(())
+    })
+    .await?;
     s.consumer.wait_ready(RECOVERY).await?;
     s.observer.wait_for_single_leader(RECOVERY).await?;
     s.writer.wait_ack_after(Instant::now(), RECOVERY).await?;

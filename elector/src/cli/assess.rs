@@ -13,6 +13,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
+use crate::cli::uncovered::{self, UncoveredWindow};
 use crate::election::labels::{role_of, term_of};
 use crate::election::switchover::{self, DivergedMark};
 use ldap_elector_contract::csn::{self, caught_up};
@@ -56,6 +57,8 @@ pub struct Status {
     pub leader_context_csn: Vec<String>,
     pub switchover_pending: Option<String>,
     pub switchover_refused: Option<String>,
+    /// The last promotion after an expiry that could not verify the old leader's writes.
+    pub uncovered: Option<UncoveredWindow>,
     pub pods: Vec<PodStatus>,
     pub services: Vec<ServiceStatus>,
     /// Every inconsistency, one sentence each; non-empty makes the exit status 1.
@@ -134,6 +137,7 @@ pub fn assess(s: &Snapshot) -> Status {
         None => (BTreeMap::new(), Vec::new()),
     };
     let leader_csn = s.lease.as_ref().map(crate::election::lease::published_csn).unwrap_or_default();
+    let uncovered = s.lease.as_ref().and_then(|l| uncovered::assess(l, &mut warnings));
     match (&s.lease, &holder) {
         (None, _) => warnings.push(format!("Lease {} not found (the webhook's reconciler creates it)", s.lease_name)),
         (Some(_), None) => warnings.push("no leader: the Lease has no holder".into()),
@@ -262,6 +266,7 @@ pub fn assess(s: &Snapshot) -> Status {
         leader_context_csn: leader_csn,
         switchover_pending: lease.and_then(switchover::requested).map(String::from),
         switchover_refused: lease.and_then(switchover::refusal).map(String::from),
+        uncovered,
         pods: pod_status,
         services,
         warnings,
@@ -573,6 +578,19 @@ mod tests {
         s.lease =
             Some(lease(Some("ldap-0"), "2026-11-26T10:00:08.000000Z", json!({LEASE_ANNOTATION_DIVERGED: "nonsense"})));
         assert!(warns(&s, "is not a JSON object"));
+    }
+
+    #[test]
+    fn an_uncovered_take_over_warns() {
+        let mut s = healthy();
+        let note = r#"{"term": 3, "previous": "ldap-1", "reason": "unreachable", "seconds": 6.05}"#;
+        s.lease = Some(lease(
+            Some("ldap-0"),
+            "2026-11-26T10:00:08.000000Z",
+            json!({contract::LEASE_ANNOTATION_UNCOVERED: note}),
+        ));
+        assert_eq!(assess(&s).uncovered.map(|u| u.term), Some(3));
+        assert!(warns(&s, "the leader ldap-0 took over term 3 after ldap-1's Lease expired"));
     }
 
     #[test]

@@ -3,3 +3,4 @@
 pub mod args;
 pub mod assess;
 pub mod operator;
+pub mod uncovered;

@@ -82,6 +82,20 @@ fn set_in_map(map_exists: bool, map: &str, key: &str, value: &str) -> PatchOpera
     }
 }
 
+/// How many ordinals taking office checks: below the larger of the StatefulSet's `replicas`
+/// and this pod's `own` ordinal + 1, at least 2 (a Mirror-Mode pair), and never more than
+/// [`contract::MAX_REPLICAS`] (issue 17, item 3: a tenant may write `replicas: 2147483647`).
+/// Above the cap the webhook admits no pod of the StatefulSet and the Role names no pod
+/// beyond it, so no ordinal beyond it can be a leader this elector could demote; the excess
+/// is returned to be logged, not sized by.
+pub fn member_count(replicas: i64, own: Option<u32>) -> (u32, Option<contract::ReplicasOutOfRange>) {
+    let wanted = replicas.max(own.map_or(0, |o| i64::from(o) + 1)).max(2);
+    match contract::bounded_replicas(wanted) {
+        Ok(count) => (count, None),
+        Err(e) => (contract::MAX_REPLICAS, Some(e)),
+    }
+}
+
 /// Reads and labels the pods of one StatefulSet; every call bounded by a timeout.
 #[derive(Clone)]
 pub struct PodLabeler {
@@ -127,18 +141,21 @@ impl PodLabeler {
         self.bounded(&name, self.pods.patch(&name, &PatchParams::default(), &patch)).await.map(drop)
     }
 
-    /// The names of the StatefulSet's pods: ordinals below the larger of its replica
-    /// count and this pod's own ordinal + 1 (at least 2: a Mirror-Mode pair).
+    /// The names of the StatefulSet's pods (see [`member_count`]).
     async fn member_names(&self) -> Vec<String> {
-        let own = contract::split_pod_name(&self.identity).map_or(0, |(_, o)| o + 1);
+        let own = contract::split_pod_name(&self.identity).map(|(_, o)| o);
         let replicas = match self.bounded(&self.statefulset, self.statefulsets.get(&self.statefulset)).await {
-            Ok(set) => set.spec.and_then(|s| s.replicas).unwrap_or(1).max(0) as u32,
+            Ok(set) => set.spec.and_then(|s| s.replicas).unwrap_or(1),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the StatefulSet; checking the first two ordinals");
                 0
             }
         };
-        (0..replicas.max(own).max(2)).map(|i| contract::pod_name(&self.statefulset, i)).collect()
+        let (count, refused) = member_count(i64::from(replicas), own);
+        if let Some(e) = refused {
+            tracing::warn!(statefulset = %self.statefulset, own = ?own, "{e}; checking only the first {count} ordinals");
+        }
+        (0..count).map(|i| contract::pod_name(&self.statefulset, i)).collect()
     }
 
     /// Step 1 of taking office in `term`: every other pod becomes standby under `term` (see
@@ -263,6 +280,30 @@ mod tests {
         let mut changed = p.clone();
         changed.metadata.resource_version = Some("43".into());
         assert!(apply(&changed, &patch).is_err());
+    }
+
+    #[test]
+    fn the_members_are_the_replicas_or_the_own_ordinal_at_least_a_pair() {
+        assert_eq!(member_count(3, Some(0)), (3, None));
+        assert_eq!(member_count(1, Some(4)), (5, None), "a pod beyond the count (scaling down) still counts");
+        assert_eq!(member_count(0, None), (2, None));
+        assert_eq!(member_count(-1, Some(0)), (2, None));
+        let max = contract::MAX_REPLICAS;
+        assert_eq!(member_count(i64::from(max), Some(max - 1)), (max, None));
+    }
+
+    /// Issue 17, item 3: the list is never sized by a count a tenant wrote.
+    #[test]
+    fn a_replica_count_of_two_to_the_31_is_capped_and_reported() {
+        let max = contract::MAX_REPLICAS;
+        for (replicas, own) in [(1_i64 << 31, Some(0)), (i64::from(i32::MAX), Some(1)), (2, Some(u32::MAX))] {
+            let (count, refused) = member_count(replicas, own);
+            assert_eq!(count, max, "{replicas}/{own:?}");
+            let e = refused.expect("the excess is reported");
+            assert!(e.replicas > i64::from(max), "{e:?}");
+            assert!(e.to_string().contains(&format!("at most {max}")), "{e}");
+        }
+        assert_eq!(member_count(i64::from(max) + 1, Some(0)).1.map(|e| e.replicas), Some(i64::from(max) + 1));
     }
 
     #[test]

@@ -15,8 +15,15 @@ use ldap_elector_contract::prometheus::{self as metrics, Counter, Family, Gauge,
 use ldap_elector_contract::{event_reason, metric, LEASE_ANNOTATION_DIVERGED};
 
 /// Transition reasons (the `reason` label of `ldap_elector_transitions_total`).
-pub const TRANSITION_REASONS: &[&str] =
-    &["acquired", "renew_deadline_passed", "lease_lost", "released_stopping", "released_unhealthy", "fence_failed"];
+pub const TRANSITION_REASONS: &[&str] = &[
+    "acquired",
+    "renew_deadline_passed",
+    "lease_lost",
+    "released_stopping",
+    "released_unhealthy",
+    "fence_failed",
+    "guard_lost",
+];
 
 /// Why a promotion left a window uncovered (the `reason` label of
 /// `ldap_elector_uncovered_promotions_total`; `catch_up::UncoveredReason::label`).
@@ -141,7 +148,7 @@ impl ElectorMetrics {
 }
 
 /// The label value and a human explanation of a step-down `reason` (the `Debug` name of a
-/// `decide::DemoteReason`/`ReleaseReason`, or `HookFailed`); unknown reasons are kept
+/// `decide::DemoteReason`/`ReleaseReason`, `HookFailed`, or `GuardLost`); unknown reasons are kept
 /// readable (snake_case label, the name as text) so new reasons need no change here.
 pub fn describe_step_down(reason: &str, renew_deadline: Duration) -> (String, String, Severity) {
     let (label, text, severity) = match reason {
@@ -167,6 +174,16 @@ pub fn describe_step_down(reason: &str, renew_deadline: Duration) -> (String, St
         "HookFailed" => (
             "fence_failed",
             "could not make slapd writable (the write fence or role-change hook failed)".into(),
+            Severity::Warning,
+        ),
+        // Issue 15 item 2: the guard is what fences slapd if this elector dies; without it
+        // leading is unsafe, and the Lease is kept (not released) until it expires.
+        "GuardLost" => (
+            "guard_lost",
+            format!(
+                "lost the fence guard (the {} container exited or its socket closed): nothing would fence slapd if this elector died, so it leads no more and keeps the Lease until it expires",
+                ldap_elector_contract::GUARD_CONTAINER
+            ),
             Severity::Warning,
         ),
         other => return (snake_case(other), format!("reason: {other}"), Severity::Normal),
@@ -423,9 +440,26 @@ mod tests {
         assert_eq!(describe_step_down("LeaseLost", d).0, "lease_lost");
         assert_eq!(describe_step_down("HookFailed", d).0, "fence_failed");
         assert_eq!(describe_step_down("SwitchoverRequested", d).0, "switchover_requested");
-        for r in ["RenewDeadlinePassed", "LeaseLost", "Stopping", "Unhealthy", "HookFailed"] {
+        for r in ["RenewDeadlinePassed", "LeaseLost", "Stopping", "Unhealthy", "HookFailed", "GuardLost"] {
             assert!(TRANSITION_REASONS.contains(&describe_step_down(r, d).0.as_str()), "{r}");
         }
+    }
+
+    /// Issue 15 item 2: losing the fence guard is its own reason, a Warning that names the
+    /// guard container and says the Lease is kept (not the generic "reason: GuardLost").
+    #[test]
+    fn a_lost_guard_is_a_warning_of_its_own() {
+        let (label, text, sev) = describe_step_down("GuardLost", Duration::from_secs(5));
+        assert_eq!((label.as_str(), sev), ("guard_lost", Severity::Warning));
+        assert!(text.contains(ldap_elector_contract::GUARD_CONTAINER), "{text}");
+        assert!(text.contains("keeps the Lease until it expires"), "{text}");
+        let (sink, mut notices) = EventSink::capture();
+        let ops = Telemetry::new(Arc::default(), sink, "ldap-0", Duration::from_secs(5), true);
+        ops.stepped_down(7, "GuardLost", true);
+        let event = notices.try_recv().expect("a StepDown Event");
+        assert_eq!((event.reason, event.severity), (event_reason::STEPPED_DOWN, Severity::Warning));
+        assert!(event.note.starts_with("stepped down from term 7: lost the fence guard"), "{}", event.note);
+        assert_eq!(ops.metrics.transitions.get("guard_lost"), 1);
     }
 
     #[test]

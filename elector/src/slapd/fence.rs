@@ -102,6 +102,12 @@ pub trait Fencing: Send + Sync + 'static {
     fn verify(&self, role: &'static str) -> impl Future<Output = Option<bool>> + Send;
     /// Puts slapd back into `role`'s state after it drifted (the built-in fence only).
     fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> impl Future<Output = bool> + Send;
+    /// Runs for as long as the keeper, calling `started` each time slapd (re)starts and
+    /// accepts connections (the first time included). Default: never (nothing to watch).
+    fn watch_starts(&self, started: &(dyn Fn() + Sync)) -> impl Future<Output = ()> + Send {
+        let _ = started;
+        std::future::pending()
+    }
 }
 
 impl Fencing for Fence {
@@ -113,6 +119,12 @@ impl Fencing for Fence {
     }
     async fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
         self.apply_ldap(role, still).await
+    }
+    async fn watch_starts(&self, started: &(dyn Fn() + Sync)) {
+        match &self.ldap {
+            Some(f) => ldap::watch_ldapi(&f.ldapi_url, started).await,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -133,13 +145,14 @@ impl WantedFence {
     }
 }
 
-/// How often the keeper re-reads slapd's fence state, and retries a failed change.
+/// How often the keeper re-reads slapd's fence state, and retries a failed change. A
+/// (re)start of slapd is not left to the verify: [`Fencing::watch_starts`] reports it.
 const VERIFY_EVERY: Duration = Duration::from_secs(1);
 const RETRY_EVERY: Duration = Duration::from_millis(200);
 
 /// Keeps the fence where the elector wants it, in its own task: applies changes, retries
-/// failures (slapd down or restarting), and re-applies when slapd drifted (a restarted
-/// slapd comes back with whatever `olcReadOnly` it had on disk).
+/// failures (slapd down or restarting), sets it again as soon as slapd (re)starts (it
+/// comes back with whatever `olcReadOnly` it had on disk), and re-applies when it drifted.
 pub struct FenceKeeper {
     desired: watch::Sender<WantedFence>,
     applied: watch::Receiver<Option<&'static str>>,
@@ -154,34 +167,55 @@ impl FenceKeeper {
             // Asked again after every await, immediately before slapd is made writable: the
             // wish may have changed, or its deadline passed, while the keeper waited on slapd.
             let still = |role: &str| role != ROLE_LEADER || wish.borrow().role(Moment::now()) == ROLE_LEADER;
-            let mut applied_role: Option<&'static str> = None;
-            loop {
-                let desired = *want.borrow_and_update();
-                let role = desired.role(Moment::now());
-                let ok = if applied_role != Some(role) {
-                    fence.apply(role, &|| still(role)).await
-                } else {
-                    match fence.verify(role).await {
-                        Some(false) if still(role) => {
-                            tracing::warn!(role, "slapd's fence drifted (restarted?): setting it again");
-                            fence.repair(role, &|| still(role)).await
+            // A (re)started slapd comes up with its on-disk olcReadOnly, often writable: it
+            // is set at once, not at the next verify (issue 15/16). A permit is kept when a
+            // start is reported while the keeper is busy.
+            let started = tokio::sync::Notify::new();
+            let on_start = || started.notify_one();
+            let watch_starts = fence.watch_starts(&on_start);
+            let keep = async {
+                let mut applied_role: Option<&'static str> = None;
+                let mut restarted = false;
+                loop {
+                    let desired = *want.borrow_and_update();
+                    let role = desired.role(Moment::now());
+                    let ok = if applied_role != Some(role) {
+                        fence.apply(role, &|| still(role)).await
+                    } else if std::mem::take(&mut restarted) {
+                        tracing::info!(role, "slapd (re)started: setting its fence at once");
+                        fence.repair(role, &|| still(role)).await
+                    } else {
+                        match fence.verify(role).await {
+                            Some(false) if still(role) => {
+                                tracing::warn!(role, "slapd's fence drifted (restarted?): setting it again");
+                                fence.repair(role, &|| still(role)).await
+                            }
+                            // The wish changed while verifying: the next round applies the new one.
+                            Some(false) => false,
+                            _ => true,
                         }
-                        // The wish changed while verifying: the next round applies the new one.
-                        Some(false) => false,
-                        _ => true,
+                    };
+                    applied_role = ok.then_some(role);
+                    applied_tx.send_replace(applied_role);
+                    let mut nap = if ok { VERIFY_EVERY } else { RETRY_EVERY };
+                    if let WantedFence::Leader { until } = desired {
+                        nap = nap.min(until.since(Moment::now()));
                     }
-                };
-                applied_role = ok.then_some(role);
-                applied_tx.send_replace(applied_role);
-                let mut nap = if ok { VERIFY_EVERY } else { RETRY_EVERY };
-                if let WantedFence::Leader { until } = desired {
-                    nap = nap.min(until.since(Moment::now()));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = want.changed() => {}
+                        _ = started.notified() => {
+                            // Not confirmed until set: the new slapd accepts writes meanwhile.
+                            applied_tx.send_replace(None);
+                            restarted = true;
+                        }
+                        _ = tokio::time::sleep(nap) => {}
+                    }
                 }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = want.changed() => {}
-                    _ = tokio::time::sleep(nap) => {}
-                }
+            };
+            tokio::select! {
+                _ = keep => {}
+                _ = watch_starts => {}
             }
         });
         FenceKeeper { desired, applied }
@@ -311,6 +345,87 @@ mod tests {
             "slapd made writable after the deadline: {writable:?}, deadline {until:?}"
         );
         assert!(fenced_after_deadline(), "the keeper fences once the deadline has passed");
+        cancel.cancel();
+    }
+
+    /// A slapd that is not running at first, then starts (and restarts) with a writable
+    /// on-disk config; `watch_starts` reports each start at once, as the ldapi watch does.
+    #[derive(Clone)]
+    struct LateSlapd {
+        running: std::sync::Arc<watch::Sender<bool>>,
+        read_only: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl LateSlapd {
+        fn new() -> Self {
+            LateSlapd { running: std::sync::Arc::new(watch::channel(false).0), read_only: Default::default() }
+        }
+        fn set(&self, role: &str) -> bool {
+            if *self.running.borrow() {
+                self.read_only.store(role != ROLE_LEADER, std::sync::atomic::Ordering::SeqCst);
+            }
+            true // a slapd that is not running accepts no writes: fenced
+        }
+        fn is_read_only(&self) -> bool {
+            self.read_only.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        /// slapd starts from its on-disk config (no olcReadOnly: writable).
+        fn start(&self) -> std::time::Instant {
+            self.read_only.store(false, std::sync::atomic::Ordering::SeqCst);
+            self.running.send_replace(true);
+            std::time::Instant::now()
+        }
+        fn stop(&self) {
+            self.running.send_replace(false);
+        }
+        /// How long slapd stays writable after `start`ed at `since` (capped at 3 s).
+        async fn writable_for(&self, since: std::time::Instant) -> Duration {
+            while !self.is_read_only() && since.elapsed() < Duration::from_secs(3) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            since.elapsed()
+        }
+    }
+
+    impl Fencing for LateSlapd {
+        async fn apply(&self, role: &'static str, _still: &(dyn Fn() -> bool + Sync)) -> bool {
+            self.set(role)
+        }
+        async fn verify(&self, role: &'static str) -> Option<bool> {
+            let running = *self.running.borrow();
+            running.then(|| self.is_read_only() == (role != ROLE_LEADER))
+        }
+        async fn repair(&self, role: &'static str, _still: &(dyn Fn() -> bool + Sync)) -> bool {
+            self.set(role)
+        }
+        async fn watch_starts(&self, started: &(dyn Fn() + Sync)) {
+            let mut running = self.running.subscribe();
+            loop {
+                let _ = running.wait_for(|r| *r).await;
+                started();
+                let _ = running.wait_for(|r| !*r).await;
+            }
+        }
+    }
+
+    /// Issue 15/16 (seen on the real node): a standby's slapd that starts, or restarts,
+    /// after the keeper counted it fenced ("not running") came up writable from its on-disk
+    /// config and stayed so until the next verify, up to VERIFY_EVERY (1 s) later. The
+    /// keeper must fence it as soon as it accepts connections.
+    #[tokio::test]
+    async fn a_slapd_that_starts_late_is_fenced_at_once() {
+        let slapd = LateSlapd::new();
+        let cancel = CancellationToken::new();
+        let keeper = FenceKeeper::start(slapd.clone(), cancel.clone());
+        assert!(keeper.set(WantedFence::Standby, Duration::from_secs(1)).await, "not running counts as fenced");
+        for round in ["start", "restart"] {
+            tokio::time::sleep(Duration::from_millis(150)).await; // the keeper is between verifies
+            let window = slapd.writable_for(slapd.start()).await;
+            assert!(slapd.is_read_only(), "{round}: never fenced");
+            assert!(window < Duration::from_millis(100), "{round}: slapd writable for {window:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            slapd.stop();
+        }
         cancel.cancel();
     }
 

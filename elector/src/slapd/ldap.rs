@@ -185,6 +185,39 @@ pub async fn is_read_only(ldapi_url: &str, database_dn: &str, timeout: Duration)
     read_only
 }
 
+/// How often [`watch_ldapi`] tries to connect while slapd is not running: a refused connect
+/// costs microseconds, and a slapd that starts is seen within this.
+pub const START_POLL: Duration = Duration::from_millis(25);
+
+/// Runs until dropped, calling `started` each time slapd begins to accept connections on
+/// `ldapi_url` (the first time included). While slapd runs it holds one idle connection
+/// open (no bind, no operation): its end means slapd went away, and the fast poll resumes.
+/// A slapd that closes idle connections (`olcIdleTimeout`) only causes one more `started`.
+pub async fn watch_ldapi(ldapi_url: &str, started: &(dyn Fn() + Sync)) {
+    let mut down_logged = false;
+    loop {
+        let settings = LdapConnSettings::new().set_conn_timeout(Duration::from_secs(1));
+        match LdapConnAsync::with_settings(settings, ldapi_url).await {
+            Ok((conn, ldap)) => {
+                tracing::debug!(url = ldapi_url, "slapd accepts connections");
+                started();
+                down_logged = false;
+                // `drive` returns at the socket's end; `ldap` must live until then.
+                let ended = conn.drive().await;
+                drop(ldap);
+                tracing::info!(url = ldapi_url, ?ended, "slapd closed the watch connection (stopped?)");
+            }
+            Err(e) => {
+                if !down_logged {
+                    tracing::debug!(url = ldapi_url, error = %e, "slapd not accepting connections; polling");
+                    down_logged = true;
+                }
+                tokio::time::sleep(START_POLL).await;
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Deadline {
     at: Instant,
@@ -342,5 +375,50 @@ mod tests {
         let missing = LdapCheck::parse("ldapi://%2Fnonexistent%2Fsock?base=dc=x").unwrap();
         let err = missing.probe(Duration::from_secs(2)).await.unwrap_err();
         assert!(matches!(err, LdapError::NotRunning { .. }), "{err}");
+    }
+
+    /// The watch sees a slapd start within the fast poll and its stop (the held connection
+    /// ends) at once, so that a restart is seen within the poll as well.
+    #[tokio::test]
+    async fn the_watch_sees_slapd_start_and_restart_quickly() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = std::env::temp_dir().join(format!("ldapi-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("ldapi");
+        let url = format!("ldapi://{}", socket.display().to_string().replace('/', "%2F"));
+        let starts = AtomicUsize::new(0);
+        let within = |n: usize, bound: Duration| {
+            let starts = &starts;
+            async move {
+                let t0 = std::time::Instant::now();
+                while starts.load(Ordering::SeqCst) < n && t0.elapsed() < Duration::from_secs(3) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                assert_eq!(starts.load(Ordering::SeqCst), n);
+                assert!(t0.elapsed() < bound, "start {n} seen after {:?}", t0.elapsed());
+            }
+        };
+        let scenario = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(starts.load(Ordering::SeqCst), 0, "nothing listens yet");
+            let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+            within(1, START_POLL * 4).await;
+            let (held, _) = listener.accept().await.unwrap();
+            // slapd stops: its sockets close; a stale socket file stays behind.
+            drop((held, listener));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(starts.load(Ordering::SeqCst), 1, "a stopped slapd is no start");
+            std::fs::remove_file(&socket).unwrap();
+            let _listener = tokio::net::UnixListener::bind(&socket).unwrap();
+            within(2, START_POLL * 4).await;
+        };
+        let started = || {
+            starts.fetch_add(1, Ordering::SeqCst);
+        };
+        tokio::select! {
+            _ = watch_ldapi(&url, &started) => unreachable!("the watch runs until dropped"),
+            _ = scenario => {}
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

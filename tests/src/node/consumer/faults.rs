@@ -1,6 +1,7 @@
 //! Faults injected from the host into the real node's containers: a container's PID 1
-//! killed with SIGKILL (as the OOM killer or a crash would), and a whole pod frozen through
-//! its cgroup v1 freezer. Also a container's memory working set, read from its cgroup.
+//! killed with SIGKILL (as a crash would), a container OOM-killed by the kernel at its own
+//! memory limit, and a whole pod frozen through its cgroup v1 freezer. Also a container's
+//! memory working set, read from its cgroup.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -84,8 +85,7 @@ fn pod_cgroup(root: &str, uid: &str) -> anyhow::Result<PathBuf> {
 /// Working set of `container` in `pod` as the kubelet computes it (cgroup v1): usage minus
 /// inactive file pages, in bytes.
 pub fn working_set(pod: &Pod, container: &str) -> anyhow::Result<u64> {
-    let uid = pod.metadata.uid.as_deref().context("pod without uid")?;
-    let dir = pod_cgroup(MEMORY_ROOT, uid)?.join(container_id(pod, container)?);
+    let dir = memory_cgroup(pod, container)?;
     let read =
         |name: &str| std::fs::read_to_string(dir.join(name)).with_context(|| format!("{}/{name}", dir.display()));
     let usage: u64 = read("memory.usage_in_bytes")?.trim().parse()?;
@@ -95,6 +95,42 @@ pub fn working_set(pod: &Pod, container: &str) -> anyhow::Result<u64> {
 /// A value of `memory.stat`.
 pub fn stat_value(stat: &str, key: &str) -> Option<u64> {
     stat.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The memory cgroup of `container` in `pod` (cgroup v1).
+fn memory_cgroup(pod: &Pod, container: &str) -> anyhow::Result<PathBuf> {
+    let uid = pod.metadata.uid.as_deref().context("pod without uid")?;
+    Ok(pod_cgroup(MEMORY_ROOT, uid)?.join(container_id(pod, container)?))
+}
+
+/// The kernel's OOM killer kills `container`'s processes at the container's own memory
+/// limit: a host `dd` joins the container's memory cgroup and allocates the whole limit in
+/// one buffer. The killer picks the container's processes first: the kubelet gives a
+/// burstable container an `oom_score_adj` near 1000, which within a cgroup weighs as much
+/// as the limit itself, while the filler keeps the test's (0; lowering it needs
+/// CAP_SYS_RESOURCE). The filler is killed next (it cannot fit). Returns the instant the
+/// filler started (the kill follows within its allocation) and the filler, to be reaped.
+pub fn oom_kill(pod: &Pod, container: &str) -> anyhow::Result<(Instant, std::process::Child)> {
+    let cgroup = memory_cgroup(pod, container)?;
+    let limit_file = cgroup.join("memory.limit_in_bytes");
+    let limit: u64 = std::fs::read_to_string(&limit_file)
+        .with_context(|| limit_file.display().to_string())?
+        .trim()
+        .parse()
+        .with_context(|| format!("{}: not a number", limit_file.display()))?;
+    anyhow::ensure!(limit < 1 << 40, "{container} has no memory limit ({limit})");
+    let at = Instant::now();
+    let child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"echo $$ > "$1/cgroup.procs" && exec dd if=/dev/zero of=/dev/null bs="$2" count=1 status=none"#,
+            "oom-filler",
+        ])
+        .arg(&cgroup)
+        .arg(limit.to_string())
+        .spawn()
+        .context("starting the OOM filler")?;
+    Ok((at, child))
 }
 
 /// Freezes (`true`) or thaws every process of the pod at `cgroup`.
