@@ -262,11 +262,16 @@ async fn only_electors_and_admins_change_the_leader_label_and_electors_still_ele
     let crashed = pods.get(&next).await?;
     let role = crashed.metadata.labels.as_ref().and_then(|l| l.get(contract::LABEL_ROLE)).cloned();
     assert_eq!(role.as_deref(), Some(contract::ROLE_STANDBY), "the crashed leader's pod was demoted");
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(
-        log.lines().any(|l| l.contains("took office") && l.contains(&next)),
-        "{leader} demoted {next} when taking office:\n{log}"
-    );
+    // The label writes run before the elector logs them: wait for the line (bounded).
+    wait_for("the survivor's log to say it demoted the crashed leader when taking office", T, || async {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.lines().any(|l| l.contains("took office") && l.contains(&next)) {
+            Ok(())
+        } else {
+            Err(format!("{leader} did not log demoting {next}:\n{log}"))
+        }
+    })
+    .await?;
 
     // The electors were never refused.
     for pod in [&leader, &next] {
