@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ContainerStatus;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
 use ldap3::{Scope, SearchEntry};
@@ -95,34 +96,46 @@ const RECOVERY: Duration = Duration::from_secs(60);
 /// The faults run this long with the client writing before the checks.
 const SETTLE: Duration = Duration::from_secs(3);
 
-/// Restart count of `container` in pod `ordinal`.
-async fn restarts(s: &Scenario, ordinal: usize, container: &str) -> anyhow::Result<i32> {
+/// The status of `container` (regular or native sidecar) in pod `ordinal`.
+async fn container_status(s: &Scenario, ordinal: usize, container: &str) -> anyhow::Result<Option<ContainerStatus>> {
     let pod = s.consumer.pods().get(&pod_name(ordinal)).await?;
     let status = pod.status.unwrap_or_default();
     Ok(status
         .container_statuses
-        .iter()
+        .into_iter()
         .flatten()
-        .chain(status.init_container_statuses.iter().flatten())
-        .find(|c| c.name == container)
-        .map_or(0, |c| c.restart_count))
+        .chain(status.init_container_statuses.into_iter().flatten())
+        .find(|c| c.name == container))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leaders_slapd_container_killed_is_restarted_by_the_kubelet_and_writes_resume() -> anyhow::Result<()> {
-    let s = Scenario::start().await?;
-    let (leader, pod) = s.leader().await?;
-    let before = restarts(&s, leader, SLAPD_CONTAINER).await?;
+/// Restart count of `container` in pod `ordinal`.
+async fn restarts(s: &Scenario, ordinal: usize, container: &str) -> anyhow::Result<i32> {
+    Ok(container_status(s, ordinal, container).await?.map_or(0, |c| c.restart_count))
+}
+
+/// kill -9 of the slapd of pod `ordinal` from the host, then waits until the kubelet
+/// restarted it; returns the instant of the kill.
+async fn kill_slapd_until_restarted(s: &Scenario, ordinal: usize) -> anyhow::Result<Instant> {
+    let pod = s.consumer.pods().get(&pod_name(ordinal)).await?;
+    let before = restarts(s, ordinal, SLAPD_CONTAINER).await?;
     let pid = faults::container_pid(s.node(), &pod, SLAPD_CONTAINER)?;
     let killed_at = faults::sigkill(pid)?;
-    eprintln!("{} kill -9 of slapd (pid {pid}) in {}", s.at(killed_at), pod_name(leader));
+    eprintln!("{} kill -9 of slapd (pid {pid}) in {}", s.at(killed_at), pod_name(ordinal));
     ldap_elector_tests::wait_for("the kubelet to restart slapd", RECOVERY, || async {
-        match restarts(&s, leader, SLAPD_CONTAINER).await {
+        match restarts(s, ordinal, SLAPD_CONTAINER).await {
             Ok(n) if n > before => Ok(()),
             other => Err(format!("restarts {other:?}")),
         }
     })
     .await?;
+    Ok(killed_at)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_slapd_container_killed_is_restarted_by_the_kubelet_and_writes_resume() -> anyhow::Result<()> {
+    let s = Scenario::start().await?;
+    let (leader, _) = s.leader().await?;
+    let killed_at = kill_slapd_until_restarted(&s, leader).await?;
     let back = s.writer.wait_ack_after(killed_at, RECOVERY).await?;
     eprintln!("writes through the ClusterIP again after {:.3}s", (back.end - killed_at).as_secs_f64());
     tokio::time::sleep(SETTLE).await;
@@ -140,18 +153,7 @@ async fn the_standbys_slapd_container_killed_restarts_fenced_never_two_writable_
     let s = Scenario::start().await?;
     let (leader, _) = s.leader().await?;
     let standby = 1 - leader;
-    let pod = s.consumer.pods().get(&pod_name(standby)).await?;
-    let before = restarts(&s, standby, SLAPD_CONTAINER).await?;
-    let pid = faults::container_pid(s.node(), &pod, SLAPD_CONTAINER)?;
-    let killed_at = faults::sigkill(pid)?;
-    eprintln!("{} kill -9 of slapd (pid {pid}) in the standby {}", s.at(killed_at), pod_name(standby));
-    ldap_elector_tests::wait_for("the kubelet to restart slapd", RECOVERY, || async {
-        match restarts(&s, standby, SLAPD_CONTAINER).await {
-            Ok(n) if n > before => Ok(()),
-            other => Err(format!("restarts {other:?}")),
-        }
-    })
-    .await?;
+    let killed_at = kill_slapd_until_restarted(&s, standby).await?;
     let answered = ldap_elector_tests::wait_for("the restarted slapd to answer", RECOVERY, || async {
         s.prober
             .first_after(standby, killed_at, |a| matches!(a, Answer::Refused(_) | Answer::Writable))
@@ -230,15 +232,8 @@ async fn a_client_holding_its_connection_to_the_old_leader_gets_refused_or_close
 
 /// Why `container` of pod `ordinal` last terminated (`OOMKilled`, `Error`, ...).
 async fn last_termination(s: &Scenario, ordinal: usize, container: &str) -> anyhow::Result<Option<String>> {
-    let pod = s.consumer.pods().get(&pod_name(ordinal)).await?;
-    let status = pod.status.unwrap_or_default();
-    Ok(status
-        .container_statuses
-        .iter()
-        .flatten()
-        .chain(status.init_container_statuses.iter().flatten())
-        .find(|c| c.name == container)
-        .and_then(|c| c.last_state.as_ref()?.terminated.as_ref()?.reason.clone()))
+    let status = container_status(s, ordinal, container).await?;
+    Ok(status.and_then(|c| c.last_state?.terminated?.reason))
 }
 
 /// After the leader's elector died at `killed_at`: its slapd refuses writes, the writer's
