@@ -11,7 +11,9 @@
 //! - the connection in charge closes (the elector died in any way: the kernel closes its
 //!   socket), or the guard is told to stop while armed;
 //! - it starts (fail closed): until an elector arms it, e.g. after the guard restarted
-//!   under a leader, whose own fence it cannot vouch for.
+//!   under a leader, whose own fence it cannot vouch for;
+//! - slapd (re)starts while no elector is connected (its container dead or crash-looping):
+//!   slapd comes back with whatever `olcReadOnly` it had on disk.
 //!
 //! One connection is in charge: a new one replaces (and closes) the old one. The guard
 //! never writes to the connection: the elector learns of the guard's death by reading EOF.
@@ -54,6 +56,12 @@ pub async fn serve(fence: impl Fencing, path: &Path, stop: CancellationToken) ->
     let mut warden = Warden::fail_closed();
     let mut conn: Option<tokio::io::Lines<BufReader<UnixStream>>> = None;
     let mut failures = 0u32;
+    // slapd (re)starts from its on-disk config, possibly writable; without an elector in
+    // charge nobody else fences it (a permit is kept, so no start is missed).
+    let started = tokio::sync::Notify::new();
+    let on_start = || started.notify_one();
+    let watch = fence.watch_starts(&on_start);
+    tokio::pin!(watch);
     loop {
         if warden.must_fence() {
             let fenced = fence.apply(ROLE_STANDBY, &|| true).await;
@@ -104,6 +112,13 @@ pub async fn serve(fence: impl Fencing, path: &Path, stop: CancellationToken) ->
                     }
                 }
             },
+            () = &mut watch => {}
+            _ = started.notified() => {
+                if conn.is_none() {
+                    warden.lost();
+                    tracing::warn!("guard: slapd (re)started with no elector in charge; fencing it");
+                }
+            }
             _ = tokio::time::sleep(nap) => {
                 if warden.tick(Moment::now()) {
                     tracing::error!("guard: the elector did not renew before its deadline; fencing slapd");
@@ -300,6 +315,65 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Counts fences, and reports a slapd start each time `starts` is notified.
+    #[derive(Clone, Default)]
+    struct Restarting {
+        fences: Counting,
+        starts: Arc<tokio::sync::Notify>,
+    }
+
+    impl Fencing for Restarting {
+        async fn apply(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+            self.fences.apply(role, still).await
+        }
+        async fn verify(&self, role: &'static str) -> Option<bool> {
+            self.fences.verify(role).await
+        }
+        async fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+            self.fences.repair(role, still).await
+        }
+        async fn watch_starts(&self, started: &(dyn Fn() + Sync)) {
+            loop {
+                self.starts.notified().await;
+                started();
+            }
+        }
+    }
+
+    /// A slapd that restarts (writable, from its on-disk config) while no elector is
+    /// connected — the elector's container is dead or in CrashLoopBackOff — is fenced again
+    /// by the guard (before: its fence counted "not running" as confirmed and it never
+    /// looked again). With an elector connected, the elector's keeper handles restarts.
+    #[tokio::test]
+    async fn without_an_elector_the_guard_fences_every_slapd_start() {
+        let dir = std::env::temp_dir().join(format!("guard-restart-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(ldap_elector_contract::GUARD_SOCKET_NAME);
+        let fence = Restarting::default();
+        let stop = CancellationToken::new();
+        let guard = tokio::spawn({
+            let (fence, path, stop) = (fence.clone(), path.clone(), stop.clone());
+            async move { serve(fence, &path, stop).await }
+        });
+        let at_start = fence.fences.more_than(0).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fence.starts.notify_one();
+        fence.fences.more_than(at_start).await.unwrap();
+
+        // An elector in charge (standby, disarmed): a start is its keeper's business.
+        let link = Link::connect(path.clone());
+        until("the connection", || link.trusted()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let connected = fence.fences.count();
+        fence.starts.notify_one();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(fence.fences.count(), connected, "no fence from the guard while an elector is in charge");
+
+        stop.cancel();
+        guard.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
