@@ -94,6 +94,14 @@ async fn a_diverged_standby_is_marked_never_promoted_and_promotable_again_after_
     let pair = Pair::start_with(2, &[], PairOptions { runner_env: Some(env), ..Default::default() }).await?;
     let (leader, standby) = (pair.pod(0), pair.pod(1));
     assert_eq!(pair.leader(ELECT).await?, leader, "node 2 is down: only {leader} is eligible");
+    // The leader lifts its fence after its label: the scenario writes once slapd takes writes.
+    wait_for("the leader's slapd to be unfenced", ELECT, || async {
+        match slapd.read_only(1).await {
+            Ok(false) => Ok(()),
+            other => Err(format!("read-only: {other:?}")),
+        }
+    })
+    .await?;
     step(&format!("{leader} leads; node 2 is down"));
 
     // 1. Reproduce: changes on the leader while node 2 is down; node 2 returns.
