@@ -102,6 +102,10 @@ pub const ENV_KUBECONFIG: &str = "KUBECONFIG";
 pub const ENV_ON_ROLE_CHANGE: &str = "ELECTOR_ON_ROLE_CHANGE";
 pub const ENV_FENCE_LDAPI: &str = "ELECTOR_FENCE_LDAPI";
 pub const ENV_FENCE_DATABASE: &str = "ELECTOR_FENCE_DATABASE";
+/// The cn=config entry the fence toggles when [`ENV_FENCE_DATABASE`] is not set.
+pub const DEFAULT_FENCE_DATABASE: &str = "olcDatabase={1}mdb,cn=config";
+/// slapd's slapd.d directory (its `-F`), for [`START_FENCED_COMMAND`].
+pub const ENV_SLAPD_CONFIG_DIR: &str = "ELECTOR_SLAPD_CONFIG_DIR";
 pub const ENV_CATCH_UP_GRACE: &str = "ELECTOR_CATCH_UP_GRACE";
 pub const ENV_CATCH_UP_VERIFY: &str = "ELECTOR_CATCH_UP_VERIFY";
 pub const ENV_WATCHDOG: &str = "ELECTOR_WATCHDOG";
@@ -149,6 +153,12 @@ pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 pub const GUARD_CONTAINER: &str = "ldap-elector-guard";
 /// The subcommand that runs the guard (`ldap-elector guard`).
 pub const GUARD_COMMAND: &str = "guard";
+/// The init container the webhook puts last before slapd's container when slapd runs from a
+/// slapd.d directory (`-F`): sets `olcReadOnly: TRUE` there, so that slapd starts fenced
+/// (same image, [`START_FENCED_COMMAND`]).
+pub const START_FENCED_CONTAINER: &str = "ldap-elector-start-fenced";
+/// The subcommand of [`START_FENCED_CONTAINER`] (`ldap-elector start-fenced`).
+pub const START_FENCED_COMMAND: &str = "start-fenced";
 /// The in-memory volume shared by the elector and the guard only, holding the guard's socket.
 pub const RUN_VOLUME: &str = "ldap-elector-run";
 /// Where both containers mount [`RUN_VOLUME`] (not `/run/ldap-elector`: with `/var/run`

@@ -189,6 +189,24 @@ pub fn guard(args: RunArgs) -> ExitCode {
     })
 }
 
+/// `ldap-elector start-fenced`: one line on what it did (the init container's log).
+pub fn start_fenced(args: &crate::cli::args::StartFencedArgs) -> ExitCode {
+    use crate::slapd::start_fenced::{start_fenced, Outcome};
+    match start_fenced(&args.config_dir, &args.fence_database) {
+        Ok(Outcome::Fenced(path)) => println!("ldap-elector start-fenced: olcReadOnly: TRUE written to {}", path.display()),
+        Ok(Outcome::AlreadyFenced(path)) => println!("ldap-elector start-fenced: {} is read-only already", path.display()),
+        Ok(Outcome::NoConfiguration) => println!(
+            "ldap-elector start-fenced: no slapd.d in {} yet; slapd starts as it is configured and the elector fences it",
+            args.config_dir.display()
+        ),
+        Err(e) => {
+            eprintln!("ldap-elector start-fenced: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 /// Sets up every task around the election loop, runs it, and drains on the way out.
 async fn elect(config: Config) -> ExitCode {
     let client = match kube::Client::try_default().await {

@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Command::Reseed(args) => app::reseed(*args),
         command @ (Command::Status(_) | Command::Switchover(_)) => app::operator_command(command),
         Command::Guard => app::guard(cli.run),
+        Command::StartFenced(args) => app::start_fenced(&args),
         command @ (Command::Run | Command::Watchdog) => app::run(cli.run, command),
     }
 }

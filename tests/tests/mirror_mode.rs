@@ -204,6 +204,44 @@ async fn read_only_fence_refuses_writes_on_open_connections_while_replication_st
 /// just reconnected blocks in its refresh read until a message arrives or the syncrepl
 /// `timeout=` passes, so the fence (and every other operation on that server) can wait up
 /// to that timeout. This pins the bound the elector's timing must budget for.
+/// `ldap-elector start-fenced` (the init container before slapd's): a slapd whose
+/// configuration says writable is restarted writable (the control), and after the offline
+/// fence of its slapd.d it starts read-only, with no checksum complaint from back-ldif, and
+/// the elector's fence still works on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slapd_fenced_offline_starts_read_only_and_its_elector_can_unfence_it() -> anyhow::Result<()> {
+    use ldap_elector::slapd::start_fenced::{start_fenced, Outcome};
+    let pair = MirrorPair::start(PairOptions::default()).await?;
+    let node = pair.node(2);
+    let config = node.dir().join("config");
+    node.stop().await;
+    node.start().await?;
+    assert_eq!(node.admin().await?.add_person("writable-at-start").await?.rc, 0, "control: unfenced on disk");
+
+    node.stop().await;
+    let outcome = start_fenced(&config, DATA_DB)?;
+    assert!(matches!(outcome, Outcome::Fenced(_)), "{outcome:?}");
+    assert!(matches!(start_fenced(&config, DATA_DB)?, Outcome::AlreadyFenced(_)));
+    node.start().await?;
+    let refused = node.admin().await?.add_person("at-start").await?;
+    assert_eq!(refused.rc, 53, "read-only from its first operation: {refused}");
+    assert!(ldap::is_read_only(&node.ldapi_url(), DATA_DB, CHECK).await?);
+    let log = node.log();
+    assert!(!log.contains("checksum error"), "back-ldif accepted the file:\n{log}");
+
+    ldap::set_read_only(&node.ldapi_url(), DATA_DB, false, CHECK).await?;
+    assert_eq!(node.admin().await?.add_person("after-unfence").await?.rc, 0);
+
+    // A wrong database is an error that names the ones there; no slapd.d is nothing to do.
+    node.stop().await;
+    let err = start_fenced(&config, "olcDatabase={7}mdb,cn=config").unwrap_err().to_string();
+    assert!(err.contains("olcDatabase={1}mdb,cn=config"), "{err}");
+    let empty = node.dir().join("no-slapd.d");
+    std::fs::create_dir_all(&empty)?;
+    assert_eq!(start_fenced(&empty, DATA_DB)?, Outcome::NoConfiguration);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fence_can_stall_up_to_the_syncrepl_timeout_after_the_peer_reconnects() -> anyhow::Result<()> {
     let opts = PairOptions::default();

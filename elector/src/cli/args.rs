@@ -50,6 +50,10 @@ pub enum Command {
     /// --guard-socket for the elector and fences slapd over --fence-ldapi when the elector's
     /// connection closes, its deadline passes, and at start until an elector arms it.
     Guard,
+    /// Before slapd starts (the injected init container `ldap-elector-start-fenced`): set
+    /// `olcReadOnly: TRUE` on the fenced database in slapd's slapd.d directory, so that slapd
+    /// starts fenced. Exit 0 fenced (or no slapd.d there yet), 2 failed.
+    StartFenced(StartFencedArgs),
     /// Compare the two servers of the pair entry by entry (entryUUID, entryCSN, attribute
     /// digests) and report divergence. Exit 0 in sync, 1 diverged, 3 unsettled, 4 failed.
     Audit(Box<AuditArgs>),
@@ -65,6 +69,17 @@ pub enum Command {
     /// against the leader is clean; then clears the target's divergence mark in the Lease.
     /// Exit 0 done, 1 not clean in time, 2 bad flags, 4 failed, 5 refused.
     Reseed(Box<ReseedArgs>),
+}
+
+/// Flags of `ldap-elector start-fenced` (see `slapd/start_fenced.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct StartFencedArgs {
+    /// slapd's configuration directory (its `-F`).
+    #[arg(long, env = contract::ENV_SLAPD_CONFIG_DIR)]
+    pub config_dir: std::path::PathBuf,
+    /// The cn=config entry of the data database the fence toggles.
+    #[arg(long, env = contract::ENV_FENCE_DATABASE, default_value = contract::DEFAULT_FENCE_DATABASE)]
+    pub fence_database: String,
 }
 
 /// Flags of `ldap-elector reseed` (see `reseed.rs` and docs/divergence.md).
@@ -250,7 +265,7 @@ pub struct RunArgs {
     #[arg(long, env = contract::ENV_FENCE_LDAPI)]
     pub fence_ldapi: Option<String>,
     /// The cn=config entry of the data database the built-in fence toggles.
-    #[arg(long, env = contract::ENV_FENCE_DATABASE, default_value = "olcDatabase={1}mdb,cn=config")]
+    #[arg(long, env = contract::ENV_FENCE_DATABASE, default_value = contract::DEFAULT_FENCE_DATABASE)]
     pub fence_database: String,
     /// Availability over consistency: a standby whose contextCSN is behind the leader's
     /// published one takes over anyway once the Lease has been free this long (`off`:

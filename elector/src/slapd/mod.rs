@@ -1,9 +1,10 @@
 //! The local slapd: LDAP access, the write fence and its hook, watchdog and guard, health checks
-//! and the start-up configuration guard.
+//! the start-up configuration guard, and the offline fence before slapd starts.
 pub mod config_guard;
 pub mod fence;
 pub mod fence_guard;
 pub mod health;
 pub mod hook;
 pub mod ldap;
+pub mod start_fenced;
 pub mod watchdog;

@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 
 use jsonptr::Token;
-use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, VolumeMount};
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Volume, VolumeMount};
 use ldap_elector_contract as contract;
 
 use super::handover::{handover_plan, HandoverPlan};
 use super::patch::{ptr, PatchOps};
-use super::template::{env_value, socket_volume};
-use super::{InjectError, DEFAULT_TOKEN_VOLUME_PREFIX};
+use super::start_fenced::{start_fenced_plan, StartFencedPlan};
+use super::template::{self, env_value, socket_volume};
+use super::{InjectConfig, InjectError, DEFAULT_TOKEN_VOLUME_PREFIX};
 
 /// `sun_path` is 108 bytes on Linux, including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -36,13 +37,26 @@ pub(super) struct LdapiPlan {
     pub(super) env: Vec<EnvVar>,
     /// The hand-over hooks of slapd's containers.
     pub(super) handover: HandoverPlan,
+    /// The offline fence before slapd starts, where slapd's configuration can be reached.
+    pub(super) start_fenced: Option<StartFencedPlan>,
 }
 
 impl LdapiPlan {
     /// The fence settings alone (the guard's environment).
     pub(super) fn fence_env(&self) -> Vec<EnvVar> {
-        let fence = [contract::ENV_FENCE_LDAPI, contract::ENV_FENCE_DATABASE];
-        self.env.iter().filter(|e| fence.contains(&e.name.as_str())).cloned().collect()
+        self.env_of(&[contract::ENV_FENCE_LDAPI, contract::ENV_FENCE_DATABASE])
+    }
+
+    /// The init container that fences slapd's configuration before slapd starts.
+    pub(super) fn start_fenced(&self, cfg: &InjectConfig) -> Option<Container> {
+        let plan = self.start_fenced.as_ref()?;
+        let mut env = self.env_of(&[contract::ENV_FENCE_DATABASE]);
+        env.push(env_value(contract::ENV_SLAPD_CONFIG_DIR, plan.config_dir.clone()));
+        Some(template::start_fenced(cfg, env, plan))
+    }
+
+    fn env_of(&self, names: &[&str]) -> Vec<EnvVar> {
+        self.env.iter().filter(|e| names.contains(&e.name.as_str())).cloned().collect()
     }
 
     /// Adds the volume (after the token volume, so `volumes` exists), slapd's mounts and
@@ -122,13 +136,7 @@ pub(super) fn ldapi_plan(
             let Some(v) = spec.volumes.iter().flatten().find(|v| v.name == first.name) else {
                 return Err(conflict(format!("the pod has no volume {:?}", first.name)));
             };
-            let read_only_kind = [
-                (v.config_map.is_some(), "configMap"),
-                (v.secret.is_some(), "secret"),
-                (v.downward_api.is_some(), "downwardAPI"),
-                (v.projected.is_some(), "projected"),
-            ];
-            if let Some((_, kind)) = read_only_kind.iter().find(|(is, _)| *is) {
+            if let Some(kind) = read_only_volume_kind(v) {
                 return Err(conflict(format!(
                     "volume {:?} is a {kind} volume (read-only), but slapd must create its socket there",
                     v.name
@@ -189,7 +197,22 @@ pub(super) fn ldapi_plan(
         sidecar_mount: mount(Some(true)),
         env,
         handover: handover_plan(&containers),
+        start_fenced: start_fenced_plan(
+            spec,
+            containers.iter().filter(|(list, ..)| *list == "containers").map(|(.., c)| *c),
+        ),
     }))
+}
+
+/// The kind of `v` when the kubelet mounts it read-only whatever the mount says.
+pub(super) fn read_only_volume_kind(v: &Volume) -> Option<&'static str> {
+    let kinds = [
+        (v.config_map.is_some(), "configMap"),
+        (v.secret.is_some(), "secret"),
+        (v.downward_api.is_some(), "downwardAPI"),
+        (v.projected.is_some(), "projected"),
+    ];
+    kinds.into_iter().find(|(is, _)| *is).map(|(_, kind)| kind)
 }
 
 /// The socket directory, validated and without trailing `/`.

@@ -23,7 +23,9 @@
 //! - The OpenLDAP integration is opt-in by [`contract::ANNOTATION_LDAPI_SOCKET_DIR`]: slapd's
 //!   ldapi socket directory is shared with the sidecar, which fences and health-checks slapd
 //!   through it (see [`ldapi`] and docs/openldap.md). Without the annotation nothing of
-//!   it is injected.
+//!   it is injected. Where slapd runs from a slapd.d directory on a volume, the init
+//!   container [`contract::START_FENCED_CONTAINER`] goes in LAST, so that slapd starts
+//!   fenced (see [`start_fenced`]).
 //!
 //! Layout: [`inject`] decides and assembles; [`config`] holds the sidecar settings,
 //! [`annotations`] parses the StatefulSet's tuning, metrics and audit annotations, [`ldapi`]
@@ -36,6 +38,7 @@ mod electors;
 mod handover;
 mod ldapi;
 mod patch;
+mod start_fenced;
 mod template;
 #[cfg(test)]
 mod testing;
@@ -219,6 +222,7 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
     ops.add_item(ptr(&["spec", "volumes"]), volumes_at, token_volume(cfg))?;
     let mut sidecar_mounts = Vec::new();
     let mut guard = None;
+    let mut start_fenced = None;
     let mut handover_note = None;
     if let Some(plan) = ldapi {
         // Before the sidecar goes in at initContainers/0: the indices are the incoming pod's.
@@ -229,6 +233,7 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
         let mut guard_env = plan.fence_env();
         guard_env.push(socket.clone());
         guard = Some(template::guard(cfg, guard_env, plan.sidecar_mount.clone()));
+        start_fenced = plan.start_fenced(cfg);
         env.extend(plan.env);
         env.push(socket);
         sidecar_mounts.push(plan.sidecar_mount);
@@ -253,6 +258,10 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
     if let Some(guard) = guard {
         // Before the elector: started before it, stopped after it (sidecars stop in reverse).
         ops.add_item(ptr(&["spec", "initContainers"]), Some(Token::from(0usize)), guard)?;
+    }
+    if let Some(start_fenced) = start_fenced {
+        // Last: after the consumer's init containers, which may write slapd's configuration.
+        ops.add_item(ptr(&["spec", "initContainers"]), Some(Token::new("-")), start_fenced)?;
     }
     identity(&mut ops, spec, owner_name)?;
     pod_security_context(&mut ops, spec)?;
@@ -287,7 +296,7 @@ fn check_owner(meta: &ObjectMeta, owner_name: &str, sts: &StatefulSet) -> Result
 /// A container or volume already using our names would make the patched pod invalid.
 fn check_conflicts(spec: &PodSpec) -> Result<(), InjectError> {
     let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
-    for name in [contract::SIDECAR_CONTAINER, contract::GUARD_CONTAINER] {
+    for name in [contract::SIDECAR_CONTAINER, contract::GUARD_CONTAINER, contract::START_FENCED_CONTAINER] {
         if containers.clone().any(|c| c.name == name) {
             return Err(InjectError::NameConflict { what: "container", name });
         }

@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use ldap_elector_contract as contract;
 
+use super::start_fenced::StartFencedPlan;
 use super::InjectConfig;
 
 /// ConfigMap the kube-root-ca publisher puts into every namespace.
@@ -92,6 +93,36 @@ pub(super) fn sidecar(
 /// mounts none), the ldapi socket directory read-only, and the run volume read-write (it
 /// creates its socket there). `env`: the fence settings.
 pub(super) fn guard(cfg: &InjectConfig, env: Vec<EnvVar>, ldapi_mount: VolumeMount) -> Container {
+    Container {
+        name: contract::GUARD_CONTAINER.to_string(),
+        args: Some(vec![contract::GUARD_COMMAND.to_string()]),
+        restart_policy: Some("Always".to_string()),
+        env: Some(env),
+        security_context: Some(restricted(cfg)),
+        volume_mounts: Some(vec![ldapi_mount, run_mount(false)]),
+        ..small_helper(cfg)
+    }
+}
+
+/// `ldap-elector start-fenced` (docs/design.md, "Write fencing"): a plain init container,
+/// run to completion after the consumer's, as slapd's user (the configuration files are
+/// slapd's), with slapd's configuration volume and nothing else; no token.
+pub(super) fn start_fenced(cfg: &InjectConfig, env: Vec<EnvVar>, plan: &StartFencedPlan) -> Container {
+    let mut security = restricted(cfg);
+    security.run_as_user = Some(plan.uid);
+    security.run_as_group = plan.gid.or(security.run_as_group);
+    Container {
+        name: contract::START_FENCED_CONTAINER.to_string(),
+        args: Some(vec![contract::START_FENCED_COMMAND.to_string()]),
+        env: Some(env),
+        security_context: Some(security),
+        volume_mounts: Some(vec![plan.mount.clone()]),
+        ..small_helper(cfg)
+    }
+}
+
+/// The image, pull policy, log policy and small resources of the guard and start-fenced.
+fn small_helper(cfg: &InjectConfig) -> Container {
     let quantities = |cpu: &str, memory: &str| {
         Some(BTreeMap::from([
             ("cpu".to_string(), Quantity(cpu.to_string())),
@@ -102,20 +133,14 @@ pub(super) fn guard(cfg: &InjectConfig, env: Vec<EnvVar>, ldapi_mount: VolumeMou
     let (cpu, memory) = GUARD_REQUESTS;
     let (cpu_limit, memory_limit) = GUARD_LIMITS;
     Container {
-        name: contract::GUARD_CONTAINER.to_string(),
         image: Some(cfg.image.clone()),
         image_pull_policy: Some(cfg.image_pull_policy.clone()),
-        args: Some(vec![contract::GUARD_COMMAND.to_string()]),
-        restart_policy: Some("Always".to_string()),
-        env: Some(env),
         resources: Some(ResourceRequirements {
             requests: quantities(cpu, memory),
             limits: quantities(cpu_limit, memory_limit),
             ..Default::default()
         }),
-        security_context: Some(restricted(cfg)),
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
-        volume_mounts: Some(vec![ldapi_mount, run_mount(false)]),
         ..Default::default()
     }
 }
