@@ -146,10 +146,10 @@ async fn the_leaders_slapd_container_killed_is_restarted_by_the_kubelet_and_writ
     Ok(())
 }
 
-/// Issue 15/16: a standby's slapd restarts from its on-disk cn=config, writable, while the
-/// other pod leads. The elector must fence it as soon as it accepts connections (before
-/// the fix: at its next verify, up to 1 s later; the prober saw it accept writes for 35 ms
-/// to 4 s, two writable servers).
+/// Issue 15/16: a standby's slapd restarts from its on-disk cn=config while the other pod
+/// leads; the elector must fence it as soon as it accepts connections, whatever that
+/// config says (before that fix: at its next verify, up to 1 s later; the prober saw it
+/// accept writes for 35 ms to 4 s, two writable servers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standbys_slapd_container_killed_restarts_fenced_never_two_writable_servers() -> anyhow::Result<()> {
     let s = Scenario::start().await?;
