@@ -142,6 +142,14 @@ where
     .await
 }
 
+/// Whether `error` is a 403 of the admission policy `policy`.
+fn refused_by(error: &anyhow::Error, policy: &str) -> bool {
+    error
+        .chain()
+        .filter_map(|c| c.downcast_ref::<kube::Error>())
+        .any(|e| matches!(e, kube::Error::Api(a) if a.code == 403 && a.message.contains(policy)))
+}
+
 /// Waits for an Event about `regarding` with `reason` whose note contains `needle`; its note.
 async fn wait_event(admin: &Client, regarding: &str, reason: &str, needle: &str) -> anyhow::Result<String> {
     let events: Api<Event> = Api::namespaced(admin.clone(), NS);
@@ -359,6 +367,18 @@ async fn a_tenant_cannot_replace_code_or_mint_the_elector_token_of_an_injected_p
     // Neighbour: a token of that account without a pod binding (the role policy refuses it
     // for role changes; label_protection.rs shows that).
     request_token(&tenant, NS, &account, None).await?;
+    // The policy acts on every pod-bound token a non-node requests: wait until it refuses one
+    // of the `default` account bound to the plain pod (policies load asynchronously in the
+    // apiserver; CI once saw this one act later than the pod-spec policy waited for above).
+    let plain_uid = pods.get(plain).await?.metadata.uid.unwrap_or_default();
+    wait_for(&format!("policy {} to act", policies::POD_BOUND_TOKEN_POLICY), T, || async {
+        match request_token(&tenant, NS, "default", Some((plain, &plain_uid))).await {
+            Ok(_) => Err("admitted (policy not active yet)".to_string()),
+            Err(e) if refused_by(&e, policies::POD_BOUND_TOKEN_POLICY) => Ok(()),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    })
+    .await?;
     let uid = injected[1].metadata.uid.clone().unwrap_or_default();
     let minted = request_token(&tenant, NS, &account, Some((&second, &uid))).await;
     let error = match minted {

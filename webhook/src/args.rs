@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+use ldap_elector_contract as contract;
+
 use crate::inject::InjectConfig;
 use crate::tls::TlsProfile;
 
@@ -86,6 +88,11 @@ pub struct Args {
         value_parser = ["Always", "IfNotPresent", "Never"]
     )]
     pub sidecar_image_pull_policy: String,
+    /// Names of containers that are electors of their own (comma-separated): an opted-in pod
+    /// with one is refused unless its StatefulSet asks to replace it
+    /// (`ldap-elector.dev/replace-containers`). Never two electors in one pod.
+    #[arg(long, env = "WEBHOOK_ELECTOR_CONTAINERS", value_delimiter = ',', default_value = contract::KNOWN_ELECTOR_CONTAINER)]
+    pub elector_containers: Vec<String>,
     /// Run the reconciler (per-StatefulSet ServiceAccount, Role, RoleBinding, Lease and
     /// leader Service selector). `--reconcile=false` serves admission only.
     #[arg(
@@ -134,6 +141,11 @@ impl Args {
     pub fn into_settings(self) -> Result<Settings, String> {
         let mut inject = InjectConfig::new(self.sidecar_image.trim());
         inject.image_pull_policy = self.sidecar_image_pull_policy;
+        inject.elector_containers =
+            self.elector_containers.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+        if let Some(bad) = inject.elector_containers.iter().find(|n| !is_dns_label_like(n)) {
+            return Err(format!("--elector-containers: {bad:?} is not a container name"));
+        }
         inject.validate().map_err(|e| format!("--sidecar-image/--sidecar-image-pull-policy: {e}"))?;
         if self.listen.port() == 0 || self.health_listen.port() == 0 {
             return Err("--listen and --health-listen need a non-zero port".into());
@@ -234,6 +246,19 @@ mod tests {
             ("sys", "ldap-elector-webhook-tls", "ldap-elector")
         );
         assert!(dns_names.contains(&"ldap-elector-webhook.sys.svc".to_string()));
+    }
+
+    #[test]
+    fn elector_containers_default_to_nubus_and_can_be_listed_or_cleared() {
+        let base = ["--sidecar-image=r/e:1", "--namespace=sys"];
+        let names = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            settings(&args).map(|s| s.inject.elector_containers)
+        };
+        assert_eq!(names(&[]), Ok(vec![contract::KNOWN_ELECTOR_CONTAINER.to_string()]));
+        assert_eq!(names(&["--elector-containers=a, b"]), Ok(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(names(&["--elector-containers="]), Ok(vec![]));
+        assert!(names(&["--elector-containers=Bad_Name"]).unwrap_err().contains("--elector-containers"));
     }
 
     #[test]

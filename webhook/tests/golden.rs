@@ -139,6 +139,7 @@ golden! {
     audit_settings_and_the_bind_secret_reach_only_the_sidecar: "audit-bind-secret" => Expect::Patched;
     socket_dir_slapd_already_mounts_is_shared_not_duplicated: "openldap-existing-mount" => Expect::Patched;
     metrics_port_annotation_adds_the_env_and_a_named_container_port: "metrics-port" => Expect::Patched;
+    slapd_d_on_a_volume_is_fenced_by_the_last_init_container: "openldap-start-fenced" => Expect::Patched;
     socket_dir_without_suffix_or_health_check_is_denied:
         "openldap-missing-suffix" => Expect::Denied(contract::ANNOTATION_LDAP_SUFFIX);
 }

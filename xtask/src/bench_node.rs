@@ -12,10 +12,14 @@
 //!   the old leader's slapd that is not accepted, and whether that came before the other
 //!   slapd accepted any; the pod is deleted afterwards to reset CrashLoopBackOff;
 //! - the sidecar container's working set (cgroup) at steady state.
+//!
+//! `BENCH_FAULTS` (e.g. `deletion`, or `slapd,elector`; default all three) picks the faults.
+//! Each deletion run also prints what the client saw in its longest gap.
 
 use std::time::{Duration, Instant};
 
 use ldap_elector_contract::SIDECAR_CONTAINER;
+use ldap_elector_tests::ldap::writer::{Attempt, Outcome};
 use ldap_elector_tests::measure::writability::Answer;
 use ldap_elector_tests::measure::{self, Machine};
 use ldap_elector_tests::node::consumer::manifests::SLAPD_CONTAINER;
@@ -41,8 +45,12 @@ pub async fn run() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
+    let faults_wanted = std::env::var("BENCH_FAULTS").unwrap_or_else(|_| "slapd,deletion,elector".into());
+    let wanted = |fault: &str| faults_wanted.split(',').any(|f| f.trim() == fault);
+    let runs_of = |fault: &str| if wanted(fault) { runs } else { 0 };
+
     let mut slapd_killed = Vec::new();
-    for run in 0..runs {
+    for run in 0..runs_of("slapd") {
         settle(&s).await?;
         let (leader, pod) = s.leader().await?;
         let fault = faults::sigkill(faults::container_pid(s.node(), &pod, SLAPD_CONTAINER)?)?;
@@ -55,7 +63,7 @@ pub async fn run() -> anyhow::Result<()> {
     }
 
     let mut deletion_gap = Vec::new();
-    for run in 0..runs {
+    for run in 0..runs_of("deletion") {
         settle(&s).await?;
         let (leader, _) = s.leader().await?;
         let fault = Instant::now();
@@ -67,11 +75,16 @@ pub async fn run() -> anyhow::Result<()> {
         let ends: Vec<Instant> = s.writer.acked().iter().map(|a| a.end).collect();
         let gap = longest_gap(&ends, fault, next.end);
         deletion_gap.push(gap);
-        eprintln!("deletion {run}: pod {leader}, longest gap between acknowledgements {gap:?}");
+        let story = gap_story(&s.writer.attempts(), fault, next.end);
+        let label = (at - fault).as_secs_f64();
+        eprintln!(
+            "deletion {run}: pod {leader}, new leader label after {label:.3}s, longest gap between acknowledgements \
+             {gap:?}; the client saw: {story}"
+        );
     }
 
     let (mut refused, mut refused_first) = (Vec::new(), 0);
-    for run in 0..runs {
+    for run in 0..runs_of("elector") {
         settle(&s).await?;
         let (leader, pod) = s.leader().await?;
         let fault = faults::sigkill(faults::container_pid(s.node(), &pod, SIDECAR_CONTAINER)?)?;
@@ -132,6 +145,37 @@ fn longest_gap(ends: &[Instant], from: Instant, to: Instant) -> Duration {
     window.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
 }
 
+/// The client's attempts from `from` to `to`, as offsets from `from` with runs of equal
+/// outcomes folded, and every pause of more than 200 ms between attempts (a connect that
+/// hung: failed connects are not attempts).
+fn gap_story(attempts: &[Attempt], from: Instant, to: Instant) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut last: Option<(&Outcome, usize)> = None;
+    let mut previous_end = from;
+    let at = |t: Instant| format!("+{:.3}s", t.saturating_duration_since(from).as_secs_f64());
+    for a in attempts.iter().filter(|a| a.start >= from && a.start <= to) {
+        let pause = a.start.saturating_duration_since(previous_end);
+        if pause > Duration::from_millis(200) {
+            parts.push(format!("[no attempt for {:.3}s]", pause.as_secs_f64()));
+            last = None;
+        }
+        previous_end = a.end;
+        match &mut last {
+            Some((outcome, n)) if *outcome == &a.outcome => {
+                *n += 1;
+                if let Some(p) = parts.last_mut() {
+                    *p = format!("{} {:?}×{}", p.split_whitespace().next().unwrap_or_default(), a.outcome, n);
+                }
+            }
+            _ => {
+                parts.push(format!("{} {:?}", at(a.start), a.outcome));
+                last = Some((&a.outcome, 1));
+            }
+        }
+    }
+    parts.join(", ")
+}
+
 /// Deletes pod `ordinal` and waits until the StatefulSet's new pod of that name is Ready.
 async fn replace_pod(s: &Scenario, ordinal: usize) -> anyhow::Result<()> {
     let pods = s.consumer.pods();
@@ -183,5 +227,27 @@ mod tests {
         let ends = [at(0), at(100), at(120), at(900), at(920), at(5000)];
         assert_eq!(longest_gap(&ends, at(110), at(920)), Duration::from_millis(780));
         assert_eq!(longest_gap(&ends, at(950), at(950)), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_gap_story_folds_repeats_and_shows_pauses() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let attempt = |start: u64, end: u64, outcome: Outcome| Attempt {
+            uid: String::new(),
+            start: at(start),
+            end: at(end),
+            outcome,
+        };
+        let attempts = [
+            attempt(10, 12, Outcome::Acked),
+            attempt(50, 52, Outcome::Refused(53)),
+            attempt(90, 92, Outcome::Refused(53)),
+            attempt(1500, 1502, Outcome::Acked),
+        ];
+        assert_eq!(
+            gap_story(&attempts, at(0), at(2000)),
+            "+0.010s Acked, +0.050s Refused(53)×2, [no attempt for 1.408s], +1.500s Acked"
+        );
     }
 }

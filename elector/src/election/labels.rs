@@ -19,6 +19,10 @@ use ldap_elector_contract::{self as contract, ANNOTATION_TERM, LABEL_ROLE, ROLE_
 pub enum LabelError {
     #[error("pod {0} changed since it was read (fenced by a newer term or a concurrent write)")]
     Fenced(String),
+    /// A member pod carries a newer term than the one taking office: the Lease was deleted
+    /// and created again, and its terms restarted at 1 (the pods remember the old ones).
+    #[error("pod {pod} carries term {term}, newer than this one (the Lease was recreated and its terms restarted)")]
+    NewerTerm { pod: String, term: i32 },
     #[error("API call timed out after {0:?}")]
     Timeout(Duration),
     #[error("API error on pod {pod}: {source}")]
@@ -162,23 +166,28 @@ impl PodLabeler {
     /// [`needs_demotion`]); returns those that were labelled leader. Any failure aborts (we
     /// must not label ourselves then).
     pub async fn demote_others(&self, term: i32) -> Result<Vec<String>, LabelError> {
-        let mut demoted = Vec::new();
+        let mut others = Vec::new();
         for name in self.member_names().await {
             if name == self.identity {
                 continue;
             }
-            let pod = match self.get(&name).await {
-                Ok(Some(pod)) => pod,
+            match self.get(&name).await {
+                Ok(Some(pod)) => others.push(pod),
                 Ok(None) => continue,
                 // Beyond the Role's resourceNames: not a pod of ours that could be leader.
                 Err(LabelError::Api { source: kube::Error::Api(e), .. }) if e.code == 403 => continue,
                 Err(e) => return Err(e),
-            };
-            if needs_demotion(&pod, term) {
-                self.set_role(&pod, ROLE_STANDBY, term).await?;
-                if role_of(&pod) == Some(ROLE_LEADER) {
-                    demoted.push(name);
-                }
+            }
+        }
+        // Never move a pod's term backwards: a newer one means the terms restarted.
+        if let Some((pod, newer)) = others.iter().find_map(|p| term_of(p).filter(|t| *t > term).map(|t| (p, t))) {
+            return Err(LabelError::NewerTerm { pod: pod.name_any(), term: newer });
+        }
+        let mut demoted = Vec::new();
+        for pod in others.iter().filter(|p| needs_demotion(p, term)) {
+            self.set_role(pod, ROLE_STANDBY, term).await?;
+            if role_of(pod) == Some(ROLE_LEADER) {
+                demoted.push(pod.name_any());
             }
         }
         Ok(demoted)
@@ -190,9 +199,8 @@ impl PodLabeler {
         if role_of(&pod) == Some(role) && term_of(&pod) == Some(term) {
             return Ok(());
         }
-        if term_of(&pod).is_some_and(|t| t > term) {
-            // A newer term has touched this pod: our write is stale by definition.
-            return Err(LabelError::Fenced(self.identity.clone()));
+        if let Some(newer) = term_of(&pod).filter(|t| *t > term) {
+            return Err(LabelError::NewerTerm { pod: self.identity.clone(), term: newer });
         }
         self.set_role(&pod, role, term).await
     }

@@ -106,15 +106,16 @@ pub fn set_annotation(lease: &mut Lease, name: &str, value: Option<String>) {
 }
 
 /// The Lease after `identity` (the pod with `uid`, when known) takes it: a new term
-/// (transitions + 1).
-pub fn acquired(lease: &Lease, identity: &str, uid: Option<&str>, lease_duration: Duration) -> Lease {
+/// (transitions + 1), above `term_floor`, the newest term this elector knows was used (a
+/// recreated Lease restarts at 0 while the pods still carry the old terms).
+pub fn acquired(lease: &Lease, identity: &str, uid: Option<&str>, lease_duration: Duration, term_floor: i32) -> Lease {
     let mut next = lease.clone();
     set_annotation(&mut next, LEASE_ANNOTATION_HOLDER_UID, uid.map(String::from));
     let spec = next.spec.get_or_insert_with(LeaseSpec::default);
     let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
     spec.holder_identity = Some(identity.to_string());
     spec.lease_duration_seconds = Some(lease_duration.as_secs().min(i32::MAX as u64) as i32);
-    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).max(term_floor).saturating_add(1));
     spec.acquire_time = Some(now.clone());
     spec.renew_time = Some(now);
     spec.preferred_holder = None;
@@ -294,7 +295,7 @@ mod tests {
 
     #[test]
     fn acquiring_starts_a_new_term_and_keeps_the_resource_version_for_cas() {
-        let next = acquired(&lease(Some("ldap-0"), 4, "17"), "ldap-1", Some("u1"), Duration::from_secs(8));
+        let next = acquired(&lease(Some("ldap-0"), 4, "17"), "ldap-1", Some("u1"), Duration::from_secs(8), 0);
         assert_eq!(observe(&next, Moment::ZERO).holder_uid.as_deref(), Some("u1"));
         assert_eq!(observe(&released(&next), Moment::ZERO).holder_uid, None);
         let spec = next.spec.as_ref().unwrap();
@@ -303,7 +304,11 @@ mod tests {
         assert!(spec.acquire_time.is_some() && spec.renew_time.is_some());
         assert_eq!(next.metadata.resource_version.as_deref(), Some("17"));
         let empty = Lease { spec: None, ..lease(None, 0, "1") };
-        assert_eq!(acquired(&empty, "a", None, Duration::from_secs(8)).spec.unwrap().lease_transitions, Some(1));
+        assert_eq!(acquired(&empty, "a", None, Duration::from_secs(8), 0).spec.unwrap().lease_transitions, Some(1));
+        // Above the floor: a recreated Lease (transitions 0) after term 9 gives term 10.
+        assert_eq!(acquired(&empty, "a", None, Duration::from_secs(8), 9).spec.unwrap().lease_transitions, Some(10));
+        let held = acquired(&lease(Some("b"), 12, "3"), "a", None, Duration::from_secs(8), 9);
+        assert_eq!(held.spec.unwrap().lease_transitions, Some(13), "a floor below the Lease's term changes nothing");
     }
 
     #[test]

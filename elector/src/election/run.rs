@@ -87,6 +87,9 @@ pub struct Elector {
     current: Option<Lease>,
     observed: Option<Observed>,
     leading: Option<Leading>,
+    /// The newest term known to be used, from a Lease seen before it was recreated or a pod's
+    /// term annotation: the next acquisition takes a term above it (`lease::acquired`).
+    term_floor: i32,
     /// Leader label and hook done for the current term.
     in_office: bool,
     /// Taking office, while not yet in office (see `office.rs`).
@@ -130,6 +133,7 @@ impl Elector {
             current: None,
             observed: None,
             leading: None,
+            term_floor: 0,
             in_office: false,
             office: None,
             unfenced_term: None,
@@ -316,6 +320,10 @@ impl Elector {
     /// resourceVersion (etcd restored from a backup), or every CAS write would fail forever.
     fn accept_lease(&mut self, seen: Lease) {
         if lease::adopts(&seen, self.current.as_ref(), true) {
+            if let Some(previous) = self.current.as_ref().filter(|p| p.metadata.uid != seen.metadata.uid) {
+                // Recreated: its terms restart at 0, the pods keep the old ones.
+                self.term_floor = self.term_floor.max(lease::observe(previous, Moment::now()).transitions);
+            }
             self.ops.lease_seen(&seen);
             let previous = self.current.as_ref().zip(self.observed.as_ref());
             let next = lease::observe_after(previous, &seen, Moment::now());
@@ -343,7 +351,13 @@ impl Elector {
         let Some(base) = self.current.clone() else { return self.reread().await };
         let sent = Moment::now();
         let mut next = lease::with_context_csn(
-            lease::acquired(&base, &self.cfg.identity, self.cfg.pod_uid.as_deref(), self.cfg.timing.lease_duration),
+            lease::acquired(
+                &base,
+                &self.cfg.identity,
+                self.cfg.pod_uid.as_deref(),
+                self.cfg.timing.lease_duration,
+                self.term_floor,
+            ),
             &self.my_csn,
         );
         // The status of the new term: which window, if any, this acquisition leaves uncovered.

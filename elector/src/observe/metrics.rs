@@ -171,6 +171,11 @@ pub fn describe_step_down(reason: &str, renew_deadline: Duration) -> (String, St
             Severity::Normal,
         ),
         "Unhealthy" => ("released_unhealthy", "the local slapd failed its health check".into(), Severity::Warning),
+        "NewerTerm" => (
+            "newer_term",
+            "a pod carries a newer term than this one (the Lease was recreated and its terms restarted): released to take a term above it".into(),
+            Severity::Normal,
+        ),
         "HookFailed" => (
             "fence_failed",
             "could not make slapd writable (the write fence or role-change hook failed)".into(),

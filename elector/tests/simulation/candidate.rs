@@ -89,6 +89,10 @@ pub(crate) struct Candidate {
     /// The Lease object behind `obs` (for `lease::adopts` / `observe_after`).
     pub(crate) known: Option<Lease>,
     pub(crate) leading: Option<Leading>,
+    /// The newest term known to be used (the runtime's `term_floor`): acquisitions go above it.
+    pub(crate) term_floor: i32,
+    /// Taking office found a pod with this newer term: release at the next step.
+    pub(crate) newer_term: Option<i32>,
     pub(crate) busy: Busy,
     pub(crate) wake_gen: u64,
     pub(crate) watch_gen: u64,
@@ -148,6 +152,8 @@ impl Candidate {
             obs: None,
             known: None,
             leading: None,
+            term_floor: 0,
+            newer_term: None,
             busy: Busy::Idle,
             wake_gen: 0,
             watch_gen: 0,

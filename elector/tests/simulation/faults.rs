@@ -146,6 +146,8 @@ impl Sim {
         cand.obs = None;
         cand.known = None;
         cand.leading = None;
+        cand.term_floor = 0; // process memory
+        cand.newer_term = None;
         cand.busy = Busy::Idle;
         cand.watch_ok = false;
         cand.relist = None;

@@ -55,6 +55,10 @@ impl Sim {
                     return;
                 }
                 let previous = cand.known.as_ref().zip(cand.obs.as_ref().map(|(o, _)| o));
+                // Recreated: the runtime's `accept_lease` keeps the old term as the floor.
+                if let Some((_, before)) = previous.filter(|(known, _)| known.metadata.uid != seen.metadata.uid) {
+                    cand.term_floor = cand.term_floor.max(before.transitions);
+                }
                 lease::observe_after(previous, &seen, now)
             }
             Adopt::NewerOnly => {

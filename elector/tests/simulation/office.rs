@@ -87,6 +87,13 @@ impl Sim {
             return self.step(c);
         }
         match (run.step, reply) {
+            (Step::ReadOther(_) | Step::ReadSelf, Some(Reply::Pod(pod)))
+                if term_of(&pod).is_some_and(|t| t > run.term) =>
+            {
+                // The runtime's loop handles it between its calls: at the next idle step.
+                self.cands[c].newer_term = term_of(&pod);
+                self.step(c);
+            }
             (Step::ReadOther(p), Some(Reply::Pod(pod))) => {
                 if self.rewrites(&pod, run.term) {
                     let patch = role_patch(&pod, ROLE_STANDBY, run.term);
@@ -96,7 +103,7 @@ impl Sim {
                 }
             }
             (Step::PatchOther(p), Some(Reply::Patched)) => self.office_send(c, run.term, self.next_step(c, Some(p))),
-            (Step::ReadSelf, Some(Reply::Pod(pod))) if term_of(&pod).is_none_or(|t| t <= run.term) => {
+            (Step::ReadSelf, Some(Reply::Pod(pod))) => {
                 if role_of(&pod) == Some(ROLE_LEADER) && term_of(&pod) == Some(run.term) {
                     return self.take_office(c);
                 }
@@ -111,6 +118,27 @@ impl Sim {
                 self.step(c);
             }
         }
+    }
+
+    /// A pod carries a newer term (the Lease was recreated): like the runtime's
+    /// `LabelError::NewerTerm`, remember it, step down and release (after the fence).
+    pub(crate) fn newer_term(&mut self, c: usize, newer: i32) {
+        self.log(Some(c), format_args!("office: a pod carries term {newer}, newer than ours: releasing"));
+        self.cands[c].term_floor = self.cands[c].term_floor.max(newer);
+        if self.cands[c].leading.is_none() {
+            return self.step(c);
+        }
+        self.stats.released += 1;
+        self.stand_down(c);
+        let Some((o, rv)) = self.cands[c].obs.clone() else { return self.step(c) };
+        let spec = LeaseSpec {
+            holder: None,
+            transitions: o.transitions,
+            lease_duration: o.lease_duration,
+            csn: Vec::new(),
+            switchover_to: self.request_seen(c),
+        };
+        self.fence(c, Some((rv, spec)));
     }
 
     /// Labelled: the fence keeper lifts the fence, unless the renew deadline passed.

@@ -124,6 +124,9 @@ impl Sim {
         if self.step_down_without_guard(c) {
             return;
         }
+        if let Some(newer) = self.cands[c].newer_term.take() {
+            return self.newer_term(c, newer);
+        }
         let cand = &self.cands[c];
         let caught_up = cand.leading.is_some() || {
             let (caught_up, uncovered) = self.caught_up(c, now);
@@ -157,7 +160,7 @@ impl Sim {
                     return;
                 };
                 let (what, transitions, timeout) = if action == Action::Acquire {
-                    (Call::Acquire, o.transitions + 1, CALL_TIMEOUT)
+                    (Call::Acquire, o.transitions.max(self.cands[c].term_floor) + 1, CALL_TIMEOUT)
                 } else {
                     (Call::Renew, o.transitions, self.leader_timeout(c))
                 };

@@ -50,9 +50,7 @@ pub(crate) fn fault_strategy() -> impl Strategy<Value = RawFault> {
         1 => Just(FaultKind::LateLabelWrite),
         1 => Just(FaultKind::Switchover),
         1 => Just(FaultKind::GuardKill),
-        // Not `LeaseRecreated`: safe now (`items::a_recreated_lease_is_not_free_to_a_restarted_elector`),
-        // but not live: the recreated Lease restarts the terms at 1 while the pods carry the
-        // old terms, so the new leader's label writes are refused as stale (open, docs/design.md).
+        1 => Just(FaultKind::LeaseRecreated),
         1 => Just(FaultKind::EtcdRestored),
     ];
     (0u32..=1000, target, kind, 0u32..=1000).prop_map(|(at, target, kind, length)| RawFault {

@@ -34,6 +34,16 @@ impl Elector {
                     self.fence.request(WantedFence::Leader { until: deadline });
                     self.office = Some(Office::Unfencing { term, since: Moment::now(), demoted });
                 }
+                Ok(Err(LabelError::NewerTerm { pod, term: newer })) => {
+                    // The terms restarted (a recreated Lease): this term can never label the
+                    // pods. Still fenced; give the Lease back and take it again above `newer`.
+                    tracing::warn!(pod = %self.cfg.identity, term, newer, newer_on = %pod,
+                        "a pod carries a newer term than ours (the Lease was recreated): releasing to take a term above it");
+                    self.term_floor = self.term_floor.max(newer);
+                    if self.step_down("NewerTerm").await {
+                        self.release().await;
+                    }
+                }
                 Ok(Err(e)) => self.failed("labelling the pods for the new term", &e),
                 Err(e) => self.failed("labelling the pods for the new term", &e),
             },
