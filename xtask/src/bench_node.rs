@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use ldap_elector_contract::SIDECAR_CONTAINER;
-use ldap_elector_tests::ldap::writer::{Attempt, Outcome};
+use ldap_elector_tests::ldap::writer::{Attempt, ConnectFailure, Outcome};
 use ldap_elector_tests::measure::writability::Answer;
 use ldap_elector_tests::measure::{self, Machine};
 use ldap_elector_tests::node::consumer::manifests::SLAPD_CONTAINER;
@@ -75,7 +75,7 @@ pub async fn run() -> anyhow::Result<()> {
         let ends: Vec<Instant> = s.writer.acked().iter().map(|a| a.end).collect();
         let gap = longest_gap(&ends, fault, next.end);
         deletion_gap.push(gap);
-        let story = gap_story(&s.writer.attempts(), fault, next.end);
+        let story = gap_story(&s.writer.attempts(), &s.writer.connect_failures(), fault, next.end);
         let label = (at - fault).as_secs_f64();
         eprintln!(
             "deletion {run}: pod {leader}, new leader label after {label:.3}s, longest gap between acknowledgements \
@@ -145,35 +145,39 @@ fn longest_gap(ends: &[Instant], from: Instant, to: Instant) -> Duration {
     window.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
 }
 
-/// The client's attempts from `from` to `to`, as offsets from `from` with runs of equal
-/// outcomes folded, and every pause of more than 200 ms between attempts (a connect that
-/// hung: failed connects are not attempts).
-fn gap_story(attempts: &[Attempt], from: Instant, to: Instant) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut last: Option<(&Outcome, usize)> = None;
-    let mut previous_end = from;
-    let at = |t: Instant| format!("+{:.3}s", t.saturating_duration_since(from).as_secs_f64());
-    for a in attempts.iter().filter(|a| a.start >= from && a.start <= to) {
-        let pause = a.start.saturating_duration_since(previous_end);
-        if pause > Duration::from_millis(200) {
-            parts.push(format!("[no attempt for {:.3}s]", pause.as_secs_f64()));
-            last = None;
-        }
-        previous_end = a.end;
-        match &mut last {
-            Some((outcome, n)) if *outcome == &a.outcome => {
-                *n += 1;
-                if let Some(p) = parts.last_mut() {
-                    *p = format!("{} {:?}×{}", p.split_whitespace().next().unwrap_or_default(), a.outcome, n);
-                }
-            }
-            _ => {
-                parts.push(format!("{} {:?}", at(a.start), a.outcome));
-                last = Some((&a.outcome, 1));
-            }
+/// What the client saw from `from` to `to`: its attempts and failed connects (each with its
+/// duration when it took over 200 ms) in order, as offsets from `from`, runs of equal
+/// outcomes folded.
+fn gap_story(attempts: &[Attempt], connects: &[ConnectFailure], from: Instant, to: Instant) -> String {
+    let seen = attempts
+        .iter()
+        .map(|a| (a.start, a.end, format!("{:?}", a.outcome)))
+        .chain(connects.iter().map(|c| (c.start, c.end, format!("connect failed ({})", short(&c.error)))));
+    let mut seen: Vec<(Instant, Instant, String)> = seen.filter(|(start, ..)| *start >= from && *start <= to).collect();
+    seen.sort_by_key(|(start, ..)| *start);
+    let mut parts: Vec<(String, String, usize)> = Vec::new();
+    for (start, end, what) in seen {
+        let long = end - start > Duration::from_millis(200);
+        let what = if long { format!("{what} in {:.3}s", (end - start).as_secs_f64()) } else { what };
+        match parts.last_mut() {
+            Some((_, last, n)) if *last == what => *n += 1,
+            _ => parts.push((format!("+{:.3}s", (start - from).as_secs_f64()), what, 1)),
         }
     }
-    parts.join(", ")
+    let fold = |(at, what, n): (String, String, usize)| {
+        if n > 1 {
+            format!("{at} {what}×{n}")
+        } else {
+            format!("{at} {what}")
+        }
+    };
+    parts.into_iter().map(fold).collect::<Vec<_>>().join(", ")
+}
+
+/// The last part of an error chain, shortened.
+fn short(error: &str) -> String {
+    let last = error.rsplit(": ").next().unwrap_or(error);
+    last.chars().take(60).collect()
 }
 
 /// Deletes pod `ordinal` and waits until the StatefulSet's new pod of that name is Ready.
@@ -230,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn the_gap_story_folds_repeats_and_shows_pauses() {
+    fn the_gap_story_folds_repeats_and_shows_slow_connects() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let attempt = |start: u64, end: u64, outcome: Outcome| Attempt {
@@ -245,9 +249,13 @@ mod tests {
             attempt(90, 92, Outcome::Refused(53)),
             attempt(1500, 1502, Outcome::Acked),
         ];
+        let connect =
+            |start: u64, end: u64| ConnectFailure { start: at(start), end: at(end), error: "x: refused".into() };
+        let connects = [connect(100, 101), connect(140, 141), connect(180, 1480)];
         assert_eq!(
-            gap_story(&attempts, at(0), at(2000)),
-            "+0.010s Acked, +0.050s Refused(53)×2, [no attempt for 1.408s], +1.500s Acked"
+            gap_story(&attempts, &connects, at(0), at(2000)),
+            "+0.010s Acked, +0.050s Refused(53)×2, +0.100s connect failed (refused)×2, \
+             +0.180s connect failed (refused) in 1.300s, +1.500s Acked"
         );
     }
 }

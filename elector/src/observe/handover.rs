@@ -6,7 +6,7 @@
 //!
 //! The endpoint is harmless to anyone who can reach the port: it only WAITS, bounded, and
 //! triggers nothing (the elector starts the hand-over itself when its pod watch sees the
-//! deletionTimestamp). When the pod is not being deleted it answers after [`NOTICE`] at most
+//! deletionTimestamp), then for [`DRAIN`]. When the pod is not being deleted it answers after [`NOTICE`] at most
 //! (the kubelet may call the hook a moment before the elector's watch sees the deletion), and
 //! only a few callers wait at once.
 
@@ -24,6 +24,13 @@ pub const NOTICE: Duration = Duration::from_secs(2);
 /// slapd keeps at least half of it for its own shutdown. A leader that cannot hand over in
 /// time (stalled slapd, no caught-up standby) does not get better by waiting longer.
 pub const WAIT: Duration = Duration::from_secs(15);
+/// After the hand-over, how long slapd keeps serving (fenced: writes answered 53 at once)
+/// before the hook returns and the kubelet stops it: long enough for the EndpointSlice
+/// controller and kube-proxy (1 s minimum sync by default) to take this pod out of the write
+/// Service. Without it the pod's address vanished while kube-proxy still sent new
+/// connections there, and they hung until the client's connect timeout (5 s on the real node,
+/// `make bench-node`), instead of a quick refusal and a retry that reaches the new leader.
+pub const DRAIN: Duration = Duration::from_secs(2);
 /// Callers waiting at once; more are answered at once (the kubelet calls once per container).
 const MAX_WAITERS: usize = 4;
 
@@ -45,10 +52,10 @@ impl Gate {
 
     /// The answer to `GET /handover`.
     pub async fn wait(&self) -> Response {
-        self.wait_within(NOTICE, WAIT).await
+        self.wait_within(NOTICE, WAIT, DRAIN).await
     }
 
-    async fn wait_within(&self, notice: Duration, bound: Duration) -> Response {
+    async fn wait_within(&self, notice: Duration, bound: Duration, drain: Duration) -> Response {
         let Ok(_permit) = self.waiters.clone().try_acquire_owned() else {
             return ("503 Service Unavailable", TEXT, "too many callers waiting\n".into());
         };
@@ -59,6 +66,7 @@ impl Gate {
         let mut done = self.handed_over.clone();
         let handed_over = matches!(tokio::time::timeout(bound, done.wait_for(|h| *h)).await, Ok(Ok(_)));
         if handed_over {
+            tokio::time::sleep(drain).await;
             ("200 OK", TEXT, "handed over\n".into())
         } else {
             ("503 Service Unavailable", TEXT, format!("not handed over within {bound:?}; stopping anyway\n"))
@@ -80,23 +88,35 @@ mod tests {
         let gate = Gate::new(deleting, done);
 
         // Not being deleted: answered after the notice, nothing waited for.
-        let (status, _, body) = gate.wait_within(SHORT, LONG).await;
+        let (status, _, body) = gate.wait_within(SHORT, LONG, Duration::ZERO).await;
         assert_eq!((status, body.as_str()), ("200 OK", "this pod is not being deleted\n"));
 
         // Being deleted, not handed over yet: bounded.
         deleting_tx.send_replace(true);
-        assert_eq!(gate.wait_within(SHORT, SHORT).await.0, "503 Service Unavailable");
+        assert_eq!(gate.wait_within(SHORT, SHORT, Duration::ZERO).await.0, "503 Service Unavailable");
 
         // Returns as soon as the elector has handed over.
         let waiting = tokio::spawn({
             let gate = gate.clone();
-            async move { gate.wait_within(SHORT, LONG).await }
+            async move { gate.wait_within(SHORT, LONG, Duration::ZERO).await }
         });
         tokio::time::sleep(SHORT).await;
         assert!(!waiting.is_finished());
         done_tx.send_replace(true);
         let (status, _, body) = waiting.await.unwrap();
         assert_eq!((status, body.as_str()), ("200 OK", "handed over\n"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_hand_over_slapd_keeps_serving_for_the_drain() {
+        let (_deleting_tx, deleting) = watch::channel(true);
+        let (_done_tx, done) = watch::channel(true);
+        let gate = Gate::new(deleting, done);
+        let started = tokio::time::Instant::now();
+        let (status, _, _) = gate.wait().await;
+        assert_eq!(status, "200 OK");
+        assert_eq!(started.elapsed(), DRAIN, "answered after the drain, not before");
+        assert!(NOTICE + WAIT + DRAIN < Duration::from_secs(30), "within the default grace period");
     }
 
     #[tokio::test]
@@ -107,11 +127,11 @@ mod tests {
         let waiting: Vec<_> = (0..MAX_WAITERS)
             .map(|_| {
                 let gate = gate.clone();
-                tokio::spawn(async move { gate.wait_within(SHORT, LONG).await })
+                tokio::spawn(async move { gate.wait_within(SHORT, LONG, Duration::ZERO).await })
             })
             .collect();
         tokio::time::sleep(SHORT).await;
-        let (status, _, body) = gate.wait_within(SHORT, LONG).await;
+        let (status, _, body) = gate.wait_within(SHORT, LONG, Duration::ZERO).await;
         assert_eq!((status, body.as_str()), ("503 Service Unavailable", "too many callers waiting\n"));
         waiting.iter().for_each(|w| w.abort());
     }

@@ -88,8 +88,18 @@ impl Default for Limits {
     }
 }
 
+/// A connection (with its bind) the writer could not open: not an attempt (no write was
+/// sent), kept to explain gaps between attempts.
+#[derive(Clone, Debug)]
+pub struct ConnectFailure {
+    pub start: Instant,
+    pub end: Instant,
+    pub error: String,
+}
+
 pub struct Writer {
     log: Arc<Mutex<Vec<Attempt>>>,
+    connect_failures: Arc<Mutex<Vec<ConnectFailure>>>,
     /// Held by the writer during each attempt; the test takes it to pause the writer.
     gate: Arc<tokio::sync::Mutex<()>>,
     stop: CancellationToken,
@@ -103,10 +113,16 @@ impl Writer {
 
     pub fn start_with(url: String, limits: Limits) -> Writer {
         let log = Arc::new(Mutex::new(Vec::new()));
+        let connect_failures = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Mutex::new(()));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(write_loop(url, limits, log.clone(), gate.clone(), stop.clone()));
-        Writer { log, gate, stop, task }
+        let logs = (log.clone(), connect_failures.clone());
+        let task = tokio::spawn(write_loop(url, limits, logs, gate.clone(), stop.clone()));
+        Writer { log, connect_failures, gate, stop, task }
+    }
+
+    pub fn connect_failures(&self) -> Vec<ConnectFailure> {
+        self.connect_failures.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn attempts(&self) -> Vec<Attempt> {
@@ -154,7 +170,7 @@ async fn connect(url: &str) -> anyhow::Result<Conn> {
 async fn write_loop(
     url: String,
     limits: Limits,
-    log: Arc<Mutex<Vec<Attempt>>>,
+    (log, connect_failures): (Arc<Mutex<Vec<Attempt>>>, Arc<Mutex<Vec<ConnectFailure>>>),
     gate: Arc<tokio::sync::Mutex<()>>,
     stop: CancellationToken,
 ) {
@@ -170,11 +186,14 @@ async fn write_loop(
                 g = gate.lock() => g,
                 _ = stop.cancelled() => return,
             };
+            let started = Instant::now();
             let c = match conn.as_mut() {
                 Some(c) => c,
                 None => match connect(&url).await {
                     Ok(c) => conn.insert(c),
-                    Err(_) => {
+                    Err(e) => {
+                        let failure = ConnectFailure { start: started, end: Instant::now(), error: format!("{e:#}") };
+                        connect_failures.lock().unwrap_or_else(|p| p.into_inner()).push(failure);
                         drop(_turn);
                         tokio::time::sleep(limits.pace * 2).await;
                         continue;
