@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use ldap_elector_contract::SIDECAR_CONTAINER;
-use ldap_elector_tests::ldap::writer::{Attempt, ConnectFailure, Outcome};
+use ldap_elector_tests::ldap::writer::{Attempt, ConnectFailure};
 use ldap_elector_tests::measure::writability::Answer;
 use ldap_elector_tests::measure::{self, Machine};
 use ldap_elector_tests::node::consumer::manifests::SLAPD_CONTAINER;
@@ -49,60 +49,73 @@ pub async fn run() -> anyhow::Result<()> {
     let wanted = |fault: &str| faults_wanted.split(',').any(|f| f.trim() == fault);
     let runs_of = |fault: &str| if wanted(fault) { runs } else { 0 };
 
-    let mut slapd_killed = Vec::new();
-    for run in 0..runs_of("slapd") {
-        settle(&s).await?;
-        let (leader, pod) = s.leader().await?;
-        let fault = faults::sigkill(faults::container_pid(s.node(), &pod, SLAPD_CONTAINER)?)?;
-        let back = s.writer.wait_ack_after(fault, RECOVERY).await?;
-        slapd_killed.push(back.end - fault);
-        eprintln!("slapd kill {run}: pod {leader}, writes back after {:?}", back.end - fault);
-        // A fresh pod resets the kubelet's restart back-off of the killed container (it
-        // doubles from 10 s with every restart and would dominate later runs).
-        replace_pod(&s, leader).await?;
-    }
-
-    let mut deletion_gap = Vec::new();
-    for run in 0..runs_of("deletion") {
-        settle(&s).await?;
-        let (leader, _) = s.leader().await?;
-        let fault = Instant::now();
-        delete_pod(&s, leader)?;
-        let old = pod_name(leader);
-        let (_, at) =
-            s.observer.wait_for_new_leader("a new leader after the deletion", Some(&old), fault, RECOVERY).await?;
-        let next = s.writer.wait_ack_after(at, RECOVERY).await?;
-        let ends: Vec<Instant> = s.writer.acked().iter().map(|a| a.end).collect();
-        let gap = longest_gap(&ends, fault, next.end);
-        deletion_gap.push(gap);
-        let story = gap_story(&s.writer.attempts(), &s.writer.connect_failures(), fault, next.end);
-        let label = (at - fault).as_secs_f64();
-        eprintln!(
-            "deletion {run}: pod {leader}, new leader label after {label:.3}s, longest gap between acknowledgements \
-             {gap:?}; the client saw: {story}"
-        );
-    }
-
-    let (mut refused, mut refused_first) = (Vec::new(), 0);
-    for run in 0..runs_of("elector") {
-        settle(&s).await?;
-        let (leader, pod) = s.leader().await?;
-        let fault = faults::sigkill(faults::container_pid(s.node(), &pod, SIDECAR_CONTAINER)?)?;
-        let stopped = ldap_elector_tests::wait_for("the old leader's slapd to refuse", RECOVERY, || async {
-            s.prober.first_after(leader, fault, |a| a != Answer::Writable).ok_or("still writable")
-        })
-        .await?;
-        let other = s.prober.first_after(1 - leader, fault, |a| a == Answer::Writable);
-        let fault_at = fault.saturating_duration_since(s.prober.epoch());
-        refused.push(stopped.sent.saturating_sub(fault_at));
-        if other.is_none_or(|o| stopped.received <= o.sent) {
-            refused_first += 1;
+    // On a failure the containers' logs go into the bed directory (kept with
+    // LDAP_ELECTOR_KEEP_BED=1) before the node goes: a stall is read from them.
+    let measured = async {
+        let mut slapd_killed = Vec::new();
+        for run in 0..runs_of("slapd") {
+            settle(&s).await?;
+            let (leader, pod) = s.leader().await?;
+            let fault = faults::sigkill(faults::container_pid(s.node(), &pod, SLAPD_CONTAINER)?)?;
+            let back = s.writer.wait_ack_after(fault, RECOVERY).await?;
+            slapd_killed.push(back.end - fault);
+            eprintln!("slapd kill {run}: pod {leader}, writes back after {:?}", back.end - fault);
+            // A fresh pod resets the kubelet's restart back-off of the killed container (it
+            // doubles from 10 s with every restart and would dominate later runs).
+            replace_pod(&s, leader).await?;
         }
-        eprintln!("elector kill {run}: pod {leader}, refused after {:?}", stopped.sent.saturating_sub(fault_at));
-        // A fresh pod resets the CrashLoopBackOff of the killed container.
-        s.writer.wait_ack_after(fault, RECOVERY).await?;
-        replace_pod(&s, leader).await?;
+
+        let mut deletion_gap = Vec::new();
+        for run in 0..runs_of("deletion") {
+            settle(&s).await?;
+            let (leader, _) = s.leader().await?;
+            let fault = Instant::now();
+            delete_pod(&s, leader)?;
+            let old = pod_name(leader);
+            let (_, at) =
+                s.observer.wait_for_new_leader("a new leader after the deletion", Some(&old), fault, RECOVERY).await?;
+            let next = s.writer.wait_ack_after(at, RECOVERY).await?;
+            let ends: Vec<Instant> = s.writer.acked().iter().map(|a| a.end).collect();
+            let gap = longest_gap(&ends, fault, next.end);
+            deletion_gap.push(gap);
+            let story = gap_story(&s.writer.attempts(), &s.writer.connect_failures(), fault, next.end);
+            let label = (at - fault).as_secs_f64();
+            eprintln!(
+                "deletion {run}: pod {leader}, new leader label after {label:.3}s, longest gap between acknowledgements \
+                 {gap:?}; the client saw: {story}"
+            );
+        }
+
+        let (mut refused, mut refused_first) = (Vec::new(), 0);
+        for run in 0..runs_of("elector") {
+            settle(&s).await?;
+            let (leader, pod) = s.leader().await?;
+            let fault = faults::sigkill(faults::container_pid(s.node(), &pod, SIDECAR_CONTAINER)?)?;
+            let stopped = ldap_elector_tests::wait_for("the old leader's slapd to refuse", RECOVERY, || async {
+                s.prober.first_after(leader, fault, |a| a != Answer::Writable).ok_or("still writable")
+            })
+            .await?;
+            let other = s.prober.first_after(1 - leader, fault, |a| a == Answer::Writable);
+            let fault_at = fault.saturating_duration_since(s.prober.epoch());
+            refused.push(stopped.sent.saturating_sub(fault_at));
+            if other.is_none_or(|o| stopped.received <= o.sent) {
+                refused_first += 1;
+            }
+            eprintln!("elector kill {run}: pod {leader}, refused after {:?}", stopped.sent.saturating_sub(fault_at));
+            // A fresh pod resets the CrashLoopBackOff of the killed container.
+            s.writer.wait_ack_after(fault, RECOVERY).await?;
+            replace_pod(&s, leader).await?;
+        }
+        anyhow::Ok((slapd_killed, deletion_gap, refused, refused_first))
     }
+    .await;
+    let (slapd_killed, deletion_gap, refused, refused_first) = match measured {
+        Ok(m) => m,
+        Err(e) => {
+            s.save_container_logs();
+            return Err(e);
+        }
+    };
 
     let verdict = s.finish().await?;
     println!("\n## Real node ({}, {runs} runs each, lease {} s)\n", Machine::detect(), LEASE.as_secs());
@@ -223,6 +236,7 @@ fn delete_pod(s: &Scenario, ordinal: usize) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ldap_elector_tests::ldap::writer::Outcome;
 
     #[test]
     fn longest_gap_spans_from_the_last_acknowledgement_before_the_fault() {

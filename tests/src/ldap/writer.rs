@@ -97,9 +97,15 @@ pub struct ConnectFailure {
     pub error: String,
 }
 
-pub struct Writer {
-    log: Arc<Mutex<Vec<Attempt>>>,
+/// What the writer records, shared with its task.
+#[derive(Clone, Default)]
+struct Logs {
+    attempts: Arc<Mutex<Vec<Attempt>>>,
     connect_failures: Arc<Mutex<Vec<ConnectFailure>>>,
+}
+
+pub struct Writer {
+    logs: Logs,
     /// Held by the writer during each attempt; the test takes it to pause the writer.
     gate: Arc<tokio::sync::Mutex<()>>,
     stop: CancellationToken,
@@ -112,21 +118,19 @@ impl Writer {
     }
 
     pub fn start_with(url: String, limits: Limits) -> Writer {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let connect_failures = Arc::new(Mutex::new(Vec::new()));
+        let logs = Logs::default();
         let gate = Arc::new(tokio::sync::Mutex::new(()));
         let stop = CancellationToken::new();
-        let logs = (log.clone(), connect_failures.clone());
-        let task = tokio::spawn(write_loop(url, limits, logs, gate.clone(), stop.clone()));
-        Writer { log, connect_failures, gate, stop, task }
+        let task = tokio::spawn(write_loop(url, limits, logs.clone(), gate.clone(), stop.clone()));
+        Writer { logs, gate, stop, task }
     }
 
     pub fn connect_failures(&self) -> Vec<ConnectFailure> {
-        self.connect_failures.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.logs.connect_failures.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn attempts(&self) -> Vec<Attempt> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.logs.attempts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn acked(&self) -> Vec<Attempt> {
@@ -154,7 +158,7 @@ impl Writer {
     pub async fn stop(self) -> Vec<Attempt> {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-        let attempts = self.log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let attempts = self.logs.attempts.lock().unwrap_or_else(|p| p.into_inner()).clone();
         attempts
     }
 }
@@ -170,7 +174,7 @@ async fn connect(url: &str) -> anyhow::Result<Conn> {
 async fn write_loop(
     url: String,
     limits: Limits,
-    (log, connect_failures): (Arc<Mutex<Vec<Attempt>>>, Arc<Mutex<Vec<ConnectFailure>>>),
+    logs: Logs,
     gate: Arc<tokio::sync::Mutex<()>>,
     stop: CancellationToken,
 ) {
@@ -193,7 +197,7 @@ async fn write_loop(
                     Ok(c) => conn.insert(c),
                     Err(e) => {
                         let failure = ConnectFailure { start: started, end: Instant::now(), error: format!("{e:#}") };
-                        connect_failures.lock().unwrap_or_else(|p| p.into_inner()).push(failure);
+                        logs.connect_failures.lock().unwrap_or_else(|p| p.into_inner()).push(failure);
                         drop(_turn);
                         tokio::time::sleep(limits.pace * 2).await;
                         continue;
@@ -212,7 +216,7 @@ async fn write_loop(
             if outcome != Outcome::Acked {
                 conn = None;
             }
-            log.lock().unwrap_or_else(|p| p.into_inner()).push(Attempt { uid, start, end, outcome });
+            logs.attempts.lock().unwrap_or_else(|p| p.into_inner()).push(Attempt { uid, start, end, outcome });
         }
         tokio::time::sleep(limits.pace).await;
     }

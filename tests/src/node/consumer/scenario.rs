@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Pod;
-use ldap_elector_contract::{LABEL_ROLE, ROLE_LEADER, SIDECAR_CONTAINER};
+use ldap_elector_contract::{GUARD_CONTAINER, LABEL_ROLE, ROLE_LEADER, SIDECAR_CONTAINER};
 
 use super::{install_chart, pod_name, Consumer, NAMESPACE, WRITE_SERVICE};
 use crate::bed::BedOptions;
@@ -83,7 +83,7 @@ impl Scenario {
         let dir = self.bed.dir.join("container-logs");
         let _ = std::fs::create_dir_all(&dir);
         for ordinal in 0..2 {
-            for container in [SIDECAR_CONTAINER, SLAPD_CONTAINER] {
+            for container in [SIDECAR_CONTAINER, GUARD_CONTAINER, SLAPD_CONTAINER] {
                 for previous in [false, true] {
                     let pod = pod_name(ordinal);
                     let mut kubectl = self.bed.kubectl();
