@@ -13,12 +13,10 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use ldap_elector_contract as contract;
-use ldap_elector_tests::bed::kubelet::Runner;
 use ldap_elector_tests::measure::observer::Observer;
-use ldap_elector_tests::workloads::build::elector_binary;
 use ldap_elector_tests::workloads::fixtures;
-use ldap_elector_tests::workloads::webhook::Webhook;
-use ldap_elector_tests::{wait_for, Bed, Kubelet};
+use ldap_elector_tests::workloads::webhook::injecting;
+use ldap_elector_tests::{wait_for, Bed};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(90);
@@ -63,17 +61,8 @@ async fn wait_endpoints_are(client: &Client, pod: &str) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotate_inject_elect_route_and_fail_over() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
-    let kubelet = Kubelet::start(&bed, "bed-node").await?;
-    kubelet.add_runner(Runner {
-        container: contract::SIDECAR_CONTAINER.into(),
-        program: elector_binary(false),
-        // The default log format (JSON), checked line by line at the end.
-        env: vec![("ELECTOR_PROBE_ADDR".into(), "off".into())],
-    });
-    let admin = bed.admin_client()?;
-    let mut webhook = Webhook::start(&bed).await?;
-    fixtures::namespace(&admin, NS, Some("restricted")).await?;
-    webhook.register(&bed, NS, "Fail").await?;
+    // The elector logs in its default format (JSON), checked line by line at the end.
+    let (kubelet, admin, mut webhook) = injecting(&bed, NS).await?;
 
     // The write Service exists before the StatefulSet and selects every pod: the webhook
     // refuses the pods until the reconciler has added the leader selector, so it never

@@ -17,13 +17,10 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use ldap_elector_contract as contract;
 use ldap_elector_contract::metric;
-use ldap_elector_tests::bed::kubelet::Runner;
 use ldap_elector_tests::measure::observer::Observer;
-use ldap_elector_tests::workloads::build::elector_binary;
-use ldap_elector_tests::workloads::fixtures;
 use ldap_elector_tests::workloads::nubus::{self, Nubus};
-use ldap_elector_tests::workloads::webhook::{http_get, Webhook};
-use ldap_elector_tests::{wait_for, Bed, Kubelet};
+use ldap_elector_tests::workloads::webhook::{http_get, injecting};
+use ldap_elector_tests::{wait_for, Bed};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(120);
@@ -111,16 +108,7 @@ fn selector(svc: &Service) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotating_the_live_statefulset_adopts_it_and_opting_out_restores_it() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
-    let kubelet = Kubelet::start(&bed, "bed-node").await?;
-    kubelet.add_runner(Runner {
-        container: contract::SIDECAR_CONTAINER.into(),
-        program: elector_binary(false),
-        env: vec![("ELECTOR_PROBE_ADDR".into(), "off".into())],
-    });
-    let admin = bed.admin_client()?;
-    let webhook = Webhook::start(&bed).await?;
-    fixtures::namespace(&admin, NS, Some("restricted")).await?;
-    webhook.register(&bed, NS, "Fail").await?;
+    let (_kubelet, admin, webhook) = injecting(&bed, NS).await?;
 
     // Installed as its chart would, before anyone thinks of ldap-elector.
     let nubus = Nubus::new("nubus");

@@ -23,6 +23,23 @@ use crate::bed::free_port;
 use crate::workloads::fixtures;
 use crate::{wait_for, Bed};
 
+/// The process bed's usual stage for injection tests: the test kubelet running the elector
+/// binary as the sidecar (probes off; JSON logs), and the webhook started and registered for
+/// `namespace` (created with Pod Security `restricted`) with failurePolicy `Fail`.
+pub async fn injecting(bed: &Bed, namespace: &str) -> anyhow::Result<(crate::Kubelet, Client, Webhook)> {
+    let kubelet = crate::Kubelet::start(bed, "bed-node").await?;
+    kubelet.add_runner(crate::bed::kubelet::Runner {
+        container: ldap_elector_contract::SIDECAR_CONTAINER.into(),
+        program: crate::workloads::build::elector_binary(false),
+        env: vec![("ELECTOR_PROBE_ADDR".into(), "off".into())],
+    });
+    let admin = bed.admin_client()?;
+    let webhook = Webhook::start(bed).await?;
+    fixtures::namespace(&admin, namespace, Some("restricted")).await?;
+    webhook.register(bed, namespace, "Fail").await?;
+    Ok((kubelet, admin, webhook))
+}
+
 pub const WEBHOOK_NS: &str = "ldap-elector-system";
 pub const WEBHOOK_SA: &str = "ldap-elector-webhook";
 pub const WEBHOOK_CONFIG: &str = "ldap-elector";
