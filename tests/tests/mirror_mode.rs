@@ -231,6 +231,10 @@ async fn a_slapd_fenced_offline_starts_read_only_and_its_elector_can_unfence_it(
 
     ldap::set_read_only(&node.ldapi_url(), DATA_DB, false, CHECK).await?;
     assert_eq!(node.admin().await?.add_person("after-unfence").await?.rc, 0);
+    // Replication goes on both ways: a slapd that started fenced provides and consumes as before.
+    println!("2 -> 1 after a fenced start: {:?}", wait_visible(&pair, 1, "after-unfence", true).await?);
+    pair.add_entry(1, "from-peer-after").await?;
+    println!("1 -> 2 after a fenced start: {:?}", wait_visible(&pair, 2, "from-peer-after", true).await?);
 
     // A wrong database is an error that names the ones there; no slapd.d is nothing to do.
     node.stop().await;
