@@ -301,3 +301,45 @@ async fn the_fence_can_stall_up_to_the_syncrepl_timeout_after_the_peer_reconnect
     pair.wait_converged(REPLICATE).await?;
     Ok(())
 }
+
+/// A server re-created from nothing as the real node's consumer re-creates a deleted pod (its
+/// state an emptyDir: a fresh data directory loaded with the same base entries by slapadd) and
+/// started fenced by `ldap-elector start-fenced`: it refreshes everything from its peer, and after
+/// it is unfenced its writes reach the peer and the peer's reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_recreated_from_nothing_and_started_fenced_replicates_both_ways() -> anyhow::Result<()> {
+    use ldap_elector::slapd::start_fenced::start_fenced;
+    use ldap_elector_tests::ldap::slapd::sbin;
+    let base = std::env::temp_dir().join(format!("ldap-elector-base-{}.ldif", std::process::id()));
+    std::fs::write(&base, ldap_elector_tests::node::consumer::manifests::base_ldif())?;
+    let pair = MirrorPair::start(PairOptions::default().preload(base.clone())).await?;
+    for i in 0..10 {
+        pair.add_entry(1, &format!("a{i}")).await?;
+        pair.add_entry(2, &format!("b{i}")).await?;
+    }
+    pair.wait_converged(REPLICATE).await?;
+    let node = pair.node(1);
+    node.stop().await;
+    std::fs::remove_dir_all(node.data_dir())?;
+    std::fs::create_dir_all(node.data_dir())?;
+    let config = node.dir().join("config");
+    let out = std::process::Command::new(sbin("slapadd"))
+        .args(["-q", "-w", "-b", SUFFIX, "-F"])
+        .arg(&config)
+        .arg("-l")
+        .arg(&base)
+        .output()?;
+    let _ = std::fs::remove_file(&base);
+    anyhow::ensure!(out.status.success(), "slapadd: {}", String::from_utf8_lossy(&out.stderr));
+    start_fenced(&config, DATA_DB)?;
+    node.start().await?;
+    for uid in ["a9", "b9"] {
+        wait_visible(&pair, 1, uid, true).await?;
+    }
+    ldap::set_read_only(&node.ldapi_url(), DATA_DB, false, CHECK).await?;
+    pair.add_entry(1, "after-recreation-1").await?;
+    println!("1 -> 2 after the re-creation: {:?}", wait_visible(&pair, 2, "after-recreation-1", true).await?);
+    pair.add_entry(2, "after-recreation-2").await?;
+    println!("2 -> 1 after the re-creation: {:?}", wait_visible(&pair, 1, "after-recreation-2", true).await?);
+    Ok(())
+}
