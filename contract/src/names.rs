@@ -159,6 +159,9 @@ pub const GUARD_COMMAND: &str = "guard";
 pub const START_FENCED_CONTAINER: &str = "ldap-elector-start-fenced";
 /// The subcommand of [`START_FENCED_CONTAINER`] (`ldap-elector start-fenced`).
 pub const START_FENCED_COMMAND: &str = "start-fenced";
+/// Every container the webhook injects: no pod template may use these names, no
+/// `replace-containers` may remove them, and none of them ever holds a consumer's token.
+pub const INJECTED_CONTAINERS: [&str; 3] = [SIDECAR_CONTAINER, GUARD_CONTAINER, START_FENCED_CONTAINER];
 /// The in-memory volume shared by the elector and the guard only, holding the guard's socket.
 pub const RUN_VOLUME: &str = "ldap-elector-run";
 /// Where both containers mount [`RUN_VOLUME`] (not `/run/ldap-elector`: with `/var/run`

@@ -320,9 +320,10 @@ impl Elector {
     /// resourceVersion (etcd restored from a backup), or every CAS write would fail forever.
     fn accept_lease(&mut self, seen: Lease) {
         if lease::adopts(&seen, self.current.as_ref(), true) {
-            if let Some(previous) = self.current.as_ref().filter(|p| p.metadata.uid != seen.metadata.uid) {
+            let recreated = self.current.as_ref().is_some_and(|p| p.metadata.uid != seen.metadata.uid);
+            if let Some(before) = self.observed.as_ref().filter(|_| recreated) {
                 // Recreated: its terms restart at 0, the pods keep the old ones.
-                self.term_floor = self.term_floor.max(lease::observe(previous, Moment::now()).transitions);
+                self.term_floor = self.term_floor.max(before.transitions);
             }
             self.ops.lease_seen(&seen);
             let previous = self.current.as_ref().zip(self.observed.as_ref());

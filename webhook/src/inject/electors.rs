@@ -48,9 +48,7 @@ pub(super) fn elector_removals(
         reason: reason.to_string(),
     };
     for name in &replace {
-        if [contract::SIDECAR_CONTAINER, contract::GUARD_CONTAINER, contract::START_FENCED_CONTAINER]
-            .contains(&name.as_str())
-        {
+        if contract::INJECTED_CONTAINERS.contains(&name.as_str()) {
             return Err(refuse(name, "that is ldap-elector's own container"));
         }
         if ldap_containers.contains(name) || spec.containers.first().is_some_and(|c| &c.name == name) {

@@ -296,7 +296,7 @@ fn check_owner(meta: &ObjectMeta, owner_name: &str, sts: &StatefulSet) -> Result
 /// A container or volume already using our names would make the patched pod invalid.
 fn check_conflicts(spec: &PodSpec) -> Result<(), InjectError> {
     let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
-    for name in [contract::SIDECAR_CONTAINER, contract::GUARD_CONTAINER, contract::START_FENCED_CONTAINER] {
+    for name in contract::INJECTED_CONTAINERS {
         if containers.clone().any(|c| c.name == name) {
             return Err(InjectError::NameConflict { what: "container", name });
         }
@@ -387,7 +387,7 @@ mod tests {
             // The consumer's containers keep their token only when the pod keeps its own
             // (custom) account; ours never get it.
             let kept = pod["spec"]["serviceAccountName"] == json!("custom");
-            let ours = [contract::SIDECAR_CONTAINER, contract::GUARD_CONTAINER];
+            let ours = contract::INJECTED_CONTAINERS;
             let all = spec.containers.iter().chain(spec.init_containers.iter().flatten());
             for c in all {
                 for m in c.volume_mounts.iter().flatten() {
