@@ -14,9 +14,12 @@
 //! - the sidecar container's working set (cgroup) at steady state.
 //!
 //! `BENCH_FAULTS` (e.g. `deletion`, or `slapd,elector`; default all three) picks the faults.
-//! Each deletion run also prints what the client saw in its longest gap.
+//! Each deletion run also prints what the client saw in its longest gap. After every round
+//! all acknowledged writes must be on both servers: a loss stops the bench with the logs.
 
 use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use ldap_elector_contract::SIDECAR_CONTAINER;
 use ldap_elector_tests::ldap::writer::{Attempt, ConnectFailure};
@@ -63,6 +66,7 @@ pub async fn run() -> anyhow::Result<()> {
             // A fresh pod resets the kubelet's restart back-off of the killed container (it
             // doubles from 10 s with every restart and would dominate later runs).
             replace_pod(&s, leader).await?;
+            audit(&s, "slapd kill", run).await?;
         }
 
         let mut deletion_gap = Vec::new();
@@ -84,6 +88,7 @@ pub async fn run() -> anyhow::Result<()> {
                 "deletion {run}: pod {leader}, new leader label after {label:.3}s, longest gap between acknowledgements \
                  {gap:?}; the client saw: {story}"
             );
+            audit(&s, "deletion", run).await?;
         }
 
         let (mut refused, mut refused_first) = (Vec::new(), 0);
@@ -105,6 +110,7 @@ pub async fn run() -> anyhow::Result<()> {
             // A fresh pod resets the CrashLoopBackOff of the killed container.
             s.writer.wait_ack_after(fault, RECOVERY).await?;
             replace_pod(&s, leader).await?;
+            audit(&s, "elector kill", run).await?;
         }
         anyhow::Ok((slapd_killed, deletion_gap, refused, refused_first))
     }
@@ -147,6 +153,15 @@ pub async fn run() -> anyhow::Result<()> {
     } else {
         println!("INVARIANT VIOLATIONS:\n{}\ntimeline:\n{}", violations.join("\n"), verdict.timeline);
     }
+    Ok(())
+}
+
+/// Every write acknowledged so far is on both servers (`Scenario::audit_acknowledged`): a
+/// loss stops the bench in the round that caused it.
+async fn audit(s: &Scenario, fault: &str, run: usize) -> anyhow::Result<()> {
+    settle(s).await?;
+    let n = s.audit_acknowledged().await.with_context(|| format!("after {fault} {run}"))?;
+    eprintln!("  audit after {fault} {run}: all {n} acknowledged writes on both servers");
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use ldap3::controls::RawControl;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
 use tokio_util::sync::CancellationToken;
 
-use crate::ldap::slapd::{ADMIN_DN, ADMIN_PASSWORD, PEOPLE};
+use crate::ldap::slapd::{ADMIN_DN, ADMIN_PASSWORD, PEOPLE, SUFFIX};
 
 /// How often each server is probed (the issue asks for ≤ 50 ms).
 pub const PROBE_PERIOD: Duration = Duration::from_millis(25);
@@ -306,6 +306,23 @@ pub async fn uids(url: &str) -> anyhow::Result<Vec<String>> {
     found.sort();
     let _ = ldap.unbind().await;
     Ok(found)
+}
+
+/// The suffix's contextCSN values on the server at `url`, sorted.
+pub async fn context_csn(url: &str) -> anyhow::Result<Vec<String>> {
+    let mut ldap = connect_patiently(url).await?;
+    let (entries, _) = ldap
+        .with_timeout(Duration::from_secs(5))
+        .search(SUFFIX, Scope::Base, "(objectClass=*)", vec!["contextCSN"])
+        .await?
+        .success()?;
+    let mut csn: Vec<String> = entries
+        .into_iter()
+        .flat_map(|e| SearchEntry::construct(e).attrs.remove("contextCSN").unwrap_or_default())
+        .collect();
+    csn.sort();
+    let _ = ldap.unbind().await;
+    Ok(csn)
 }
 
 async fn connect_patiently(url: &str) -> anyhow::Result<Ldap> {

@@ -154,6 +154,12 @@ pub fn listen_urls() -> String {
     format!("ldap://:{CONTAINER_PORT}/ ldapi://{socket}/")
 }
 
+/// slapd's `-d` level: `LDAP_ELECTOR_SLAPD_DEBUG` (e.g. `sync`, to read replication in the
+/// container logs a failed bench keeps), `0` (nothing) by default.
+fn slapd_debug_level() -> String {
+    std::env::var("LDAP_ELECTOR_SLAPD_DEBUG").unwrap_or_else(|_| "0".into())
+}
+
 /// The StatefulSet: two slapd servers as the image's openldap user, read-only root file
 /// system, emptyDirs where slapd writes, opted in with `lease_duration` (whole seconds).
 pub fn statefulset(image: &str, openldap: (u32, u32), lease_duration: &str) -> anyhow::Result<StatefulSet> {
@@ -202,7 +208,7 @@ pub fn statefulset(image: &str, openldap: (u32, u32), lease_duration: &str) -> a
                         "image": image,
                         "imagePullPolicy": "Never",
                         "command": ["/usr/sbin/slapd"],
-                        "args": ["-d", "0", "-F", CONFIG_DIR, "-h", listen_urls()],
+                        "args": ["-d", slapd_debug_level(), "-F", CONFIG_DIR, "-h", listen_urls()],
                         "ports": [{"name": "ldap", "containerPort": CONTAINER_PORT}],
                         "readinessProbe": {"tcpSocket": {"port": CONTAINER_PORT}, "periodSeconds": 2},
                         "securityContext": container_security,

@@ -121,6 +121,12 @@ impl Consumer {
         let pod = self.pods().get_opt(&pod_name(ordinal)).await?;
         Ok(pod.and_then(|p| p.status).and_then(|s| s.pod_ip))
     }
+
+    /// `ldap://<pod IP>:<port>` of both pods (slapd's own port, not the Service's).
+    pub async fn pod_urls(&self) -> anyhow::Result<[String; 2]> {
+        Ok([self.pod_ip(0).await?, self.pod_ip(1).await?]
+            .map(|ip| format!("ldap://{}:{}", ip.unwrap_or_default(), manifests::CONTAINER_PORT)))
+    }
 }
 
 fn cluster_ip(service: &Service) -> anyhow::Result<String> {

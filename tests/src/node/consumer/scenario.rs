@@ -100,6 +100,50 @@ impl Scenario {
         }
     }
 
+    /// Pauses the client and waits until both servers hold every write acknowledged so far
+    /// (bounded); on a miss it says how many each server lacks, when the first and last
+    /// missing ones were acknowledged and both servers' contextCSN. For a bench between
+    /// rounds: a loss is then found in the round that caused it, with its logs.
+    pub async fn audit_acknowledged(&self) -> anyhow::Result<usize> {
+        let _paused = self.writer.pause().await;
+        let acked = self.writer.acked();
+        let uids: Vec<String> = acked.iter().map(|a| a.uid.clone()).collect();
+        let urls = self.consumer.pod_urls().await?;
+        let waited = crate::wait_for("both servers to hold every acknowledged write", CONVERGE_TIMEOUT, || async {
+            let mut missing = Vec::new();
+            for url in &urls {
+                let present = writability::uids(url).await.map_err(|e| e.to_string())?;
+                missing.push(writability::missing(&uids, &present).len());
+            }
+            if missing.iter().all(|n| *n == 0) {
+                Ok(())
+            } else {
+                Err(format!("missing on each server: {missing:?}"))
+            }
+        })
+        .await;
+        let Err(e) = waited else { return Ok(uids.len()) };
+        let mut report = Vec::new();
+        for (ordinal, url) in urls.iter().enumerate() {
+            let present = writability::uids(url).await.unwrap_or_default();
+            let missing = writability::missing(&uids, &present);
+            let when = |uid: Option<&String>| {
+                uid.and_then(|u| acked.iter().find(|a| &a.uid == u)).map(|a| self.at(a.end)).unwrap_or_default()
+            };
+            let csn = writability::context_csn(url).await.unwrap_or_else(|e| vec![e.to_string()]);
+            report.push(format!(
+                "{}: {} of {} acknowledged writes missing (acknowledged {} .. {}); contextCSN {csn:?}",
+                pod_name(ordinal),
+                missing.len(),
+                uids.len(),
+                when(missing.first()),
+                when(missing.last()),
+            ));
+        }
+        self.save_container_logs();
+        anyhow::bail!("{e:#}\n{}\ntimeline:\n{}", report.join("\n"), self.observer.timeline())
+    }
+
     /// Seconds since the epoch, for messages.
     pub fn at(&self, t: Instant) -> String {
         format!("+{:.3}s", t.saturating_duration_since(self.epoch).as_secs_f64())
@@ -113,8 +157,7 @@ impl Scenario {
         let probes = self.prober.stop().await;
         self.consumer.wait_ready(Duration::from_secs(90)).await?;
         let leader = self.observer.wait_for_single_leader(Duration::from_secs(60)).await?;
-        let urls = [self.consumer.pod_ip(0).await?, self.consumer.pod_ip(1).await?]
-            .map(|ip| format!("ldap://{}:{CONTAINER_PORT}", ip.unwrap_or_default()));
+        let urls = self.consumer.pod_urls().await?;
         let unacknowledged: BTreeSet<String> =
             attempts.iter().filter(|a| a.outcome != Outcome::Acked).map(|a| a.uid.clone()).collect();
         writability::wait_converged(&urls, &unacknowledged, CONVERGE_TIMEOUT).await?;
