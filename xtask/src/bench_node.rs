@@ -62,7 +62,13 @@ pub async fn run() -> anyhow::Result<()> {
             let fault = faults::sigkill(faults::container_pid(s.node(), &pod, SLAPD_CONTAINER)?)?;
             let back = s.writer.wait_ack_after(fault, RECOVERY).await?;
             slapd_killed.push(back.end - fault);
-            eprintln!("slapd kill {run}: pod {leader}, writes back after {:?}", back.end - fault);
+            let story = gap_story(&s.writer.attempts(), &s.writer.connect_failures(), fault, back.end);
+            let endpoints = endpoint_story(&s.observer.endpoint_history(), fault, back.end);
+            eprintln!(
+                "slapd kill {run}: pod {leader}, writes back after {:?}; write Service endpoints: {endpoints}; the \
+                 client saw: {story}",
+                back.end - fault
+            );
             // A fresh pod resets the kubelet's restart back-off of the killed container (it
             // doubles from 10 s with every restart and would dominate later runs).
             replace_pod(&s, leader).await?;
@@ -202,6 +208,20 @@ fn gap_story(attempts: &[Attempt], connects: &[ConnectFailure], from: Instant, t
     parts.into_iter().map(fold).collect::<Vec<_>>().join(", ")
 }
 
+/// The write Service's ready endpoints as they changed from `from` to `to`, as offsets.
+fn endpoint_story(history: &[(Instant, Vec<String>)], from: Instant, to: Instant) -> String {
+    let seen: Vec<String> = history
+        .iter()
+        .filter(|(at, _)| *at >= from && *at <= to)
+        .map(|(at, ready)| format!("+{:.3}s {ready:?}", (*at - from).as_secs_f64()))
+        .collect();
+    if seen.is_empty() {
+        "unchanged".into()
+    } else {
+        seen.join(", ")
+    }
+}
+
 /// The last part of an error chain, shortened.
 fn short(error: &str) -> String {
     let last = error.rsplit(": ").next().unwrap_or(error);
@@ -260,6 +280,15 @@ mod tests {
         let ends = [at(0), at(100), at(120), at(900), at(920), at(5000)];
         assert_eq!(longest_gap(&ends, at(110), at(920)), Duration::from_millis(780));
         assert_eq!(longest_gap(&ends, at(950), at(950)), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_endpoint_story_lists_changes_within_the_window() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let history = [(at(0), vec!["a".to_string()]), (at(500), vec![]), (at(1500), vec!["a".to_string()])];
+        assert_eq!(endpoint_story(&history, at(100), at(2000)), "+0.400s [], +1.400s [\"a\"]");
+        assert_eq!(endpoint_story(&history, at(2000), at(3000)), "unchanged");
     }
 
     #[test]
