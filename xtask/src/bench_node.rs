@@ -15,7 +15,8 @@
 //!
 //! `BENCH_FAULTS` (e.g. `deletion`, or `slapd,elector`; default all three) picks the faults.
 //! Each deletion run also prints what the client saw in its longest gap. After every round
-//! all acknowledged writes must be on both servers: a loss stops the bench with the logs.
+//! all acknowledged writes must be on both servers: a loss stops the bench with the logs
+//! (`BENCH_AUDIT=end`: only at the end, as before).
 
 use std::time::{Duration, Instant};
 
@@ -71,6 +72,7 @@ pub async fn run() -> anyhow::Result<()> {
             );
             // A fresh pod resets the kubelet's restart back-off of the killed container (it
             // doubles from 10 s with every restart and would dominate later runs).
+            keep_logs(&s, "slapd kill", run);
             replace_pod(&s, leader).await?;
             audit(&s, "slapd kill", run).await?;
         }
@@ -79,6 +81,7 @@ pub async fn run() -> anyhow::Result<()> {
         for run in 0..runs_of("deletion") {
             settle(&s).await?;
             let (leader, _) = s.leader().await?;
+            keep_logs(&s, "deletion", run);
             let fault = Instant::now();
             delete_pod(&s, leader)?;
             let old = pod_name(leader);
@@ -115,6 +118,7 @@ pub async fn run() -> anyhow::Result<()> {
             eprintln!("elector kill {run}: pod {leader}, refused after {:?}", stopped.sent.saturating_sub(fault_at));
             // A fresh pod resets the CrashLoopBackOff of the killed container.
             s.writer.wait_ack_after(fault, RECOVERY).await?;
+            keep_logs(&s, "elector kill", run);
             replace_pod(&s, leader).await?;
             audit(&s, "elector kill", run).await?;
         }
@@ -163,12 +167,25 @@ pub async fn run() -> anyhow::Result<()> {
 }
 
 /// Every write acknowledged so far is on both servers (`Scenario::audit_acknowledged`): a
-/// loss stops the bench in the round that caused it.
+/// loss stops the bench in the round that caused it. `BENCH_AUDIT=end` leaves it to the final
+/// check instead (the audit pauses the client and lets replication settle between rounds,
+/// which a loss may need not to happen).
 async fn audit(s: &Scenario, fault: &str, run: usize) -> anyhow::Result<()> {
+    if std::env::var("BENCH_AUDIT").is_ok_and(|v| v == "end") {
+        return Ok(());
+    }
     settle(s).await?;
     let n = s.audit_acknowledged().await.with_context(|| format!("after {fault} {run}"))?;
     eprintln!("  audit after {fault} {run}: all {n} acknowledged writes on both servers");
     Ok(())
+}
+
+/// With `LDAP_ELECTOR_KEEP_BED=1`, the containers' logs of this round before a pod is
+/// deleted (the deletion takes its logs along).
+fn keep_logs(s: &Scenario, fault: &str, run: usize) {
+    if std::env::var("LDAP_ELECTOR_KEEP_BED").is_ok_and(|v| v == "1") {
+        s.save_container_logs_in(&format!("container-logs/{}-{run}", fault.replace(' ', "-")));
+    }
 }
 
 /// The longest time between consecutive acknowledgements (`ends`, in order) from the last

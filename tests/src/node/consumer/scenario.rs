@@ -80,7 +80,13 @@ impl Scenario {
     /// Copies the containers' logs (current and previous) into the bed directory, which
     /// `LDAP_ELECTOR_KEEP_BED=1` keeps (the node's own log directory goes with the node).
     pub fn save_container_logs(&self) {
-        let dir = self.bed.dir.join("container-logs");
+        self.save_container_logs_in("container-logs");
+    }
+
+    /// [`Scenario::save_container_logs`] into the bed directory's `name` (a bench keeps each
+    /// round's, since deleting a pod takes its logs along).
+    pub fn save_container_logs_in(&self, name: &str) {
+        let dir = self.bed.dir.join(name);
         let _ = std::fs::create_dir_all(&dir);
         for ordinal in 0..2 {
             for container in [SIDECAR_CONTAINER, GUARD_CONTAINER, SLAPD_CONTAINER] {
