@@ -330,3 +330,70 @@ async fn kubectl_delete_pod_of_the_leader_hands_over_without_two_writable_server
     verdict.assert_safe();
     Ok(())
 }
+
+/// How long replication into the re-created standby stays cut (several readiness periods).
+const REPLICATION_CUT: Duration = Duration::from_secs(20);
+
+/// Points the peer Service of pod `ordinal` (its peer's syncrepl provider) at `pod`.
+async fn point_peer_service(s: &Scenario, ordinal: usize, pod: &str) -> anyhow::Result<()> {
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(s.bed.admin_client()?, NAMESPACE);
+    let patch = serde_json::json!({"spec": {"selector": {"statefulset.kubernetes.io/pod-name": pod}}});
+    services.patch(&pod_name(ordinal), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// A pod re-created with an empty volume copies its peer before it may be Ready: a rolling
+/// update or a drain (both wait for Ready) would otherwise take the only complete copy away.
+/// Replication into the new standby is cut (its provider Service selects nothing) while the
+/// client keeps writing; the pod must not turn Ready before it holds every write acknowledged
+/// before its deletion. Before the fix its sidecar was Ready as soon as it ran: the bench saw
+/// such a pod Ready with 1320 of 5860 entries, and the writes only its peer held were lost
+/// when that peer went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_created_standby_is_not_ready_before_it_holds_every_acknowledged_write() -> anyhow::Result<()> {
+    let s = Scenario::start().await?;
+    let (leader, _) = s.leader().await?;
+    let standby = 1 - leader;
+    let pods = s.consumer.pods();
+    let old = pods.get(&pod_name(standby)).await?.metadata.uid;
+    point_peer_service(&s, leader, "nobody").await?;
+    let before: Vec<String> = s.writer.acked().into_iter().map(|a| a.uid).collect();
+    let mut kubectl = s.bed.kubectl();
+    kubectl.args(["delete", "pod", &pod_name(standby), "-n", NAMESPACE, "--wait=false"]);
+    let out = kubectl.output()?;
+    anyhow::ensure!(out.status.success(), "kubectl delete: {}", String::from_utf8_lossy(&out.stderr));
+    let deleted_at = Instant::now();
+
+    let mut restored = None;
+    let ready_at = loop {
+        anyhow::ensure!(deleted_at.elapsed() < RECOVERY * 3, "the re-created standby never turned Ready");
+        if restored.is_none() && deleted_at.elapsed() >= REPLICATION_CUT {
+            point_peer_service(&s, leader, &pod_name(leader)).await?;
+            restored = Some(Instant::now());
+            eprintln!("{} replication into the new standby restored", s.at(Instant::now()));
+        }
+        match pods.get_opt(&pod_name(standby)).await? {
+            Some(p) if p.metadata.uid != old && ldap_elector_tests::node::consumer::is_ready(&p) => {
+                break Instant::now()
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let url = s.consumer.pod_urls().await?[standby].clone();
+    let held = ldap_elector_tests::measure::writability::uids(&url).await?;
+    let missing = ldap_elector_tests::measure::writability::missing(&before, &held);
+    eprintln!("{} the new standby Ready, holding {} entries", s.at(ready_at), held.len());
+    assert!(
+        missing.is_empty(),
+        "the re-created standby turned Ready {:?} after its deletion (replication restored: {:?}) lacking {} of \
+         the {} writes acknowledged before it",
+        ready_at - deleted_at,
+        restored.map(|r| r.saturating_duration_since(deleted_at)),
+        missing.len(),
+        before.len()
+    );
+    assert!(restored.is_some_and(|r| ready_at >= r), "Ready while replication into it was cut");
+    let verdict = s.finish().await?;
+    verdict.assert_safe();
+    Ok(())
+}
