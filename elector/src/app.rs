@@ -13,7 +13,7 @@ use crate::cli::operator;
 use crate::election::run;
 use crate::observe::handover::Gate;
 use crate::observe::metrics::{ElectorMetrics, Telemetry};
-use crate::observe::probe::{self, Heartbeat};
+use crate::observe::probe::{self, Heartbeat, Ready};
 use crate::slapd::fence_guard;
 use crate::slapd::health;
 use crate::slapd::watchdog::{self, Watchdog};
@@ -220,6 +220,7 @@ async fn elect(config: Config) -> ExitCode {
     let tasks = CancellationToken::new();
     let heartbeat = Heartbeat::default();
     heartbeat.beat();
+    let ready = Ready::default();
 
     let (deleting_tx, deleting) = tokio::sync::watch::channel(false);
     let (handed_over_tx, handed_over) = tokio::sync::watch::channel(false);
@@ -228,7 +229,14 @@ async fn elect(config: Config) -> ExitCode {
             Ok(listener) => {
                 let stale = config.timing.lease_duration * 2;
                 let gate = Gate::new(deleting.clone(), handed_over);
-                tokio::spawn(probe::serve(listener, heartbeat.clone(), stale, Some(gate), tasks.clone()));
+                tokio::spawn(probe::serve(
+                    listener,
+                    heartbeat.clone(),
+                    ready.clone(),
+                    stale,
+                    Some(gate),
+                    tasks.clone(),
+                ));
             }
             Err(e) => {
                 eprintln!("ldap-elector: cannot listen on probe address {addr}: {e}");
@@ -316,8 +324,10 @@ async fn elect(config: Config) -> ExitCode {
             }
         });
     }
-    let elector =
-        run::Elector::new(config, client, heartbeat, watchdog).with_telemetry(ops).with_handover(handed_over_tx);
+    let elector = run::Elector::new(config, client, heartbeat, watchdog)
+        .with_telemetry(ops)
+        .with_handover(handed_over_tx)
+        .with_readiness(ready);
     let exit = elector.run(run::Inputs { healthy, csn, deleting, recheck, divergence }, terminate).await;
     guard_stop.cancel();
     // The loop (and with it every Event sink) is gone: let the last Events out, bounded.

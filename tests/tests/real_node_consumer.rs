@@ -356,6 +356,15 @@ async fn a_re_created_standby_is_not_ready_before_it_holds_every_acknowledged_wr
     let standby = 1 - leader;
     let pods = s.consumer.pods();
     let old = pods.get(&pod_name(standby)).await?.metadata.uid;
+    ldap_elector_tests::wait_for("100 acknowledged writes", RECOVERY, || async {
+        let n = s.writer.acked().len();
+        if n >= 100 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    })
+    .await?;
     point_peer_service(&s, leader, "nobody").await?;
     let before: Vec<String> = s.writer.acked().into_iter().map(|a| a.uid).collect();
     let mut kubectl = s.bed.kubectl();

@@ -109,6 +109,8 @@ pub struct Elector {
     /// whether it led in this run (then "handed over" needs another holder).
     handed_over: Option<watch::Sender<bool>>,
     led: bool,
+    /// `/readyz`'s verdict, judged every round of the loop (`readiness.rs`).
+    ready: Option<(crate::observe::probe::Ready, crate::election::readiness::Readiness)>,
 }
 
 impl Elector {
@@ -144,6 +146,7 @@ impl Elector {
             divergence: None,
             handed_over: None,
             led: false,
+            ready: None,
         }
     }
 
@@ -159,6 +162,18 @@ impl Elector {
     pub fn with_handover(mut self, handed_over: watch::Sender<bool>) -> Self {
         self.handed_over = Some(handed_over);
         self
+    }
+
+    /// Publishes the pod's readiness (`/readyz`): leading, or holding what the leader published.
+    pub fn with_readiness(mut self, ready: crate::observe::probe::Ready) -> Self {
+        self.ready = Some((ready, Default::default()));
+        self
+    }
+
+    fn publish_readiness(&mut self, now: Moment) {
+        let Some((ready, readiness)) = self.ready.as_mut() else { return };
+        let published = self.current.as_ref().map(lease::published_csn).unwrap_or_default();
+        ready.set(readiness.update(self.leading.is_some(), &self.my_csn, &published, now));
     }
 
     fn publish_handover(&self) {
@@ -203,6 +218,7 @@ impl Elector {
             // borrow_and_update marks the values seen, so `changed()` below waits for news.
             self.my_csn.clone_from(&csn.borrow_and_update());
             let healthy_now = *healthy.borrow_and_update();
+            self.publish_readiness(now);
             // Issue 15 item 2: lead only while the guard would fence slapd on our death; a
             // lost guard is a fence we cannot trust: step down without releasing.
             let mut guard_changes = self.watchdog.as_ref().map_or_else(Changes::never, Watchdog::changes);
