@@ -99,15 +99,16 @@ fn age(now: Timestamp, then: Option<Timestamp>) -> Option<Duration> {
     Some(Duration::from_micros(micros as u64))
 }
 
-/// Whether the pod's elector container runs and is ready (`None`: the kubelet reported no
-/// status for it yet).
+/// Whether the pod's elector container runs and has passed its startup probe (`None`: the
+/// kubelet reported no status for it yet). Not its readiness: a running elector whose slapd
+/// is still catching up is not Ready (`readiness.rs`), yet its publications are current.
 pub fn elector_running(pod: &Pod) -> Option<bool> {
     let status = pod.status.as_ref()?;
     let containers = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
     containers
         .into_iter()
         .find(|c| c.name == contract::SIDECAR_CONTAINER)
-        .map(|c| c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        .map(|c| c.started != Some(false) && c.state.as_ref().is_some_and(|s| s.running.is_some()))
 }
 
 /// The assessment (pure).
@@ -435,6 +436,12 @@ mod tests {
         let p = status.pods.iter().find(|p| p.name == "ldap-1").unwrap();
         assert_eq!((p.health.as_deref(), p.caught_up, p.lag_seconds), (None, None, None), "{p:?}");
         assert!(warns(&s, "ldap-1's elector is not running"), "{:?}", status.warnings);
+        // Running and started but not Ready (its slapd still catching up): its publications
+        // are current.
+        standby["status"]["initContainerStatuses"] = sidecar(true);
+        standby["status"]["initContainerStatuses"][0]["ready"] = json!(false);
+        standby["status"]["initContainerStatuses"][0]["started"] = json!(true);
+        assert_eq!(elector_running(&serde_json::from_value(standby.clone()).unwrap()), Some(true));
         // Running again: its publications count.
         standby["status"]["initContainerStatuses"] = sidecar(true);
         s.pods[i] = serde_json::from_value(standby).unwrap();
