@@ -291,38 +291,28 @@ async fn noop_modify(ldap: &mut Ldap) -> Answer {
     }
 }
 
-/// The uids under `ou=people` on the server at `url`.
+/// The uids under `ou=people` on the server at `url`, sorted.
 pub async fn uids(url: &str) -> anyhow::Result<Vec<String>> {
-    let mut ldap = connect_patiently(url).await?;
-    let (entries, _) = ldap
-        .with_timeout(Duration::from_secs(30))
-        .search(PEOPLE, Scope::OneLevel, "(uid=*)", vec!["uid"])
-        .await?
-        .success()?;
-    let mut found: Vec<String> = entries
-        .into_iter()
-        .filter_map(|e| SearchEntry::construct(e).attrs.remove("uid").and_then(|v| v.into_iter().next()))
-        .collect();
-    found.sort();
-    let _ = ldap.unbind().await;
-    Ok(found)
+    values(url, PEOPLE, Scope::OneLevel, "(uid=*)", "uid").await
 }
 
 /// The suffix's contextCSN values on the server at `url`, sorted.
 pub async fn context_csn(url: &str) -> anyhow::Result<Vec<String>> {
+    values(url, SUFFIX, Scope::Base, "(objectClass=*)", "contextCSN").await
+}
+
+/// Every value of `attribute` in the entries `filter` finds, sorted (bound as the rootDN).
+async fn values(url: &str, base: &str, scope: Scope, filter: &str, attribute: &str) -> anyhow::Result<Vec<String>> {
     let mut ldap = connect_patiently(url).await?;
-    let (entries, _) = ldap
-        .with_timeout(Duration::from_secs(5))
-        .search(SUFFIX, Scope::Base, "(objectClass=*)", vec!["contextCSN"])
-        .await?
-        .success()?;
-    let mut csn: Vec<String> = entries
+    let (entries, _) =
+        ldap.with_timeout(Duration::from_secs(30)).search(base, scope, filter, vec![attribute]).await?.success()?;
+    let mut found: Vec<String> = entries
         .into_iter()
-        .flat_map(|e| SearchEntry::construct(e).attrs.remove("contextCSN").unwrap_or_default())
+        .flat_map(|e| SearchEntry::construct(e).attrs.remove(attribute).unwrap_or_default())
         .collect();
-    csn.sort();
+    found.sort();
     let _ = ldap.unbind().await;
-    Ok(csn)
+    Ok(found)
 }
 
 async fn connect_patiently(url: &str) -> anyhow::Result<Ldap> {
