@@ -32,12 +32,14 @@ use ldap_elector_tests::node::consumer::{faults, is_ready, pod_name, summary, NA
 
 const RECOVERY: Duration = Duration::from_secs(120);
 const MEMORY_SAMPLES: usize = 10;
+/// How long the client may write: longer than any bench (its default bound is a test's).
+const WRITE_FOR: Duration = Duration::from_secs(6 * 3600);
 
 #[tokio::main]
 pub async fn run() -> anyhow::Result<()> {
     ldap_elector_tests::logging::init("warn,kube_client=off");
     let runs = measure::runs();
-    let s = Scenario::start().await?;
+    let s = Scenario::start_writing_for(WRITE_FOR).await?;
     eprintln!("set-up {:.1}s", s.setup.as_secs_f64());
 
     let mut memory = Vec::new();

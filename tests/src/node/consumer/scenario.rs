@@ -40,8 +40,14 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Starts everything and waits for one leader and a first acknowledged write.
+    /// Starts everything and waits for one leader and a first acknowledged write; the client
+    /// writes for at most the writer's default bound (a test's).
     pub async fn start() -> anyhow::Result<Scenario> {
+        Scenario::start_writing_for(Limits::default().max_time).await
+    }
+
+    /// [`Scenario::start`] with a client that writes for up to `write_for` (a bench's rounds).
+    pub async fn start_writing_for(write_for: Duration) -> anyhow::Result<Scenario> {
         let epoch = Instant::now();
         let bed = Bed::start_with(BedOptions { real_node: true, ..Default::default() }).await?;
         let images = bed.real_node.as_ref().context("no real node")?.images.clone();
@@ -52,7 +58,7 @@ impl Scenario {
         let consumer = Consumer::install(&bed, &images, &LEASE.as_secs().to_string()).await?;
         let prober = Prober::start(client, NAMESPACE, [pod_name(0), pod_name(1)], CONTAINER_PORT, epoch);
         observer.wait_for_single_leader(FIRST_LEADER_TIMEOUT).await?;
-        let limits = Limits { pace: WRITE_PACE, ..Limits::default() };
+        let limits = Limits { pace: WRITE_PACE, max_time: write_for, max_attempts: 2_000_000 };
         let writer = Writer::start_with(consumer.write_url(), limits);
         writer
             .wait_ack_after(Instant::now(), FIRST_LEADER_TIMEOUT)
