@@ -19,6 +19,7 @@
 //! | 1: replace slapd's image (slapd outside the fence) | policy `<fullname>-pod-spec` |
 //! | 1: add an ephemeral container (reads the token, enters slapd) | RBAC (`edit` lacks it); with the right granted on top, policy `<fullname>-pod-spec` |
 //! | 1: mint a token for the elector's account bound to an LDAP pod | policy `<fullname>-pod-bound-token` |
+//! | 7: create a pod carrying the injection marker (a stand-in for a standby, running as the elector's account) | webhook: refuses every pod arriving marked; policy `<fullname>-pod-marker`: a marked pod the webhook did not review |
 //! | 5: a webhook outage blocks pods of StatefulSets that never opted in | `webhookConfiguration.podOptInLabel` + policy `<fullname>-opt-in` |
 //! | 6: `leader-service` names another team's Service | reconciler: only Services selecting exactly its pods, Event `LeaderServiceRefused` |
 //! | 6: a StatefulSet named after another team's Lease takes it over | reconciler: never applies over an object it did not create, Event `ObjectNotOurs` |
@@ -37,7 +38,9 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::{request_token, TENANT_USER};
-use ldap_elector_tests::workloads::webhook::{http_status, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA};
+use ldap_elector_tests::workloads::webhook::{
+    http_status, Webhook, SIDECAR_IMAGE, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
+};
 use ldap_elector_tests::workloads::{fixtures, policies};
 use ldap_elector_tests::{wait_for, Bed};
 use serde_json::{json, Value};
@@ -608,4 +611,99 @@ fn edited(config: &MutatingWebhookConfiguration, edit: Edit) -> MutatingWebhookC
     let mut config = config.clone();
     config.webhooks.iter_mut().flatten().for_each(edit);
     config
+}
+
+// ---- Item 7: hardening ----
+
+/// The injection marker `ldap-elector.dev/status: injected` is what the label protection
+/// trusts as "this pod runs the webhook's elector". A tenant who may create pods started a
+/// pod carrying it, running as the elector's account: the webhook skipped a marked pod as
+/// "already injected" (with a container named like our sidecar, running the tenant's code),
+/// and never saw a pod without a StatefulSet owner at all. Either pod's own pod-bound token
+/// (minted by the kubelet) then passes the role policy as "the pod's own elector" and labels
+/// it leader. Now the webhook refuses every pod that arrives marked, and the policy
+/// `<fullname>-pod-marker` every marked pod the webhook does not review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_create_a_pod_carrying_the_injection_marker() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let (tenant, admin, webhook) = installed(&bed).await?;
+    let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
+    let set = sets.create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?).await?;
+    wait_injected(&Api::namespaced(admin.clone(), NS), STS, 2).await?;
+    let account = contract::identity_name(STS);
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), NS);
+    wait_for("the reconciler to create the elector account", T, || async {
+        accounts.get_opt(&account).await.map_err(|e| e.to_string())?.map(drop).ok_or("not yet".to_string())
+    })
+    .await?;
+
+    let pods: Api<Pod> = Api::namespaced(tenant.clone(), NS);
+    let (pp, dry) = (PostParams::default(), PostParams { dry_run: true, ..Default::default() });
+    let marker = json!({contract::ANNOTATION_STATUS: contract::STATUS_INJECTED});
+
+    // A stand-in for a standby: a pod of the StatefulSet (owner, pod-name label) whose
+    // container posing as the elector runs the tenant's code.
+    let stand_in = contract::pod_name(STS, 2);
+    let owned = |annotations: Value| -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {
+                "name": stand_in, "labels": {"app": STS, "statefulset.kubernetes.io/pod-name": stand_in},
+                "annotations": annotations,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": STS,
+                                     "uid": set.metadata.uid.clone().unwrap_or_default(), "controller": true}],
+            },
+            "spec": {
+                "serviceAccountName": account,
+                "initContainers": [{"name": contract::SIDECAR_CONTAINER, "image": ATTACKER_IMAGE, "restartPolicy": "Always"}],
+                "containers": [{"name": "ldap", "image": ATTACKER_IMAGE}],
+            },
+        }))?)
+    };
+    // Neighbour: without the marker (and without a container of our name) the tenant may
+    // create it, and the webhook injects our elector (dry run: the StatefulSet controller
+    // would delete a pod beyond its replicas).
+    let mut unmarked = owned(json!({}))?;
+    if let Some(spec) = unmarked.spec.as_mut() {
+        spec.init_containers = None;
+    }
+    let admitted = pods.create(&dry, &unmarked).await?;
+    let inits = admitted.spec.and_then(|s| s.init_containers).unwrap_or_default();
+    let sidecar = inits.iter().find(|c| c.name == contract::SIDECAR_CONTAINER).and_then(|c| c.image.clone());
+    assert_eq!(sidecar.as_deref(), Some(SIDECAR_IMAGE), "the unmarked pod was not injected: {inits:?}");
+    // Attack: marked, with the tenant's code as "the elector".
+    refused(
+        pods.create(&pp, &owned(marker.clone())?).await,
+        "create a StatefulSet pod carrying the injection marker, the tenant's code posing as the elector",
+        "pods.ldap-elector.dev",
+        "only the ldap-elector webhook sets",
+    );
+
+    // A pod of the tenant's own, running as the elector's account, selected by the write
+    // Service's labels; no StatefulSet owner, so the pod webhook never sees it.
+    let impostor = |annotations: Value| -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": "impostor", "labels": {"app": STS}, "annotations": annotations},
+            "spec": {"serviceAccountName": account, "containers": [{"name": "ldap", "image": ATTACKER_IMAGE}]},
+        }))?)
+    };
+    let marked_impostor = impostor(marker)?;
+    wait_policy_active(policies::POD_MARKER_POLICY, || pods.create(&dry, &marked_impostor)).await?;
+    // Neighbour: the same pod without the marker is created (the role policy refuses its
+    // token any role change: it runs no injected elector).
+    pods.create(&pp, &impostor(json!({}))?).await?;
+    pods.delete("impostor", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    wait_for("the unmarked impostor gone", T, || async {
+        pods.get_opt("impostor").await.map_err(|e| e.to_string())?.map_or(Ok(()), |_| Err("not yet".to_string()))
+    })
+    .await?;
+    // Attack: with the marker.
+    refused(
+        pods.create(&pp, &marked_impostor).await,
+        "create a pod carrying the injection marker without a StatefulSet owner",
+        policies::POD_MARKER_POLICY,
+        "carrying the annotation ldap-elector.dev/status=injected: only the ldap-elector webhook sets it",
+    );
+    assert!(pods.get_opt(&stand_in).await?.is_none(), "the stand-in exists");
+    drop(webhook);
+    Ok(())
 }

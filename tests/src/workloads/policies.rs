@@ -14,6 +14,7 @@ pub const POD_ROLE_POLICY: &str = "ldap-elector-pod-role";
 pub const LEADER_SERVICE_POLICY: &str = "ldap-elector-leader-service";
 pub const POD_SPEC_POLICY: &str = "ldap-elector-pod-spec";
 pub const POD_BOUND_TOKEN_POLICY: &str = "ldap-elector-pod-bound-token";
+pub const POD_MARKER_POLICY: &str = "ldap-elector-pod-marker";
 pub const OPT_IN_POLICY: &str = "ldap-elector-opt-in";
 pub const WEBHOOK_CONFIGURATION_POLICY: &str = "ldap-elector-webhook-configuration";
 
