@@ -19,6 +19,7 @@
 //! | 1: replace slapd's image (slapd outside the fence) | policy `<fullname>-pod-spec` |
 //! | 1: add an ephemeral container (reads the token, enters slapd) | RBAC (`edit` lacks it); with the right granted on top, policy `<fullname>-pod-spec` |
 //! | 1: mint a token for the elector's account bound to an LDAP pod | policy `<fullname>-pod-bound-token` |
+//! | 7: set the Lease's `switchover-to` or `allow-diverged` (move the leader, promote a diverged standby) | policy `<fullname>-lease-overrides` |
 //! | 7: create a pod carrying the injection marker (a stand-in for a standby, running as the elector's account) | webhook: refuses every pod arriving marked; policy `<fullname>-pod-marker`: a marked pod the webhook did not review |
 //! | 5: a webhook outage blocks pods of StatefulSets that never opted in | `webhookConfiguration.podOptInLabel` + policy `<fullname>-opt-in` |
 //! | 6: `leader-service` names another team's Service | reconciler: only Services selecting exactly its pods, Event `LeaderServiceRefused` |
@@ -96,7 +97,11 @@ async fn grant_tenant(admin: &Client, name: &str, rules: Value) -> anyhow::Resul
 }
 
 fn access_review(verb: &str, resource: &str, subresource: &str, namespace: &str) -> SelfSubjectAccessReview {
-    let group = if resource == "statefulsets" { "apps" } else { "" };
+    let group = match resource {
+        "statefulsets" => "apps",
+        "leases" => "coordination.k8s.io",
+        _ => "",
+    };
     serde_json::from_value(json!({"spec": {"resourceAttributes": {
         "namespace": namespace, "verb": verb, "group": group, "resource": resource, "subresource": subresource,
     }}}))
@@ -716,6 +721,98 @@ async fn a_tenant_cannot_create_a_pod_carrying_the_injection_marker() -> anyhow:
         "carrying the annotation ldap-elector.dev/status=injected: only the ldap-elector webhook sets it",
     );
     assert!(pods.get_opt(&stand_in).await?.is_none(), "the stand-in exists");
+    drop(webhook);
+    Ok(())
+}
+
+/// The Lease annotations `switchover-to` (the leader hands over to the named pod) and
+/// `allow-diverged` (a standby whose data differs may be promoted, losing writes) steer the
+/// election past its own checks; `edit` holds `update leases`, and RBAC cannot say which
+/// fields of a Lease that may touch. The policy `<fullname>-lease-overrides` leaves them to
+/// cluster admins (`ldap-elector switchover` runs as one); an elector (pod-bound token) may
+/// only clear a switchover request, as the leader does when it hands over or refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_request_a_switchover_or_allow_a_diverged_standby() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let (tenant, admin, webhook) = installed(&bed).await?;
+    Api::<StatefulSet>::namespaced(tenant.clone(), NS)
+        .create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?)
+        .await?;
+    let injected = wait_injected(&Api::namespaced(admin.clone(), NS), STS, 2).await?;
+    let name = contract::lease_name(STS);
+    let as_admin: Api<Lease> = Api::namespaced(admin.clone(), NS);
+    wait_for("the reconciler to create the Lease", T, || async {
+        as_admin.get_opt(&name).await.map_err(|e| e.to_string())?.map(drop).ok_or("not yet".to_string())
+    })
+    .await?;
+    assert!(can_i(&tenant, "update", "leases", "").await.map_err(anyhow::Error::msg)?, "edit lacks update leases");
+
+    let leases: Api<Lease> = Api::namespaced(tenant.clone(), NS);
+    let (pp, dry) = (PatchParams::default(), PatchParams { dry_run: true, ..Default::default() });
+    let annotate = |key: &str, value: Value| Patch::Merge(json!({"metadata": {"annotations": {key: value}}}));
+    let target = contract::pod_name(STS, 1);
+    let request = annotate(contract::LEASE_ANNOTATION_SWITCHOVER_TO, json!(target));
+    wait_policy_active(policies::LEASE_OVERRIDES_POLICY, || leases.patch(&name, &dry, &request)).await?;
+
+    // Neighbour: the tenant may annotate the Lease otherwise.
+    leases.patch(&name, &pp, &annotate("team", json!("ldap"))).await?;
+    // Attack: request a switchover, allow a diverged standby.
+    refused(
+        leases.patch(&name, &pp, &request).await,
+        "request a switchover on the Lease",
+        policies::LEASE_OVERRIDES_POLICY,
+        &format!("may not set or change the annotation {}", contract::LEASE_ANNOTATION_SWITCHOVER_TO),
+    );
+    refused(
+        leases.patch(&name, &pp, &annotate(contract::LEASE_ANNOTATION_ALLOW_DIVERGED, json!(target))).await,
+        "allow a diverged standby on the Lease",
+        policies::LEASE_OVERRIDES_POLICY,
+        &format!("may not set, change or remove the annotation {}", contract::LEASE_ANNOTATION_ALLOW_DIVERGED),
+    );
+    // Attack: a Lease created with the request (e.g. after deleting the real one).
+    let lease = |annotations: Value| -> anyhow::Result<Lease> {
+        Ok(serde_json::from_value(json!({"metadata": {"name": "spare-leader", "annotations": annotations}}))?)
+    };
+    leases.create(&PostParams { dry_run: true, ..Default::default() }, &lease(json!({"team": "ldap"}))?).await?;
+    refused(
+        leases.create(&PostParams::default(), &lease(json!({contract::LEASE_ANNOTATION_SWITCHOVER_TO: target}))?).await,
+        "create a Lease carrying a switchover request",
+        policies::LEASE_OVERRIDES_POLICY,
+        contract::LEASE_ANNOTATION_SWITCHOVER_TO,
+    );
+
+    // An admin requests a switchover (what `ldap-elector switchover` writes), and may allow.
+    as_admin.patch(&name, &pp, &request).await?;
+    as_admin.patch(&name, &pp, &annotate(contract::LEASE_ANNOTATION_ALLOW_DIVERGED, json!(target))).await?;
+    // The tenant may not clear it either (that is the leader's or an admin's to do) ...
+    refused(
+        leases.patch(&name, &pp, &annotate(contract::LEASE_ANNOTATION_SWITCHOVER_TO, Value::Null)).await,
+        "cancel the admin's switchover request",
+        policies::LEASE_OVERRIDES_POLICY,
+        &format!("({target} -> <none>)"),
+    );
+    // ... but an elector, with the kubelet's pod-bound token of its account, clears it (as the
+    // leader does on handing over or refusing); it may neither set it nor touch allow-diverged.
+    let account = contract::identity_name(STS);
+    let (leader, uid) = (contract::pod_name(STS, 0), injected[0].metadata.uid.clone().unwrap_or_default());
+    let token = request_token(&admin, NS, &account, Some((&leader, &uid))).await?;
+    let as_elector: Api<Lease> = Api::namespaced(bed.client_with_token(&token)?, NS);
+    refused(
+        as_elector.patch(&name, &pp, &annotate(contract::LEASE_ANNOTATION_ALLOW_DIVERGED, Value::Null)).await,
+        "an elector removes allow-diverged",
+        policies::LEASE_OVERRIDES_POLICY,
+        contract::LEASE_ANNOTATION_ALLOW_DIVERGED,
+    );
+    as_elector.patch(&name, &pp, &annotate(contract::LEASE_ANNOTATION_SWITCHOVER_TO, Value::Null)).await?;
+    refused(
+        as_elector.patch(&name, &pp, &request).await,
+        "an elector requests a switchover",
+        policies::LEASE_OVERRIDES_POLICY,
+        contract::LEASE_ANNOTATION_SWITCHOVER_TO,
+    );
+    let annotations = as_admin.get(&name).await?.metadata.annotations.unwrap_or_default();
+    assert_eq!(annotations.get(contract::LEASE_ANNOTATION_SWITCHOVER_TO), None, "{annotations:?}");
+    assert_eq!(annotations.get(contract::LEASE_ANNOTATION_ALLOW_DIVERGED), Some(&target), "{annotations:?}");
     drop(webhook);
     Ok(())
 }
