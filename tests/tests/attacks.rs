@@ -796,16 +796,30 @@ async fn a_tenant_cannot_request_a_switchover_or_allow_a_diverged_standby() -> a
     let account = contract::identity_name(STS);
     let (leader, uid) = (contract::pod_name(STS, 0), injected[0].metadata.uid.clone().unwrap_or_default());
     let token = request_token(&admin, NS, &account, Some((&leader, &uid))).await?;
+    // The elector's Role grants `update` (no `patch`): it replaces the Lease it read.
     let as_elector: Api<Lease> = Api::namespaced(bed.client_with_token(&token)?, NS);
+    let elector_sets = |key: &'static str, value: Option<String>| {
+        let as_elector = as_elector.clone();
+        let name = name.clone();
+        async move {
+            let mut lease = as_elector.get(&name).await?;
+            let annotations = lease.metadata.annotations.get_or_insert_with(Default::default);
+            match value {
+                Some(value) => annotations.insert(key.to_string(), value),
+                None => annotations.remove(key),
+            };
+            as_elector.replace(&name, &PostParams::default(), &lease).await
+        }
+    };
     refused(
-        as_elector.patch(&name, &pp, &annotate(contract::LEASE_ANNOTATION_ALLOW_DIVERGED, Value::Null)).await,
+        elector_sets(contract::LEASE_ANNOTATION_ALLOW_DIVERGED, None).await,
         "an elector removes allow-diverged",
         policies::LEASE_OVERRIDES_POLICY,
         contract::LEASE_ANNOTATION_ALLOW_DIVERGED,
     );
-    as_elector.patch(&name, &pp, &annotate(contract::LEASE_ANNOTATION_SWITCHOVER_TO, Value::Null)).await?;
+    elector_sets(contract::LEASE_ANNOTATION_SWITCHOVER_TO, None).await?;
     refused(
-        as_elector.patch(&name, &pp, &request).await,
+        elector_sets(contract::LEASE_ANNOTATION_SWITCHOVER_TO, Some(target.clone())).await,
         "an elector requests a switchover",
         policies::LEASE_OVERRIDES_POLICY,
         contract::LEASE_ANNOTATION_SWITCHOVER_TO,
