@@ -20,6 +20,7 @@
 //! | 1: add an ephemeral container (reads the token, enters slapd) | RBAC (`edit` lacks it); with the right granted on top, policy `<fullname>-pod-spec` |
 //! | 1: mint a token for the elector's account bound to an LDAP pod | policy `<fullname>-pod-bound-token` |
 //! | 7: set the Lease's `switchover-to` or `allow-diverged` (move the leader, promote a diverged standby) | policy `<fullname>-lease-overrides` |
+//! | 7: add a CA of one's own to the webhook Secret's `ca.crt` (the API server would trust it for admission) | webhook: publishes only the CA that issued its serving certificate |
 //! | 7: create a pod carrying the injection marker (a stand-in for a standby, running as the elector's account) | webhook: refuses every pod arriving marked; policy `<fullname>-pod-marker`: a marked pod the webhook did not review |
 //! | 5: a webhook outage blocks pods of StatefulSets that never opted in | `webhookConfiguration.podOptInLabel` + policy `<fullname>-opt-in` |
 //! | 6: `leader-service` names another team's Service | reconciler: only Services selecting exactly its pods, Event `LeaderServiceRefused` |
@@ -28,23 +29,31 @@
 
 use std::time::Duration;
 
+use clap::Parser;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::ByteString;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use ldap_elector_certs::store::SECRET_KEY_CA;
 use ldap_elector_contract as contract;
-use ldap_elector_tests::bed::{request_token, TENANT_USER};
+use ldap_elector_tests::bed::{free_port, request_token, TENANT_USER};
 use ldap_elector_tests::workloads::webhook::{
-    http_status, Webhook, SIDECAR_IMAGE, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
+    http_status, webhook_identity, Webhook, SIDECAR_IMAGE, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
 };
 use ldap_elector_tests::workloads::{fixtures, policies};
 use ldap_elector_tests::{wait_for, Bed};
+use ldap_elector_webhook::args::Args;
+use ldap_elector_webhook::reconcile::namespace_role_rules;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(90);
 /// The tenant's namespace.
@@ -828,5 +837,120 @@ async fn a_tenant_cannot_request_a_switchover_or_allow_a_diverged_standby() -> a
     assert_eq!(annotations.get(contract::LEASE_ANNOTATION_SWITCHOVER_TO), None, "{annotations:?}");
     assert_eq!(annotations.get(contract::LEASE_ANNOTATION_ALLOW_DIVERGED), Some(&target), "{annotations:?}");
     drop(webhook);
+    Ok(())
+}
+
+/// The webhook's TLS Secret (certMode=secret) in [`WEBHOOK_NS`].
+const TLS_SECRET: &str = "ldap-elector-webhook-tls";
+
+/// The webhook in certMode=secret as `client` (its account), the reconciler off, with
+/// `health_port`; returns once ready, with the token that stops it.
+async fn secret_mode_webhook(client: &Client, health_port: u16) -> anyhow::Result<CancellationToken> {
+    let settings = Args::try_parse_from([
+        "ldap-elector-webhook".to_string(),
+        format!("--listen=127.0.0.1:{}", free_port()?),
+        format!("--health-listen=127.0.0.1:{health_port}"),
+        format!("--namespace={WEBHOOK_NS}"),
+        "--reconcile=false".into(),
+        format!("--sidecar-image={SIDECAR_IMAGE}"),
+    ])?
+    .into_settings()
+    .map_err(anyhow::Error::msg)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(ldap_elector_webhook::app::run(settings, client.clone(), shutdown.clone(), Duration::ZERO));
+    wait_for("webhook /readyz", T, || async {
+        match http_status(health_port, "/readyz").await? {
+            200 => Ok(()),
+            status => Err(format!("status {status}")),
+        }
+    })
+    .await?;
+    Ok(shutdown)
+}
+
+/// The certificates of the published caBundle of [`WEBHOOK_CONFIG`].
+async fn published_cas(configs: &Api<MutatingWebhookConfiguration>) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let config = configs.get(WEBHOOK_CONFIG).await?;
+    let bundle = config.webhooks.unwrap_or_default().first().and_then(|w| w.client_config.ca_bundle.clone());
+    let bundle = bundle.ok_or_else(|| anyhow::anyhow!("no caBundle published"))?;
+    Ok(CertificateDer::pem_slice_iter(&bundle.0).collect::<Result<_, _>>()?)
+}
+
+/// In certMode=secret the webhook published every CA of its Secret's `ca.crt` into the
+/// caBundle: whoever may update Secrets in the release namespace (`edit` there) added a CA
+/// of their own, and at the webhook's next start the API server trusted certificates of
+/// that CA for the admission of every covered pod. Now only the CA that issued the serving
+/// certificate is published. (Whoever may write that Secret can still replace certificate,
+/// key and CA together: the release namespace is guarded like kube-system, docs/security.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_added_to_the_webhook_secret_is_not_published_into_the_ca_bundle() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let admin = bed.admin_client()?;
+    let account = webhook_identity(&bed).await?;
+    let pp = PostParams::default();
+    let role = Role {
+        metadata: kube::api::ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
+        rules: Some(namespace_role_rules(TLS_SECRET)),
+    };
+    Api::<Role>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &role).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_SA},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WEBHOOK_SA},
+        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &binding).await?;
+    // The chart's configuration before the webhook published its CA; it matches no namespace.
+    let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": [{
+            "name": "pods.ldap-elector.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Ignore", "timeoutSeconds": 5,
+            "clientConfig": {"service": {"namespace": WEBHOOK_NS, "name": WEBHOOK_SA, "path": "/mutate"}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {"ldap-elector.dev/never": "true"}},
+        }],
+    }))?;
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+    configs.create(&pp, &mwc).await?;
+    let health_port = free_port()?;
+    let running = secret_mode_webhook(&account, health_port).await?;
+    let issuer = published_cas(&configs).await?;
+    assert_eq!(issuer.len(), 1, "one CA published at first");
+
+    // The attacker: `edit` in the release namespace (e.g. its operators' CI), nothing else.
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "operator-edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": TENANT_USER}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &binding).await?;
+    let secrets: Api<Secret> = Api::namespaced(bed.tenant_client()?, WEBHOOK_NS);
+    let edited = wait_for("the operator's edit role to allow updating the Secret", T, || async {
+        let mut secret = secrets.get(TLS_SECRET).await.map_err(|e| e.to_string())?;
+        // Neighbour: an annotation (the right the attack uses).
+        secret.metadata.annotations.get_or_insert_with(Default::default).insert("team".into(), "ops".into());
+        secrets.replace(TLS_SECRET, &pp, &secret).await.map_err(|e| e.to_string())
+    })
+    .await?;
+    // Attack: a CA of one's own appended to ca.crt, published at the webhook's next start.
+    let foreign = ldap_elector_certs::generate_ca("attacker-ca", Duration::from_secs(24 * 3600))?.cert_pem();
+    let mut secret = edited;
+    let data = secret.data.get_or_insert_with(Default::default);
+    let trust = data.get(SECRET_KEY_CA).map(|b| b.0.clone()).unwrap_or_default();
+    data.insert(SECRET_KEY_CA.into(), ByteString([trust, foreign.clone().into_bytes()].concat()));
+    secrets.replace(TLS_SECRET, &pp, &secret).await?;
+    running.cancel();
+    wait_for("the webhook stopped", T, || async {
+        http_status(health_port, "/readyz").await.map_or(Ok(()), |s| Err(format!("status {s}")))
+    })
+    .await?;
+    let restarted = secret_mode_webhook(&account, health_port).await?;
+
+    let foreign = CertificateDer::pem_slice_iter(foreign.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let published = published_cas(&configs).await?;
+    assert!(!published.contains(&foreign[0]), "ATTACK SUCCEEDED: the caBundle trusts the attacker's CA");
+    assert_eq!(published, issuer, "the caBundle holds the issuer of the serving certificate, nothing else");
+    println!("refused as expected (a CA added to ca.crt): the caBundle holds only the serving certificate's issuer");
+    restarted.cancel();
     Ok(())
 }
