@@ -21,6 +21,7 @@
 //! | 1: mint a token for the elector's account bound to an LDAP pod | policy `<fullname>-pod-bound-token` |
 //! | 7: set the Lease's `switchover-to` or `allow-diverged` (move the leader, promote a diverged standby) | policy `<fullname>-lease-overrides` |
 //! | 7: add a CA of one's own to the webhook Secret's `ca.crt` (the API server would trust it for admission) | webhook: publishes only the CA that issued its serving certificate |
+//! | 7: a stolen webhook token creates other Secrets in the release namespace (`create` cannot be limited by name) | policy `<fullname>-webhook-secret` |
 //! | 7: create a pod carrying the injection marker (a stand-in for a standby, running as the elector's account) | webhook: refuses every pod arriving marked; policy `<fullname>-pod-marker`: a marked pod the webhook did not review |
 //! | 5: a webhook outage blocks pods of StatefulSets that never opted in | `webhookConfiguration.podOptInLabel` + policy `<fullname>-opt-in` |
 //! | 6: `leader-service` names another team's Service | reconciler: only Services selecting exactly its pods, Event `LeaderServiceRefused` |
@@ -952,5 +953,64 @@ async fn a_ca_added_to_the_webhook_secret_is_not_published_into_the_ca_bundle() 
     assert_eq!(published, issuer, "the caBundle holds the issuer of the serving certificate, nothing else");
     println!("refused as expected (a CA added to ca.crt): the caBundle holds only the serving certificate's issuer");
     restarted.cancel();
+    Ok(())
+}
+
+/// The webhook's account may `create` Secrets in the release namespace (its serving
+/// certificate's, certMode=secret); RBAC cannot limit `create` by name. With a stolen token
+/// an attacker planted other Secrets there, e.g. a `kubernetes.io/service-account-token`
+/// Secret, which the token controller fills with a never-expiring token of a service account
+/// of the namespace. The policy `<fullname>-webhook-secret` lets that account create only its
+/// certificate's Secret, of type `kubernetes.io/tls`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_webhook_token_creates_no_secret_but_its_serving_certificate() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let admin = bed.admin_client()?;
+    let stolen = webhook_identity(&bed).await?;
+    let pp = PostParams::default();
+    let role = Role {
+        metadata: kube::api::ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
+        rules: Some(namespace_role_rules(TLS_SECRET)),
+    };
+    Api::<Role>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &role).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_SA},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WEBHOOK_SA},
+        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &binding).await?;
+    policies::install_with(&bed, &["templates/webhook-configuration-guard.yaml"], &[]).await?;
+
+    let secrets: Api<Secret> = Api::namespaced(stolen, WEBHOOK_NS);
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    let secret = |name: &str, type_: &str, annotations: Value| -> anyhow::Result<Secret> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations}, "type": type_,
+            "data": if type_ == "kubernetes.io/tls" { json!({"tls.crt": "", "tls.key": ""}) } else { json!({}) },
+        }))?)
+    };
+    let planted = secret("planted", "Opaque", json!({}))?;
+    wait_policy_active(policies::WEBHOOK_SECRET_POLICY, || secrets.create(&dry, &planted)).await?;
+
+    // Neighbour: what the right is for, its serving certificate's Secret (dry run).
+    secrets.create(&dry, &secret(TLS_SECRET, "kubernetes.io/tls", json!({}))?).await?;
+    // Attacks: another Secret; a never-expiring token of its own account, under the
+    // certificate's name and under another.
+    let token = json!({"kubernetes.io/service-account.name": WEBHOOK_SA});
+    for (what, attempt) in [
+        ("plant a Secret in the release namespace", planted.clone()),
+        (
+            "create a service-account token Secret under the certificate's name",
+            secret(TLS_SECRET, "kubernetes.io/service-account-token", token.clone())?,
+        ),
+        ("create a service-account token Secret", secret("forever", "kubernetes.io/service-account-token", token)?),
+    ] {
+        refused(
+            secrets.create(&pp, &attempt).await,
+            what,
+            policies::WEBHOOK_SECRET_POLICY,
+            &format!("may create only the Secret {WEBHOOK_NS}/{TLS_SECRET} of type kubernetes.io/tls"),
+        );
+    }
     Ok(())
 }

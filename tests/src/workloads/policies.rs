@@ -20,6 +20,7 @@ pub const POD_MARKER_POLICY: &str = "ldap-elector-pod-marker";
 pub const LEASE_OVERRIDES_POLICY: &str = "ldap-elector-lease-overrides";
 pub const OPT_IN_POLICY: &str = "ldap-elector-opt-in";
 pub const WEBHOOK_CONFIGURATION_POLICY: &str = "ldap-elector-webhook-configuration";
+pub const WEBHOOK_SECRET_POLICY: &str = "ldap-elector-webhook-secret";
 
 /// Renders the policy templates with `helm template` and applies them with `kubectl`;
 /// returns the rendered YAML.
