@@ -452,11 +452,25 @@ async fn a_webhook_outage_blocks_no_pod_of_a_statefulset_that_did_not_opt_in() -
     let tenant = tenant(&bed).await?;
     let admin = bed.admin_client()?;
     let scoped = ["--set", "webhookConfiguration.podOptInLabel=true"];
-    policies::install_with(&bed, &["templates/opt-in-guard.yaml"], &scoped).await?;
+    policies::install_with(&bed, &["templates/opt-in-guard.yaml", "templates/pod-protection.yaml"], &scoped).await?;
     let selector = policies::pod_webhook_object_selector(&bed, &scoped).await?;
     assert_eq!(selector["matchLabels"][contract::LABEL_INJECT], "true", "{selector}");
     let mut webhook = Webhook::start(&bed).await?;
     webhook.register_selecting(&bed, NS, "Fail", selector).await?;
+    // With the scope narrowed, a StatefulSet pod without the label never reaches the webhook:
+    // the policy `<fullname>-pod-marker` refuses it if it carries the injection marker (item 7).
+    let unreviewed: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": contract::pod_name("stray", 0),
+            "labels": {"statefulset.kubernetes.io/pod-name": contract::pod_name("stray", 0)},
+            "annotations": {contract::ANNOTATION_STATUS: contract::STATUS_INJECTED},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "stray", "uid": "0", "controller": true}],
+        },
+        "spec": {"containers": [{"name": "ldap", "image": ATTACKER_IMAGE}]},
+    }))?;
+    let as_tenant: Api<Pod> = Api::namespaced(tenant.clone(), NS);
+    let dry_pod = PostParams { dry_run: true, ..Default::default() };
+    wait_policy_active(policies::POD_MARKER_POLICY, || as_tenant.create(&dry_pod, &unreviewed)).await?;
 
     let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
     let labelled = |name: &str| -> anyhow::Result<StatefulSet> {
@@ -468,7 +482,8 @@ async fn a_webhook_outage_blocks_no_pod_of_a_statefulset_that_did_not_opt_in() -
         }
         Ok(set)
     };
-    // Neighbour: an opted-in StatefulSet with the label is injected.
+    // Neighbour: an opted-in StatefulSet with the label is injected (its marked pods pass
+    // the marker policy: the webhook reviewed them).
     sets.create(&PostParams::default(), &labelled(STS)?).await?;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
     wait_injected(&pods, STS, 2).await?;
