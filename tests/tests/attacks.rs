@@ -462,7 +462,7 @@ async fn a_webhook_outage_blocks_no_pod_of_a_statefulset_that_did_not_opt_in() -
     let unreviewed: Pod = serde_json::from_value(json!({
         "metadata": {
             "name": contract::pod_name("stray", 0),
-            "labels": {"statefulset.kubernetes.io/pod-name": contract::pod_name("stray", 0)},
+            "labels": {contract::LABEL_STATEFULSET_POD_NAME: contract::pod_name("stray", 0)},
             "annotations": {contract::ANNOTATION_STATUS: contract::STATUS_INJECTED},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "stray", "uid": "0", "controller": true}],
         },
@@ -690,7 +690,7 @@ async fn a_tenant_cannot_create_a_pod_carrying_the_injection_marker() -> anyhow:
     let owned = |annotations: Value| -> anyhow::Result<Pod> {
         Ok(serde_json::from_value(json!({
             "metadata": {
-                "name": stand_in, "labels": {"app": STS, "statefulset.kubernetes.io/pod-name": stand_in},
+                "name": stand_in, "labels": {"app": STS, contract::LABEL_STATEFULSET_POD_NAME: stand_in},
                 "annotations": annotations,
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": STS,
                                      "uid": set.metadata.uid.clone().unwrap_or_default(), "controller": true}],
