@@ -154,6 +154,29 @@ pub fn merge_ca_bundle(
     Ok(Some(merged.into_iter().map(to_pem).collect()))
 }
 
+/// The one certificate of the trust list `bundle.ca_pem` that issued the serving certificate
+/// (subject = its issuer, a CA, and its signature verifies), as PEM: the only CA a replica
+/// publishes into `caBundle`. Anything else in the Secret's `ca.crt` is never published from
+/// there: a CA someone added (whoever may write that Secret would otherwise make the API
+/// server trust certificates of their own CA for admission cluster-wide), or an earlier CA of
+/// our rotation, which was published when it signed and which [`merge_ca_bundle`] keeps until
+/// it expires (every replica re-publishes the issuer of what it serves, so the overlap holds).
+pub fn issuing_ca_pem(bundle: &CertBundle) -> Result<String, CertError> {
+    const CA: &str = "CA certificate (ca.crt)";
+    const LEAF: &str = "serving certificate (tls.crt)";
+    let leaf_der = first(parse_pem_certs(&bundle.cert_pem, LEAF)?);
+    let leaf = parse_x509(&leaf_der, LEAF)?;
+    for der in parse_pem_certs(&bundle.ca_pem, CA)? {
+        let issued = parse_x509(&der, CA).is_ok_and(|ca| {
+            ca.is_ca() && ca.subject() == leaf.issuer() && leaf.verify_signature(Some(ca.public_key())).is_ok()
+        });
+        if issued {
+            return Ok(to_pem(&der));
+        }
+    }
+    Err(CertError::NotIssuedByCa { detail: format!("no certificate of {CA} issued {LEAF} (issuer {})", leaf.issuer()) })
+}
+
 /// All certificates of a PEM text; at least one.
 pub(crate) fn parse_pem_certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
@@ -342,6 +365,30 @@ mod tests {
         let mut broken = bundle.clone();
         broken.key_pem = fresh_bundle(t0()).key_pem;
         assert!(matches!(reissue_reason(&broken, &names(), t0()), Some(Reissue::Invalid(_))));
+    }
+
+    #[test]
+    fn only_the_ca_that_issued_the_serving_certificate_is_published() {
+        // Our trust list after a rotation (new CA, then the previous one), with a foreign CA
+        // someone wrote into ca.crt in front and behind.
+        let first = crate::generate::rotate(None, &names(), 90 * DAY, t0()).expect("first");
+        let mut bundle =
+            crate::generate::rotate(Some(&first.ca_pem), &names(), 90 * DAY, t0() + 60 * DAY).expect("second");
+        let ours = parse_pem_certs(&bundle.ca_pem, "t").expect("PEM");
+        assert_eq!(ours.len(), 2, "new and previous CA");
+        let foreign = ca_pem_at(t0());
+        bundle.ca_pem = format!("{foreign}{}{foreign}", bundle.ca_pem);
+        let published = issuing_ca_pem(&bundle).expect("issuer");
+        assert_eq!(parse_pem_certs(&published, "t").expect("PEM"), vec![ours[0].clone()]);
+        // Same subject (every CA of the rotation has the same name), other key: not the issuer.
+        bundle.cert_pem = first.cert_pem.clone();
+        assert_eq!(
+            parse_pem_certs(&issuing_ca_pem(&bundle).expect("issuer"), "t").expect("PEM"),
+            vec![ours[1].clone()]
+        );
+        // Nothing in ca.crt issued tls.crt: an error, nothing published.
+        bundle.ca_pem = foreign;
+        assert!(matches!(issuing_ca_pem(&bundle), Err(CertError::NotIssuedByCa { .. })));
     }
 
     fn ca_pem_at(now: SystemTime) -> String {

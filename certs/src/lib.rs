@@ -26,9 +26,10 @@
 //!   are still valid. So a replica that publishes a stale bundle a moment after another
 //!   replica rotated cannot remove the new CA.
 //! * Order, for callers: run [`store::ensure_secret`] at start and periodically (hourly is
-//!   plenty), publish its `ca_pem` ([`store::publish_ca_bundle`]), and only then serve the
-//!   bundle's certificate ([`load::load_rustls`]). Then no client sees a certificate whose CA
-//!   it lacks.
+//!   plenty), publish the CA that issued its certificate ([`inspect::issuing_ca_pem`],
+//!   [`store::publish_ca_bundle`]; never the rest of `ca.crt`, which whoever may write the
+//!   Secret could extend), and only then serve the bundle's certificate
+//!   ([`load::load_rustls`]). Then no client sees a certificate whose CA it lacks.
 //! * To drop a compromised CA at once: delete the Secret and clear `caBundle` (or re-apply the
 //!   webhook configuration); the next start creates and publishes a fresh bundle.
 
@@ -40,7 +41,9 @@ pub mod store;
 mod test_support;
 
 pub use generate::{generate_ca, issue_serving, rotate, webhook_dns_names, Ca, ServingCert, DEFAULT_VALIDITY};
-pub use inspect::{cert_info, merge_ca_bundle, reissue_reason, renewal_due, validate, CertInfo, Reissue};
+pub use inspect::{
+    cert_info, issuing_ca_pem, merge_ca_bundle, reissue_reason, renewal_due, validate, CertInfo, Reissue,
+};
 pub use load::load_rustls;
 pub use store::{
     ensure_secret, ensure_secret_with_validity, publish_ca_bundle, publish_validating_ca_bundle, StoreError,

@@ -48,7 +48,9 @@ pub const ROLE_STANDBY: &str = "standby";
 /// Pod annotation holding the fencing term (the Lease's `leaseTransitions`) of the
 /// last label write; every elector label write tests it.
 pub const ANNOTATION_TERM: &str = "ldap-elector.dev/term";
-/// Pod annotation marking a pod as injected (makes injection idempotent).
+/// Pod annotation marking a pod as injected. Set only by the webhook's patch; the label
+/// protection trusts it, so a pod that arrives carrying it is refused, never passed (a pod is
+/// never injected twice).
 pub const ANNOTATION_STATUS: &str = "ldap-elector.dev/status";
 pub const STATUS_INJECTED: &str = "injected";
 /// Pod annotation the webhook sets when it did NOT give a slapd container the hand-over

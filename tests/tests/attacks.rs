@@ -19,6 +19,10 @@
 //! | 1: replace slapd's image (slapd outside the fence) | policy `<fullname>-pod-spec` |
 //! | 1: add an ephemeral container (reads the token, enters slapd) | RBAC (`edit` lacks it); with the right granted on top, policy `<fullname>-pod-spec` |
 //! | 1: mint a token for the elector's account bound to an LDAP pod | policy `<fullname>-pod-bound-token` |
+//! | 7: set the Lease's `switchover-to` or `allow-diverged` (move the leader, promote a diverged standby) | policy `<fullname>-lease-overrides` |
+//! | 7: add a CA of one's own to the webhook Secret's `ca.crt` (the API server would trust it for admission) | webhook: publishes only the CA that issued its serving certificate |
+//! | 7: a stolen webhook token creates other Secrets in the release namespace (`create` cannot be limited by name) | policy `<fullname>-webhook-secret` |
+//! | 7: create a pod carrying the injection marker (a stand-in for a standby, running as the elector's account) | webhook: refuses every pod arriving marked; policy `<fullname>-pod-marker`: a marked pod the webhook did not review |
 //! | 5: a webhook outage blocks pods of StatefulSets that never opted in | `webhookConfiguration.podOptInLabel` + policy `<fullname>-opt-in` |
 //! | 6: `leader-service` names another team's Service | reconciler: only Services selecting exactly its pods, Event `LeaderServiceRefused` |
 //! | 6: a StatefulSet named after another team's Lease takes it over | reconciler: never applies over an object it did not create, Event `ObjectNotOurs` |
@@ -26,21 +30,31 @@
 
 use std::time::Duration;
 
+use clap::Parser;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::ByteString;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use ldap_elector_certs::store::SECRET_KEY_CA;
 use ldap_elector_contract as contract;
-use ldap_elector_tests::bed::{request_token, TENANT_USER};
-use ldap_elector_tests::workloads::webhook::{http_status, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA};
+use ldap_elector_tests::bed::{free_port, request_token, TENANT_USER};
+use ldap_elector_tests::workloads::webhook::{
+    http_status, webhook_identity, Webhook, SIDECAR_IMAGE, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
+};
 use ldap_elector_tests::workloads::{fixtures, policies};
 use ldap_elector_tests::{wait_for, Bed};
+use ldap_elector_webhook::args::Args;
+use ldap_elector_webhook::reconcile::namespace_role_rules;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(90);
 /// The tenant's namespace.
@@ -93,7 +107,11 @@ async fn grant_tenant(admin: &Client, name: &str, rules: Value) -> anyhow::Resul
 }
 
 fn access_review(verb: &str, resource: &str, subresource: &str, namespace: &str) -> SelfSubjectAccessReview {
-    let group = if resource == "statefulsets" { "apps" } else { "" };
+    let group = match resource {
+        "statefulsets" => "apps",
+        "leases" => "coordination.k8s.io",
+        _ => "",
+    };
     serde_json::from_value(json!({"spec": {"resourceAttributes": {
         "namespace": namespace, "verb": verb, "group": group, "resource": resource, "subresource": subresource,
     }}}))
@@ -123,6 +141,19 @@ fn refused<T>(result: Result<T, kube::Error>, what: &str, policy: &str, needle: 
         Ok(_) => {
             panic!("ATTACK SUCCEEDED: {what}: expected 403 from {policy} mentioning {needle:?}, but it was admitted")
         }
+    }
+}
+
+/// Asserts that the pod webhook denied the request (the API server answers a webhook's denial
+/// without a code with 400) with a message containing `needle`.
+fn refused_by_webhook<T>(result: Result<T, kube::Error>, what: &str, needle: &str) {
+    let webhook = "admission webhook \"pods.ldap-elector.dev\" denied the request";
+    match result {
+        Err(kube::Error::Api(e)) if e.code == 400 && e.message.contains(webhook) && e.message.contains(needle) => {
+            println!("refused as expected ({what}): {}", e.message);
+        }
+        Err(e) => panic!("{what}: expected a denial by the pod webhook mentioning {needle:?}, got: {e}"),
+        Ok(_) => panic!("ATTACK SUCCEEDED: {what}: expected a denial by the pod webhook, but it was admitted"),
     }
 }
 
@@ -421,11 +452,25 @@ async fn a_webhook_outage_blocks_no_pod_of_a_statefulset_that_did_not_opt_in() -
     let tenant = tenant(&bed).await?;
     let admin = bed.admin_client()?;
     let scoped = ["--set", "webhookConfiguration.podOptInLabel=true"];
-    policies::install_with(&bed, &["templates/opt-in-guard.yaml"], &scoped).await?;
+    policies::install_with(&bed, &["templates/opt-in-guard.yaml", "templates/pod-protection.yaml"], &scoped).await?;
     let selector = policies::pod_webhook_object_selector(&bed, &scoped).await?;
     assert_eq!(selector["matchLabels"][contract::LABEL_INJECT], "true", "{selector}");
     let mut webhook = Webhook::start(&bed).await?;
     webhook.register_selecting(&bed, NS, "Fail", selector).await?;
+    // With the scope narrowed, a StatefulSet pod without the label never reaches the webhook:
+    // the policy `<fullname>-pod-marker` refuses it if it carries the injection marker (item 7).
+    let unreviewed: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": contract::pod_name("stray", 0),
+            "labels": {contract::LABEL_STATEFULSET_POD_NAME: contract::pod_name("stray", 0)},
+            "annotations": {contract::ANNOTATION_STATUS: contract::STATUS_INJECTED},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "stray", "uid": "0", "controller": true}],
+        },
+        "spec": {"containers": [{"name": "ldap", "image": ATTACKER_IMAGE}]},
+    }))?;
+    let as_tenant: Api<Pod> = Api::namespaced(tenant.clone(), NS);
+    let dry_pod = PostParams { dry_run: true, ..Default::default() };
+    wait_policy_active(policies::POD_MARKER_POLICY, || as_tenant.create(&dry_pod, &unreviewed)).await?;
 
     let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
     let labelled = |name: &str| -> anyhow::Result<StatefulSet> {
@@ -437,7 +482,8 @@ async fn a_webhook_outage_blocks_no_pod_of_a_statefulset_that_did_not_opt_in() -
         }
         Ok(set)
     };
-    // Neighbour: an opted-in StatefulSet with the label is injected.
+    // Neighbour: an opted-in StatefulSet with the label is injected (its marked pods pass
+    // the marker policy: the webhook reviewed them).
     sets.create(&PostParams::default(), &labelled(STS)?).await?;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
     wait_injected(&pods, STS, 2).await?;
@@ -608,4 +654,378 @@ fn edited(config: &MutatingWebhookConfiguration, edit: Edit) -> MutatingWebhookC
     let mut config = config.clone();
     config.webhooks.iter_mut().flatten().for_each(edit);
     config
+}
+
+// ---- Item 7: hardening ----
+
+/// The injection marker `ldap-elector.dev/status: injected` is what the label protection
+/// trusts as "this pod runs the webhook's elector". A tenant who may create pods started a
+/// pod carrying it, running as the elector's account: the webhook skipped a marked pod as
+/// "already injected" (with a container named like our sidecar, running the tenant's code),
+/// and never saw a pod without a StatefulSet owner at all. Either pod's own pod-bound token
+/// (minted by the kubelet) then passes the role policy as "the pod's own elector" and labels
+/// it leader. Now the webhook refuses every pod that arrives marked, and the policy
+/// `<fullname>-pod-marker` every marked pod the webhook does not review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_create_a_pod_carrying_the_injection_marker() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let (tenant, admin, webhook) = installed(&bed).await?;
+    let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
+    let set = sets.create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?).await?;
+    wait_injected(&Api::namespaced(admin.clone(), NS), STS, 2).await?;
+    let account = contract::identity_name(STS);
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), NS);
+    wait_for("the reconciler to create the elector account", T, || async {
+        accounts.get_opt(&account).await.map_err(|e| e.to_string())?.map(drop).ok_or("not yet".to_string())
+    })
+    .await?;
+
+    let pods: Api<Pod> = Api::namespaced(tenant.clone(), NS);
+    let (pp, dry) = (PostParams::default(), PostParams { dry_run: true, ..Default::default() });
+    let marker = json!({contract::ANNOTATION_STATUS: contract::STATUS_INJECTED});
+
+    // A stand-in for a standby: a pod of the StatefulSet (owner, pod-name label) whose
+    // container posing as the elector runs the tenant's code.
+    let stand_in = contract::pod_name(STS, 2);
+    let owned = |annotations: Value| -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {
+                "name": stand_in, "labels": {"app": STS, contract::LABEL_STATEFULSET_POD_NAME: stand_in},
+                "annotations": annotations,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": STS,
+                                     "uid": set.metadata.uid.clone().unwrap_or_default(), "controller": true}],
+            },
+            "spec": {
+                "serviceAccountName": account,
+                "initContainers": [{"name": contract::SIDECAR_CONTAINER, "image": ATTACKER_IMAGE, "restartPolicy": "Always"}],
+                "containers": [{"name": "ldap", "image": ATTACKER_IMAGE}],
+            },
+        }))?)
+    };
+    // Neighbour: without the marker (and without a container of our name) the tenant may
+    // create it, and the webhook injects our elector (dry run: the StatefulSet controller
+    // would delete a pod beyond its replicas).
+    let mut unmarked = owned(json!({}))?;
+    if let Some(spec) = unmarked.spec.as_mut() {
+        spec.init_containers = None;
+    }
+    let admitted = pods.create(&dry, &unmarked).await?;
+    let inits = admitted.spec.and_then(|s| s.init_containers).unwrap_or_default();
+    let sidecar = inits.iter().find(|c| c.name == contract::SIDECAR_CONTAINER).and_then(|c| c.image.clone());
+    assert_eq!(sidecar.as_deref(), Some(SIDECAR_IMAGE), "the unmarked pod was not injected: {inits:?}");
+    // Attack: marked, with the tenant's code as "the elector".
+    refused_by_webhook(
+        pods.create(&pp, &owned(marker.clone())?).await,
+        "create a StatefulSet pod carrying the injection marker, the tenant's code posing as the elector",
+        "only the ldap-elector webhook sets",
+    );
+
+    // A pod of the tenant's own, running as the elector's account, selected by the write
+    // Service's labels; no StatefulSet owner, so the pod webhook never sees it.
+    let impostor = |annotations: Value| -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": "impostor", "labels": {"app": STS}, "annotations": annotations},
+            "spec": {"serviceAccountName": account, "containers": [{"name": "ldap", "image": ATTACKER_IMAGE}]},
+        }))?)
+    };
+    let marked_impostor = impostor(marker)?;
+    wait_policy_active(policies::POD_MARKER_POLICY, || pods.create(&dry, &marked_impostor)).await?;
+    // Neighbour: the same pod without the marker is created (the role policy refuses its
+    // token any role change: it runs no injected elector).
+    pods.create(&pp, &impostor(json!({}))?).await?;
+    pods.delete("impostor", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    wait_for("the unmarked impostor gone", T, || async {
+        pods.get_opt("impostor").await.map_err(|e| e.to_string())?.map_or(Ok(()), |_| Err("not yet".to_string()))
+    })
+    .await?;
+    // Attack: with the marker.
+    refused(
+        pods.create(&pp, &marked_impostor).await,
+        "create a pod carrying the injection marker without a StatefulSet owner",
+        policies::POD_MARKER_POLICY,
+        "carrying the annotation ldap-elector.dev/status=injected: only the ldap-elector webhook sets it",
+    );
+    assert!(pods.get_opt(&stand_in).await?.is_none(), "the stand-in exists");
+    drop(webhook);
+    Ok(())
+}
+
+/// The Lease annotations `switchover-to` (the leader hands over to the named pod) and
+/// `allow-diverged` (a standby whose data differs may be promoted, losing writes) steer the
+/// election past its own checks; `edit` holds `update leases`, and RBAC cannot say which
+/// fields of a Lease that may touch. The policy `<fullname>-lease-overrides` leaves them to
+/// cluster admins (`ldap-elector switchover` runs as one); an elector (pod-bound token) may
+/// only clear a switchover request, as the leader does when it hands over or refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_request_a_switchover_or_allow_a_diverged_standby() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let (tenant, admin, webhook) = installed(&bed).await?;
+    Api::<StatefulSet>::namespaced(tenant.clone(), NS)
+        .create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?)
+        .await?;
+    let injected = wait_injected(&Api::namespaced(admin.clone(), NS), STS, 2).await?;
+    let name = contract::lease_name(STS);
+    let as_admin: Api<Lease> = Api::namespaced(admin.clone(), NS);
+    wait_for("the reconciler to create the Lease", T, || async {
+        as_admin.get_opt(&name).await.map_err(|e| e.to_string())?.map(drop).ok_or("not yet".to_string())
+    })
+    .await?;
+    assert!(can_i(&tenant, "update", "leases", "").await.map_err(anyhow::Error::msg)?, "edit lacks update leases");
+
+    let leases: Api<Lease> = Api::namespaced(tenant.clone(), NS);
+    let (pp, dry) = (PatchParams::default(), PatchParams { dry_run: true, ..Default::default() });
+    let annotate = |key: &str, value: Value| Patch::Merge(json!({"metadata": {"annotations": {key: value}}}));
+    let target = contract::pod_name(STS, 1);
+    let request = annotate(contract::LEASE_ANNOTATION_SWITCHOVER_TO, json!(target));
+    wait_policy_active(policies::LEASE_OVERRIDES_POLICY, || leases.patch(&name, &dry, &request)).await?;
+
+    // Neighbour: the tenant may annotate the Lease otherwise.
+    leases.patch(&name, &pp, &annotate("team", json!("ldap"))).await?;
+    // Attack: request a switchover, allow a diverged standby.
+    refused(
+        leases.patch(&name, &pp, &request).await,
+        "request a switchover on the Lease",
+        policies::LEASE_OVERRIDES_POLICY,
+        &format!("may not set or change the annotation {}", contract::LEASE_ANNOTATION_SWITCHOVER_TO),
+    );
+    refused(
+        leases.patch(&name, &pp, &annotate(contract::LEASE_ANNOTATION_ALLOW_DIVERGED, json!(target))).await,
+        "allow a diverged standby on the Lease",
+        policies::LEASE_OVERRIDES_POLICY,
+        &format!("may not set, change or remove the annotation {}", contract::LEASE_ANNOTATION_ALLOW_DIVERGED),
+    );
+    // Attack: a Lease created with the request (e.g. after deleting the real one).
+    let lease = |annotations: Value| -> anyhow::Result<Lease> {
+        Ok(serde_json::from_value(json!({"metadata": {"name": "spare-leader", "annotations": annotations}}))?)
+    };
+    leases.create(&PostParams { dry_run: true, ..Default::default() }, &lease(json!({"team": "ldap"}))?).await?;
+    refused(
+        leases.create(&PostParams::default(), &lease(json!({contract::LEASE_ANNOTATION_SWITCHOVER_TO: target}))?).await,
+        "create a Lease carrying a switchover request",
+        policies::LEASE_OVERRIDES_POLICY,
+        contract::LEASE_ANNOTATION_SWITCHOVER_TO,
+    );
+
+    // An admin requests a switchover (what `ldap-elector switchover` writes), and may allow.
+    as_admin.patch(&name, &pp, &request).await?;
+    as_admin.patch(&name, &pp, &annotate(contract::LEASE_ANNOTATION_ALLOW_DIVERGED, json!(target))).await?;
+    // The tenant may not clear it either (that is the leader's or an admin's to do) ...
+    refused(
+        leases.patch(&name, &pp, &annotate(contract::LEASE_ANNOTATION_SWITCHOVER_TO, Value::Null)).await,
+        "cancel the admin's switchover request",
+        policies::LEASE_OVERRIDES_POLICY,
+        &format!("({target} -> <none>)"),
+    );
+    // ... but an elector, with the kubelet's pod-bound token of its account, clears it (as the
+    // leader does on handing over or refusing); it may neither set it nor touch allow-diverged.
+    let account = contract::identity_name(STS);
+    let (leader, uid) = (contract::pod_name(STS, 0), injected[0].metadata.uid.clone().unwrap_or_default());
+    let token = request_token(&admin, NS, &account, Some((&leader, &uid))).await?;
+    // The elector's Role grants `update` (no `patch`): it replaces the Lease it read.
+    let as_elector: Api<Lease> = Api::namespaced(bed.client_with_token(&token)?, NS);
+    let elector_sets = |key: &'static str, value: Option<String>| {
+        let as_elector = as_elector.clone();
+        let name = name.clone();
+        async move {
+            let mut lease = as_elector.get(&name).await?;
+            let annotations = lease.metadata.annotations.get_or_insert_with(Default::default);
+            match value {
+                Some(value) => annotations.insert(key.to_string(), value),
+                None => annotations.remove(key),
+            };
+            as_elector.replace(&name, &PostParams::default(), &lease).await
+        }
+    };
+    refused(
+        elector_sets(contract::LEASE_ANNOTATION_ALLOW_DIVERGED, None).await,
+        "an elector removes allow-diverged",
+        policies::LEASE_OVERRIDES_POLICY,
+        contract::LEASE_ANNOTATION_ALLOW_DIVERGED,
+    );
+    elector_sets(contract::LEASE_ANNOTATION_SWITCHOVER_TO, None).await?;
+    refused(
+        elector_sets(contract::LEASE_ANNOTATION_SWITCHOVER_TO, Some(target.clone())).await,
+        "an elector requests a switchover",
+        policies::LEASE_OVERRIDES_POLICY,
+        contract::LEASE_ANNOTATION_SWITCHOVER_TO,
+    );
+    let annotations = as_admin.get(&name).await?.metadata.annotations.unwrap_or_default();
+    assert_eq!(annotations.get(contract::LEASE_ANNOTATION_SWITCHOVER_TO), None, "{annotations:?}");
+    assert_eq!(annotations.get(contract::LEASE_ANNOTATION_ALLOW_DIVERGED), Some(&target), "{annotations:?}");
+    drop(webhook);
+    Ok(())
+}
+
+/// The webhook's TLS Secret (certMode=secret) in [`WEBHOOK_NS`].
+const TLS_SECRET: &str = "ldap-elector-webhook-tls";
+
+/// The webhook in certMode=secret as `client` (its account), the reconciler off, with
+/// `health_port`; returns once ready, with the token that stops it.
+async fn secret_mode_webhook(client: &Client, health_port: u16) -> anyhow::Result<CancellationToken> {
+    let settings = Args::try_parse_from([
+        "ldap-elector-webhook".to_string(),
+        format!("--listen=127.0.0.1:{}", free_port()?),
+        format!("--health-listen=127.0.0.1:{health_port}"),
+        format!("--namespace={WEBHOOK_NS}"),
+        "--reconcile=false".into(),
+        format!("--sidecar-image={SIDECAR_IMAGE}"),
+    ])?
+    .into_settings()
+    .map_err(anyhow::Error::msg)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(ldap_elector_webhook::app::run(settings, client.clone(), shutdown.clone(), Duration::ZERO));
+    wait_for("webhook /readyz", T, || async {
+        match http_status(health_port, "/readyz").await? {
+            200 => Ok(()),
+            status => Err(format!("status {status}")),
+        }
+    })
+    .await?;
+    Ok(shutdown)
+}
+
+/// The certificates of the published caBundle of [`WEBHOOK_CONFIG`].
+async fn published_cas(configs: &Api<MutatingWebhookConfiguration>) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let config = configs.get(WEBHOOK_CONFIG).await?;
+    let bundle = config.webhooks.unwrap_or_default().first().and_then(|w| w.client_config.ca_bundle.clone());
+    let bundle = bundle.ok_or_else(|| anyhow::anyhow!("no caBundle published"))?;
+    Ok(CertificateDer::pem_slice_iter(&bundle.0).collect::<Result<_, _>>()?)
+}
+
+/// In certMode=secret the webhook published every CA of its Secret's `ca.crt` into the
+/// caBundle: whoever may update Secrets in the release namespace (`edit` there) added a CA
+/// of their own, and at the webhook's next start the API server trusted certificates of
+/// that CA for the admission of every covered pod. Now only the CA that issued the serving
+/// certificate is published. (Whoever may write that Secret can still replace certificate,
+/// key and CA together: the release namespace is guarded like kube-system, docs/security.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_added_to_the_webhook_secret_is_not_published_into_the_ca_bundle() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let admin = bed.admin_client()?;
+    let account = webhook_identity(&bed).await?;
+    let pp = PostParams::default();
+    let role = Role {
+        metadata: kube::api::ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
+        rules: Some(namespace_role_rules(TLS_SECRET)),
+    };
+    Api::<Role>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &role).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_SA},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WEBHOOK_SA},
+        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &binding).await?;
+    // The chart's configuration before the webhook published its CA; it matches no namespace.
+    let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": [{
+            "name": "pods.ldap-elector.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Ignore", "timeoutSeconds": 5,
+            "clientConfig": {"service": {"namespace": WEBHOOK_NS, "name": WEBHOOK_SA, "path": "/mutate"}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {"ldap-elector.dev/never": "true"}},
+        }],
+    }))?;
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+    configs.create(&pp, &mwc).await?;
+    let health_port = free_port()?;
+    let running = secret_mode_webhook(&account, health_port).await?;
+    let issuer = published_cas(&configs).await?;
+    assert_eq!(issuer.len(), 1, "one CA published at first");
+
+    // The attacker: `edit` in the release namespace (e.g. its operators' CI), nothing else.
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "operator-edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": TENANT_USER}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &binding).await?;
+    let secrets: Api<Secret> = Api::namespaced(bed.tenant_client()?, WEBHOOK_NS);
+    let edited = wait_for("the operator's edit role to allow updating the Secret", T, || async {
+        let mut secret = secrets.get(TLS_SECRET).await.map_err(|e| e.to_string())?;
+        // Neighbour: an annotation (the right the attack uses).
+        secret.metadata.annotations.get_or_insert_with(Default::default).insert("team".into(), "ops".into());
+        secrets.replace(TLS_SECRET, &pp, &secret).await.map_err(|e| e.to_string())
+    })
+    .await?;
+    // Attack: a CA of one's own appended to ca.crt, published at the webhook's next start.
+    let foreign = ldap_elector_certs::generate_ca("attacker-ca", Duration::from_secs(24 * 3600))?.cert_pem();
+    let mut secret = edited;
+    let data = secret.data.get_or_insert_with(Default::default);
+    let trust = data.get(SECRET_KEY_CA).map(|b| b.0.clone()).unwrap_or_default();
+    data.insert(SECRET_KEY_CA.into(), ByteString([trust, foreign.clone().into_bytes()].concat()));
+    secrets.replace(TLS_SECRET, &pp, &secret).await?;
+    running.cancel();
+    wait_for("the webhook stopped", T, || async {
+        http_status(health_port, "/readyz").await.map_or(Ok(()), |s| Err(format!("status {s}")))
+    })
+    .await?;
+    let restarted = secret_mode_webhook(&account, health_port).await?;
+
+    let foreign = CertificateDer::pem_slice_iter(foreign.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let published = published_cas(&configs).await?;
+    assert!(!published.contains(&foreign[0]), "ATTACK SUCCEEDED: the caBundle trusts the attacker's CA");
+    assert_eq!(published, issuer, "the caBundle holds the issuer of the serving certificate, nothing else");
+    println!("refused as expected (a CA added to ca.crt): the caBundle holds only the serving certificate's issuer");
+    restarted.cancel();
+    Ok(())
+}
+
+/// The webhook's account may `create` Secrets in the release namespace (its serving
+/// certificate's, certMode=secret); RBAC cannot limit `create` by name. With a stolen token
+/// an attacker planted other Secrets there, e.g. a `kubernetes.io/service-account-token`
+/// Secret, which the token controller fills with a never-expiring token of a service account
+/// of the namespace. The policy `<fullname>-webhook-secret` lets that account create only its
+/// certificate's Secret, of type `kubernetes.io/tls`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_webhook_token_creates_no_secret_but_its_serving_certificate() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let admin = bed.admin_client()?;
+    let stolen = webhook_identity(&bed).await?;
+    let pp = PostParams::default();
+    let role = Role {
+        metadata: kube::api::ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
+        rules: Some(namespace_role_rules(TLS_SECRET)),
+    };
+    Api::<Role>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &role).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_SA},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WEBHOOK_SA},
+        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &binding).await?;
+    policies::install_with(&bed, &["templates/webhook-configuration-guard.yaml"], &[]).await?;
+
+    let secrets: Api<Secret> = Api::namespaced(stolen, WEBHOOK_NS);
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    let secret = |name: &str, type_: &str, annotations: Value| -> anyhow::Result<Secret> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations}, "type": type_,
+            "data": if type_ == "kubernetes.io/tls" { json!({"tls.crt": "", "tls.key": ""}) } else { json!({}) },
+        }))?)
+    };
+    let planted = secret("planted", "Opaque", json!({}))?;
+    wait_policy_active(policies::WEBHOOK_SECRET_POLICY, || secrets.create(&dry, &planted)).await?;
+
+    // Neighbour: what the right is for, its serving certificate's Secret (dry run).
+    secrets.create(&dry, &secret(TLS_SECRET, "kubernetes.io/tls", json!({}))?).await?;
+    // Attacks: another Secret; a never-expiring token of its own account, under the
+    // certificate's name and under another.
+    let token = json!({"kubernetes.io/service-account.name": WEBHOOK_SA});
+    for (what, attempt) in [
+        ("plant a Secret in the release namespace", planted.clone()),
+        (
+            "create a service-account token Secret under the certificate's name",
+            secret(TLS_SECRET, "kubernetes.io/service-account-token", token.clone())?,
+        ),
+        ("create a service-account token Secret", secret("forever", "kubernetes.io/service-account-token", token)?),
+    ] {
+        refused(
+            secrets.create(&pp, &attempt).await,
+            what,
+            policies::WEBHOOK_SECRET_POLICY,
+            &format!("may create only the Secret {WEBHOOK_NS}/{TLS_SECRET} of type kubernetes.io/tls"),
+        );
+    }
+    Ok(())
 }

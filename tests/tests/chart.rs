@@ -248,6 +248,20 @@ async fn rendered_chart_passes_server_dry_run_in_a_namespace_enforcing_restricte
     let list: Value = serde_json::from_slice(&applied.stdout)?;
     let items = list["items"].as_array().cloned().unwrap_or_default();
     let kinds: Vec<&str> = items.iter().filter_map(|o| o["kind"].as_str()).collect();
+    // The marker policy mirrors the webhook's selectors in CEL: with every kind of selector
+    // set, the API server still accepts its expressions.
+    let selectors = [
+        "--show-only=templates/pod-protection.yaml",
+        "--set=webhookConfiguration.podOptInLabel=true",
+        "--set=webhookConfiguration.objectSelector.matchLabels.team=ldap",
+        "--set-json=webhookConfiguration.objectSelector.matchExpressions=[{\"key\":\"a\",\"operator\":\"In\",\"values\":[\"x\"]},{\"key\":\"b\",\"operator\":\"NotIn\",\"values\":[\"y\",\"z\"]},{\"key\":\"c\",\"operator\":\"Exists\"},{\"key\":\"d\",\"operator\":\"DoesNotExist\"}]",
+        "--set=webhookConfiguration.namespaceSelector.matchLabels.ldap=enabled",
+        "--set-json=webhookConfiguration.namespaceSelector.matchExpressions=[{\"key\":\"tier\",\"operator\":\"In\",\"values\":[\"prod\"]}]",
+    ];
+    let marker = run(bed.helm().args(template_args(&chart, &selectors)), None)?.stdout;
+    let text = String::from_utf8_lossy(&marker);
+    assert!(text.contains("ldap-elector-pod-marker") && text.contains(r#"\"b\" in object.metadata.labels"#), "{text}");
+    run(bed.kubectl().args(["apply", "--dry-run=server", "-f", "-"]), Some(&marker))?;
     for kind in [
         "ServiceAccount",
         "ClusterRole",
@@ -395,6 +409,7 @@ async fn rendered_chart_passes_server_dry_run_in_a_namespace_enforcing_restricte
     assert_eq!(pods["failurePolicy"], "Fail");
     assert_eq!(pods["timeoutSeconds"], 5);
     assert_eq!(pods["sideEffects"], "None");
+    // Never: the webhook refuses every pod arriving with the injection marker, its own output too.
     assert_eq!(pods["reinvocationPolicy"], "Never");
     assert_eq!(pods["admissionReviewVersions"], json!(["v1"]));
     assert_eq!(pods["rules"][0]["operations"], json!(["CREATE"]));
@@ -417,6 +432,32 @@ async fn rendered_chart_passes_server_dry_run_in_a_namespace_enforcing_restricte
     assert_eq!(services["rules"][0]["operations"], json!(["CREATE", "UPDATE"]));
     assert_eq!(services["rules"][0]["resources"], json!(["services"]));
     assert_eq!(services["namespaceSelector"], pods["namespaceSelector"]);
+
+    // The admission policies (labelProtection on, certMode=secret), each bound.
+    let names = |kind: &str| -> Vec<String> {
+        let mut names: Vec<String> = items_of_kind(&items, kind)
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+            .collect();
+        names.sort();
+        names
+    };
+    let expected: Vec<String> = [
+        "leader-service",
+        "lease-overrides",
+        "opt-in",
+        "pod-bound-token",
+        "pod-marker",
+        "pod-role",
+        "pod-spec",
+        "webhook-configuration",
+        "webhook-secret",
+    ]
+    .iter()
+    .map(|p| format!("{RELEASE}-{p}"))
+    .collect();
+    assert_eq!(names("ValidatingAdmissionPolicy"), expected);
+    assert_eq!(names("ValidatingAdmissionPolicyBinding"), expected);
     Ok(())
 }
 

@@ -8,7 +8,9 @@
 //! itself), an unhealthy standby (its health check fails, as its published health shows), and
 //! a standby marked diverged in the Lease — refused by the CLI, and by the leader's elector
 //! when the request is written into the Lease by hand. The operator's override then lets
-//! the diverged standby take over.
+//! the diverged standby take over. All of it with the chart's admission policies installed:
+//! requesting a switchover and the override are an admin's (`<fullname>-lease-overrides`
+//! refuses a non-admin), and the electors' own Lease writes still pass.
 //!
 //! With a real Mirror-Mode slapd pair behind the injected electors: status shows the published
 //! contextCSNs (standby caught up, lag 0), and after the switchover the old leader's slapd is
@@ -19,13 +21,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use ldap_elector_contract as contract;
 use ldap_elector_tests::ldap::rig::{self, ordinal, LdapRig};
 use ldap_elector_tests::wait_for;
 use ldap_elector_tests::workloads::build::elector_binary;
 use ldap_elector_tests::workloads::electors::{Pair, PairOptions, WRITE_SERVICE};
+use ldap_elector_tests::workloads::policies;
 use serde_json::{json, Value};
 
 const ELECT: Duration = Duration::from_secs(90);
@@ -139,6 +142,28 @@ async fn switch(pair: &Pair, cli: &Cli, from: &str, to: &str) -> anyhow::Result<
     Ok(at - started)
 }
 
+/// Waits until the policy `<fullname>-lease-overrides` is active: it refuses a switchover
+/// request (dry run) written with the elector account's token not bound to a pod, which RBAC
+/// allows to update the Lease.
+async fn lease_policy_refuses_others(pair: &Pair, to: &str) -> anyhow::Result<()> {
+    let account = contract::identity_name(&pair.statefulset);
+    let unbound = pair.bed.service_account_client(&pair.namespace, &account).await?;
+    let leases: Api<Lease> = Api::namespaced(unbound, &pair.namespace);
+    let name = contract::lease_name(&pair.statefulset);
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    wait_for("the Lease policy to refuse a switchover request by a non-admin", T, || async {
+        let mut lease = leases.get(&name).await.map_err(|e| e.to_string())?;
+        let annotations = lease.metadata.annotations.get_or_insert_with(Default::default);
+        annotations.insert(contract::LEASE_ANNOTATION_SWITCHOVER_TO.into(), to.to_string());
+        match leases.replace(&name, &dry, &lease).await {
+            Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains(policies::LEASE_OVERRIDES_POLICY) => Ok(()),
+            Err(e) => Err(e.to_string()),
+            Ok(_) => Err("admitted (policy not active yet)".to_string()),
+        }
+    })
+    .await
+}
+
 struct Scratch(PathBuf);
 
 impl Drop for Scratch {
@@ -158,8 +183,11 @@ async fn switchover_moves_leadership_without_two_leaders_and_refuses_ineligible_
     std::fs::create_dir_all(&scratch.0)?;
     // Each pod's health check fails while `sick-<ordinal>` exists.
     let check = format!("exec:test ! -e {}/sick-{{ordinal}}", scratch.0.display());
+    // With the chart's policies: the Lease's switchover-to and allow-diverged are the
+    // admin's (the CLI runs as one), and the electors' own Lease writes pass.
     let options = PairOptions {
         webhook: true,
+        policies: true,
         runner_env: Some(vec![
             ("ELECTOR_PROBE_ADDR".into(), "off".into()),
             ("ELECTOR_LOG_FORMAT".into(), "text".into()),
@@ -172,6 +200,7 @@ async fn switchover_moves_leadership_without_two_leaders_and_refuses_ineligible_
     let cli = Cli::of(&pair);
     let a = pair.leader(ELECT).await?;
     let b = [pair.pod(0), pair.pod(1)].into_iter().find(|p| *p != a).unwrap_or_default();
+    lease_policy_refuses_others(&pair, &b).await?;
 
     // status: the facts, no warnings, exit 0.
     let st = cli.wait_consistent(&a).await?;

@@ -54,7 +54,7 @@ pub fn decode(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewErro
 pub enum Outcome {
     /// A pod got the sidecar.
     Injected,
-    /// A pod CREATE allowed unchanged (not opted in, already injected, owner missing, ...).
+    /// A pod CREATE allowed unchanged (not opted in, owner missing, ...).
     Skipped,
     /// A Service got the leader selector.
     SelectorAdded,

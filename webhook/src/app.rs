@@ -21,7 +21,9 @@ use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
-use ldap_elector_certs::{ensure_secret, load_rustls, publish_ca_bundle, CertBundle, CertError, StoreError};
+use ldap_elector_certs::{
+    ensure_secret, issuing_ca_pem, load_rustls, publish_ca_bundle, CertBundle, CertError, StoreError,
+};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -191,10 +193,11 @@ async fn start_certificate(
     }
 }
 
-/// Ensure the Secret (creating or rotating it when due), then publish its CA list.
+/// Ensure the Secret (creating or rotating it when due), then publish the CA that issued its
+/// certificate: only that one, never other entries of the Secret's `ca.crt` (issue 17, item 7).
 async fn secret_round(client: &Client, source: &SecretCert) -> Result<CertBundle, StoreError> {
     let bundle = ensure_secret(client.clone(), &source.namespace, &source.secret, &source.dns_names).await?;
-    publish_ca_bundle(client.clone(), &source.webhook_config, &bundle.ca_pem).await?;
+    publish_ca_bundle(client.clone(), &source.webhook_config, &issuing_ca_pem(&bundle)?).await?;
     Ok(bundle)
 }
 
@@ -240,7 +243,11 @@ async fn keep_rotating(
             },
         }
         if Instant::now() < next_check {
-            if let Err(error) = publish_ca_bundle(client.clone(), webhook_config, &serving.ca_pem).await {
+            let published = match issuing_ca_pem(&serving) {
+                Ok(issuer) => publish_ca_bundle(client.clone(), webhook_config, &issuer).await.map(drop),
+                Err(error) => Err(error.into()),
+            };
+            if let Err(error) = published {
                 warn!(%error, "re-publishing the caBundle failed; retrying in a minute");
             }
             continue;

@@ -18,7 +18,7 @@ use kube::core::DynamicObject;
 use ldap_elector_contract as contract;
 use ldap_elector_webhook::admission::{answer, decode, ReviewError};
 use ldap_elector_webhook::cluster::FixedCluster;
-use ldap_elector_webhook::inject::{inject, Decision, InjectConfig, SkipReason};
+use ldap_elector_webhook::inject::{inject, InjectConfig, InjectError};
 use serde_json::Value;
 
 enum Expect {
@@ -95,20 +95,27 @@ fn check(case: &str, expect: Expect) {
     assert_eq!(patch, read_json(&format!("{case}.patch.json")), "{case}: patch differs from the golden file");
 
     if response.patch.is_some() {
-        // The patch applies to the object the apiserver sent, and our output is a fixed point:
-        // the patched object, reviewed again (a reinvocation), gets no patch.
+        // The patch applies to the object the apiserver sent, and our output is never injected
+        // twice: reviewed again, the patched pod is refused as carrying the marker (the webhook,
+        // registered with reinvocationPolicy Never, never reviews its own output, so a marked pod
+        // at admission came from a client); a patched Service gets no second patch.
         let mut object = request["object"].clone();
         let ops: json_patch::Patch = serde_json::from_value(patch).expect("patch decodes");
         json_patch::patch(&mut object, &ops).expect("patch applies");
         if request["kind"]["kind"] == "Pod" {
             let pod: Pod = serde_json::from_value(object.clone()).expect("patched pod decodes");
             let owner = cluster(case).statefulsets.into_iter().next();
-            let again = inject(&pod, owner.as_ref(), &cfg()).expect("second pass");
-            assert_eq!(again, Decision::Skip(SkipReason::AlreadyInjected));
+            let again = inject(&pod, owner.as_ref(), &cfg());
+            assert!(matches!(again, Err(InjectError::MarkerFromClient)), "{case}: second pass: {again:?}");
         }
         review_json["request"]["object"] = object;
         let (again, _) = admit(case, &serde_json::to_vec(&review_json).expect("serialise"));
-        assert!(again.allowed && again.patch.is_none(), "{case}: a second pass changes something");
+        if request["kind"]["kind"] == "Pod" {
+            let refused = !again.allowed && again.result.message.contains(contract::ANNOTATION_STATUS);
+            assert!(refused && again.patch.is_none(), "{case}: a second pass is not refused: {:?}", again.result);
+        } else {
+            assert!(again.allowed && again.patch.is_none(), "{case}: a second pass changes something");
+        }
     }
 }
 
@@ -121,7 +128,7 @@ macro_rules! golden {
 
 golden! {
     fresh_pod_gets_sidecar_token_and_standby_label: "fresh-pod" => Expect::Patched;
-    already_injected_pod_is_left_alone: "already-injected" => Expect::Unchanged;
+    pod_arriving_with_the_injection_marker_is_refused: "already-injected" => Expect::Denied("only the ldap-elector webhook sets");
     sidecar_goes_before_existing_init_containers: "existing-init-containers" => Expect::Patched;
     existing_pod_security_context_only_gains_seccomp: "existing-security-context" => Expect::Patched;
     custom_service_account_is_kept_but_automount_is_off: "custom-service-account" => Expect::Patched;

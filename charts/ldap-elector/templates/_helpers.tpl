@@ -137,3 +137,44 @@ Validation of values that would otherwise render a broken or unsafe install.
 {{- fail "files.caBundle (base64 PEM of the CA that signed files.secretName) is required when certMode=files" }}
 {{- end }}
 {{- end }}
+
+{{/*
+A label selector as a CEL condition on the labels of `.meta` (a CEL expression of an
+ObjectMeta, e.g. "object.metadata" or "namespaceObject.metadata"): matchLabels and
+matchExpressions (In, NotIn, Exists, DoesNotExist) as the API server evaluates them.
+"true" for an empty selector. Keys and values are JSON-quoted (valid CEL strings).
+*/}}
+{{- define "ldap-elector.selectorCel" -}}
+{{- $meta := .meta }}
+{{- $terms := list }}
+{{- range $k, $v := (.selector.matchLabels | default dict) }}
+{{- $terms = append $terms (printf "(has(%s.labels) && %s in %s.labels && %s.labels[%s] == %s)" $meta (toJson $k) $meta $meta (toJson $k) (toJson $v)) }}
+{{- end }}
+{{- range (.selector.matchExpressions | default list) }}
+{{- $has := printf "(has(%s.labels) && %s in %s.labels)" $meta (toJson .key) $meta }}
+{{- $in := printf "(%s && %s.labels[%s] in %s)" $has $meta (toJson .key) (toJson (.values | default list)) }}
+{{- if eq .operator "In" }}{{ $terms = append $terms $in }}
+{{- else if eq .operator "NotIn" }}{{ $terms = append $terms (printf "!%s" $in) }}
+{{- else if eq .operator "Exists" }}{{ $terms = append $terms $has }}
+{{- else if eq .operator "DoesNotExist" }}{{ $terms = append $terms (printf "!%s" $has) }}
+{{- else }}{{ fail (printf "label selector operator %q is not In, NotIn, Exists or DoesNotExist" .operator) }}
+{{- end }}
+{{- end }}
+{{- if $terms }}{{ join " && " $terms }}{{ else }}true{{ end }}
+{{- end }}
+
+{{/*
+CEL: the pod of a CREATE is one the pod webhook reviews (its rules, namespaceSelector,
+objectSelector and matchConditions, as rendered in mutatingwebhookconfiguration.yaml).
+*/}}
+{{- define "ldap-elector.podWebhookScopeCel" -}}
+{{- $podLabels := .Values.webhookConfiguration.objectSelector.matchLabels | default dict }}
+{{- if .Values.webhookConfiguration.podOptInLabel }}
+{{- $podLabels = merge (dict "ldap-elector.dev/inject" "true") $podLabels }}
+{{- end }}
+{{- $podExpressions := prepend (.Values.webhookConfiguration.objectSelector.matchExpressions | default list) (dict "key" "statefulset.kubernetes.io/pod-name" "operator" "Exists") }}
+{{- $excluded := include "ldap-elector.excludedNamespaces" . | fromYamlArray }}
+{{- $ns := include "ldap-elector.selectorCel" (dict "meta" "namespaceObject.metadata" "selector" .Values.webhookConfiguration.namespaceSelector) }}
+{{- $pod := include "ldap-elector.selectorCel" (dict "meta" "object.metadata" "selector" (dict "matchLabels" $podLabels "matchExpressions" $podExpressions)) }}
+{{- printf "!(namespaceObject.metadata.name in %s) && %s && %s && has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, r.kind == 'StatefulSet')" (toJson $excluded) $ns $pod }}
+{{- end }}

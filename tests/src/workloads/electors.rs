@@ -40,6 +40,9 @@ pub struct PairOptions {
     /// observer then watches too). Without it the test creates the identity and a pod
     /// template with the sidecar itself.
     pub webhook: bool,
+    /// The chart's admission policies (leader-label, pod and Lease protection,
+    /// `policies::install`), applied before the StatefulSet is created.
+    pub policies: bool,
 }
 
 /// The write Service of a `Pair` started with `webhook`.
@@ -142,6 +145,9 @@ impl Pair {
         fixtures::namespace(&client, &namespace, Some("restricted")).await?;
         let mut observer = Observer::start(client.clone(), &namespace, &format!("app={statefulset}"));
         let sets = Api::<StatefulSet>::namespaced(client.clone(), &namespace);
+        if options.policies {
+            crate::workloads::policies::install(&bed).await?;
+        }
         let webhook = if options.webhook {
             let webhook = Webhook::start(&bed).await?;
             webhook.register(&bed, &namespace, "Fail").await?;

@@ -1,6 +1,7 @@
 //! The chart's ValidatingAdmissionPolicies on a bed, applied as `helm install` would: the
 //! leader-label protection (`templates/label-protection.yaml`) and the protection of an
-//! injected pod's code and credentials (`templates/pod-protection.yaml`), for the release
+//! injected pod's code and credentials (`templates/pod-protection.yaml`) and the Lease's
+//! operator overrides (`templates/lease-protection.yaml`), for the release
 //! `ldap-elector` installed where the test webhook runs, so the exemptions name its account.
 
 use crate::bed::process::run;
@@ -8,14 +9,18 @@ use crate::workloads::webhook::{WEBHOOK_NS, WEBHOOK_SA};
 use crate::Bed;
 
 /// The chart templates holding the policies.
-pub const POLICY_TEMPLATES: [&str; 2] = ["templates/label-protection.yaml", "templates/pod-protection.yaml"];
+pub const POLICY_TEMPLATES: [&str; 3] =
+    ["templates/label-protection.yaml", "templates/pod-protection.yaml", "templates/lease-protection.yaml"];
 /// Policy names of the release `ldap-elector` (`<fullname>-...`).
 pub const POD_ROLE_POLICY: &str = "ldap-elector-pod-role";
 pub const LEADER_SERVICE_POLICY: &str = "ldap-elector-leader-service";
 pub const POD_SPEC_POLICY: &str = "ldap-elector-pod-spec";
 pub const POD_BOUND_TOKEN_POLICY: &str = "ldap-elector-pod-bound-token";
+pub const POD_MARKER_POLICY: &str = "ldap-elector-pod-marker";
+pub const LEASE_OVERRIDES_POLICY: &str = "ldap-elector-lease-overrides";
 pub const OPT_IN_POLICY: &str = "ldap-elector-opt-in";
 pub const WEBHOOK_CONFIGURATION_POLICY: &str = "ldap-elector-webhook-configuration";
+pub const WEBHOOK_SECRET_POLICY: &str = "ldap-elector-webhook-secret";
 
 /// Renders the policy templates with `helm template` and applies them with `kubectl`;
 /// returns the rendered YAML.

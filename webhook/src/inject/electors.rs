@@ -125,7 +125,7 @@ mod tests {
         let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, vec!["slapd", "tools"]);
         assert_eq!(spec.init_containers.unwrap()[0].name, contract::SIDECAR_CONTAINER);
-        assert_eq!(decide(&out, Some(&sts)).unwrap(), Decision::Skip(super::super::SkipReason::AlreadyInjected));
+        assert!(refused_as_marked(&out, Some(&sts)));
         // Without the elector in the pod (the consumer dropped it), the annotation is harmless.
         assert!(matches!(decide(&pod_json(), Some(&sts)).unwrap(), Decision::Patch(_)));
     }

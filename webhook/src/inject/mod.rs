@@ -66,8 +66,6 @@ const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 /// Why a pod is left alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SkipReason {
-    /// The pod carries the injection marker: a reinvocation or a second webhook pass.
-    AlreadyInjected,
     NotOwnedByStatefulSet,
     /// The pod names a StatefulSet that the caller could not find.
     OwnerNotFound,
@@ -77,7 +75,6 @@ pub enum SkipReason {
 impl SkipReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::AlreadyInjected => "already injected",
             Self::NotOwnedByStatefulSet => "not owned by a StatefulSet",
             Self::OwnerNotFound => "owner StatefulSet not found",
             Self::NotOptedIn => "StatefulSet not opted in",
@@ -125,12 +122,14 @@ pub enum InjectError {
     #[error("cannot share the ldapi socket directory {dir} with the sidecar: {reason}")]
     SocketDirConflict { dir: String, reason: String },
     #[error(
-        "pod carries {marker}={injected} but no elector, and its StatefulSet is not opted in; remove that \
-         annotation from the pod template (it is the webhook's to set)",
+        "pod arrives carrying {marker}={injected}, which only the ldap-elector webhook sets (when it injects the \
+         pod): the label-protection policies trust a pod carrying it to run the webhook's elector, so it is never \
+         taken from a client. Remove that annotation from the pod template or manifest; the webhook injects the \
+         pod and sets it",
         marker = contract::ANNOTATION_STATUS,
         injected = contract::STATUS_INJECTED
     )]
-    MarkerWithoutElector,
+    MarkerFromClient,
     #[error("pod has no spec")]
     NoSpec,
     #[error("cannot serialise patch value: {0}")]
@@ -165,21 +164,23 @@ pub fn elector_service_account(statefulset: &str, spec: Option<&PodSpec>) -> Str
     }
 }
 
+/// Whether a pod carries the injection marker. Only this webhook's patch sets it, and the
+/// pod webhook is registered with `reinvocationPolicy: Never`, so it never reviews its own
+/// output: a pod that arrives marked got the marker from a client (a manifest, a template,
+/// a copied pod) and is refused, not trusted (issue 17, item 7). Checking that the pod
+/// "looks injected" instead would have to prove the whole pod equal to our output (any
+/// container could mount the token volume or run other code as the elector's account).
+pub fn carries_marker(meta: &ObjectMeta) -> bool {
+    let status = meta.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_STATUS));
+    status.is_some_and(|v| v == contract::STATUS_INJECTED)
+}
+
 /// Decide whether and how to inject `pod`, whose controlling StatefulSet the caller has
 /// looked up (`None` if not found).
 pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Result<Decision, InjectError> {
     let meta = &pod.metadata;
-    let marked = meta.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_STATUS));
-    let marked = marked.is_some_and(|v| v == contract::STATUS_INJECTED);
-    // The marker alone proves nothing (a template may carry it): only with our sidecar is
-    // the pod ours already. A marked pod without it is injected, or refused (issue 17, item 7).
-    let has_sidecar = || {
-        let spec = pod.spec.as_ref();
-        let inits = spec.and_then(|s| s.init_containers.as_ref());
-        inits.into_iter().flatten().any(|c| c.name == contract::SIDECAR_CONTAINER)
-    };
-    if marked && has_sidecar() {
-        return Ok(Decision::Skip(SkipReason::AlreadyInjected));
+    if carries_marker(meta) {
+        return Err(InjectError::MarkerFromClient);
     }
     let Some(owner_name) = owner_statefulset_name(meta) else {
         return Ok(Decision::Skip(SkipReason::NotOwnedByStatefulSet));
@@ -189,9 +190,6 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
     };
     check_owner(meta, owner_name, sts)?;
     if !contract::is_opted_in(sts.metadata.annotations.as_ref()) {
-        if marked {
-            return Err(InjectError::MarkerWithoutElector);
-        }
         return Ok(Decision::Skip(SkipReason::NotOptedIn));
     }
     let spec = pod.spec.as_ref().ok_or(InjectError::NoSpec)?;
@@ -317,11 +315,11 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn second_pass_on_own_output_is_a_no_op() {
+    fn second_pass_on_own_output_is_refused_never_injected_twice() {
         let sts = owner(&[]);
         let pod = pod_json();
         let patched = apply(&pod, &decide(&pod, Some(&sts)).unwrap());
-        assert_eq!(decide(&patched, Some(&sts)).unwrap(), Decision::Skip(SkipReason::AlreadyInjected));
+        assert!(refused_as_marked(&patched, Some(&sts)));
     }
 
     #[test]
@@ -344,16 +342,35 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_carrying_the_marker_without_the_elector_is_injected_or_refused_never_passed() {
+    fn a_pod_arriving_with_the_marker_is_refused_whatever_it_carries_and_whoever_owns_it() {
         let mut forged = pod_json();
         forged["metadata"]["annotations"] = json!({contract::ANNOTATION_STATUS: contract::STATUS_INJECTED});
-        let out = apply(&forged, &decide(&forged, Some(&owner(&[]))).unwrap());
-        assert_eq!(container(&out, contract::SIDECAR_CONTAINER)["name"], json!(contract::SIDECAR_CONTAINER));
-        let mut sts = owner(&[]);
-        sts.metadata.annotations = None;
-        let err = decide(&forged, Some(&sts)).unwrap_err();
-        assert!(matches!(err, InjectError::MarkerWithoutElector), "{err}");
-        assert!(err.to_string().contains(contract::ANNOTATION_STATUS));
+        // With a container posing as the elector (the attacker's code under our name) ...
+        let mut posing = forged.clone();
+        posing["spec"]["initContainers"] =
+            json!([{"name": contract::SIDECAR_CONTAINER, "image": "registry.invalid/attacker:1"}]);
+        let mut not_opted_in = owner(&[]);
+        not_opted_in.metadata.annotations = None;
+        let mut orphan = forged.clone();
+        orphan["metadata"]["ownerReferences"] = json!([]);
+        for (pod, sts) in [
+            (&forged, Some(&owner(&[]))),
+            (&posing, Some(&owner(&[]))),
+            (&forged, Some(&not_opted_in)),
+            (&forged, None),
+            (&orphan, None),
+        ] {
+            let err = decide(pod, sts).unwrap_err();
+            assert!(matches!(err, InjectError::MarkerFromClient), "{err}");
+            let message = err.to_string();
+            assert!(
+                message.contains(contract::ANNOTATION_STATUS) && message.contains("only the ldap-elector webhook sets")
+            );
+        }
+        // Another value of the annotation is no marker: injected as usual.
+        let mut other = pod_json();
+        other["metadata"]["annotations"] = json!({contract::ANNOTATION_STATUS: "pending"});
+        assert!(matches!(decide(&other, Some(&owner(&[]))), Ok(Decision::Patch(_))));
     }
 
     #[test]
@@ -374,12 +391,12 @@ mod tests {
         #[test]
         fn random_pods_get_a_patch_that_applies_and_converges(pod in arb_pod()) {
             let sts = owner(&[]);
-            let decision = decide(&pod, Some(&sts)).unwrap();
             let already = pod["metadata"]["annotations"].get(contract::ANNOTATION_STATUS) == Some(&json!(contract::STATUS_INJECTED));
             if already {
-                prop_assert_eq!(decision, Decision::Skip(SkipReason::AlreadyInjected));
+                prop_assert!(refused_as_marked(&pod, Some(&sts)));
                 return Ok(());
             }
+            let decision = decide(&pod, Some(&sts)).unwrap();
             let out = apply(&pod, &decision);
             let typed: Pod = serde_json::from_value(out.clone()).unwrap();
             let spec = typed.spec.clone().unwrap();
@@ -398,7 +415,7 @@ mod tests {
             }
             prop_assert!(kept || spec.volumes.iter().flatten().all(|v| !v.name.starts_with(DEFAULT_TOKEN_VOLUME_PREFIX)));
             prop_assert_eq!(&out["metadata"]["labels"][contract::LABEL_ROLE], &json!(contract::ROLE_STANDBY));
-            prop_assert_eq!(decide(&out, Some(&sts)).unwrap(), Decision::Skip(SkipReason::AlreadyInjected));
+            prop_assert!(refused_as_marked(&out, Some(&sts)));
         }
     }
 }

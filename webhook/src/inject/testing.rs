@@ -55,6 +55,12 @@ pub(crate) fn decide(pod: &Value, sts: Option<&StatefulSet>) -> Result<Decision,
     inject(&serde_json::from_value(pod.clone()).unwrap(), sts, &cfg())
 }
 
+/// Whether a second pass on our own output refuses it as carrying the marker (the webhook
+/// never reviews its own output, so only a client can bring a marked pod): never injected twice.
+pub(crate) fn refused_as_marked(pod: &Value, sts: Option<&StatefulSet>) -> bool {
+    matches!(decide(pod, sts), Err(InjectError::MarkerFromClient))
+}
+
 /// The OpenLDAP integration's annotations on an opted-in owner.
 pub(crate) fn ldap_owner(extra: &[(&str, &str)]) -> StatefulSet {
     let mut a = vec![
