@@ -19,7 +19,10 @@ use ldap_elector::divergence::auditor::peer_check;
 use ldap_elector::slapd::ldap::{Credentials, Probe as _, Tls};
 use ldap_elector_contract as contract;
 use ldap_elector_tests::ldap::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, DATA_DB, SUFFIX};
+use ldap_elector_tests::ldap::writer;
+use ldap_elector_tests::wait_for;
 use ldap_elector_tests::workloads::build::elector_binary;
+use ldap_elector_tests::workloads::electors::{Pair, PairOptions as ElectorOptions};
 
 /// The rootDN's password in a file, as the sidecar gets the bind Secret's.
 fn admin_credentials(dir: &Path) -> anyhow::Result<Credentials> {
@@ -191,5 +194,52 @@ async fn the_audit_command_sends_a_password_only_over_tls_or_to_a_local_host_unl
     let (code, out) = run(remote, vec!["--allow-cleartext-bind"], vec![], true).await?;
     assert_eq!(code, 4, "allowed: the audit tries to connect:\n{out}");
     assert!(out.contains("connect") && !out.contains("refusing a simple bind"), "{out}");
+    Ok(())
+}
+
+/// The running elector: the leader audits its standby over StartTLS with the password,
+/// against servers that refuse the data over plain `ldap://` (`olcSecurity: ssf=1`; ldapi,
+/// the fence's and health check's way in, counts as secure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_audits_its_standby_over_starttls() -> anyhow::Result<()> {
+    let slapd = MirrorPair::start(PairOptions::default().tls()).await?;
+    let ca = slapd.ca_file().expect("a TLS pair has a CA").display().to_string();
+    let creds = admin_credentials(&slapd.dir)?;
+    for i in 1..=2 {
+        let mut root = slapd.node(i).root().await?;
+        root.ldap
+            .with_timeout(Duration::from_secs(5))
+            .modify(DATA_DB, vec![Mod::Add("olcSecurity", HashSet::from(["ssf=1"]))])
+            .await?
+            .success()?;
+    }
+    let servers = (0..2u32)
+        .map(|o| format!("{}={}?base={SUFFIX}", contract::pod_name("ldap-server", o), slapd.node(o + 1).ldap_url()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut env = writer::elector_env(&slapd)?;
+    env.push((contract::ENV_AUDIT_PEERS.into(), servers));
+    env.push((contract::ENV_AUDIT_INTERVAL.into(), "off".into()));
+    env.push((contract::ENV_LDAP_BIND_DN.into(), ADMIN_DN.into()));
+    let password_file = creds.password_file.as_ref().expect("a file").display().to_string();
+    env.push((contract::ENV_LDAP_BIND_PASSWORD_FILE.into(), password_file));
+    env.push((contract::ENV_LDAP_STARTTLS.into(), "true".into()));
+    env.push((contract::ENV_LDAP_CA_FILE.into(), ca));
+    let pair = Pair::start_with(2, &[], ElectorOptions { runner_env: Some(env), ..Default::default() }).await?;
+    let leader = pair.leader(Duration::from_secs(90)).await?;
+    // On taking office the leader audits the standby (reachable over StartTLS) at once.
+    wait_for("the leader's audit of its standby", Duration::from_secs(60), || async {
+        let log = pair.log(&leader);
+        if log.contains("divergence audit: in sync") {
+            Ok(())
+        } else if log.contains("divergence audit inconclusive") || log.contains("DIVERGED") {
+            Err(format!("not in sync:\n{log}"))
+        } else {
+            Err("no audit yet".to_string())
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", pair.log(&leader)))?;
+    assert!(!pair.log(&leader).contains("are OFF until this is fixed"), "{}", pair.log(&leader));
     Ok(())
 }
