@@ -80,24 +80,6 @@ impl Transport {
     }
 }
 
-impl Tls {
-    /// From `ELECTOR_LDAP_STARTTLS`, `ELECTOR_LDAP_CA_FILE` and `ELECTOR_ALLOW_CLEARTEXT_BIND`
-    /// (empty = unset; the booleans are `true`/`false`).
-    pub fn from_env() -> Result<Tls, String> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let flag = |name: &str| match var(name).as_deref().map(str::trim) {
-            None | Some("false") => Ok(false),
-            Some("true") => Ok(true),
-            Some(other) => Err(format!("{name}={other:?}: expected true or false")),
-        };
-        Ok(Tls {
-            starttls: flag(ENV_LDAP_STARTTLS)?,
-            ca_file: var(ENV_LDAP_CA_FILE).map(PathBuf::from),
-            allow_cleartext_bind: flag(ENV_ALLOW_CLEARTEXT_BIND)?,
-        })
-    }
-}
-
 /// Whether `host` (as written in a URL, IPv6 without brackets) is this machine: `localhost`
 /// or a loopback address. Only literal names count: a name that resolves to loopback is
 /// not trusted to keep doing so.
