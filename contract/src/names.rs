@@ -122,6 +122,17 @@ pub const ENV_LOG: &str = "ELECTOR_LOG";
 pub const ENV_LDAP_BIND_DN: &str = "ELECTOR_LDAP_BIND_DN";
 /// File holding the password of the bind DN (read on every check, so rotation works).
 pub const ENV_LDAP_BIND_PASSWORD_FILE: &str = "ELECTOR_LDAP_BIND_PASSWORD_FILE";
+/// `true`: upgrade every `ldap://` connection of the elector's LDAP reads (health check,
+/// audits, the old leader's contextCSN, `reseed`) with StartTLS before the bind, verifying
+/// the server's certificate against [`ENV_LDAP_CA_FILE`] and its name against the URL's
+/// host. `ldaps://` URLs are TLS without it; `ldapi://` never uses TLS.
+pub const ENV_LDAP_STARTTLS: &str = "ELECTOR_LDAP_STARTTLS";
+/// PEM file with the CA certificate(s) that sign the slapd servers' certificates; required
+/// for `ldaps://` and StartTLS (only these CAs are trusted; read on every connection).
+pub const ENV_LDAP_CA_FILE: &str = "ELECTOR_LDAP_CA_FILE";
+/// `true`: allow a simple bind (a password) over plain `ldap://` to a host that is not
+/// local (not loopback); without it such a bind is refused before anything is sent.
+pub const ENV_ALLOW_CLEARTEXT_BIND: &str = "ELECTOR_ALLOW_CLEARTEXT_BIND";
 /// Bind DN of the one-off `audit` command on both servers (simple bind); without it SASL
 /// EXTERNAL over ldapi and anonymous over ldap.
 pub const ENV_AUDIT_BIND_DN: &str = "ELECTOR_AUDIT_BIND_DN";
@@ -351,6 +362,22 @@ pub const BIND_SECRET_KEY_PASSWORD: &str = "password";
 /// The volume (only the password key) and where the sidecar mounts it.
 pub const BIND_SECRET_VOLUME: &str = "ldap-elector-bind";
 pub const BIND_SECRET_MOUNT_PATH: &str = "/var/run/ldap-elector/bind";
+
+/// Optional, `"true"`: the elector's `ldap://` reads use StartTLS ([`ENV_LDAP_STARTTLS`]);
+/// needs [`ANNOTATION_LDAP_CA_CONFIGMAP`].
+pub const ANNOTATION_LDAP_STARTTLS: &str = "ldap-elector.dev/ldap-starttls";
+/// Optional: a ConfigMap in the StatefulSet's namespace whose key [`LDAP_CA_CONFIGMAP_KEY`]
+/// holds the CA certificate(s) of the slapd servers (for `ldaps://` and StartTLS); mounted
+/// into the sidecar only, its path set as [`ENV_LDAP_CA_FILE`].
+pub const ANNOTATION_LDAP_CA_CONFIGMAP: &str = "ldap-elector.dev/ldap-ca-configmap";
+pub const LDAP_CA_CONFIGMAP_KEY: &str = "ca.crt";
+/// The CA ConfigMap's volume and where the sidecar mounts it.
+pub const LDAP_CA_VOLUME: &str = "ldap-elector-ldap-ca";
+pub const LDAP_CA_MOUNT_PATH: &str = "/var/run/ldap-elector/ldap-ca";
+/// Optional, `"true"`: the explicit opt-in to simple binds over plain `ldap://` to other
+/// pods ([`ENV_ALLOW_CLEARTEXT_BIND`]): the bind Secret's password then crosses the pod
+/// network in cleartext.
+pub const ANNOTATION_ALLOW_CLEARTEXT_BIND: &str = "ldap-elector.dev/allow-cleartext-bind";
 
 /// File name of slapd's ldapi socket in the socket directory (slapd's own default name).
 pub const LDAPI_SOCKET_NAME: &str = "ldapi";

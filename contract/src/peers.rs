@@ -23,7 +23,7 @@ impl PeerUrls {
             part.split_once('=').is_some_and(|(pod, url)| {
                 !pod.is_empty()
                     && pod.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-                    && (url.starts_with("ldap://") || url.starts_with("ldapi://"))
+                    && (url.starts_with("ldap://") || url.starts_with("ldaps://") || url.starts_with("ldapi://"))
             })
         };
         let mut map: BTreeMap<String, String> = BTreeMap::new();

@@ -216,6 +216,12 @@ async fn elect(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(audit) = &config.audit {
+        for (standby, reason) in audit.refused_peers() {
+            tracing::error!(pod = %config.identity, standby = %standby, error = %reason,
+                "divergence audits of this standby and reads of its contextCSN after an expiry are OFF until this is fixed");
+        }
+    }
     let terminate = CancellationToken::new();
     let tasks = CancellationToken::new();
     let heartbeat = Heartbeat::default();

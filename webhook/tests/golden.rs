@@ -144,6 +144,7 @@ golden! {
     pod_updates_pass_through: "pod-update-passthrough" => Expect::Unchanged;
     openldap_socket_dir_is_shared_and_fence_and_health_check_injected: "openldap-integration" => Expect::Patched;
     audit_settings_and_the_bind_secret_reach_only_the_sidecar: "audit-bind-secret" => Expect::Patched;
+    starttls_and_the_ldap_ca_reach_only_the_sidecar: "audit-tls" => Expect::Patched;
     socket_dir_slapd_already_mounts_is_shared_not_duplicated: "openldap-existing-mount" => Expect::Patched;
     metrics_port_annotation_adds_the_env_and_a_named_container_port: "metrics-port" => Expect::Patched;
     slapd_d_on_a_volume_is_fenced_by_the_last_init_container: "openldap-start-fenced" => Expect::Patched;

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::election::decide::Timing;
 use crate::slapd::fence::{Fence, LdapFence};
 use crate::slapd::health::HealthCheck;
-use crate::slapd::ldap::Credentials;
+use crate::slapd::ldap::{Credentials, Tls};
 use ldap_elector_contract as contract;
 
 /// Output of the operator commands and the audit: a human-readable text or JSON.
@@ -82,6 +82,35 @@ pub struct StartFencedArgs {
     pub fence_database: String,
 }
 
+/// Transport security of the LDAP connections to other slapd servers (docs/divergence.md,
+/// "TLS"): shared by the elector, `audit` and `reseed`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// Upgrade `ldap://` connections with StartTLS before the bind, verifying the server's
+    /// certificate against --ldap-ca-file and its name against the URL's host.
+    /// (`ldaps://` URLs are TLS without it; `ldapi://` never uses TLS.)
+    #[arg(long, env = contract::ENV_LDAP_STARTTLS, action = clap::ArgAction::SetTrue)]
+    pub ldap_starttls: bool,
+    /// PEM file with the CA certificate(s) of the slapd servers: the only ones trusted for
+    /// `ldaps://` and StartTLS (read on every connection).
+    #[arg(long, env = contract::ENV_LDAP_CA_FILE)]
+    pub ldap_ca_file: Option<std::path::PathBuf>,
+    /// Allow a simple bind (a password) over plain `ldap://` to a host that is not local
+    /// (not loopback). Without it such a bind is refused before anything is sent.
+    #[arg(long, env = contract::ENV_ALLOW_CLEARTEXT_BIND, action = clap::ArgAction::SetTrue)]
+    pub allow_cleartext_bind: bool,
+}
+
+impl TlsArgs {
+    pub fn tls(&self) -> Tls {
+        Tls {
+            starttls: self.ldap_starttls,
+            ca_file: self.ldap_ca_file.clone().filter(|p| !p.as_os_str().is_empty()),
+            allow_cleartext_bind: self.allow_cleartext_bind,
+        }
+    }
+}
+
 /// Flags of `ldap-elector reseed` (see `reseed.rs` and docs/divergence.md).
 #[derive(Debug, Clone, Args)]
 pub struct ReseedArgs {
@@ -104,6 +133,8 @@ pub struct ReseedArgs {
     pub bind_dn: Option<String>,
     #[arg(long, env = ldap_elector_contract::ENV_LDAP_BIND_PASSWORD_FILE)]
     pub bind_password_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// The target's data directory (its slapd must be stopped): moved aside and replaced by
     /// an empty one. Without it, empty the database yourself first (docs/divergence.md).
     #[arg(long)]
@@ -130,13 +161,15 @@ impl ReseedArgs {
             bind_dn: self.bind_dn.filter(|s| !s.trim().is_empty()),
             password_file: self.bind_password_file,
         };
-        crate::slapd::ldap::LdapCheck::parse(&target)?.with_credentials(&creds)?;
+        let tls = self.tls.tls();
+        crate::slapd::ldap::LdapCheck::parse(&target)?.with_credentials(&creds)?.with_tls(&tls)?;
         Ok(crate::divergence::reseed::Plan {
             namespace: self.namespace,
             lease_name,
             target: self.pod,
             servers,
             creds,
+            tls,
             data_dir: self.data_dir,
             timeout: self.timeout,
             op_timeout: self.op_timeout,
@@ -160,6 +193,8 @@ pub struct AuditArgs {
     /// File with the bind DN's password.
     #[arg(long, env = ldap_elector_contract::ENV_AUDIT_BIND_PASSWORD_FILE)]
     pub bind_password_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Human)]
     pub output: Output,
@@ -201,7 +236,8 @@ impl AuditArgs {
             bind_dn: self.bind_dn.filter(|s| !s.trim().is_empty()),
             password_file: self.bind_password_file,
         };
-        let mut config = crate::divergence::audit::AuditConfig::new(&self.server_a, &self.server_b, &creds)?;
+        let mut config = crate::divergence::audit::AuditConfig::new(&self.server_a, &self.server_b, &creds)?
+            .with_tls(&self.tls.tls())?;
         config.timeout = self.timeout;
         config.op_timeout = self.op_timeout;
         config.bucket_bits = self.bucket_bits;
@@ -283,6 +319,8 @@ pub struct RunArgs {
     /// File with the password of the bind DN (read on every check, so it can rotate).
     #[arg(long, env = ldap_elector_contract::ENV_LDAP_BIND_PASSWORD_FILE)]
     pub ldap_bind_password_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Start the watchdog process that fences slapd when this elector stops renewing
     /// (paused, hung, killed). On by default when a fence is configured.
     #[arg(long, env = contract::ENV_WATCHDOG, default_value_t = true, action = clap::ArgAction::Set)]
@@ -360,6 +398,12 @@ pub enum ConfigError {
     FenceUrl(String),
     #[error("divergence audit: {0}")]
     Audit(String),
+    #[error(
+        "--ldap-starttls ({}) needs --ldap-ca-file ({}): the CA that signed the servers' certificates",
+        contract::ENV_LDAP_STARTTLS,
+        contract::ENV_LDAP_CA_FILE
+    )]
+    StartTlsWithoutCa,
     #[error("the guard needs --fence-ldapi (ELECTOR_FENCE_LDAPI) and --guard-socket (ELECTOR_GUARD_SOCKET)")]
     GuardUnconfigured,
 }
@@ -389,7 +433,15 @@ impl RunArgs {
             bind_dn: self.ldap_bind_dn.filter(|s| !s.is_empty()),
             password_file: self.ldap_bind_password_file,
         };
-        let health_check = self.health_check.with_ldap_credentials(&creds).map_err(ConfigError::HealthCheck)?;
+        let tls = self.tls.tls();
+        if tls.starttls && tls.ca_file.is_none() {
+            return Err(ConfigError::StartTlsWithoutCa);
+        }
+        let health_check = self
+            .health_check
+            .with_ldap_credentials(&creds)
+            .and_then(|c| c.with_ldap_tls(&tls))
+            .map_err(ConfigError::HealthCheck)?;
         let audit = match self.audit_peers.filter(|s| !s.trim().is_empty()) {
             None => None,
             Some(peers) => {
@@ -411,6 +463,7 @@ impl RunArgs {
                     local: local.clone(),
                     peers,
                     creds: creds.clone(),
+                    tls: tls.clone(),
                     cadence: crate::divergence::policy::Cadence { interval, ..Default::default() },
                     op_timeout: Duration::from_secs(30),
                     timeout: Duration::from_secs(300),
@@ -517,6 +570,51 @@ mod tests {
     }
 
     #[test]
+    fn tls_flags_reach_the_health_check_and_the_audits_and_cleartext_to_peers_is_refused() {
+        let dir = std::env::temp_dir().join(format!("elector-args-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        let pw = pw.to_str().unwrap();
+        let base = [
+            "--health-check",
+            "ldapi://%2Frun%2Fldapi?base=dc=x",
+            "--ldap-bind-dn",
+            "cn=auditor,dc=x",
+            "--ldap-bind-password-file",
+            pw,
+            "--audit-peers",
+            "ldap://{pod}.ldap:389",
+        ];
+        // The local check (ldapi) is fine; the peer over plain ldap:// is refused: the elector
+        // runs, says so once, and neither audits nor reads that standby.
+        let c = args(&base).unwrap();
+        let audit = c.audit.unwrap();
+        let refused = audit.refused_peers();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].0, "ldap-0");
+        assert!(refused[0].1.contains("--allow-cleartext-bind"), "{}", refused[0].1);
+        assert!(audit.audit_config("ldap://ldap-0.ldap:389").unwrap_err().contains("cleartext"));
+        // Explicitly allowed.
+        let c = args(&[&base[..], &["--allow-cleartext-bind"]].concat()).unwrap();
+        assert!(c.audit.unwrap().refused_peers().is_empty());
+        // StartTLS needs the CA; with it the peers are read over TLS.
+        let err = args(&[&base[..], &["--ldap-starttls"]].concat()).unwrap_err();
+        assert!(err.contains("--ldap-ca-file"), "{err}");
+        let c = args(&[&base[..], &["--ldap-starttls", "--ldap-ca-file", "/ca.crt"]].concat()).unwrap();
+        let audit = c.audit.unwrap();
+        assert!(audit.refused_peers().is_empty());
+        let cfg = audit.audit_config("ldap://ldap-0.ldap:389").unwrap();
+        assert_eq!(cfg.b.transport(), ldap_elector_contract::check::Transport::StartTls);
+        assert_eq!(cfg.a.transport(), ldap_elector_contract::check::Transport::Ldapi);
+        // A health check that would send the password to another host is refused at start.
+        let remote = ["--health-check", "ldap://ldap-0.ldap:389?base=dc=x", "--ldap-bind-dn", "cn=a,dc=x"];
+        let err = args(&[&remote[..], &["--ldap-bind-password-file", pw]].concat()).unwrap_err();
+        assert!(err.contains("health check") && err.contains("cleartext"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn unsafe_timings_are_rejected_with_the_reason() {
         let err = args(&["--renew-deadline", "7s"]).unwrap_err();
         assert!(err.contains("renew deadline") && err.contains("unsafe"), "{err}");
@@ -547,6 +645,37 @@ mod tests {
             parse(&["--server-b", "ldap://b:389?base=dc=x", "--bind-dn", "cn=a"]).is_err(),
             "needs a password file"
         );
+    }
+
+    #[test]
+    fn the_audit_and_reseed_subcommands_refuse_a_cleartext_password_to_another_host() {
+        let audit = |extra: &[&str]| {
+            let mut argv = vec!["ldap-elector", "audit", "--server-a", "ldapi://%2Frun%2Fldapi?base=dc=x"];
+            argv.extend_from_slice(&["--server-b", "ldap://192.0.2.10:389?base=dc=x", "--bind-dn", "cn=a,dc=x"]);
+            argv.extend_from_slice(&["--bind-password-file", "/pw"]);
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
+                Some(Command::Audit(a)) => a.into_config(),
+                other => Err(format!("{other:?}")),
+            }
+        };
+        let err = audit(&[]).unwrap_err();
+        assert!(err.contains("server B") && err.contains("--allow-cleartext-bind"), "{err}");
+        assert!(audit(&["--allow-cleartext-bind"]).is_ok());
+        let c = audit(&["--ldap-starttls", "--ldap-ca-file", "/ca.crt"]).unwrap();
+        assert_eq!(c.b.tls.ca_file.as_deref(), Some(std::path::Path::new("/ca.crt")));
+        let reseed = |extra: &[&str]| {
+            let mut argv = vec!["ldap-elector", "reseed", "--namespace", "ns", "--pod", "ldap-1"];
+            argv.extend_from_slice(&["--servers", "ldap://{pod}.ldap:389?base=dc=x", "--bind-dn", "cn=a,dc=x"]);
+            argv.extend_from_slice(&["--bind-password-file", "/pw"]);
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
+                Some(Command::Reseed(a)) => a.into_plan(),
+                other => Err(format!("{other:?}")),
+            }
+        };
+        assert!(reseed(&[]).unwrap_err().contains("cleartext"));
+        assert!(reseed(&["--allow-cleartext-bind"]).unwrap().tls.allow_cleartext_bind);
     }
 
     #[test]

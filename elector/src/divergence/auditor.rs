@@ -16,7 +16,7 @@ use crate::clock::Moment;
 use crate::divergence::audit::{self, AuditConfig};
 use crate::divergence::policy::{self, Cadence, Edits, Outcome, PeerSchedule, PeerUrls};
 use crate::slapd::ldap::Probe as _;
-use crate::slapd::ldap::{Credentials, LdapCheck};
+use crate::slapd::ldap::{Credentials, LdapCheck, Tls};
 
 /// How often the standbys' slapd are probed (reachability: a rejoin triggers an audit).
 const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -30,6 +30,8 @@ pub struct Settings {
     pub local: LdapCheck,
     pub peers: PeerUrls,
     pub creds: Credentials,
+    /// StartTLS, the CA, the cleartext opt-in (for the standbys' servers).
+    pub tls: Tls,
     pub cadence: Cadence,
     /// Timeout of each LDAP operation, and of the reachability probe.
     pub op_timeout: Duration,
@@ -41,7 +43,7 @@ impl Settings {
     /// The audit configuration of this leader (server A) against `peer_url` (server B; the
     /// local suffix is added when the URL names none).
     pub fn audit_config(&self, peer_url: &str) -> Result<AuditConfig, String> {
-        let peer = peer_check(peer_url, &self.local.base, &self.creds)?;
+        let peer = peer_check(peer_url, &self.local.base, &self.creds, &self.tls)?;
         let local = format!("{}?base={}", self.local.url, self.local.base);
         let mut cfg = AuditConfig::new(&local, &peer_url_with_base(peer_url, &self.local.base), &self.creds)?;
         cfg.a = self.local.clone(); // the health check's own bind (SASL EXTERNAL over ldapi)
@@ -50,6 +52,16 @@ impl Settings {
         cfg.timeout = self.timeout;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The standbys whose server the rules keep this leader from reading (e.g. a simple
+    /// bind over plain `ldap://` to another pod, not explicitly allowed), with the reason:
+    /// no audits of them, and no reads of their contextCSN after an expiry.
+    pub fn refused_peers(&self) -> Vec<(String, String)> {
+        crate::divergence::policy::peers(&self.identity, &self.statefulset, &self.peers)
+            .into_iter()
+            .filter_map(|(pod, url)| peer_check(&url, &self.local.base, &self.creds, &self.tls).err().map(|e| (pod, e)))
+            .collect()
     }
 }
 
@@ -61,9 +73,10 @@ fn peer_url_with_base(url: &str, base: &str) -> String {
     }
 }
 
-/// A server's check from a URL that may lack the suffix.
-pub fn peer_check(url: &str, base: &str, creds: &Credentials) -> Result<LdapCheck, String> {
-    LdapCheck::parse(&peer_url_with_base(url, base))?.with_credentials(creds)
+/// A server's check from a URL that may lack the suffix, with the bind and the transport
+/// settings; `Err` also when the cleartext rule refuses its bind.
+pub fn peer_check(url: &str, base: &str, creds: &Credentials, tls: &Tls) -> Result<LdapCheck, String> {
+    LdapCheck::parse(&peer_url_with_base(url, base))?.with_credentials(creds)?.with_tls(tls)
 }
 
 /// The election loop's end of the link.
@@ -144,7 +157,7 @@ async fn audit_peer(
     office: &watch::Receiver<Option<i32>>,
     edits: &watch::Sender<Edits>,
 ) {
-    let reachable = match peer_check(url, &settings.local.base, &settings.creds) {
+    let reachable = match peer_check(url, &settings.local.base, &settings.creds, &settings.tls) {
         Ok(check) => check.probe(settings.op_timeout).await.is_ok(),
         Err(_) => false,
     };

@@ -37,6 +37,8 @@ pub struct Plan {
     pub target: String,
     pub servers: PeerUrls,
     pub creds: Credentials,
+    /// StartTLS, the CA, the cleartext opt-in.
+    pub tls: crate::slapd::ldap::Tls,
     pub data_dir: Option<PathBuf>,
     pub timeout: Duration,
     pub op_timeout: Duration,
@@ -93,7 +95,7 @@ pub async fn reseed(client: kube::Client, plan: &Plan) -> Result<(), ReseedError
     let leases = LeaseClient::new(Api::<Lease>::namespaced(client, &plan.namespace), &plan.lease_name);
     let source = leader(&leases, &plan.target).await?;
     let target_url = server_url(&plan.servers, &plan.target)?;
-    let target_check = peer_check(&target_url, "", &plan.creds).map_err(ReseedError::Config)?;
+    let target_check = peer_check(&target_url, "", &plan.creds, &plan.tls).map_err(ReseedError::Config)?;
     tracing::info!(target = %plan.target, leader = %source, "reseed: the Lease names the leader; the target is a standby");
 
     if let Some(dir) = &plan.data_dir {
@@ -117,8 +119,9 @@ pub async fn reseed(client: kube::Client, plan: &Plan) -> Result<(), ReseedError
         // The target must not have become leader meanwhile (e.g. an operator override).
         let source = leader(&leases, &plan.target).await?;
         let leader_url = server_url(&plan.servers, &source)?;
-        let mut cfg =
-            AuditConfig::new(&leader_url, &target_url, &plan.creds).map_err(|e| ReseedError::Config(e.to_string()))?;
+        let mut cfg = AuditConfig::new(&leader_url, &target_url, &plan.creds)
+            .and_then(|c| c.with_tls(&plan.tls))
+            .map_err(ReseedError::Config)?;
         cfg.op_timeout = plan.op_timeout;
         cfg.timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
         let last = match audit::audit(&cfg).await {

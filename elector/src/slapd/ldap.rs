@@ -2,8 +2,11 @@
 //! the rootDSE and the data database's `contextCSN`) and the built-in write fence
 //! (`olcReadOnly` on the data database, set and read over ldapi with SASL EXTERNAL).
 //!
-//! Every step runs under one deadline, and an error names the step that failed. Plain
-//! `ldap://` and `ldapi://` only: the check talks to slapd in the same pod.
+//! Every step runs under one deadline, and an error names the step that failed. The check
+//! talks to slapd in the same pod over `ldapi://` (or loopback); the same code reads other
+//! pods' slapd for the audits and the catch-up, over `ldap://` with StartTLS or `ldaps://`
+//! when configured ([`crate::slapd::tls`]), and never sends a password in cleartext to
+//! another host unless explicitly allowed.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -14,7 +17,7 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
 use tokio::time::Instant;
 
 /// The syntax of the checks lives in the contract (the webhook validates annotations with it).
-pub use ldap_elector_contract::check::{Bind, Credentials, LdapCheck};
+pub use ldap_elector_contract::check::{Bind, Credentials, LdapCheck, Tls};
 
 /// What a passing check saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,7 +90,7 @@ impl Probe for LdapCheck {
     /// within `timeout`.
     async fn probe(&self, timeout: Duration) -> Result<Status, LdapError> {
         let deadline = Deadline { at: Instant::now() + timeout, timeout };
-        let mut session = Session::open(&self.url, deadline).await?;
+        let mut session = Session::open_check(self, deadline).await?;
         session.bind(&self.bind, deadline).await?;
         let url = &self.url;
         let dse = deadline
@@ -268,6 +271,21 @@ struct Session {
 impl Session {
     async fn open(url: &str, deadline: Deadline) -> Result<Session, LdapError> {
         let settings = LdapConnSettings::new().set_conn_timeout(deadline.timeout);
+        Session::open_with(url, settings, deadline).await
+    }
+
+    /// Opens the check's server with its transport (StartTLS, ldaps with its CA). A simple
+    /// bind the cleartext rule refuses fails here, before anything is sent.
+    async fn open_check(check: &LdapCheck, deadline: Deadline) -> Result<Session, LdapError> {
+        if matches!(check.bind, Bind::Simple { .. }) {
+            crate::slapd::tls::refuse_cleartext_bind(check).map_err(|m| failed(&check.url, Step::Bind, m))?;
+        }
+        let settings =
+            crate::slapd::tls::settings(check, deadline.timeout).map_err(|m| failed(&check.url, Step::Connect, m))?;
+        Session::open_with(&check.url, settings, deadline).await
+    }
+
+    async fn open_with(url: &str, settings: LdapConnSettings, deadline: Deadline) -> Result<Session, LdapError> {
         let (conn, ldap) = deadline.step(url, Step::Connect, LdapConnAsync::with_settings(settings, url)).await?;
         let driver = tokio::spawn(async move {
             if let Err(e) = conn.drive().await {

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    EnvVar, EnvVarSource, KeyToPath, PodSpec, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+    ConfigMapVolumeSource, EnvVar, EnvVarSource, KeyToPath, PodSpec, SecretKeySelector, SecretVolumeSource, Volume,
+    VolumeMount,
 };
 use ldap_elector_contract as contract;
 
@@ -75,11 +76,16 @@ pub(super) fn tuning_env(annotations: Option<&BTreeMap<String, String>>) -> Resu
     Ok(env)
 }
 
+/// A volume only the sidecar mounts, with its mount.
+pub(super) type SidecarVolume = (Volume, VolumeMount);
+
 /// The leader's divergence audits and the elector's LDAP bind identity (docs/divergence.md).
 pub(super) struct AuditPlan {
     pub(super) env: Vec<EnvVar>,
     /// The bind Secret's password as a volume (only that key) and the sidecar's mount of it.
-    pub(super) bind_secret: Option<(Volume, VolumeMount)>,
+    pub(super) bind_secret: Option<SidecarVolume>,
+    /// The LDAP CA ConfigMap (only its `ca.crt`) and the sidecar's mount of it.
+    pub(super) ca: Option<SidecarVolume>,
 }
 
 /// The optional audit annotations → sidecar env, validated here (a typo is an admission
@@ -108,8 +114,10 @@ pub(super) fn audit_plan(
         }
         env.push(env_value(contract::ENV_AUDIT_INTERVAL, interval.to_string()));
     }
+    let (tls_env, ca) = tls_plan(annotations, spec)?;
+    env.extend(tls_env);
     let Some(secret) = get(contract::ANNOTATION_LDAP_BIND_SECRET) else {
-        return Ok(AuditPlan { env, bind_secret: None });
+        return Ok(AuditPlan { env, bind_secret: None, ca });
     };
     if !is_subdomain(secret) {
         let reason = "not a Secret name (RFC 1123 subdomain)".to_string();
@@ -151,7 +159,85 @@ pub(super) fn audit_plan(
         read_only: Some(true),
         ..Default::default()
     };
-    Ok(AuditPlan { env, bind_secret: Some((volume, mount)) })
+    Ok(AuditPlan { env, bind_secret: Some((volume, mount)), ca })
+}
+
+/// Transport security of the elector's LDAP reads of the other pods (issue 17, item 7):
+/// `ldap-starttls` and `allow-cleartext-bind` (`"true"`/`"false"`) become the elector's env,
+/// `ldap-ca-configmap` a ConfigMap volume (only its `ca.crt`) mounted into the sidecar alone
+/// and its path. StartTLS without a CA is refused here: the elector would refuse to start.
+/// Nothing is set without the annotations: a password over plain `ldap://` to another pod
+/// is then refused by the elector (its audits of that pod are off, and it logs why).
+fn tls_plan(
+    annotations: Option<&BTreeMap<String, String>>,
+    spec: &PodSpec,
+) -> Result<(Vec<EnvVar>, Option<SidecarVolume>), InjectError> {
+    let get = |key: &str| annotations.and_then(|a| a.get(key)).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let flag = |key: &'static str| match get(key) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(InjectError::InvalidAnnotation {
+            key,
+            value: other.to_string(),
+            reason: "must be \"true\" or \"false\"".to_string(),
+        }),
+    };
+    let starttls = flag(contract::ANNOTATION_LDAP_STARTTLS)?;
+    let allow_cleartext = flag(contract::ANNOTATION_ALLOW_CLEARTEXT_BIND)?;
+    let ca_configmap = get(contract::ANNOTATION_LDAP_CA_CONFIGMAP);
+    let mut env = Vec::new();
+    if starttls {
+        if ca_configmap.is_none() {
+            return Err(InjectError::InvalidAnnotation {
+                key: contract::ANNOTATION_LDAP_STARTTLS,
+                value: "true".to_string(),
+                reason: format!(
+                    "StartTLS needs the servers' CA: name a ConfigMap with key {} in {}",
+                    contract::LDAP_CA_CONFIGMAP_KEY,
+                    contract::ANNOTATION_LDAP_CA_CONFIGMAP
+                ),
+            });
+        }
+        env.push(env_value(contract::ENV_LDAP_STARTTLS, "true".to_string()));
+    }
+    if allow_cleartext {
+        env.push(env_value(contract::ENV_ALLOW_CLEARTEXT_BIND, "true".to_string()));
+    }
+    let Some(name) = ca_configmap else {
+        return Ok((env, None));
+    };
+    if !is_subdomain(name) {
+        return Err(InjectError::InvalidAnnotation {
+            key: contract::ANNOTATION_LDAP_CA_CONFIGMAP,
+            value: name.to_string(),
+            reason: "not a ConfigMap name (RFC 1123 subdomain)".to_string(),
+        });
+    }
+    if spec.volumes.iter().flatten().any(|v| v.name == contract::LDAP_CA_VOLUME) {
+        return Err(InjectError::NameConflict { what: "volume", name: contract::LDAP_CA_VOLUME });
+    }
+    let ca_file = format!("{}/{}", contract::LDAP_CA_MOUNT_PATH, contract::LDAP_CA_CONFIGMAP_KEY);
+    env.push(env_value(contract::ENV_LDAP_CA_FILE, ca_file));
+    let volume = Volume {
+        name: contract::LDAP_CA_VOLUME.to_string(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: name.to_string(),
+            items: Some(vec![KeyToPath {
+                key: contract::LDAP_CA_CONFIGMAP_KEY.to_string(),
+                path: contract::LDAP_CA_CONFIGMAP_KEY.to_string(),
+                mode: None,
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mount = VolumeMount {
+        name: contract::LDAP_CA_VOLUME.to_string(),
+        mount_path: contract::LDAP_CA_MOUNT_PATH.to_string(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    Ok((env, Some((volume, mount))))
 }
 
 /// RFC 1123 subdomain, as Kubernetes names Secrets.
@@ -202,6 +288,55 @@ mod tests {
             let err = decide(&pod_json(), Some(&owner(&[(key, bad)]))).unwrap_err();
             assert!(matches!(err, InjectError::InvalidAnnotation { key: k, .. } if k == key), "{key}={bad}: {err}");
         }
+    }
+
+    #[test]
+    fn tls_annotations_become_the_electors_env_and_the_ca_reaches_only_the_sidecar() {
+        let annotations = [
+            (contract::ANNOTATION_AUDIT_PEERS, "ldap://{pod}.ldap:389?base=dc=example,dc=org"),
+            (contract::ANNOTATION_LDAP_BIND_SECRET, "ldap-auditor"),
+            (contract::ANNOTATION_LDAP_STARTTLS, "true"),
+            (contract::ANNOTATION_LDAP_CA_CONFIGMAP, "ldap-ca"),
+        ];
+        let out = apply(&pod_json(), &decide(&pod_json(), Some(&owner(&annotations))).unwrap());
+        let sidecar = &out["spec"]["initContainers"][0];
+        let env = sidecar["env"].as_array().unwrap();
+        assert!(env.contains(&json!({"name": contract::ENV_LDAP_STARTTLS, "value": "true"})), "{env:?}");
+        let ca_file = format!("{}/{}", contract::LDAP_CA_MOUNT_PATH, contract::LDAP_CA_CONFIGMAP_KEY);
+        assert!(env.contains(&json!({"name": contract::ENV_LDAP_CA_FILE, "value": ca_file})), "{env:?}");
+        assert!(!env.iter().any(|e| e["name"] == contract::ENV_ALLOW_CLEARTEXT_BIND), "never by default");
+        let volume = out["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == contract::LDAP_CA_VOLUME);
+        assert_eq!(
+            volume.unwrap()["configMap"],
+            json!({"name": "ldap-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]})
+        );
+        let mounts_of = |c: &Value| c["volumeMounts"].to_string().contains(contract::LDAP_CA_VOLUME);
+        assert!(mounts_of(sidecar));
+        assert!(out["spec"]["containers"].as_array().unwrap().iter().all(|c| !mounts_of(c)), "only the sidecar");
+
+        // The explicit opt-in to cleartext, and nothing of TLS without its annotations.
+        let cleartext = [
+            (contract::ANNOTATION_AUDIT_PEERS, "ldap://{pod}.ldap:389?base=dc=example,dc=org"),
+            (contract::ANNOTATION_ALLOW_CLEARTEXT_BIND, "true"),
+        ];
+        let out = apply(&pod_json(), &decide(&pod_json(), Some(&owner(&cleartext))).unwrap());
+        let env = out["spec"]["initContainers"][0]["env"].as_array().unwrap().clone();
+        assert!(env.contains(&json!({"name": contract::ENV_ALLOW_CLEARTEXT_BIND, "value": "true"})), "{env:?}");
+        assert!(!env
+            .iter()
+            .any(|e| e["name"] == contract::ENV_LDAP_STARTTLS || e["name"] == contract::ENV_LDAP_CA_FILE));
+
+        for (bad, key) in [
+            (vec![(contract::ANNOTATION_LDAP_STARTTLS, "true")], contract::ANNOTATION_LDAP_STARTTLS),
+            (vec![(contract::ANNOTATION_LDAP_STARTTLS, "yes")], contract::ANNOTATION_LDAP_STARTTLS),
+            (vec![(contract::ANNOTATION_ALLOW_CLEARTEXT_BIND, "1")], contract::ANNOTATION_ALLOW_CLEARTEXT_BIND),
+            (vec![(contract::ANNOTATION_LDAP_CA_CONFIGMAP, "Not_A_Name")], contract::ANNOTATION_LDAP_CA_CONFIGMAP),
+        ] {
+            let err = decide(&pod_json(), Some(&owner(&bad))).unwrap_err();
+            assert!(matches!(err, InjectError::InvalidAnnotation { key: k, .. } if k == key), "{bad:?}: {err}");
+        }
+        let err = decide(&pod_json(), Some(&owner(&[(contract::ANNOTATION_LDAP_STARTTLS, "true")]))).unwrap_err();
+        assert!(err.to_string().contains(contract::ANNOTATION_LDAP_CA_CONFIGMAP), "{err}");
     }
 
     #[test]

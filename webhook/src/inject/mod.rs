@@ -237,7 +237,7 @@ pub fn inject(pod: &Pod, owner: Option<&StatefulSet>, cfg: &InjectConfig) -> Res
         sidecar_mounts.push(plan.sidecar_mount);
         sidecar_mounts.push(run_mount(true));
     }
-    if let Some((volume, mount)) = audit.bind_secret {
+    for (volume, mount) in audit.bind_secret.into_iter().chain(audit.ca) {
         ops.add_item(ptr(&["spec", "volumes"]), Some(Token::new("-")), volume)?;
         sidecar_mounts.push(mount);
     }

@@ -56,6 +56,14 @@ impl AuditConfig {
         })
     }
 
+    /// Both servers with the transport settings (StartTLS, the CA, the cleartext opt-in);
+    /// `Err` when TLS lacks a CA or the cleartext rule refuses a server's simple bind.
+    pub fn with_tls(mut self, tls: &Tls) -> Result<AuditConfig, String> {
+        self.a = self.a.with_tls(tls).map_err(|e| format!("server A: {e}"))?;
+        self.b = self.b.with_tls(tls).map_err(|e| format!("server B: {e}"))?;
+        Ok(self)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if ![8, 12, 16, 20].contains(&self.bucket_bits) {
             return Err(format!("bucket bits must be 8, 12, 16 or 20, got {}", self.bucket_bits));

@@ -32,14 +32,14 @@ use std::time::Duration;
 use ldap3::adapters::PagedResults;
 use ldap3::asn1::StructureTag;
 use ldap3::controls::ManageDsaIt;
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope};
+use ldap3::{Ldap, LdapConnAsync, Scope};
 use serde::Serialize;
 use tokio::time::Instant;
 
 use ldap_elector_contract::backoff::Backoff;
 use ldap_elector_contract::csn::ContextCsn;
 
-use crate::slapd::ldap::{read_password, Bind, Credentials, LdapCheck};
+use crate::slapd::ldap::{read_password, Bind, Credentials, LdapCheck, Tls};
 
 /// Consecutive rounds a difference must hold (unchanged, both contextCSNs covering the
 /// other's previous one) before it counts as divergence. Two, not one: a server's

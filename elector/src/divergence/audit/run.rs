@@ -240,7 +240,10 @@ impl Side {
             code,
             hint: "",
         };
-        let settings = LdapConnSettings::new().set_conn_timeout(cfg.op_timeout);
+        if matches!(check.bind, Bind::Simple { .. }) {
+            crate::slapd::tls::refuse_cleartext_bind(check).map_err(|m| err("bind", m, None))?;
+        }
+        let settings = crate::slapd::tls::settings(check, cfg.op_timeout).map_err(|m| err("connect", m, None))?;
         let (conn, mut ldap) =
             match tokio::time::timeout(cfg.op_timeout, LdapConnAsync::with_settings(settings, &check.url)).await {
                 Err(_) => return Err(err("connect", format!("no answer within {:?}", cfg.op_timeout), None)),

@@ -49,11 +49,9 @@ impl Elector {
         }
         self.old_leader = None;
         let Some(settings) = &self.cfg.audit else { return OldLeader::NotConfigured };
-        let check = settings
-            .peers
-            .url(holder)
-            .ok_or_else(|| format!("no peer URL names {holder}"))
-            .and_then(|url| crate::divergence::auditor::peer_check(&url, &settings.local.base, &settings.creds));
+        let check = settings.peers.url(holder).ok_or_else(|| format!("no peer URL names {holder}")).and_then(|url| {
+            crate::divergence::auditor::peer_check(&url, &settings.local.base, &settings.creds, &settings.tls)
+        });
         let check = match check {
             Ok(check) => check,
             Err(e) => {

@@ -10,7 +10,12 @@ use super::{MirrorPair, PairOptions, SlapdNode, ADMIN_DN, ADMIN_PASSWORD, DATA_D
 use crate::bed::process::run;
 
 /// Writes node's cn=config LDIF and loads it with `slapadd -n0`.
-pub(super) fn configure(node: &SlapdNode, peer_port: u16, opts: &PairOptions) -> anyhow::Result<()> {
+pub(super) fn configure(
+    node: &SlapdNode,
+    peer_port: u16,
+    opts: &PairOptions,
+    tls: Option<&super::TlsFiles>,
+) -> anyhow::Result<()> {
     let config_dir = node.dir.join("config");
     std::fs::create_dir_all(&config_dir)?;
     std::fs::create_dir_all(node.data_dir())?;
@@ -19,7 +24,17 @@ pub(super) fn configure(node: &SlapdNode, peer_port: u16, opts: &PairOptions) ->
     if socket.len() > 100 {
         bail!("ldapi socket path too long ({socket}); set LDAP_ELECTOR_BED_DIR to a shorter directory");
     }
-    let ldif = config_ldif(node.id, &node.data_dir(), peer_port, opts);
+    let mut ldif = config_ldif(node.id, &node.data_dir(), peer_port, opts);
+    if let Some(tls) = tls {
+        let server_id = format!("olcServerID: {}\n", node.id);
+        let with_tls = format!(
+            "{server_id}olcTLSCACertificateFile: {}\nolcTLSCertificateFile: {}\nolcTLSCertificateKeyFile: {}\n",
+            tls.ca.display(),
+            tls.cert.display(),
+            tls.key.display()
+        );
+        ldif = ldif.replacen(&server_id, &with_tls, 1);
+    }
     let ldif_path = node.dir.join("config.ldif");
     std::fs::write(&ldif_path, ldif)?;
     run(Command::new(sbin("slapadd")).arg("-n0").arg("-F").arg(&config_dir).arg("-l").arg(&ldif_path), None)

@@ -25,9 +25,12 @@ use crate::ldap::conn::{root_dse, Conn};
 use crate::wait::wait_for;
 
 mod config;
+mod tls;
 
 pub use config::{config_ldif, peercred, render, sbin, NodeConfig};
 use config::{configure, preload};
+use tls::tls_files;
+pub use tls::TlsFiles;
 
 pub const SUFFIX: &str = "dc=example,dc=org";
 pub const PEOPLE: &str = "ou=people,dc=example,dc=org";
@@ -62,6 +65,10 @@ pub struct PairOptions {
     /// `olcDbMaxSize` of the data database in bytes (`None`: slapd's default, 10 MiB,
     /// which a few thousand entries under write load fill: "index generation failed").
     pub db_max_size: Option<u64>,
+    /// TLS on both nodes: StartTLS on the `ldap://` port and an `ldaps://` port
+    /// ([`SlapdNode::ldaps_url`]), with a certificate for `127.0.0.1` only (IP SAN, no DNS
+    /// name) from a test CA ([`MirrorPair::ca_file`]). Replication stays plain.
+    pub tls: bool,
 }
 
 impl Default for PairOptions {
@@ -73,6 +80,7 @@ impl Default for PairOptions {
             debug: std::env::var("LDAP_ELECTOR_SLAPD_DEBUG").ok().filter(|d| !d.is_empty()).unwrap_or("0".into()),
             preload: None,
             db_max_size: None,
+            tls: false,
         }
     }
 }
@@ -105,6 +113,12 @@ impl PairOptions {
         self
     }
 
+    /// TLS on both nodes (see [`PairOptions::tls`]).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Loads `ldif` into both nodes offline (see [`PairOptions::preload`]).
     pub fn preload(mut self, ldif: PathBuf) -> Self {
         self.preload = Some(ldif);
@@ -117,6 +131,8 @@ pub struct SlapdNode {
     id: u32,
     dir: PathBuf,
     port: u16,
+    /// The `ldaps://` port, with [`PairOptions::tls`].
+    ldaps_port: Option<u16>,
     debug: String,
     child: Mutex<Option<Child>>,
 }
@@ -142,6 +158,11 @@ impl SlapdNode {
 
     pub fn ldap_url(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    /// `ldaps://127.0.0.1:PORT`, with [`PairOptions::tls`].
+    pub fn ldaps_url(&self) -> Option<String> {
+        self.ldaps_port.map(|p| format!("ldaps://127.0.0.1:{p}"))
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -174,8 +195,9 @@ impl SlapdNode {
         // A socket left behind by kill -9 would make the ldapi listener fail.
         let _ = std::fs::remove_file(self.socket());
         let mut cmd = Command::new(sbin("slapd"));
+        let ldaps = self.ldaps_url().map(|u| format!(" {u}/")).unwrap_or_default();
         cmd.arg("-h")
-            .arg(format!("{}/ {}/", self.ldap_url(), self.ldapi_url()))
+            .arg(format!("{}/ {}/{ldaps}", self.ldap_url(), self.ldapi_url()))
             .arg("-F")
             .arg(self.dir.join("config"))
             .arg("-d")
@@ -275,6 +297,8 @@ pub struct MirrorPair {
     nodes: [SlapdNode; 2],
     sync_timeout: u32,
     keep: bool,
+    /// The test CA's certificate, with [`PairOptions::tls`].
+    ca_file: Option<PathBuf>,
 }
 
 impl MirrorPair {
@@ -286,20 +310,38 @@ impl MirrorPair {
         while ports[1] == ports[0] {
             ports[1] = free_port()?;
         }
+        let tls = if opts.tls { Some(tls_files(&dir.join("tls"))?) } else { None };
+        let mut ldaps_ports = [None, None];
+        if tls.is_some() {
+            for i in 0..2 {
+                let mut p = free_port()?;
+                while ports.contains(&p) || ldaps_ports.contains(&Some(p)) {
+                    p = free_port()?;
+                }
+                ldaps_ports[i] = Some(p);
+            }
+        }
         let node = |id: u32| -> anyhow::Result<SlapdNode> {
             let node_dir = dir.join(format!("n{id}"));
             let node = SlapdNode {
                 id,
                 port: ports[id as usize - 1],
+                ldaps_port: ldaps_ports[id as usize - 1],
                 dir: node_dir,
                 debug: opts.debug.clone(),
                 child: Mutex::new(None),
             };
             let peer = ports[2 - id as usize];
-            configure(&node, peer, &opts)?;
+            configure(&node, peer, &opts, tls.as_ref())?;
             Ok(node)
         };
-        let pair = MirrorPair { nodes: [node(1)?, node(2)?], sync_timeout: opts.sync_timeout, keep: keep(), dir };
+        let pair = MirrorPair {
+            nodes: [node(1)?, node(2)?],
+            sync_timeout: opts.sync_timeout,
+            keep: keep(),
+            ca_file: tls.as_ref().map(|t| t.ca.clone()),
+            dir,
+        };
         if let Some(ldif) = &opts.preload {
             preload(&pair, ldif)?;
         }
@@ -347,6 +389,11 @@ impl MirrorPair {
         a?;
         b?;
         Ok(())
+    }
+
+    /// The test CA that signed both nodes' certificate, with [`PairOptions::tls`].
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     /// Node `i` (1 or 2, as its server ID).
