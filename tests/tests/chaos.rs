@@ -506,7 +506,12 @@ async fn start(name: &str, slapd: Option<MirrorPair>, writer_time: Duration) -> 
             forwarder.wait_ready_only(&leader, LEADER_AGAIN).await?;
             // 20 writes/s: enough to catch a standby accepting one, few enough that a
             // check of every entry stays cheap over a long run.
-            let limits = Limits { pace: Duration::from_millis(50), max_attempts: 1_000_000, max_time: writer_time };
+            let limits = Limits {
+                pace: Duration::from_millis(50),
+                max_attempts: 1_000_000,
+                max_time: writer_time,
+                ..Limits::default()
+            };
             let writer = Writer::start_with(forwarder.ldap_url(), limits);
             writer.wait_ack_after(Instant::now(), LEADER_AGAIN).await?;
             Some(Ldap { slapd, forwarder, writer, epoch, checked: AtomicUsize::new(0) })

@@ -16,8 +16,13 @@ pub struct Conn {
 
 impl Conn {
     pub async fn open(url: &str) -> anyhow::Result<Conn> {
-        let settings = LdapConnSettings::new().set_conn_timeout(OP_TIMEOUT);
-        let (conn, ldap) = tokio::time::timeout(OP_TIMEOUT, LdapConnAsync::with_settings(settings, url))
+        Conn::open_within(url, OP_TIMEOUT).await
+    }
+
+    /// [`Conn::open`] with a connect timeout of `timeout`.
+    pub async fn open_within(url: &str, timeout: std::time::Duration) -> anyhow::Result<Conn> {
+        let settings = LdapConnSettings::new().set_conn_timeout(timeout);
+        let (conn, ldap) = tokio::time::timeout(timeout, LdapConnAsync::with_settings(settings, url))
             .await
             .with_context(|| format!("connecting to {url}"))?
             .with_context(|| format!("connecting to {url}"))?;

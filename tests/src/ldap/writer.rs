@@ -78,13 +78,20 @@ pub struct Attempt {
 pub struct Limits {
     /// Pause between two attempts.
     pub pace: Duration,
+    /// How long one connect (TCP and bind) may take before the client tries a new one.
+    pub connect_timeout: Duration,
     pub max_attempts: u64,
     pub max_time: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { pace: Duration::from_millis(10), max_attempts: 200_000, max_time: Duration::from_secs(600) }
+        Limits {
+            pace: Duration::from_millis(10),
+            connect_timeout: Duration::from_secs(5),
+            max_attempts: 200_000,
+            max_time: Duration::from_secs(600),
+        }
     }
 }
 
@@ -163,9 +170,13 @@ impl Writer {
     }
 }
 
-async fn connect(url: &str) -> anyhow::Result<Conn> {
-    let mut conn = Conn::open(url).await?;
-    conn.ldap.with_timeout(Duration::from_secs(2)).simple_bind(ADMIN_DN, ADMIN_PASSWORD).await?.success()?;
+async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Conn> {
+    let mut conn = Conn::open_within(url, timeout).await?;
+    conn.ldap
+        .with_timeout(timeout.min(Duration::from_secs(2)))
+        .simple_bind(ADMIN_DN, ADMIN_PASSWORD)
+        .await?
+        .success()?;
     Ok(conn)
 }
 
@@ -193,7 +204,7 @@ async fn write_loop(
             let started = Instant::now();
             let c = match conn.as_mut() {
                 Some(c) => c,
-                None => match connect(&url).await {
+                None => match connect(&url, limits.connect_timeout).await {
                     Ok(c) => conn.insert(c),
                     Err(e) => {
                         let failure = ConnectFailure { start: started, end: Instant::now(), error: format!("{e:#}") };
