@@ -402,7 +402,7 @@ mod tests {
             let spec = typed.spec.clone().unwrap();
             prop_assert_eq!(&spec.init_containers.clone().unwrap()[0].name, contract::SIDECAR_CONTAINER);
             // The consumer's containers keep their token only when the pod keeps its own
-            // (custom) account; ours never get it.
+            // (custom) account, never one of the elector's; ours never get it.
             let kept = pod["spec"]["serviceAccountName"] == json!("custom");
             let ours = contract::INJECTED_CONTAINERS;
             let all = spec.containers.iter().chain(spec.init_containers.iter().flatten());

@@ -220,6 +220,9 @@ mod tests {
             [(contract::ANNOTATION_LDAPI_SOCKET_DIR, "/run/slapd"), (contract::ANNOTATION_LDAP_SUFFIX, "dc=x")];
         let strict = [socket[0], socket[1], (contract::ANNOTATION_TOKEN_MODE, contract::TOKEN_MODE_STRICT)];
         let elector = contract::identity_name("ldap-server");
+        let mut named_elector = pod_json();
+        named_elector["spec"]["serviceAccountName"] = json!(elector);
+        named_elector["spec"]["serviceAccount"] = json!(elector);
         let cases = [
             // The consumer's own account: its container keeps that token; the elector Role is
             // bound to the same account, so that container has the elector's rights too.
@@ -228,6 +231,8 @@ mod tests {
             (&custom, &strict[..], None, "ldap-server-primary"),
             // `default` is switched to the elector's account: the consumer's `default` token goes.
             (&pod_json(), &socket[..], None, elector.as_str()),
+            // The elector's own account named by the template: handled like `default`.
+            (&named_elector, &socket[..], None, elector.as_str()),
         ];
         for (pod, annotations, slapd_token, account) in cases {
             let out = apply(pod, &decide(pod, Some(&owner(annotations))).unwrap());
@@ -244,6 +249,46 @@ mod tests {
         }
         let bad = owner(&[(contract::ANNOTATION_TOKEN_MODE, "none")]);
         assert!(decide(&custom, Some(&bad)).unwrap_err().to_string().contains("\"keep\" or \"strict\""));
+    }
+
+    /// A token volume the template projects itself carries the pod's account: refused where
+    /// that is the elector's (the pod is switched to it, or names it) or where only the elector
+    /// may hold a token (`strict`); kept with an account of the consumer's own.
+    #[test]
+    fn a_template_projected_token_is_refused_where_it_would_carry_the_elector_account() {
+        let with_projected = |account: &str| {
+            let mut pod = pod_json();
+            pod["spec"]["serviceAccountName"] = json!(account);
+            pod["spec"]["serviceAccount"] = json!(account);
+            pod["spec"]["volumes"].as_array_mut().unwrap().push(
+                json!({"name": "vault-token", "projected": {"sources": [
+                    {"configMap": {"name": "ca"}},
+                    {"serviceAccountToken": {"audience": "vault", "path": "token"}},
+                ]}}),
+            );
+            pod["spec"]["containers"][0]["volumeMounts"] =
+                json!([{"name": "vault-token", "mountPath": "/var/run/secrets/vault"}]);
+            pod
+        };
+        let elector = contract::identity_name("ldap-server");
+        let strict = [(contract::ANNOTATION_TOKEN_MODE, contract::TOKEN_MODE_STRICT)];
+        for (account, annotations, why) in [
+            ("default", &[][..], "runs as the elector's ServiceAccount"),
+            (elector.as_str(), &[][..], "runs as the elector's ServiceAccount"),
+            ("ldap-server-primary", &strict[..], contract::TOKEN_MODE_STRICT),
+        ] {
+            let err = decide(&with_projected(account), Some(&owner(annotations))).unwrap_err().to_string();
+            let volume = "volume \"vault-token\" projects a service-account token";
+            assert!(err.contains(volume) && err.contains(why), "{account}: {err}");
+            let wanted = if account == "ldap-server-primary" { account } else { elector.as_str() };
+            assert!(err.contains(wanted), "names the account: {err}");
+        }
+        // An account of the consumer's own, tokens kept: the volume stays, in slapd only.
+        let pod = with_projected("ldap-server-primary");
+        let out = apply(&pod, &decide(&pod, Some(&owner(&[]))).unwrap());
+        assert!(out["spec"]["volumes"].as_array().unwrap().iter().any(|v| v["name"] == json!("vault-token")));
+        assert_eq!(mounts_at(&out, "slapd", "/var/run/secrets/vault").len(), 1);
+        assert!(mounts_at(&out, contract::SIDECAR_CONTAINER, "/var/run/secrets/vault").is_empty());
     }
 
     #[test]
