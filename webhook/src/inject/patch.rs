@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
 use jsonptr::{PointerBuf, Token};
-use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec};
+use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use ldap_elector_contract as contract;
 use serde::Serialize;
@@ -85,14 +85,20 @@ pub(super) fn strip_default_token(ops: &mut PatchOps, spec: &PodSpec) {
 
 /// Whether the consumer's containers keep the token the ServiceAccount plugin mounted for
 /// them (before us). Yes, unless
-/// - the pod is switched to the elector's account (it ran as `default`): the volume would
-///   then carry a token of the account the elector Role is bound to, or
+/// - the pod runs as the elector's own account [`contract::identity_name`]: it ran as
+///   `default` and is switched to it, or its template names it. That account exists for the
+///   elector alone; a token of it in slapd would pass the label-protection policies as the
+///   pod's own elector, so naming it is handled exactly like `default`, or
 /// - the StatefulSet asks for [`contract::TOKEN_MODE_STRICT`]: only the elector holds a token.
 ///
 /// Kept, a consumer container holds a token of the pod's own ServiceAccount, which the
 /// reconciler also binds to the elector Role: it may renew the Lease and set role labels
 /// as the elector can. That is the consumer's choice of account (docs/nubus.md); `strict`
 /// is the way out for pods whose containers need no token.
+///
+/// Where the consumer keeps no token, a token volume of the template's own (`projected`
+/// with a `serviceAccountToken` source) is refused: the kubelet projects it for the pod's
+/// account, i.e. the elector's. Removing it would silently break whoever reads it.
 pub(super) fn keeps_consumer_tokens(
     annotations: Option<&BTreeMap<String, String>>,
     spec: &PodSpec,
@@ -109,9 +115,34 @@ pub(super) fn keeps_consumer_tokens(
             })
         }
     };
-    let switched =
-        spec.service_account_name.as_deref() != Some(elector_service_account(statefulset, Some(spec)).as_str());
-    Ok(!strict && !switched)
+    let account = elector_service_account(statefulset, Some(spec));
+    let elector_account = account == contract::identity_name(statefulset);
+    if !strict && !elector_account {
+        return Ok(true);
+    }
+    let projects_token = |v: &&Volume| {
+        let sources = v.projected.iter().flat_map(|p| p.sources.iter().flatten());
+        !v.name.starts_with(DEFAULT_TOKEN_VOLUME_PREFIX) && sources.clone().any(|s| s.service_account_token.is_some())
+    };
+    if let Some(volume) = spec.volumes.iter().flatten().find(projects_token) {
+        let reason = if elector_account {
+            format!(
+                "the pod runs as the elector's ServiceAccount {account} (the webhook runs a pod whose template names \
+                 no account, or `default`, as it), so that token would carry the elector's rights. Name a \
+                 ServiceAccount of your own in the pod template (serviceAccountName) or remove the volume"
+            )
+        } else {
+            format!(
+                "with StatefulSet annotation {key}={strict} only the elector holds a token of {account}, the account \
+                 the elector Role is bound to. Remove the volume, or set {key}={keep}",
+                key = contract::ANNOTATION_TOKEN_MODE,
+                strict = contract::TOKEN_MODE_STRICT,
+                keep = contract::TOKEN_MODE_KEEP,
+            )
+        };
+        return Err(InjectError::ProjectedToken { volume: volume.name.clone(), reason });
+    }
+    Ok(false)
 }
 
 /// Service account, automount off (see the module docs).
