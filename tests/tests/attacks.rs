@@ -519,7 +519,7 @@ async fn no_container_but_the_sidecar_holds_a_token_of_the_elector_account() -> 
     sets.create(&pp, &with_tokens(fixtures::statefulset(rogue, 1, opted_in())?, Some(&elector), false)?).await?;
     let pod = &wait_injected(&as_admin, rogue, 1).await?[0];
     let holders = token_holders(pod);
-    for (container, account) in holders.iter().filter(|(c, _)| c != contract::SIDECAR_CONTAINER) {
+    if let Some((container, account)) = holders.iter().find(|(c, _)| c != contract::SIDECAR_CONTAINER) {
         // What the kubelet would project into that container: a token bound to the pod.
         let name = contract::pod_name(rogue, 0);
         let uid = pod.metadata.uid.clone().unwrap_or_default();
