@@ -19,6 +19,8 @@
 //! | 1: replace slapd's image (slapd outside the fence) | policy `<fullname>-pod-spec` |
 //! | 1: add an ephemeral container (reads the token, enters slapd) | RBAC (`edit` lacks it); with the right granted on top, policy `<fullname>-pod-spec` |
 //! | 1: mint a token for the elector's account bound to an LDAP pod | policy `<fullname>-pod-bound-token` |
+//! | 1: name the elector's account in the template (slapd keeps a pod-bound token of it) | webhook: the elector's account is handled like `default`, no consumer container keeps its token |
+//! | 7: project a token of one's own in the template of a pod run as the elector's account | webhook: refused, the StatefulSet's `FailedCreate` Event says why |
 //! | 7: set the Lease's `switchover-to` or `allow-diverged` (move the leader, promote a diverged standby) | policy `<fullname>-lease-overrides` |
 //! | 7: add a CA of one's own to the webhook Secret's `ca.crt` (the API server would trust it for admission) | webhook: publishes only the CA that issued its serving certificate |
 //! | 7: a stolen webhook token creates other Secrets in the release namespace (`create` cannot be limited by name) | policy `<fullname>-webhook-secret` |
@@ -435,6 +437,121 @@ async fn a_tenant_cannot_replace_code_or_mint_the_elector_token_of_an_injected_p
         assert_eq!(images(&now), images(before), "{pod}'s images changed");
         assert!(now.spec.and_then(|s| s.ephemeral_containers).unwrap_or_default().is_empty(), "{pod} got a debugger");
     }
+    drop(webhook);
+    Ok(())
+}
+
+// ---- Items 1 and 7: the elector's token is only in the sidecar ----
+
+/// A service-account token volume of the template's own (audience `vault`, as a secrets
+/// agent uses one), mounted into slapd.
+const TEMPLATE_TOKEN_VOLUME: &str = "vault-token";
+
+/// `set` with its pods running as `account` (`automountServiceAccountToken: true`, so the
+/// ServiceAccount plugin mounts that account's token into slapd even where the account says
+/// otherwise) and, with `projected`, [`TEMPLATE_TOKEN_VOLUME`] mounted into slapd.
+fn with_tokens(set: StatefulSet, account: Option<&str>, projected: bool) -> anyhow::Result<StatefulSet> {
+    let mut set = serde_json::to_value(set)?;
+    let spec = &mut set["spec"]["template"]["spec"];
+    if let Some(account) = account {
+        spec["serviceAccountName"] = json!(account);
+        spec["automountServiceAccountToken"] = json!(true);
+    }
+    if projected {
+        spec["volumes"] = json!([{"name": TEMPLATE_TOKEN_VOLUME, "projected": {"sources": [
+            {"serviceAccountToken": {"audience": "vault", "path": "token", "expirationSeconds": 600}},
+        ]}}]);
+        spec["containers"][0]["volumeMounts"] =
+            json!([{"name": TEMPLATE_TOKEN_VOLUME, "mountPath": "/var/run/secrets/vault", "readOnly": true}]);
+    }
+    Ok(serde_json::from_value(set)?)
+}
+
+/// (container, account) for every container of `pod` that mounts a service-account token
+/// (a projected volume with a `serviceAccountToken` source: the ServiceAccount plugin's, the
+/// webhook's, the template's own); the kubelet projects it for the pod's account.
+fn token_holders(pod: &Pod) -> Vec<(String, String)> {
+    let Some(spec) = pod.spec.as_ref() else { return Vec::new() };
+    let account = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+    let projects_token = |v: &&k8s_openapi::api::core::v1::Volume| {
+        v.projected.iter().flat_map(|p| p.sources.iter().flatten()).any(|s| s.service_account_token.is_some())
+    };
+    let tokens: Vec<&str> = spec.volumes.iter().flatten().filter(projects_token).map(|v| v.name.as_str()).collect();
+    let containers = spec.init_containers.iter().flatten().chain(&spec.containers);
+    containers
+        .filter(|c| c.volume_mounts.iter().flatten().any(|m| tokens.contains(&m.name.as_str())))
+        .map(|c| (c.name.clone(), account.clone()))
+        .collect()
+}
+
+/// A pod-bound token of the elector's account passes the role policy as the pod's own
+/// elector. Naming that account in the template (`<sts>-ldap-elector`, which the reconciler
+/// creates) kept the ServiceAccount plugin's token in slapd, as for an account of the
+/// consumer's own; and a token volume the template projects itself carries the account the
+/// webhook switches the pod to. Either way slapd held the elector's identity (and `edit`
+/// may exec into slapd). Now the elector's account is handled like `default` (no consumer
+/// container keeps a token of it), and a template-projected token where the pod runs as the
+/// elector's account is refused, the StatefulSet's Event says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_container_but_the_sidecar_holds_a_token_of_the_elector_account() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let (tenant, admin, webhook) = installed(&bed).await?;
+    let pp = PostParams::default();
+    let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
+    let as_admin: Api<Pod> = Api::namespaced(admin.clone(), NS);
+
+    // Neighbour: a StatefulSet running as an account of the tenant's own, with a token volume
+    // of its own: injected, and slapd keeps both tokens of that account (the documented
+    // trade-off of a custom account: the consumer chose to share it with the elector).
+    let own_account = "ldap-app";
+    let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": own_account}}))?;
+    Api::<ServiceAccount>::namespaced(tenant.clone(), NS).create(&pp, &account).await?;
+    sets.create(&pp, &with_tokens(fixtures::statefulset(STS, 1, opted_in())?, Some(own_account), true)?).await?;
+    let neighbour = &wait_injected(&as_admin, STS, 1).await?[0];
+    let holders = token_holders(neighbour);
+    for container in ["ldap", contract::SIDECAR_CONTAINER] {
+        assert!(holders.contains(&(container.into(), own_account.into())), "{container}: {holders:?}");
+    }
+
+    // Attack (a): the template names the elector's own account.
+    let rogue = "rogue";
+    let elector = contract::identity_name(rogue);
+    sets.create(&pp, &with_tokens(fixtures::statefulset(rogue, 1, opted_in())?, Some(&elector), false)?).await?;
+    let pod = &wait_injected(&as_admin, rogue, 1).await?[0];
+    let holders = token_holders(pod);
+    if let Some((container, account)) = holders.iter().find(|(c, _)| c != contract::SIDECAR_CONTAINER) {
+        // What the kubelet would project into that container: a token bound to the pod.
+        let name = contract::pod_name(rogue, 0);
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let token = request_token(&admin, NS, account, Some((&name, &uid))).await?;
+        let leader = Patch::Merge(json!({"metadata": {"labels": {contract::LABEL_ROLE: contract::ROLE_LEADER}}}));
+        let as_container = Api::<Pod>::namespaced(bed.client_with_token(&token)?, NS);
+        // Until the reconciler's Role reaches the account (RBAC refuses before the policy).
+        let labelled = wait_for("the elector Role to reach that token", T, || async {
+            match as_container.patch(&name, &PatchParams::default(), &leader).await {
+                Ok(_) => Ok("admitted".to_string()),
+                Err(kube::Error::Api(e)) if e.message.contains("cannot patch") => Err(e.message),
+                Err(e) => Ok(e.to_string()),
+            }
+        })
+        .await;
+        panic!(
+            "ATTACK SUCCEEDED: container {container} of {name} holds a token of {account}, the elector's account \
+             (labelling its pod leader with it: {})",
+            labelled.unwrap_or_else(|e| e.to_string())
+        );
+    }
+    assert_eq!(holders, vec![(contract::SIDECAR_CONTAINER.to_string(), elector.clone())]);
+
+    // Attack (b): a token volume of the template's own in a pod the webhook runs as the
+    // elector's account (the template names none, i.e. `default`).
+    let projected = "projected";
+    sets.create(&pp, &with_tokens(fixtures::statefulset(projected, 1, opted_in())?, None, true)?).await?;
+    let needle = format!("volume \"{TEMPLATE_TOKEN_VOLUME}\" projects a service-account token");
+    let failed = wait_event(&admin, projected, "FailedCreate", &needle).await?;
+    println!("refused as expected (a template-projected token in a pod of the elector's account): {failed}");
+    assert!(failed.contains(&contract::identity_name(projected)), "the message names the account: {failed}");
+    assert!(as_admin.get_opt(&contract::pod_name(projected, 0)).await?.is_none(), "a pod of {projected} was admitted");
     drop(webhook);
     Ok(())
 }

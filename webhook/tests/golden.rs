@@ -132,6 +132,8 @@ golden! {
     sidecar_goes_before_existing_init_containers: "existing-init-containers" => Expect::Patched;
     existing_pod_security_context_only_gains_seccomp: "existing-security-context" => Expect::Patched;
     custom_service_account_is_kept_but_automount_is_off: "custom-service-account" => Expect::Patched;
+    elector_account_named_by_the_template_is_handled_like_default: "elector-account-named-by-template" => Expect::Patched;
+    template_projected_token_of_the_elector_is_denied: "template-projected-token" => Expect::Denied("projects a service-account token");
     pod_whose_statefulset_is_missing_is_allowed_unchanged: "missing-owner" => Expect::Unchanged;
     statefulset_not_opted_in_is_allowed_unchanged: "not-opted-in" => Expect::Unchanged;
     invalid_tuning_annotation_is_denied: "invalid-tuning" => Expect::Denied(contract::ANNOTATION_LEASE_DURATION);

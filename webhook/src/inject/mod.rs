@@ -15,9 +15,10 @@
 //!   guard must have none). The elector mounts an explicit projected token. The consumer's
 //!   containers keep the token their own ServiceAccount gave them (`kube-api-access-*`,
 //!   mounted before us): a consumer container may rely on the API (Univention Nubus' does).
-//!   It is removed when the pod is switched to the elector's account (a token of that account
-//!   would carry the elector's rights) or with [`contract::ANNOTATION_TOKEN_MODE`] `strict`
-//!   (see [`patch::keeps_consumer_tokens`]).
+//!   It is removed when the pod runs as the elector's own account (switched from `default`,
+//!   or named by the template: a token of that account would carry the elector's rights) or
+//!   with [`contract::ANNOTATION_TOKEN_MODE`] `strict`; a token volume the template projects
+//!   itself is then refused (see [`patch::keeps_consumer_tokens`]).
 //! - The pod is switched to the elector's ServiceAccount only when it runs as `default`;
 //!   a custom account is kept (see [`elector_service_account`]).
 //! - The OpenLDAP integration is opt-in by [`contract::ANNOTATION_LDAPI_SOCKET_DIR`]: slapd's
@@ -130,6 +131,8 @@ pub enum InjectError {
         injected = contract::STATUS_INJECTED
     )]
     MarkerFromClient,
+    #[error("pod template volume {volume:?} projects a service-account token: {reason}")]
+    ProjectedToken { volume: String, reason: String },
     #[error("pod has no spec")]
     NoSpec,
     #[error("cannot serialise patch value: {0}")]
@@ -402,7 +405,7 @@ mod tests {
             let spec = typed.spec.clone().unwrap();
             prop_assert_eq!(&spec.init_containers.clone().unwrap()[0].name, contract::SIDECAR_CONTAINER);
             // The consumer's containers keep their token only when the pod keeps its own
-            // (custom) account; ours never get it.
+            // (custom) account, never one of the elector's; ours never get it.
             let kept = pod["spec"]["serviceAccountName"] == json!("custom");
             let ours = contract::INJECTED_CONTAINERS;
             let all = spec.containers.iter().chain(spec.init_containers.iter().flatten());

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
 use jsonptr::{PointerBuf, Token};
-use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec};
+use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use ldap_elector_contract as contract;
 use serde::Serialize;
@@ -85,14 +85,20 @@ pub(super) fn strip_default_token(ops: &mut PatchOps, spec: &PodSpec) {
 
 /// Whether the consumer's containers keep the token the ServiceAccount plugin mounted for
 /// them (before us). Yes, unless
-/// - the pod is switched to the elector's account (it ran as `default`): the volume would
-///   then carry a token of the account the elector Role is bound to, or
+/// - the pod runs as the elector's own account [`contract::identity_name`]: it ran as
+///   `default` and is switched to it, or its template names it. That account exists for the
+///   elector alone; a token of it in slapd would pass the label-protection policies as the
+///   pod's own elector, so naming it is handled exactly like `default`, or
 /// - the StatefulSet asks for [`contract::TOKEN_MODE_STRICT`]: only the elector holds a token.
 ///
 /// Kept, a consumer container holds a token of the pod's own ServiceAccount, which the
 /// reconciler also binds to the elector Role: it may renew the Lease and set role labels
 /// as the elector can. That is the consumer's choice of account (docs/nubus.md); `strict`
 /// is the way out for pods whose containers need no token.
+///
+/// Where the consumer keeps no token, a token volume of the template's own (`projected`
+/// with a `serviceAccountToken` source) is refused: the kubelet projects it for the pod's
+/// account, i.e. the elector's. Removing it would silently break whoever reads it.
 pub(super) fn keeps_consumer_tokens(
     annotations: Option<&BTreeMap<String, String>>,
     spec: &PodSpec,
@@ -109,9 +115,34 @@ pub(super) fn keeps_consumer_tokens(
             })
         }
     };
-    let switched =
-        spec.service_account_name.as_deref() != Some(elector_service_account(statefulset, Some(spec)).as_str());
-    Ok(!strict && !switched)
+    let account = elector_service_account(statefulset, Some(spec));
+    let elector_account = account == contract::identity_name(statefulset);
+    if !strict && !elector_account {
+        return Ok(true);
+    }
+    let projects_token = |v: &&Volume| {
+        let sources = v.projected.iter().flat_map(|p| p.sources.iter().flatten());
+        !v.name.starts_with(DEFAULT_TOKEN_VOLUME_PREFIX) && sources.clone().any(|s| s.service_account_token.is_some())
+    };
+    if let Some(volume) = spec.volumes.iter().flatten().find(projects_token) {
+        let reason = if elector_account {
+            format!(
+                "the pod runs as the elector's ServiceAccount {account} (the webhook runs a pod whose template names \
+                 no account, or `default`, as it), so that token would carry the elector's rights. Name a \
+                 ServiceAccount of your own in the pod template (serviceAccountName) or remove the volume"
+            )
+        } else {
+            format!(
+                "with StatefulSet annotation {key}={strict} only the elector holds a token of {account}, the account \
+                 the elector Role is bound to. Remove the volume, or set {key}={keep}",
+                key = contract::ANNOTATION_TOKEN_MODE,
+                strict = contract::TOKEN_MODE_STRICT,
+                keep = contract::TOKEN_MODE_KEEP,
+            )
+        };
+        return Err(InjectError::ProjectedToken { volume: volume.name.clone(), reason });
+    }
+    Ok(false)
 }
 
 /// Service account, automount off (see the module docs).
@@ -220,6 +251,9 @@ mod tests {
             [(contract::ANNOTATION_LDAPI_SOCKET_DIR, "/run/slapd"), (contract::ANNOTATION_LDAP_SUFFIX, "dc=x")];
         let strict = [socket[0], socket[1], (contract::ANNOTATION_TOKEN_MODE, contract::TOKEN_MODE_STRICT)];
         let elector = contract::identity_name("ldap-server");
+        let mut named_elector = pod_json();
+        named_elector["spec"]["serviceAccountName"] = json!(elector);
+        named_elector["spec"]["serviceAccount"] = json!(elector);
         let cases = [
             // The consumer's own account: its container keeps that token; the elector Role is
             // bound to the same account, so that container has the elector's rights too.
@@ -228,6 +262,8 @@ mod tests {
             (&custom, &strict[..], None, "ldap-server-primary"),
             // `default` is switched to the elector's account: the consumer's `default` token goes.
             (&pod_json(), &socket[..], None, elector.as_str()),
+            // The elector's own account named by the template: handled like `default`.
+            (&named_elector, &socket[..], None, elector.as_str()),
         ];
         for (pod, annotations, slapd_token, account) in cases {
             let out = apply(pod, &decide(pod, Some(&owner(annotations))).unwrap());
@@ -244,6 +280,46 @@ mod tests {
         }
         let bad = owner(&[(contract::ANNOTATION_TOKEN_MODE, "none")]);
         assert!(decide(&custom, Some(&bad)).unwrap_err().to_string().contains("\"keep\" or \"strict\""));
+    }
+
+    /// A token volume the template projects itself carries the pod's account: refused where
+    /// that is the elector's (the pod is switched to it, or names it) or where only the elector
+    /// may hold a token (`strict`); kept with an account of the consumer's own.
+    #[test]
+    fn a_template_projected_token_is_refused_where_it_would_carry_the_elector_account() {
+        let with_projected = |account: &str| {
+            let mut pod = pod_json();
+            pod["spec"]["serviceAccountName"] = json!(account);
+            pod["spec"]["serviceAccount"] = json!(account);
+            pod["spec"]["volumes"].as_array_mut().unwrap().push(
+                json!({"name": "vault-token", "projected": {"sources": [
+                    {"configMap": {"name": "ca"}},
+                    {"serviceAccountToken": {"audience": "vault", "path": "token"}},
+                ]}}),
+            );
+            pod["spec"]["containers"][0]["volumeMounts"] =
+                json!([{"name": "vault-token", "mountPath": "/var/run/secrets/vault"}]);
+            pod
+        };
+        let elector = contract::identity_name("ldap-server");
+        let strict = [(contract::ANNOTATION_TOKEN_MODE, contract::TOKEN_MODE_STRICT)];
+        for (account, annotations, why) in [
+            ("default", &[][..], "runs as the elector's ServiceAccount"),
+            (elector.as_str(), &[][..], "runs as the elector's ServiceAccount"),
+            ("ldap-server-primary", &strict[..], contract::TOKEN_MODE_STRICT),
+        ] {
+            let err = decide(&with_projected(account), Some(&owner(annotations))).unwrap_err().to_string();
+            let volume = "volume \"vault-token\" projects a service-account token";
+            assert!(err.contains(volume) && err.contains(why), "{account}: {err}");
+            let wanted = if account == "ldap-server-primary" { account } else { elector.as_str() };
+            assert!(err.contains(wanted), "names the account: {err}");
+        }
+        // An account of the consumer's own, tokens kept: the volume stays, in slapd only.
+        let pod = with_projected("ldap-server-primary");
+        let out = apply(&pod, &decide(&pod, Some(&owner(&[]))).unwrap());
+        assert!(out["spec"]["volumes"].as_array().unwrap().iter().any(|v| v["name"] == json!("vault-token")));
+        assert_eq!(mounts_at(&out, "slapd", "/var/run/secrets/vault").len(), 1);
+        assert!(mounts_at(&out, contract::SIDECAR_CONTAINER, "/var/run/secrets/vault").is_empty());
     }
 
     #[test]

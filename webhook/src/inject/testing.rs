@@ -107,7 +107,7 @@ pub(crate) fn arb_pod() -> impl Strategy<Value = Value> {
         proptest::option::of(proptest::sample::subsequence(VOLUMES, 0..=VOLUMES.len())),
         arb_map(LABELS),
         arb_map(ANNOTATIONS),
-        proptest::option::of(proptest::sample::select(&["", "default", "custom"][..])),
+        proptest::option::of(proptest::sample::select(&["", "default", "custom", "ldap-server-ldap-elector"][..])),
         proptest::option::of(any::<bool>()),
         proptest::option::of(any::<bool>()),
     )
