@@ -58,6 +58,10 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Open connections; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Open connections from one peer IP address.
+    pub max_connections_per_peer: usize,
+    /// A connection with no request in flight for this long is closed (HTTP/1 and HTTP/2).
+    pub idle_timeout: Duration,
     /// HTTP/2 streams (concurrent requests) per connection.
     pub max_streams_per_connection: u32,
     /// After this a connection is closed gracefully, so clients reconnect (and see a
@@ -75,6 +79,8 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
             max_connections: 256,
+            max_connections_per_peer: 256,
+            idle_timeout: Duration::from_secs(300),
             max_streams_per_connection: 32,
             max_connection_age: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(20),
@@ -527,6 +533,148 @@ mod tests {
         let mut client = h1_client(server.connect(ALPN_HTTP11).await).await;
         let response = client.send_request(post("/ok", "")).await.unwrap();
         assert_eq!(read(response).await.0, StatusCode::OK);
+        server.stop().await;
+    }
+
+    type Sender2 = hyper::client::conn::http2::SendRequest<http_body_util::combinators::BoxBody<Bytes, Infallible>>;
+
+    /// An HTTP/2 client on `io`, and the connection task: it ends when the server closes.
+    async fn h2_client<T>(io: T) -> (Sender2, JoinHandle<()>)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await.unwrap();
+        (
+            sender,
+            tokio::spawn(async move {
+                let _ = conn.await;
+            }),
+        )
+    }
+
+    /// Sends `len` bytes as one request over HTTP/2 as curl does: the whole declared body,
+    /// whatever the server answers meanwhile. Returns the status and whether the upload
+    /// completed or the server reset the stream (curl then reports no status at all).
+    async fn h2_upload(server: &TestServer, len: usize, declare: bool) -> (StatusCode, Result<(), String>) {
+        let (client, conn) = h2::client::handshake(server.connect(ALPN_H2).await).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let mut req = Request::post("https://localhost/mutate");
+        if declare {
+            req = req.header(header::CONTENT_LENGTH, len);
+        }
+        let (response, mut body) = client.send_request(req.body(()).unwrap(), false).unwrap();
+        let upload = tokio::spawn(async move {
+            let mut left = len;
+            while left > 0 {
+                body.reserve_capacity(left.min(64 * 1024));
+                let Some(granted) = std::future::poll_fn(|cx| body.poll_capacity(cx)).await else {
+                    return Err("the server closed the stream".to_string());
+                };
+                let n = granted.map_err(|e| e.to_string())?.min(left);
+                left -= n;
+                body.send_data(Bytes::from(vec![b'x'; n]), left == 0).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+        let status = tokio::time::timeout(WAIT, response).await.unwrap().expect("a response").status();
+        let uploaded = tokio::time::timeout(WAIT, upload).await.unwrap().unwrap();
+        (status, uploaded)
+    }
+
+    #[tokio::test]
+    async fn oversized_http2_body_gets_413_not_a_reset() {
+        let server = start(echo, Limits::default()).await;
+        let max = Limits::default().max_body_bytes;
+        for declare in [true, false] {
+            let (status, uploaded) = h2_upload(&server, 2 * max, declare).await;
+            assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "declared length: {declare}");
+            assert!(uploaded.is_ok(), "declared length {declare}: stream reset during the upload: {uploaded:?}");
+        }
+        server.stop().await;
+    }
+
+    /// Time from now until `closed` finishes, failing beyond `bound`.
+    async fn closed_within<F: Future>(closed: F, bound: Duration) -> Duration {
+        let start = tokio::time::Instant::now();
+        tokio::time::timeout(bound, closed).await.unwrap_or_else(|_| panic!("connection still open after {bound:?}"));
+        start.elapsed()
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_idle_timeout() {
+        let idle = Duration::from_millis(500);
+        let slack = Duration::from_secs(2);
+        let server = start(echo, Limits { idle_timeout: idle, ..Limits::default() }).await;
+
+        // HTTP/2 after one request: the server closes it (GOAWAY), no ping keeps it open.
+        let (mut client, conn) = h2_client(server.connect(ALPN_H2).await).await;
+        let small = Full::new(Bytes::from_static(b"x")).boxed();
+        let response = client.send_request(Request::post("https://localhost/a").body(small).unwrap()).await.unwrap();
+        assert_eq!(read(response).await.0, StatusCode::OK);
+        let took = closed_within(conn, idle + slack).await;
+        assert!(took >= idle / 2, "closed after {took:?}, before the idle timeout {idle:?}");
+
+        // HTTP/2 that never sends a request.
+        let (_client, conn) = h2_client(server.connect(ALPN_H2).await).await;
+        closed_within(conn, idle + slack).await;
+
+        // HTTP/1.1 kept alive after a response.
+        let mut tls = server.connect(ALPN_HTTP11).await;
+        tokio::io::AsyncWriteExt::write_all(
+            &mut tls,
+            b"POST /b HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        let took = closed_within(tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut buf), idle + slack).await;
+        assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"), "{buf:?}");
+        assert!(took >= idle / 2, "closed after {took:?}, before the idle timeout {idle:?}");
+        server.stop().await;
+    }
+
+    /// A TCP connection to `server` from the loopback address `source` (127.0.0.0/8 is all local).
+    async fn tcp_from(server: SocketAddr, source: [u8; 4]) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((source, 0))).unwrap();
+        socket.connect(server).await.unwrap()
+    }
+
+    async fn tls_from(server: &TestServer, source: [u8; 4]) -> std::io::Result<TlsStream<TcpStream>> {
+        let tcp = tcp_from(server.addr, source).await;
+        let name = ServerName::try_from("localhost").unwrap();
+        TlsConnector::from(server.cert.default_client(&[ALPN_HTTP11])).connect(name, tcp).await
+    }
+
+    async fn served_from(server: &TestServer, source: [u8; 4]) -> bool {
+        let Ok(tls) = tls_from(server, source).await else { return false };
+        let mut client = h1_client(tls).await;
+        matches!(client.send_request(post("/ok", "")).await, Ok(r) if r.status() == StatusCode::OK)
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_per_peer_or_total_cap_are_closed_at_once_while_others_are_served() {
+        let limits = Limits { max_connections: 3, max_connections_per_peer: 2, ..Limits::default() };
+        let server = start(echo, limits).await;
+        let (a, b, c) = ([127, 0, 0, 1], [127, 0, 0, 2], [127, 0, 0, 3]);
+        let held_a = [tls_from(&server, a).await.unwrap(), tls_from(&server, a).await.unwrap()];
+        // A's third connection is closed before any handshake, at once (not queued in the backlog).
+        let refused = tokio::time::timeout(Duration::from_secs(2), tls_from(&server, a)).await;
+        assert!(matches!(refused, Ok(Err(_))), "third connection of one peer: {refused:?}");
+        // Another peer is served; with it the total cap is reached, so a third peer is refused.
+        let held_b = tls_from(&server, b).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(2), tls_from(&server, c)).await;
+        assert!(matches!(refused, Ok(Err(_))), "connection over the total cap: {refused:?}");
+        drop(held_b);
+        // Slots come back when connections close (the server notices the close asynchronously).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !served_from(&server, b).await {
+            assert!(tokio::time::Instant::now() < deadline, "peer B not served after its connection closed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(held_a);
         server.stop().await;
     }
 
