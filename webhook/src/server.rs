@@ -2,20 +2,22 @@
 //! server. Handlers see a fully read, size-limited body; every stage of a connection
 //! (handshake, headers, body, lifetime, drain) is bounded in time.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{header, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Bytes};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Buf, Bytes};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +29,11 @@ use crate::tls::ALPN_H2;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// HTTP/2 ping interval: detects peers that vanished without closing the connection.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
+/// A refused body is still read (and discarded) up to this many bytes before the 413 is
+/// sent: an HTTP/2 client that uploads the whole body before it reads the answer (curl)
+/// otherwise sees the stream reset (RST_STREAM after an early answer) and no status. Costs
+/// bandwidth and at most `request_timeout`, no memory; a larger declared body is cut at once.
+const MAX_DRAIN_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Handles one request whose body has been read completely. Errors are the handler's to
 /// turn into responses, so the server never has to guess a status code.
@@ -44,6 +51,12 @@ where
     }
 }
 
+/// Default of [`Limits::max_connections`] (flag `--max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
+/// Default of [`Limits::max_connections_per_peer`] (flag `--max-connections-per-peer`): with
+/// 8 streams each, 64 concurrent reviews per API server replica.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 8;
+
 /// Resource bounds for one server. The defaults suit an admission webhook, whose caller
 /// (the API server) gives up after at most 30 s.
 #[derive(Clone, Debug)]
@@ -56,11 +69,14 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Largest accepted request body; larger → 413.
     pub max_body_bytes: usize,
-    /// Open connections; further clients wait in the listen backlog.
+    /// Open connections overall; a connection over it is closed at once (not left in the
+    /// listen backlog, where the API server's connections would queue behind a flood).
     pub max_connections: usize,
-    /// Open connections from one peer IP address.
+    /// Open connections from one IP address; over it, closed at once. Keeps one pod from
+    /// taking every slot while the API server (another address) is still served.
     pub max_connections_per_peer: usize,
-    /// A connection with no request in flight for this long is closed (HTTP/1 and HTTP/2).
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY;
+    /// pings alone do not keep it open), so idle clients do not hold slots.
     pub idle_timeout: Duration,
     /// HTTP/2 streams (concurrent requests) per connection.
     pub max_streams_per_connection: u32,
@@ -78,10 +94,10 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
-            max_connections: 256,
-            max_connections_per_peer: 256,
-            idle_timeout: Duration::from_secs(300),
-            max_streams_per_connection: 32,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            idle_timeout: Duration::from_secs(30),
+            max_streams_per_connection: 8,
             max_connection_age: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(20),
         }
@@ -95,15 +111,16 @@ impl Limits {
             ("header_read_timeout", self.header_read_timeout),
             ("request_timeout", self.request_timeout),
             ("max_connection_age", self.max_connection_age),
+            ("idle_timeout", self.idle_timeout),
         ]
         .into_iter()
         .find(|(_, d)| d.is_zero());
         if let Some((name, _)) = zero_duration {
             return Err(ServerError::InvalidLimits(format!("{name} must be > 0")));
         }
-        if self.max_connections == 0 || self.max_streams_per_connection == 0 {
+        if self.max_connections == 0 || self.max_connections_per_peer == 0 || self.max_streams_per_connection == 0 {
             return Err(ServerError::InvalidLimits(
-                "max_connections and max_streams_per_connection must be ≥ 1".into(),
+                "max_connections, max_connections_per_peer and max_streams_per_connection must be ≥ 1".into(),
             ));
         }
         Ok(())
@@ -198,17 +215,23 @@ async fn serve<H: Handler>(
     limits.validate()?;
     let local = listener.local_addr().ok();
     let server = Arc::new(Server { protocols: Protocols::new(&limits), handler, limits, shutdown });
+    let slots = Slots::new(server.limits.max_connections, server.limits.max_connections_per_peer);
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             biased;
             _ = server.shutdown.cancelled() => break,
             Some(done) = conns.join_next(), if !conns.is_empty() => log_join(done),
-            accepted = listener.accept(), if conns.len() < server.limits.max_connections => {
+            accepted = listener.accept() => {
                 match accepted {
-                    Ok((tcp, peer)) => {
-                        conns.spawn(connection(tcp, peer, tls.clone(), server.clone()));
-                    }
+                    Ok((tcp, peer)) => match slots.try_acquire(peer.ip()) {
+                        Ok(slot) => {
+                            conns.spawn(connection(tcp, peer, tls.clone(), server.clone(), slot));
+                        }
+                        // Dropping the socket closes it before any TLS work. debug, not
+                        // warn: a flood would otherwise flood the log too.
+                        Err(full) => debug!(%peer, %full, "connection refused"),
+                    },
                     Err(error) => {
                         warn!(%error, "accepting a connection failed");
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -250,7 +273,13 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, server: Arc<Server<H>>) {
+async fn connection<H: Handler>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    server: Arc<Server<H>>,
+    _slot: Slot,
+) {
     // Requests and responses are small; do not wait for Nagle.
     let _ = tcp.set_nodelay(true);
     let Some(acceptor) = tls else {
@@ -285,9 +314,12 @@ where
     H: Handler,
 {
     let service_server = server.clone();
+    let (in_flight, mut watch_in_flight) = watch::channel(0usize);
     let service = service_fn(move |req| {
         let server = service_server.clone();
+        let _busy = Busy::start(&in_flight);
         async move {
+            let _busy = _busy;
             let response = respond(&server.handler, &server.limits, req).await;
             Ok::<_, Infallible>(response.map(Full::new))
         }
@@ -298,6 +330,7 @@ where
         tokio::select! {
             _ = server.shutdown.cancelled() => {}
             _ = tokio::time::sleep(server.limits.max_connection_age) => {}
+            _ = idle(&mut watch_in_flight, server.limits.idle_timeout) => debug!(%peer, "closing an idle connection"),
         }
     };
     let result = tokio::select! {
@@ -314,6 +347,98 @@ where
     }
 }
 
+/// Counts a request as in flight on its connection while alive.
+struct Busy(watch::Sender<usize>);
+
+impl Busy {
+    fn start(in_flight: &watch::Sender<usize>) -> Self {
+        in_flight.send_modify(|n| *n += 1);
+        Self(in_flight.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Completes once no request has been in flight for `timeout`; every start or end of a
+/// request restarts the clock.
+async fn idle(in_flight: &mut watch::Receiver<usize>, timeout: Duration) {
+    loop {
+        if *in_flight.borrow_and_update() > 0 {
+            if in_flight.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        } else if tokio::time::timeout(timeout, in_flight.changed()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Open connections overall and per peer address; a [`Slot`] is held for a connection's life.
+struct Slots {
+    max_total: usize,
+    max_per_peer: usize,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_peer: HashMap<IpAddr, usize>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum SlotsFull {
+    #[error("{0} connections open, the most allowed")]
+    Total(usize),
+    #[error("{0} connections open from this address, the most allowed per peer")]
+    Peer(usize),
+}
+
+impl Slots {
+    fn new(max_total: usize, max_per_peer: usize) -> Arc<Self> {
+        Arc::new(Self { max_total, max_per_peer, open: Mutex::default() })
+    }
+
+    fn try_acquire(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, SlotsFull> {
+        // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d: one peer either way.
+        let peer = peer.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.total >= self.max_total {
+            return Err(SlotsFull::Total(open.total));
+        }
+        let mine = open.per_peer.entry(peer).or_default();
+        if *mine >= self.max_per_peer {
+            return Err(SlotsFull::Peer(*mine));
+        }
+        *mine += 1;
+        open.total += 1;
+        Ok(Slot { slots: self.clone(), peer })
+    }
+}
+
+/// One open connection's place in [`Slots`], given back on drop.
+struct Slot {
+    slots: Arc<Slots>,
+    peer: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.per_peer.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// Read the body within the limits, then hand the request to the handler.
 async fn respond<H, B>(handler: &H, limits: &Limits, req: Request<B>) -> Response<Bytes>
 where
@@ -323,16 +448,16 @@ where
 {
     let (parts, body) = req.into_parts();
     let max = limits.max_body_bytes;
-    let too_large = || text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds the limit of {max} bytes"));
-    // A declared Content-Length over the limit is refused before reading anything.
-    if body.size_hint().lower() > max as u64 {
-        return too_large();
-    }
-    let read = tokio::time::timeout(limits.request_timeout, Limited::new(body, max).collect());
+    let mut body = std::pin::pin!(body);
+    let read = tokio::time::timeout(limits.request_timeout, read_limited(body.as_mut(), max));
     let body = match read.await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
-        Ok(Err(error)) => {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(ReadError::TooLarge)) => {
+            // Read the rest (bounded) so the client sees the 413 and not a reset.
+            let _ = tokio::time::timeout(limits.request_timeout, drain(body.as_mut())).await;
+            return text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds the limit of {max} bytes"));
+        }
+        Ok(Err(ReadError::Failed(error))) => {
             debug!(%error, "reading a request body failed");
             return text(StatusCode::BAD_REQUEST, "could not read the request body");
         }
@@ -344,6 +469,56 @@ where
         }
     };
     handler.call(Request::from_parts(parts, body)).await
+}
+
+enum ReadError {
+    TooLarge,
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The body's data, or `TooLarge` as soon as it declares or sends more than `max` bytes
+/// (nothing beyond `max` is kept).
+async fn read_limited<B>(mut body: std::pin::Pin<&mut B>, max: usize) -> Result<Bytes, ReadError>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if body.size_hint().lower() > max as u64 {
+        return Err(ReadError::TooLarge);
+    }
+    let mut data = Vec::new();
+    while let Some(frame) = body.as_mut().frame().await {
+        let frame = frame.map_err(|e| ReadError::Failed(e.into()))?;
+        if let Ok(mut chunk) = frame.into_data() {
+            if data.len() + chunk.remaining() > max {
+                return Err(ReadError::TooLarge);
+            }
+            while chunk.has_remaining() {
+                let piece = chunk.chunk();
+                let n = piece.len();
+                data.extend_from_slice(piece);
+                chunk.advance(n);
+            }
+        }
+    }
+    Ok(data.into())
+}
+
+/// Reads and discards the rest of a refused body, unless it is (or turns out) larger than
+/// [`MAX_DRAIN_BYTES`].
+async fn drain<B: Body>(mut body: std::pin::Pin<&mut B>) {
+    if body.size_hint().lower() > MAX_DRAIN_BYTES {
+        return;
+    }
+    let mut drained = 0u64;
+    while let Some(Ok(frame)) = body.as_mut().frame().await {
+        if let Ok(chunk) = frame.into_data() {
+            drained += chunk.remaining() as u64;
+            if drained > MAX_DRAIN_BYTES {
+                return;
+            }
+        }
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
@@ -675,6 +850,45 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         drop(held_a);
+        server.stop().await;
+    }
+
+    #[test]
+    fn connection_slots_cap_each_peer_and_the_total_and_come_back_on_drop() {
+        let slots = Slots::new(3, 2);
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
+        let a1 = slots.try_acquire(a).unwrap();
+        // The same IPv4 peer seen through a dual-stack listener counts as the same peer.
+        let _a2 = slots.try_acquire("::ffff:10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(slots.try_acquire(a).err(), Some(SlotsFull::Peer(2)));
+        let b1 = slots.try_acquire(b).unwrap();
+        assert_eq!(slots.try_acquire(c).err(), Some(SlotsFull::Total(3)));
+        drop(b1);
+        let _c1 = slots.try_acquire(c).unwrap();
+        drop(a1);
+        let _a3 = slots.try_acquire(a).unwrap();
+        let open = slots.open.lock().unwrap();
+        assert_eq!((open.total, open.per_peer.len()), (3, 2), "b's entry is gone with its last connection");
+    }
+
+    #[tokio::test]
+    async fn http2_clients_are_told_few_concurrent_streams() {
+        let server = start(echo, Limits::default()).await;
+        let (client, mut conn) = h2::client::handshake(server.connect(ALPN_H2).await).await.unwrap();
+        // The server's SETTINGS have arrived once a first exchange is done.
+        let exchange = async {
+            let mut client = client.ready().await.unwrap();
+            let (response, _) =
+                client.send_request(Request::get("https://localhost/").body(()).unwrap(), true).unwrap();
+            response.await.unwrap()
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(WAIT, exchange) => {}
+            closed = &mut conn => panic!("connection closed: {closed:?}"),
+        }
+        assert_eq!(conn.max_concurrent_send_streams(), 8);
+        drop(conn);
         server.stop().await;
     }
 
