@@ -810,6 +810,21 @@ mod tests {
         server.stop().await;
     }
 
+    #[tokio::test]
+    async fn a_client_that_never_completes_the_tls_handshake_is_closed_after_the_handshake_timeout() {
+        let handshake = Duration::from_millis(300);
+        let server = start(echo, Limits { handshake_timeout: handshake, ..Limits::default() }).await;
+        let mut silent = TcpStream::connect(server.addr).await.unwrap();
+        let mut buf = Vec::new();
+        let took = closed_within(
+            tokio::io::AsyncReadExt::read_to_end(&mut silent, &mut buf),
+            handshake + Duration::from_secs(2),
+        )
+        .await;
+        assert!(took >= handshake / 2, "closed after {took:?}, before the handshake timeout {handshake:?}");
+        server.stop().await;
+    }
+
     /// A TCP connection to `server` from the loopback address `source` (127.0.0.0/8 is all local).
     async fn tcp_from(server: SocketAddr, source: [u8; 4]) -> TcpStream {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
