@@ -15,6 +15,7 @@
 //! |---|---|
 //! | 2: a stolen webhook token rewrites its webhook configuration (URL, selectors, failurePolicy) | policy `<fullname>-webhook-configuration`: caBundle only |
 //! | 3: an opted-in StatefulSet with 100,000 replicas topples the webhook | `contract::MAX_REPLICAS`: pods refused, Event on the StatefulSet, webhook keeps admitting |
+//! | 4: one pod floods `/mutate` with connections and HTTP/2 streams | webhook server: per-peer connection cap (extra ones closed at once), 8 streams, bodies bounded in size and time |
 //! | 1: replace the sidecar's image (other code gets the pod-bound elector token) | policy `<fullname>-pod-spec` |
 //! | 1: replace slapd's image (slapd outside the fence) | policy `<fullname>-pod-spec` |
 //! | 1: add an ephemeral container (reads the token, enters slapd) | RBAC (`edit` lacks it); with the right granted on top, policy `<fullname>-pod-spec` |
@@ -311,6 +312,99 @@ async fn a_statefulset_with_a_huge_replica_count_gets_no_pods_and_the_webhook_ke
     .await?;
 
     Api::<StatefulSet>::namespaced(admin, NS).delete(huge, &DeleteParams::default()).await?;
+    drop(webhook);
+    Ok(())
+}
+
+// ---- Item 4: one pod must not take admission's connections ----
+
+/// `/mutate` has no client authentication and any pod may connect. One pod (here: loopback
+/// address 127.0.0.2; the API server connects from 127.0.0.1) opens 100 HTTP/2 connections
+/// and fills each with streams whose bodies never finish. The webhook keeps only
+/// `DEFAULT_MAX_CONNECTIONS_PER_PEER` of them (the rest are closed at once, before TLS),
+/// and the tenant's own opted-in StatefulSet still gets its pods injected meanwhile.
+/// Before the cap the webhook took 256 of them and queued the API server behind the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_from_one_pod_leaves_admission_answering() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use http_body_util::BodyExt;
+    use ldap_elector_webhook::server::DEFAULT_MAX_CONNECTIONS_PER_PEER;
+
+    let bed = Bed::start().await?;
+    let tenant = tenant(&bed).await?;
+    let admin = bed.admin_client()?;
+    let webhook = Webhook::start(&bed).await?;
+    webhook.register(&bed, NS, "Fail").await?;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(webhook.ca_pem.as_bytes())?)?;
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], webhook.port));
+    let flood = 100;
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..flood {
+        let connector = connector.clone();
+        opening.spawn(async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0)))?;
+            let tcp = socket.connect(server).await?;
+            let name = rustls_pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+            let tls = connector.connect(name, tcp).await?;
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let (sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(std::io::Error::other)?;
+            tokio::spawn(conn);
+            Ok::<_, std::io::Error>(sender)
+        });
+    }
+    // Bounded: a refused connection fails its handshake at once, an accepted one completes.
+    let mut held = Vec::new();
+    let opened = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(done) = opening.join_next().await {
+            if let Ok(Ok(sender)) = done {
+                held.push(sender);
+            }
+        }
+    })
+    .await;
+    assert!(opened.is_ok(), "the webhook neither served nor closed some of the flood's connections");
+    println!("flood: {} of {flood} connections from one peer kept", held.len());
+    assert!(
+        !held.is_empty() && held.len() <= DEFAULT_MAX_CONNECTIONS_PER_PEER,
+        "{} of {flood} connections from one peer kept; the cap is {DEFAULT_MAX_CONNECTIONS_PER_PEER}",
+        held.len()
+    );
+    // Every stream the server allows, each with a body that never finishes.
+    let chunk = hyper::body::Bytes::from(vec![b'x'; 64 * 1024]);
+    let mut streams = Vec::new();
+    for sender in &held {
+        for _ in 0..8 {
+            let frames =
+                futures::stream::iter([Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk.clone()))])
+                    .chain(futures::stream::pending());
+            let body = BodyExt::boxed(http_body_util::StreamBody::new(frames));
+            let req = http::Request::post(format!("https://127.0.0.1:{}/mutate", webhook.port)).body(body)?;
+            let mut sender = sender.clone();
+            streams.push(tokio::spawn(async move { sender.send_request(req).await.map(|r| r.status()) }));
+        }
+    }
+
+    // Neighbour, under the flood: the tenant's opted-in StatefulSet gets its pods injected.
+    let started = std::time::Instant::now();
+    let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
+    sets.create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?).await?;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    wait_injected(&pods, STS, 2).await?;
+    let open = streams.iter().filter(|s| !s.is_finished()).count();
+    println!("injected under the flood after {:?}, {open} of its streams still open", started.elapsed());
+
+    for stream in streams {
+        stream.abort();
+    }
+    drop(held);
     drop(webhook);
     Ok(())
 }

@@ -127,7 +127,12 @@ pub async fn run(
 
     let server_stop = CancellationToken::new();
     let handler = AdmissionHandler::new(settings.inject.clone(), cluster).with_metrics(metrics.clone());
-    let server = tokio::spawn(serve_tls(listener, tls, handler, Limits::default(), server_stop.clone()));
+    let limits = Limits {
+        max_connections: settings.max_connections,
+        max_connections_per_peer: settings.max_connections_per_peer,
+        ..Limits::default()
+    };
+    let server = tokio::spawn(serve_tls(listener, tls, handler, limits, server_stop.clone()));
     ready.store(true, Ordering::Relaxed);
     info!(listen = %settings.listen, health = %settings.health_listen, tls_profile = %settings.tls_profile,
           reconcile = settings.reconcile, "webhook ready");

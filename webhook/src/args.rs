@@ -11,6 +11,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 use ldap_elector_contract as contract;
 
 use crate::inject::InjectConfig;
+use crate::server::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_PEER};
 use crate::tls::TlsProfile;
 
 /// Where the serving certificate comes from.
@@ -103,6 +104,14 @@ pub struct Args {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub reconcile: bool,
+    /// Open admission connections at most; one over it is closed at once.
+    #[arg(long, env = "WEBHOOK_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Open admission connections from one IP address at most; one over it is closed at once.
+    /// Raise it when every API server reaches the webhook through one address (a proxy,
+    /// konnectivity, SNAT): the API server then is a single peer.
+    #[arg(long, env = "WEBHOOK_MAX_CONNECTIONS_PER_PEER", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_PEER)]
+    pub max_connections_per_peer: usize,
     /// Log format.
     #[arg(long, env = "WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -134,6 +143,8 @@ pub struct Settings {
     pub cert: CertSource,
     pub inject: InjectConfig,
     pub reconcile: bool,
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
 }
 
 impl Args {
@@ -149,6 +160,9 @@ impl Args {
         inject.validate().map_err(|e| format!("--sidecar-image/--sidecar-image-pull-policy: {e}"))?;
         if self.listen.port() == 0 || self.health_listen.port() == 0 {
             return Err("--listen and --health-listen need a non-zero port".into());
+        }
+        if self.max_connections == 0 || self.max_connections_per_peer == 0 {
+            return Err("--max-connections and --max-connections-per-peer must be at least 1".into());
         }
         if self.listen == self.health_listen {
             return Err(format!("--listen and --health-listen must differ (both {})", self.listen));
@@ -204,6 +218,8 @@ impl Args {
             cert,
             inject,
             reconcile: self.reconcile,
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
         })
     }
 }
@@ -246,6 +262,19 @@ mod tests {
             ("sys", "ldap-elector-webhook-tls", "ldap-elector")
         );
         assert!(dns_names.contains(&"ldap-elector-webhook.sys.svc".to_string()));
+    }
+
+    #[test]
+    fn connection_caps_default_to_the_servers_and_zero_is_refused() {
+        let base = ["--sidecar-image=r/e:1", "--namespace=sys"];
+        let caps = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            settings(&args).map(|s| (s.max_connections, s.max_connections_per_peer))
+        };
+        assert_eq!(caps(&[]), Ok((DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_PEER)));
+        assert_eq!(caps(&["--max-connections=500", "--max-connections-per-peer=64"]), Ok((500, 64)));
+        assert!(caps(&["--max-connections-per-peer=0"]).unwrap_err().contains("--max-connections-per-peer"));
+        assert!(caps(&["--max-connections=-1"]).is_err());
     }
 
     #[test]

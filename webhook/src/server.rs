@@ -2,20 +2,22 @@
 //! server. Handlers see a fully read, size-limited body; every stage of a connection
 //! (handshake, headers, body, lifetime, drain) is bounded in time.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{header, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Bytes};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Buf, Bytes};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +29,11 @@ use crate::tls::ALPN_H2;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// HTTP/2 ping interval: detects peers that vanished without closing the connection.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
+/// A refused body is still read (and discarded) up to this many bytes before the 413 is
+/// sent: an HTTP/2 client that uploads the whole body before it reads the answer (curl)
+/// otherwise sees the stream reset (RST_STREAM after an early answer) and no status. Costs
+/// bandwidth and at most `request_timeout`, no memory; a larger declared body is cut at once.
+const MAX_DRAIN_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Handles one request whose body has been read completely. Errors are the handler's to
 /// turn into responses, so the server never has to guess a status code.
@@ -44,6 +51,12 @@ where
     }
 }
 
+/// Default of [`Limits::max_connections`] (flag `--max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
+/// Default of [`Limits::max_connections_per_peer`] (flag `--max-connections-per-peer`): with
+/// 8 streams each, 64 concurrent reviews per API server replica.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 8;
+
 /// Resource bounds for one server. The defaults suit an admission webhook, whose caller
 /// (the API server) gives up after at most 30 s.
 #[derive(Clone, Debug)]
@@ -56,8 +69,15 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Largest accepted request body; larger → 413.
     pub max_body_bytes: usize,
-    /// Open connections; further clients wait in the listen backlog.
+    /// Open connections overall; a connection over it is closed at once (not left in the
+    /// listen backlog, where the API server's connections would queue behind a flood).
     pub max_connections: usize,
+    /// Open connections from one IP address; over it, closed at once. Keeps one pod from
+    /// taking every slot while the API server (another address) is still served.
+    pub max_connections_per_peer: usize,
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY;
+    /// pings alone do not keep it open), so idle clients do not hold slots.
+    pub idle_timeout: Duration,
     /// HTTP/2 streams (concurrent requests) per connection.
     pub max_streams_per_connection: u32,
     /// After this a connection is closed gracefully, so clients reconnect (and see a
@@ -74,8 +94,10 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
-            max_connections: 256,
-            max_streams_per_connection: 32,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            idle_timeout: Duration::from_secs(30),
+            max_streams_per_connection: 8,
             max_connection_age: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(20),
         }
@@ -89,15 +111,16 @@ impl Limits {
             ("header_read_timeout", self.header_read_timeout),
             ("request_timeout", self.request_timeout),
             ("max_connection_age", self.max_connection_age),
+            ("idle_timeout", self.idle_timeout),
         ]
         .into_iter()
         .find(|(_, d)| d.is_zero());
         if let Some((name, _)) = zero_duration {
             return Err(ServerError::InvalidLimits(format!("{name} must be > 0")));
         }
-        if self.max_connections == 0 || self.max_streams_per_connection == 0 {
+        if self.max_connections == 0 || self.max_connections_per_peer == 0 || self.max_streams_per_connection == 0 {
             return Err(ServerError::InvalidLimits(
-                "max_connections and max_streams_per_connection must be ≥ 1".into(),
+                "max_connections, max_connections_per_peer and max_streams_per_connection must be ≥ 1".into(),
             ));
         }
         Ok(())
@@ -192,17 +215,23 @@ async fn serve<H: Handler>(
     limits.validate()?;
     let local = listener.local_addr().ok();
     let server = Arc::new(Server { protocols: Protocols::new(&limits), handler, limits, shutdown });
+    let slots = Slots::new(server.limits.max_connections, server.limits.max_connections_per_peer);
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             biased;
             _ = server.shutdown.cancelled() => break,
             Some(done) = conns.join_next(), if !conns.is_empty() => log_join(done),
-            accepted = listener.accept(), if conns.len() < server.limits.max_connections => {
+            accepted = listener.accept() => {
                 match accepted {
-                    Ok((tcp, peer)) => {
-                        conns.spawn(connection(tcp, peer, tls.clone(), server.clone()));
-                    }
+                    Ok((tcp, peer)) => match slots.try_acquire(peer.ip()) {
+                        Ok(slot) => {
+                            conns.spawn(connection(tcp, peer, tls.clone(), server.clone(), slot));
+                        }
+                        // Dropping the socket closes it before any TLS work. debug, not
+                        // warn: a flood would otherwise flood the log too.
+                        Err(full) => debug!(%peer, %full, "connection refused"),
+                    },
                     Err(error) => {
                         warn!(%error, "accepting a connection failed");
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -244,7 +273,13 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, server: Arc<Server<H>>) {
+async fn connection<H: Handler>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    server: Arc<Server<H>>,
+    _slot: Slot,
+) {
     // Requests and responses are small; do not wait for Nagle.
     let _ = tcp.set_nodelay(true);
     let Some(acceptor) = tls else {
@@ -279,9 +314,12 @@ where
     H: Handler,
 {
     let service_server = server.clone();
+    let (in_flight, mut watch_in_flight) = watch::channel(0usize);
     let service = service_fn(move |req| {
         let server = service_server.clone();
+        let _busy = Busy::start(&in_flight);
         async move {
+            let _busy = _busy;
             let response = respond(&server.handler, &server.limits, req).await;
             Ok::<_, Infallible>(response.map(Full::new))
         }
@@ -292,6 +330,7 @@ where
         tokio::select! {
             _ = server.shutdown.cancelled() => {}
             _ = tokio::time::sleep(server.limits.max_connection_age) => {}
+            _ = idle(&mut watch_in_flight, server.limits.idle_timeout) => debug!(%peer, "closing an idle connection"),
         }
     };
     let result = tokio::select! {
@@ -308,6 +347,98 @@ where
     }
 }
 
+/// Counts a request as in flight on its connection while alive.
+struct Busy(watch::Sender<usize>);
+
+impl Busy {
+    fn start(in_flight: &watch::Sender<usize>) -> Self {
+        in_flight.send_modify(|n| *n += 1);
+        Self(in_flight.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Completes once no request has been in flight for `timeout`; every start or end of a
+/// request restarts the clock.
+async fn idle(in_flight: &mut watch::Receiver<usize>, timeout: Duration) {
+    loop {
+        if *in_flight.borrow_and_update() > 0 {
+            if in_flight.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        } else if tokio::time::timeout(timeout, in_flight.changed()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Open connections overall and per peer address; a [`Slot`] is held for a connection's life.
+struct Slots {
+    max_total: usize,
+    max_per_peer: usize,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_peer: HashMap<IpAddr, usize>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum SlotsFull {
+    #[error("{0} connections open, the most allowed")]
+    Total(usize),
+    #[error("{0} connections open from this address, the most allowed per peer")]
+    Peer(usize),
+}
+
+impl Slots {
+    fn new(max_total: usize, max_per_peer: usize) -> Arc<Self> {
+        Arc::new(Self { max_total, max_per_peer, open: Mutex::default() })
+    }
+
+    fn try_acquire(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, SlotsFull> {
+        // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d: one peer either way.
+        let peer = peer.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.total >= self.max_total {
+            return Err(SlotsFull::Total(open.total));
+        }
+        let mine = open.per_peer.entry(peer).or_default();
+        if *mine >= self.max_per_peer {
+            return Err(SlotsFull::Peer(*mine));
+        }
+        *mine += 1;
+        open.total += 1;
+        Ok(Slot { slots: self.clone(), peer })
+    }
+}
+
+/// One open connection's place in [`Slots`], given back on drop.
+struct Slot {
+    slots: Arc<Slots>,
+    peer: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.per_peer.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// Read the body within the limits, then hand the request to the handler.
 async fn respond<H, B>(handler: &H, limits: &Limits, req: Request<B>) -> Response<Bytes>
 where
@@ -317,16 +448,16 @@ where
 {
     let (parts, body) = req.into_parts();
     let max = limits.max_body_bytes;
-    let too_large = || text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds the limit of {max} bytes"));
-    // A declared Content-Length over the limit is refused before reading anything.
-    if body.size_hint().lower() > max as u64 {
-        return too_large();
-    }
-    let read = tokio::time::timeout(limits.request_timeout, Limited::new(body, max).collect());
+    let mut body = std::pin::pin!(body);
+    let read = tokio::time::timeout(limits.request_timeout, read_limited(body.as_mut(), max));
     let body = match read.await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
-        Ok(Err(error)) => {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(ReadError::TooLarge)) => {
+            // Read the rest (bounded) so the client sees the 413 and not a reset.
+            let _ = tokio::time::timeout(limits.request_timeout, drain(body.as_mut())).await;
+            return text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds the limit of {max} bytes"));
+        }
+        Ok(Err(ReadError::Failed(error))) => {
             debug!(%error, "reading a request body failed");
             return text(StatusCode::BAD_REQUEST, "could not read the request body");
         }
@@ -338,6 +469,56 @@ where
         }
     };
     handler.call(Request::from_parts(parts, body)).await
+}
+
+enum ReadError {
+    TooLarge,
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The body's data, or `TooLarge` as soon as it declares or sends more than `max` bytes
+/// (nothing beyond `max` is kept).
+async fn read_limited<B>(mut body: std::pin::Pin<&mut B>, max: usize) -> Result<Bytes, ReadError>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if body.size_hint().lower() > max as u64 {
+        return Err(ReadError::TooLarge);
+    }
+    let mut data = Vec::new();
+    while let Some(frame) = body.as_mut().frame().await {
+        let frame = frame.map_err(|e| ReadError::Failed(e.into()))?;
+        if let Ok(mut chunk) = frame.into_data() {
+            if data.len() + chunk.remaining() > max {
+                return Err(ReadError::TooLarge);
+            }
+            while chunk.has_remaining() {
+                let piece = chunk.chunk();
+                let n = piece.len();
+                data.extend_from_slice(piece);
+                chunk.advance(n);
+            }
+        }
+    }
+    Ok(data.into())
+}
+
+/// Reads and discards the rest of a refused body, unless it is (or turns out) larger than
+/// [`MAX_DRAIN_BYTES`].
+async fn drain<B: Body>(mut body: std::pin::Pin<&mut B>) {
+    if body.size_hint().lower() > MAX_DRAIN_BYTES {
+        return;
+    }
+    let mut drained = 0u64;
+    while let Some(Ok(frame)) = body.as_mut().frame().await {
+        if let Ok(chunk) = frame.into_data() {
+            drained += chunk.remaining() as u64;
+            if drained > MAX_DRAIN_BYTES {
+                return;
+            }
+        }
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
@@ -527,6 +708,202 @@ mod tests {
         let mut client = h1_client(server.connect(ALPN_HTTP11).await).await;
         let response = client.send_request(post("/ok", "")).await.unwrap();
         assert_eq!(read(response).await.0, StatusCode::OK);
+        server.stop().await;
+    }
+
+    type Sender2 = hyper::client::conn::http2::SendRequest<http_body_util::combinators::BoxBody<Bytes, Infallible>>;
+
+    /// An HTTP/2 client on `io`, and the connection task: it ends when the server closes.
+    async fn h2_client<T>(io: T) -> (Sender2, JoinHandle<()>)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await.unwrap();
+        (
+            sender,
+            tokio::spawn(async move {
+                let _ = conn.await;
+            }),
+        )
+    }
+
+    /// Sends `len` bytes as one request over HTTP/2 as curl does: the whole declared body,
+    /// whatever the server answers meanwhile. Returns the status and whether the upload
+    /// completed or the server reset the stream (curl then reports no status at all).
+    async fn h2_upload(server: &TestServer, len: usize, declare: bool) -> (StatusCode, Result<(), String>) {
+        let (client, conn) = h2::client::handshake(server.connect(ALPN_H2).await).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let mut req = Request::post("https://localhost/mutate");
+        if declare {
+            req = req.header(header::CONTENT_LENGTH, len);
+        }
+        let (response, mut body) = client.send_request(req.body(()).unwrap(), false).unwrap();
+        let upload = tokio::spawn(async move {
+            let mut left = len;
+            while left > 0 {
+                body.reserve_capacity(left.min(64 * 1024));
+                let Some(granted) = std::future::poll_fn(|cx| body.poll_capacity(cx)).await else {
+                    return Err("the server closed the stream".to_string());
+                };
+                let n = granted.map_err(|e| e.to_string())?.min(left);
+                left -= n;
+                body.send_data(Bytes::from(vec![b'x'; n]), left == 0).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+        let status = tokio::time::timeout(WAIT, response).await.unwrap().expect("a response").status();
+        let uploaded = tokio::time::timeout(WAIT, upload).await.unwrap().unwrap();
+        (status, uploaded)
+    }
+
+    #[tokio::test]
+    async fn oversized_http2_body_gets_413_not_a_reset() {
+        let server = start(echo, Limits::default()).await;
+        let max = Limits::default().max_body_bytes;
+        for declare in [true, false] {
+            let (status, uploaded) = h2_upload(&server, 2 * max, declare).await;
+            assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "declared length: {declare}");
+            assert!(uploaded.is_ok(), "declared length {declare}: stream reset during the upload: {uploaded:?}");
+        }
+        server.stop().await;
+    }
+
+    /// Time from now until `closed` finishes, failing beyond `bound`.
+    async fn closed_within<F: Future>(closed: F, bound: Duration) -> Duration {
+        let start = tokio::time::Instant::now();
+        tokio::time::timeout(bound, closed).await.unwrap_or_else(|_| panic!("connection still open after {bound:?}"));
+        start.elapsed()
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_idle_timeout() {
+        let idle = Duration::from_millis(500);
+        let slack = Duration::from_secs(2);
+        let server = start(echo, Limits { idle_timeout: idle, ..Limits::default() }).await;
+
+        // HTTP/2 after one request: the server closes it (GOAWAY), no ping keeps it open.
+        let (mut client, conn) = h2_client(server.connect(ALPN_H2).await).await;
+        let small = Full::new(Bytes::from_static(b"x")).boxed();
+        let response = client.send_request(Request::post("https://localhost/a").body(small).unwrap()).await.unwrap();
+        assert_eq!(read(response).await.0, StatusCode::OK);
+        let took = closed_within(conn, idle + slack).await;
+        assert!(took >= idle / 2, "closed after {took:?}, before the idle timeout {idle:?}");
+
+        // HTTP/2 that never sends a request.
+        let (_client, conn) = h2_client(server.connect(ALPN_H2).await).await;
+        closed_within(conn, idle + slack).await;
+
+        // HTTP/1.1 kept alive after a response.
+        let mut tls = server.connect(ALPN_HTTP11).await;
+        tokio::io::AsyncWriteExt::write_all(
+            &mut tls,
+            b"POST /b HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        let took = closed_within(tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut buf), idle + slack).await;
+        assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"), "{buf:?}");
+        assert!(took >= idle / 2, "closed after {took:?}, before the idle timeout {idle:?}");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_completes_the_tls_handshake_is_closed_after_the_handshake_timeout() {
+        let handshake = Duration::from_millis(300);
+        let server = start(echo, Limits { handshake_timeout: handshake, ..Limits::default() }).await;
+        let mut silent = TcpStream::connect(server.addr).await.unwrap();
+        let mut buf = Vec::new();
+        let took = closed_within(
+            tokio::io::AsyncReadExt::read_to_end(&mut silent, &mut buf),
+            handshake + Duration::from_secs(2),
+        )
+        .await;
+        assert!(took >= handshake / 2, "closed after {took:?}, before the handshake timeout {handshake:?}");
+        server.stop().await;
+    }
+
+    /// A TCP connection to `server` from the loopback address `source` (127.0.0.0/8 is all local).
+    async fn tcp_from(server: SocketAddr, source: [u8; 4]) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((source, 0))).unwrap();
+        socket.connect(server).await.unwrap()
+    }
+
+    async fn tls_from(server: &TestServer, source: [u8; 4]) -> std::io::Result<TlsStream<TcpStream>> {
+        let tcp = tcp_from(server.addr, source).await;
+        let name = ServerName::try_from("localhost").unwrap();
+        TlsConnector::from(server.cert.default_client(&[ALPN_HTTP11])).connect(name, tcp).await
+    }
+
+    async fn served_from(server: &TestServer, source: [u8; 4]) -> bool {
+        let Ok(tls) = tls_from(server, source).await else { return false };
+        let mut client = h1_client(tls).await;
+        matches!(client.send_request(post("/ok", "")).await, Ok(r) if r.status() == StatusCode::OK)
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_per_peer_or_total_cap_are_closed_at_once_while_others_are_served() {
+        let limits = Limits { max_connections: 3, max_connections_per_peer: 2, ..Limits::default() };
+        let server = start(echo, limits).await;
+        let (a, b, c) = ([127, 0, 0, 1], [127, 0, 0, 2], [127, 0, 0, 3]);
+        let held_a = [tls_from(&server, a).await.unwrap(), tls_from(&server, a).await.unwrap()];
+        // A's third connection is closed before any handshake, at once (not queued in the backlog).
+        let refused = tokio::time::timeout(Duration::from_secs(2), tls_from(&server, a)).await;
+        assert!(matches!(refused, Ok(Err(_))), "third connection of one peer: {refused:?}");
+        // Another peer is served; with it the total cap is reached, so a third peer is refused.
+        let held_b = tls_from(&server, b).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(2), tls_from(&server, c)).await;
+        assert!(matches!(refused, Ok(Err(_))), "connection over the total cap: {refused:?}");
+        drop(held_b);
+        // Slots come back when connections close (the server notices the close asynchronously).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !served_from(&server, b).await {
+            assert!(tokio::time::Instant::now() < deadline, "peer B not served after its connection closed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(held_a);
+        server.stop().await;
+    }
+
+    #[test]
+    fn connection_slots_cap_each_peer_and_the_total_and_come_back_on_drop() {
+        let slots = Slots::new(3, 2);
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
+        let a1 = slots.try_acquire(a).unwrap();
+        // The same IPv4 peer seen through a dual-stack listener counts as the same peer.
+        let _a2 = slots.try_acquire("::ffff:10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(slots.try_acquire(a).err(), Some(SlotsFull::Peer(2)));
+        let b1 = slots.try_acquire(b).unwrap();
+        assert_eq!(slots.try_acquire(c).err(), Some(SlotsFull::Total(3)));
+        drop(b1);
+        let _c1 = slots.try_acquire(c).unwrap();
+        drop(a1);
+        let _a3 = slots.try_acquire(a).unwrap();
+        let open = slots.open.lock().unwrap();
+        assert_eq!((open.total, open.per_peer.len()), (3, 2), "b's entry is gone with its last connection");
+    }
+
+    #[tokio::test]
+    async fn http2_clients_are_told_few_concurrent_streams() {
+        let server = start(echo, Limits::default()).await;
+        let (client, mut conn) = h2::client::handshake(server.connect(ALPN_H2).await).await.unwrap();
+        // The server's SETTINGS have arrived once a first exchange is done.
+        let exchange = async {
+            let mut client = client.ready().await.unwrap();
+            let (response, _) =
+                client.send_request(Request::get("https://localhost/").body(()).unwrap(), true).unwrap();
+            response.await.unwrap()
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(WAIT, exchange) => {}
+            closed = &mut conn => panic!("connection closed: {closed:?}"),
+        }
+        assert_eq!(conn.max_concurrent_send_streams(), 8);
+        drop(conn);
         server.stop().await;
     }
 

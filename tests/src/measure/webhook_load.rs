@@ -152,6 +152,10 @@ impl Setup {
             format!("--key-file={}", certs.key_path().display()),
             format!("--sidecar-image={SIDECAR_IMAGE}"),
             "--reconcile=false".into(),
+            // The load generator is one peer with WEBHOOK_BENCH_CONNS (default 16) connections
+            // plus fresh ones: above the per-peer cap meant for a flooding pod.
+            "--max-connections-per-peer=1024".into(),
+            "--max-connections=1024".into(),
         ];
         let mut cmd = match &taskset {
             Some(taskset) => {
