@@ -12,49 +12,20 @@ use anyhow::Context as _;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ContainerStatus;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
-use ldap3::{Scope, SearchEntry};
 use ldap_elector_contract::{lease_name, LEASE_ANNOTATION_SWITCHOVER_TO, SIDECAR_CONTAINER, START_FENCED_CONTAINER};
 use ldap_elector_tests::ldap::conn::Conn;
-use ldap_elector_tests::ldap::slapd::{ADMIN_DN, ADMIN_PASSWORD, PEOPLE};
+use ldap_elector_tests::ldap::slapd::{ADMIN_DN, ADMIN_PASSWORD};
 use ldap_elector_tests::measure::writability::{Answer, RC_FENCED};
 use ldap_elector_tests::node::consumer::faults;
-use ldap_elector_tests::node::consumer::manifests::{CONTAINER_PORT, SLAPD_CONTAINER};
-use ldap_elector_tests::node::consumer::scenario::{Scenario, LEASE};
+use ldap_elector_tests::node::consumer::manifests::CONTAINER_PORT;
+use ldap_elector_tests::node::consumer::scenario::{accepting_servers, Scenario, LEASE, RECOVERY};
 use ldap_elector_tests::node::consumer::{pod_name, server_id, NAMESPACE, STATEFULSET};
 
 /// Fresh connections through the write Service in the full loop (kube-proxy picks an
 /// endpoint per connection).
 const ROUTE_CHECKS: usize = 20;
-
-/// The server ID (from the entryCSN) of the server that accepted each of `count` adds, each
-/// over a new connection to `url`.
-async fn accepting_servers(url: &str, count: usize) -> anyhow::Result<Vec<u32>> {
-    let mut ids = Vec::new();
-    for i in 0..count {
-        let mut conn = Conn::open(url).await?;
-        conn.ldap.simple_bind(ADMIN_DN, ADMIN_PASSWORD).await?.success()?;
-        let uid = format!("route{i:03}");
-        conn.add_person(&uid).await?.success()?;
-        let (entries, _) = conn
-            .ldap
-            .search(&format!("uid={uid},{PEOPLE}"), Scope::Base, "(objectClass=*)", vec!["entryCSN"])
-            .await?
-            .success()?;
-        let csn = entries
-            .into_iter()
-            .next()
-            .and_then(|e| SearchEntry::construct(e).attrs.remove("entryCSN"))
-            .and_then(|v| v.into_iter().next())
-            .ok_or_else(|| anyhow::anyhow!("{uid} has no entryCSN"))?;
-        // 20260101000000.000000Z#000000#001#000000: the third field is the server ID (hex).
-        let sid = csn.split('#').nth(2).and_then(|s| u32::from_str_radix(s, 16).ok());
-        ids.push(sid.ok_or_else(|| anyhow::anyhow!("bad entryCSN {csn}"))?);
-    }
-    Ok(ids)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_loop_helm_install_annotate_one_leader_and_the_cluster_ip_reaches_only_its_slapd() -> anyhow::Result<()> {
@@ -93,51 +64,14 @@ async fn full_loop_helm_install_annotate_one_leader_and_the_cluster_ip_reaches_o
     Ok(())
 }
 
-/// How long a test waits for the service to come back after a fault.
-const RECOVERY: Duration = Duration::from_secs(60);
 /// The faults run this long with the client writing before the checks.
 const SETTLE: Duration = Duration::from_secs(3);
-
-/// The status of `container` (regular or native sidecar) in pod `ordinal`.
-async fn container_status(s: &Scenario, ordinal: usize, container: &str) -> anyhow::Result<Option<ContainerStatus>> {
-    let pod = s.consumer.pods().get(&pod_name(ordinal)).await?;
-    let status = pod.status.unwrap_or_default();
-    Ok(status
-        .container_statuses
-        .into_iter()
-        .flatten()
-        .chain(status.init_container_statuses.into_iter().flatten())
-        .find(|c| c.name == container))
-}
-
-/// Restart count of `container` in pod `ordinal`.
-async fn restarts(s: &Scenario, ordinal: usize, container: &str) -> anyhow::Result<i32> {
-    Ok(container_status(s, ordinal, container).await?.map_or(0, |c| c.restart_count))
-}
-
-/// kill -9 of the slapd of pod `ordinal` from the host, then waits until the kubelet
-/// restarted it; returns the instant of the kill.
-async fn kill_slapd_until_restarted(s: &Scenario, ordinal: usize) -> anyhow::Result<Instant> {
-    let pod = s.consumer.pods().get(&pod_name(ordinal)).await?;
-    let before = restarts(s, ordinal, SLAPD_CONTAINER).await?;
-    let pid = faults::container_pid(s.node(), &pod, SLAPD_CONTAINER)?;
-    let killed_at = faults::sigkill(pid)?;
-    eprintln!("{} kill -9 of slapd (pid {pid}) in {}", s.at(killed_at), pod_name(ordinal));
-    ldap_elector_tests::wait_for("the kubelet to restart slapd", RECOVERY, || async {
-        match restarts(s, ordinal, SLAPD_CONTAINER).await {
-            Ok(n) if n > before => Ok(()),
-            other => Err(format!("restarts {other:?}")),
-        }
-    })
-    .await?;
-    Ok(killed_at)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leaders_slapd_container_killed_is_restarted_by_the_kubelet_and_writes_resume() -> anyhow::Result<()> {
     let s = Scenario::start().await?;
     let (leader, _) = s.leader().await?;
-    let killed_at = kill_slapd_until_restarted(&s, leader).await?;
+    let killed_at = s.kill_slapd_until_restarted(leader).await?;
     let back = s.writer.wait_ack_after(killed_at, RECOVERY).await?;
     eprintln!("writes through the ClusterIP again after {:.3}s", (back.end - killed_at).as_secs_f64());
     tokio::time::sleep(SETTLE).await;
@@ -155,7 +89,7 @@ async fn the_standbys_slapd_container_killed_restarts_fenced_never_two_writable_
     let s = Scenario::start().await?;
     let (leader, _) = s.leader().await?;
     let standby = 1 - leader;
-    let killed_at = kill_slapd_until_restarted(&s, standby).await?;
+    let killed_at = s.kill_slapd_until_restarted(standby).await?;
     let answered = ldap_elector_tests::wait_for("the restarted slapd to answer", RECOVERY, || async {
         s.prober
             .first_after(standby, killed_at, |a| matches!(a, Answer::Refused(_) | Answer::Writable))
@@ -234,29 +168,8 @@ async fn a_client_holding_its_connection_to_the_old_leader_gets_refused_or_close
 
 /// Why `container` of pod `ordinal` last terminated (`OOMKilled`, `Error`, ...).
 async fn last_termination(s: &Scenario, ordinal: usize, container: &str) -> anyhow::Result<Option<String>> {
-    let status = container_status(s, ordinal, container).await?;
+    let status = s.container_status(ordinal, container).await?;
     Ok(status.and_then(|c| c.last_state?.terminated?.reason))
-}
-
-/// After the leader's elector died at `killed_at`: its slapd refuses writes, the writer's
-/// writes are acknowledged again, the killed container runs again and one leader is labelled.
-async fn elector_death_is_covered(s: &Scenario, leader: usize, killed_at: Instant, before: i32) -> anyhow::Result<()> {
-    let refused = ldap_elector_tests::wait_for("the old leader's slapd to refuse writes", RECOVERY, || async {
-        s.prober.first_after(leader, killed_at, |a| a != Answer::Writable).ok_or("still writable")
-    })
-    .await?;
-    let since_kill = refused.sent.saturating_sub(killed_at.saturating_duration_since(s.epoch));
-    eprintln!("  old leader's slapd answered {:?} {:.3}s after the kill", refused.answer, since_kill.as_secs_f64());
-    s.writer.wait_ack_after(killed_at, RECOVERY).await?;
-    ldap_elector_tests::wait_for("the killed elector to run again", RECOVERY, || async {
-        match restarts(s, leader, SIDECAR_CONTAINER).await {
-            Ok(n) if n > before => Ok(()),
-            other => Err(format!("restarts {other:?}")),
-        }
-    })
-    .await?;
-    s.observer.wait_for_single_leader(RECOVERY).await?;
-    Ok(())
 }
 
 /// Kills of the leader's elector in a row, each after the killed container ran again: the
@@ -270,11 +183,11 @@ async fn the_leaders_elector_container_killed_from_the_host_into_crash_loop_leav
     let s = Scenario::start().await?;
     for kill in 0..ELECTOR_KILLS {
         let (leader, pod) = s.leader().await?;
-        let before = restarts(&s, leader, SIDECAR_CONTAINER).await?;
+        let before = s.restarts(leader, SIDECAR_CONTAINER).await?;
         let pid = faults::container_pid(s.node(), &pod, SIDECAR_CONTAINER)?;
         let killed_at = faults::sigkill(pid)?;
         eprintln!("{} kill {kill}: kill -9 of the elector's PID 1 ({pid}) in {}", s.at(killed_at), pod_name(leader));
-        elector_death_is_covered(&s, leader, killed_at, before).await?;
+        s.elector_death_is_covered(leader, killed_at, before).await?;
     }
     tokio::time::sleep(SETTLE).await;
     let verdict = s.finish().await?;
@@ -288,10 +201,10 @@ async fn the_leaders_elector_container_killed_from_the_host_into_crash_loop_leav
 async fn the_leaders_elector_oom_killed_at_its_memory_limit_leaves_no_two_writable_servers() -> anyhow::Result<()> {
     let s = Scenario::start().await?;
     let (leader, pod) = s.leader().await?;
-    let before = restarts(&s, leader, SIDECAR_CONTAINER).await?;
+    let before = s.restarts(leader, SIDECAR_CONTAINER).await?;
     let (filled_at, mut filler) = faults::oom_kill(&pod, SIDECAR_CONTAINER)?;
     eprintln!("{} the elector's memory cgroup in {} filled to its limit", s.at(filled_at), pod_name(leader));
-    let covered = elector_death_is_covered(&s, leader, filled_at, before).await;
+    let covered = s.elector_death_is_covered(leader, filled_at, before).await;
     let filler_exit = filler.wait(); // killed in turn, once the container's processes are gone
     covered?;
     eprintln!("  the filler ended: {:?}", filler_exit?);
@@ -307,6 +220,7 @@ async fn the_leaders_elector_oom_killed_at_its_memory_limit_leaves_no_two_writab
 async fn kubectl_delete_pod_of_the_leader_hands_over_without_two_writable_servers() -> anyhow::Result<()> {
     let s = Scenario::start().await?;
     let (leader, _) = s.leader().await?;
+    let old = s.consumer.pod_uid(leader).await?;
     let deleted_at = Instant::now();
     let mut kubectl = s.bed.kubectl();
     kubectl.args(["delete", "pod", &pod_name(leader), "-n", NAMESPACE, "--wait=false"]);
@@ -318,11 +232,11 @@ async fn kubectl_delete_pod_of_the_leader_hands_over_without_two_writable_server
         .await?;
     eprintln!("{} {new_leader} leader after the deletion", s.at(at));
     s.writer.wait_ack_after(at, RECOVERY).await?;
-    s.consumer.wait_ready(RECOVERY * 2).await?;
+    s.consumer.wait_replaced(leader, old.as_deref(), RECOVERY * 2).await?;
     // The re-created pod's slapd starts fenced: the init container ldap-elector-start-fenced
     // set olcReadOnly in its slapd.d first (before, it took writes until the elector's fence
     // reached it, while the other pod led: CI saw one 25 ms in, an overlap the verdict flags).
-    let fenced = container_status(&s, leader, START_FENCED_CONTAINER).await?.context("no start-fenced container")?;
+    let fenced = s.container_status(leader, START_FENCED_CONTAINER).await?.context("no start-fenced container")?;
     let exit = fenced.state.and_then(|st| st.terminated).map(|t| t.exit_code);
     assert_eq!(exit, Some(0), "{START_FENCED_CONTAINER} of the re-created pod");
     tokio::time::sleep(SETTLE).await;

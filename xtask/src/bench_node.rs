@@ -27,8 +27,8 @@ use ldap_elector_tests::ldap::writer::{Attempt, ConnectFailure};
 use ldap_elector_tests::measure::writability::Answer;
 use ldap_elector_tests::measure::{self, Machine};
 use ldap_elector_tests::node::consumer::manifests::SLAPD_CONTAINER;
-use ldap_elector_tests::node::consumer::scenario::{Scenario, LEASE};
-use ldap_elector_tests::node::consumer::{faults, is_ready, pod_name, summary, NAMESPACE};
+use ldap_elector_tests::node::consumer::scenario::{Plain, Scenario, LEASE};
+use ldap_elector_tests::node::consumer::{faults, pod_name, summary, NAMESPACE};
 
 const RECOVERY: Duration = Duration::from_secs(120);
 const MEMORY_SAMPLES: usize = 10;
@@ -39,7 +39,7 @@ const WRITE_FOR: Duration = Duration::from_secs(6 * 3600);
 pub async fn run() -> anyhow::Result<()> {
     ldap_elector_tests::logging::init("warn,kube_client=off");
     let runs = measure::runs();
-    let s = Scenario::start_writing_for(WRITE_FOR).await?;
+    let s = Scenario::start_writing_for(&Plain, WRITE_FOR).await?;
     eprintln!("set-up {:.1}s", s.setup.as_secs_f64());
 
     let mut memory = Vec::new();
@@ -249,17 +249,9 @@ fn short(error: &str) -> String {
 
 /// Deletes pod `ordinal` and waits until the StatefulSet's new pod of that name is Ready.
 async fn replace_pod(s: &Scenario, ordinal: usize) -> anyhow::Result<()> {
-    let pods = s.consumer.pods();
-    let old = pods.get(&pod_name(ordinal)).await?.metadata.uid;
+    let old = s.consumer.pod_uid(ordinal).await?;
     delete_pod(s, ordinal)?;
-    ldap_elector_tests::wait_for("the re-created pod to be Ready", RECOVERY, || async {
-        match pods.get_opt(&pod_name(ordinal)).await {
-            Ok(Some(p)) if p.metadata.uid != old && is_ready(&p) => Ok(()),
-            Ok(p) => Err(p.map(|p| summary(&p)).unwrap_or_else(|| "absent".into())),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await
+    s.consumer.wait_replaced(ordinal, old.as_deref(), RECOVERY).await
 }
 
 /// Both pods Ready (none terminating), one leader, and a write acknowledged after now.

@@ -18,7 +18,9 @@ pub mod config;
 pub mod consumer;
 pub mod host;
 pub mod images;
+pub mod nubus;
 pub mod pki;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,6 +44,9 @@ const DEFAULT_MACHINE_DIR: &str = "/var/lib/ldap-elector-node";
 const LOCK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const NODE_LIFECYCLE_CONTROLLER: &str = "node-lifecycle-controller";
+/// Binds PersistentVolumeClaims to PersistentVolumes: without it a pod with a claim is never
+/// scheduled (the test kubelet of the process bed does not care; the real one does).
+const PV_BINDER_CONTROLLER: &str = "persistentvolume-binder-controller";
 /// The ClusterRole that lets the API server use the kubelet API (logs, exec, port-forward).
 const KUBELET_API_ADMIN: &str = "system:kubelet-api-admin";
 
@@ -111,9 +116,10 @@ impl Prepared {
     }
 
     /// The controller-manager's controllers with the node lifecycle controller, which removes the
-    /// `node.kubernetes.io/not-ready` taint the kubelet registers with (else nothing schedules).
+    /// `node.kubernetes.io/not-ready` taint the kubelet registers with (else nothing schedules),
+    /// and the PersistentVolume binder (claims of StatefulSets' `volumeClaimTemplates`).
     pub fn controllers(&self, base: &str) -> String {
-        format!("{base},{NODE_LIFECYCLE_CONTROLLER}")
+        format!("{base},{NODE_LIFECYCLE_CONTROLLER},{PV_BINDER_CONTROLLER}")
     }
 
     /// Sets the API server flags a real node needs (see [`config::apiserver_flags`]).

@@ -30,17 +30,21 @@ pub const SOCKET_DIR: &str = "/var/run/slapd";
 pub const SOCKET_VOLUME: &str = "shared-run";
 /// The data database's suffix.
 pub const SUFFIX: &str = "dc=nubus,dc=example";
+/// The LDAP port of slapd and of the Services.
+pub const LDAP_PORT: u16 = 389;
 
 /// One installation (a Helm release) of the consumer.
 #[derive(Clone, Debug)]
 pub struct Nubus {
     pub release: String,
     pub replicas: i32,
+    /// The Services' `targetPort` (slapd's port); [`LDAP_PORT`] by default.
+    pub target_port: u16,
 }
 
 impl Nubus {
     pub fn new(release: &str) -> Nubus {
-        Nubus { release: release.into(), replicas: 2 }
+        Nubus { release: release.into(), replicas: 2, target_port: LDAP_PORT }
     }
 
     /// `<release>-ldap-server`, the chart's full name.
@@ -163,7 +167,7 @@ impl Nubus {
     pub fn write_service(&self) -> anyhow::Result<Service> {
         let mut selector = self.selector_labels();
         selector[contract::LABEL_STATEFULSET_POD_NAME] = json!(PLACEHOLDER);
-        service(&self.write_service_name(), selector)
+        service(&self.write_service_name(), selector, self.target_port)
     }
 
     /// The provider Services, each selecting one pod by name.
@@ -173,7 +177,7 @@ impl Nubus {
                 let mut selector = self.selector_labels();
                 selector[contract::LABEL_STATEFULSET_POD_NAME] =
                     json!(contract::pod_name(&self.statefulset_name(), i as u32));
-                service(&self.provider_service_names()[i as usize], selector)
+                service(&self.provider_service_names()[i as usize], selector, self.target_port)
             })
             .collect()
     }
@@ -192,9 +196,9 @@ impl Nubus {
     }
 }
 
-fn service(name: &str, selector: Value) -> anyhow::Result<Service> {
+fn service(name: &str, selector: Value, target_port: u16) -> anyhow::Result<Service> {
     Ok(serde_json::from_value(json!({
         "metadata": {"name": name},
-        "spec": {"selector": selector, "ports": [{"name": "ldap", "port": 389, "targetPort": 389}]},
+        "spec": {"selector": selector, "ports": [{"name": "ldap", "port": LDAP_PORT, "targetPort": target_port}]},
     }))?)
 }

@@ -54,8 +54,26 @@ pub fn server_id(ordinal: usize) -> u32 {
     ordinal as u32 + 1
 }
 
+/// What the observers need to know of this consumer.
+pub fn target() -> super::Target {
+    super::Target {
+        namespace: NAMESPACE.into(),
+        statefulset: STATEFULSET.into(),
+        write_service: WRITE_SERVICE.into(),
+        pod_selector: format!("app={STATEFULSET}"),
+        slapd_container: SLAPD_CONTAINER.into(),
+        container_port: CONTAINER_PORT,
+        service_port: SERVICE_PORT,
+    }
+}
+
 pub fn namespace() -> anyhow::Result<Namespace> {
-    Ok(serde_json::from_value(json!({"metadata": {"name": NAMESPACE, "labels": {
+    restricted_namespace(NAMESPACE)
+}
+
+/// A namespace that enforces Pod Security `restricted`.
+pub fn restricted_namespace(name: &str) -> anyhow::Result<Namespace> {
+    Ok(serde_json::from_value(json!({"metadata": {"name": name, "labels": {
         "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/enforce-version": "latest",
     }}}))?)

@@ -1,7 +1,8 @@
 //! The consumer as a user runs it on the real node: the chart installed with helm (unchanged,
 //! only [`crate::node::images::Images::helm_set_args`]), then a Mirror-Mode pair of real slapd
 //! containers opted in by annotations ([`manifests`]), and the faults the e2e tests inject
-//! from the host ([`faults`]).
+//! from the host ([`faults`]). [`scenario`] measures any consumer described by a [`Target`]
+//! and installed by a [`scenario::Fixture`] (this one, or Nubus' shape: `node::nubus`).
 
 pub mod faults;
 pub mod manifests;
@@ -19,7 +20,7 @@ use kube::{Api, Client};
 use crate::bed::process::run;
 use crate::node::images::Images;
 use crate::{wait_for, Bed};
-pub use manifests::{pod_name, server_id, NAMESPACE, SERVICE_PORT, STATEFULSET, WRITE_SERVICE};
+pub use manifests::{pod_name, server_id, NAMESPACE, STATEFULSET, WRITE_SERVICE};
 
 /// The chart's release and namespace.
 pub const RELEASE: &str = "ldap-elector";
@@ -55,9 +56,33 @@ pub async fn install_chart(bed: &Bed, images: &Images) -> anyhow::Result<()> {
     .await
 }
 
+/// What the observers need to know of a consumer on the real node: where its pods and its
+/// write Service are, which container runs slapd and on which port.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub namespace: String,
+    pub statefulset: String,
+    pub write_service: String,
+    /// A label selector of the StatefulSet's pods (the observer's watch).
+    pub pod_selector: String,
+    pub slapd_container: String,
+    /// slapd's port in the container (the prober connects to the pod IPs).
+    pub container_port: u16,
+    /// The write Service's port.
+    pub service_port: u16,
+}
+
+impl Target {
+    /// Pod `ordinal` of the StatefulSet.
+    pub fn pod_name(&self, ordinal: usize) -> String {
+        ldap_elector_contract::pod_name(&self.statefulset, ordinal as u32)
+    }
+}
+
 /// The installed consumer.
 pub struct Consumer {
     client: Client,
+    pub target: Target,
     /// ClusterIP of the write Service.
     pub write_ip: String,
     /// ClusterIPs of the per-pod Services (replication).
@@ -83,18 +108,28 @@ impl Consumer {
             .await?;
         let sts = manifests::statefulset(&images.openldap, openldap, lease_duration)?;
         Api::<StatefulSet>::namespaced(client.clone(), NAMESPACE).create(&pp, &sts).await?;
-        let consumer = Consumer { client, write_ip, peer_ips };
+        let consumer = Consumer::new(client, manifests::target(), write_ip, peer_ips);
         consumer.wait_ready(PODS_TIMEOUT).await?;
         Ok(consumer)
     }
 
-    pub fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), NAMESPACE)
+    /// A consumer installed by other means (a [`scenario::Fixture`]).
+    pub fn new(client: Client, target: Target, write_ip: String, peer_ips: [String; 2]) -> Consumer {
+        Consumer { client, target, write_ip, peer_ips }
     }
 
-    /// `ldap://<write Service ClusterIP>:389`.
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.target.namespace)
+    }
+
+    /// Pod `ordinal` of the consumer's StatefulSet.
+    pub fn pod_name(&self, ordinal: usize) -> String {
+        self.target.pod_name(ordinal)
+    }
+
+    /// `ldap://<write Service ClusterIP>:<port>`.
     pub fn write_url(&self) -> String {
-        format!("ldap://{}:{SERVICE_PORT}", self.write_ip)
+        format!("ldap://{}:{}", self.write_ip, self.target.service_port)
     }
 
     /// Waits until both pods are Ready (all containers, the sidecar included).
@@ -103,7 +138,7 @@ impl Consumer {
         wait_for("both slapd pods Ready", timeout, || async {
             let mut seen = Vec::new();
             for ordinal in 0..2 {
-                let name = pod_name(ordinal);
+                let name = self.pod_name(ordinal);
                 let pod = pods.get_opt(&name).await.map_err(|e| e.to_string())?;
                 let ready = pod.as_ref().is_some_and(is_ready);
                 seen.push(format!("{name}: {}", pod.as_ref().map(summary).unwrap_or_else(|| "absent".into())));
@@ -116,20 +151,40 @@ impl Consumer {
         .await
     }
 
+    /// The uid of pod `ordinal` now (to tell its replacement apart).
+    pub async fn pod_uid(&self, ordinal: usize) -> anyhow::Result<Option<String>> {
+        Ok(self.pods().get_opt(&self.pod_name(ordinal)).await?.and_then(|p| p.metadata.uid))
+    }
+
+    /// Waits until pod `ordinal` is a new pod (not uid `old`) and Ready: a deleted pod stays
+    /// Ready while it hands over, so "both Ready" alone may still see the old one.
+    pub async fn wait_replaced(&self, ordinal: usize, old: Option<&str>, timeout: Duration) -> anyhow::Result<()> {
+        let pods = self.pods();
+        wait_for("the re-created pod to be Ready", timeout, || async {
+            match pods.get_opt(&self.pod_name(ordinal)).await {
+                Ok(Some(p)) if p.metadata.uid.as_deref() != old && is_ready(&p) => Ok(()),
+                Ok(p) => Err(p.map(|p| summary(&p)).unwrap_or_else(|| "absent".into())),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+    }
+
     /// The pod IP of pod `ordinal`, if it has one.
     pub async fn pod_ip(&self, ordinal: usize) -> anyhow::Result<Option<String>> {
-        let pod = self.pods().get_opt(&pod_name(ordinal)).await?;
+        let pod = self.pods().get_opt(&self.pod_name(ordinal)).await?;
         Ok(pod.and_then(|p| p.status).and_then(|s| s.pod_ip))
     }
 
     /// `ldap://<pod IP>:<port>` of both pods (slapd's own port, not the Service's).
     pub async fn pod_urls(&self) -> anyhow::Result<[String; 2]> {
-        Ok([self.pod_ip(0).await?, self.pod_ip(1).await?]
-            .map(|ip| format!("ldap://{}:{}", ip.unwrap_or_default(), manifests::CONTAINER_PORT)))
+        let port = self.target.container_port;
+        Ok([self.pod_ip(0).await?, self.pod_ip(1).await?].map(|ip| format!("ldap://{}:{port}", ip.unwrap_or_default())))
     }
 }
 
-fn cluster_ip(service: &Service) -> anyhow::Result<String> {
+/// The ClusterIP of a created Service.
+pub fn cluster_ip(service: &Service) -> anyhow::Result<String> {
     match service.spec.as_ref().and_then(|s| s.cluster_ip.clone()) {
         Some(ip) if ip != "None" && !ip.is_empty() => Ok(ip),
         other => bail!("Service without a ClusterIP: {other:?}"),

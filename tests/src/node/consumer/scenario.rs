@@ -1,22 +1,27 @@
-//! One real-node run of the consumer with every observer attached: the bed with a real node,
-//! the chart, the consumer, the label/endpoint observer (`measure::observer`), the
-//! writability prober (`measure::writability`) and a client writing through the write
-//! Service's ClusterIP. [`Scenario::finish`] checks the invariants of issue 14: never two
-//! writable slapd servers, no acknowledged write lost, never two ready endpoints.
+//! One real-node run of a consumer with every observer attached: the bed with a real node,
+//! the chart, the consumer (a [`Fixture`]: this module's own, or Nubus' shape), the
+//! label/endpoint observer (`measure::observer`), the writability prober
+//! (`measure::writability`) and a client writing through the write Service's ClusterIP.
+//! [`Scenario::finish`] checks the invariants of issue 14: never two writable slapd servers,
+//! no acknowledged write lost, never two ready endpoints.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use ldap3::{Scope, SearchEntry};
 use ldap_elector_contract::{GUARD_CONTAINER, LABEL_ROLE, ROLE_LEADER, SIDECAR_CONTAINER};
 
-use super::{install_chart, pod_name, Consumer, NAMESPACE, WRITE_SERVICE};
+use super::faults;
+use super::{install_chart, Consumer, Target};
 use crate::bed::BedOptions;
+use crate::ldap::conn::Conn;
+use crate::ldap::slapd::{ADMIN_DN, ADMIN_PASSWORD, PEOPLE};
 use crate::ldap::writer::{Attempt, Limits, Outcome, Writer};
 use crate::measure::observer::Observer;
 use crate::measure::writability::{self, Probe, Prober};
-use crate::node::consumer::manifests::{CONTAINER_PORT, SLAPD_CONTAINER, STATEFULSET};
+use crate::node::images::Images;
 use crate::node::RealNode;
 use crate::Bed;
 
@@ -34,6 +39,29 @@ const WRITE_PACE: Duration = Duration::from_millis(20);
 /// the new DNAT (our reading: the no-endpoint REJECT and the DNAT live in different tables; not
 /// confirmed in kube-proxy's source).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a test waits for the service to come back after a fault.
+pub const RECOVERY: Duration = Duration::from_secs(60);
+
+/// A consumer the scenario measures: what to watch, and how to install it.
+pub trait Fixture {
+    fn target(&self) -> Target;
+    /// Installs the consumer on `bed` (the chart is installed, the observer already watches)
+    /// and returns once both pods are Ready and opted in: the prober starts then.
+    fn install(&self, bed: &Bed, images: &Images) -> impl std::future::Future<Output = anyhow::Result<Consumer>>;
+}
+
+/// This module's consumer (`manifests`), opted in from its creation.
+pub struct Plain;
+
+impl Fixture for Plain {
+    fn target(&self) -> Target {
+        super::manifests::target()
+    }
+
+    async fn install(&self, bed: &Bed, images: &Images) -> anyhow::Result<Consumer> {
+        Consumer::install(bed, images, &LEASE.as_secs().to_string()).await
+    }
+}
 
 pub struct Scenario {
     pub consumer: Consumer,
@@ -48,23 +76,33 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Starts everything and waits for one leader and a first acknowledged write; the client
-    /// writes for at most the writer's default bound (a test's).
+    /// Starts everything with this module's consumer ([`Plain`]) and waits for one leader
+    /// and a first acknowledged write.
     pub async fn start() -> anyhow::Result<Scenario> {
-        Scenario::start_writing_for(Limits::default().max_time).await
+        Scenario::start_with(&Plain).await
     }
 
-    /// [`Scenario::start`] with a client that writes for up to `write_for` (a bench's rounds).
-    pub async fn start_writing_for(write_for: Duration) -> anyhow::Result<Scenario> {
+    /// Starts everything with `fixture`'s consumer and waits for one leader and a first
+    /// acknowledged write; the client writes for at most the writer's default bound (a test's).
+    pub async fn start_with(fixture: &impl Fixture) -> anyhow::Result<Scenario> {
+        Scenario::start_writing_for(fixture, Limits::default().max_time).await
+    }
+
+    /// [`Scenario::start_with`] with a client that writes for up to `write_for` (a bench's
+    /// rounds). The observer watches from before the install, the prober and the client start
+    /// once the fixture returns.
+    pub async fn start_writing_for(fixture: &impl Fixture, write_for: Duration) -> anyhow::Result<Scenario> {
         let epoch = Instant::now();
         let bed = Bed::start_with(BedOptions { real_node: true, ..Default::default() }).await?;
         let images = bed.real_node.as_ref().context("no real node")?.images.clone();
         install_chart(&bed, &images).await?;
         let client = bed.admin_client()?;
-        let mut observer = Observer::start(client.clone(), NAMESPACE, &format!("app={STATEFULSET}"));
-        observer.watch_service(client.clone(), NAMESPACE, WRITE_SERVICE);
-        let consumer = Consumer::install(&bed, &images, &LEASE.as_secs().to_string()).await?;
-        let prober = Prober::start(client, NAMESPACE, [pod_name(0), pod_name(1)], CONTAINER_PORT, epoch);
+        let target = fixture.target();
+        let mut observer = Observer::start(client.clone(), &target.namespace, &target.pod_selector);
+        observer.watch_service(client.clone(), &target.namespace, &target.write_service);
+        let consumer = fixture.install(&bed, &images).await?;
+        let pods = [target.pod_name(0), target.pod_name(1)];
+        let prober = Prober::start(client, &target.namespace, pods, target.container_port, epoch);
         observer.wait_for_single_leader(FIRST_LEADER_TIMEOUT).await?;
         let limits =
             Limits { pace: WRITE_PACE, connect_timeout: CONNECT_TIMEOUT, max_time: write_for, max_attempts: 2_000_000 };
@@ -84,12 +122,70 @@ impl Scenario {
     /// The ordinal and pod of the current leader (the pod labelled leader).
     pub async fn leader(&self) -> anyhow::Result<(usize, Pod)> {
         for ordinal in 0..2 {
-            let pod = self.consumer.pods().get(&pod_name(ordinal)).await?;
+            let pod = self.consumer.pods().get(&self.consumer.pod_name(ordinal)).await?;
             if pod.metadata.labels.as_ref().and_then(|l| l.get(LABEL_ROLE)).map(String::as_str) == Some(ROLE_LEADER) {
                 return Ok((ordinal, pod));
             }
         }
         anyhow::bail!("no pod labelled leader; timeline:\n{}", self.observer.timeline())
+    }
+
+    /// The status of `container` (regular or native sidecar) in pod `ordinal`.
+    pub async fn container_status(&self, ordinal: usize, container: &str) -> anyhow::Result<Option<ContainerStatus>> {
+        let pod = self.consumer.pods().get(&self.consumer.pod_name(ordinal)).await?;
+        let status = pod.status.unwrap_or_default();
+        Ok(status
+            .container_statuses
+            .into_iter()
+            .flatten()
+            .chain(status.init_container_statuses.into_iter().flatten())
+            .find(|c| c.name == container))
+    }
+
+    /// Restart count of `container` in pod `ordinal`.
+    pub async fn restarts(&self, ordinal: usize, container: &str) -> anyhow::Result<i32> {
+        Ok(self.container_status(ordinal, container).await?.map_or(0, |c| c.restart_count))
+    }
+
+    /// kill -9 of the slapd of pod `ordinal` from the host, then waits until the kubelet
+    /// restarted it; returns the instant of the kill.
+    pub async fn kill_slapd_until_restarted(&self, ordinal: usize) -> anyhow::Result<Instant> {
+        let slapd = self.consumer.target.slapd_container.clone();
+        let pod = self.consumer.pods().get(&self.consumer.pod_name(ordinal)).await?;
+        let before = self.restarts(ordinal, &slapd).await?;
+        let pid = faults::container_pid(self.node(), &pod, &slapd)?;
+        let killed_at = faults::sigkill(pid)?;
+        eprintln!("{} kill -9 of slapd (pid {pid}) in {}", self.at(killed_at), self.consumer.pod_name(ordinal));
+        crate::wait_for("the kubelet to restart slapd", RECOVERY, || async {
+            match self.restarts(ordinal, &slapd).await {
+                Ok(n) if n > before => Ok(()),
+                other => Err(format!("restarts {other:?}")),
+            }
+        })
+        .await?;
+        Ok(killed_at)
+    }
+
+    /// After the leader's elector died at `killed_at` (its container had restarted `before`
+    /// times): its slapd refuses writes, the writer's writes are acknowledged again, the killed
+    /// container runs again and one leader is labelled.
+    pub async fn elector_death_is_covered(&self, leader: usize, killed_at: Instant, before: i32) -> anyhow::Result<()> {
+        let refused = crate::wait_for("the old leader's slapd to refuse writes", RECOVERY, || async {
+            self.prober.first_after(leader, killed_at, |a| a != writability::Answer::Writable).ok_or("still writable")
+        })
+        .await?;
+        let since_kill = refused.sent.saturating_sub(killed_at.saturating_duration_since(self.epoch));
+        eprintln!("  old leader's slapd answered {:?} {:.3}s after the kill", refused.answer, since_kill.as_secs_f64());
+        self.writer.wait_ack_after(killed_at, RECOVERY).await?;
+        crate::wait_for("the killed elector to run again", RECOVERY, || async {
+            match self.restarts(leader, SIDECAR_CONTAINER).await {
+                Ok(n) if n > before => Ok(()),
+                other => Err(format!("restarts {other:?}")),
+            }
+        })
+        .await?;
+        self.observer.wait_for_single_leader(RECOVERY).await?;
+        Ok(())
     }
 
     /// Copies the containers' logs (current and previous) into the bed directory, which
@@ -103,12 +199,13 @@ impl Scenario {
     pub fn save_container_logs_in(&self, name: &str) {
         let dir = self.bed.dir.join(name);
         let _ = std::fs::create_dir_all(&dir);
+        let target = &self.consumer.target;
         for ordinal in 0..2 {
-            for container in [SIDECAR_CONTAINER, GUARD_CONTAINER, SLAPD_CONTAINER] {
+            for container in [SIDECAR_CONTAINER, GUARD_CONTAINER, target.slapd_container.as_str()] {
                 for previous in [false, true] {
-                    let pod = pod_name(ordinal);
+                    let pod = target.pod_name(ordinal);
                     let mut kubectl = self.bed.kubectl();
-                    kubectl.args(["logs", "-n", NAMESPACE, &pod, "-c", container, "--timestamps"]);
+                    kubectl.args(["logs", "-n", &target.namespace, &pod, "-c", container, "--timestamps"]);
                     if previous {
                         kubectl.arg("--previous");
                     }
@@ -154,7 +251,7 @@ impl Scenario {
             let csn = writability::context_csn(url).await.unwrap_or_else(|e| vec![e.to_string()]);
             report.push(format!(
                 "{}: {} of {} acknowledged writes missing (acknowledged {} .. {}); contextCSN {csn:?}",
-                pod_name(ordinal),
+                self.consumer.pod_name(ordinal),
                 missing.len(),
                 uids.len(),
                 when(missing.first()),
@@ -182,7 +279,7 @@ impl Scenario {
         let unacknowledged: BTreeSet<String> =
             attempts.iter().filter(|a| a.outcome != Outcome::Acked).map(|a| a.uid.clone()).collect();
         writability::wait_converged(&urls, &unacknowledged, CONVERGE_TIMEOUT).await?;
-        let leader_ordinal = if leader == pod_name(0) { 0 } else { 1 };
+        let leader_ordinal = if leader == self.consumer.pod_name(0) { 0 } else { 1 };
         let on_leader = writability::uids(&urls[leader_ordinal]).await?;
         let acked: Vec<String> =
             attempts.iter().filter(|a| a.outcome == Outcome::Acked).map(|a| a.uid.clone()).collect();
@@ -207,6 +304,34 @@ impl Scenario {
             acked: acked.len(),
         })
     }
+}
+
+/// The server ID (from the entryCSN) of the server that accepted each of `count` adds
+/// (`route000`, ...), each over a new connection to `url`: kube-proxy picks an endpoint per
+/// connection, so through the write Service they must all name the leader.
+pub async fn accepting_servers(url: &str, count: usize) -> anyhow::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let mut conn = Conn::open(url).await?;
+        conn.ldap.simple_bind(ADMIN_DN, ADMIN_PASSWORD).await?.success()?;
+        let uid = format!("route{i:03}");
+        conn.add_person(&uid).await?.success()?;
+        let (entries, _) = conn
+            .ldap
+            .search(&format!("uid={uid},{PEOPLE}"), Scope::Base, "(objectClass=*)", vec!["entryCSN"])
+            .await?
+            .success()?;
+        let csn = entries
+            .into_iter()
+            .next()
+            .and_then(|e| SearchEntry::construct(e).attrs.remove("entryCSN"))
+            .and_then(|v| v.into_iter().next())
+            .ok_or_else(|| anyhow::anyhow!("{uid} has no entryCSN"))?;
+        // 20260101000000.000000Z#000000#001#000000: the third field is the server ID (hex).
+        let sid = csn.split('#').nth(2).and_then(|s| u32::from_str_radix(s, 16).ok());
+        ids.push(sid.ok_or_else(|| anyhow::anyhow!("bad entryCSN {csn}"))?);
+    }
+    Ok(ids)
 }
 
 fn fmt_at(epoch: Instant, t: Instant) -> String {

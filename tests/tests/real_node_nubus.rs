@@ -1,0 +1,134 @@
+//! Nubus' primary LDAP servers with real slapd on the real node (issue 16): installed as its
+//! chart would (slapd from a static slapd.conf, the socket directory on a PersistentVolumeClaim,
+//! uid 101/gid 102, the proof of concept's `leader-elector`, the placeholder write Service),
+//! then adopted by annotations on the live StatefulSet and a rollout restart
+//! (`node::nubus`). Each test runs the observers of `node::consumer::scenario` from the end
+//! of the rollout and checks, at the end: never two writable slapd servers, no acknowledged
+//! write lost, never two ready endpoints in the write Service.
+//!
+//! One real node per machine: these tests serialise on its lock (docs/real-node.md).
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
+use kube::Api;
+use ldap_elector_contract as contract;
+use ldap_elector_tests::ldap::conn::Conn;
+use ldap_elector_tests::ldap::slapd::{ADMIN_DN, ADMIN_PASSWORD};
+use ldap_elector_tests::measure::writability::{Answer, RC_FENCED};
+use ldap_elector_tests::node::consumer::faults;
+use ldap_elector_tests::node::consumer::scenario::{accepting_servers, Scenario};
+use ldap_elector_tests::node::consumer::server_id;
+use ldap_elector_tests::node::nubus::manifests::{nubus, run_claim, LDAP_PORT, NAMESPACE, SLAPD_GID, SLAPD_UID};
+use ldap_elector_tests::node::nubus::NubusOnNode;
+use ldap_elector_tests::node::volumes;
+use ldap_elector_tests::workloads::nubus::{MAIN, POC_ELECTOR, SOCKET_DIR, SOCKET_VOLUME};
+
+/// Fresh connections through the write Service (kube-proxy picks an endpoint per connection).
+const ROUTE_CHECKS: usize = 20;
+/// The faults run this long with the client writing before the checks.
+const SETTLE: Duration = Duration::from_secs(3);
+
+fn containers(pod: &Pod) -> Vec<Container> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    spec.init_containers.into_iter().flatten().chain(spec.containers).collect()
+}
+
+/// `Uid:`/`Gid:` (real ids) of a host PID from /proc.
+fn proc_ids(pid: i32) -> anyhow::Result<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Option<u32> {
+        status.lines().find_map(|l| l.strip_prefix(name)?.split_whitespace().next()?.parse().ok())
+    };
+    match (field("Uid:"), field("Gid:")) {
+        (Some(uid), Some(gid)) => Ok((uid, gid)),
+        _ => anyhow::bail!("no Uid/Gid in /proc/{pid}/status"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_loop_annotate_the_live_statefulset_one_leader_and_the_cluster_ip_reaches_only_its_slapd(
+) -> anyhow::Result<()> {
+    let s = Scenario::start_with(&NubusOnNode).await?;
+    eprintln!("set-up {:.1}s (bed, chart, consumer, adoption, first leader, first write)", s.setup.as_secs_f64());
+    let (leader, _) = s.leader().await?;
+    let standby = 1 - leader;
+
+    // The write Service: the proof of concept's pinned pod name replaced by the leader selector.
+    let n = nubus();
+    let services: Api<Service> = Api::namespaced(s.bed.admin_client()?, NAMESPACE);
+    let selector = services.get(&n.write_service_name()).await?.spec.and_then(|s| s.selector).unwrap_or_default();
+    assert_eq!(selector.get(contract::LABEL_ROLE).map(String::as_str), Some(contract::ROLE_LEADER), "{selector:?}");
+    assert!(!selector.contains_key(contract::LABEL_STATEFULSET_POD_NAME), "pinned pod name kept: {selector:?}");
+
+    // Only the leader's slapd takes writes through the ClusterIP.
+    let ids = accepting_servers(&s.consumer.write_url(), ROUTE_CHECKS).await?;
+    let distinct: HashSet<u32> = ids.iter().copied().collect();
+    assert_eq!(distinct, HashSet::from([server_id(leader)]), "the write Service reached {ids:?}; leader is {leader}");
+
+    for ordinal in 0..2 {
+        let name = s.consumer.pod_name(ordinal);
+        let pod = s.consumer.pods().get(&name).await?;
+        let all = containers(&pod);
+        let names: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
+        // Never two electors: the proof of concept removed, ours in.
+        assert!(!names.contains(&POC_ELECTOR), "{name}: {names:?}");
+        for injected in [contract::SIDECAR_CONTAINER, contract::GUARD_CONTAINER] {
+            assert!(names.contains(&injected), "{name}: {names:?}");
+        }
+        // slapd.conf: no slapd.d for the start-fenced init container to fence.
+        assert!(!names.contains(&contract::START_FENCED_CONTAINER), "{name}: {names:?}");
+        // The sidecars share the claim at the socket directory, read-only; main keeps its token.
+        for c in
+            all.iter().filter(|c| [contract::SIDECAR_CONTAINER, contract::GUARD_CONTAINER].contains(&c.name.as_str()))
+        {
+            let mount = c.volume_mounts.iter().flatten().find(|m| m.mount_path == SOCKET_DIR);
+            let shared = mount.is_some_and(|m| m.name == SOCKET_VOLUME && m.read_only == Some(true));
+            assert!(shared, "{name}/{}: {mount:?}", c.name);
+        }
+        let main = all.iter().find(|c| c.name == MAIN).expect("main");
+        assert!(
+            main.volume_mounts.iter().flatten().any(|m| m.mount_path == contract::TOKEN_MOUNT_PATH),
+            "{name}: main lost its token"
+        );
+        // slapd runs as 101:102 (the image's openldap user is another).
+        let pid = faults::container_pid(s.node(), &pod, MAIN)?;
+        assert_eq!(proc_ids(pid)?, (SLAPD_UID, SLAPD_GID), "{name}: slapd's ids");
+        // The kubelet applied fsGroup to the claim's volume: that is how slapd (101) may
+        // create its socket there and the sidecar (65532) may reach it.
+        let dir = volumes::local_volume_dir(s.node(), NAMESPACE, &run_claim(&n, ordinal));
+        let meta = std::fs::metadata(&dir)?;
+        assert_eq!(meta.gid(), SLAPD_GID, "{}: group", dir.display());
+        assert!(dir.join("ldapi").exists(), "no socket in {}", dir.display());
+    }
+
+    // The standby's slapd refuses a real write at its pod IP.
+    let standby_ip = s.consumer.pod_ip(standby).await?.unwrap_or_default();
+    let mut direct = Conn::open(&format!("ldap://{standby_ip}:{LDAP_PORT}")).await?;
+    direct.ldap.simple_bind(ADMIN_DN, ADMIN_PASSWORD).await?.success()?;
+    let refused = direct.add_person("to-the-standby").await?;
+    assert_eq!(refused.rc, RC_FENCED, "the standby's slapd must refuse writes: {refused:?}");
+    assert_eq!(s.prober.last_answer(standby), Some(Answer::Refused(RC_FENCED)));
+    assert_eq!(s.prober.last_answer(leader), Some(Answer::Writable));
+    let verdict = s.finish().await?;
+    verdict.assert_safe();
+    assert!(verdict.acked > 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_elector_container_killed_from_the_host_leaves_no_two_writable_servers() -> anyhow::Result<()> {
+    let s = Scenario::start_with(&NubusOnNode).await?;
+    let (leader, pod) = s.leader().await?;
+    let before = s.restarts(leader, contract::SIDECAR_CONTAINER).await?;
+    let pid = faults::container_pid(s.node(), &pod, contract::SIDECAR_CONTAINER)?;
+    let killed_at = faults::sigkill(pid)?;
+    eprintln!("{} kill -9 of the elector's PID 1 ({pid}) in {}", s.at(killed_at), s.consumer.pod_name(leader));
+    s.elector_death_is_covered(leader, killed_at, before).await?;
+    tokio::time::sleep(SETTLE).await;
+    let verdict = s.finish().await?;
+    verdict.assert_safe();
+    Ok(())
+}
