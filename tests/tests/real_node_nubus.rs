@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use kube::Api;
@@ -19,8 +19,8 @@ use ldap_elector_tests::ldap::conn::Conn;
 use ldap_elector_tests::ldap::slapd::{ADMIN_DN, ADMIN_PASSWORD};
 use ldap_elector_tests::measure::writability::{Answer, RC_FENCED};
 use ldap_elector_tests::node::consumer::faults;
-use ldap_elector_tests::node::consumer::scenario::{accepting_servers, Scenario};
-use ldap_elector_tests::node::consumer::server_id;
+use ldap_elector_tests::node::consumer::scenario::{accepting_servers, Scenario, RECOVERY};
+use ldap_elector_tests::node::consumer::{is_ready, server_id, summary};
 use ldap_elector_tests::node::nubus::manifests::{nubus, run_claim, LDAP_PORT, NAMESPACE, SLAPD_GID, SLAPD_UID};
 use ldap_elector_tests::node::nubus::NubusOnNode;
 use ldap_elector_tests::node::volumes;
@@ -30,6 +30,8 @@ use ldap_elector_tests::workloads::nubus::{MAIN, POC_ELECTOR, SOCKET_DIR, SOCKET
 const ROUTE_CHECKS: usize = 20;
 /// The faults run this long with the client writing before the checks.
 const SETTLE: Duration = Duration::from_secs(3);
+/// Issue 16: a restarted standby's slapd is fenced within this of accepting connections.
+const FENCE_BUDGET: Duration = Duration::from_secs(1);
 
 fn containers(pod: &Pod) -> Vec<Container> {
     let spec = pod.spec.clone().unwrap_or_default();
@@ -51,7 +53,7 @@ fn proc_ids(pid: i32) -> anyhow::Result<(u32, u32)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_loop_annotate_the_live_statefulset_one_leader_and_the_cluster_ip_reaches_only_its_slapd(
 ) -> anyhow::Result<()> {
-    let s = Scenario::start_with(&NubusOnNode).await?;
+    let s = Scenario::start_with(&NubusOnNode::AS_SHIPPED).await?;
     eprintln!("set-up {:.1}s (bed, chart, consumer, adoption, first leader, first write)", s.setup.as_secs_f64());
     let (leader, _) = s.leader().await?;
     let standby = 1 - leader;
@@ -120,13 +122,104 @@ async fn full_loop_annotate_the_live_statefulset_one_leader_and_the_cluster_ip_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leaders_elector_container_killed_from_the_host_leaves_no_two_writable_servers() -> anyhow::Result<()> {
-    let s = Scenario::start_with(&NubusOnNode).await?;
+    let s = Scenario::start_with(&NubusOnNode::AS_SHIPPED).await?;
     let (leader, pod) = s.leader().await?;
     let before = s.restarts(leader, contract::SIDECAR_CONTAINER).await?;
     let pid = faults::container_pid(s.node(), &pod, contract::SIDECAR_CONTAINER)?;
     let killed_at = faults::sigkill(pid)?;
     eprintln!("{} kill -9 of the elector's PID 1 ({pid}) in {}", s.at(killed_at), s.consumer.pod_name(leader));
     s.elector_death_is_covered(leader, killed_at, before).await?;
+    tokio::time::sleep(SETTLE).await;
+    let verdict = s.finish().await?;
+    verdict.assert_safe();
+    Ok(())
+}
+
+/// A slapd.conf keeps no fence across restarts: the standby's slapd restarted by the kubelet
+/// must be fenced within [`FENCE_BUDGET`] of its first answer, and never be writable while
+/// the leader is. Runs with docs/nubus.md's `readonly on`: as shipped, the restarted slapd
+/// accepted a probe's write 23 ms and 27 ms before its first 53, while the leader was
+/// writable, in 2 of 3 runs (2026-12-06; issue 16 item 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standbys_slapd_restarted_from_slapd_conf_is_fenced_within_a_second_never_two_writable_servers(
+) -> anyhow::Result<()> {
+    let s = Scenario::start_with(&NubusOnNode::STARTING_READ_ONLY).await?;
+    let (leader, _) = s.leader().await?;
+    let standby = 1 - leader;
+    let killed_at = s.kill_slapd_until_restarted(standby).await?;
+    let answered = |pred: fn(Answer) -> bool| {
+        let s = &s;
+        move || async move { s.prober.first_after(standby, killed_at, pred).ok_or("no such answer yet") }
+    };
+    let first = ldap_elector_tests::wait_for(
+        "the restarted slapd to answer",
+        RECOVERY,
+        answered(|a| matches!(a, Answer::Refused(_) | Answer::Writable)),
+    )
+    .await?;
+    let fenced = ldap_elector_tests::wait_for(
+        "the restarted slapd to be fenced",
+        RECOVERY,
+        answered(|a| a == Answer::Refused(RC_FENCED)),
+    )
+    .await?;
+    eprintln!(
+        "  first answer after the kill: {:?} at +{:.3}s; first 53 at +{:.3}s",
+        first.answer,
+        first.sent.as_secs_f64(),
+        fenced.sent.as_secs_f64()
+    );
+    tokio::time::sleep(SETTLE).await;
+    let verdict = s.finish().await?;
+    verdict.assert_safe();
+    let took = fenced.sent.saturating_sub(first.sent);
+    assert!(took <= FENCE_BUDGET, "fenced {:.3}s after its first answer ({:?})", took.as_secs_f64(), first.answer);
+    Ok(())
+}
+
+/// Graceful deletion of the leader: hand-over, then the re-created pod (same claim) starts
+/// slapd from slapd.conf while the other pod leads. Runs with docs/nubus.md's `readonly on`:
+/// as shipped, the re-created slapd accepted a probe's write 25 ms before its fence while
+/// the leader was writable (1 run of 1, 2026-12-06).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_delete_pod_of_the_leader_hands_over_without_two_writable_servers() -> anyhow::Result<()> {
+    let s = Scenario::start_with(&NubusOnNode::STARTING_READ_ONLY).await?;
+    let (leader, pod) = s.leader().await?;
+    let old = s.consumer.pod_name(leader);
+    let old_uid = pod.metadata.uid.clone().unwrap_or_default();
+    let deleted_at = Instant::now();
+    let mut kubectl = s.bed.kubectl();
+    kubectl.args(["delete", "pod", &old, "-n", NAMESPACE, "--wait=false"]);
+    let out = kubectl.output()?;
+    anyhow::ensure!(out.status.success(), "kubectl delete: {}", String::from_utf8_lossy(&out.stderr));
+    let (new_leader, at) =
+        s.observer.wait_for_new_leader("a new leader after the deletion", Some(&old), deleted_at, RECOVERY).await?;
+    eprintln!("{} {new_leader} leader after the deletion", s.at(at));
+    s.writer.wait_ack_after(at, RECOVERY).await?;
+    // The re-created pod (same claim, so the same socket directory): its slapd starts from
+    // slapd.conf, writable, while the other pod leads. The prober must see it answer before
+    // the verdict: the deleted pod stays Ready while it hands over, so waiting for "Ready"
+    // alone could end the test before the new slapd ran. The StatefulSet controller creates
+    // the new pod once the old one is gone, containers and all.
+    let recreated_at = ldap_elector_tests::wait_for("the pod re-created", RECOVERY * 2, || async {
+        let pod = s.consumer.pods().get_opt(&old).await.map_err(|e| e.to_string())?;
+        match pod.and_then(|p| p.metadata.uid) {
+            Some(uid) if uid != old_uid => Ok(Instant::now()),
+            other => Err(format!("uid {other:?}")),
+        }
+    })
+    .await?;
+    let first = ldap_elector_tests::wait_for("the re-created slapd to answer a probe", RECOVERY, || async {
+        s.prober.first_after(leader, recreated_at, |a| matches!(a, Answer::Refused(_) | Answer::Writable)).ok_or("none")
+    })
+    .await?;
+    eprintln!("  the re-created slapd's first answer: {:?} at +{:.3}s", first.answer, first.sent.as_secs_f64());
+    ldap_elector_tests::wait_for("the re-created pod Ready", RECOVERY, || async {
+        let pod = s.consumer.pods().get(&old).await.map_err(|e| e.to_string())?;
+        is_ready(&pod).then_some(()).ok_or_else(|| summary(&pod))
+    })
+    .await?;
+    s.consumer.wait_ready(RECOVERY).await?;
     tokio::time::sleep(SETTLE).await;
     let verdict = s.finish().await?;
     verdict.assert_safe();

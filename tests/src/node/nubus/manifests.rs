@@ -88,12 +88,15 @@ syncprov-checkpoint 10 1
 }
 
 /// slapd.conf of pod `ordinal` (server ID ordinal + 1), replicating the data suffix from its
-/// peer's provider Service at `peer_ip`.
-pub fn slapd_conf(ordinal: usize, peer_ip: &str) -> String {
+/// peer's provider Service at `peer_ip`. `start_read_only`: docs/nubus.md's one-line change
+/// (`readonly on` for the data database), so a (re)started slapd takes no write before the
+/// elector lifts it.
+pub fn slapd_conf(ordinal: usize, peer_ip: &str, start_read_only: bool) -> String {
     let id = ordinal + 1;
     let peer_id = 2 - ordinal;
+    let readonly = if start_read_only { "readonly on\n" } else { "" };
     let data = format!(
-        "rootdn \"{ADMIN_DN}\"
+        "{readonly}rootdn \"{ADMIN_DN}\"
 rootpw {ADMIN_PASSWORD}
 syncrepl rid=00{peer_id} provider=ldap://{peer_ip}:389 bindmethod=simple
   binddn=\"{ADMIN_DN}\" credentials={ADMIN_PASSWORD} searchbase=\"{SUFFIX}\"
@@ -146,10 +149,13 @@ fi
 }
 
 /// The ConfigMap: `slapd-<ordinal>.conf` per pod, `base.ldif` and the init scripts.
-pub fn config_map(peer_ips: &[String; 2]) -> anyhow::Result<ConfigMap> {
+pub fn config_map(peer_ips: &[String; 2], start_read_only: bool) -> anyhow::Result<ConfigMap> {
     let mut data = serde_json::Map::new();
     for ordinal in 0..2 {
-        data.insert(format!("slapd-{ordinal}.conf"), slapd_conf(ordinal, &peer_ips[1 - ordinal]).into());
+        data.insert(
+            format!("slapd-{ordinal}.conf"),
+            slapd_conf(ordinal, &peer_ips[1 - ordinal], start_read_only).into(),
+        );
     }
     data.insert("base.ldif".into(), base_ldif().into());
     data.insert("render.sh".into(), render_script().into());
@@ -269,7 +275,7 @@ mod tests {
     #[test]
     fn each_server_replicates_the_data_suffix_from_its_peer_and_the_socket_may_write_everything() {
         let ips = ["198.18.0.20".to_string(), "198.18.0.21".to_string()];
-        let data = config_map(&ips).unwrap().data.unwrap();
+        let data = config_map(&ips, false).unwrap().data.unwrap();
         let (c0, c1) = (&data["slapd-0.conf"], &data["slapd-1.conf"]);
         assert!(c0.contains("serverID 1\n") && c0.contains("rid=002 provider=ldap://198.18.0.21:389"), "{c0}");
         assert!(c1.contains("serverID 2\n") && c1.contains("rid=001 provider=ldap://198.18.0.20:389"), "{c1}");
@@ -284,6 +290,15 @@ mod tests {
             let order: Vec<&str> = c.lines().filter_map(|l| l.strip_prefix("suffix ")).collect();
             assert_eq!(order, ["\"cn=internal\"", &format!("\"{SUFFIX}\""), "\"cn=translog\""]);
         }
+    }
+
+    #[test]
+    fn readonly_on_goes_into_the_data_database_only_and_only_when_asked() {
+        assert!(!slapd_conf(0, "198.18.0.21", false).contains("readonly"));
+        let c = slapd_conf(0, "198.18.0.21", true);
+        assert_eq!(c.matches("readonly on").count(), 1, "{c}");
+        let data = c.split("database mdb").find(|db| db.contains(&format!("suffix \"{SUFFIX}\""))).unwrap();
+        assert!(data.contains("readonly on\n"), "{data}");
     }
 
     #[test]

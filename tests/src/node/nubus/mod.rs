@@ -31,7 +31,19 @@ use manifests::{nubus, run_claim, NAMESPACE, RUN_CLAIM_SIZE};
 const PODS_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The fixture: Nubus' shape, adopted by annotations.
-pub struct NubusOnNode;
+pub struct NubusOnNode {
+    /// docs/nubus.md's `readonly on` in the data database's section of slapd.conf (the
+    /// consumer's one-line change that closes the window in which a slapd started from
+    /// slapd.conf takes writes before the elector fences it); `false`: as shipped.
+    pub start_read_only: bool,
+}
+
+impl NubusOnNode {
+    /// As Nubus ships it: no change to its templates.
+    pub const AS_SHIPPED: NubusOnNode = NubusOnNode { start_read_only: false };
+    /// With `readonly on` for the data database (docs/nubus.md).
+    pub const STARTING_READ_ONLY: NubusOnNode = NubusOnNode { start_read_only: true };
+}
 
 impl Fixture for NubusOnNode {
     fn target(&self) -> Target {
@@ -48,7 +60,7 @@ impl Fixture for NubusOnNode {
     }
 
     async fn install(&self, bed: &Bed, images: &Images) -> anyhow::Result<Consumer> {
-        let consumer = install(bed, images, self.target()).await?;
+        let consumer = install(bed, images, self.target(), self.start_read_only).await?;
         adopt(bed, &consumer).await?;
         Ok(consumer)
     }
@@ -57,7 +69,7 @@ impl Fixture for NubusOnNode {
 /// Installs the consumer as its chart would (namespace, claims' volumes, ServiceAccount,
 /// Services, ConfigMap, StatefulSet) and waits until both pods are Ready, the proof of
 /// concept's stand-in running.
-pub async fn install(bed: &Bed, images: &Images, target: Target) -> anyhow::Result<Consumer> {
+pub async fn install(bed: &Bed, images: &Images, target: Target, start_read_only: bool) -> anyhow::Result<Consumer> {
     let n = nubus();
     let client = bed.admin_client()?;
     let node = bed.real_node.as_ref().context("no real node")?;
@@ -72,7 +84,9 @@ pub async fn install(bed: &Bed, images: &Images, target: Target) -> anyhow::Resu
         *ip = cluster_ip(&services.create(&pp, &svc).await?)?;
     }
     let write_ip = cluster_ip(&services.create(&pp, &n.write_service()?).await?)?;
-    Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE).create(&pp, &manifests::config_map(&peer_ips)?).await?;
+    Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
+        .create(&pp, &manifests::config_map(&peer_ips, start_read_only)?)
+        .await?;
     let sts = manifests::statefulset(&n, &images.openldap)?;
     Api::<StatefulSet>::namespaced(client.clone(), NAMESPACE).create(&pp, &sts).await?;
     let consumer = Consumer::new(client, target, write_ip, peer_ips);
