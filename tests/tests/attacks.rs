@@ -212,6 +212,15 @@ async fn installed(bed: &Bed) -> anyhow::Result<(Client, Client, Webhook)> {
     Ok((tenant, bed.admin_client()?, webhook))
 }
 
+/// The tenant's opted-in StatefulSet `STS` of two, once both pods are created and injected.
+async fn opted_in_statefulset(tenant: &Client, admin: &Client) -> anyhow::Result<(StatefulSet, Vec<Pod>)> {
+    let set = Api::<StatefulSet>::namespaced(tenant.clone(), NS)
+        .create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?)
+        .await?;
+    let injected = wait_injected(&Api::namespaced(admin.clone(), NS), STS, 2).await?;
+    Ok((set, injected))
+}
+
 /// Pods `<sts>-0..replicas` exist and carry the injection marker.
 async fn wait_injected(pods: &Api<Pod>, sts: &str, replicas: u32) -> anyhow::Result<Vec<Pod>> {
     let names: Vec<String> = (0..replicas).map(|i| contract::pod_name(sts, i)).collect();
@@ -419,12 +428,8 @@ async fn a_connection_flood_from_one_pod_leaves_admission_answering() -> anyhow:
 async fn a_tenant_cannot_replace_code_or_mint_the_elector_token_of_an_injected_pod() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
     let (tenant, admin, webhook) = installed(&bed).await?;
-
-    Api::<StatefulSet>::namespaced(tenant.clone(), NS)
-        .create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?)
-        .await?;
+    let (_, injected) = opted_in_statefulset(&tenant, &admin).await?;
     let as_admin: Api<Pod> = Api::namespaced(admin.clone(), NS);
-    let injected = wait_injected(&as_admin, STS, 2).await?;
     let (first, second) = (contract::pod_name(STS, 0), contract::pod_name(STS, 1));
     // A pod of the tenant's without an elector: the neighbour of every attack.
     let plain = "plain";
@@ -881,9 +886,7 @@ fn edited(config: &MutatingWebhookConfiguration, edit: Edit) -> MutatingWebhookC
 async fn a_tenant_cannot_create_a_pod_carrying_the_injection_marker() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
     let (tenant, admin, webhook) = installed(&bed).await?;
-    let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
-    let set = sets.create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?).await?;
-    wait_injected(&Api::namespaced(admin.clone(), NS), STS, 2).await?;
+    let (set, _) = opted_in_statefulset(&tenant, &admin).await?;
     let account = contract::identity_name(STS);
     let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), NS);
     wait_for("the reconciler to create the elector account", T, || async {
@@ -971,10 +974,7 @@ async fn a_tenant_cannot_create_a_pod_carrying_the_injection_marker() -> anyhow:
 async fn a_tenant_cannot_request_a_switchover_or_allow_a_diverged_standby() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
     let (tenant, admin, webhook) = installed(&bed).await?;
-    Api::<StatefulSet>::namespaced(tenant.clone(), NS)
-        .create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?)
-        .await?;
-    let injected = wait_injected(&Api::namespaced(admin.clone(), NS), STS, 2).await?;
+    let (_, injected) = opted_in_statefulset(&tenant, &admin).await?;
     let name = contract::lease_name(STS);
     let as_admin: Api<Lease> = Api::namespaced(admin.clone(), NS);
     wait_for("the reconciler to create the Lease", T, || async {
