@@ -90,6 +90,10 @@ pub struct Elector {
     /// The newest term known to be used, from a Lease seen before it was recreated or a pod's
     /// term annotation: the next acquisition takes a term above it (`lease::acquired`).
     term_floor: i32,
+    /// The contextCSN published in a Lease seen before it was recreated: a recreated Lease
+    /// publishes nothing, yet the old leader acknowledged writes up to it, so a follower
+    /// still catches up with it before it promotes (issue 15, simulation seed 2569529416047876973).
+    csn_floor: Vec<String>,
     /// Leader label and hook done for the current term.
     in_office: bool,
     /// Taking office, while not yet in office (see `office.rs`).
@@ -136,6 +140,7 @@ impl Elector {
             observed: None,
             leading: None,
             term_floor: 0,
+            csn_floor: Vec::new(),
             in_office: false,
             office: None,
             unfenced_term: None,
@@ -171,8 +176,8 @@ impl Elector {
     }
 
     fn publish_readiness(&mut self, now: Moment) {
+        let published = self.published();
         let Some((ready, readiness)) = self.ready.as_mut() else { return };
-        let published = self.current.as_ref().map(lease::published_csn).unwrap_or_default();
         ready.set(readiness.update(self.leading.is_some(), &self.my_csn, &published, now));
     }
 
@@ -310,8 +315,15 @@ impl Elector {
     /// Catch-up gating for a follower (`catch_up::gate`): caught up with the leader's
     /// published contextCSN and, after an expiry, with its slapd's current one, or the Lease
     /// free for longer than the grace. While waiting, ask for fresh checks.
+    /// The contextCSN a follower must hold: the leader's in the Lease, and whatever a Lease
+    /// seen before a recreation published (`csn_floor`).
+    fn published(&self) -> Vec<String> {
+        let current = self.current.as_ref().map(lease::published_csn).unwrap_or_default();
+        current.into_iter().chain(self.csn_floor.iter().cloned()).collect()
+    }
+
     fn caught_up_or_graced(&mut self, now: Moment, recheck: &tokio::sync::Notify) -> bool {
-        let published = self.current.as_ref().map(lease::published_csn).unwrap_or_default();
+        let published = self.published();
         let ok = self.catch_up_gate(now, &published).may_promote();
         let free = self.observed.as_ref().is_some_and(|o| crate::election::decide::free_since(o, now).is_some());
         if !ok && free {
@@ -338,8 +350,10 @@ impl Elector {
         if lease::adopts(&seen, self.current.as_ref(), true) {
             let recreated = self.current.as_ref().is_some_and(|p| p.metadata.uid != seen.metadata.uid);
             if let Some(before) = self.observed.as_ref().filter(|_| recreated) {
-                // Recreated: its terms restart at 0, the pods keep the old ones.
+                // Recreated: its terms restart at 0, the pods keep the old ones; its published
+                // contextCSN is gone, the writes it stood for are not.
                 self.term_floor = self.term_floor.max(before.transitions);
+                self.csn_floor = self.published();
             }
             self.ops.lease_seen(&seen);
             let previous = self.current.as_ref().zip(self.observed.as_ref());

@@ -91,6 +91,8 @@ pub(crate) struct Candidate {
     pub(crate) leading: Option<Leading>,
     /// The newest term known to be used (the runtime's `term_floor`): acquisitions go above it.
     pub(crate) term_floor: i32,
+    /// The contextCSN a Lease seen before its recreation published (the runtime's `csn_floor`).
+    pub(crate) csn_floor: Vec<String>,
     /// Taking office found a pod with this newer term: release at the next step.
     pub(crate) newer_term: Option<i32>,
     pub(crate) busy: Busy,
@@ -153,6 +155,7 @@ impl Candidate {
             known: None,
             leading: None,
             term_floor: 0,
+            csn_floor: Vec::new(),
             newer_term: None,
             busy: Busy::Idle,
             wake_gen: 0,

@@ -147,6 +147,7 @@ impl Sim {
         cand.known = None;
         cand.leading = None;
         cand.term_floor = 0; // process memory
+        cand.csn_floor.clear();
         cand.newer_term = None;
         cand.busy = Busy::Idle;
         cand.watch_ok = false;

@@ -56,8 +56,10 @@ impl Sim {
                 }
                 let previous = cand.known.as_ref().zip(cand.obs.as_ref().map(|(o, _)| o));
                 // Recreated: the runtime's `accept_lease` keeps the old term as the floor.
-                if let Some((_, before)) = previous.filter(|(known, _)| known.metadata.uid != seen.metadata.uid) {
+                if let Some((known, before)) = previous.filter(|(known, _)| known.metadata.uid != seen.metadata.uid) {
                     cand.term_floor = cand.term_floor.max(before.transitions);
+                    let floor = lease::published_csn(known).into_iter().chain(cand.csn_floor.iter().cloned()).collect();
+                    cand.csn_floor = floor;
                 }
                 lease::observe_after(previous, &seen, now)
             }

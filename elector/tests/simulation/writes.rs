@@ -96,7 +96,8 @@ impl Sim {
     pub(crate) fn caught_up(&self, c: usize, now: Moment) -> (bool, bool) {
         let cand = &self.cands[c];
         let obs = cand.obs.as_ref().map(|(o, _)| o);
-        let published = cand.known.as_ref().map(published_csn).unwrap_or_default();
+        let mut published = cand.known.as_ref().map(published_csn).unwrap_or_default();
+        published.extend(cand.csn_floor.iter().cloned());
         match self.sc.variants.catch_up {
             CatchUp::Published => (may_promote(&cand.my_csn, &published, obs, now, None), false),
             CatchUp::OldLeadersCurrent => {
