@@ -48,12 +48,12 @@ use ldap_elector_certs::store::SECRET_KEY_CA;
 use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::{free_port, request_token, TENANT_USER};
 use ldap_elector_tests::workloads::webhook::{
-    http_status, webhook_identity, Webhook, SIDECAR_IMAGE, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
+    grant_secret_role, http_status, unpublished_configuration, webhook_identity, Webhook, SIDECAR_IMAGE,
+    WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
 };
 use ldap_elector_tests::workloads::{fixtures, policies};
 use ldap_elector_tests::{wait_for, Bed};
 use ldap_elector_webhook::args::Args;
-use ldap_elector_webhook::reconcile::namespace_role_rules;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
@@ -1115,30 +1115,9 @@ async fn a_ca_added_to_the_webhook_secret_is_not_published_into_the_ca_bundle() 
     let admin = bed.admin_client()?;
     let account = webhook_identity(&bed).await?;
     let pp = PostParams::default();
-    let role = Role {
-        metadata: kube::api::ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
-        rules: Some(namespace_role_rules(TLS_SECRET)),
-    };
-    Api::<Role>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &role).await?;
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": WEBHOOK_SA},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WEBHOOK_SA},
-        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
-    }))?;
-    Api::<RoleBinding>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &binding).await?;
-    // The chart's configuration before the webhook published its CA; it matches no namespace.
-    let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": WEBHOOK_CONFIG},
-        "webhooks": [{
-            "name": "pods.ldap-elector.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-            "failurePolicy": "Ignore", "timeoutSeconds": 5,
-            "clientConfig": {"service": {"namespace": WEBHOOK_NS, "name": WEBHOOK_SA, "path": "/mutate"}},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
-            "namespaceSelector": {"matchLabels": {"ldap-elector.dev/never": "true"}},
-        }],
-    }))?;
+    grant_secret_role(&admin, TLS_SECRET).await?;
     let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
-    configs.create(&pp, &mwc).await?;
+    configs.create(&pp, &unpublished_configuration()?).await?;
     let health_port = free_port()?;
     let running = secret_mode_webhook(&account, health_port).await?;
     let issuer = published_cas(&configs).await?;
@@ -1194,17 +1173,7 @@ async fn a_stolen_webhook_token_creates_no_secret_but_its_serving_certificate() 
     let admin = bed.admin_client()?;
     let stolen = webhook_identity(&bed).await?;
     let pp = PostParams::default();
-    let role = Role {
-        metadata: kube::api::ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
-        rules: Some(namespace_role_rules(TLS_SECRET)),
-    };
-    Api::<Role>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &role).await?;
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": WEBHOOK_SA},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WEBHOOK_SA},
-        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
-    }))?;
-    Api::<RoleBinding>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &binding).await?;
+    grant_secret_role(&admin, TLS_SECRET).await?;
     policies::install_with(&bed, &["templates/webhook-configuration-guard.yaml"], &[]).await?;
 
     let secrets: Api<Secret> = Api::namespaced(stolen, WEBHOOK_NS);

@@ -397,38 +397,16 @@ async fn presented_certificate(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_mode_publishes_the_ca_bundle_and_serves_the_secret_certificate() -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::Secret;
-    use ldap_elector_webhook::reconcile::namespace_role_rules;
+    use ldap_elector_tests::workloads::webhook::{grant_secret_role, unpublished_configuration};
     use rustls_pki_types::pem::PemObject;
     const TLS_SECRET: &str = "ldap-elector-webhook-tls";
     logs();
     let bed = Bed::start().await?;
     let admin = bed.admin_client()?;
     let webhook = webhook_identity(&bed).await?;
-    // The webhook's namespaced Role for its Secret, exactly as documented.
-    let role = Role {
-        metadata: ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
-        rules: Some(namespace_role_rules(TLS_SECRET)),
-    };
-    Api::<Role>::namespaced(admin.clone(), WEBHOOK_NS).create(&PostParams::default(), &role).await?;
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": WEBHOOK_SA},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WEBHOOK_SA},
-        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
-    }))?;
-    Api::<RoleBinding>::namespaced(admin.clone(), WEBHOOK_NS).create(&PostParams::default(), &binding).await?;
-    // A configuration without caBundle, as the chart installs it; it matches no namespace.
-    let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": WEBHOOK_CONFIG},
-        "webhooks": [{
-            "name": "inject.ldap-elector.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-            "failurePolicy": "Ignore", "timeoutSeconds": 5,
-            "clientConfig": {"service": {"namespace": WEBHOOK_NS, "name": WEBHOOK_SA, "path": "/mutate"}},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
-            "namespaceSelector": {"matchLabels": {"ldap-elector.dev/never": "true"}},
-        }],
-    }))?;
+    grant_secret_role(&admin, TLS_SECRET).await?;
     let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
-    configs.create(&PostParams::default(), &mwc).await?;
+    configs.create(&PostParams::default(), &unpublished_configuration()?).await?;
 
     let (port, health_port) = (free_port()?, free_port()?);
     let settings = Args::try_parse_from([

@@ -10,12 +10,12 @@ use base64::Engine;
 use clap::Parser;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use ldap_elector_webhook::args::Args;
-use ldap_elector_webhook::reconcile::cluster_role_rules;
+use ldap_elector_webhook::reconcile::{cluster_role_rules, namespace_role_rules};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +65,39 @@ pub async fn webhook_identity(bed: &Bed) -> anyhow::Result<Client> {
     }))?;
     Api::<ClusterRoleBinding>::all(admin).create(&PostParams::default(), &binding).await?;
     bed.service_account_client(WEBHOOK_NS, WEBHOOK_SA).await
+}
+
+/// The webhook's namespaced Role and RoleBinding for its serving certificate's Secret
+/// `tls_secret` (certMode=secret), exactly as documented.
+pub async fn grant_secret_role(admin: &Client, tls_secret: &str) -> anyhow::Result<()> {
+    let pp = PostParams::default();
+    let role = Role {
+        metadata: ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
+        rules: Some(namespace_role_rules(tls_secret)),
+    };
+    Api::<Role>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &role).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_SA},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WEBHOOK_SA},
+        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &binding).await?;
+    Ok(())
+}
+
+/// The webhook configuration as the chart installs it before the webhook published its CA
+/// (no caBundle, calling the in-cluster Service); it matches no namespace.
+pub fn unpublished_configuration() -> anyhow::Result<MutatingWebhookConfiguration> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": [{
+            "name": "pods.ldap-elector.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Ignore", "timeoutSeconds": 5,
+            "clientConfig": {"service": {"namespace": WEBHOOK_NS, "name": WEBHOOK_SA, "path": "/mutate"}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {"ldap-elector.dev/never": "true"}},
+        }],
+    }))?)
 }
 
 /// A serving certificate for `127.0.0.1` and its CA, written to files: (cert, key, CA PEM).
