@@ -181,13 +181,8 @@ const ELECTOR_KILLS: usize = 3;
 async fn the_leaders_elector_container_killed_from_the_host_into_crash_loop_leaves_no_two_writable_servers(
 ) -> anyhow::Result<()> {
     let s = Scenario::start().await?;
-    for kill in 0..ELECTOR_KILLS {
-        let (leader, pod) = s.leader().await?;
-        let before = s.restarts(leader, SIDECAR_CONTAINER).await?;
-        let pid = faults::container_pid(s.node(), &pod, SIDECAR_CONTAINER)?;
-        let killed_at = faults::sigkill(pid)?;
-        eprintln!("{} kill {kill}: kill -9 of the elector's PID 1 ({pid}) in {}", s.at(killed_at), pod_name(leader));
-        s.elector_death_is_covered(leader, killed_at, before).await?;
+    for _ in 0..ELECTOR_KILLS {
+        s.kill_the_leaders_elector().await?;
     }
     tokio::time::sleep(SETTLE).await;
     let verdict = s.finish().await?;

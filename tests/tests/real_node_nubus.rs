@@ -123,12 +123,7 @@ async fn full_loop_annotate_the_live_statefulset_one_leader_and_the_cluster_ip_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leaders_elector_container_killed_from_the_host_leaves_no_two_writable_servers() -> anyhow::Result<()> {
     let s = Scenario::start_with(&NubusOnNode::AS_SHIPPED).await?;
-    let (leader, pod) = s.leader().await?;
-    let before = s.restarts(leader, contract::SIDECAR_CONTAINER).await?;
-    let pid = faults::container_pid(s.node(), &pod, contract::SIDECAR_CONTAINER)?;
-    let killed_at = faults::sigkill(pid)?;
-    eprintln!("{} kill -9 of the elector's PID 1 ({pid}) in {}", s.at(killed_at), s.consumer.pod_name(leader));
-    s.elector_death_is_covered(leader, killed_at, before).await?;
+    s.kill_the_leaders_elector().await?;
     tokio::time::sleep(SETTLE).await;
     let verdict = s.finish().await?;
     verdict.assert_safe();

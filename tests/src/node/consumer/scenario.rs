@@ -166,6 +166,18 @@ impl Scenario {
         Ok(killed_at)
     }
 
+    /// kill -9 of the leader's elector (its container's PID 1, from the host), then
+    /// [`Scenario::elector_death_is_covered`].
+    pub async fn kill_the_leaders_elector(&self) -> anyhow::Result<()> {
+        let (leader, pod) = self.leader().await?;
+        let before = self.restarts(leader, SIDECAR_CONTAINER).await?;
+        let pid = faults::container_pid(self.node(), &pod, SIDECAR_CONTAINER)?;
+        let killed_at = faults::sigkill(pid)?;
+        let name = self.consumer.pod_name(leader);
+        eprintln!("{} kill -9 of the elector's PID 1 ({pid}) in {name}", self.at(killed_at));
+        self.elector_death_is_covered(leader, killed_at, before).await
+    }
+
     /// After the leader's elector died at `killed_at` (its container had restarted `before`
     /// times): its slapd refuses writes, the writer's writes are acknowledged again, the killed
     /// container runs again and one leader is labelled.
