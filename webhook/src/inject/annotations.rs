@@ -144,21 +144,12 @@ pub(super) fn audit_plan(
         name: contract::BIND_SECRET_VOLUME.to_string(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.to_string()),
-            items: Some(vec![KeyToPath {
-                key: contract::BIND_SECRET_KEY_PASSWORD.to_string(),
-                path: contract::BIND_SECRET_KEY_PASSWORD.to_string(),
-                mode: None,
-            }]),
+            items: Some(only_key(contract::BIND_SECRET_KEY_PASSWORD)),
             ..Default::default()
         }),
         ..Default::default()
     };
-    let mount = VolumeMount {
-        name: contract::BIND_SECRET_VOLUME.to_string(),
-        mount_path: contract::BIND_SECRET_MOUNT_PATH.to_string(),
-        read_only: Some(true),
-        ..Default::default()
-    };
+    let mount = read_only_mount(contract::BIND_SECRET_VOLUME, contract::BIND_SECRET_MOUNT_PATH);
     Ok(AuditPlan { env, bind_secret: Some((volume, mount)), ca })
 }
 
@@ -222,22 +213,23 @@ fn tls_plan(
         name: contract::LDAP_CA_VOLUME.to_string(),
         config_map: Some(ConfigMapVolumeSource {
             name: name.to_string(),
-            items: Some(vec![KeyToPath {
-                key: contract::LDAP_CA_CONFIGMAP_KEY.to_string(),
-                path: contract::LDAP_CA_CONFIGMAP_KEY.to_string(),
-                mode: None,
-            }]),
+            items: Some(only_key(contract::LDAP_CA_CONFIGMAP_KEY)),
             ..Default::default()
         }),
         ..Default::default()
     };
-    let mount = VolumeMount {
-        name: contract::LDAP_CA_VOLUME.to_string(),
-        mount_path: contract::LDAP_CA_MOUNT_PATH.to_string(),
-        read_only: Some(true),
-        ..Default::default()
-    };
+    let mount = read_only_mount(contract::LDAP_CA_VOLUME, contract::LDAP_CA_MOUNT_PATH);
     Ok((env, Some((volume, mount))))
+}
+
+/// A Secret or ConfigMap volume's one file: `key`, under its own name.
+fn only_key(key: &str) -> Vec<KeyToPath> {
+    vec![KeyToPath { key: key.to_string(), path: key.to_string(), mode: None }]
+}
+
+/// The sidecar's read-only mount of `volume` at `path`.
+fn read_only_mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount { name: volume.to_string(), mount_path: path.to_string(), read_only: Some(true), ..Default::default() }
 }
 
 /// RFC 1123 subdomain, as Kubernetes names Secrets.
