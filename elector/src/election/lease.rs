@@ -59,14 +59,16 @@ pub fn observe(lease: &Lease, seen_change_at: Moment) -> Observed {
 /// The observation of `seen` after `previous` (the Lease and its observation before). A
 /// Lease deleted and recreated while held shows no holder, but the deposed holder may not have
 /// fenced its slapd: it counts as still held by that holder, for its lease duration from now,
-/// so nobody acquires before the holder has seen the change and stood down.
+/// so nobody acquires before the holder has seen the change and stood down. The holder seen
+/// before may be stale (another pod may have taken the Lease since): it is inherited without
+/// its pod UID, so not even that pod's own elector takes it back early.
 pub fn observe_after(previous: Option<(&Lease, &Observed)>, seen: &Lease, now: Moment) -> Observed {
     let mut next = observe(seen, now);
     if let Some((lease, before)) = previous {
         let recreated = lease.metadata.uid != seen.metadata.uid;
         if recreated && next.holder().is_none() && before.holder().is_some() {
             next.holder.clone_from(&before.holder);
-            next.holder_uid.clone_from(&before.holder_uid);
+            next.holder_uid = None;
             next.lease_duration = next.lease_duration.max(before.lease_duration);
         }
     }
@@ -266,7 +268,6 @@ mod tests {
         let later = t0 + Duration::from_secs(1);
         let seen = observe_after(Some((&held, &before)), &recreated, later);
         assert_eq!(seen.holder(), Some("ldap-0"));
-        assert_eq!(seen.holder_uid, before.holder_uid);
         assert_eq!(seen.seen_change_at, later);
         assert_eq!(seen.lease_duration, Duration::from_secs(8));
         // A release (same uid, no holder) is what it says.
@@ -275,6 +276,25 @@ mod tests {
         // So is a recreated Lease that nobody held before.
         let empty = observe(&released, t0);
         assert_eq!(observe_after(Some((&released, &empty)), &recreated, later).holder(), None);
+    }
+
+    /// A recreated Lease inherits the holder seen before, but that view can be stale: the
+    /// deposed holder, cut off while another pod took the Lease, read the recreated one as
+    /// still its own and retook it at once while the other was fencing (dual writers; found by
+    /// the simulation in CI). The inherited holder is never "this pod's earlier elector".
+    #[test]
+    fn a_recreated_lease_is_not_retaken_at_once_by_the_holder_seen_before() {
+        use crate::election::decide::{decide, Action, Me, Timing};
+        let t0 = Moment::ZERO + Duration::from_secs(100);
+        let mut held = lease_of("a", "50", Some("ldap-0"));
+        set_annotation(&mut held, LEASE_ANNOTATION_HOLDER_UID, Some("uid-0".into()));
+        let before = observe(&held, t0);
+        let later = t0 + Duration::from_secs(1);
+        let seen = observe_after(Some((&held, &before)), &lease_of("b", "7", None), later);
+        let me = Me { identity: "ldap-0", uid: Some("uid-0"), eligible: true, stopping: false, leading: None };
+        let free_at = later + seen.lease_duration;
+        assert_eq!(decide(Some(&seen), &me, later, &Timing::default()), Action::Wait(Some(free_at)));
+        assert_eq!(decide(Some(&seen), &me, free_at, &Timing::default()), Action::Acquire);
     }
 
     fn lease(holder: Option<&str>, transitions: i32, rv: &str) -> Lease {
