@@ -11,17 +11,16 @@ use std::collections::HashSet;
 use anyhow::Context as _;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
-use ldap_elector_contract::{lease_name, LEASE_ANNOTATION_SWITCHOVER_TO, SIDECAR_CONTAINER, START_FENCED_CONTAINER};
+use ldap_elector_contract::{SIDECAR_CONTAINER, START_FENCED_CONTAINER};
 use ldap_elector_tests::ldap::conn::Conn;
 use ldap_elector_tests::ldap::slapd::{ADMIN_DN, ADMIN_PASSWORD};
 use ldap_elector_tests::measure::writability::{Answer, RC_FENCED};
 use ldap_elector_tests::node::consumer::faults;
 use ldap_elector_tests::node::consumer::manifests::CONTAINER_PORT;
-use ldap_elector_tests::node::consumer::scenario::{accepting_servers, Scenario, LEASE, RECOVERY};
-use ldap_elector_tests::node::consumer::{pod_name, server_id, NAMESPACE, STATEFULSET};
+use ldap_elector_tests::node::consumer::scenario::{accepting_servers, Scenario, RECOVERY};
+use ldap_elector_tests::node::consumer::{pod_name, server_id, NAMESPACE};
 
 /// Fresh connections through the write Service in the full loop (kube-proxy picks an
 /// endpoint per connection).
@@ -70,10 +69,7 @@ const SETTLE: Duration = Duration::from_secs(3);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leaders_slapd_container_killed_is_restarted_by_the_kubelet_and_writes_resume() -> anyhow::Result<()> {
     let s = Scenario::start().await?;
-    let (leader, _) = s.leader().await?;
-    let killed_at = s.kill_slapd_until_restarted(leader).await?;
-    let back = s.writer.wait_ack_after(killed_at, RECOVERY).await?;
-    eprintln!("writes through the ClusterIP again after {:.3}s", (back.end - killed_at).as_secs_f64());
+    s.kill_the_leaders_slapd().await?;
     tokio::time::sleep(SETTLE).await;
     let verdict = s.finish().await?;
     verdict.assert_safe();
@@ -107,21 +103,7 @@ async fn the_standbys_slapd_container_killed_restarts_fenced_never_two_writable_
 async fn the_leader_pod_frozen_for_longer_than_the_lease_and_thawed_never_gives_two_writable_servers(
 ) -> anyhow::Result<()> {
     let s = Scenario::start().await?;
-    let (leader, pod) = s.leader().await?;
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let cgroup = faults::pod_freezer(&uid)?;
-    let frozen_at = Instant::now();
-    faults::set_frozen(&cgroup, true)?;
-    eprintln!("{} froze {} ({})", s.at(frozen_at), pod_name(leader), cgroup.display());
-    tokio::time::sleep(LEASE + Duration::from_secs(5)).await;
-    let thawed = faults::set_frozen(&cgroup, false);
-    eprintln!("{} thawed", s.at(Instant::now()));
-    thawed?;
-    let (new_leader, at) = s
-        .observer
-        .wait_for_new_leader("a new leader after the freeze", Some(&pod_name(leader)), frozen_at, RECOVERY)
-        .await?;
-    eprintln!("{} {new_leader} labelled leader", s.at(at));
+    s.freeze_the_leader_past_the_lease().await?;
     tokio::time::sleep(SETTLE).await;
     let verdict = s.finish().await?;
     verdict.assert_safe();
@@ -132,20 +114,11 @@ async fn the_leader_pod_frozen_for_longer_than_the_lease_and_thawed_never_gives_
 async fn a_client_holding_its_connection_to_the_old_leader_gets_refused_or_closed_never_success() -> anyhow::Result<()>
 {
     let s = Scenario::start().await?;
-    let (leader, _) = s.leader().await?;
     let mut held = Conn::open(&s.consumer.write_url()).await?;
     held.ldap.simple_bind(ADMIN_DN, ADMIN_PASSWORD).await?.success()?;
     held.add_person("held-before").await?.success()?;
     // A graceful switchover: the old leader's pod (and so the held connection) stays up.
-    let target = pod_name(1 - leader);
-    let leases: Api<Lease> = Api::namespaced(s.bed.admin_client()?, NAMESPACE);
-    let patch = serde_json::json!({"metadata": {"annotations": {LEASE_ANNOTATION_SWITCHOVER_TO: target}}});
-    let asked = Instant::now();
-    leases.patch(&lease_name(STATEFULSET), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    let (new_leader, at) =
-        s.observer.wait_for_new_leader("the switchover", Some(&pod_name(leader)), asked, RECOVERY).await?;
-    eprintln!("{} {new_leader} leader after the switchover", s.at(at));
-    s.writer.wait_ack_after(at, RECOVERY).await?;
+    s.switch_over().await?;
     for i in 0..5 {
         let uid = format!("held-after{i}");
         match held.add_person(&uid).await {

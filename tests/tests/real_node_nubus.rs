@@ -130,6 +130,24 @@ async fn the_leaders_elector_container_killed_from_the_host_leaves_no_two_writab
     Ok(())
 }
 
+/// The failover, switchover and freeze stories of the real-node issue, in a row on one bed (a
+/// bed each would cost a minute of set-up apiece): a switchover asked on the Lease, the
+/// leader's pod frozen past the Lease and thawed, then the leader's slapd killed and restarted
+/// by the kubelet from slapd.conf (with docs/nubus.md's `readonly on`: read-only until the
+/// elector fences or promotes it). The verdict covers the whole run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_freeze_and_slapd_kill_of_the_leader_in_a_row_never_two_writable_servers() -> anyhow::Result<()> {
+    let s = Scenario::start_with(&NubusOnNode::STARTING_READ_ONLY).await?;
+    s.switch_over().await?;
+    s.freeze_the_leader_past_the_lease().await?;
+    s.writer.wait_ack_after(Instant::now(), RECOVERY).await?;
+    s.kill_the_leaders_slapd().await?;
+    tokio::time::sleep(SETTLE).await;
+    let verdict = s.finish().await?;
+    verdict.assert_safe();
+    Ok(())
+}
+
 /// A slapd.conf keeps no fence across restarts: the standby's slapd restarted by the kubelet
 /// must be fenced within [`FENCE_BUDGET`] of its first answer, and never be writable while
 /// the leader is. Runs with docs/nubus.md's `readonly on`: as shipped, the restarted slapd

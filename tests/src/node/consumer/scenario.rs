@@ -9,9 +9,14 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::api::{Patch, PatchParams};
+use kube::Api;
 use ldap3::{Scope, SearchEntry};
-use ldap_elector_contract::{GUARD_CONTAINER, LABEL_ROLE, ROLE_LEADER, SIDECAR_CONTAINER};
+use ldap_elector_contract::{
+    lease_name, GUARD_CONTAINER, LABEL_ROLE, LEASE_ANNOTATION_SWITCHOVER_TO, ROLE_LEADER, SIDECAR_CONTAINER,
+};
 
 use super::faults;
 use super::{install_chart, Consumer, Target};
@@ -164,6 +169,55 @@ impl Scenario {
         })
         .await?;
         Ok(killed_at)
+    }
+
+    /// kill -9 of the leader's slapd from the host: the kubelet restarts it and the client's
+    /// writes through the ClusterIP are acknowledged again.
+    pub async fn kill_the_leaders_slapd(&self) -> anyhow::Result<()> {
+        let (leader, _) = self.leader().await?;
+        let killed_at = self.kill_slapd_until_restarted(leader).await?;
+        let back = self.writer.wait_ack_after(killed_at, RECOVERY).await?;
+        eprintln!("writes through the ClusterIP again after {:.3}s", (back.end - killed_at).as_secs_f64());
+        Ok(())
+    }
+
+    /// A graceful switchover to the standby, asked on the Lease as an operator does
+    /// (`switchover-to`); returns once the standby is labelled leader and a write after it was
+    /// acknowledged. The old leader's pod stays up.
+    pub async fn switch_over(&self) -> anyhow::Result<()> {
+        let (leader, _) = self.leader().await?;
+        let (from, to) = (self.consumer.pod_name(leader), self.consumer.pod_name(1 - leader));
+        let target = &self.consumer.target;
+        let leases: Api<Lease> = Api::namespaced(self.bed.admin_client()?, &target.namespace);
+        let patch = serde_json::json!({"metadata": {"annotations": {LEASE_ANNOTATION_SWITCHOVER_TO: to}}});
+        let asked = Instant::now();
+        leases.patch(&lease_name(&target.statefulset), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let (new_leader, at) =
+            self.observer.wait_for_new_leader("the switchover", Some(&from), asked, RECOVERY).await?;
+        eprintln!("{} {new_leader} leader after the switchover", self.at(at));
+        self.writer.wait_ack_after(at, RECOVERY).await?;
+        Ok(())
+    }
+
+    /// Freezes every process of the leader's pod (its cgroup, from the host) for longer than
+    /// the Lease, thaws it, and waits for another pod labelled leader.
+    pub async fn freeze_the_leader_past_the_lease(&self) -> anyhow::Result<()> {
+        let (leader, pod) = self.leader().await?;
+        let name = self.consumer.pod_name(leader);
+        let cgroup = faults::pod_freezer(pod.metadata.uid.as_deref().unwrap_or_default())?;
+        let frozen_at = Instant::now();
+        faults::set_frozen(&cgroup, true)?;
+        eprintln!("{} froze {name} ({})", self.at(frozen_at), cgroup.display());
+        tokio::time::sleep(LEASE + Duration::from_secs(5)).await;
+        let thawed = faults::set_frozen(&cgroup, false);
+        eprintln!("{} thawed", self.at(Instant::now()));
+        thawed?;
+        let (new_leader, at) = self
+            .observer
+            .wait_for_new_leader("a new leader after the freeze", Some(&name), frozen_at, RECOVERY)
+            .await?;
+        eprintln!("{} {new_leader} labelled leader", self.at(at));
+        Ok(())
     }
 
     /// kill -9 of the leader's elector (its container's PID 1, from the host), then
