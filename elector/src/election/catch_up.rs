@@ -96,28 +96,68 @@ pub fn expired_holder<'a>(lease: Option<&'a Observed>, me: &Me<'_>, now: Moment)
     (!ours && free_since(lease, now).is_some()).then_some(holder)
 }
 
-/// Whether `me` (healthy, following) may take over, given its contextCSN `mine`, the one
-/// the leader `published`, and what its slapd says now.
+/// The `previous` of an uncovered promotion whose previous leader is unknown.
+pub const UNKNOWN_PREVIOUS: &str = "unknown";
+
+/// Whose slapd may hold acknowledged writes the Lease does not show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Previous<'a> {
+    /// The holder whose Lease expired ([`expired_holder`]).
+    Expired(&'a str),
+    /// A free Lease behind the newest term this elector knows was used (`term_floor`: a
+    /// Lease seen before it was recreated, a pod's term annotation): recreated (or etcd
+    /// restored) since that term. Who led last, and what it acknowledged, is unknown; every
+    /// peer is asked.
+    Unknown,
+}
+
+impl Previous<'_> {
+    /// As recorded with an uncovered promotion.
+    pub fn name(&self) -> &str {
+        match self {
+            Previous::Expired(holder) => holder,
+            Previous::Unknown => UNKNOWN_PREVIOUS,
+        }
+    }
+}
+
+/// The previous leader a follower must verify before it takes over, if any.
+/// A free Lease behind a known term comes first: the holder it shows (inherited from a Lease
+/// seen before the recreation) may not be the last one.
+pub fn previous<'a>(lease: Option<&'a Observed>, me: &Me<'_>, term_floor: i32, now: Moment) -> Option<Previous<'a>> {
+    let behind = lease.is_some_and(|l| l.transitions < term_floor && free_since(l, now).is_some());
+    if behind {
+        return Some(Previous::Unknown);
+    }
+    expired_holder(lease, me, now).map(Previous::Expired)
+}
+
+/// Whether a healthy follower may take over, given its contextCSN `mine`, the one the leader
+/// `published`, the `previous` leader to verify ([`previous`]) and what its slapd says now.
 pub fn gate(
     mine: &[String],
     published: &[String],
     lease: Option<&Observed>,
-    me: &Me<'_>,
+    previous: Option<Previous<'_>>,
     old: &OldLeader,
     now: Moment,
     policy: &Policy,
 ) -> Gate {
     let promote = || may_promote(mine, published, lease, now, policy.grace);
-    if expired_holder(lease, me, now).is_none() {
+    let Some(previous) = previous else {
         return if promote() { Gate::Promote } else { Gate::Wait };
-    }
+    };
     let expired_at = lease.and_then(|l| free_since(l, now)).unwrap_or(now);
     let graced = policy.grace.is_some_and(|g| now.since(expired_at) >= g);
-    // Writes acknowledged after the last renew the follower saw, until the old leader fenced.
-    let unverified = || {
-        let after_renew = policy.timing.renew_deadline.mul_f64(1.0 + MAX_CLOCK_DRIFT) + FENCE_BUDGET;
-        let behind = if csn::caught_up(mine, published) { Some(Duration::ZERO) } else { csn::lag(mine, published) };
-        behind.map_or(f64::INFINITY, |b| (b + after_renew).as_secs_f64())
+    // Writes acknowledged after the last renew the follower saw, until the old leader fenced
+    // (unbounded when nobody knows who led).
+    let unverified = || match previous {
+        Previous::Unknown => f64::INFINITY,
+        Previous::Expired(_) => {
+            let after_renew = policy.timing.renew_deadline.mul_f64(1.0 + MAX_CLOCK_DRIFT) + FENCE_BUDGET;
+            let behind = if csn::caught_up(mine, published) { Some(Duration::ZERO) } else { csn::lag(mine, published) };
+            behind.map_or(f64::INFINITY, |b| (b + after_renew).as_secs_f64())
+        }
     };
     match old {
         OldLeader::Current(current) => {
@@ -171,6 +211,11 @@ mod tests {
         Me { identity: "b", uid: Some("uid-b"), eligible: true, stopping: false, leading: None }
     }
 
+    /// The gate for `me` (no term floor) with the previous leader `previous` finds.
+    fn verdict(mine: &[String], published: &[String], l: &Observed, old: &OldLeader, now: Moment, p: &Policy) -> Gate {
+        gate(mine, published, Some(l), previous(Some(l), &me(), 0, now), old, now, p)
+    }
+
     fn policy() -> Policy {
         Policy { grace: Some(30 * S), verify: 3 * S, timing: Timing::default() }
     }
@@ -185,18 +230,18 @@ mod tests {
         let l = lease(Some("a"));
         assert!(may_promote(&renewed, &renewed, Some(&l), at(18.0), Some(30 * S)), "today's rule: promote");
         let old = OldLeader::Current(later.clone());
-        assert_eq!(gate(&renewed, &renewed, Some(&l), &me(), &old, at(18.0), &policy()), Gate::Wait);
-        assert_eq!(gate(&later, &renewed, Some(&l), &me(), &old, at(18.0), &policy()), Gate::Promote);
+        assert_eq!(verdict(&renewed, &renewed, &l, &old, at(18.0), &policy()), Gate::Wait);
+        assert_eq!(verdict(&later, &renewed, &l, &old, at(18.0), &policy()), Gate::Promote);
         // Still behind when the grace runs out (30 s after the expiry): promote, recorded.
-        assert_eq!(gate(&renewed, &renewed, Some(&l), &me(), &old, at(47.9), &policy()), Gate::Wait);
-        let Gate::PromoteUncovered(u) = gate(&renewed, &renewed, Some(&l), &me(), &old, at(48.0), &policy()) else {
+        assert_eq!(verdict(&renewed, &renewed, &l, &old, at(47.9), &policy()), Gate::Wait);
+        let Gate::PromoteUncovered(u) = verdict(&renewed, &renewed, &l, &old, at(48.0), &policy()) else {
             panic!("the grace ran out")
         };
         assert_eq!(u.reason, UncoveredReason::Behind);
         assert_eq!(u.seconds, 4.0);
         // Grace off: never.
         let off = Policy { grace: None, ..policy() };
-        assert_eq!(gate(&renewed, &renewed, Some(&l), &me(), &old, at(1000.0), &off), Gate::Wait);
+        assert_eq!(verdict(&renewed, &renewed, &l, &old, at(1000.0), &off), Gate::Wait);
     }
 
     #[test]
@@ -204,9 +249,8 @@ mod tests {
         let renewed = vec![csn("20261125100000", 1)];
         let l = lease(Some("a"));
         let p = policy();
-        assert_eq!(gate(&renewed, &renewed, Some(&l), &me(), &OldLeader::NoAnswer, at(20.9), &p), Gate::Wait);
-        let Gate::PromoteUncovered(u) = gate(&renewed, &renewed, Some(&l), &me(), &OldLeader::NoAnswer, at(21.0), &p)
-        else {
+        assert_eq!(verdict(&renewed, &renewed, &l, &OldLeader::NoAnswer, at(20.9), &p), Gate::Wait);
+        let Gate::PromoteUncovered(u) = verdict(&renewed, &renewed, &l, &OldLeader::NoAnswer, at(21.0), &p) else {
             panic!("the verify bound passed")
         };
         assert_eq!(u.reason, UncoveredReason::Unreachable);
@@ -214,9 +258,8 @@ mod tests {
         assert!((u.seconds - (5.05 + 1.0)).abs() < 1e-9, "{u:?}");
         // Behind the published contextCSN as well: the grace rule as before, and the lag counts.
         let behind = vec![csn("20261125095958", 1)];
-        assert_eq!(gate(&behind, &renewed, Some(&l), &me(), &OldLeader::NoAnswer, at(47.9), &p), Gate::Wait);
-        let Gate::PromoteUncovered(u) = gate(&behind, &renewed, Some(&l), &me(), &OldLeader::NoAnswer, at(48.0), &p)
-        else {
+        assert_eq!(verdict(&behind, &renewed, &l, &OldLeader::NoAnswer, at(47.9), &p), Gate::Wait);
+        let Gate::PromoteUncovered(u) = verdict(&behind, &renewed, &l, &OldLeader::NoAnswer, at(48.0), &p) else {
             panic!("the grace ran out")
         };
         assert!((u.seconds - (2.0 + 5.05 + 1.0)).abs() < 1e-9, "{u:?}");
@@ -226,13 +269,10 @@ mod tests {
     fn without_peer_urls_the_published_csn_decides_as_before_and_the_window_is_recorded() {
         let renewed = vec![csn("20261125100000", 1)];
         let l = lease(Some("a"));
-        let g = gate(&renewed, &renewed, Some(&l), &me(), &OldLeader::NotConfigured, at(18.0), &policy());
+        let g = verdict(&renewed, &renewed, &l, &OldLeader::NotConfigured, at(18.0), &policy());
         assert!(matches!(g, Gate::PromoteUncovered(Uncovered { reason: UncoveredReason::NotConfigured, .. })), "{g:?}");
         let behind = vec![csn("20261125095958", 1)];
-        assert_eq!(
-            gate(&behind, &renewed, Some(&l), &me(), &OldLeader::NotConfigured, at(18.0), &policy()),
-            Gate::Wait
-        );
+        assert_eq!(verdict(&behind, &renewed, &l, &OldLeader::NotConfigured, at(18.0), &policy()), Gate::Wait);
     }
 
     #[test]
@@ -241,11 +281,53 @@ mod tests {
         let p = policy();
         for (l, now) in [(lease(None), 10.0), (lease(Some("b")), 10.0), (lease(Some("a")), 12.0)] {
             assert_eq!(expired_holder(Some(&l), &me(), at(now)), None, "{l:?}");
-            assert_eq!(gate(&renewed, &renewed, Some(&l), &me(), &OldLeader::NoAnswer, at(now), &p), Gate::Promote);
+            assert_eq!(verdict(&renewed, &renewed, &l, &OldLeader::NoAnswer, at(now), &p), Gate::Promote);
         }
         // A replacement pod under this pod's name: the old one's Lease expired, it is checked.
         let mut replaced = lease(Some("b"));
         replaced.holder_uid = Some("uid-b-old".into());
         assert_eq!(expired_holder(Some(&replaced), &me(), at(18.0)), Some("b"));
+    }
+    /// A Lease recreated unseen after terms were used: the leader that acknowledged the last
+    /// writes is unknown, and the Lease publishes nothing. Found by the simulation: a
+    /// restarted elector promoted against the empty Lease and lost what the old leader
+    /// acknowledged. Now every peer is asked, or the promotion is recorded.
+    #[test]
+    fn a_free_lease_behind_a_known_term_verifies_every_peer() {
+        let mine = vec![csn("20261125100000", 1)];
+        let later = vec![csn("20261125100004", 2)];
+        let new = Observed { holder: None, holder_uid: None, transitions: 0, ..lease(None) };
+        let p = policy();
+        // At a first start (no term known) there is nothing to verify.
+        assert_eq!(previous(Some(&new), &me(), 0, at(18.0)), None);
+        assert_eq!(gate(&mine, &[], Some(&new), None, &OldLeader::NotConfigured, at(18.0), &p), Gate::Promote);
+        // Terms were used before: every peer's slapd decides.
+        let unknown = previous(Some(&new), &me(), 3, at(18.0));
+        assert_eq!(unknown, Some(Previous::Unknown));
+        assert_eq!(unknown.map(|u| u.name().to_string()), Some(UNKNOWN_PREVIOUS.to_string()));
+        let peers = OldLeader::Current(later.clone());
+        assert_eq!(gate(&mine, &[], Some(&new), unknown, &peers, at(18.0), &p), Gate::Wait);
+        assert_eq!(gate(&later, &[], Some(&new), unknown, &peers, at(18.0), &p), Gate::Promote);
+        // No peer URLs, or a peer that does not answer: promoted, recorded, the window unbounded.
+        for (old, reason, now) in [
+            (OldLeader::NotConfigured, UncoveredReason::NotConfigured, 18.0),
+            (OldLeader::NoAnswer, UncoveredReason::Unreachable, 13.0),
+        ] {
+            let Gate::PromoteUncovered(u) = gate(&mine, &[], Some(&new), unknown, &old, at(now), &p) else {
+                panic!("{old:?}: promoted, recorded")
+            };
+            assert_eq!((u.reason, u.seconds), (reason, f64::INFINITY));
+        }
+        assert_eq!(gate(&mine, &[], Some(&new), unknown, &OldLeader::NoAnswer, at(12.9), &p), Gate::Wait);
+        // Released in a term this elector knows of (the fence confirmed): nothing to verify.
+        assert_eq!(previous(Some(&lease(None)), &me(), 3, at(18.0)), None);
+        // Released below a known term (taken on a recreated Lease, then given up for a pod's
+        // newer term): whoever held that term is unknown.
+        assert_eq!(previous(Some(&lease(None)), &me(), 4, at(18.0)), Some(Previous::Unknown));
+        // Held: the holder's business; once expired, behind a known term: unknown too (the
+        // holder shown may be inherited from before a recreation, not the last one).
+        assert_eq!(previous(Some(&lease(Some("a"))), &me(), 4, at(12.0)), None);
+        assert_eq!(previous(Some(&lease(Some("a"))), &me(), 4, at(18.0)), Some(Previous::Unknown));
+        assert_eq!(previous(Some(&lease(Some("a"))), &me(), 3, at(18.0)), Some(Previous::Expired("a")));
     }
 }

@@ -205,14 +205,21 @@ impl PodLabeler {
         self.set_role(&pod, role, term).await
     }
 
-    /// Marks this pod standby (best effort; keeps the term it has if it is newer).
-    pub async fn label_self_standby(&self, term: i32) -> Result<(), LabelError> {
+    /// The term this pod carries (0 when none).
+    pub async fn own_term(&self) -> Result<i32, LabelError> {
         let pod = self.get(&self.identity).await?.ok_or_else(|| LabelError::Fenced(self.identity.clone()))?;
-        if role_of(&pod) == Some(ROLE_STANDBY) {
-            return Ok(());
+        Ok(term_of(&pod).unwrap_or(0))
+    }
+
+    /// Marks this pod standby (best effort; keeps the term it has if it is newer). Returns the
+    /// term it carried: a term that was used, whatever the Lease says now.
+    pub async fn label_self_standby(&self, term: i32) -> Result<i32, LabelError> {
+        let pod = self.get(&self.identity).await?.ok_or_else(|| LabelError::Fenced(self.identity.clone()))?;
+        let carried = term_of(&pod).unwrap_or(0);
+        if role_of(&pod) != Some(ROLE_STANDBY) {
+            self.set_role(&pod, ROLE_STANDBY, term.max(carried)).await?;
         }
-        let term = term.max(term_of(&pod).unwrap_or(0));
-        self.set_role(&pod, ROLE_STANDBY, term).await
+        Ok(carried)
     }
 }
 

@@ -94,6 +94,8 @@ pub struct Elector {
     /// publishes nothing, yet the old leader acknowledged writes up to it, so a follower
     /// still catches up with it before it promotes (issue 15, simulation seed 2569529416047876973).
     csn_floor: Vec<String>,
+    /// The uid of the Lease never held for which this pod's term was read into `term_floor`.
+    term_read_for: Option<String>,
     /// Leader label and hook done for the current term.
     in_office: bool,
     /// Taking office, while not yet in office (see `office.rs`).
@@ -140,6 +142,7 @@ impl Elector {
             observed: None,
             leading: None,
             term_floor: 0,
+            term_read_for: None,
             csn_floor: Vec::new(),
             in_office: false,
             office: None,
@@ -204,8 +207,14 @@ impl Elector {
         if !self.fence.set(WantedFence::Standby, FENCE_BUDGET).await {
             tracing::warn!(pod = %self.cfg.identity, "slapd not fenced yet at start (the fence keeps retrying)");
         }
-        if let Err(e) = self.labels.label_self_standby(0).await {
-            tracing::warn!(error = %e, "could not label this pod standby at start (will be corrected on the next term)");
+        // The term this pod carries is the floor of this elector's terms: it outlives the
+        // process, the Lease may not (a restarted elector that finds a recreated Lease must
+        // still know that terms, and writes, came before it; `catch_up::previous`).
+        match self.labels.label_self_standby(0).await {
+            Ok(carried) => self.term_floor = carried,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not label this pod standby at start (will be corrected on the next term)")
+            }
         }
         self.reread().await;
         tracing::info!(
@@ -380,6 +389,21 @@ impl Elector {
 
     async fn acquire(&mut self) {
         let Some(base) = self.current.clone() else { return self.reread().await };
+        // A Lease never held is new, or was recreated unseen by this elector: before taking
+        // it, learn from this pod's term annotation whether terms, and writes, came before it
+        // (then `catch_up::previous` asks every peer first). Decided again with what it says.
+        let never_held = base.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0) == 0;
+        if never_held && self.term_read_for != base.metadata.uid {
+            match self.labels.own_term().await {
+                Ok(carried) => {
+                    self.term_floor = self.term_floor.max(carried);
+                    self.term_read_for.clone_from(&base.metadata.uid);
+                    self.succeeded();
+                }
+                Err(e) => self.failed("reading this pod's term before taking a Lease never held", &e),
+            }
+            return;
+        }
         let sent = Moment::now();
         let mut next = lease::with_context_csn(
             lease::acquired(

@@ -91,6 +91,8 @@ pub(crate) struct Candidate {
     pub(crate) leading: Option<Leading>,
     /// The newest term known to be used (the runtime's `term_floor`): acquisitions go above it.
     pub(crate) term_floor: i32,
+    /// The uid of the Lease never held for which the pod's term was read (`term_read_for`).
+    pub(crate) term_read_for: Option<String>,
     /// The contextCSN a Lease seen before its recreation published (the runtime's `csn_floor`).
     pub(crate) csn_floor: Vec<String>,
     /// Taking office found a pod with this newer term: release at the next step.
@@ -155,6 +157,7 @@ impl Candidate {
             known: None,
             leading: None,
             term_floor: 0,
+            term_read_for: None,
             csn_floor: Vec::new(),
             newer_term: None,
             busy: Busy::Idle,

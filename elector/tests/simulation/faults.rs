@@ -4,6 +4,12 @@ use super::*;
 
 impl Sim {
     pub(crate) fn start(&mut self, c: usize) {
+        // The runtime reads its own pod at start (`label_self_standby`): the term it carries
+        // is the floor of its terms (instantaneous here; nothing when the API is out of reach).
+        if self.cands[c].partitioned == 0 {
+            let carried = ldap_elector::election::labels::term_of(&self.server.pods[c]).unwrap_or(0);
+            self.cands[c].term_floor = self.cands[c].term_floor.max(carried);
+        }
         let fenced = self.start_fence(c);
         self.to(c, fenced, Msg::Reconnect);
         self.after_local(c, TICK, Msg::Tick);
@@ -147,6 +153,7 @@ impl Sim {
         cand.known = None;
         cand.leading = None;
         cand.term_floor = 0; // process memory
+        cand.term_read_for = None;
         cand.csn_floor.clear();
         cand.newer_term = None;
         cand.busy = Busy::Idle;

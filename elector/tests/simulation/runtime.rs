@@ -159,6 +159,9 @@ impl Sim {
                     self.failure = Some(format!("{id}: decide returned {action:?} before the Lease was read"));
                     return;
                 };
+                if action == Action::Acquire && o.transitions == 0 && !self.own_term_read(c) {
+                    return self.read_own_term(c);
+                }
                 let (what, transitions, timeout) = if action == Action::Acquire {
                     (Call::Acquire, o.transitions.max(self.cands[c].term_floor) + 1, CALL_TIMEOUT)
                 } else {
@@ -295,6 +298,26 @@ impl Sim {
                 self.step(c);
             }
         }
+    }
+
+    /// Whether the pod's term was read for the Lease never held that `c` observes.
+    fn own_term_read(&self, c: usize) -> bool {
+        let cand = &self.cands[c];
+        cand.term_read_for == cand.known.as_ref().and_then(|l| l.metadata.uid.clone())
+    }
+
+    /// Before taking a Lease never held, the runtime reads the term its pod carries into its
+    /// floor (`acquire`), then decides again (instantaneous here). Out of reach of the API
+    /// server the read fails: no acquisition, decided again at the next tick.
+    fn read_own_term(&mut self, c: usize) {
+        if self.cands[c].partitioned > 0 {
+            return;
+        }
+        let carried = ldap_elector::election::labels::term_of(&self.server.pods[c]).unwrap_or(0);
+        let cand = &mut self.cands[c];
+        cand.term_floor = cand.term_floor.max(carried);
+        cand.term_read_for = cand.known.as_ref().and_then(|l| l.metadata.uid.clone());
+        self.step(c);
     }
 
     /// Stop leading: the fence keeper's wish is standby, a label step in flight is dropped

@@ -62,9 +62,11 @@ impl Sim {
     /// slapd applied a fence late; the elector learns of it (the keeper's read-back).
     pub(crate) fn slapd_fenced(&mut self, c: usize) {
         let cand = &mut self.cands[c];
-        if cand.leading.is_some() || matches!(cand.busy, Busy::Call { what: Call::Acquire, .. }) {
+        if cand.leading.is_some() && cand.in_office {
             return; // a newer term's unfence was queued behind it
         }
+        // Otherwise nothing lifts it (an acquisition in flight changes no fence: the keeper
+        // still wants standby until the new term takes office).
         cand.writable = false;
         cand.orphan_until = None;
         self.log(Some(c), "slapd applied the stalled fence");

@@ -11,7 +11,7 @@
 //! published contextCSN (old). Checked when a slapd becomes writable: it holds every write
 //! any other reachable slapd acknowledged (`properties.rs`).
 
-use ldap_elector::election::catch_up::{self, Gate, OldLeader, Policy};
+use ldap_elector::election::catch_up::{self, Gate, OldLeader, Policy, Previous};
 use ldap_elector::election::decide::may_promote;
 use ldap_elector::election::lease::published_csn;
 
@@ -102,17 +102,25 @@ impl Sim {
             CatchUp::Published => (may_promote(&cand.my_csn, &published, obs, now, None), false),
             CatchUp::OldLeadersCurrent => {
                 let me = Me { identity: &cand.id, uid: Some(&cand.id), eligible: true, stopping: false, leading: None };
-                let expired = catch_up::expired_holder(obs, &me, now).and_then(|h| self.index_of(h));
-                let old = match expired {
-                    _ if !self.sc.audit_peers => OldLeader::NotConfigured,
-                    // Read over LDAP: answers while both pods are reachable and it runs.
-                    Some(h) if self.cands[h].partitioned == 0 && cand.partitioned == 0 && !self.cands[h].slapd_down => {
-                        OldLeader::Current(self.slapd_csn(h))
-                    }
-                    _ => OldLeader::NoAnswer,
+                let previous = catch_up::previous(obs, &me, cand.term_floor, now);
+                // The servers read: the expired holder's, or every other one when unknown.
+                let servers: Vec<usize> = match previous {
+                    Some(Previous::Expired(h)) => self.index_of(h).into_iter().collect(),
+                    Some(Previous::Unknown) => (0..self.cands.len()).filter(|&o| o != c).collect(),
+                    None => Vec::new(),
+                };
+                // Read over LDAP: a server answers while both pods are reachable and it runs.
+                let answers =
+                    |o: usize| self.cands[o].partitioned == 0 && cand.partitioned == 0 && !self.cands[o].slapd_down;
+                let old = if !self.sc.audit_peers {
+                    OldLeader::NotConfigured
+                } else if !servers.is_empty() && servers.iter().all(|&o| answers(o)) {
+                    OldLeader::Current(servers.iter().flat_map(|&o| self.slapd_csn(o)).collect())
+                } else {
+                    OldLeader::NoAnswer
                 };
                 let policy = Policy { grace: None, verify: CATCH_UP_VERIFY, timing: self.sc.timing };
-                let gate = catch_up::gate(&cand.my_csn, &published, obs, &me, &old, now, &policy);
+                let gate = catch_up::gate(&cand.my_csn, &published, obs, previous, &old, now, &policy);
                 (gate.may_promote(), matches!(gate, Gate::PromoteUncovered(_)))
             }
         }

@@ -1,10 +1,11 @@
 //! The runtime side of catch-up gating after an expiry (issue 15, item 4; the decision is
 //! the pure `catch_up::gate`): while a follower could take over from a holder whose Lease
 //! expired, a task reads that holder's slapd's current contextCSN over the `--audit-peers`
-//! URL and bind, every `READ_EVERY`, until the Lease changes. A child module of `run`.
+//! URL and bind, every `READ_EVERY`, until the Lease changes. When the previous leader is
+//! unknown (a recreated Lease), it reads every other member's slapd. A child module of `run`.
 
 use super::*;
-use crate::election::catch_up::{self, Gate, OldLeader, Policy, Uncovered};
+use crate::election::catch_up::{self, Gate, OldLeader, Policy, Previous, Uncovered};
 use crate::slapd::ldap::Probe as _;
 
 /// How often the old leader's slapd is asked, and the timeout of one read.
@@ -25,35 +26,59 @@ impl Elector {
     pub(super) fn catch_up_gate(&mut self, now: Moment, published: &[String]) -> Gate {
         let (identity, uid) = (self.cfg.identity.clone(), self.cfg.pod_uid.clone());
         let me = Me { identity: &identity, uid: uid.as_deref(), eligible: true, stopping: false, leading: None };
-        let expired = catch_up::expired_holder(self.observed.as_ref(), &me, now).map(String::from);
-        let old = self.old_leader_state(expired.as_deref());
+        let observed = self.observed.clone(); // `previous` borrows from it while the reader changes
+        let previous = catch_up::previous(observed.as_ref(), &me, self.term_floor, now);
+        let old = self.old_leader_state(previous);
         let policy =
             Policy { grace: self.cfg.catch_up_grace, verify: self.cfg.catch_up_verify, timing: self.cfg.timing };
-        let gate = catch_up::gate(&self.my_csn, published, self.observed.as_ref(), &me, &old, now, &policy);
+        let gate = catch_up::gate(&self.my_csn, published, observed.as_ref(), previous, &old, now, &policy);
         self.uncovered = match gate {
-            Gate::PromoteUncovered(u) => expired.map(|previous| (previous, u)),
+            Gate::PromoteUncovered(u) => previous.map(|p| (p.name().to_string(), u)),
             _ => None,
         };
         gate
     }
 
-    /// What is known of `holder`'s slapd (starting or replacing the reader as needed).
-    fn old_leader_state(&mut self, holder: Option<&str>) -> OldLeader {
-        let Some(holder) = holder else {
+    /// The slapd servers that may hold the previous leader's writes: its own, or every other
+    /// member's when it is unknown.
+    fn previous_servers(&self, previous: Previous<'_>) -> Vec<String> {
+        match previous {
+            Previous::Expired(holder) => vec![holder.to_string()],
+            Previous::Unknown => {
+                let own = ldap_elector_contract::split_pod_name(&self.cfg.identity).map(|(_, o)| o);
+                let (members, _) = crate::election::labels::member_count(0, own);
+                (0..members)
+                    .map(|i| ldap_elector_contract::pod_name(&self.cfg.statefulset, i))
+                    .filter(|name| *name != self.cfg.identity)
+                    .collect()
+            }
+        }
+    }
+
+    /// What is known of the previous leader's slapd (starting or replacing the reader as
+    /// needed); for an unknown one, of every other member's.
+    fn old_leader_state(&mut self, previous: Option<Previous<'_>>) -> OldLeader {
+        let Some(previous) = previous else {
             self.old_leader = None;
             return OldLeader::NoAnswer;
         };
+        let holder = previous.name().to_string();
         let term = self.observed.as_ref().map_or(0, |o| o.transitions);
         if let Some(r) = self.old_leader.as_ref().filter(|r| r.holder == holder && r.term == term) {
             return r.state.borrow().clone();
         }
         self.old_leader = None;
         let Some(settings) = &self.cfg.audit else { return OldLeader::NotConfigured };
-        let check = settings.peers.url(holder).ok_or_else(|| format!("no peer URL names {holder}")).and_then(|url| {
-            crate::divergence::auditor::peer_check(&url, &settings.local.base, &settings.creds, &settings.tls)
-        });
-        let check = match check {
-            Ok(check) => check,
+        let checks: Result<Vec<_>, String> = self
+            .previous_servers(previous)
+            .iter()
+            .map(|pod| {
+                let url = settings.peers.url(pod).ok_or_else(|| format!("no peer URL names {pod}"))?;
+                crate::divergence::auditor::peer_check(&url, &settings.local.base, &settings.creds, &settings.tls)
+            })
+            .collect();
+        let checks = match checks {
+            Ok(checks) => checks,
             Err(e) => {
                 tracing::warn!(pod = %self.cfg.identity, holder, error = %e, "cannot reach the old leader's slapd: catch-up judged against its published contextCSN");
                 return OldLeader::NotConfigured;
@@ -62,18 +87,21 @@ impl Elector {
         let (tx, state) = watch::channel(OldLeader::NoAnswer);
         let stop = CancellationToken::new();
         let cancel = stop.clone();
-        let who = holder.to_string();
+        let who = holder.clone();
         tokio::spawn(async move {
+            // Each server's last answer; once it answered, its contextCSN stays the target
+            // (it only grows). Known when every one answered.
+            let mut answers: Vec<Option<Vec<String>>> = vec![None; checks.len()];
             loop {
-                match check.probe(READ_TIMEOUT).await {
-                    Ok(status) => {
-                        tx.send_if_modified(|s| {
-                            let next = OldLeader::Current(status.context_csn);
-                            std::mem::replace(s, next.clone()) != next
-                        });
+                for (check, answer) in checks.iter().zip(answers.iter_mut()) {
+                    match check.probe(READ_TIMEOUT).await {
+                        Ok(status) => *answer = Some(status.context_csn),
+                        Err(e) => tracing::debug!(holder = %who, error = %e, "the old leader's slapd does not answer"),
                     }
-                    // Once it answered, its contextCSN stays the target (it only grows).
-                    Err(e) => tracing::debug!(holder = %who, error = %e, "the old leader's slapd does not answer"),
+                }
+                if answers.iter().all(Option::is_some) {
+                    let next = OldLeader::Current(answers.iter().flatten().flatten().cloned().collect());
+                    tx.send_if_modified(|s| std::mem::replace(s, next.clone()) != next);
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -81,8 +109,8 @@ impl Elector {
                 }
             }
         });
-        tracing::info!(pod = %self.cfg.identity, holder, term, "the Lease expired: reading the old leader's current contextCSN");
-        self.old_leader = Some(OldLeaderReader { holder: holder.to_string(), term, state, _stop: stop.drop_guard() });
+        tracing::info!(pod = %self.cfg.identity, holder, term, "the Lease is free without a release: reading the previous leader's current contextCSN");
+        self.old_leader = Some(OldLeaderReader { holder, term, state, _stop: stop.drop_guard() });
         OldLeader::NoAnswer
     }
 
