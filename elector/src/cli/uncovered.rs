@@ -60,6 +60,12 @@ pub fn uncovered_warning(w: &UncoveredWindow, term: Option<i32>, holder: Option<
         (true, None) => format!("term {} was taken over", w.term),
         (false, _) => format!("term {} (not the current one) was taken over", w.term),
     };
+    if w.previous == crate::election::catch_up::UNKNOWN_PREVIOUS {
+        return format!(
+            "{who} on a Lease recreated after earlier terms without verifying every other member's current contextCSN ({}): acknowledged writes of the earlier leader may be missing until its server returns; compare with `ldap-elector audit` (docs/operations.md)",
+            w.reason
+        );
+    }
     format!(
         "{who} after {}'s Lease expired without verifying its current contextCSN ({}): {amount} may be missing until {} returns; compare with `ldap-elector audit` (docs/operations.md)",
         w.previous, w.reason, w.previous
@@ -126,5 +132,10 @@ mod tests {
         assert!(older.starts_with("term 7 (not the current one) was taken over"), "{older}");
         let released = uncovered_warning(&window(Some(1.0)), Some(7), None);
         assert!(released.starts_with("term 7 was taken over after ldap-0's Lease expired"), "{released}");
+        let recreated =
+            UncoveredWindow { previous: crate::election::catch_up::UNKNOWN_PREVIOUS.into(), ..window(None) };
+        let recreated = uncovered_warning(&recreated, Some(7), Some("ldap-1"));
+        assert!(recreated.contains("on a Lease recreated after earlier terms"), "{recreated}");
+        assert!(recreated.contains("(unreachable)") && !recreated.contains("unknown's"), "{recreated}");
     }
 }

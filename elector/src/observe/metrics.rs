@@ -388,14 +388,18 @@ impl Telemetry {
             UncoveredReason::Unreachable => "its slapd did not answer within --catch-up-verify",
             UncoveredReason::Behind => "this slapd was still behind it when --catch-up-grace ran out",
         };
+        let (after, amount) = if previous == crate::election::catch_up::UNKNOWN_PREVIOUS {
+            ("on a Lease recreated after earlier terms (the last leader is unknown)".to_string(), "its".to_string())
+        } else {
+            (format!("after {previous}'s Lease expired"), format!("up to {:.1} s of its", u.seconds))
+        };
         self.emit(
             Severity::Warning,
             event_reason::PROMOTED_UNCOVERED,
             "Acquire",
             format!(
-                "took over term {term} after {previous}'s Lease expired without holding its current contextCSN: {why}; \
-                 up to {:.1} s of its acknowledged writes may be missing until it returns (docs/operations.md)",
-                u.seconds
+                "took over term {term} {after} without holding its current contextCSN: {why}; \
+                 {amount} acknowledged writes may be missing until it returns (docs/operations.md)"
             ),
         );
     }
