@@ -114,16 +114,20 @@ async fn set_provider(node: &SlapdNode, port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The holder of the Lease and its annotation `ldap-elector.dev/uncovered-window`.
+/// The holder of the Lease and its annotation `ldap-elector.dev/uncovered-window` (none while
+/// the Lease does not exist).
 async fn holder(leases: &Api<Lease>, name: &str) -> anyhow::Result<(Option<String>, Option<String>)> {
-    let lease = leases.get(name).await?;
+    let Some(lease) = leases.get_opt(name).await? else { return Ok((None, None)) };
     let uncovered =
         lease.metadata.annotations.as_ref().and_then(|a| a.get(contract::LEASE_ANNOTATION_UNCOVERED)).cloned();
     Ok((lease.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty()), uncovered))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_an_expiry_the_standby_waits_for_the_old_leaders_current_csn() -> anyhow::Result<()> {
+/// A slapd pair whose electors ask each other's slapd before a take-over (`--audit-peers`), with
+/// a grace long enough that only catching up can promote within a test; one leader, both
+/// servers converged, then replication into the standby cut. Returns the pair and slapd, the
+/// leader and the standby.
+async fn audited_pair_with_the_standby_cut_off() -> anyhow::Result<(MirrorPair, Pair, String, String)> {
     let slapd = MirrorPair::start(SlapdOptions::default()).await?;
     let servers = (0..2u32)
         .map(|o| {
@@ -138,18 +142,12 @@ async fn after_an_expiry_the_standby_waits_for_the_old_leaders_current_csn() -> 
     let mut env = writer::elector_env(&slapd)?;
     env.push((contract::ENV_AUDIT_PEERS.into(), servers));
     env.push((contract::ENV_AUDIT_INTERVAL.into(), "off".into()));
-    // Long enough that only catching up (not the grace) can promote within this test.
     env.push((contract::ENV_CATCH_UP_GRACE.into(), "120s".into()));
     let pair = Pair::start_with(2, &[], PairOptions { runner_env: Some(env), ..Default::default() }).await?;
     let leader = pair.leader(ELECT).await?;
     let standby = pair.pod(1 - contract::split_pod_name(&leader).map_or(0, |(_, o)| o.min(1)));
-    let (old, new) = (writer::node_of(&slapd, &leader), writer::node_of(&slapd, &standby));
     slapd.wait_converged(Duration::from_secs(30)).await?;
-    let leases: Api<Lease> = Api::namespaced(pair.client.clone(), &pair.namespace);
-    let name = contract::lease_name(&pair.statefulset);
-
-    // Replication into the standby stops; the leader's elector freezes right after a renew,
-    // and its slapd acknowledges a write before the watchdog fences it at the renew deadline.
+    let new = writer::node_of(&slapd, &standby);
     set_provider(new, 1).await?;
     wait_for("the standby's consumer to disconnect", Duration::from_secs(30), || async {
         match new.consumer_connected().await {
@@ -158,6 +156,14 @@ async fn after_an_expiry_the_standby_waits_for_the_old_leaders_current_csn() -> 
         }
     })
     .await?;
+    Ok((slapd, pair, leader, standby))
+}
+
+/// Freezes (SIGSTOP) the `leader`'s elector right after it renewed (in office, the renew
+/// deadline ahead); returns when.
+async fn freeze_right_after_a_renew(pair: &Pair, leader: &str) -> anyhow::Result<Instant> {
+    let leases: Api<Lease> = Api::namespaced(pair.client.clone(), &pair.namespace);
+    let name = contract::lease_name(&pair.statefulset);
     let renewed = leases.get(&name).await?.spec.and_then(|s| s.renew_time);
     wait_for("a renew", Duration::from_secs(10), || async {
         let now = leases.get(&name).await.map_err(|e| e.to_string())?.spec.and_then(|s| s.renew_time);
@@ -168,34 +174,57 @@ async fn after_an_expiry_the_standby_waits_for_the_old_leaders_current_csn() -> 
         }
     })
     .await?;
-    anyhow::ensure!(pair.signal(&leader, Signal::Stop), "the leader's elector runs");
-    let frozen = Instant::now();
-    old.admin().await?.add_person("after-the-last-renew").await?.success()?;
-    println!("{leader}'s slapd acknowledged a write {:?} after its elector froze", frozen.elapsed());
+    anyhow::ensure!(pair.signal(leader, Signal::Stop), "the leader's elector runs");
+    Ok(Instant::now())
+}
 
-    // Replication returns well after the Lease expired (lease duration after the last renew).
-    let lease_duration = Timing::default().lease_duration;
-    let restore_at = frozen + lease_duration + Duration::from_secs(6);
+/// Waits until `standby` holds the Lease, restoring replication into it from `old` at
+/// `restore_at`; returns when it took over, the uids its slapd held then, and the Lease's
+/// uncovered-window annotation.
+async fn take_over_after(
+    slapd: &MirrorPair,
+    pair: &Pair,
+    standby: &str,
+    old: &SlapdNode,
+    restore_at: Instant,
+) -> anyhow::Result<(Instant, Option<Instant>, Vec<String>, Option<String>)> {
+    let new = writer::node_of(slapd, standby);
+    let leases: Api<Lease> = Api::namespaced(pair.client.clone(), &pair.namespace);
+    let name = contract::lease_name(&pair.statefulset);
     let mut restored = None;
-    let taken = loop {
+    loop {
         anyhow::ensure!(
-            frozen.elapsed() < Duration::from_secs(90),
+            Instant::now() < restore_at + Duration::from_secs(80),
             "{standby} never took over\n{}",
-            pair.log(&standby)
+            pair.log(standby)
         );
         if restored.is_none() && Instant::now() >= restore_at {
             set_provider(new, old.port()).await?;
             restored = Some(Instant::now());
-            println!("replication into {standby} restored {:?} after the freeze", frozen.elapsed());
+            println!("replication into {standby} restored");
         }
         let (holder, uncovered) = holder(&leases, &name).await?;
-        if holder.as_deref() == Some(standby.as_str()) {
+        if holder.as_deref() == Some(standby) {
             let uids = slapd.search_uids(new.id()).await?;
-            break (Instant::now(), uids, uncovered);
+            return Ok((Instant::now(), restored, uids, uncovered));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let (at, uids, uncovered) = taken;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_expiry_the_standby_waits_for_the_old_leaders_current_csn() -> anyhow::Result<()> {
+    let (slapd, pair, leader, standby) = audited_pair_with_the_standby_cut_off().await?;
+    let old = writer::node_of(&slapd, &leader);
+    // Replication into the standby is cut; the leader's elector freezes right after a renew,
+    // and its slapd acknowledges a write before the watchdog fences it at the renew deadline.
+    let frozen = freeze_right_after_a_renew(&pair, &leader).await?;
+    old.admin().await?.add_person("after-the-last-renew").await?.success()?;
+    println!("{leader}'s slapd acknowledged a write {:?} after its elector froze", frozen.elapsed());
+
+    // Replication returns well after the Lease expired (lease duration after the last renew).
+    let restore_at = frozen + Timing::default().lease_duration + Duration::from_secs(6);
+    let (at, restored, uids, uncovered) = take_over_after(&slapd, &pair, &standby, old, restore_at).await?;
     println!("{standby} took over {:?} after the freeze; uncovered: {uncovered:?}", at.duration_since(frozen));
     pair.signal(&leader, Signal::Cont);
     assert!(
@@ -205,5 +234,54 @@ async fn after_an_expiry_the_standby_waits_for_the_old_leaders_current_csn() -> 
     );
     assert!(restored.is_some_and(|r| at >= r), "taken before replication returned");
     assert_eq!(uncovered, None, "it verified the old leader's contextCSN: nothing is uncovered");
+    Ok(())
+}
+
+/// Found by the simulation: the Lease deleted while the leader's elector is frozen, and the
+/// standby's elector restarted, so no living elector saw the Lease held. Before, the standby
+/// took the recreated Lease after a lease duration, judged against nothing, without the write
+/// the leader acknowledged. Its pod's term annotation tells it terms came before: it asks every
+/// other member's slapd and takes over only once it holds what they hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_lease_recreated_unseen_the_standby_waits_for_every_peers_current_csn() -> anyhow::Result<()> {
+    let (slapd, pair, leader, standby) = audited_pair_with_the_standby_cut_off().await?;
+    let old = writer::node_of(&slapd, &leader);
+    let frozen = freeze_right_after_a_renew(&pair, &leader).await?;
+    old.admin().await?.add_person("before-the-recreation").await?.success()?;
+    // The standby's elector dies, the Lease is deleted and recreated empty (as the webhook's
+    // reconciler does), then the elector starts again: it never sees the Lease held.
+    anyhow::ensure!(pair.signal(&standby, Signal::Kill), "the standby's elector runs");
+    wait_for("the standby's elector to exit", Duration::from_secs(10), || async {
+        match pair.kubelet.pid(&pair.namespace, &standby, contract::SIDECAR_CONTAINER) {
+            None => Ok(()),
+            Some(pid) => Err(format!("pid {pid}")),
+        }
+    })
+    .await?;
+    let leases: Api<Lease> = Api::namespaced(pair.client.clone(), &pair.namespace);
+    let name = contract::lease_name(&pair.statefulset);
+    leases.delete(&name, &Default::default()).await?;
+    wait_for("the Lease to be gone", Duration::from_secs(10), || async {
+        match leases.get_opt(&name).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    let empty: Lease = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": {}}))?;
+    leases.create(&Default::default(), &empty).await?;
+    pair.kubelet.restart(&pair.namespace, &standby, contract::SIDECAR_CONTAINER).await?;
+    // A Lease never held is taken a lease duration after it was seen; replication returns later.
+    let restore_at = Instant::now() + Timing::default().lease_duration + Duration::from_secs(6);
+    let (at, restored, uids, uncovered) = take_over_after(&slapd, &pair, &standby, old, restore_at).await?;
+    println!("{standby} took over {:?} after the freeze; uncovered: {uncovered:?}", at.duration_since(frozen));
+    pair.signal(&leader, Signal::Cont);
+    assert!(
+        uids.iter().any(|u| u == "before-the-recreation"),
+        "{standby} took over without the write {leader} acknowledged before the Lease was recreated\n{}",
+        pair.log(&standby)
+    );
+    assert!(restored.is_some_and(|r| at >= r), "taken before replication returned");
+    assert_eq!(uncovered, None, "it verified every peer's contextCSN: nothing is uncovered");
     Ok(())
 }
