@@ -122,6 +122,7 @@ impl Previous<'_> {
 }
 
 /// The previous leader a follower must verify before it takes over, if any.
+///
 /// A free Lease behind a known term comes first: the holder it shows (inherited from a Lease
 /// seen before the recreation) may not be the last one.
 pub fn previous<'a>(lease: Option<&'a Observed>, me: &Me<'_>, term_floor: i32, now: Moment) -> Option<Previous<'a>> {
@@ -288,6 +289,7 @@ mod tests {
         replaced.holder_uid = Some("uid-b-old".into());
         assert_eq!(expired_holder(Some(&replaced), &me(), at(18.0)), Some("b"));
     }
+
     /// A Lease recreated unseen after terms were used: the leader that acknowledged the last
     /// writes is unknown, and the Lease publishes nothing. Found by the simulation: a
     /// restarted elector promoted against the empty Lease and lost what the old leader

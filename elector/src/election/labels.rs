@@ -195,7 +195,7 @@ impl PodLabeler {
 
     /// Step 2: label this pod `role` under `term`, fenced by what we read.
     pub async fn label_self(&self, role: &str, term: i32) -> Result<(), LabelError> {
-        let pod = self.get(&self.identity).await?.ok_or_else(|| LabelError::Fenced(self.identity.clone()))?;
+        let pod = self.own_pod().await?;
         if role_of(&pod) == Some(role) && term_of(&pod) == Some(term) {
             return Ok(());
         }
@@ -205,16 +205,19 @@ impl PodLabeler {
         self.set_role(&pod, role, term).await
     }
 
+    async fn own_pod(&self) -> Result<Pod, LabelError> {
+        self.get(&self.identity).await?.ok_or_else(|| LabelError::Fenced(self.identity.clone()))
+    }
+
     /// The term this pod carries (0 when none).
     pub async fn own_term(&self) -> Result<i32, LabelError> {
-        let pod = self.get(&self.identity).await?.ok_or_else(|| LabelError::Fenced(self.identity.clone()))?;
-        Ok(term_of(&pod).unwrap_or(0))
+        Ok(term_of(&self.own_pod().await?).unwrap_or(0))
     }
 
     /// Marks this pod standby (best effort; keeps the term it has if it is newer). Returns the
     /// term it carried: a term that was used, whatever the Lease says now.
     pub async fn label_self_standby(&self, term: i32) -> Result<i32, LabelError> {
-        let pod = self.get(&self.identity).await?.ok_or_else(|| LabelError::Fenced(self.identity.clone()))?;
+        let pod = self.own_pod().await?;
         let carried = term_of(&pod).unwrap_or(0);
         if role_of(&pod) != Some(ROLE_STANDBY) {
             self.set_role(&pod, ROLE_STANDBY, term.max(carried)).await?;
