@@ -324,8 +324,15 @@ async fn elect(config: Config) -> ExitCode {
     let guard_stop = tasks.child_token();
     if let Some(fence) = &config.fence_ldapi {
         let (url, stop, ops) = (fence.ldapi_url.clone(), guard_stop.clone(), ops.clone());
+        let target = match &config.health_check {
+            crate::slapd::health::HealthCheck::Ldap(check) => Some(crate::slapd::config_guard::FenceTarget {
+                database_dn: fence.database_dn.clone(),
+                suffix: check.base.clone(),
+            }),
+            _ => None,
+        };
         tokio::spawn(async move {
-            if let Some(n) = crate::slapd::config_guard::log_findings(url, stop).await {
+            if let Some(n) = crate::slapd::config_guard::log_findings(url, target, stop).await {
                 ops.config_checked(n);
             }
         });

@@ -163,6 +163,55 @@ pub fn evaluate(dbs: &[DatabaseConfig]) -> Vec<Finding> {
     findings
 }
 
+/// What the fence toggles and what clients write to: the database entry the elector fences
+/// (`--fence-database`) and the suffix of its health check (the data the clients write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceTarget {
+    pub database_dn: String,
+    pub suffix: String,
+}
+
+/// Issue 16: a fence on another database than the one holding the data leaves the data
+/// writable on every server (two writers), silently: slapd confirms `olcReadOnly` on the
+/// database it was given. Nubus' data database is not `{1}mdb` (`cn=internal` is). A database
+/// whose suffix is not readable is not judged (`config-unreadable` covers that).
+pub fn fence_target_finding(dbs: &[DatabaseConfig], target: &FenceTarget) -> Option<Finding> {
+    let same_dn = |a: &str, b: &str| {
+        let norm = |d: &str| d.split(',').map(str::trim).collect::<Vec<_>>().join(",").to_ascii_lowercase();
+        norm(a) == norm(b)
+    };
+    let holding = dbs.iter().find(|d| d.suffix.as_deref().is_some_and(|s| same_dn(s, &target.suffix)));
+    let fenced = dbs.iter().find(|d| same_dn(&d.dn, &target.database_dn));
+    let fix =
+        holding.map_or(String::new(), |d| format!("; set the annotation ldap-elector.dev/fence-database={}", d.dn));
+    let message = match fenced {
+        None => format!(
+            "the fence toggles olcReadOnly on {}, which is not a database of this slapd: no server can be fenced, \
+             the data of {} stays writable{fix} (docs/reference.md)",
+            target.database_dn, target.suffix
+        ),
+        Some(db) if is_special(&db.dn) => format!(
+            "the fence toggles olcReadOnly on {}, which holds no client data: the data of {} stays writable on \
+             every server{fix} (docs/reference.md)",
+            db.dn, target.suffix
+        ),
+        Some(db) => match db.suffix.as_deref() {
+            Some(s) if !same_dn(s, &target.suffix) => format!(
+                "the fence toggles olcReadOnly on {} ({s}), but clients write to {}: a fenced standby still takes \
+                 writes there, two servers accept them{fix} (docs/reference.md)",
+                db.dn, target.suffix
+            ),
+            _ => return None,
+        },
+    };
+    Some(Finding {
+        severity: Severity::Danger,
+        code: "fence-not-on-the-data-database",
+        entry: target.database_dn.clone(),
+        message,
+    })
+}
+
 /// The syncrepl `timeout=` the fence budget relies on: a cn=config change (the fence) waits
 /// for a consumer that has just reconnected for up to that many seconds, so anything but
 /// `1` (larger, `0`, missing: no bound) lets a fence outlast its 1 s budget, and a deposed
@@ -328,13 +377,25 @@ pub async fn check(ldapi_url: &str, timeout: Duration) -> Result<Vec<Finding>, S
     read(ldapi_url, timeout).await.map(|dbs| evaluate(&dbs))
 }
 
+/// [`check`], and whether the fence hits the data (`target`, when the suffix is known).
+async fn check_with(ldapi_url: &str, target: Option<&FenceTarget>, timeout: Duration) -> Result<Vec<Finding>, String> {
+    let dbs = read(ldapi_url, timeout).await?;
+    let mut findings: Vec<Finding> = target.and_then(|t| fence_target_finding(&dbs, t)).into_iter().collect();
+    findings.extend(evaluate(&dbs));
+    Ok(findings)
+}
+
 /// For the elector's start-up: reads cn=config once slapd answers (it may start after the
 /// sidecar; bounded retries with back-off) and logs every finding, dangers as errors.
 /// Returns how many findings were warnings or dangers (`None`: cn=config was not read).
-pub async fn log_findings(ldapi_url: String, cancel: tokio_util::sync::CancellationToken) -> Option<usize> {
+pub async fn log_findings(
+    ldapi_url: String,
+    target: Option<FenceTarget>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> Option<usize> {
     let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     for attempt in 0..20 {
-        match check(&ldapi_url, Duration::from_secs(5)).await {
+        match check_with(&ldapi_url, target.as_ref(), Duration::from_secs(5)).await {
             Ok(findings) => {
                 for f in &findings {
                     match f.severity {
@@ -507,5 +568,30 @@ mod tests {
         assert!(read("ldap://127.0.0.1:389", Duration::from_secs(1)).await.unwrap_err().contains("ldapi"));
         let err = read("ldapi://%2Fnonexistent%2Fsock", Duration::from_secs(2)).await.unwrap_err();
         assert!(err.contains("connect"), "{err}");
+    }
+
+    /// Issue 16: Nubus' data database is `{2}mdb`; `{1}mdb` is cn=internal. The default fence
+    /// would confirm olcReadOnly on cn=internal and leave the data writable everywhere.
+    #[test]
+    fn a_fence_on_another_database_than_the_data_is_a_danger() {
+        let dbs = from_entries(vec![
+            entry("olcDatabase={1}mdb,cn=config", &[("olcDatabase", "{1}mdb"), ("olcSuffix", "cn=internal")]),
+            entry("olcDatabase={2}mdb,cn=config", &[("olcDatabase", "{2}mdb"), ("olcSuffix", "dc=example,dc=org")]),
+            entry("olcDatabase={3}mdb,cn=config", &[("olcDatabase", "{3}mdb"), ("olcSuffix", "cn=translog")]),
+        ]);
+        let target = |db: &str| FenceTarget { database_dn: db.into(), suffix: "dc=example, dc=org".into() };
+        let wrong = fence_target_finding(&dbs, &target("olcDatabase={1}mdb,cn=config")).expect("a finding");
+        assert_eq!((wrong.severity, wrong.code), (Severity::Danger, "fence-not-on-the-data-database"));
+        assert!(wrong.message.contains("(cn=internal)"), "{wrong}");
+        assert!(wrong.message.contains("fence-database=olcDatabase={2}mdb,cn=config"), "{wrong}");
+        let special = [entry("olcDatabase={0}config,cn=config", &[("olcDatabase", "{0}config")])];
+        let config = fence_target_finding(&from_entries(special.to_vec()), &target("olcDatabase={0}config,cn=config"));
+        assert!(config.expect("a finding").message.contains("holds no client data"));
+        let missing = fence_target_finding(&dbs, &target("olcDatabase={9}mdb,cn=config")).expect("a finding");
+        assert!(missing.message.contains("not a database of this slapd"), "{missing}");
+        assert_eq!(fence_target_finding(&dbs, &target("olcDatabase={2}MDB, cn=config")), None);
+        // Suffixes hidden by an ACL: not judged here.
+        let hidden = from_entries(vec![entry(DB, &[("olcDatabase", "{1}mdb")])]);
+        assert_eq!(fence_target_finding(&hidden, &target(DB)), None);
     }
 }
