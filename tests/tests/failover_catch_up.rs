@@ -178,16 +178,38 @@ async fn freeze_right_after_a_renew(pair: &Pair, leader: &str) -> anyhow::Result
     Ok(Instant::now())
 }
 
+/// A standby's take-over: when, when replication into it returned, the uids its slapd held
+/// then, and the Lease's uncovered-window annotation.
+struct TakeOver {
+    at: Instant,
+    restored: Option<Instant>,
+    uids: Vec<String>,
+    uncovered: Option<String>,
+}
+
+impl TakeOver {
+    /// It held `write` (acknowledged by the old leader's slapd), took over only once replication
+    /// returned, and left nothing uncovered: it verified what the old slapd holds.
+    fn assert_caught_up(&self, write: &str, standby: &str, pair: &Pair) {
+        assert!(
+            self.uids.iter().any(|u| u == write),
+            "{standby} took over without the acknowledged write {write}\n{}",
+            pair.log(standby)
+        );
+        assert!(self.restored.is_some_and(|r| self.at >= r), "taken before replication returned");
+        assert_eq!(self.uncovered, None, "it verified the old slapd's contextCSN: nothing is uncovered");
+    }
+}
+
 /// Waits until `standby` holds the Lease, restoring replication into it from `old` at
-/// `restore_at`; returns when it took over, the uids its slapd held then, and the Lease's
-/// uncovered-window annotation.
+/// `restore_at`.
 async fn take_over_after(
     slapd: &MirrorPair,
     pair: &Pair,
     standby: &str,
     old: &SlapdNode,
     restore_at: Instant,
-) -> anyhow::Result<(Instant, Option<Instant>, Vec<String>, Option<String>)> {
+) -> anyhow::Result<TakeOver> {
     let new = writer::node_of(slapd, standby);
     let leases: Api<Lease> = Api::namespaced(pair.client.clone(), &pair.namespace);
     let name = contract::lease_name(&pair.statefulset);
@@ -206,7 +228,7 @@ async fn take_over_after(
         let (holder, uncovered) = holder(&leases, &name).await?;
         if holder.as_deref() == Some(standby) {
             let uids = slapd.search_uids(new.id()).await?;
-            return Ok((Instant::now(), restored, uids, uncovered));
+            return Ok(TakeOver { at: Instant::now(), restored, uids, uncovered });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -224,16 +246,10 @@ async fn after_an_expiry_the_standby_waits_for_the_old_leaders_current_csn() -> 
 
     // Replication returns well after the Lease expired (lease duration after the last renew).
     let restore_at = frozen + Timing::default().lease_duration + Duration::from_secs(6);
-    let (at, restored, uids, uncovered) = take_over_after(&slapd, &pair, &standby, old, restore_at).await?;
-    println!("{standby} took over {:?} after the freeze; uncovered: {uncovered:?}", at.duration_since(frozen));
+    let taken = take_over_after(&slapd, &pair, &standby, old, restore_at).await?;
+    println!("{standby} took over {:?} after the freeze; uncovered: {:?}", taken.at - frozen, taken.uncovered);
     pair.signal(&leader, Signal::Cont);
-    assert!(
-        uids.iter().any(|u| u == "after-the-last-renew"),
-        "{standby} took over without the write {leader} acknowledged after its last renew\n{}",
-        pair.log(&standby)
-    );
-    assert!(restored.is_some_and(|r| at >= r), "taken before replication returned");
-    assert_eq!(uncovered, None, "it verified the old leader's contextCSN: nothing is uncovered");
+    taken.assert_caught_up("after-the-last-renew", &standby, &pair);
     Ok(())
 }
 
@@ -273,15 +289,9 @@ async fn after_a_lease_recreated_unseen_the_standby_waits_for_every_peers_curren
     pair.kubelet.restart(&pair.namespace, &standby, contract::SIDECAR_CONTAINER).await?;
     // A Lease never held is taken a lease duration after it was seen; replication returns later.
     let restore_at = Instant::now() + Timing::default().lease_duration + Duration::from_secs(6);
-    let (at, restored, uids, uncovered) = take_over_after(&slapd, &pair, &standby, old, restore_at).await?;
-    println!("{standby} took over {:?} after the freeze; uncovered: {uncovered:?}", at.duration_since(frozen));
+    let taken = take_over_after(&slapd, &pair, &standby, old, restore_at).await?;
+    println!("{standby} took over {:?} after the freeze; uncovered: {:?}", taken.at - frozen, taken.uncovered);
     pair.signal(&leader, Signal::Cont);
-    assert!(
-        uids.iter().any(|u| u == "before-the-recreation"),
-        "{standby} took over without the write {leader} acknowledged before the Lease was recreated\n{}",
-        pair.log(&standby)
-    );
-    assert!(restored.is_some_and(|r| at >= r), "taken before replication returned");
-    assert_eq!(uncovered, None, "it verified every peer's contextCSN: nothing is uncovered");
+    taken.assert_caught_up("before-the-recreation", &standby, &pair);
     Ok(())
 }

@@ -5,7 +5,16 @@
 use super::*;
 
 fn fault(at_ms: u64, c: usize, kind: FaultKind, for_ms: u64) -> Fault {
-    Fault { at: Duration::from_millis(at_ms), target: Target::Cand(c), kind, length: Duration::from_millis(for_ms) }
+    f(at_ms, Target::Cand(c), kind, for_ms)
+}
+
+/// A fault as the random runs print it (times in ms), to replay one.
+fn f(at_ms: u64, target: Target, kind: FaultKind, for_ms: u64) -> Fault {
+    Fault { at: Duration::from_millis(at_ms), target, kind, length: Duration::from_millis(for_ms) }
+}
+
+fn clock(drift: f64) -> ClockSpec {
+    ClockSpec { drift, offset: Duration::ZERO }
 }
 
 /// Candidate 0 leads from the start (candidate 1 is kept out of the first election).
@@ -194,9 +203,6 @@ fn after_a_recreated_lease_the_terms_go_on_and_someone_takes_office() {
 #[test]
 fn after_a_recreated_lease_a_follower_still_catches_up_with_what_the_old_one_published() {
     let ms = Duration::from_millis;
-    let f =
-        |at: u64, target: Target, kind: FaultKind, length: u64| Fault { at: ms(at), target, kind, length: ms(length) };
-    let clock = |drift: f64| ClockSpec { drift, offset: Duration::ZERO };
     let sc = Scenario {
         timing: Timing::default(),
         clocks: vec![clock(-0.01), clock(-0.01), clock(-0.01), clock(0.00510763801755615)],
@@ -278,9 +284,6 @@ fn a_recreated_lease_is_not_retaken_at_once_by_a_deposed_holder_with_a_stale_vie
 #[test]
 fn a_stalled_fence_landing_while_an_acquisition_is_in_flight_still_fences() {
     let ms = Duration::from_millis;
-    let f =
-        |at: u64, target: Target, kind: FaultKind, length: u64| Fault { at: ms(at), target, kind, length: ms(length) };
-    let clock = |drift: f64| ClockSpec { drift, offset: Duration::ZERO };
     use FaultKind::*;
     use Target::*;
     let sc = Scenario {
