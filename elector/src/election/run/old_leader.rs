@@ -39,8 +39,9 @@ impl Elector {
         gate
     }
 
-    /// The slapd servers that may hold the previous leader's writes: its own, or every other
-    /// member's when it is unknown.
+    /// The slapd servers that may hold the previous leader's writes: its own, or, when it is
+    /// unknown, every other member's (of the Mirror-Mode pair: the ordinals below two, or
+    /// below this pod's own + 1; `labels::member_count` without an API read).
     fn previous_servers(&self, previous: Previous<'_>) -> Vec<String> {
         match previous {
             Previous::Expired(holder) => vec![holder.to_string()],
