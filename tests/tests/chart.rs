@@ -12,7 +12,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::ByteString;
 use kube::api::{ListParams, PostParams};
 use kube::Api;
@@ -511,17 +511,8 @@ async fn installed_chart_runs_restricted_grants_elector_rbac_without_escalate_an
     Api::<ServiceAccount>::namespaced(webhook.clone(), "tenant")
         .create(&pp, &serde_json::from_value(json!({"metadata": {"name": sa_name}}))?)
         .await?;
-    let role = Role {
-        metadata: serde_json::from_value(json!({"name": sa_name}))?,
-        rules: Some(contract::elector_role_rules("ldap", 2)),
-    };
-    Api::<Role>::namespaced(webhook.clone(), "tenant").create(&pp, &role).await?;
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": sa_name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa_name},
-        "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": "tenant"}],
-    }))?;
-    Api::<RoleBinding>::namespaced(webhook.clone(), "tenant").create(&pp, &binding).await?;
+    let rules = contract::elector_role_rules("ldap", 2);
+    fixtures::service_account_role(&webhook, "tenant", &sa_name, "tenant", rules).await?;
     let lease: Lease = serde_json::from_value(json!({"metadata": {"name": contract::lease_name("ldap")}, "spec": {}}))?;
     Api::<Lease>::namespaced(webhook.clone(), "tenant").create(&pp, &lease).await?;
 

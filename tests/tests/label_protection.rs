@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use ldap_elector_contract as contract;
@@ -52,16 +51,8 @@ async fn service_account(admin: &Client, sa_ns: &str, name: &str) -> anyhow::Res
 /// Grants ServiceAccount `sa_ns/name` a Role with `rules` in `ns`; returns a client acting
 /// as that account (with a token not bound to any pod).
 async fn grant(bed: &Bed, ns: &str, sa_ns: &str, name: &str, rules: Value) -> anyhow::Result<Client> {
-    let admin = bed.admin_client()?;
-    let pp = PostParams::default();
-    let role: Role = serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules}))?;
-    Api::<Role>::namespaced(admin.clone(), ns).create(&pp, &role).await?;
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": sa_ns}],
-    }))?;
-    Api::<RoleBinding>::namespaced(admin, ns).create(&pp, &binding).await?;
+    let rules = serde_json::from_value(rules)?;
+    fixtures::service_account_role(&bed.admin_client()?, ns, name, sa_ns, rules).await?;
     bed.service_account_client(sa_ns, name).await
 }
 

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{EnvVar, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use ldap_elector_contract as contract;
@@ -55,17 +54,7 @@ pub async fn create_identity(client: &Client, ns: &str, statefulset: &str, repli
     let sa: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": name}, "automountServiceAccountToken": false}))?;
     Api::<ServiceAccount>::namespaced(client.clone(), ns).create(&pp, &sa).await?;
-    let role = Role {
-        metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
-        rules: Some(contract::elector_role_rules(statefulset, replicas)),
-    };
-    Api::<Role>::namespaced(client.clone(), ns).create(&pp, &role).await?;
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
-    }))?;
-    Api::<RoleBinding>::namespaced(client.clone(), ns).create(&pp, &binding).await?;
+    fixtures::service_account_role(client, ns, &name, ns, contract::elector_role_rules(statefulset, replicas)).await?;
     let lease: Lease =
         serde_json::from_value(json!({"metadata": {"name": contract::lease_name(statefulset)}, "spec": {}}))?;
     Api::<Lease>::namespaced(client.clone(), ns).create(&pp, &lease).await?;

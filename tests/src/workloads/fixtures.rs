@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::json;
@@ -14,6 +15,28 @@ pub async fn namespace(client: &Client, name: &str, enforce: Option<&str>) -> an
     }
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))?;
     Ok(Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?)
+}
+
+/// Creates Role `name` with `rules` in `ns` and binds it to ServiceAccount `sa_ns/name`, as
+/// `client` (the admin, or an identity whose rights are under test).
+pub async fn service_account_role(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    sa_ns: &str,
+    rules: Vec<PolicyRule>,
+) -> anyhow::Result<()> {
+    let pp = PostParams::default();
+    let role =
+        Role { metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() }, rules: Some(rules) };
+    Api::<Role>::namespaced(client.clone(), ns).create(&pp, &role).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": sa_ns}],
+    }))?;
+    Api::<RoleBinding>::namespaced(client.clone(), ns).create(&pp, &binding).await?;
+    Ok(())
 }
 
 /// A StatefulSet whose pods pass Pod Security `restricted`; one `ldap` container.

@@ -10,7 +10,7 @@ use base64::Engine;
 use clap::Parser;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
@@ -70,19 +70,8 @@ pub async fn webhook_identity(bed: &Bed) -> anyhow::Result<Client> {
 /// The webhook's namespaced Role and RoleBinding for its serving certificate's Secret
 /// `tls_secret` (certMode=secret), exactly as documented.
 pub async fn grant_secret_role(admin: &Client, tls_secret: &str) -> anyhow::Result<()> {
-    let pp = PostParams::default();
-    let role = Role {
-        metadata: ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
-        rules: Some(namespace_role_rules(tls_secret)),
-    };
-    Api::<Role>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &role).await?;
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": WEBHOOK_SA},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WEBHOOK_SA},
-        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
-    }))?;
-    Api::<RoleBinding>::namespaced(admin.clone(), WEBHOOK_NS).create(&pp, &binding).await?;
-    Ok(())
+    let rules = namespace_role_rules(tls_secret);
+    crate::workloads::fixtures::service_account_role(admin, WEBHOOK_NS, WEBHOOK_SA, WEBHOOK_NS, rules).await
 }
 
 /// The webhook configuration as the chart installs it before the webhook published its CA
