@@ -104,7 +104,11 @@ pub const ENV_KUBECONFIG: &str = "KUBECONFIG";
 pub const ENV_ON_ROLE_CHANGE: &str = "ELECTOR_ON_ROLE_CHANGE";
 pub const ENV_FENCE_LDAPI: &str = "ELECTOR_FENCE_LDAPI";
 pub const ENV_FENCE_DATABASE: &str = "ELECTOR_FENCE_DATABASE";
-/// The cn=config entry the fence toggles when [`ENV_FENCE_DATABASE`] is not set.
+/// The suffix whose database the fence toggles, found by `olcSuffix` (the webhook sets it to
+/// [`ANNOTATION_LDAP_SUFFIX`]); [`ENV_FENCE_DATABASE`] wins when both are set.
+pub const ENV_FENCE_SUFFIX: &str = "ELECTOR_FENCE_SUFFIX";
+/// The cn=config entry the fence toggles when neither [`ENV_FENCE_DATABASE`] nor
+/// [`ENV_FENCE_SUFFIX`] is set.
 pub const DEFAULT_FENCE_DATABASE: &str = "olcDatabase={1}mdb,cn=config";
 /// slapd's slapd.d directory (its `-F`), for [`START_FENCED_COMMAND`].
 pub const ENV_SLAPD_CONFIG_DIR: &str = "ELECTOR_SLAPD_CONFIG_DIR";
@@ -345,7 +349,8 @@ pub const ANNOTATION_LDAP_CONTAINER: &str = "ldap-elector.dev/ldap-container";
 /// [`ANNOTATION_LDAPI_SOCKET_DIR`] unless [`ANNOTATION_HEALTH_CHECK`] sets the check itself.
 pub const ANNOTATION_LDAP_SUFFIX: &str = "ldap-elector.dev/ldap-suffix";
 /// The cn=config entry of the data database whose `olcReadOnly` the fence toggles
-/// ([`ENV_FENCE_DATABASE`]); absent = the elector's default `olcDatabase={1}mdb,cn=config`.
+/// ([`ENV_FENCE_DATABASE`]); absent = the database of [`ANNOTATION_LDAP_SUFFIX`]
+/// ([`ENV_FENCE_SUFFIX`]), or without a suffix the elector's default `olcDatabase={1}mdb,cn=config`.
 pub const ANNOTATION_FENCE_DATABASE: &str = "ldap-elector.dev/fence-database";
 /// Optional: the leader's divergence audits (docs/divergence.md). Each pod's slapd as the
 /// leader reaches it: a URL template with `{pod}` (`ldap://{pod}.ldap:389?base=dc=example,dc=org`)

@@ -192,7 +192,7 @@ pub fn guard(args: RunArgs) -> ExitCode {
 /// `ldap-elector start-fenced`: one line on what it did (the init container's log).
 pub fn start_fenced(args: &crate::cli::args::StartFencedArgs) -> ExitCode {
     use crate::slapd::start_fenced::{start_fenced, Outcome};
-    match start_fenced(&args.config_dir, &args.fence_database) {
+    match start_fenced(&args.config_dir, &args.database.database()) {
         Ok(Outcome::Fenced(path)) => println!("ldap-elector start-fenced: olcReadOnly: TRUE written to {}", path.display()),
         Ok(Outcome::AlreadyFenced(path)) => println!("ldap-elector start-fenced: {} is read-only already", path.display()),
         Ok(Outcome::NoConfiguration) => println!(
@@ -319,23 +319,21 @@ async fn elect(config: Config) -> ExitCode {
     let fence_configured = config.fence().is_configured();
     let ops = Telemetry::new(metrics, events, &config.identity, config.timing.renew_deadline, fence_configured);
     // Off the election loop: reports dangerous replication settings (the session log on a
-    // Mirror-Mode database) once slapd answers; see config_guard.rs. It holds an Event sink,
-    // so it ends with the loop (before the Events drain).
+    // Mirror-Mode database) once slapd answers, and again every config_guard::RECHECK; see
+    // config_guard.rs. It holds an Event sink, so it ends with the loop (before the Events drain).
     let guard_stop = tasks.child_token();
     if let Some(fence) = &config.fence_ldapi {
         let (url, stop, ops) = (fence.ldapi_url.clone(), guard_stop.clone(), ops.clone());
         let target = match &config.health_check {
             crate::slapd::health::HealthCheck::Ldap(check) => Some(crate::slapd::config_guard::FenceTarget {
-                database_dn: fence.database_dn.clone(),
+                database: fence.database.clone(),
                 suffix: check.base.clone(),
             }),
             _ => None,
         };
-        tokio::spawn(async move {
-            if let Some(n) = crate::slapd::config_guard::log_findings(url, target, stop).await {
-                ops.config_checked(n);
-            }
-        });
+        tokio::spawn(crate::slapd::config_guard::watch_findings(url, target, stop, move |codes| {
+            ops.config_checked(&codes)
+        }));
     }
     let elector = run::Elector::new(config, client, heartbeat, watchdog)
         .with_telemetry(ops)

@@ -24,3 +24,18 @@ pub use wait::wait_for;
 pub fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
+
+/// The fenced code block between `<!-- MARKER:begin` and `<!-- MARKER:end -->` of the
+/// repository file `doc` (a page's commands or configuration that a test runs as written).
+pub fn doc_block(doc: &str, marker: &str) -> anyhow::Result<String> {
+    let path = repo_root().join(doc);
+    let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let block = text
+        .split_once(&format!("<!-- {marker}:begin"))
+        .and_then(|(_, rest)| rest.split_once(&format!("<!-- {marker}:end -->")))
+        .and_then(|(block, _)| block.split_once("```"))
+        .and_then(|(_, fenced)| fenced.split_once('\n'))
+        .and_then(|(_, code)| code.split_once("```"))
+        .map(|(code, _)| code.to_string());
+    block.ok_or_else(|| anyhow::anyhow!("{doc} has no ``` block between the {marker}:begin and {marker}:end markers"))
+}

@@ -162,9 +162,14 @@ async fn without_the_session_log_the_returning_node_catches_up_and_the_audit_say
     assert_eq!(findings, vec![], "the rig's default configuration is the safe one");
     // The default fence database holds the data; a fence on another one is a danger (issue 16).
     let dbs = config_guard::read(&pair.node(1).ldapi_url(), OP).await.map_err(anyhow::Error::msg)?;
-    let target = |db: &str| config_guard::FenceTarget { database_dn: db.into(), suffix: SUFFIX.into() };
+    use ldap_elector::slapd::database::FencedDatabase;
+    let target =
+        |db: &str| config_guard::FenceTarget { database: FencedDatabase::Entry(db.into()), suffix: SUFFIX.into() };
     let default = ldap_elector_contract::DEFAULT_FENCE_DATABASE;
     assert_eq!(config_guard::fence_target_finding(&dbs, &target(default)), None, "{dbs:?}");
+    let by_suffix =
+        config_guard::FenceTarget { database: FencedDatabase::Suffix(SUFFIX.into()), suffix: SUFFIX.into() };
+    assert_eq!(config_guard::fence_target_finding(&dbs, &by_suffix), None, "{dbs:?}");
     for elsewhere in ["olcDatabase={0}config,cn=config", "olcDatabase={7}mdb,cn=config"] {
         let finding = config_guard::fence_target_finding(&dbs, &target(elsewhere));
         let danger = Some(("fence-not-on-the-data-database", config_guard::Severity::Danger));

@@ -280,9 +280,10 @@ impl Rig {
         let standby = self.node(old);
         let ldapi = standby.ldapi_url();
         let mut last = String::from("not read yet");
+        let fenced = ldap_elector::slapd::database::FencedDatabase::Entry(slapd::DATA_DB.into());
         let fenced_by = Instant::now() + Duration::from_secs(5);
         for _ in 0..50 {
-            match ldap_elector::slapd::ldap::is_read_only(&ldapi, slapd::DATA_DB, Duration::from_secs(1)).await {
+            match ldap_elector::slapd::ldap::is_read_only(&ldapi, &fenced, Duration::from_secs(1)).await {
                 Ok(true) => {
                     last = "olcReadOnly TRUE".into();
                     break;

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use ldap_elector::slapd::database::FencedDatabase;
 use ldap_elector::slapd::health::HealthCheck;
 use ldap_elector::slapd::health::RunCheck as _;
 use ldap_elector::slapd::ldap::Probe as _;
@@ -13,6 +14,16 @@ use ldap_elector_tests::wait_for;
 
 const REPLICATE: Duration = Duration::from_secs(15);
 const CHECK: Duration = Duration::from_secs(2);
+
+/// The rig's data database, named outright.
+fn data() -> FencedDatabase {
+    FencedDatabase::Entry(DATA_DB.into())
+}
+
+/// The same database, found by its suffix (what the webhook injects).
+fn by_suffix() -> FencedDatabase {
+    FencedDatabase::Suffix(SUFFIX.into())
+}
 
 /// Waits until node `i` lists `uid` (polling over one open connection).
 async fn wait_visible(pair: &MirrorPair, i: u32, uid: &str, present: bool) -> anyhow::Result<Duration> {
@@ -125,9 +136,9 @@ async fn the_ldap_health_check_passes_on_a_running_node_and_fails_after_kill_9()
     assert!(err.contains("contextCSN") && err.contains("rc=32"), "{err}");
 
     // A read-only node is still healthy (health is liveness, not role).
-    ldap::set_read_only(&node.ldapi_url(), DATA_DB, true, CHECK).await?;
+    ldap::set_read_only(&node.ldapi_url(), &data(), true, CHECK).await?;
     assert!(over_tcp.check(CHECK).await.is_ok());
-    ldap::set_read_only(&node.ldapi_url(), DATA_DB, false, CHECK).await?;
+    ldap::set_read_only(&node.ldapi_url(), &data(), false, CHECK).await?;
 
     node.kill9().await;
     let t = Instant::now();
@@ -155,10 +166,10 @@ async fn read_only_fence_refuses_writes_on_open_connections_while_replication_st
     // A client connection opened BEFORE the fence (as kube-proxy would keep it).
     let mut client = node.admin().await?;
     assert_eq!(client.add_person("before").await?.rc, 0);
-    assert!(!ldap::is_read_only(&ldapi, DATA_DB, CHECK).await?);
+    assert!(!ldap::is_read_only(&ldapi, &data(), CHECK).await?);
 
     let t = Instant::now();
-    ldap::set_read_only(&ldapi, DATA_DB, true, CHECK).await?;
+    ldap::set_read_only(&ldapi, &by_suffix(), true, CHECK).await?;
     let fence = t.elapsed();
     let refused = client.add_person("refused").await?;
     println!("fence: set_read_only(true) took {fence:?}; next write on the open connection: {refused}");
@@ -166,7 +177,7 @@ async fn read_only_fence_refuses_writes_on_open_connections_while_replication_st
     assert_eq!(client.delete_person("before").await?.rc, 53);
     assert_eq!(node.admin().await?.add_person("refused-new-conn").await?.rc, 53);
     // The library and an independent cn=config read agree.
-    assert!(ldap::is_read_only(&ldapi, DATA_DB, CHECK).await?);
+    assert!(ldap::is_read_only(&ldapi, &data(), CHECK).await?);
     assert!(pair.read_only(1).await?);
 
     // A change on the peer still replicates INTO the read-only node.
@@ -174,28 +185,37 @@ async fn read_only_fence_refuses_writes_on_open_connections_while_replication_st
     println!("2 -> read-only 1 replication: {:?}", wait_visible(&pair, 1, "from-peer", true).await?);
 
     let t = Instant::now();
-    ldap::set_read_only(&ldapi, DATA_DB, false, CHECK).await?;
+    ldap::set_read_only(&ldapi, &by_suffix(), false, CHECK).await?;
     let unfence = t.elapsed();
     let accepted = client.add_person("after").await?;
     println!("unfence: set_read_only(false) took {unfence:?}; next write: {accepted}");
     assert_eq!(accepted.rc, 0, "{accepted}");
-    assert!(!ldap::is_read_only(&ldapi, DATA_DB, CHECK).await?);
+    assert!(!ldap::is_read_only(&ldapi, &data(), CHECK).await?);
     assert!(!pair.read_only(1).await?);
 
     // is_read_only reads the truth, whoever set it.
     pair.set_read_only(1, true).await?;
-    assert!(ldap::is_read_only(&ldapi, DATA_DB, CHECK).await?);
+    assert!(ldap::is_read_only(&ldapi, &data(), CHECK).await?);
     pair.set_read_only(1, false).await?;
-    assert!(!ldap::is_read_only(&ldapi, DATA_DB, CHECK).await?);
+    assert!(!ldap::is_read_only(&ldapi, &data(), CHECK).await?);
 
     // The fence only takes ldapi, names a missing database, and fails clearly on a dead socket.
-    assert!(ldap::set_read_only(&node.ldap_url(), DATA_DB, true, CHECK).await.is_err());
-    let err = ldap::set_read_only(&ldapi, "olcDatabase={9}mdb,cn=config", true, CHECK).await.unwrap_err();
+    assert!(ldap::set_read_only(&node.ldap_url(), &data(), true, CHECK).await.is_err());
+    let missing = FencedDatabase::Entry("olcDatabase={9}mdb,cn=config".into());
+    let err = ldap::set_read_only(&ldapi, &missing, true, CHECK).await.unwrap_err();
     assert_eq!(err.result_code(), Some(32), "noSuchObject: {err}");
+    // By suffix: cn=config is searched for it; none is an error that lists the databases.
+    let err = ldap::set_read_only(&ldapi, &FencedDatabase::Suffix("dc=nowhere".into()), true, CHECK).await.unwrap_err();
+    let listed = format!("{DATA_DB} ({SUFFIX})");
+    assert!(
+        err.to_string().contains("no database of slapd has the suffix dc=nowhere") && err.to_string().contains(&listed),
+        "{err}"
+    );
+    assert!(!ldap::is_read_only(&ldapi, &by_suffix(), CHECK).await?, "nothing was fenced");
     let (uids, _) = pair.wait_converged(REPLICATE).await?;
     assert_eq!(uids, ["after", "before", "from-peer"]);
     node.kill9().await;
-    let err = ldap::is_read_only(&ldapi, DATA_DB, CHECK).await.unwrap_err();
+    let err = ldap::is_read_only(&ldapi, &data(), CHECK).await.unwrap_err();
     assert!(matches!(err, ldap::LdapError::NotRunning { .. }), "{err}");
     Ok(())
 }
@@ -219,17 +239,18 @@ async fn a_slapd_fenced_offline_starts_read_only_and_its_elector_can_unfence_it(
     assert_eq!(node.admin().await?.add_person("writable-at-start").await?.rc, 0, "control: unfenced on disk");
 
     node.stop().await;
-    let outcome = start_fenced(&config, DATA_DB)?;
+    // Found by its suffix in the files slapadd wrote.
+    let outcome = start_fenced(&config, &by_suffix())?;
     assert!(matches!(outcome, Outcome::Fenced(_)), "{outcome:?}");
-    assert!(matches!(start_fenced(&config, DATA_DB)?, Outcome::AlreadyFenced(_)));
+    assert!(matches!(start_fenced(&config, &data())?, Outcome::AlreadyFenced(_)));
     node.start().await?;
     let refused = node.admin().await?.add_person("at-start").await?;
     assert_eq!(refused.rc, 53, "read-only from its first operation: {refused}");
-    assert!(ldap::is_read_only(&node.ldapi_url(), DATA_DB, CHECK).await?);
+    assert!(ldap::is_read_only(&node.ldapi_url(), &data(), CHECK).await?);
     let log = node.log();
     assert!(!log.contains("checksum error"), "back-ldif accepted the file:\n{log}");
 
-    ldap::set_read_only(&node.ldapi_url(), DATA_DB, false, CHECK).await?;
+    ldap::set_read_only(&node.ldapi_url(), &data(), false, CHECK).await?;
     assert_eq!(node.admin().await?.add_person("after-unfence").await?.rc, 0);
     // Replication goes on both ways: a slapd that started fenced provides and consumes as before.
     println!("2 -> 1 after a fenced start: {:?}", wait_visible(&pair, 1, "after-unfence", true).await?);
@@ -238,11 +259,12 @@ async fn a_slapd_fenced_offline_starts_read_only_and_its_elector_can_unfence_it(
 
     // A wrong database is an error that names the ones there; no slapd.d is nothing to do.
     node.stop().await;
-    let err = start_fenced(&config, "olcDatabase={7}mdb,cn=config").unwrap_err().to_string();
+    let err =
+        start_fenced(&config, &FencedDatabase::Entry("olcDatabase={7}mdb,cn=config".into())).unwrap_err().to_string();
     assert!(err.contains("olcDatabase={1}mdb,cn=config"), "{err}");
     let empty = node.dir().join("no-slapd.d");
     std::fs::create_dir_all(&empty)?;
-    assert_eq!(start_fenced(&empty, DATA_DB)?, Outcome::NoConfiguration);
+    assert_eq!(start_fenced(&empty, &by_suffix())?, Outcome::NoConfiguration);
     Ok(())
 }
 
@@ -283,7 +305,7 @@ async fn the_fence_can_stall_up_to_the_syncrepl_timeout_after_the_peer_reconnect
         }
         tick.tick().await;
         let t = Instant::now();
-        ldap::set_read_only(&ldapi, DATA_DB, round % 2 == 0, sync_timeout + Duration::from_secs(3)).await?;
+        ldap::set_read_only(&ldapi, &data(), round % 2 == 0, sync_timeout + Duration::from_secs(3)).await?;
         worst = worst.max(t.elapsed());
     }
     let worst_read = reads.await??;
@@ -295,9 +317,9 @@ async fn the_fence_can_stall_up_to_the_syncrepl_timeout_after_the_peer_reconnect
 
     // Once the consumer has been through one pause it polls, and fences are prompt again.
     let t = Instant::now();
-    ldap::set_read_only(&ldapi, DATA_DB, false, CHECK).await?;
+    ldap::set_read_only(&ldapi, &by_suffix(), false, CHECK).await?;
     assert!(t.elapsed() < Duration::from_secs(1), "fence took {:?}", t.elapsed());
-    assert!(!ldap::is_read_only(&ldapi, DATA_DB, CHECK).await?);
+    assert!(!ldap::is_read_only(&ldapi, &data(), CHECK).await?);
     pair.wait_converged(REPLICATE).await?;
     Ok(())
 }
@@ -331,12 +353,12 @@ async fn a_server_recreated_from_nothing_and_started_fenced_replicates_both_ways
         .output()?;
     let _ = std::fs::remove_file(&base);
     anyhow::ensure!(out.status.success(), "slapadd: {}", String::from_utf8_lossy(&out.stderr));
-    start_fenced(&config, DATA_DB)?;
+    start_fenced(&config, &data())?;
     node.start().await?;
     for uid in ["a9", "b9"] {
         wait_visible(&pair, 1, uid, true).await?;
     }
-    ldap::set_read_only(&node.ldapi_url(), DATA_DB, false, CHECK).await?;
+    ldap::set_read_only(&node.ldapi_url(), &data(), false, CHECK).await?;
     pair.add_entry(1, "after-recreation-1").await?;
     println!("1 -> 2 after the re-creation: {:?}", wait_visible(&pair, 2, "after-recreation-1", true).await?);
     pair.add_entry(2, "after-recreation-2").await?;

@@ -148,19 +148,6 @@ async fn injected_openldap_settings_fence_the_standby_and_elect_one_leader() -> 
 /// The sidecar's SASL EXTERNAL identity over ldapi (uid/gid 65532, `InjectConfig::new`).
 const SIDECAR_PEER: &str = "gidNumber=65532+uidNumber=65532,cn=peercred,cn=external,cn=auth";
 
-/// The LDIF between the `acl:begin` and `acl:end` markers of docs/openldap.md.
-fn documented_acl() -> anyhow::Result<String> {
-    let path = ldap_elector_tests::repo_root().join("docs/openldap.md");
-    let doc = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    let block = doc
-        .split_once("<!-- acl:begin")
-        .and_then(|(_, rest)| rest.split_once("<!-- acl:end -->"))
-        .and_then(|(block, _)| block.split_once("```ldif\n"))
-        .and_then(|(_, ldif)| ldif.split_once("```"))
-        .map(|(ldif, _)| ldif.to_string());
-    block.context("docs/openldap.md has no ```ldif block between the acl:begin and acl:end markers")
-}
-
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = process::run(cmd, None).context("install slapd: hack/install-deps.sh")?;
     Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
@@ -178,7 +165,7 @@ fn documented_acl_gives_the_sidecar_the_fence_and_the_health_check_and_nothing_e
         let ldif = slapd::config_ldif(1, &dir.join("data"), 1, &slapd::PairOptions::default());
         std::fs::write(dir.join("config.ldif"), ldif)?;
         run(Command::new(sbin("slapadd")).arg("-n0").arg("-F").arg(&config).arg("-l").arg(dir.join("config.ldif")))?;
-        std::fs::write(dir.join("acl.ldif"), documented_acl()?)?;
+        std::fs::write(dir.join("acl.ldif"), ldap_elector_tests::doc_block("docs/openldap.md", "acl")?)?;
         run(Command::new(sbin("slapmodify")).arg("-n0").arg("-F").arg(&config).arg("-l").arg(dir.join("acl.ldif")))?;
 
         let expectations = [
@@ -186,6 +173,10 @@ fn documented_acl_gives_the_sidecar_the_fence_and_the_health_check_and_nothing_e
             (slapd::DATA_DB, "olcReadOnly/write", true),
             (slapd::DATA_DB, "olcReadOnly/read", true),
             (slapd::DATA_DB, "entry/read", true),
+            // Finding the data database by its suffix: a one-level search below cn=config.
+            ("cn=config", "entry/search", true),
+            (slapd::DATA_DB, "olcSuffix/read", true),
+            ("olcDatabase={0}config,cn=config", "entry/read", true),
             // The health check: the suffix's contextCSN.
             (SUFFIX, "entry/read", true),
             (SUFFIX, "contextCSN/read", true),
@@ -195,6 +186,10 @@ fn documented_acl_gives_the_sidecar_the_fence_and_the_health_check_and_nothing_e
             (slapd::DATA_DB, "olcAccess/write", false),
             ("olcDatabase={0}config,cn=config", "olcRootDN/write", false),
             ("cn=config", "olcServerID/write", false),
+            ("cn=config", "entry/read", false),
+            ("cn=schema,cn=config", "entry/read", false),
+            ("cn=module{0},cn=config", "entry/read", false),
+            ("olcOverlay={0}syncprov,olcDatabase={1}mdb,cn=config", "entry/read", false),
             (SUFFIX, "o/read", false),
             (slapd::PEOPLE, "entry/read", false),
         ];

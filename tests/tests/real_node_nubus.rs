@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use kube::Api;
+use ldap_elector::cli::{assess, operator};
 use ldap_elector_contract as contract;
 use ldap_elector_tests::ldap::conn::Conn;
 use ldap_elector_tests::ldap::slapd::{ADMIN_DN, ADMIN_PASSWORD};
@@ -106,6 +107,27 @@ async fn full_loop_annotate_the_live_statefulset_one_leader_and_the_cluster_ip_r
         assert!(dir.join("ldapi").exists(), "no socket in {}", dir.display());
     }
 
+    // As shipped, the data database has a session log: each elector's configuration guard
+    // says so loud (the DangerousSlapdConfig Event on its pod), and `ldap-elector status`
+    // warns for both pods.
+    let admin = s.bed.admin_client()?;
+    let flagged = || async {
+        let snapshot = operator::gather(&admin, NAMESPACE, &n.statefulset_name()).await.map_err(|e| e.to_string())?;
+        let warnings = assess::assess(&snapshot).warnings;
+        let pods: HashSet<String> = warnings
+            .iter()
+            .filter(|w| w.contains("session-log-on-mirror-mode"))
+            .filter_map(|w| w.split(':').next().map(String::from))
+            .collect();
+        if pods.len() == 2 {
+            Ok(warnings)
+        } else {
+            Err(format!("{warnings:?}"))
+        }
+    };
+    let warnings = ldap_elector_tests::wait_for("both pods flagged in ldap-elector status", RECOVERY, flagged).await?;
+    eprintln!("  ldap-elector status: {warnings:?}");
+
     // The standby's slapd refuses a real write at its pod IP.
     let standby_ip = s.consumer.pod_ip(standby).await?.unwrap_or_default();
     let mut direct = Conn::open(&format!("ldap://{standby_ip}:{LDAP_PORT}")).await?;
@@ -137,7 +159,7 @@ async fn the_leaders_elector_container_killed_from_the_host_leaves_no_two_writab
 /// elector fences or promotes it). The verdict covers the whole run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_freeze_and_slapd_kill_of_the_leader_in_a_row_never_two_writable_servers() -> anyhow::Result<()> {
-    let s = Scenario::start_with(&NubusOnNode::STARTING_READ_ONLY).await?;
+    let s = Scenario::start_with(&NubusOnNode::CHANGED_AS_DOCUMENTED).await?;
     s.switch_over().await?;
     s.freeze_the_leader_past_the_lease().await?;
     s.writer.wait_ack_after(Instant::now(), RECOVERY).await?;
@@ -156,7 +178,7 @@ async fn switchover_freeze_and_slapd_kill_of_the_leader_in_a_row_never_two_writa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standbys_slapd_restarted_from_slapd_conf_is_fenced_within_a_second_never_two_writable_servers(
 ) -> anyhow::Result<()> {
-    let s = Scenario::start_with(&NubusOnNode::STARTING_READ_ONLY).await?;
+    let s = Scenario::start_with(&NubusOnNode::CHANGED_AS_DOCUMENTED).await?;
     let (leader, _) = s.leader().await?;
     let standby = 1 - leader;
     let killed_at = s.kill_slapd_until_restarted(standby).await?;
@@ -196,7 +218,7 @@ async fn the_standbys_slapd_restarted_from_slapd_conf_is_fenced_within_a_second_
 /// the leader was writable (1 run of 1, 2026-12-06).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_delete_pod_of_the_leader_hands_over_without_two_writable_servers() -> anyhow::Result<()> {
-    let s = Scenario::start_with(&NubusOnNode::STARTING_READ_ONLY).await?;
+    let s = Scenario::start_with(&NubusOnNode::CHANGED_AS_DOCUMENTED).await?;
     let (leader, pod) = s.leader().await?;
     let old = s.consumer.pod_name(leader);
     let old_uid = pod.metadata.uid.clone().unwrap_or_default();

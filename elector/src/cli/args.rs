@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::election::decide::Timing;
+use crate::slapd::database::FencedDatabase;
 use crate::slapd::fence::{Fence, LdapFence};
 use crate::slapd::health::HealthCheck;
 use crate::slapd::ldap::{Credentials, Tls};
@@ -77,9 +78,27 @@ pub struct StartFencedArgs {
     /// slapd's configuration directory (its `-F`).
     #[arg(long, env = contract::ENV_SLAPD_CONFIG_DIR)]
     pub config_dir: std::path::PathBuf,
-    /// The cn=config entry of the data database the fence toggles.
-    #[arg(long, env = contract::ENV_FENCE_DATABASE, default_value = contract::DEFAULT_FENCE_DATABASE)]
-    pub fence_database: String,
+    #[command(flatten)]
+    pub database: FencedDatabaseArgs,
+}
+
+/// Which database the built-in fence toggles (see `slapd/database.rs`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct FencedDatabaseArgs {
+    /// The cn=config entry of the data database the fence toggles; wins over --fence-suffix.
+    /// Neither given: `olcDatabase={1}mdb,cn=config`.
+    #[arg(long, env = contract::ENV_FENCE_DATABASE)]
+    pub fence_database: Option<String>,
+    /// The suffix of the data database the fence toggles, found by its `olcSuffix` where the
+    /// fence acts (the webhook sets the StatefulSet's ldap-suffix).
+    #[arg(long, env = contract::ENV_FENCE_SUFFIX)]
+    pub fence_suffix: Option<String>,
+}
+
+impl FencedDatabaseArgs {
+    pub fn database(&self) -> FencedDatabase {
+        FencedDatabase::from_flags(self.fence_database.clone(), self.fence_suffix.clone())
+    }
 }
 
 /// Transport security of the LDAP connections to other slapd servers (docs/divergence.md,
@@ -300,9 +319,8 @@ pub struct RunArgs {
     /// database over SASL EXTERNAL, the leader sets FALSE after it holds Lease and label.
     #[arg(long, env = contract::ENV_FENCE_LDAPI)]
     pub fence_ldapi: Option<String>,
-    /// The cn=config entry of the data database the built-in fence toggles.
-    #[arg(long, env = contract::ENV_FENCE_DATABASE, default_value = contract::DEFAULT_FENCE_DATABASE)]
-    pub fence_database: String,
+    #[command(flatten)]
+    pub fenced_database: FencedDatabaseArgs,
     /// Availability over consistency: a standby whose contextCSN is behind the leader's
     /// published one takes over anyway once the Lease has been free this long (`off`:
     /// never — the pair then stays without a writer until the old leader returns).
@@ -410,7 +428,7 @@ pub enum ConfigError {
 
 impl RunArgs {
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let fence_ldapi = fence(self.fence_ldapi, self.fence_database)?;
+        let fence_ldapi = fence(self.fence_ldapi, &self.fenced_database)?;
         let identity = self.pod_name.filter(|s| !s.is_empty()).ok_or(ConfigError::Missing("pod name (POD_NAME)"))?;
         let namespace =
             self.namespace.filter(|s| !s.is_empty()).ok_or(ConfigError::Missing("namespace (POD_NAMESPACE)"))?;
@@ -495,7 +513,7 @@ impl RunArgs {
 
     /// The guard's fence (ldapi only: the role-change hook is the elector's) and socket.
     pub fn into_guard_config(self) -> Result<(Fence, std::path::PathBuf), ConfigError> {
-        let ldap = fence(self.fence_ldapi, self.fence_database)?;
+        let ldap = fence(self.fence_ldapi, &self.fenced_database)?;
         let socket = self.guard_socket.filter(|p| !p.as_os_str().is_empty());
         match (ldap, socket) {
             (Some(ldap), Some(socket)) => {
@@ -507,9 +525,11 @@ impl RunArgs {
 }
 
 /// The built-in fence's settings (`None` without an ldapi URL).
-fn fence(url: Option<String>, database_dn: String) -> Result<Option<LdapFence>, ConfigError> {
+fn fence(url: Option<String>, database: &FencedDatabaseArgs) -> Result<Option<LdapFence>, ConfigError> {
     match url.filter(|s| !s.trim().is_empty()) {
-        Some(url) if url.starts_with("ldapi://") => Ok(Some(LdapFence { ldapi_url: url, database_dn })),
+        Some(url) if url.starts_with("ldapi://") => {
+            Ok(Some(LdapFence { ldapi_url: url, database: database.database() }))
+        }
         Some(url) => Err(ConfigError::FenceUrl(url)),
         None => Ok(None),
     }
@@ -550,8 +570,10 @@ mod tests {
     fn fence_and_grace_options() {
         let c = args(&["--fence-ldapi", "ldapi://%2Frun%2Fldapi", "--catch-up-grace", "off"]).unwrap();
         assert_eq!(c.catch_up_grace, None);
-        assert_eq!(c.fence_ldapi.unwrap().database_dn, "olcDatabase={1}mdb,cn=config");
+        assert_eq!(c.fence_ldapi.unwrap().database, FencedDatabase::Entry("olcDatabase={1}mdb,cn=config".into()));
         assert!(args(&["--fence-ldapi", "ldap://127.0.0.1"]).unwrap_err().contains("ldapi://"));
+        let by_suffix = args(&["--fence-ldapi", "ldapi://%2Frun%2Fldapi", "--fence-suffix", "dc=x"]).unwrap();
+        assert_eq!(by_suffix.fence_ldapi.unwrap().database, FencedDatabase::Suffix("dc=x".into()));
     }
 
     #[test]

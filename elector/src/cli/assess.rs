@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
@@ -34,6 +34,9 @@ pub struct Snapshot {
     pub pods: Vec<Pod>,
     /// Per write Service, its EndpointSlices.
     pub endpoint_slices: BTreeMap<String, Vec<EndpointSlice>>,
+    /// The namespace's `DangerousSlapdConfig` Events (the electors' configuration guard), or
+    /// why they could not be read.
+    pub config_events: Result<Vec<Event>, String>,
     pub now: Timestamp,
 }
 
@@ -111,6 +114,17 @@ pub fn elector_running(pod: &Pod) -> Option<bool> {
         .map(|c| c.started != Some(false) && c.state.as_ref().is_some_and(|s| s.running.is_some()))
 }
 
+/// Whether `event` is about this very pod (its UID: not an earlier pod of the same name).
+fn regards(event: &Event, pod: &Pod) -> bool {
+    let about = &event.involved_object;
+    about.kind.as_deref() == Some("Pod") && about.uid.is_some() && about.uid == pod.metadata.uid
+}
+
+fn event_time(event: &Event) -> Option<Timestamp> {
+    let series = event.series.as_ref().and_then(|s| s.last_observed_time.as_ref()).map(|t| t.0);
+    series.or(event.event_time.as_ref().map(|t| t.0)).or(event.last_timestamp.as_ref().map(|t| t.0))
+}
+
 /// The assessment (pure).
 pub fn assess(s: &Snapshot) -> Status {
     let mut warnings = Vec::new();
@@ -150,6 +164,13 @@ pub fn assess(s: &Snapshot) -> Status {
         _ => {}
     }
 
+    let config_events = match &s.config_events {
+        Ok(events) => events.as_slice(),
+        Err(e) => {
+            warnings.push(format!("cannot read Events (slapd configuration findings not shown): {e}"));
+            &[]
+        }
+    };
     let mut pods: Vec<&Pod> = s.pods.iter().collect();
     pods.sort_by_key(|p| contract::split_pod_name(p.metadata.name.as_deref().unwrap_or_default()).map(|(_, o)| o));
     let mut labelled = Vec::new();
@@ -189,6 +210,18 @@ pub fn assess(s: &Snapshot) -> Status {
                 None => warnings.push(format!("{name} has not published its health (is its elector running?)")),
                 Some(HEALTH_HEALTHY) => {}
                 Some(other) => warnings.push(format!("{name} is {other}")),
+            }
+            // Fresh only: the elector repeats the Event at every check while the finding lasts.
+            let fresh =
+                |e: &&Event| age(s.now, event_time(e)).is_some_and(|a| a <= 2 * crate::slapd::config_guard::RECHECK);
+            let found = config_events.iter().filter(|e| regards(e, pod)).filter(fresh).max_by_key(|e| event_time(e));
+            if let Some(note) = found {
+                warnings.push(format!(
+                    "{name}: {} (Event {}, the elector checks every {} min)",
+                    note.message.as_deref().unwrap_or("dangerous slapd settings"),
+                    contract::event_reason::DANGEROUS_SLAPD_CONFIG,
+                    crate::slapd::config_guard::RECHECK.as_secs() / 60
+                ));
             }
             let diverged = marks.get(&name).cloned();
             let allow = allowed.contains(&name);
@@ -389,7 +422,7 @@ mod tests {
             annotations[ANNOTATION_HEALTH] = h.into();
         }
         serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {LABEL_ROLE: role}, "annotations": annotations},
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "labels": {LABEL_ROLE: role}, "annotations": annotations},
             "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
         }))
         .unwrap()
@@ -469,6 +502,7 @@ mod tests {
                 pod("ldap-0", "leader", Some("healthy"), CSN, true),
             ],
             endpoint_slices: [("ldap-primary".to_string(), vec![slice(&[("ldap-0", true), ("ldap-1", false)])])].into(),
+            config_events: Ok(Vec::new()),
             now: NOW.parse().unwrap(),
         }
     }
@@ -492,6 +526,33 @@ mod tests {
         assert!(table.contains("leader: ldap-0  term: 3") && !table.contains("WARN"), "{table}");
         let json = serde_json::to_value(&st).unwrap();
         assert_eq!(json["pods"][1]["role"], "standby");
+    }
+
+    /// The configuration guard's Event (issue 16: the session log Nubus ships with) warns for
+    /// the pod it is about, while fresh; an Event of an earlier pod of that name does not.
+    #[test]
+    fn a_fresh_dangerous_slapd_config_event_of_the_pod_warns() {
+        let event = |uid: &str, at: &str| -> Event {
+            serde_json::from_value(json!({
+                "metadata": {"name": "e", "namespace": "ns"},
+                "involvedObject": {"kind": "Pod", "name": "ldap-1", "uid": uid},
+                "reason": contract::event_reason::DANGEROUS_SLAPD_CONFIG,
+                "message": "dangerous or doubtful slapd settings: session-log-on-mirror-mode; see this sidecar's log",
+                "eventTime": at,
+            }))
+            .unwrap()
+        };
+        let mut s = healthy();
+        s.config_events = Ok(vec![event("uid-ldap-1", "2026-11-26T09:55:00.000000Z")]);
+        let st = assess(&s);
+        assert_eq!(st.warnings.len(), 1, "{:?}", st.warnings);
+        assert!(st.warnings[0].starts_with("ldap-1: dangerous or doubtful slapd settings: session-log-on-mirror-mode"));
+        s.config_events = Ok(vec![event("uid-of-an-earlier-ldap-1", "2026-11-26T09:55:00.000000Z")]);
+        assert!(assess(&s).warnings.is_empty(), "another pod's Event");
+        s.config_events = Ok(vec![event("uid-ldap-1", "2026-11-26T09:00:00.000000Z")]);
+        assert!(assess(&s).warnings.is_empty(), "not repeated for an hour: fixed since");
+        s.config_events = Err("forbidden".into());
+        assert!(warns(&s, "cannot read Events (slapd configuration findings not shown): forbidden"));
     }
 
     #[test]

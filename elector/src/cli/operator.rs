@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PostParams};
@@ -143,6 +143,10 @@ pub async fn gather(client: &Client, namespace: &str, statefulset: &str) -> Resu
         let list = call(format!("listing the EndpointSlices of Service {service}"), slices.list(&lp)).await?;
         endpoint_slices.insert(service.clone(), list.items);
     }
+    // Not fatal: an operator without `list events` still sees everything else.
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let dangerous = ListParams::default().fields(&format!("reason={}", contract::event_reason::DANGEROUS_SLAPD_CONFIG));
+    let config_events = events.list(&dangerous).await.map(|l| l.items).map_err(|e| e.to_string());
     Ok(Snapshot {
         namespace: namespace.to_string(),
         statefulset: statefulset.to_string(),
@@ -152,6 +156,7 @@ pub async fn gather(client: &Client, namespace: &str, statefulset: &str) -> Resu
         lease,
         pods,
         endpoint_slices,
+        config_events,
         now: Timestamp::now(),
     })
 }

@@ -292,15 +292,19 @@ impl Telemetry {
         }
     }
 
-    /// The configuration guard's result: `warnings` dangerous or doubtful slapd settings.
-    pub fn config_checked(&self, warnings: usize) {
-        self.metrics.config_warnings.set(warnings as f64);
-        if warnings > 0 {
+    /// The configuration guard's result: the codes of the dangerous or doubtful slapd settings
+    /// (an Event on every reading that has any, so that it does not expire while they last).
+    pub fn config_checked(&self, codes: &[&str]) {
+        self.metrics.config_warnings.set(codes.len() as f64);
+        if !codes.is_empty() {
             self.emit(
                 Severity::Warning,
                 event_reason::DANGEROUS_SLAPD_CONFIG,
                 "CheckConfig",
-                format!("{warnings} dangerous or doubtful slapd replication settings; see this sidecar's log and docs/divergence.md"),
+                format!(
+                    "dangerous or doubtful slapd settings: {}; see this sidecar's log and docs/divergence.md",
+                    codes.join(", ")
+                ),
             );
         }
     }
@@ -498,10 +502,12 @@ mod tests {
         ops.lease_seen(&lease);
         assert_eq!(notices.try_recv().expect("an Event for the cleared mark").reason, event_reason::DIVERGENCE_CLEARED);
         assert_eq!(ops.metrics.divergence_marked.get(), 0.0);
-        ops.config_checked(0);
+        ops.config_checked(&[]);
         assert!(notices.try_recv().is_err());
-        ops.config_checked(2);
-        assert_eq!(notices.try_recv().expect("config warning").reason, event_reason::DANGEROUS_SLAPD_CONFIG);
+        ops.config_checked(&["session-log-on-mirror-mode", "syncrepl-timeout"]);
+        let notice = notices.try_recv().expect("config warning");
+        assert_eq!(notice.reason, event_reason::DANGEROUS_SLAPD_CONFIG);
+        assert!(notice.note.contains("session-log-on-mirror-mode, syncrepl-timeout"), "{}", notice.note);
         assert_eq!(ops.metrics.config_warnings.get(), 2.0);
     }
 

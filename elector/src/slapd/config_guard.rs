@@ -15,6 +15,7 @@ use ldap_elector_contract::backoff::Backoff;
 use serde::Serialize;
 
 use crate::divergence::audit::parse_entry;
+use crate::slapd::database::{same_dn, FencedDatabase};
 
 /// One database of cn=config with what the guard looks at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -163,43 +164,39 @@ pub fn evaluate(dbs: &[DatabaseConfig]) -> Vec<Finding> {
     findings
 }
 
-/// What the fence toggles and what clients write to: the database entry the elector fences
-/// (`--fence-database`) and the suffix of its health check (the data the clients write).
+/// What the fence toggles and what clients write to: the database the elector fences
+/// (`--fence-database`, or by `--fence-suffix`) and the suffix of its health check (the data
+/// the clients write).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FenceTarget {
-    pub database_dn: String,
+    pub database: FencedDatabase,
     pub suffix: String,
 }
 
 /// Issue 16: a fence on another database than the one holding the data leaves the data
 /// writable on every server (two writers), silently: slapd confirms `olcReadOnly` on the
 /// database it was given. Nubus' data database is not `{1}mdb` (`cn=internal` is). A database
-/// whose suffix is not readable is not judged (`config-unreadable` covers that).
+/// named outright whose suffix is not readable is not judged (`config-unreadable` covers that).
 pub fn fence_target_finding(dbs: &[DatabaseConfig], target: &FenceTarget) -> Option<Finding> {
-    let same_dn = |a: &str, b: &str| {
-        let norm = |d: &str| d.split(',').map(str::trim).collect::<Vec<_>>().join(",").to_ascii_lowercase();
-        norm(a) == norm(b)
-    };
     let holding = dbs.iter().find(|d| d.suffix.as_deref().is_some_and(|s| same_dn(s, &target.suffix)));
-    let fenced = dbs.iter().find(|d| same_dn(&d.dn, &target.database_dn));
     let fix =
         holding.map_or(String::new(), |d| format!("; set the annotation ldap-elector.dev/fence-database={}", d.dn));
-    let message = match fenced {
-        None => format!(
-            "the fence toggles olcReadOnly on {}, which is not a database of this slapd: no server can be fenced, \
-             the data of {} stays writable{fix} (docs/reference.md)",
-            target.database_dn, target.suffix
+    let message = match target.database.find(dbs.iter().map(|d| (d.dn.as_str(), d.suffix.as_deref()))) {
+        Err(missing) => format!(
+            "the fence toggles olcReadOnly on {}, but {missing}: no server can be fenced, the data of {} stays \
+             writable{fix} (docs/reference.md)",
+            target.database, target.suffix
         ),
-        Some(db) if is_special(&db.dn) => format!(
-            "the fence toggles olcReadOnly on {}, which holds no client data: the data of {} stays writable on \
+        Ok(dn) if is_special(dn) => format!(
+            "the fence toggles olcReadOnly on {dn}, which holds no client data: the data of {} stays writable on \
              every server{fix} (docs/reference.md)",
-            db.dn, target.suffix
+            target.suffix
         ),
-        Some(db) => match db.suffix.as_deref() {
+        Ok(dn) => match dbs.iter().find(|d| d.dn == dn).and_then(|d| d.suffix.as_deref()) {
             Some(s) if !same_dn(s, &target.suffix) => format!(
-                "the fence toggles olcReadOnly on {} ({s}), but clients write to {}: a fenced standby still takes \
+                "the fence toggles olcReadOnly on {dn} ({s}), but clients write to {}: a fenced standby still takes \
                  writes there, two servers accept them{fix} (docs/reference.md)",
-                db.dn, target.suffix
+                target.suffix
             ),
             _ => return None,
         },
@@ -207,7 +204,7 @@ pub fn fence_target_finding(dbs: &[DatabaseConfig], target: &FenceTarget) -> Opt
     Some(Finding {
         severity: Severity::Danger,
         code: "fence-not-on-the-data-database",
-        entry: target.database_dn.clone(),
+        entry: target.database.to_string(),
         message,
     })
 }
@@ -385,17 +382,48 @@ async fn check_with(ldapi_url: &str, target: Option<&FenceTarget>, timeout: Dura
     Ok(findings)
 }
 
-/// For the elector's start-up: reads cn=config once slapd answers (it may start after the
-/// sidecar; bounded retries with back-off) and logs every finding, dangers as errors.
-/// Returns how many findings were warnings or dangers (`None`: cn=config was not read).
-pub async fn log_findings(
+/// How often the elector checks slapd's configuration again after a first reading: a
+/// change made at runtime is seen, and a danger's Event stays fresh (Events expire, by
+/// default after an hour) for `ldap-elector status`.
+pub const RECHECK: Duration = Duration::from_secs(600);
+
+/// The codes of the findings that are warnings or dangers (what the Event and metric report).
+pub fn alarming(findings: &[Finding]) -> Vec<&'static str> {
+    findings.iter().filter(|f| !matches!(f.severity, Severity::Info)).map(|f| f.code).collect()
+}
+
+/// For the elector: reads cn=config once slapd answers (it may start after the sidecar;
+/// bounded retries with back-off), logs every finding, dangers as errors, and hands the
+/// alarming codes to `report`; then again every [`RECHECK`] until cancelled.
+pub async fn watch_findings(
     ldapi_url: String,
     target: Option<FenceTarget>,
     cancel: tokio_util::sync::CancellationToken,
-) -> Option<usize> {
+    report: impl Fn(Vec<&'static str>),
+) {
+    loop {
+        match log_findings(&ldapi_url, target.as_ref(), &cancel).await {
+            Some(findings) => report(alarming(&findings)),
+            None if cancel.is_cancelled() => return,
+            None => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RECHECK) => {}
+        }
+    }
+}
+
+/// One reading (with retries while slapd does not answer), logged; `None`: cn=config was not
+/// read.
+async fn log_findings(
+    ldapi_url: &str,
+    target: Option<&FenceTarget>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<Vec<Finding>> {
     let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     for attempt in 0..20 {
-        match check_with(&ldapi_url, target.as_ref(), Duration::from_secs(5)).await {
+        match check_with(ldapi_url, target, Duration::from_secs(5)).await {
             Ok(findings) => {
                 for f in &findings {
                     match f.severity {
@@ -410,7 +438,7 @@ pub async fn log_findings(
                         }
                     }
                 }
-                return Some(findings.iter().filter(|f| !matches!(f.severity, Severity::Info)).count());
+                return Some(findings);
             }
             Err(e) => tracing::debug!(error = %e, "configuration guard: cannot read cn=config yet"),
         }
@@ -579,7 +607,8 @@ mod tests {
             entry("olcDatabase={2}mdb,cn=config", &[("olcDatabase", "{2}mdb"), ("olcSuffix", "dc=example,dc=org")]),
             entry("olcDatabase={3}mdb,cn=config", &[("olcDatabase", "{3}mdb"), ("olcSuffix", "cn=translog")]),
         ]);
-        let target = |db: &str| FenceTarget { database_dn: db.into(), suffix: "dc=example, dc=org".into() };
+        let suffix = "dc=example, dc=org";
+        let target = |db: &str| FenceTarget { database: FencedDatabase::Entry(db.into()), suffix: suffix.into() };
         let wrong = fence_target_finding(&dbs, &target("olcDatabase={1}mdb,cn=config")).expect("a finding");
         assert_eq!((wrong.severity, wrong.code), (Severity::Danger, "fence-not-on-the-data-database"));
         assert!(wrong.message.contains("(cn=internal)"), "{wrong}");
@@ -588,10 +617,17 @@ mod tests {
         let config = fence_target_finding(&from_entries(special.to_vec()), &target("olcDatabase={0}config,cn=config"));
         assert!(config.expect("a finding").message.contains("holds no client data"));
         let missing = fence_target_finding(&dbs, &target("olcDatabase={9}mdb,cn=config")).expect("a finding");
-        assert!(missing.message.contains("not a database of this slapd"), "{missing}");
+        assert!(missing.message.contains("slapd has no database olcDatabase={9}mdb,cn=config"), "{missing}");
         assert_eq!(fence_target_finding(&dbs, &target("olcDatabase={2}MDB, cn=config")), None);
         // Suffixes hidden by an ACL: not judged here.
         let hidden = from_entries(vec![entry(DB, &[("olcDatabase", "{1}mdb")])]);
         assert_eq!(fence_target_finding(&hidden, &target(DB)), None);
+        // By suffix (what the webhook injects): the data database, whatever its number.
+        let by_suffix = |s: &str| FenceTarget { database: FencedDatabase::Suffix(s.into()), suffix: suffix.into() };
+        assert_eq!(fence_target_finding(&dbs, &by_suffix("dc=example,dc=org")), None);
+        let nowhere = fence_target_finding(&hidden, &by_suffix(suffix)).expect("a finding");
+        assert!(nowhere.message.contains("no database of slapd has the suffix dc=example, dc=org"), "{nowhere}");
+        let internal = fence_target_finding(&dbs, &by_suffix("cn=internal")).expect("a finding");
+        assert!(internal.message.contains("olcDatabase={1}mdb,cn=config (cn=internal)"), "{internal}");
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Moment;
+use crate::slapd::database::FencedDatabase;
 use crate::slapd::hook::RoleHook;
 use crate::slapd::ldap;
 use ldap_elector_contract::{ROLE_LEADER, ROLE_STANDBY};
@@ -18,7 +19,7 @@ use ldap_elector_contract::{ROLE_LEADER, ROLE_STANDBY};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LdapFence {
     pub ldapi_url: String,
-    pub database_dn: String,
+    pub database: FencedDatabase,
 }
 
 pub struct Fence {
@@ -64,7 +65,7 @@ impl Fence {
         let read_only = role != ROLE_LEADER;
         let started = std::time::Instant::now();
         let proceed = || read_only || still();
-        match ldap::set_read_only_if(&f.ldapi_url, &f.database_dn, read_only, self.timeout, &proceed).await {
+        match ldap::set_read_only_if(&f.ldapi_url, &f.database, read_only, self.timeout, &proceed).await {
             Ok(()) => {
                 tracing::info!(role, read_only, millis = started.elapsed().as_millis() as u64, "slapd fence set");
                 true
@@ -88,7 +89,7 @@ impl Fence {
     /// built-in fence). Catches a slapd that restarted with an old `olcReadOnly`.
     async fn verify_ldap(&self, role: &str) -> Option<bool> {
         let f = self.ldap.as_ref()?;
-        let read_only = ldap::is_read_only(&f.ldapi_url, &f.database_dn, self.timeout).await.ok()?;
+        let read_only = ldap::is_read_only(&f.ldapi_url, &f.database, self.timeout).await.ok()?;
         Some(read_only == (role != ROLE_LEADER))
     }
 }

@@ -16,6 +16,8 @@ use std::time::Duration;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
 use tokio::time::Instant;
 
+use crate::slapd::database::FencedDatabase;
+
 /// The syntax of the checks lives in the contract (the webhook validates annotations with it).
 pub use ldap_elector_contract::check::{Bind, Credentials, LdapCheck, Tls};
 
@@ -123,7 +125,7 @@ impl Probe for LdapCheck {
     }
 }
 
-/// Sets `olcReadOnly` of `database_dn` (e.g. `olcDatabase={1}mdb,cn=config`) over
+/// Sets `olcReadOnly` of `database` (found in cn=config first when named by its suffix) over
 /// `ldapi_url` with SASL EXTERNAL, and reads it back in the same session: `Ok` only when
 /// slapd confirms the state. Takes effect at once, also on open client connections
 /// (their writes get `53 unwillingToPerform`); replication into the database still applies.
@@ -135,11 +137,11 @@ impl Probe for LdapCheck {
 /// apply later, so read back with [`is_read_only`] before trusting either state.
 pub async fn set_read_only(
     ldapi_url: &str,
-    database_dn: &str,
+    database: &FencedDatabase,
     read_only: bool,
     timeout: Duration,
 ) -> Result<(), LdapError> {
-    set_read_only_if(ldapi_url, database_dn, read_only, timeout, &|| true).await
+    set_read_only_if(ldapi_url, database, read_only, timeout, &|| true).await
 }
 
 /// [`set_read_only`], asking `proceed` immediately before the modify is sent (after connect
@@ -148,13 +150,21 @@ pub async fn set_read_only(
 /// expired while this call waited never reaches slapd.
 pub async fn set_read_only_if(
     ldapi_url: &str,
-    database_dn: &str,
+    database: &FencedDatabase,
     read_only: bool,
     timeout: Duration,
     proceed: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), LdapError> {
     let deadline = Deadline { at: Instant::now() + timeout, timeout };
     let mut session = Session::open_ldapi(ldapi_url, deadline).await?;
+    let database_dn = match session.database_dn(database, deadline).await {
+        Ok(dn) => dn,
+        Err(e) => {
+            session.close().await;
+            return Err(e);
+        }
+    };
+    let database_dn = database_dn.as_str();
     if !proceed() {
         session.close().await;
         return Err(LdapError::Withdrawn { url: ldapi_url.to_string() });
@@ -178,12 +188,15 @@ pub async fn set_read_only_if(
     }
 }
 
-/// Reads `olcReadOnly` of `database_dn` from cn=config (absent = writable). cn=monitor is
+/// Reads `olcReadOnly` of `database` from cn=config (absent = writable). cn=monitor is
 /// not used: its `readOnly` does not follow `olcReadOnly` (slapd 2.5).
-pub async fn is_read_only(ldapi_url: &str, database_dn: &str, timeout: Duration) -> Result<bool, LdapError> {
+pub async fn is_read_only(ldapi_url: &str, database: &FencedDatabase, timeout: Duration) -> Result<bool, LdapError> {
     let deadline = Deadline { at: Instant::now() + timeout, timeout };
     let mut session = Session::open_ldapi(ldapi_url, deadline).await?;
-    let read_only = session.read_only(database_dn, deadline).await;
+    let read_only = match session.database_dn(database, deadline).await {
+        Ok(dn) => session.read_only(&dn, deadline).await,
+        Err(e) => Err(e),
+    };
     session.close().await;
     read_only
 }
@@ -303,6 +316,34 @@ impl Session {
         let mut session = Session::open(ldapi_url, deadline).await?;
         session.bind(&Bind::SaslExternal, deadline).await?;
         Ok(session)
+    }
+
+    /// The cn=config entry of `database`: named, or the one database with its suffix (read
+    /// on every call: slapd numbers its databases in the order of its configuration).
+    async fn database_dn(&mut self, database: &FencedDatabase, deadline: Deadline) -> Result<String, LdapError> {
+        let FencedDatabase::Suffix(_) = database else {
+            return Ok(database.to_string());
+        };
+        let url = self.url.clone();
+        // Every database with a suffix, compared here (the error then lists them); the
+        // rights this needs are in docs/openldap.md's ACL.
+        let entries = deadline
+            .step(&url, Step::ReadConfig, async {
+                let (entries, _) = self
+                    .ldap
+                    .search("cn=config", Scope::OneLevel, "(olcSuffix=*)", vec!["olcSuffix"])
+                    .await?
+                    .success()?;
+                Ok(entries)
+            })
+            .await?;
+        let found: Vec<(String, Option<String>)> = entries
+            .into_iter()
+            .map(SearchEntry::construct)
+            .map(|e| (e.dn.clone(), attribute(e, "olcSuffix").into_iter().next()))
+            .collect();
+        let pairs = found.iter().map(|(dn, s)| (dn.as_str(), s.as_deref()));
+        database.find(pairs).map(str::to_string).map_err(|m| failed(&url, Step::ReadConfig, m))
     }
 
     /// `olcReadOnly` of `database_dn` from cn=config (absent = writable).

@@ -14,6 +14,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::slapd::database::FencedDatabase;
+
 /// back-ldif's first line of every file.
 const HEADER: &str = "# AUTO-GENERATED FILE - DO NOT EDIT!! Use ldapmodify.";
 const CRC_PREFIX: &str = "# CRC32 ";
@@ -40,28 +42,41 @@ pub enum StartFencedError {
     NotAConfigEntry(String),
     #[error("{path}: no such file, but {dir} holds a slapd.d configuration: the fenced database {dn:?} does not exist (databases there: {found})")]
     NoSuchDatabase { path: PathBuf, dir: PathBuf, dn: String, found: String },
+    #[error("{dir} holds a slapd.d configuration, but {message}")]
+    NoDatabaseOfSuffix { dir: PathBuf, message: String },
     #[error("{path}: not a back-ldif entry file of {dn:?}: {reason}")]
     NotAnEntry { path: PathBuf, dn: String, reason: &'static str },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
 
-/// Sets `olcReadOnly: TRUE` on `database_dn` in the slapd.d directory `config_dir`.
-pub fn start_fenced(config_dir: &Path, database_dn: &str) -> Result<Outcome, StartFencedError> {
-    let rdn = config_child(database_dn).ok_or_else(|| StartFencedError::NotAConfigEntry(database_dn.to_string()))?;
+/// Sets `olcReadOnly: TRUE` on `database` in the slapd.d directory `config_dir`.
+pub fn start_fenced(config_dir: &Path, database: &FencedDatabase) -> Result<Outcome, StartFencedError> {
+    if let FencedDatabase::Entry(dn) = database {
+        config_child(dn).ok_or_else(|| StartFencedError::NotAConfigEntry(dn.clone()))?;
+    }
     if !config_dir.join(format!("{CONFIG_RDN}.ldif")).exists() {
         return Ok(Outcome::NoConfiguration);
     }
     let children = config_dir.join(CONFIG_RDN);
+    let present = databases(&children);
+    let database_dn = match database {
+        FencedDatabase::Entry(dn) => dn.clone(),
+        FencedDatabase::Suffix(_) => database
+            .find(present.iter().map(|(dn, suffix)| (dn.as_str(), suffix.as_deref())))
+            .map_err(|message| StartFencedError::NoDatabaseOfSuffix { dir: config_dir.to_path_buf(), message })?
+            .to_string(),
+    };
+    let rdn = config_child(&database_dn).ok_or_else(|| StartFencedError::NotAConfigEntry(database_dn.clone()))?;
     let path = entry_file(&children, rdn).ok_or_else(|| StartFencedError::NoSuchDatabase {
         path: children.join(format!("{rdn}.ldif")),
         dir: config_dir.to_path_buf(),
-        dn: database_dn.to_string(),
-        found: databases(&children).join(", "),
+        dn: database_dn.clone(),
+        found: present.iter().map(|(dn, _)| dn.as_str()).collect::<Vec<_>>().join(", "),
     })?;
     let io = |source| StartFencedError::Io { path: path.clone(), source };
     let text = std::fs::read_to_string(&path).map_err(io)?;
-    let not_entry = |reason| StartFencedError::NotAnEntry { path: path.clone(), dn: database_dn.to_string(), reason };
+    let not_entry = |reason| StartFencedError::NotAnEntry { path: path.clone(), dn: database_dn.clone(), reason };
     match fenced_entry(&text, rdn).map_err(not_entry)? {
         None => Ok(Outcome::AlreadyFenced(path)),
         Some(fenced) => {
@@ -94,17 +109,31 @@ fn entry_file(children: &Path, rdn: &str) -> Option<PathBuf> {
         .map(|e| e.path())
 }
 
-/// The database entries present (for the error message).
-fn databases(children: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(children)
+/// The database entries present, with their suffix (sorted by DN).
+fn databases(children: &Path) -> Vec<(String, Option<String>)> {
+    let mut found: Vec<(String, Option<String>)> = std::fs::read_dir(children)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".ldif").map(|n| format!("{n},{CONFIG_RDN}")))
-        .filter(|n| n.to_ascii_lowercase().starts_with("olcdatabase="))
+        .filter_map(|e| {
+            let rdn = e.file_name().to_str()?.strip_suffix(".ldif")?.to_string();
+            rdn.to_ascii_lowercase().starts_with("olcdatabase=").then_some(())?;
+            let suffix = std::fs::read_to_string(e.path()).ok().and_then(|text| suffix_of(&text));
+            Some((format!("{rdn},{CONFIG_RDN}"), suffix))
+        })
         .collect();
-    names.sort();
-    names
+    found.sort();
+    found
+}
+
+/// The `olcSuffix` of a back-ldif entry file (folded lines joined; a base64 value is not
+/// read: name such a database with `--fence-database`).
+fn suffix_of(text: &str) -> Option<String> {
+    let unfolded = text.replace("\n ", "");
+    unfolded.lines().find_map(|line| {
+        let (attr, value) = line.split_once(':')?;
+        (attr.eq_ignore_ascii_case("olcSuffix") && !value.starts_with(':')).then(|| value.trim().to_string())
+    })
 }
 
 /// The back-ldif file `text` of the entry `rdn` with `olcReadOnly: TRUE` and its checksum
@@ -264,6 +293,27 @@ modifyTimestamp: 20261206142759Z
         assert!(fenced_entry(MDB, "olcDatabase={2}mdb").is_err());
         assert!(fenced_entry("", "olcDatabase={1}mdb").is_err());
         assert!(fenced_entry("# x\nobjectClass: top\n", "olcDatabase={1}mdb").is_err());
+    }
+
+    #[test]
+    fn a_suffix_finds_its_database_file_and_a_missing_one_lists_what_is_there() {
+        let dir = std::env::temp_dir().join(format!("start-fenced-suffix-{}", std::process::id()));
+        let children = dir.join(CONFIG_RDN);
+        std::fs::create_dir_all(&children).unwrap();
+        std::fs::write(dir.join("cn=config.ldif"), "dn: cn=config\n").unwrap();
+        let internal = MDB.replace("olcSuffix: dc=example,dc=org", "olcSuffix: cn=internal");
+        let data =
+            MDB.replace("{1}mdb", "{2}mdb").replace("olcSuffix: dc=example,dc=org", "olcSuffix: dc=example,\n dc=org");
+        std::fs::write(children.join("olcDatabase={1}mdb.ldif"), internal).unwrap();
+        std::fs::write(children.join("olcDatabase={2}mdb.ldif"), &data).unwrap();
+        let outcome = start_fenced(&dir, &FencedDatabase::Suffix("DC=example, dc=org".into())).unwrap();
+        assert_eq!(outcome, Outcome::Fenced(children.join("olcDatabase={2}mdb.ldif")));
+        let untouched = std::fs::read_to_string(children.join("olcDatabase={1}mdb.ldif")).unwrap();
+        assert!(!untouched.contains("olcReadOnly"), "{untouched}");
+        let err = start_fenced(&dir, &FencedDatabase::Suffix("dc=elsewhere".into())).unwrap_err().to_string();
+        assert!(err.contains("no database of slapd has the suffix dc=elsewhere"), "{err}");
+        assert!(err.contains("olcDatabase={1}mdb,cn=config (cn=internal)"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

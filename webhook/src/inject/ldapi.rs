@@ -44,13 +44,13 @@ pub(super) struct LdapiPlan {
 impl LdapiPlan {
     /// The fence settings alone (the guard's environment).
     pub(super) fn fence_env(&self) -> Vec<EnvVar> {
-        self.env_of(&[contract::ENV_FENCE_LDAPI, contract::ENV_FENCE_DATABASE])
+        self.env_of(&[contract::ENV_FENCE_LDAPI, contract::ENV_FENCE_DATABASE, contract::ENV_FENCE_SUFFIX])
     }
 
     /// The init container that fences slapd's configuration before slapd starts.
     pub(super) fn start_fenced(&self, cfg: &InjectConfig) -> Option<Container> {
         let plan = self.start_fenced.as_ref()?;
-        let mut env = self.env_of(&[contract::ENV_FENCE_DATABASE]);
+        let mut env = self.env_of(&[contract::ENV_FENCE_DATABASE, contract::ENV_FENCE_SUFFIX]);
         env.push(env_value(contract::ENV_SLAPD_CONFIG_DIR, plan.config_dir.clone()));
         Some(template::start_fenced(cfg, env, plan))
     }
@@ -168,26 +168,30 @@ pub(super) fn ldapi_plan(
 
     let socket = ldap_elector_contract::check::ldapi_url(&format!("{dir}/{}", contract::LDAPI_SOCKET_NAME));
     let mut env = vec![env_value(contract::ENV_FENCE_LDAPI, socket.clone())];
-    if let Some(db) = get(contract::ANNOTATION_FENCE_DATABASE) {
-        env.push(env_value(contract::ENV_FENCE_DATABASE, fence_database(db)?));
+    let suffix = get(contract::ANNOTATION_LDAP_SUFFIX).map(|s| s.trim()).filter(|s| !s.is_empty());
+    let invalid = |suffix: &str, reason: String| InjectError::InvalidAnnotation {
+        key: contract::ANNOTATION_LDAP_SUFFIX,
+        value: suffix.to_string(),
+        reason,
+    };
+    if let Some(suffix) = suffix.filter(|s| s.chars().any(char::is_control)) {
+        return Err(invalid(suffix, "control characters are not allowed".into()));
+    }
+    // The data database: named outright, else found by the clients' suffix (its number
+    // depends on the consumer's configuration).
+    match (get(contract::ANNOTATION_FENCE_DATABASE), suffix) {
+        (Some(db), _) => env.push(env_value(contract::ENV_FENCE_DATABASE, fence_database(db)?)),
+        (None, Some(suffix)) => env.push(env_value(contract::ENV_FENCE_SUFFIX, suffix.to_string())),
+        (None, None) => {}
     }
     let health_set = get(contract::ANNOTATION_HEALTH_CHECK).is_some_and(|h| !h.trim().is_empty());
     if !health_set {
-        let suffix = get(contract::ANNOTATION_LDAP_SUFFIX).map(|s| s.trim()).filter(|s| !s.is_empty());
         let suffix = suffix.ok_or(InjectError::MissingLdapSuffix)?;
-        let invalid = |reason: String| InjectError::InvalidAnnotation {
-            key: contract::ANNOTATION_LDAP_SUFFIX,
-            value: suffix.to_string(),
-            reason,
-        };
-        if suffix.chars().any(char::is_control) {
-            return Err(invalid("control characters are not allowed".into()));
-        }
         // `=` and `,` stay readable; the elector decodes the rest.
         let check = ldap_elector_contract::check::with_base(&socket, suffix);
         // Parsed as the elector will parse it, so a bad value is denied here instead of
         // crash-looping the sidecar.
-        ldap_elector_contract::check::LdapCheck::parse(&check).map_err(invalid)?;
+        ldap_elector_contract::check::LdapCheck::parse(&check).map_err(|e| invalid(suffix, e))?;
         env.push(env_value(contract::ENV_HEALTH_CHECK, check));
     }
     Ok(Some(LdapiPlan {
@@ -349,7 +353,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(env(&out, contract::ENV_FENCE_DATABASE), None, "the elector's default stays");
+        // The fence finds the data database by the same suffix, whatever its number.
+        assert_eq!(env(&out, contract::ENV_FENCE_DATABASE), None);
+        assert_eq!(env(&out, contract::ENV_FENCE_SUFFIX), Some("dc=example,dc=org"));
+        let guard = container(&out, contract::GUARD_CONTAINER)["env"].to_string();
+        assert!(guard.contains(contract::ENV_FENCE_SUFFIX) && guard.contains("dc=example,dc=org"), "{guard}");
         assert!(refused_as_marked(&out, Some(&ldap_owner(&[]))));
     }
 
@@ -364,6 +372,7 @@ mod tests {
         assert_eq!(env(&out, contract::ENV_HEALTH_CHECK), Some("tcp://127.0.0.1:389"));
         assert_eq!(env(&out, contract::ENV_FENCE_LDAPI), Some("ldapi://%2Fvar%2Frun%2Fslapd%2Fldapi"));
         assert_eq!(env(&out, contract::ENV_FENCE_DATABASE), Some("olcDatabase={2}mdb,cn=config"));
+        assert_eq!(env(&out, contract::ENV_FENCE_SUFFIX), None, "named outright, not looked up");
         let health = container(&out, contract::SIDECAR_CONTAINER)["env"].to_string();
         assert_eq!(health.matches(contract::ENV_HEALTH_CHECK).count(), 1, "{health}");
     }

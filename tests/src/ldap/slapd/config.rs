@@ -109,7 +109,9 @@ pub fn render(id: u32, data_dir: &Path, node: &NodeConfig, opts: &PairOptions) -
             (
                 format!(
                     "olcAccess: {{0}}to dn.exact=\"{DATA_DB}\" attrs=olcReadOnly\n  by dn.exact=\"{who}\" write\n  by * break\n\
-                     olcAccess: {{1}}to dn.exact=\"{DATA_DB}\" attrs=entry,objectClass\n  by dn.exact=\"{who}\" read\n  by * break\n"
+                     olcAccess: {{1}}to dn.exact=\"{DATA_DB}\" attrs=entry,objectClass\n  by dn.exact=\"{who}\" read\n  by * break\n\
+                     olcAccess: {{2}}to dn.base=\"cn=config\" attrs=entry\n  by dn.exact=\"{who}\" search\n  by * break\n\
+                     olcAccess: {{3}}to dn.regex=\"^olcDatabase=[^,]+,cn=config$\" attrs=entry,olcSuffix\n  by dn.exact=\"{who}\" read\n  by * break\n"
                 ),
                 format!(
                     "olcAccess: {{0}}to dn.base=\"{SUFFIX}\" attrs=entry,objectClass,contextCSN\n  by dn.exact=\"{who}\" read\n  by * break\n"

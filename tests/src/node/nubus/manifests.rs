@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use ldap_elector_contract as contract;
 use serde_json::{json, Value};
 
+use super::NubusOnNode;
 use crate::ldap::slapd::{ADMIN_DN, ADMIN_PASSWORD, SUFFIX};
 use crate::node::consumer::manifests::base_ldif;
 use crate::workloads::nubus::{Nubus, MAIN, POC_ELECTOR, SOCKET_DIR, SOCKET_VOLUME};
@@ -32,8 +33,6 @@ pub const NAMESPACE: &str = "nubus";
 pub const LDAP_PORT: u16 = 1389;
 /// Debian's slapd and ldap tools take `ldapi:///` as this socket.
 pub const LDAPI_SOCKET: &str = "/var/run/slapd/ldapi";
-/// `ldap-elector.dev/fence-database`: cn=internal is `{1}mdb`, the data suffix `{2}mdb`.
-pub const DATA_DATABASE: &str = "olcDatabase={2}mdb,cn=config";
 /// slapd's user and group, and the pod's fsGroup.
 pub const SLAPD_UID: u32 = 101;
 pub const SLAPD_GID: u32 = 102;
@@ -70,8 +69,9 @@ fn sockname_acl() -> String {
     format!("access to * by sockname=\"PATH={LDAPI_SOCKET}\" write by * none")
 }
 
-/// One mdb database with its syncprov overlay.
-fn database(suffix: &str, dir: &str, extra: &str) -> String {
+/// One mdb database with its syncprov overlay (and session log).
+fn database(suffix: &str, dir: &str, extra: &str, session_log: bool) -> String {
+    let session_log = if session_log { "syncprov-sessionlog 100\n" } else { "" };
     format!(
         "database mdb
 suffix \"{suffix}\"
@@ -82,19 +82,17 @@ index entryCSN,entryUUID eq
 {acl}
 {extra}overlay syncprov
 syncprov-checkpoint 10 1
-",
+{session_log}",
         acl = sockname_acl()
     )
 }
 
 /// slapd.conf of pod `ordinal` (server ID ordinal + 1), replicating the data suffix from its
-/// peer's provider Service at `peer_ip`. `start_read_only`: docs/nubus.md's one-line change
-/// (`readonly on` for the data database), so a (re)started slapd takes no write before the
-/// elector lifts it.
-pub fn slapd_conf(ordinal: usize, peer_ip: &str, start_read_only: bool) -> String {
+/// peer's provider Service at `peer_ip`, with or without docs/nubus.md's changes (`conf`).
+pub fn slapd_conf(ordinal: usize, peer_ip: &str, conf: &NubusOnNode) -> String {
     let id = ordinal + 1;
     let peer_id = 2 - ordinal;
-    let readonly = if start_read_only { "readonly on\n" } else { "" };
+    let readonly = if conf.start_read_only { "readonly on\n" } else { "" };
     let data = format!(
         "{readonly}rootdn \"{ADMIN_DN}\"
 rootpw {ADMIN_PASSWORD}
@@ -124,9 +122,9 @@ database config
 {data_db}
 {translog}",
         acl = sockname_acl(),
-        internal = database("cn=internal", "internal", ""),
-        data_db = database(SUFFIX, "data", &data),
-        translog = database("cn=translog", "translog", ""),
+        internal = database("cn=internal", "internal", "", false),
+        data_db = database(SUFFIX, "data", &data, conf.session_log),
+        translog = database("cn=translog", "translog", "", false),
     )
 }
 
@@ -149,13 +147,10 @@ fi
 }
 
 /// The ConfigMap: `slapd-<ordinal>.conf` per pod, `base.ldif` and the init scripts.
-pub fn config_map(peer_ips: &[String; 2], start_read_only: bool) -> anyhow::Result<ConfigMap> {
+pub fn config_map(peer_ips: &[String; 2], conf: &NubusOnNode) -> anyhow::Result<ConfigMap> {
     let mut data = serde_json::Map::new();
     for ordinal in 0..2 {
-        data.insert(
-            format!("slapd-{ordinal}.conf"),
-            slapd_conf(ordinal, &peer_ips[1 - ordinal], start_read_only).into(),
-        );
+        data.insert(format!("slapd-{ordinal}.conf"), slapd_conf(ordinal, &peer_ips[1 - ordinal], conf).into());
     }
     data.insert("base.ldif".into(), base_ldif().into());
     data.insert("render.sh".into(), render_script().into());
@@ -252,8 +247,9 @@ pub fn statefulset(n: &Nubus, image: &str) -> anyhow::Result<StatefulSet> {
 
 /// The annotations that opt the live StatefulSet in (`kubectl annotate`): the process bed's
 /// (inject, write Service, replace the proof of concept) and the OpenLDAP integration on this
-/// image: the socket's directory (the claim, shared read-only into the sidecars), the suffix,
-/// slapd's container and the data database.
+/// image: the socket's directory (the claim, shared read-only into the sidecars), the suffix
+/// (whose database the fence finds by itself: cn=internal is `{1}mdb`, the data `{2}mdb`) and
+/// slapd's container.
 pub fn opt_in_annotations(n: &Nubus) -> Vec<(&'static str, String)> {
     let mut annotations: Vec<(&'static str, String)> = vec![
         (contract::ANNOTATION_INJECT, "true".into()),
@@ -262,10 +258,29 @@ pub fn opt_in_annotations(n: &Nubus) -> Vec<(&'static str, String)> {
         (contract::ANNOTATION_LDAPI_SOCKET_DIR, SOCKET_DIR.into()),
         (contract::ANNOTATION_LDAP_SUFFIX, SUFFIX.into()),
         (contract::ANNOTATION_LDAP_CONTAINER, MAIN.into()),
-        (contract::ANNOTATION_FENCE_DATABASE, DATA_DATABASE.into()),
     ];
     annotations.sort();
     annotations
+}
+
+/// docs/nubus.md's adoption commands (migration, step 2), as the page shows them.
+pub fn documented_adoption() -> anyhow::Result<String> {
+    crate::doc_block("docs/nubus.md", "nubus-adopt")
+}
+
+/// The `KEY=VALUE` arguments of the `kubectl annotate` in `commands` (lines continued with
+/// `\` joined; single quotes removed), sorted.
+pub fn annotated(commands: &str) -> Vec<(String, String)> {
+    let joined = commands.replace("\\\n", " ");
+    let mut found: Vec<(String, String)> = joined
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w == "annotate"))
+        .flat_map(|l| l.split_whitespace().map(|w| w.trim_matches('\'').to_string()).collect::<Vec<_>>())
+        .filter_map(|w| w.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter(|(k, _)| k.starts_with(contract::DOMAIN))
+        .collect();
+    found.sort();
+    found
 }
 
 #[cfg(test)]
@@ -275,7 +290,7 @@ mod tests {
     #[test]
     fn each_server_replicates_the_data_suffix_from_its_peer_and_the_socket_may_write_everything() {
         let ips = ["198.18.0.20".to_string(), "198.18.0.21".to_string()];
-        let data = config_map(&ips, false).unwrap().data.unwrap();
+        let data = config_map(&ips, &NubusOnNode::CHANGED_AS_DOCUMENTED).unwrap().data.unwrap();
         let (c0, c1) = (&data["slapd-0.conf"], &data["slapd-1.conf"]);
         assert!(c0.contains("serverID 1\n") && c0.contains("rid=002 provider=ldap://198.18.0.21:389"), "{c0}");
         assert!(c1.contains("serverID 2\n") && c1.contains("rid=001 provider=ldap://198.18.0.20:389"), "{c1}");
@@ -293,12 +308,37 @@ mod tests {
     }
 
     #[test]
-    fn readonly_on_goes_into_the_data_database_only_and_only_when_asked() {
-        assert!(!slapd_conf(0, "198.18.0.21", false).contains("readonly"));
-        let c = slapd_conf(0, "198.18.0.21", true);
-        assert_eq!(c.matches("readonly on").count(), 1, "{c}");
-        let data = c.split("database mdb").find(|db| db.contains(&format!("suffix \"{SUFFIX}\""))).unwrap();
-        assert!(data.contains("readonly on\n"), "{data}");
+    fn the_documented_changes_are_readonly_on_and_no_session_log_on_the_data_database() {
+        let data_db = |c: &str| {
+            c.split("database mdb").find(|db| db.contains(&format!("suffix \"{SUFFIX}\""))).unwrap().to_string()
+        };
+        let shipped = slapd_conf(0, "198.18.0.21", &NubusOnNode::AS_SHIPPED);
+        assert!(!shipped.contains("readonly"), "{shipped}");
+        assert_eq!(shipped.matches("syncprov-sessionlog 100").count(), 1, "{shipped}");
+        assert!(data_db(&shipped).contains("syncprov-sessionlog 100\n"), "{shipped}");
+        let changed = slapd_conf(0, "198.18.0.21", &NubusOnNode::CHANGED_AS_DOCUMENTED);
+        assert!(!changed.contains("sessionlog"), "{changed}");
+        assert_eq!(changed.matches("readonly on").count(), 1, "{changed}");
+        assert!(data_db(&changed).contains("readonly on\n"), "{changed}");
+    }
+
+    /// The page's commands (run as written on the real node) opt in exactly as the process
+    /// bed's API calls do.
+    #[test]
+    fn the_documented_adoption_annotates_what_the_fixture_opts_in_with() {
+        let n = nubus();
+        let commands = documented_adoption().unwrap();
+        let expected: Vec<(String, String)> =
+            opt_in_annotations(&n).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(annotated(&commands), expected, "{commands}");
+        let target = format!("-n {NAMESPACE} annotate statefulset {}", n.statefulset_name());
+        assert!(commands.contains(&target), "{commands}");
+        for step in ["rollout restart", "rollout status"] {
+            assert!(
+                commands.contains(&format!("-n {NAMESPACE} {step} statefulset {}", n.statefulset_name())),
+                "{step}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Nubus' primary LDAP servers on the real node (issue 16): installed as its chart would
 //! ([`manifests`], with `local` PersistentVolumes for its claims), running the proof of
-//! concept's stand-in, then adopted as docs/nubus.md says: `kubectl annotate` of the live
-//! StatefulSet and `kubectl rollout restart` — no template change. As a
+//! concept's stand-in, then adopted by docs/nubus.md's commands, run as the page shows them:
+//! `kubectl annotate` of the live StatefulSet and `kubectl rollout restart` — no template
+//! change. As a
 //! [`Fixture`](crate::node::consumer::scenario::Fixture) the scenario measures it like the
 //! plain consumer, from the end of the rollout on.
 
@@ -34,15 +35,19 @@ const PODS_TIMEOUT: Duration = Duration::from_secs(180);
 pub struct NubusOnNode {
     /// docs/nubus.md's `readonly on` in the data database's section of slapd.conf (the
     /// consumer's one-line change that closes the window in which a slapd started from
-    /// slapd.conf takes writes before the elector fences it); `false`: as shipped.
+    /// slapd.conf takes writes before the elector fences it).
     pub start_read_only: bool,
+    /// `syncprov-sessionlog 100` on the data database, as Nubus ships it (docs/nubus.md
+    /// asks to remove it: it can lose changes silently, docs/divergence.md).
+    pub session_log: bool,
 }
 
 impl NubusOnNode {
     /// As Nubus ships it: no change to its templates.
-    pub const AS_SHIPPED: NubusOnNode = NubusOnNode { start_read_only: false };
-    /// With `readonly on` for the data database (docs/nubus.md).
-    pub const STARTING_READ_ONLY: NubusOnNode = NubusOnNode { start_read_only: true };
+    pub const AS_SHIPPED: NubusOnNode = NubusOnNode { start_read_only: false, session_log: true };
+    /// With docs/nubus.md's two changes to slapd.conf: `readonly on` for the data database,
+    /// no session log.
+    pub const CHANGED_AS_DOCUMENTED: NubusOnNode = NubusOnNode { start_read_only: true, session_log: false };
 }
 
 impl Fixture for NubusOnNode {
@@ -60,7 +65,7 @@ impl Fixture for NubusOnNode {
     }
 
     async fn install(&self, bed: &Bed, images: &Images) -> anyhow::Result<Consumer> {
-        let consumer = install(bed, images, self.target(), self.start_read_only).await?;
+        let consumer = install(bed, images, self.target(), self).await?;
         adopt(bed, &consumer).await?;
         Ok(consumer)
     }
@@ -69,7 +74,7 @@ impl Fixture for NubusOnNode {
 /// Installs the consumer as its chart would (namespace, claims' volumes, ServiceAccount,
 /// Services, ConfigMap, StatefulSet) and waits until both pods are Ready, the proof of
 /// concept's stand-in running.
-pub async fn install(bed: &Bed, images: &Images, target: Target, start_read_only: bool) -> anyhow::Result<Consumer> {
+pub async fn install(bed: &Bed, images: &Images, target: Target, conf: &NubusOnNode) -> anyhow::Result<Consumer> {
     let n = nubus();
     let client = bed.admin_client()?;
     let node = bed.real_node.as_ref().context("no real node")?;
@@ -85,7 +90,7 @@ pub async fn install(bed: &Bed, images: &Images, target: Target, start_read_only
     }
     let write_ip = cluster_ip(&services.create(&pp, &n.write_service()?).await?)?;
     Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
-        .create(&pp, &manifests::config_map(&peer_ips, start_read_only)?)
+        .create(&pp, &manifests::config_map(&peer_ips, conf)?)
         .await?;
     let sts = manifests::statefulset(&n, &images.openldap)?;
     Api::<StatefulSet>::namespaced(client.clone(), NAMESPACE).create(&pp, &sts).await?;
@@ -96,18 +101,16 @@ pub async fn install(bed: &Bed, images: &Images, target: Target, start_read_only
 
 /// Adopts the running consumer as docs/nubus.md's migration does: the proof of concept has
 /// pinned its pod in the write Service (the test plays that part: the stand-in does not
-/// talk to the API), then `kubectl annotate` of the live StatefulSet, `kubectl rollout
-/// restart` and `kubectl rollout status`; returns once both pods are injected and Ready.
+/// talk to the API), then the page's commands as written (`kubectl annotate` of the live
+/// StatefulSet, `rollout restart`, `rollout status`); returns once both pods are injected and
+/// Ready.
 pub async fn adopt(bed: &Bed, consumer: &Consumer) -> anyhow::Result<()> {
-    let n = nubus();
-    pin_write_service(&bed.admin_client()?, &n, 0).await?;
-    let sts = n.statefulset_name();
-    let annotations: Vec<String> =
-        manifests::opt_in_annotations(&n).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-    kubectl(bed, &[&["annotate", "statefulset", "-n", NAMESPACE, &sts], &str_refs(&annotations)[..]].concat()).await?;
-    kubectl(bed, &["rollout", "restart", "statefulset", "-n", NAMESPACE, &sts]).await?;
-    let timeout = format!("--timeout={}s", PODS_TIMEOUT.as_secs());
-    kubectl(bed, &["rollout", "status", "statefulset", "-n", NAMESPACE, &sts, &timeout]).await?;
+    pin_write_service(&bed.admin_client()?, &nubus(), 0).await?;
+    let commands = manifests::documented_adoption()?;
+    let mut bash = std::process::Command::new("bash");
+    bash.args(["-euo", "pipefail", "-c", &commands]).env("KUBECONFIG", &bed.kubeconfig);
+    bash.env("PATH", format!("{}:{}", bed.bin.display(), std::env::var("PATH").unwrap_or_default()));
+    tokio::task::spawn_blocking(move || run(&mut bash, None)).await?.context("docs/nubus.md's adoption commands")?;
     consumer.wait_ready(PODS_TIMEOUT).await?;
     for ordinal in 0..2 {
         let pod = consumer.pods().get(&consumer.pod_name(ordinal)).await?;
@@ -128,17 +131,4 @@ pub async fn pin_write_service(client: &Client, n: &Nubus, ordinal: u32) -> anyh
     let patch = json!({"spec": {"selector": {contract::LABEL_STATEFULSET_POD_NAME: pod}}});
     services.patch(&n.write_service_name(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
-}
-
-fn str_refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-/// Runs `kubectl args` against the bed (off the runtime: it may wait minutes).
-async fn kubectl(bed: &Bed, args: &[&str]) -> anyhow::Result<String> {
-    let mut cmd = bed.kubectl();
-    cmd.args(args);
-    let what = format!("kubectl {}", args.join(" "));
-    let out = tokio::task::spawn_blocking(move || run(&mut cmd, None)).await?.context(what)?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
