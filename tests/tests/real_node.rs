@@ -28,11 +28,13 @@ const BUSYBOX: &str = "/bin/busybox";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_runs_on_the_real_node_a_cluster_ip_reaches_it_and_nothing_is_left_after_drop() -> anyhow::Result<()> {
-    let host_before = HostState::capture();
     let started = Instant::now();
     let bed = Bed::start_with(BedOptions { real_node: true, ..Default::default() }).await?;
     let node = bed.real_node.as_ref().ok_or_else(|| anyhow::anyhow!("no real node"))?;
     let (layout, pause) = (node.layout().clone(), node.images.pause.clone());
+    // The host as the node found it, recorded while it held the machine lock (a capture
+    // before the bed would see another real-node bed of this machine still running).
+    let host_before = HostState::parse(&std::fs::read_to_string(layout.path(cleanup::HOST_STATE_FILE))?);
     eprintln!("bed with a real node up in {:.1}s; {:?}", started.elapsed().as_secs_f64(), node.timings);
 
     let client = bed.admin_client()?;

@@ -321,9 +321,9 @@ impl Session {
     /// The cn=config entry of `database`: named, or the one database with its suffix (read
     /// on every call: slapd numbers its databases in the order of its configuration).
     async fn database_dn(&mut self, database: &FencedDatabase, deadline: Deadline) -> Result<String, LdapError> {
-        let FencedDatabase::Suffix(_) = database else {
-            return Ok(database.to_string());
-        };
+        if let FencedDatabase::Entry(dn) = database {
+            return Ok(dn.clone());
+        }
         let url = self.url.clone();
         // Every database with a suffix, compared here (the error then lists them); the
         // rights this needs are in docs/openldap.md's ACL.

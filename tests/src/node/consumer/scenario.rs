@@ -15,7 +15,8 @@ use kube::api::{Patch, PatchParams};
 use kube::Api;
 use ldap3::{Scope, SearchEntry};
 use ldap_elector_contract::{
-    lease_name, GUARD_CONTAINER, LABEL_ROLE, LEASE_ANNOTATION_SWITCHOVER_TO, ROLE_LEADER, SIDECAR_CONTAINER,
+    lease_name, GUARD_CONTAINER, LABEL_ROLE, LEASE_ANNOTATION_SWITCHOVER_REFUSED, LEASE_ANNOTATION_SWITCHOVER_TO,
+    ROLE_LEADER, SIDECAR_CONTAINER,
 };
 
 use super::faults;
@@ -183,17 +184,49 @@ impl Scenario {
 
     /// A graceful switchover to the standby, asked on the Lease as an operator does
     /// (`switchover-to`); returns once the standby is labelled leader and a write after it was
-    /// acknowledged. The old leader's pod stays up.
+    /// acknowledged. The old leader's pod stays up. A refused request (the leader wrote
+    /// `switchover-refused`: e.g. the target's published contextCSN still behind under the
+    /// client's writes) is asked again, as an operator would, until [`RECOVERY`]; the error
+    /// then names the last refusal.
     pub async fn switch_over(&self) -> anyhow::Result<()> {
         let (leader, _) = self.leader().await?;
         let (from, to) = (self.consumer.pod_name(leader), self.consumer.pod_name(1 - leader));
         let target = &self.consumer.target;
         let leases: Api<Lease> = Api::namespaced(self.bed.admin_client()?, &target.namespace);
-        let patch = serde_json::json!({"metadata": {"annotations": {LEASE_ANNOTATION_SWITCHOVER_TO: to}}});
+        let lease = lease_name(&target.statefulset);
         let asked = Instant::now();
-        leases.patch(&lease_name(&target.statefulset), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        let (new_leader, at) =
-            self.observer.wait_for_new_leader("the switchover", Some(&from), asked, RECOVERY).await?;
+        let annotation = |l: &Lease, key: &str| l.metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+        let mut refusal = None;
+        while asked.elapsed() < RECOVERY {
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                LEASE_ANNOTATION_SWITCHOVER_TO: to, LEASE_ANNOTATION_SWITCHOVER_REFUSED: null}}});
+            leases.patch(&lease, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            // Until the leader acts on it: the standby leads, or the request is refused.
+            let answered = crate::wait_for("the leader to act on the switchover", RECOVERY, || async {
+                if self.observer.leaders().contains(&to) {
+                    return Ok(None);
+                }
+                let l = leases.get(&lease).await.map_err(|e| e.to_string())?;
+                match annotation(&l, LEASE_ANNOTATION_SWITCHOVER_REFUSED) {
+                    Some(r) if annotation(&l, LEASE_ANNOTATION_SWITCHOVER_TO).is_none() => Ok(Some(r)),
+                    _ => Err("pending".to_string()),
+                }
+            })
+            .await?;
+            match answered {
+                None => break,
+                Some(r) => {
+                    eprintln!("{} switchover to {to} refused: {r}; asking again", self.at(Instant::now()));
+                    refusal = Some(r);
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+        let (new_leader, at) = self
+            .observer
+            .wait_for_new_leader("the switchover", Some(&from), asked, RECOVERY)
+            .await
+            .with_context(|| format!("last refusal: {refusal:?}"))?;
         eprintln!("{} {new_leader} leader after the switchover", self.at(at));
         self.writer.wait_ack_after(at, RECOVERY).await?;
         Ok(())

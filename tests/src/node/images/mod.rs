@@ -209,6 +209,18 @@ fn openldap_image(store: &Path, started: Instant) -> Result<(Archive, u32, u32),
     Ok((archive, ldap.uid, ldap.gid))
 }
 
+/// The musl target directory of this checkout. One per checkout: cargo judges freshness by
+/// modification times and names a workspace member's artifacts by its path relative to the
+/// workspace, so a directory shared by two checkouts (a worktree, a CI clone) takes an
+/// artifact built from the other one's newer files as fresh, and an image would ship a
+/// binary of other sources.
+fn musl_target_dir(cache: &Path, repo: &Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    repo.canonicalize().unwrap_or_else(|_| repo.to_path_buf()).hash(&mut hasher);
+    cache.join(format!("musl-target-{:016x}", hasher.finish()))
+}
+
 /// Builds what is missing, without touching containerd: cargo decides for the musl binaries,
 /// the OpenLDAP rootfs is cached by package versions, archives are written only when their
 /// digest is new. Blocking (minutes when cold): call it through `spawn_blocking`.
@@ -223,7 +235,7 @@ pub fn build() -> Result<Built, ImageError> {
     let pause = save(&store, &spec, &tree, started)?;
 
     let repo = repo_root();
-    let target_dir = root.join("musl-target");
+    let target_dir = musl_target_dir(&root, &repo);
     let mut shipped = Vec::new();
     for binary in [binaries::ELECTOR, binaries::WEBHOOK] {
         let started = Instant::now();
