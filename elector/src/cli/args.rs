@@ -83,7 +83,7 @@ pub struct StartFencedArgs {
 }
 
 /// Which database the built-in fence toggles (see `slapd/database.rs`).
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct FencedDatabaseArgs {
     /// The cn=config entry of the data database the fence toggles; wins over --fence-suffix.
     /// Neither given: `olcDatabase={1}mdb,cn=config`.
