@@ -322,13 +322,7 @@ async fn standby_down_while_the_leader_adds_then_deletes(s: &Scenario, round: u3
         added.len()
     );
     changes?;
-    ldap_elector_tests::wait_for("the kubelet to restart the standby's slapd", RECOVERY, || async {
-        match s.restarts(standby, MAIN).await {
-            Ok(n) if n > before => Ok(()),
-            other => Err(format!("restarts {other:?}")),
-        }
-    })
-    .await?;
+    s.wait_restarted("the kubelet to restart the standby's slapd", standby, MAIN, before).await?;
     ldap_elector_tests::wait_for(
         "the standby's contextCSN to equal the leader's, the delete applied",
         RECOVERY,

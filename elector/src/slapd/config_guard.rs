@@ -388,7 +388,7 @@ async fn check_with(ldapi_url: &str, target: Option<&FenceTarget>, timeout: Dura
 pub const RECHECK: Duration = Duration::from_secs(600);
 
 /// The codes of the findings that are warnings or dangers (what the Event and metric report).
-pub fn alarming(findings: &[Finding]) -> Vec<&'static str> {
+fn alarming(findings: &[Finding]) -> Vec<&'static str> {
     findings.iter().filter(|f| !matches!(f.severity, Severity::Info)).map(|f| f.code).collect()
 }
 
@@ -402,10 +402,8 @@ pub async fn watch_findings(
     report: impl Fn(Vec<&'static str>),
 ) {
     loop {
-        match log_findings(&ldapi_url, target.as_ref(), &cancel).await {
-            Some(findings) => report(alarming(&findings)),
-            None if cancel.is_cancelled() => return,
-            None => {}
+        if let Some(findings) = log_findings(&ldapi_url, target.as_ref(), &cancel).await {
+            report(alarming(&findings));
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

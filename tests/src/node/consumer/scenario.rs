@@ -153,6 +153,18 @@ impl Scenario {
         Ok(self.container_status(ordinal, container).await?.map_or(0, |c| c.restart_count))
     }
 
+    /// Waits (up to [`RECOVERY`]) until `container` of pod `ordinal` has restarted more than
+    /// `before` times.
+    pub async fn wait_restarted(&self, what: &str, ordinal: usize, container: &str, before: i32) -> anyhow::Result<()> {
+        crate::wait_for(what, RECOVERY, || async {
+            match self.restarts(ordinal, container).await {
+                Ok(n) if n > before => Ok(()),
+                other => Err(format!("restarts {other:?}")),
+            }
+        })
+        .await
+    }
+
     /// kill -9 of the slapd of pod `ordinal` from the host, then waits until the kubelet
     /// restarted it; returns the instant of the kill.
     pub async fn kill_slapd_until_restarted(&self, ordinal: usize) -> anyhow::Result<Instant> {
@@ -162,13 +174,7 @@ impl Scenario {
         let pid = faults::container_pid(self.node(), &pod, &slapd)?;
         let killed_at = faults::sigkill(pid)?;
         eprintln!("{} kill -9 of slapd (pid {pid}) in {}", self.at(killed_at), self.consumer.pod_name(ordinal));
-        crate::wait_for("the kubelet to restart slapd", RECOVERY, || async {
-            match self.restarts(ordinal, &slapd).await {
-                Ok(n) if n > before => Ok(()),
-                other => Err(format!("restarts {other:?}")),
-            }
-        })
-        .await?;
+        self.wait_restarted("the kubelet to restart slapd", ordinal, &slapd, before).await?;
         Ok(killed_at)
     }
 
@@ -276,13 +282,7 @@ impl Scenario {
         let since_kill = refused.sent.saturating_sub(killed_at.saturating_duration_since(self.epoch));
         eprintln!("  old leader's slapd answered {:?} {:.3}s after the kill", refused.answer, since_kill.as_secs_f64());
         self.writer.wait_ack_after(killed_at, RECOVERY).await?;
-        crate::wait_for("the killed elector to run again", RECOVERY, || async {
-            match self.restarts(leader, SIDECAR_CONTAINER).await {
-                Ok(n) if n > before => Ok(()),
-                other => Err(format!("restarts {other:?}")),
-            }
-        })
-        .await?;
+        self.wait_restarted("the killed elector to run again", leader, SIDECAR_CONTAINER, before).await?;
         self.observer.wait_for_single_leader(RECOVERY).await?;
         Ok(())
     }
