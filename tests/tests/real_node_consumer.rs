@@ -17,6 +17,7 @@ use ldap_elector_contract::{SIDECAR_CONTAINER, START_FENCED_CONTAINER};
 use ldap_elector_tests::ldap::conn::Conn;
 use ldap_elector_tests::ldap::slapd::{ADMIN_DN, ADMIN_PASSWORD};
 use ldap_elector_tests::measure::writability::{Answer, RC_FENCED};
+use ldap_elector_tests::node::config::NODE_NAME;
 use ldap_elector_tests::node::consumer::faults;
 use ldap_elector_tests::node::consumer::manifests::CONTAINER_PORT;
 use ldap_elector_tests::node::consumer::scenario::{accepting_servers, Scenario, RECOVERY};
@@ -211,6 +212,74 @@ async fn kubectl_delete_pod_of_the_leader_hands_over_without_two_writable_server
     let verdict = s.finish().await?;
     verdict.assert_safe();
     Ok(())
+}
+
+/// What the leader's data volume is filled with: more than the 32 MiB that the injected
+/// containers' ephemeral-storage limits used to cap the whole pod at.
+const FILLER_BYTES: u64 = 48 << 20;
+/// How long the pod must stay after the kubelet measured the filler: several cycles of its
+/// eviction manager (every 10 s), which evicted at the first one before the fix.
+const EVICTION_CYCLES: Duration = Duration::from_secs(35);
+
+/// Reproducer of a lost-write path found by `make bench-node`: the injected containers had
+/// ephemeral-storage limits (16 + 8 + 8 MiB), so the kubelet capped the whole LDAP pod at
+/// 32 MiB, its emptyDir database and slapd's logs included, and evicted it at once (no
+/// grace, no hand-over) when the directory outgrew that: the leader went with its data while
+/// the re-created standby was still copying (13,000 entries). A consumer's data must never
+/// count against a limit the webhook brought. The leader's data volume gets 48 MiB more,
+/// written from the host; once the kubelet has measured it, the pod must stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_data_outgrows_the_injected_containers_requests_is_not_evicted() -> anyhow::Result<()> {
+    let s = Scenario::start().await?;
+    let (leader, pod) = s.leader().await?;
+    let uid = pod.metadata.uid.clone().context("the leader has no UID")?;
+    let volume = s.node().layout().kubelet_root().join("pods").join(&uid).join("volumes/kubernetes.io~empty-dir/state");
+    let filler = volume.join("filler");
+    std::fs::write(&filler, vec![0x5a_u8; FILLER_BYTES as usize]).with_context(|| format!("{}", filler.display()))?;
+    let still_there = || async {
+        let now = s.consumer.pods().get_opt(&pod_name(leader)).await?;
+        match now {
+            Some(p) if p.metadata.uid.as_deref() == Some(uid.as_str()) && p.metadata.deletion_timestamp.is_none() => {
+                anyhow::Ok(())
+            }
+            other => {
+                let status = other.as_ref().and_then(|p| p.status.as_ref());
+                let why = status.map(|st| format!("{:?}: {:?}", st.reason, st.message)).unwrap_or_default();
+                anyhow::bail!("pod {} ({uid}) was removed after its data grew: {why}", pod_name(leader))
+            }
+        }
+    };
+    let deadline = Instant::now() + RECOVERY * 2;
+    loop {
+        still_there().await?;
+        let used = pod_storage_used(&s, &uid)?;
+        if used >= FILLER_BYTES {
+            eprintln!("the kubelet measured {used} bytes of ephemeral storage in the leader's pod");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the kubelet never measured the filler: {used} bytes");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let measured = Instant::now();
+    while measured.elapsed() < EVICTION_CYCLES {
+        still_there().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    std::fs::remove_file(&filler)?;
+    let verdict = s.finish().await?;
+    verdict.assert_safe();
+    Ok(())
+}
+
+/// The ephemeral storage the kubelet's stats summary reports for the pod `uid` (0 if not yet).
+fn pod_storage_used(s: &Scenario, uid: &str) -> anyhow::Result<u64> {
+    let path = format!("/api/v1/nodes/{NODE_NAME}/proxy/stats/summary");
+    let out = s.bed.kubectl().args(["get", "--raw", &path]).output()?;
+    anyhow::ensure!(out.status.success(), "kubectl get --raw {path}: {}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let pods = summary["pods"].as_array().into_iter().flatten();
+    let used = pods.filter(|p| p["podRef"]["uid"] == uid).map(|p| p["ephemeral-storage"]["usedBytes"].as_u64());
+    Ok(used.flatten().next().unwrap_or(0))
 }
 
 /// How long replication into the re-created standby stays cut (several readiness periods).

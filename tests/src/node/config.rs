@@ -158,7 +158,9 @@ pub fn cni_conflist(l: &Layout) -> String {
 
 /// The KubeletConfiguration: cgroup v1 allowed, cgroupfs driver, serving on the node IP with a
 /// certificate from the node CA, webhook authn/authz plus x509 client certs, no evictions or
-/// image GC (a test VM's disk is not a signal), everything under our dirs.
+/// image GC (a test VM's disk is not a signal), container logs rotated only past 200 MiB (a
+/// kept bed's logs of a debug run, e.g. slapd's `-d sync`, stay whole), volumes measured every
+/// 10 s (not 1 min: the kubelet's storage limits act on it), everything under our dirs.
 pub fn kubelet_yaml(l: &Layout, port: u16) -> String {
     format!(
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
@@ -185,6 +187,8 @@ podCIDR: {POD_CIDR}
 failSwapOn: false
 staticPodPath: ""
 podLogsDir: {logs}
+containerLogMaxSize: 200Mi
+volumeStatsAggPeriod: 10s
 volumePluginDir: {plugins}
 serializeImagePulls: false
 evictionHard:

@@ -28,14 +28,15 @@ pub struct InjectConfig {
 
 /// Requests and limits of the sidecar, as Kubernetes quantities. Small: the elector idles
 /// between renewals. CPU throttling delays renewals, so keep the CPU limit well above
-/// the request; ephemeral storage is request = limit (it writes nothing but logs).
+/// the request. Ephemeral storage is a request only: a limit on an injected container would cap
+/// the consumer's whole pod, its data included (`template::resources`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SidecarResources {
     pub cpu_request: String,
     pub memory_request: String,
     pub cpu_limit: String,
     pub memory_limit: String,
-    pub ephemeral_storage: String,
+    pub ephemeral_storage_request: String,
 }
 
 impl Default for SidecarResources {
@@ -45,7 +46,7 @@ impl Default for SidecarResources {
             memory_request: "16Mi".into(),
             cpu_limit: "100m".into(),
             memory_limit: "64Mi".into(),
-            ephemeral_storage: "16Mi".into(),
+            ephemeral_storage_request: "16Mi".into(),
         }
     }
 }
@@ -88,7 +89,8 @@ impl InjectConfig {
                 self.token_expiration_seconds
             ));
         }
-        let quantities = [&r.cpu_request, &r.memory_request, &r.cpu_limit, &r.memory_limit, &r.ephemeral_storage];
+        let quantities =
+            [&r.cpu_request, &r.memory_request, &r.cpu_limit, &r.memory_limit, &r.ephemeral_storage_request];
         if quantities.iter().any(|q| q.trim().is_empty()) {
             return fail("sidecar requests and limits must all be set".into());
         }

@@ -150,6 +150,29 @@ mod tests {
         assert_eq!(start_fenced_plan(&no_user, &no_user.containers), None, "the image's user is unknown here");
     }
 
+    /// Reproducer: an ephemeral-storage limit on any injected container made the kubelet cap
+    /// the whole LDAP pod at the sum of them (32 MiB), slapd's emptyDir database included, and
+    /// evict the leader with its data (`make bench-node`, 13,000 entries).
+    #[test]
+    fn no_injected_container_limits_ephemeral_storage_so_the_pod_gets_no_storage_cap_from_us() {
+        use super::super::testing::{apply, decide, ldap_owner, pod_json};
+        use ldap_elector_contract as contract;
+        let mut pod = pod_json();
+        pod["spec"]["securityContext"] = json!({"runAsUser": 101, "runAsGroup": 102});
+        pod["spec"]["containers"][0]["args"] = json!(["-F", "/var/lib/ldap/slapd.d"]);
+        let out = apply(&pod, &decide(&pod, Some(&ldap_owner(&[]))).unwrap());
+        let injected: Vec<&serde_json::Value> =
+            out["spec"]["initContainers"].as_array().unwrap().iter().filter(|c| c["name"] != json!("slapd")).collect();
+        let names: Vec<&str> = injected.iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, [contract::GUARD_CONTAINER, contract::SIDECAR_CONTAINER, contract::START_FENCED_CONTAINER]);
+        for c in injected {
+            let resources = &c["resources"];
+            assert_eq!(resources["limits"]["ephemeral-storage"], json!(null), "{}: {resources}", c["name"]);
+            assert!(resources["requests"]["ephemeral-storage"].is_string(), "{}: {resources}", c["name"]);
+            assert!(resources["limits"]["memory"].is_string(), "{}: {resources}", c["name"]);
+        }
+    }
+
     #[test]
     fn the_injected_pod_fences_last_before_slapd_as_slapds_user_without_a_token() {
         use super::super::testing::{apply, container, decide, ldap_owner, pod_json};

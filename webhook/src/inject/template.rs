@@ -47,13 +47,6 @@ pub(super) fn sidecar(
         ..Default::default()
     };
     let r = &cfg.resources;
-    let quantities = |cpu: &str, memory: &str| {
-        Some(BTreeMap::from([
-            ("cpu".to_string(), Quantity(cpu.to_string())),
-            ("ephemeral-storage".to_string(), Quantity(r.ephemeral_storage.clone())),
-            ("memory".to_string(), Quantity(memory.to_string())),
-        ]))
-    };
     Container {
         name: contract::SIDECAR_CONTAINER.to_string(),
         image: Some(cfg.image.clone()),
@@ -66,11 +59,10 @@ pub(super) fn sidecar(
         startup_probe: Some(probe(contract::PROBE_PATH_LIVE, 1, 30)),
         liveness_probe: Some(probe(contract::PROBE_PATH_LIVE, 10, 3)),
         readiness_probe: Some(probe(contract::PROBE_PATH_READY, 5, 3)),
-        resources: Some(ResourceRequirements {
-            requests: quantities(&r.cpu_request, &r.memory_request),
-            limits: quantities(&r.cpu_limit, &r.memory_limit),
-            ..Default::default()
-        }),
+        resources: Some(resources(
+            (&r.cpu_request, &r.memory_request, &r.ephemeral_storage_request),
+            (&r.cpu_limit, &r.memory_limit),
+        )),
         security_context: Some(restricted(cfg)),
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         volume_mounts: Some(
@@ -123,23 +115,12 @@ pub(super) fn start_fenced(cfg: &InjectConfig, env: Vec<EnvVar>, plan: &StartFen
 
 /// The image, pull policy, log policy and small resources of the guard and start-fenced.
 fn small_helper(cfg: &InjectConfig) -> Container {
-    let quantities = |cpu: &str, memory: &str| {
-        Some(BTreeMap::from([
-            ("cpu".to_string(), Quantity(cpu.to_string())),
-            ("ephemeral-storage".to_string(), Quantity(GUARD_EPHEMERAL_STORAGE.to_string())),
-            ("memory".to_string(), Quantity(memory.to_string())),
-        ]))
-    };
     let (cpu, memory) = GUARD_REQUESTS;
     let (cpu_limit, memory_limit) = GUARD_LIMITS;
     Container {
         image: Some(cfg.image.clone()),
         image_pull_policy: Some(cfg.image_pull_policy.clone()),
-        resources: Some(ResourceRequirements {
-            requests: quantities(cpu, memory),
-            limits: quantities(cpu_limit, memory_limit),
-            ..Default::default()
-        }),
+        resources: Some(resources((cpu, memory, GUARD_EPHEMERAL_STORAGE), (cpu_limit, memory_limit))),
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Default::default()
     }
@@ -150,6 +131,26 @@ fn small_helper(cfg: &InjectConfig) -> Container {
 const GUARD_REQUESTS: (&str, &str) = ("5m", "8Mi");
 const GUARD_LIMITS: (&str, &str) = ("100m", "32Mi");
 const GUARD_EPHEMERAL_STORAGE: &str = "8Mi";
+
+/// Requests `(cpu, memory, ephemeral-storage)` and limits `(cpu, memory)` of an injected
+/// container. Never an ephemeral-storage limit: once any container of a pod has one, the
+/// kubelet caps the WHOLE pod at the sum of them, counting the consumer's emptyDirs (slapd's
+/// database), slapd's logs and writable layer, and evicts the pod at once (no grace, no
+/// hand-over) when it is exceeded. Seen on the real node: the injected 16 + 8 + 8 MiB
+/// evicted a leader whose emptyDir held 13,000 entries, with its data.
+fn resources(
+    (cpu, memory, storage): (&str, &str, &str),
+    (cpu_limit, memory_limit): (&str, &str),
+) -> ResourceRequirements {
+    let quantities = |pairs: &[(&str, &str)]| {
+        Some(pairs.iter().map(|(name, q)| (name.to_string(), Quantity(q.to_string()))).collect::<BTreeMap<_, _>>())
+    };
+    ResourceRequirements {
+        requests: quantities(&[("cpu", cpu), ("memory", memory), ("ephemeral-storage", storage)]),
+        limits: quantities(&[("cpu", cpu_limit), ("memory", memory_limit)]),
+        ..Default::default()
+    }
+}
 /// Size limit of the small in-memory volumes (the ldapi socket directory, the run volume):
 /// they hold a socket and at most slapd's pid and args files, and tmpfs pages count
 /// against the pod's memory.
