@@ -307,22 +307,7 @@ async fn a_re_created_standby_is_not_ready_before_it_holds_every_acknowledged_wr
     let standby = 1 - leader;
     let pods = s.consumer.pods();
     let old = pods.get(&pod_name(standby)).await?.metadata.uid;
-    ldap_elector_tests::wait_for("100 acknowledged writes", RECOVERY, || async {
-        let n = s.writer.acked().len();
-        if n >= 100 {
-            Ok(())
-        } else {
-            Err(format!("{n}"))
-        }
-    })
-    .await?;
-    point_peer_service(&s, leader, "nobody").await?;
-    let before: Vec<String> = s.writer.acked().into_iter().map(|a| a.uid).collect();
-    let mut kubectl = s.bed.kubectl();
-    kubectl.args(["delete", "pod", &pod_name(standby), "-n", NAMESPACE, "--wait=false"]);
-    let out = kubectl.output()?;
-    anyhow::ensure!(out.status.success(), "kubectl delete: {}", String::from_utf8_lossy(&out.stderr));
-    let deleted_at = Instant::now();
+    let (before, deleted_at) = re_create_the_standby_cut_off(&s, leader).await?;
 
     let mut restored = None;
     let ready_at = loop {
@@ -353,6 +338,74 @@ async fn a_re_created_standby_is_not_ready_before_it_holds_every_acknowledged_wr
         before.len()
     );
     assert!(restored.is_some_and(|r| ready_at >= r), "Ready while replication into it was cut");
+    let verdict = s.finish().await?;
+    verdict.assert_safe();
+    Ok(())
+}
+
+/// After 100 acknowledged writes, cuts replication into the standby (the peer Service of
+/// `leader`, its provider, selects nothing) and deletes the standby's pod: the StatefulSet
+/// re-creates it with an empty volume that cannot seed. Returns the writes acknowledged
+/// before and when the pod was deleted.
+async fn re_create_the_standby_cut_off(s: &Scenario, leader: usize) -> anyhow::Result<(Vec<String>, Instant)> {
+    ldap_elector_tests::wait_for("100 acknowledged writes", RECOVERY, || async {
+        let n = s.writer.acked().len();
+        if n >= 100 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    })
+    .await?;
+    point_peer_service(s, leader, "nobody").await?;
+    let before: Vec<String> = s.writer.acked().into_iter().map(|a| a.uid).collect();
+    let mut kubectl = s.bed.kubectl();
+    kubectl.args(["delete", "pod", &pod_name(1 - leader), "-n", NAMESPACE, "--wait=false"]);
+    let out = kubectl.output()?;
+    anyhow::ensure!(out.status.success(), "kubectl delete: {}", String::from_utf8_lossy(&out.stderr));
+    Ok((before, Instant::now()))
+}
+
+/// How long the leader stays frozen: past its Lease, the catch-up verify and the catch-up
+/// grace (30 s, the default), with a margin.
+const PAST_THE_GRACE: Duration = Duration::from_secs(55);
+
+/// Reproducer: the catch-up grace promoted a standby that was still seeding its empty volume
+/// (the bench, after the kubelet evicted the leader: the new leader held 2 entries of 13,000).
+/// Where the old leader's data survives (a PersistentVolume, a frozen or partitioned pod) its
+/// return is worse: slapd's refresh from the promoted server deletes on the returning one
+/// every entry the new leader lacks. Here the re-created standby cannot seed (its provider
+/// Service selects nothing) and the leader is frozen past the Lease and the grace: nobody may
+/// take over; thawed, the old leader leads again, and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_still_seeding_never_takes_over_however_long_the_leader_is_gone() -> anyhow::Result<()> {
+    let s = Scenario::start().await?;
+    let (leader, pod) = s.leader().await?;
+    let (standby, leader_name) = (1 - leader, pod_name(leader));
+    let old = s.consumer.pod_uid(standby).await?;
+    re_create_the_standby_cut_off(&s, leader).await?;
+    ldap_elector_tests::wait_for("the re-created standby's elector to start", RECOVERY, || async {
+        let uid = s.consumer.pod_uid(standby).await.map_err(|e| e.to_string())?;
+        let started = s.container_status(standby, SIDECAR_CONTAINER).await.map_err(|e| e.to_string())?;
+        match started.and_then(|c| c.started) {
+            Some(true) if uid != old => Ok(()),
+            other => Err(format!("{uid:?} started: {other:?}")),
+        }
+    })
+    .await?;
+    let cgroup = faults::pod_freezer(pod.metadata.uid.as_deref().unwrap_or_default())?;
+    let frozen_at = Instant::now();
+    faults::set_frozen(&cgroup, true)?;
+    eprintln!("{} froze the leader {leader_name}", s.at(frozen_at));
+    tokio::time::sleep(PAST_THE_GRACE).await;
+    let promoted = s.observer.new_leader_after(Some(&leader_name), frozen_at);
+    faults::set_frozen(&cgroup, false)?;
+    eprintln!("{} thawed", s.at(Instant::now()));
+    assert_eq!(promoted, None, "a standby still seeding took over:\n{}", s.observer.timeline());
+    let (back, at) = s.observer.wait_for_single_leader(RECOVERY).await.map(|l| (l, Instant::now()))?;
+    assert_eq!(back, leader_name, "after the thaw");
+    s.writer.wait_ack_after(at, RECOVERY).await?;
+    point_peer_service(&s, leader, &leader_name).await?;
     let verdict = s.finish().await?;
     verdict.assert_safe();
     Ok(())

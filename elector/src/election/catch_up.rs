@@ -87,6 +87,17 @@ pub struct Policy {
     pub timing: Timing,
 }
 
+/// The grace that applies to this follower: none while it has never held what the leader
+/// published since its elector started (a pod still seeding its empty volume from its peer,
+/// `Readiness::seeded`). Promoted, such a pod would lead with a fraction of the directory, and
+/// when the old leader's server returns, slapd's refresh from the new leader deletes every
+/// entry the new leader lacks on the returning server too (measured on slapd 2.5: the full copy
+/// of 20,000 entries lost 10,000 to a seeding server promoted after 10 writes). Like Patroni,
+/// which never fails over to a replica beyond `maximum_lag_on_failover`.
+pub fn grace_for(grace: Option<Duration>, seeded: bool) -> Option<Duration> {
+    grace.filter(|_| seeded)
+}
+
 /// The holder whose Lease expired (not released, not handed to `me`), if the Lease is free
 /// because of that: its slapd may hold writes acknowledged after its last renew.
 pub fn expired_holder<'a>(lease: Option<&'a Observed>, me: &Me<'_>, now: Moment) -> Option<&'a str> {
@@ -185,6 +196,28 @@ pub fn gate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_follower_still_seeding_is_never_promoted_by_the_grace() {
+        let policy = |seeded| Policy { grace: grace_for(Some(30 * S), seeded), ..policy() };
+        let base = vec![csn("20260101000000", 1)];
+        let published = vec![csn("20261206120000", 1), csn("20261206120010", 2)];
+        let l = lease(Some("ldap-0"));
+        let previous = Some(Previous::Expired("ldap-0"));
+        for old in [OldLeader::NoAnswer, OldLeader::NotConfigured, OldLeader::Current(published.clone())] {
+            for secs in [60.0, 600.0, 6000.0] {
+                let seeding = gate(&base, &published, Some(&l), previous, &old, at(secs), &policy(false));
+                assert_eq!(seeding, Gate::Wait, "{old:?} at {secs} s");
+            }
+            let seeded = gate(&base, &published, Some(&l), previous, &old, at(600.0), &policy(true));
+            assert!(seeded.may_promote(), "{old:?}: a follower that held a complete copy once keeps the grace");
+        }
+        // Without an expiry to verify: the same.
+        assert_eq!(
+            gate(&base, &published, Some(&l), None, &OldLeader::NoAnswer, at(600.0), &policy(false)),
+            Gate::Wait
+        );
+    }
 
     const S: Duration = Duration::from_secs(1);
 

@@ -28,6 +28,13 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// Whether this pod has held what the leader published at least once since its elector
+    /// started (or led): a pod still seeding its empty volume has not, and takes over only
+    /// once it has (`catch_up::grace_for`).
+    pub fn seeded(&self) -> bool {
+        self.caught_up_once
+    }
+
     /// The verdict now: `None` when Ready, else why not. `mine` is the local contextCSN,
     /// `published` the leader's in the Lease (empty: nothing to catch up with).
     pub fn update(&mut self, leading: bool, mine: &[String], published: &[String], now: Moment) -> Option<String> {
@@ -65,11 +72,13 @@ mod tests {
         let base = vec!["20260101000000.000000Z#000000#001#000000".to_string()];
         let leader = vec!["20261206120000.000000Z#000000#002#000000".to_string()];
         assert!(r.update(false, &[], &leader, at(0)).is_some_and(|w| w.contains("not caught up")));
+        assert!(!r.seeded(), "still seeding: no catch-up grace");
         // However long it takes: never Ready on the lag tolerance alone.
         assert!(r.update(false, &base, &leader, at(600)).is_some());
         let mut both = base.clone();
         both.extend(leader.clone());
         assert_eq!(r.update(false, &both, &leader, at(601)), None);
+        assert!(r.seeded());
     }
 
     #[test]

@@ -184,6 +184,11 @@ impl Elector {
         ready.set(readiness.update(self.leading.is_some(), &self.my_csn, &published, now));
     }
 
+    /// [`crate::election::readiness::Readiness::seeded`] (without readiness: as before).
+    fn seeded(&self) -> bool {
+        self.ready.as_ref().is_none_or(|(_, r)| r.seeded())
+    }
+
     fn publish_handover(&self) {
         let Some(tx) = &self.handed_over else { return };
         let holder = self.observed.as_ref().and_then(|o| o.holder());
@@ -337,9 +342,14 @@ impl Elector {
         let free = self.observed.as_ref().is_some_and(|o| crate::election::decide::free_since(o, now).is_some());
         if !ok && free {
             recheck.notify_one();
-            if !self.waiting_to_catch_up {
+            if !self.waiting_to_catch_up && self.seeded() {
                 tracing::warn!(pod = %self.cfg.identity, mine = ?self.my_csn, leader = ?published,
                     grace = ?self.cfg.catch_up_grace, "the Lease is free but this slapd is behind the leader: waiting to catch up");
+            } else if !self.waiting_to_catch_up {
+                tracing::error!(pod = %self.cfg.identity, mine = ?self.my_csn, leader = ?published,
+                    "the Lease is free but this slapd never held what the leader published (still seeding): it takes \
+                     over only once it has, whatever --catch-up-grace; if that copy is lost for good, see \
+                     docs/operations.md#no-complete-copy-left");
             }
         }
         self.waiting_to_catch_up = !ok && free;

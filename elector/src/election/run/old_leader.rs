@@ -29,8 +29,8 @@ impl Elector {
         let observed = self.observed.clone(); // `previous` borrows from it while the reader changes
         let previous = catch_up::previous(observed.as_ref(), &me, self.term_floor, now);
         let old = self.old_leader_state(previous);
-        let policy =
-            Policy { grace: self.cfg.catch_up_grace, verify: self.cfg.catch_up_verify, timing: self.cfg.timing };
+        let grace = catch_up::grace_for(self.cfg.catch_up_grace, self.seeded());
+        let policy = Policy { grace, verify: self.cfg.catch_up_verify, timing: self.cfg.timing };
         let gate = catch_up::gate(&self.my_csn, published, observed.as_ref(), previous, &old, now, &policy);
         self.uncovered = match gate {
             Gate::PromoteUncovered(u) => previous.map(|p| (p.name().to_string(), u)),
