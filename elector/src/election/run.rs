@@ -342,10 +342,13 @@ impl Elector {
         let free = self.observed.as_ref().is_some_and(|o| crate::election::decide::free_since(o, now).is_some());
         if !ok && free {
             recheck.notify_one();
-            if !self.waiting_to_catch_up && self.seeded() {
+        }
+        // Said once per wait.
+        if !ok && free && !self.waiting_to_catch_up {
+            if self.seeded() {
                 tracing::warn!(pod = %self.cfg.identity, mine = ?self.my_csn, leader = ?published,
                     grace = ?self.cfg.catch_up_grace, "the Lease is free but this slapd is behind the leader: waiting to catch up");
-            } else if !self.waiting_to_catch_up {
+            } else {
                 tracing::error!(pod = %self.cfg.identity, mine = ?self.my_csn, leader = ?published,
                     "the Lease is free but this slapd never held what the leader published (still seeding): it takes \
                      over only once it has, whatever --catch-up-grace; if that copy is lost for good, see \

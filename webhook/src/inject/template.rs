@@ -115,12 +115,10 @@ pub(super) fn start_fenced(cfg: &InjectConfig, env: Vec<EnvVar>, plan: &StartFen
 
 /// The image, pull policy, log policy and small resources of the guard and start-fenced.
 fn small_helper(cfg: &InjectConfig) -> Container {
-    let (cpu, memory) = GUARD_REQUESTS;
-    let (cpu_limit, memory_limit) = GUARD_LIMITS;
     Container {
         image: Some(cfg.image.clone()),
         image_pull_policy: Some(cfg.image_pull_policy.clone()),
-        resources: Some(resources((cpu, memory, GUARD_EPHEMERAL_STORAGE), (cpu_limit, memory_limit))),
+        resources: Some(resources(GUARD_REQUESTS, GUARD_LIMITS)),
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Default::default()
     }
@@ -128,9 +126,9 @@ fn small_helper(cfg: &InjectConfig) -> Container {
 
 /// The guard idles on a socket and a timer; it needs CPU only to fence (a few LDAP
 /// operations), so its limit stays well above its request, like the elector's.
-const GUARD_REQUESTS: (&str, &str) = ("5m", "8Mi");
+/// Requests are `(cpu, memory, ephemeral-storage)`, limits `(cpu, memory)` ([`resources`]).
+const GUARD_REQUESTS: (&str, &str, &str) = ("5m", "8Mi", "8Mi");
 const GUARD_LIMITS: (&str, &str) = ("100m", "32Mi");
-const GUARD_EPHEMERAL_STORAGE: &str = "8Mi";
 
 /// Requests `(cpu, memory, ephemeral-storage)` and limits `(cpu, memory)` of an injected
 /// container. Never an ephemeral-storage limit: once any container of a pod has one, the
@@ -151,6 +149,7 @@ fn resources(
         ..Default::default()
     }
 }
+
 /// Size limit of the small in-memory volumes (the ldapi socket directory, the run volume):
 /// they hold a socket and at most slapd's pid and args files, and tmpfs pages count
 /// against the pod's memory.
