@@ -13,6 +13,11 @@ pub const ANNOTATION_INJECT: &str = "ldap-elector.dev/inject";
 /// `webhookConfiguration.podOptInLabel` only pods carrying it reach the pod webhook, so a
 /// webhook outage blocks no pod of a StatefulSet that did not opt in (issue 17, item 5).
 pub const LABEL_INJECT: &str = ANNOTATION_INJECT;
+/// `"true"` on a Namespace: by default (the chart's `webhookConfiguration.namespaceOptInLabel`)
+/// the webhook serves only namespaces carrying it, so a webhook outage blocks pods only where a
+/// cluster admin opted in, and tenants, who cannot label namespaces, cannot widen the scope
+/// (issue 17, item 5).
+pub const LABEL_NAMESPACE_ENABLED: &str = "ldap-elector.dev/enabled";
 /// Comma-separated names of Services that must route only to the leader.
 pub const ANNOTATION_LEADER_SERVICE: &str = "ldap-elector.dev/leader-service";
 /// Optional: `"true"` makes the reconciler generate an egress NetworkPolicy for the LDAP pods
@@ -439,12 +444,15 @@ pub mod metric {
     pub const WEBHOOK_CERT_EXPIRY_TIMESTAMP_SECONDS: &str = "ldap_elector_webhook_certificate_expiry_timestamp_seconds";
     /// Write Services that have selected no pod for longer than a failover (1 each).
     pub const WEBHOOK_LEADER_SERVICE_EMPTY: &str = "ldap_elector_webhook_leader_service_empty";
+    /// 1 on the webhook replica that holds the reconciler Lease (and reconciles), else 0.
+    pub const WEBHOOK_RECONCILING: &str = "ldap_elector_webhook_reconciling";
     /// Every webhook metric family.
     pub const WEBHOOK: &[&str] = &[
         WEBHOOK_REVIEWS_TOTAL,
         WEBHOOK_REVIEW_LATENCY_SECONDS,
         WEBHOOK_CERT_EXPIRY_TIMESTAMP_SECONDS,
         WEBHOOK_LEADER_SERVICE_EMPTY,
+        WEBHOOK_RECONCILING,
     ];
 }
 

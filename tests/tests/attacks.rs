@@ -26,6 +26,7 @@
 //! | 7: add a CA of one's own to the webhook Secret's `ca.crt` (the API server would trust it for admission) | webhook: publishes only the CA that issued its serving certificate |
 //! | 7: a stolen webhook token creates other Secrets in the release namespace (`create` cannot be limited by name) | policy `<fullname>-webhook-secret` |
 //! | 7: create a pod carrying the injection marker (a stand-in for a standby, running as the elector's account) | webhook: refuses every pod arriving marked; policy `<fullname>-pod-marker`: a marked pod the webhook did not review |
+//! | 5: a webhook outage blocks pods in namespaces that never opted in (and a tenant opts its namespace in) | default `webhookConfiguration.namespaceOptInLabel` (only namespaces an admin labelled) + policy `<fullname>-opt-in`; RBAC (`edit` cannot label namespaces) |
 //! | 5: a webhook outage blocks pods of StatefulSets that never opted in | `webhookConfiguration.podOptInLabel` + policy `<fullname>-opt-in` |
 //! | 6: `leader-service` names another team's Service | reconciler: only Services selecting exactly its pods, Event `LeaderServiceRefused` |
 //! | 6: a StatefulSet named after another team's Lease takes it over | reconciler: never applies over an object it did not create, Event `ObjectNotOurs` |
@@ -38,7 +39,7 @@ use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebho
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::ByteString;
@@ -669,10 +670,10 @@ async fn a_webhook_outage_blocks_no_pod_of_a_statefulset_that_did_not_opt_in() -
     let admin = bed.admin_client()?;
     let scoped = ["--set", "webhookConfiguration.podOptInLabel=true"];
     policies::install_with(&bed, &["templates/opt-in-guard.yaml", "templates/pod-protection.yaml"], &scoped).await?;
-    let selector = policies::pod_webhook_object_selector(&bed, &scoped).await?;
-    assert_eq!(selector["matchLabels"][contract::LABEL_INJECT], "true", "{selector}");
+    let scope = policies::pod_webhook_scope(&bed, &scoped).await?;
+    assert_eq!(scope.objects["matchLabels"][contract::LABEL_INJECT], "true", "{scope:?}");
     let mut webhook = Webhook::start(&bed).await?;
-    webhook.register_selecting(&bed, NS, "Fail", selector).await?;
+    webhook.register_scoped(&bed, "Fail", scope).await?;
     // With the scope narrowed, a StatefulSet pod without the label never reaches the webhook:
     // the policy `<fullname>-pod-marker` refuses it if it carries the injection marker (item 7).
     let unreviewed: Pod = serde_json::from_value(json!({
@@ -734,6 +735,78 @@ async fn a_webhook_outage_blocks_no_pod_of_a_statefulset_that_did_not_opt_in() -
     let late = "late";
     sets.create(&PostParams::default(), &labelled(late)?).await?;
     wait_event(&admin, late, "FailedCreate", "pods.ldap-elector.dev").await?;
+    assert!(pods.get_opt(&contract::pod_name(late, 0)).await?.is_none(), "an opted-in pod started uninjected");
+    Ok(())
+}
+
+/// By default (the chart's `webhookConfiguration.namespaceOptInLabel`) the webhook serves only
+/// namespaces a cluster admin labelled `ldap-elector.dev/enabled: "true"`, like sidecar
+/// injectors: a webhook outage blocks no pod anywhere else, a tenant cannot opt a namespace in
+/// (namespaces are cluster-scoped), and an opted-in StatefulSet elsewhere is refused by the
+/// policy `<fullname>-opt-in`, saying which label is missing (its pods would start without the
+/// elector). Before, the default scope was every namespace but the excluded ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_webhook_outage_blocks_pods_only_in_namespaces_an_admin_opted_in() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let tenant = tenant(&bed).await?;
+    let admin = bed.admin_client()?;
+    policies::install_with(&bed, &["templates/opt-in-guard.yaml"], &[]).await?;
+    let scope = policies::pod_webhook_scope(&bed, &[]).await?;
+    assert_eq!(scope.namespaces["matchLabels"][contract::LABEL_NAMESPACE_ENABLED], "true", "{scope:?}");
+    let mut webhook = Webhook::start(&bed).await?;
+    webhook.register_scoped(&bed, "Fail", scope).await?;
+
+    // The tenant's namespace was opted in by the admin (`fixtures::namespace`); the tenant can
+    // read it but not label any namespace, its own or another.
+    let namespaces: Api<Namespace> = Api::all(tenant.clone());
+    namespaces.get(NS).await?;
+    let other = "elsewhere";
+    Api::<Namespace>::all(admin.clone())
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": other}}))?)
+        .await?;
+    let opt_in = Patch::Merge(json!({"metadata": {"labels": {contract::LABEL_NAMESPACE_ENABLED: "true"}}}));
+    match namespaces.patch(other, &PatchParams::default(), &opt_in).await {
+        Err(kube::Error::Api(e)) if e.code == 403 => println!("refused as expected (label a namespace): {}", e.message),
+        other => panic!("ATTACK SUCCEEDED or failed otherwise: the tenant labelled a namespace: {other:?}"),
+    }
+
+    // Neighbour: an opted-in StatefulSet in the opted-in namespace is injected.
+    let (_, _) = opted_in_statefulset(&tenant, &admin).await?;
+    // One in a namespace outside the scope would be missed by the webhook: refused, saying why.
+    let elsewhere: Api<StatefulSet> = Api::namespaced(admin.clone(), other);
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    let missed = fixtures::statefulset(STS, 2, opted_in())?;
+    wait_policy_active(policies::OPT_IN_POLICY, || elsewhere.create(&dry, &missed)).await?;
+    refused(
+        elsewhere.create(&PostParams::default(), &missed).await,
+        "opt a StatefulSet in where the webhook does not look",
+        policies::OPT_IN_POLICY,
+        &format!("lacks the labels {}=true", contract::LABEL_NAMESPACE_ENABLED),
+    );
+
+    // The outage: no webhook replica answers; the configuration stays, failurePolicy Fail.
+    webhook.stop().await?;
+    assert!(http_status(webhook.health_port, "/readyz").await.is_err(), "the webhook still answers");
+    // A StatefulSet of a namespace nobody opted in gets its pods all the same ...
+    elsewhere.create(&PostParams::default(), &fixtures::statefulset("other", 2, json!({}))?).await?;
+    let pods_elsewhere: Api<Pod> = Api::namespaced(admin.clone(), other);
+    wait_for("the pods of a StatefulSet outside the webhook's namespaces", T, || async {
+        let mut missing = Vec::new();
+        for name in [contract::pod_name("other", 0), contract::pod_name("other", 1)] {
+            if pods_elsewhere.get_opt(&name).await.map_err(|e| e.to_string())?.is_none() {
+                missing.push(name);
+            }
+        }
+        missing.is_empty().then_some(()).ok_or(format!("missing {missing:?}"))
+    })
+    .await?;
+    // ... while in the opted-in namespace an opted-in one gets none: no slapd without its elector.
+    let late = "late";
+    Api::<StatefulSet>::namespaced(tenant.clone(), NS)
+        .create(&PostParams::default(), &fixtures::statefulset(late, 2, opted_in())?)
+        .await?;
+    wait_event(&admin, late, "FailedCreate", "pods.ldap-elector.dev").await?;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
     assert!(pods.get_opt(&contract::pod_name(late, 0)).await?.is_none(), "an opted-in pod started uninjected");
     Ok(())
 }

@@ -423,6 +423,8 @@ async fn rendered_chart_passes_server_dry_run_in_a_namespace_enforcing_restricte
         pods["namespaceSelector"]["matchExpressions"],
         json!([{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", NS]}])
     );
+    // By default only namespaces an admin opted in (issue 17, item 5).
+    assert_eq!(pods["namespaceSelector"]["matchLabels"], json!({contract::LABEL_NAMESPACE_ENABLED: "true"}));
     assert_eq!(
         pods["matchConditions"][0]["expression"],
         "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, r.kind == 'StatefulSet')"

@@ -24,11 +24,11 @@ use ldap_elector_tests::bed::free_port;
 use ldap_elector_tests::workloads::electors::create_identity;
 use ldap_elector_tests::workloads::fixtures;
 use ldap_elector_tests::workloads::webhook::{
-    http_status, webhook_identity, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
+    http_get, http_status, webhook_identity, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
 };
 use ldap_elector_tests::{wait_for, Bed, Kubelet};
 use ldap_elector_webhook::args::Args;
-use ldap_elector_webhook::reconcile::run_reconciler;
+use ldap_elector_webhook::reconcile::{leadership, run_reconciler};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -528,5 +528,122 @@ async fn pods_wait_until_their_write_service_selects_the_leader() -> anyhow::Res
         rw.metadata.labels.unwrap_or_default().get(contract::LABEL_STATEFULSET).map(String::as_str),
         Some("ldap")
     );
+    Ok(())
+}
+
+/// `ldap_elector_webhook_reconciling` of the replica with health port `port` (None: not yet).
+async fn reconciling(port: u16) -> Option<u8> {
+    let body = http_get(port, "/metrics").await.ok()?;
+    let line = body.lines().find(|l| l.starts_with(&format!("{} ", contract::metric::WEBHOOK_RECONCILING)))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Exactly one webhook replica reconciles at a time (issue 17, item 2): before, both
+/// replicas wrote the same objects on every opt-in and one logged `reconcile failed …
+/// Conflict`. The replicas compete for the Lease `<webhook-config>-reconciler` in their
+/// namespace; here first against a holder that is not a webhook (the test renews it), then
+/// against each other: a replica stopping gracefully gives the Lease back and the other one
+/// takes over and reconciles what changed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_webhook_replica_reconciles_at_a_time_and_another_takes_over_when_it_stops() -> anyhow::Result<()> {
+    logs();
+    let bed = Bed::start().await?;
+    let admin = bed.admin_client()?;
+    let client = webhook_identity(&bed).await?;
+    let ns = "elected";
+    fixtures::namespace(&admin, ns, None).await?;
+    let sets: Api<StatefulSet> = Api::namespaced(admin.clone(), ns);
+    let roles: Api<Role> = Api::namespaced(admin.clone(), ns);
+    let opted_in = json!({contract::ANNOTATION_INJECT: "true"});
+
+    // Someone else holds the reconciler Lease and renews it.
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), WEBHOOK_NS);
+    let lease_name = leadership::lease_name(WEBHOOK_CONFIG);
+    let held = |holder: &str| -> anyhow::Result<Lease> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": lease_name},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": k8s_openapi::jiff::Timestamp::now()},
+        }))?)
+    };
+    leases.create(&PostParams::default(), &held("someone-else")?).await?;
+    let renewing = CancellationToken::new();
+    let renewer = tokio::spawn({
+        let (leases, stop, lease_name) = (leases.clone(), renewing.clone(), lease_name.clone());
+        async move {
+            while !stop.is_cancelled() {
+                if let Ok(mut lease) = leases.get(&lease_name).await {
+                    if let Some(spec) = lease.spec.as_mut() {
+                        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                            k8s_openapi::jiff::Timestamp::now(),
+                        ));
+                    }
+                    let _ = leases.replace(&lease_name, &PostParams::default(), &lease).await;
+                }
+                tokio::time::sleep(leadership::RETRY_PERIOD).await;
+            }
+        }
+    });
+    let replica = |id: &'static str| {
+        let (bed, client) = (&bed, client.clone());
+        async move {
+            let flags = [format!("--namespace={WEBHOOK_NS}"), format!("--identity={id}")];
+            Webhook::start_as(bed, client, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await
+        }
+    };
+    let mut replicas = vec![("replica-a", replica("replica-a").await?), ("replica-b", replica("replica-b").await?)];
+
+    // Neither reconciles while another holds the Lease: an opted-in StatefulSet gets no Role.
+    let first = sets.create(&PostParams::default(), &fixtures::statefulset("first", 2, opted_in.clone())?).await?;
+    for (id, w) in &replicas {
+        let port = w.health_port;
+        wait_for(&format!("{id} reporting that it does not reconcile"), T, || async {
+            (reconciling(port).await == Some(0)).then_some(()).ok_or("not yet".to_string())
+        })
+        .await?;
+    }
+    // A reconciling replica writes the Role within about a second (debounce 0.5 s, below);
+    // give these five.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let role = contract::identity_name("first");
+    assert!(roles.get_opt(&role).await?.is_none(), "a replica reconciled while another held the Lease");
+
+    // The holder stops renewing: after a lease duration one replica takes the Lease, and
+    // reconciles what it only watched before.
+    renewing.cancel();
+    renewer.await?;
+    let holder = wait_for("a replica to hold the reconciler Lease", T, || async {
+        let lease = leases.get(&lease_name).await.map_err(|e| e.to_string())?;
+        let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+        replicas.iter().any(|(id, _)| *id == holder).then_some(holder.clone()).ok_or(holder)
+    })
+    .await?;
+    wait_for("the Role of the StatefulSet opted in before", T, || async {
+        generated::<Role>(&admin, ns, &role, &first).await.map(drop)
+    })
+    .await?;
+    let mut gauges = Vec::new();
+    for (id, w) in &replicas {
+        gauges.push((*id, reconciling(w.health_port).await));
+    }
+    let reconcilers: Vec<&str> = gauges.iter().filter(|(_, g)| *g == Some(1)).map(|(id, _)| *id).collect();
+    assert_eq!(reconcilers, [holder.as_str()], "exactly the holder reconciles: {gauges:?}");
+
+    // The holder stops gracefully: it gives the Lease back, the other takes over.
+    let i = replicas.iter().position(|(id, _)| *id == holder).context("the holder is a replica")?;
+    let (_, mut stopped) = replicas.remove(i);
+    stopped.stop().await?;
+    let (other, survivor) = &replicas[0];
+    wait_for(&format!("{other} to hold the reconciler Lease"), T, || async {
+        let lease = leases.get(&lease_name).await.map_err(|e| e.to_string())?;
+        let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+        (holder == *other).then_some(()).ok_or(holder)
+    })
+    .await?;
+    assert_eq!(reconciling(survivor.health_port).await, Some(1));
+    let second = sets.create(&PostParams::default(), &fixtures::statefulset("second", 2, opted_in)?).await?;
+    wait_for("the Role of a StatefulSet opted in after the hand-over", T, || async {
+        generated::<Role>(&admin, ns, &contract::identity_name("second"), &second).await.map(drop)
+    })
+    .await?;
     Ok(())
 }

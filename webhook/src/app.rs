@@ -33,6 +33,7 @@ use crate::args::{CertSource, SecretCert, Settings};
 use crate::cluster::ClusterCache;
 use crate::handler::AdmissionHandler;
 use crate::metrics::WebhookMetrics;
+use crate::reconcile::leadership::Leadership;
 use crate::reconcile::run_reconciler_on;
 use crate::server::{serve_health, serve_tls, Limits};
 use crate::tls::{server_config, ReloadingCert, TlsError};
@@ -122,8 +123,17 @@ pub async fn run(
         (SharedWatches::start(&client, &background), None)
     };
     let cluster = ClusterCache::new(client.clone(), &watches);
-    let reconciler =
-        changes.map(|changes| tokio::spawn(run_reconciler_on(client.clone(), watches, changes, background.clone())));
+    let (leadership, election) = match &settings.reconciler_lease {
+        Some(l) if settings.reconcile => {
+            let (leadership, task) = Leadership::start(client.clone(), l, background.clone());
+            (leadership, Some(task))
+        }
+        _ => (Leadership::alone(), None),
+    };
+    metrics.reconciling(leadership.clone());
+    let reconciler = changes.map(|changes| {
+        tokio::spawn(run_reconciler_on(client.clone(), watches, changes, leadership, background.clone()))
+    });
 
     let server_stop = CancellationToken::new();
     let handler = AdmissionHandler::new(settings.inject.clone(), cluster).with_metrics(metrics.clone());
@@ -150,6 +160,10 @@ pub async fn run(
     background.cancel();
     if let Some(reconciler) = reconciler {
         let _ = reconciler.await;
+    }
+    // Gives the reconciler Lease back, so another replica takes over at once.
+    if let Some(election) = election {
+        let _ = election.await;
     }
     health_stop.cancel();
     let _ = health.await;

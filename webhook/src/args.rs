@@ -104,6 +104,10 @@ pub struct Args {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub reconcile: bool,
+    /// This replica's name in the reconciler Lease (downward API: the pod name). Default:
+    /// the host name and the process id.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
     /// Open admission connections at most; one over it is closed at once.
     #[arg(long, env = "WEBHOOK_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -143,8 +147,19 @@ pub struct Settings {
     pub cert: CertSource,
     pub inject: InjectConfig,
     pub reconcile: bool,
+    /// Where the replicas elect the one that reconciles: with `--namespace` (the chart sets
+    /// it); without, a reconciler runs alone.
+    pub reconciler_lease: Option<ReconcilerLease>,
     pub max_connections: usize,
     pub max_connections_per_peer: usize,
+}
+
+/// The reconciler Lease `namespace/name`, competed for as `identity`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReconcilerLease {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
 }
 
 impl Args {
@@ -167,9 +182,15 @@ impl Args {
         if self.listen == self.health_listen {
             return Err(format!("--listen and --health-listen must differ (both {})", self.listen));
         }
+        let namespace = self.namespace.filter(|n| !n.trim().is_empty());
+        let reconciler_lease = namespace.clone().filter(|_| self.reconcile).map(|namespace| ReconcilerLease {
+            namespace,
+            name: crate::reconcile::leadership::lease_name(&self.webhook_config),
+            identity: self.identity.filter(|i| !i.trim().is_empty()).unwrap_or_else(default_identity),
+        });
         let cert = match self.cert_mode {
             CertMode::Secret => {
-                let namespace = self.namespace.filter(|n| !n.trim().is_empty()).ok_or(
+                let namespace = namespace.ok_or(
                     "--cert-mode=secret needs --namespace (POD_NAMESPACE, from the downward API) for the Secret",
                 )?;
                 for (flag, value) in [
@@ -218,10 +239,18 @@ impl Args {
             cert,
             inject,
             reconcile: self.reconcile,
+            reconciler_lease,
             max_connections: self.max_connections,
             max_connections_per_peer: self.max_connections_per_peer,
         })
     }
+}
+
+/// Host name and process id: unique among the replicas of a Deployment (each pod has its
+/// own host name) and among webhooks sharing a host (tests).
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 /// RFC 1123 subdomain, as Kubernetes names most objects.
@@ -308,6 +337,26 @@ mod tests {
         assert!(err.contains("--key-file"), "{err}");
         let s = settings(&["--sidecar-image=r/e:1", "--cert-mode=files", "--cert-file=/c", "--key-file=/k"]).unwrap();
         assert_eq!(s.cert, CertSource::Files { cert: "/c".into(), key: "/k".into() });
+    }
+
+    #[test]
+    fn the_replicas_elect_the_reconciler_in_their_namespace_when_they_know_it() {
+        let lease = |args: &[&str]| settings(args).unwrap().reconciler_lease;
+        let elected = lease(&["--sidecar-image=r/e:1", "--namespace=sys", "--identity=web-0"]).unwrap();
+        assert_eq!(
+            elected,
+            ReconcilerLease {
+                namespace: "sys".into(),
+                name: "ldap-elector-reconciler".into(),
+                identity: "web-0".into()
+            }
+        );
+        let unnamed = lease(&["--sidecar-image=r/e:1", "--namespace=sys", "--webhook-config=w"]).unwrap();
+        assert_eq!(unnamed.name, "w-reconciler");
+        assert!(unnamed.identity.ends_with(&format!("-{}", std::process::id())), "{unnamed:?}");
+        assert_eq!(lease(&["--sidecar-image=r/e:1", "--namespace=sys", "--reconcile=false"]), None);
+        let files = ["--sidecar-image=r/e:1", "--cert-mode=files", "--cert-file=/c", "--key-file=/k"];
+        assert_eq!(lease(&files), None, "without a namespace the reconciler runs alone");
     }
 
     #[test]

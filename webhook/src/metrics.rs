@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use ldap_elector_contract::metric;
 use ldap_elector_contract::prometheus::{self as metrics, Family, Histogram, Kind, LabeledCounter2, Sample};
 
+use crate::reconcile::leadership::Leadership;
 use crate::tls::ReloadingCert;
 
 /// `kind` of a body that was no AdmissionReview (its `outcome` is `malformed`).
@@ -19,6 +20,8 @@ pub struct WebhookMetrics {
     latency: Histogram,
     /// The certificate new handshakes get; its expiry is read at scrape, so rotations show.
     cert: OnceLock<Arc<ReloadingCert>>,
+    /// Whether this replica reconciles (absent: the reconciler is off).
+    reconciling: OnceLock<Leadership>,
 }
 
 impl Default for WebhookMetrics {
@@ -27,6 +30,7 @@ impl Default for WebhookMetrics {
             reviews: LabeledCounter2::new("kind", "outcome"),
             latency: Histogram::new(metrics::LATENCY_BUCKETS),
             cert: OnceLock::new(),
+            reconciling: OnceLock::new(),
         }
     }
 }
@@ -47,6 +51,11 @@ impl WebhookMetrics {
         let _ = self.cert.set(cert);
     }
 
+    /// From now on, report whether `leadership` lets this replica reconcile.
+    pub fn reconciling(&self, leadership: Leadership) {
+        let _ = self.reconciling.set(leadership);
+    }
+
     pub fn gather(&self) -> Vec<Family> {
         let mut expiry = Family::new(
             metric::WEBHOOK_CERT_EXPIRY_TIMESTAMP_SECONDS,
@@ -55,6 +64,15 @@ impl WebhookMetrics {
         );
         if let Some(seconds) = self.cert.get().and_then(|c| expiry_seconds(&c.current().cert)) {
             expiry.samples.push(Sample { suffix: "", labels: Vec::new(), value: seconds });
+        }
+        let mut reconciling = Family::new(
+            metric::WEBHOOK_RECONCILING,
+            "1 on the replica that holds the reconciler Lease and reconciles, 0 on the others.",
+            Kind::Gauge,
+        );
+        if let Some(leadership) = self.reconciling.get() {
+            let value = if leadership.leading() { 1.0 } else { 0.0 };
+            reconciling.samples.push(Sample { suffix: "", labels: Vec::new(), value });
         }
         vec![
             self.reviews
@@ -65,6 +83,7 @@ impl WebhookMetrics {
             ),
             expiry,
             crate::reconcile::leader_service_empty_family(),
+            reconciling,
         ]
     }
 

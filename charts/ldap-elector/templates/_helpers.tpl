@@ -102,8 +102,20 @@ never depend on itself) and any the admin adds.
 {{- toYaml (uniq $ns) }}
 {{- end }}
 
+{{/*
+The namespace labels the webhook selects by (YAML map): webhookConfiguration.namespaceSelector.matchLabels,
+plus ldap-elector.dev/enabled: "true" while webhookConfiguration.namespaceOptInLabel is on (the default).
+*/}}
+{{- define "ldap-elector.namespaceMatchLabels" -}}
+{{- $labels := deepCopy (.Values.webhookConfiguration.namespaceSelector.matchLabels | default dict) }}
+{{- if .Values.webhookConfiguration.namespaceOptInLabel }}
+{{- $_ := set $labels "ldap-elector.dev/enabled" "true" }}
+{{- end }}
+{{- toYaml $labels }}
+{{- end }}
+
 {{- define "ldap-elector.namespaceSelector" -}}
-{{- with .Values.webhookConfiguration.namespaceSelector.matchLabels }}
+{{- with include "ldap-elector.namespaceMatchLabels" . | fromYaml }}
 matchLabels:
   {{- toYaml . | nindent 2 }}
 {{- end }}
@@ -174,7 +186,8 @@ objectSelector and matchConditions, as rendered in mutatingwebhookconfiguration.
 {{- end }}
 {{- $podExpressions := prepend (.Values.webhookConfiguration.objectSelector.matchExpressions | default list) (dict "key" "statefulset.kubernetes.io/pod-name" "operator" "Exists") }}
 {{- $excluded := include "ldap-elector.excludedNamespaces" . | fromYamlArray }}
-{{- $ns := include "ldap-elector.selectorCel" (dict "meta" "namespaceObject.metadata" "selector" .Values.webhookConfiguration.namespaceSelector) }}
+{{- $nsSelector := dict "matchLabels" (include "ldap-elector.namespaceMatchLabels" . | fromYaml) "matchExpressions" .Values.webhookConfiguration.namespaceSelector.matchExpressions }}
+{{- $ns := include "ldap-elector.selectorCel" (dict "meta" "namespaceObject.metadata" "selector" $nsSelector) }}
 {{- $pod := include "ldap-elector.selectorCel" (dict "meta" "object.metadata" "selector" (dict "matchLabels" $podLabels "matchExpressions" $podExpressions)) }}
 {{- printf "!(namespaceObject.metadata.name in %s) && %s && %s && has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, r.kind == 'StatefulSet')" (toJson $excluded) $ns $pod }}
 {{- end }}

@@ -5,11 +5,14 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
 use kube::api::PostParams;
 use kube::{Api, Client};
+use ldap_elector_contract as contract;
 use serde_json::json;
 
-/// Creates namespace `name`, optionally enforcing a Pod Security level.
+/// Creates namespace `name`, optionally enforcing a Pod Security level, opted in to the
+/// webhook as a cluster admin does it ([`contract::LABEL_NAMESPACE_ENABLED`]).
 pub async fn namespace(client: &Client, name: &str, enforce: Option<&str>) -> anyhow::Result<Namespace> {
     let mut labels = serde_json::Map::new();
+    labels.insert(contract::LABEL_NAMESPACE_ENABLED.into(), "true".into());
     if let Some(level) = enforce {
         labels.insert("pod-security.kubernetes.io/enforce".into(), level.into());
     }

@@ -52,12 +52,21 @@ pub async fn render(bed: &Bed, templates: &[&str], sets: &[&str]) -> anyhow::Res
     Ok(run(bed.helm().args(&args), None)?.stdout)
 }
 
-/// The `objectSelector` of the chart's pod webhook rendered with `sets`, as JSON.
-pub async fn pod_webhook_object_selector(bed: &Bed, sets: &[&str]) -> anyhow::Result<serde_json::Value> {
+/// The scope of the chart's pod webhook rendered with `sets`: its `namespaceSelector` and
+/// `objectSelector`, as JSON.
+pub async fn pod_webhook_scope(bed: &Bed, sets: &[&str]) -> anyhow::Result<Scope> {
     let rendered = render(bed, &["templates/mutatingwebhookconfiguration.yaml"], sets).await?;
     let json = run(bed.kubectl().args(["create", "--dry-run=client", "-o", "json", "-f", "-"]), Some(&rendered))?;
     let mwc: serde_json::Value = serde_json::from_slice(&json.stdout)?;
     let webhooks = mwc["webhooks"].as_array().cloned().unwrap_or_default();
     let pods = webhooks.iter().find(|w| w["name"] == "pods.ldap-elector.dev");
-    pods.map(|w| w["objectSelector"].clone()).ok_or_else(|| anyhow::anyhow!("the chart renders no pod webhook"))
+    let pods = pods.ok_or_else(|| anyhow::anyhow!("the chart renders no pod webhook"))?;
+    Ok(Scope { namespaces: pods["namespaceSelector"].clone(), objects: pods["objectSelector"].clone() })
+}
+
+/// Which pods a webhook configuration sends to the pod webhook.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub namespaces: serde_json::Value,
+    pub objects: serde_json::Value,
 }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bed::free_port;
 use crate::workloads::fixtures;
+use crate::workloads::policies::Scope;
 use crate::{wait_for, Bed};
 
 /// The process bed's usual stage for injection tests: the test kubelet running the elector
@@ -190,7 +191,11 @@ impl Webhook {
 
     /// [`Webhook::start`] with extra command-line flags (e.g. `--reconcile=false`).
     pub async fn start_with(bed: &Bed, flags: &[&str]) -> anyhow::Result<Webhook> {
-        let client = webhook_identity(bed).await?;
+        Self::start_as(bed, webhook_identity(bed).await?, flags).await
+    }
+
+    /// Another replica: [`Webhook::start_with`] as `client` (from [`webhook_identity`]).
+    pub async fn start_as(bed: &Bed, client: Client, flags: &[&str]) -> anyhow::Result<Webhook> {
         let (cert, key, ca_pem) = serving_files(bed)?;
         let (port, health_port) = (free_port()?, free_port()?);
         let mut args = vec![
@@ -222,19 +227,17 @@ impl Webhook {
         replace_configuration(bed, configuration(&url, &self.ca_pem, namespace, failure_policy)?).await
     }
 
-    /// [`Webhook::register`] with the pod webhook's `objectSelector` replaced (e.g. the
-    /// chart's, see `policies::pod_webhook_object_selector`).
-    pub async fn register_selecting(
-        &self,
-        bed: &Bed,
-        namespace: &str,
-        failure_policy: &str,
-        object_selector: serde_json::Value,
-    ) -> anyhow::Result<()> {
+    /// [`Webhook::register`] with the pod webhook's scope (`namespaceSelector`,
+    /// `objectSelector`) as the chart renders it (`policies::pod_webhook_scope`).
+    pub async fn register_scoped(&self, bed: &Bed, failure_policy: &str, scope: Scope) -> anyhow::Result<()> {
         let url = format!("https://127.0.0.1:{}/mutate", self.port);
-        let mut mwc = configuration(&url, &self.ca_pem, namespace, failure_policy)?;
+        let mut mwc = configuration(&url, &self.ca_pem, "", failure_policy)?;
+        // As in the chart: both webhooks select the same namespaces, the pod webhook also pods.
+        for webhook in mwc.webhooks.iter_mut().flatten() {
+            webhook.namespace_selector = Some(serde_json::from_value(scope.namespaces.clone())?);
+        }
         if let Some(pods) = mwc.webhooks.as_mut().and_then(|w| w.first_mut()) {
-            pods.object_selector = Some(serde_json::from_value(object_selector)?);
+            pods.object_selector = Some(serde_json::from_value(scope.objects)?);
         }
         replace_configuration(bed, mwc).await
     }

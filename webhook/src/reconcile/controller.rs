@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::desired::desired;
 use super::empty::EmptyServices;
+use super::leadership::Leadership;
 use super::{ReconcileError, FIELD_MANAGER};
 use crate::watches::{spawn_store, Changes, SharedWatches};
 
@@ -90,6 +91,8 @@ pub(super) struct Reconciler {
     /// Since when each write Service has selected no ready pod.
     pub(super) empty: Mutex<EmptyServices>,
     failures: Mutex<HashMap<ObjectRef<StatefulSet>, u32>>,
+    /// Only the replica holding the reconciler Lease writes.
+    leadership: Leadership,
 }
 
 impl Reconciler {
@@ -100,16 +103,22 @@ impl Reconciler {
 }
 
 /// [`run_reconciler_on`] with watches of its own (the webhook process shares its watches
-/// with admission instead).
+/// with admission instead), alone (no Lease).
 pub async fn run_reconciler(client: Client, shutdown: CancellationToken) {
     let (watches, changes) = SharedWatches::start_with_changes(&client, &shutdown);
-    run_reconciler_on(client, watches, changes, shutdown).await
+    run_reconciler_on(client, watches, changes, Leadership::alone(), shutdown).await
 }
 
 /// Reconciles all StatefulSets of the cluster until `shutdown`, triggered by `changes` of
 /// the shared `watches`; reconciles in flight finish first. Errors are logged and retried
 /// with backoff; this returns only on shutdown.
-pub async fn run_reconciler_on(client: Client, watches: SharedWatches, changes: Changes, shutdown: CancellationToken) {
+pub async fn run_reconciler_on(
+    client: Client,
+    watches: SharedWatches,
+    changes: Changes,
+    leadership: Leadership,
+    shutdown: CancellationToken,
+) {
     let footprint = Footprint::start(&client, watches.marked_services.clone(), &shutdown);
     tokio::select! {
         _ = shutdown.cancelled() => return,
@@ -124,6 +133,13 @@ pub async fn run_reconciler_on(client: Client, watches: SharedWatches, changes: 
         footprint,
         empty: Mutex::new(EmptyServices::default()),
         failures: Mutex::new(HashMap::new()),
+        leadership: leadership.clone(),
+    });
+    // Whenever this replica starts leading, everything is reconciled once: what the previous
+    // holder left undone, and what changed while this one only watched.
+    let gained = futures::stream::unfold(leadership, |mut l| async move {
+        l.gained().await;
+        Some(((), l))
     });
     let stop = shutdown.clone();
     let statefulsets = changes.statefulsets.map(Ok::<_, watcher::Error>);
@@ -136,6 +152,7 @@ pub async fn run_reconciler_on(client: Client, watches: SharedWatches, changes: 
             let sts = svc.labels().get(contract::LABEL_STATEFULSET)?;
             Some(ObjectRef::<StatefulSet>::new(sts).within(&ns))
         })
+        .reconcile_all_on(gained)
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -152,6 +169,10 @@ pub async fn run_reconciler_on(client: Client, watches: SharedWatches, changes: 
 }
 
 async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Reconciler>) -> Result<Action, ReconcileError> {
+    if !ctx.leadership.leading() {
+        // The holder does it; on taking the Lease this replica reconciles everything.
+        return Ok(Action::await_change());
+    }
     if sts.metadata.deletion_timestamp.is_some() {
         // The garbage collector removes what we own; Services keep their selector, which
         // is right if the pods were orphaned (`--cascade=orphan`) and keep running.

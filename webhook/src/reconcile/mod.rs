@@ -39,6 +39,7 @@ mod apply;
 mod controller;
 mod desired;
 mod empty;
+pub mod leadership;
 mod rbac;
 
 use std::future::Future;

@@ -71,9 +71,11 @@ pub fn namespace() -> anyhow::Result<Namespace> {
     restricted_namespace(NAMESPACE)
 }
 
-/// A namespace that enforces Pod Security `restricted`.
+/// A namespace that enforces Pod Security `restricted`, opted in to the webhook by a cluster
+/// admin (the chart's default scope).
 pub fn restricted_namespace(name: &str) -> anyhow::Result<Namespace> {
     Ok(serde_json::from_value(json!({"metadata": {"name": name, "labels": {
+        contract::LABEL_NAMESPACE_ENABLED: "true",
         "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/enforce-version": "latest",
     }}}))?)
