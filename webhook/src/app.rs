@@ -123,15 +123,16 @@ pub async fn run(
         (SharedWatches::start(&client, &background), None)
     };
     let cluster = ClusterCache::new(client.clone(), &watches);
+    // Set only with the reconciler on.
     let (leadership, election) = match &settings.reconciler_lease {
-        Some(l) if settings.reconcile => {
-            let (leadership, task) = Leadership::start(client.clone(), l, background.clone());
+        Some(lease) => {
+            let (leadership, task) = Leadership::start(client.clone(), lease, background.clone());
             (leadership, Some(task))
         }
-        _ => (Leadership::alone(), None),
+        None => (Leadership::alone(), None),
     };
-    metrics.reconciling(leadership.clone());
     let reconciler = changes.map(|changes| {
+        metrics.reconciling(leadership.clone());
         tokio::spawn(run_reconciler_on(client.clone(), watches, changes, leadership, background.clone()))
     });
 
