@@ -16,7 +16,7 @@
 //! | 2: a stolen webhook token rewrites its webhook configuration (URL, selectors, failurePolicy) | policy `<fullname>-webhook-configuration`: caBundle only |
 //! | 3: an opted-in StatefulSet with 100,000 replicas topples the webhook | `contract::MAX_REPLICAS`: pods refused, Event on the StatefulSet, webhook keeps admitting |
 //! | 4: one pod floods `/mutate` with connections and HTTP/2 streams | webhook server: per-peer connection cap (extra ones closed at once), 8 streams, bodies bounded in size and time |
-//! | 4: a few dozen ~1 MiB StatefulSets (no opt-in) fill the webhook's memory through its cache | webhook: the shared store keeps a pruned StatefulSet (`watches::prune`), lists in small pages; memory stays under the chart's limit, also on a restart |
+//! | 4: a few dozen ~1 MiB StatefulSets (no opt-in) fill the webhook's memory through its cache | webhook: the shared store keeps a pruned StatefulSet (`watches::prune`), lists in pages of 2; memory stays under the chart's limit, also on a restart |
 //! | 1: replace the sidecar's image (other code gets the pod-bound elector token) | policy `<fullname>-pod-spec` |
 //! | 1: replace slapd's image (slapd outside the fence) | policy `<fullname>-pod-spec` |
 //! | 1: add an ephemeral container (reads the token, enters slapd) | RBAC (`edit` lacks it); with the right granted on top, policy `<fullname>-pod-spec` |

@@ -82,10 +82,10 @@ impl SharedWatches {
 }
 
 /// StatefulSets per page of a list. A page is held whole while it is decoded, before
-/// [`prune`] sees its objects: at most 4 × 1.5 MiB (etcd's object limit) plus its body, well
-/// inside the chart's 128 MiB, at the price of one request per 4 StatefulSets at start and
+/// [`prune`] sees its objects: at most 2 × 1.5 MiB (etcd's object limit) plus its body, well
+/// inside the chart's 128 MiB, at the price of one request per 2 StatefulSets at start and
 /// after a lost watch.
-pub const STATEFULSET_PAGE: u32 = 4;
+pub const STATEFULSET_PAGE: u32 = 2;
 
 /// Bound on the labels an opted-in StatefulSet keeps in the store (its selector's
 /// `matchLabels` and its template's labels, keys and values, in bytes). Real ones take a
