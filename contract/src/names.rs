@@ -229,6 +229,12 @@ pub fn split_pod_name(pod: &str) -> Option<(&str, u32)> {
     Some((set, ordinal.parse().ok()?))
 }
 
+/// Whether an annotation or label key is in our [`DOMAIN`] (`ldap-elector.dev/...`): every
+/// StatefulSet annotation the webhook reads is, so its cache keeps no other.
+pub fn is_our_key(key: &str) -> bool {
+    key.strip_prefix(DOMAIN).is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// Whether a StatefulSet's annotations opt it in.
 pub fn is_opted_in(annotations: Option<&std::collections::BTreeMap<String, String>>) -> bool {
     annotations.and_then(|a| a.get(ANNOTATION_INJECT)).is_some_and(|v| v == "true")
@@ -497,6 +503,16 @@ mod tests {
         assert_eq!(split_pod_name("x-"), None);
         assert_eq!(split_pod_name("x-01"), None);
         assert_eq!(split_pod_name("x-y"), None);
+    }
+
+    #[test]
+    fn our_keys_are_exactly_those_of_our_domain() {
+        for key in [ANNOTATION_INJECT, ANNOTATION_LEADER_SERVICE, ANNOTATION_LDAP_SUFFIX, ANNOTATION_METRICS_PORT] {
+            assert!(is_our_key(key), "{key}");
+        }
+        for key in ["ldap-elector.dev", "ldap-elector.devil/inject", "x.ldap-elector.dev/inject", "inject", ""] {
+            assert!(!is_our_key(key), "{key}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! | 2: a stolen webhook token rewrites its webhook configuration (URL, selectors, failurePolicy) | policy `<fullname>-webhook-configuration`: caBundle only |
 //! | 3: an opted-in StatefulSet with 100,000 replicas topples the webhook | `contract::MAX_REPLICAS`: pods refused, Event on the StatefulSet, webhook keeps admitting |
 //! | 4: one pod floods `/mutate` with connections and HTTP/2 streams | webhook server: per-peer connection cap (extra ones closed at once), 8 streams, bodies bounded in size and time |
+//! | 4: a few dozen ~1 MiB StatefulSets (no opt-in) fill the webhook's memory through its cache | webhook: the shared store keeps a pruned StatefulSet (`watches::prune`), lists in pages of 2; memory stays under the chart's limit, also on a restart |
 //! | 1: replace the sidecar's image (other code gets the pod-bound elector token) | policy `<fullname>-pod-spec` |
 //! | 1: replace slapd's image (slapd outside the fence) | policy `<fullname>-pod-spec` |
 //! | 1: add an ephemeral container (reads the token, enters slapd) | RBAC (`edit` lacks it); with the right granted on top, policy `<fullname>-pod-spec` |
@@ -49,8 +50,8 @@ use ldap_elector_certs::store::SECRET_KEY_CA;
 use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::{free_port, request_token, TENANT_USER};
 use ldap_elector_tests::workloads::webhook::{
-    grant_secret_role, http_status, unpublished_configuration, webhook_identity, Webhook, SIDECAR_IMAGE,
-    WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
+    grant_secret_role, http_status, unpublished_configuration, webhook_identity, Webhook, WebhookProcess,
+    SIDECAR_IMAGE, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
 };
 use ldap_elector_tests::workloads::{fixtures, policies};
 use ldap_elector_tests::{wait_for, Bed};
@@ -416,6 +417,149 @@ async fn a_connection_flood_from_one_pod_leaves_admission_answering() -> anyhow:
     }
     drop(held);
     drop(webhook);
+    Ok(())
+}
+
+// ---- Item 4: a tenant's objects must not fill the webhook's memory ----
+
+/// The tenant's StatefulSets of the cache attack.
+const BIG_STATEFULSETS: usize = 48;
+/// Of each, ten values of this size: eight environment values in its template, an annotation
+/// on it and one on its template (~1 MiB, under etcd's 1.5 MiB request limit).
+const BIG_VALUE: usize = 100 * 1024;
+
+/// A StatefulSet of ~1 MiB that does not opt in, with no replicas (no pods, nothing for
+/// the controller-manager to do).
+fn big_statefulset(name: &str) -> anyhow::Result<StatefulSet> {
+    let filler = |n: usize| "x".repeat(n);
+    let mut set = fixtures::statefulset(name, 0, json!({"tenant.example/notes": filler(BIG_VALUE)}))?;
+    let template = &mut set.spec.as_mut().ok_or_else(|| anyhow::anyhow!("fixture without spec"))?.template;
+    if let Some(meta) = template.metadata.as_mut() {
+        meta.annotations = Some([("tenant.example/notes".to_string(), filler(BIG_VALUE))].into());
+    }
+    let container = template.spec.as_mut().and_then(|s| s.containers.first_mut());
+    let container = container.ok_or_else(|| anyhow::anyhow!("fixture without container"))?;
+    container.env = Some(serde_json::from_value(json!((0..8)
+        .map(|i| json!({"name": format!("FILL{i}"), "value": filler(BIG_VALUE)}))
+        .collect::<Vec<_>>()))?);
+    Ok(set)
+}
+
+/// `resources.limits.memory` of the webhook in the chart's values.yaml, in KiB.
+fn chart_memory_limit_kib() -> anyhow::Result<u64> {
+    let values = include_str!("../../charts/ldap-elector/values.yaml");
+    // The top-level `resources:` block, then its `limits:`, then `memory:`.
+    let mut lines = values.lines().skip_while(|l| *l != "resources:").skip(1);
+    let mut block = lines.by_ref().take_while(|l| l.starts_with(' ') || l.is_empty() || l.starts_with('#'));
+    let limit = block
+        .by_ref()
+        .skip_while(|l| l.trim() != "limits:")
+        .find_map(|l| l.trim().strip_prefix("memory:").map(str::trim))
+        .ok_or_else(|| anyhow::anyhow!("values.yaml: no resources.limits.memory"))?;
+    let (number, unit) = limit.split_at(limit.find(|c: char| !c.is_ascii_digit()).unwrap_or(limit.len()));
+    let kib = match unit {
+        "Mi" => 1024,
+        "Gi" => 1024 * 1024,
+        other => anyhow::bail!("values.yaml: memory limit {limit}: unit {other:?} not understood"),
+    };
+    Ok(number.parse::<u64>()? * kib)
+}
+
+/// Waits until the reconciler made `STS`'s Role: the shared watch forwarded `STS`, created
+/// after the tenant's big StatefulSets, so it has put all of them into its store (a watch
+/// delivers in resourceVersion order, a list in name order, `bulk-*` before `ldap`).
+async fn wait_role(admin: &Client) -> anyhow::Result<()> {
+    let roles: Api<Role> = Api::namespaced(admin.clone(), NS);
+    wait_for("the reconciler to make the Role of the opted-in StatefulSet", T, || async {
+        roles
+            .get_opt(&contract::identity_name(STS))
+            .await
+            .map_err(|e| e.to_string())?
+            .map(drop)
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await
+}
+
+/// Every StatefulSet of the cluster reached the webhook's shared store whole, so a tenant
+/// (no opt-in needed) creating a few dozen ~1 MiB StatefulSets grew the webhook by what it
+/// stored, towards the chart's memory limit (an OOM kill stops admission; with
+/// `failurePolicy: Fail` no covered pod is created). The store now keeps a pruned copy: the
+/// webhook, a process of its own here, grows by less than half of what the tenant stored,
+/// stays under the limit, and a restarted one, which lists them all, does too. Admission
+/// keeps answering: the tenant's opted-in StatefulSet created afterwards gets its pods injected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_big_statefulsets_stay_out_of_the_webhooks_memory_and_it_keeps_admitting() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let tenant = tenant(&bed).await?;
+    let admin = bed.admin_client()?;
+    let limit_kib = chart_memory_limit_kib()?;
+    let kubeconfig = WebhookProcess::kubeconfig(&bed).await?;
+    let webhook = WebhookProcess::start(&bed, &kubeconfig, "webhook-first").await?;
+    webhook.register(&bed, NS, "Fail").await?;
+    let before = webhook.memory()?;
+    println!("webhook pid {}: before the attack {before:?}; chart limit {limit_kib} KiB", webhook.pid());
+
+    // Attack: StatefulSets of ~1 MiB, not opted in.
+    let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
+    let mut stored_kib = 0;
+    for i in 0..BIG_STATEFULSETS {
+        let set = big_statefulset(&format!("bulk-{i:02}"))?;
+        stored_kib += serde_json::to_vec(&set)?.len() as u64 / 1024;
+        sets.create(&PostParams::default(), &set).await?;
+    }
+    println!("the tenant stored {BIG_STATEFULSETS} StatefulSets, {stored_kib} KiB");
+
+    // Neighbour, afterwards: the tenant's opted-in StatefulSet gets its pods injected, and
+    // its Role says the store has taken in every big one.
+    opted_in_statefulset(&tenant, &admin).await?;
+    wait_role(&admin).await?;
+    let after = webhook.memory()?;
+    let grown = after.rss_kib.saturating_sub(before.rss_kib);
+    println!("webhook after the attack: {after:?}, grown by {grown} KiB");
+    assert!(
+        after.peak_kib < limit_kib,
+        "webhook peaked at {} KiB, above the chart's limit {limit_kib} KiB",
+        after.peak_kib
+    );
+    assert!(
+        grown < stored_kib / 2,
+        "webhook grew by {grown} KiB for the tenant's {stored_kib} KiB of StatefulSets: it keeps them"
+    );
+
+    // A restart (rollout, eviction, OOM kill) lists them all at once. Its Role deleted, the
+    // opted-in StatefulSet shows when the new webhook's list has passed the big ones.
+    drop(webhook);
+    Api::<Role>::namespaced(admin.clone(), NS).delete(&contract::identity_name(STS), &DeleteParams::default()).await?;
+    let restarted = WebhookProcess::start(&bed, &kubeconfig, "webhook-restarted").await?;
+    restarted.register(&bed, NS, "Fail").await?;
+    wait_role(&admin).await?;
+    let listed = restarted.memory()?;
+    println!("restarted webhook pid {} after listing them: {listed:?}", restarted.pid());
+    assert!(
+        listed.peak_kib < limit_kib,
+        "restarted webhook peaked at {} KiB listing the tenant's StatefulSets, above the chart's limit {limit_kib} KiB",
+        listed.peak_kib
+    );
+    assert!(
+        listed.rss_kib.saturating_sub(before.rss_kib) < stored_kib / 2,
+        "restarted webhook holds {} KiB (the first one started at {} KiB) after listing {stored_kib} KiB: it keeps them",
+        listed.rss_kib,
+        before.rss_kib
+    );
+
+    // And it still admits: a replaced pod of the opted-in StatefulSet is injected.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let replaced = contract::pod_name(STS, 1);
+    let old_uid = pods.get(&replaced).await?.metadata.uid;
+    pods.delete(&replaced, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    wait_for("the opted-in pod re-created and injected by the restarted webhook", T, || async {
+        let pod = pods.get_opt(&replaced).await.map_err(|e| e.to_string())?.ok_or("not yet".to_string())?;
+        let injected = pod.metadata.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_STATUS)).is_some();
+        (pod.metadata.uid != old_uid && injected).then_some(()).ok_or("not yet".to_string())
+    })
+    .await?;
+    println!("restarted webhook after admitting: {:?}", restarted.memory()?);
     Ok(())
 }
 

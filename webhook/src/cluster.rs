@@ -22,6 +22,10 @@
 //! The namespace's StatefulSets (for a Service being created or replaced) come from the
 //! cache alone: a Service admitted before its StatefulSet reached the cache gets its
 //! selector from the reconciler, and its pods are refused until it has.
+//!
+//! The cache holds pruned StatefulSets ([`crate::watches::prune`]): everything admission
+//! reads, except for an opted-in one with labels above the bound, which is read live like a
+//! miss (and, for a Service, gets its selector from the reconciler).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,7 +40,7 @@ use kube::Client;
 use serde::de::DeserializeOwned;
 
 use crate::leader_service::{leader_selector_change, ServiceChange};
-use crate::watches::SharedWatches;
+use crate::watches::{needs_live_read, SharedWatches};
 
 /// Bound on a live GET: it must answer well inside the API server's webhook timeout (the
 /// chart sets a few seconds), so the denial (and the retry) happens on our terms.
@@ -95,7 +99,7 @@ impl ClusterCache {
             (Some(want), Some(have)) => want == have,
             _ => true,
         };
-        uid_ok.then_some(hit)
+        (uid_ok && !needs_live_read(&hit)).then_some(hit)
     }
 }
 

@@ -19,6 +19,7 @@ use ldap_elector_contract as contract;
 use ldap_elector_webhook::admission::{answer, decode, ReviewError};
 use ldap_elector_webhook::cluster::FixedCluster;
 use ldap_elector_webhook::inject::{inject, InjectConfig, InjectError};
+use ldap_elector_webhook::watches::prune;
 use serde_json::Value;
 
 enum Expect {
@@ -152,6 +153,25 @@ golden! {
     slapd_d_on_a_volume_is_fenced_by_the_last_init_container: "openldap-start-fenced" => Expect::Patched;
     socket_dir_without_suffix_or_health_check_is_denied:
         "openldap-missing-suffix" => Expect::Denied(contract::ANNOTATION_LDAP_SUFFIX);
+}
+
+/// The webhook's store holds pruned StatefulSets (`watches::prune`): every case is answered
+/// the same from them as from the whole objects.
+#[test]
+fn every_case_is_answered_the_same_from_pruned_statefulsets() {
+    for case in CASES {
+        let body = serde_json::to_vec(&read_json(&format!("{case}.review.json"))).expect("serialise");
+        let whole = cluster(case);
+        let pruned = FixedCluster {
+            statefulsets: whole.statefulsets.iter().cloned().map(prune).collect(),
+            services: whole.services.clone(),
+        };
+        let answer = |cluster: &FixedCluster| {
+            let response = review(&body, cluster).expect("fixture is a valid review").response.expect("response");
+            (response.allowed, response.patch, response.result.message)
+        };
+        assert_eq!(answer(&pruned), answer(&whole), "{case}");
+    }
 }
 
 #[test]

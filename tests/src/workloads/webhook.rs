@@ -3,7 +3,7 @@
 //! a certificate for 127.0.0.1 and registered with `clientConfig.url`.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
@@ -20,6 +20,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::bed::free_port;
+use crate::bed::process::Child;
 use crate::workloads::fixtures;
 use crate::workloads::policies::Scope;
 use crate::{wait_for, Bed};
@@ -92,12 +93,16 @@ pub fn unpublished_configuration() -> anyhow::Result<MutatingWebhookConfiguratio
 
 /// A serving certificate for `127.0.0.1` and its CA, written to files: (cert, key, CA PEM).
 pub fn serving_files(bed: &Bed) -> anyhow::Result<(PathBuf, PathBuf, String)> {
+    serving_files_in(&bed.dir.join("webhook"))
+}
+
+/// [`serving_files`] in `dir`.
+fn serving_files_in(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, String)> {
     let validity = Duration::from_secs(24 * 3600);
     let ca = ldap_elector_certs::generate_ca("webhook-e2e-ca", validity)?;
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let serving = ldap_elector_certs::issue_serving(&ca, &[], &[loopback], validity)?;
-    let dir = bed.dir.join("webhook");
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(dir)?;
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     std::fs::write(&cert, &serving.cert_pem)?;
     std::fs::write(&key, &serving.key_pem)?;
@@ -249,6 +254,95 @@ impl Webhook {
             tokio::time::timeout(Duration::from_secs(30), task).await???;
         }
         Ok(())
+    }
+}
+
+/// The debug `ldap-elector-webhook` binary as a process of its own (files mode, with its
+/// reconciler, as the chart runs it), acting as its ServiceAccount: for what an in-process
+/// webhook cannot show, such as its memory.
+pub struct WebhookProcess {
+    pub port: u16,
+    pub health_port: u16,
+    pub ca_pem: String,
+    child: Child,
+}
+
+/// A process's memory from `/proc/<pid>/status`, in KiB.
+#[derive(Clone, Copy, Debug)]
+pub struct Memory {
+    /// Resident now (`VmRSS`).
+    pub rss_kib: u64,
+    /// The most it was ever resident (`VmHWM`): what a memory limit would have met.
+    pub peak_kib: u64,
+}
+
+impl Memory {
+    pub fn of(pid: u32) -> anyhow::Result<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            let line = status.lines().find(|l| l.starts_with(name)).ok_or_else(|| anyhow::anyhow!("no {name}"))?;
+            Ok(line.split_whitespace().nth(1).ok_or_else(|| anyhow::anyhow!("empty {name}"))?.parse()?)
+        };
+        Ok(Memory { rss_kib: field("VmRSS:")?, peak_kib: field("VmHWM:")? })
+    }
+}
+
+impl WebhookProcess {
+    /// The webhook's identity ([`webhook_identity`]) and a kubeconfig acting as it, in
+    /// `<bed>/webhook-process`; once per bed, for every process started with it.
+    pub async fn kubeconfig(bed: &Bed) -> anyhow::Result<PathBuf> {
+        webhook_identity(bed).await?;
+        let dir = bed.dir.join("webhook-process");
+        std::fs::create_dir_all(&dir)?;
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, bed.service_account_token(WEBHOOK_NS, WEBHOOK_SA, None).await?)?;
+        let kubeconfig = dir.join("webhook.kubeconfig");
+        std::fs::write(&kubeconfig, bed.kubeconfig_for_token_file(&token_file))?;
+        Ok(kubeconfig)
+    }
+
+    /// Starts the webhook as `name` (its log: `<bed>/<name>.log`) and waits until `/readyz`.
+    pub async fn start(bed: &Bed, kubeconfig: &Path, name: &str) -> anyhow::Result<WebhookProcess> {
+        let binary = crate::workloads::build::webhook_debug_binary()?;
+        let (cert, key, ca_pem) = serving_files_in(&bed.dir.join(name))?;
+        let (port, health_port) = (free_port()?, free_port()?);
+        let mut cmd = std::process::Command::new(binary);
+        cmd.args([
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--health-listen=127.0.0.1:{health_port}"),
+            "--cert-mode=files".into(),
+            format!("--cert-file={}", cert.display()),
+            format!("--key-file={}", key.display()),
+            format!("--sidecar-image={SIDECAR_IMAGE}"),
+        ])
+        .env("KUBECONFIG", kubeconfig);
+        let log = bed.dir.join(format!("{name}.log"));
+        let child = Child::spawn(name, cmd, &log)?;
+        wait_for("webhook process /readyz", Duration::from_secs(60), || async {
+            match http_status(health_port, "/readyz").await? {
+                200 => Ok(()),
+                status => Err(format!("status {status}")),
+            }
+        })
+        .await
+        .map_err(|e| e.context(format!("see {}", log.display())))?;
+        Ok(WebhookProcess { port, health_port, ca_pem, child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Its memory now; an error once it has exited (e.g. OOM-killed).
+    pub fn memory(&self) -> anyhow::Result<Memory> {
+        anyhow::ensure!(self.child.is_running(), "webhook process exited: {:?}", self.child.exit_status());
+        Memory::of(self.pid())
+    }
+
+    /// Registers it as the chart does (see [`configuration`]), for `namespace`.
+    pub async fn register(&self, bed: &Bed, namespace: &str, failure_policy: &str) -> anyhow::Result<()> {
+        let url = format!("https://127.0.0.1:{}/mutate", self.port);
+        replace_configuration(bed, configuration(&url, &self.ca_pem, namespace, failure_policy)?).await
     }
 }
 

@@ -42,7 +42,7 @@ mod patch;
 mod start_fenced;
 mod template;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use json_patch::Patch;
 use jsonptr::Token;

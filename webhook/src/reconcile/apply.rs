@@ -315,6 +315,14 @@ impl Reconciler {
         }
     }
 
+    /// `sts` as the API server has it now (`None`: gone); the store keeps only a pruned copy.
+    pub(super) async fn live(&self, sts: &StatefulSet) -> Result<Option<StatefulSet>, ReconcileError> {
+        let ns = sts.namespace().ok_or(ReconcileError::Incomplete("namespace"))?;
+        let name = sts.metadata.name.as_deref().ok_or(ReconcileError::Incomplete("name"))?;
+        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &ns);
+        call(&format!("reading StatefulSet {ns}/{name}"), api.get_opt(name)).await
+    }
+
     /// Pods of the StatefulSet that run an elector (carry the injection marker), with the
     /// ServiceAccount each runs as.
     pub(super) async fn elector_pods(&self, sts: &StatefulSet) -> Result<BTreeMap<String, String>, ReconcileError> {

@@ -23,7 +23,7 @@ use super::desired::desired;
 use super::empty::EmptyServices;
 use super::leadership::Leadership;
 use super::{ReconcileError, FIELD_MANAGER};
-use crate::watches::{spawn_store, Changes, SharedWatches};
+use crate::watches::{spawn_store, without_managed_fields, Changes, SharedWatches};
 
 /// Error backoff: doubles from the first to the last value.
 const BACKOFF_MIN: Duration = Duration::from_secs(2);
@@ -46,9 +46,9 @@ impl Footprint {
         let ours =
             watcher::Config::default().labels(&format!("{}={}", contract::LABEL_MANAGED_BY, contract::MANAGED_BY));
         Self {
-            service_accounts: spawn_store(client, ours.clone(), None, shutdown),
-            roles: spawn_store(client, ours.clone(), None, shutdown),
-            role_bindings: spawn_store(client, ours, None, shutdown),
+            service_accounts: spawn_store(client, ours.clone(), without_managed_fields, None, shutdown),
+            roles: spawn_store(client, ours.clone(), without_managed_fields, None, shutdown),
+            role_bindings: spawn_store(client, ours, without_managed_fields, None, shutdown),
             services: marked_services,
         }
     }
@@ -173,6 +173,17 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Reconciler>) -> Result<Action
         // The holder does it; on taking the Lease this replica reconciles everything.
         return Ok(Action::await_change());
     }
+    // The store keeps a pruned copy (`watches::prune`): an opted-in StatefulSet's objects
+    // are derived from the whole of it (template account and ports, selector), read live.
+    // Every watch event triggers this, so a change of a pruned field is seen here too.
+    let sts = match contract::is_opted_in(sts.metadata.annotations.as_ref()) {
+        true => match ctx.live(&sts).await? {
+            Some(live) => Arc::new(live),
+            // Deleted meanwhile; the watch reports it.
+            None => return Ok(Action::await_change()),
+        },
+        false => sts,
+    };
     if sts.metadata.deletion_timestamp.is_some() {
         // The garbage collector removes what we own; Services keep their selector, which
         // is right if the pods were orphaned (`--cascade=orphan`) and keep running.
