@@ -89,6 +89,16 @@ fn inherited_cargo_vars() -> Vec<std::ffi::OsString> {
         .collect()
 }
 
+/// A cargo in `repo` building into `target_dir`, without the variables of an enclosing cargo.
+fn cargo(repo: &Path, target_dir: &Path) -> Command {
+    let mut cargo = Command::new("cargo");
+    for name in inherited_cargo_vars() {
+        cargo.env_remove(name);
+    }
+    cargo.current_dir(repo).env("CARGO_TARGET_DIR", target_dir);
+    cargo
+}
+
 /// `cargo build --release --locked --target x86_64-unknown-linux-musl` of one binary into
 /// `target_dir`; cargo decides what is stale. Returns the binary's path.
 pub fn build(repo: &Path, target_dir: &Path, binary: &Binary) -> Result<PathBuf, ImageError> {
@@ -96,21 +106,35 @@ pub fn build(repo: &Path, target_dir: &Path, binary: &Binary) -> Result<PathBuf,
         return Err(ImageError::MissingTool { tool: "musl-gcc", package: "musl-tools" });
     }
     ensure_musl_target(repo)?;
-    let mut cargo = Command::new("cargo");
-    for name in inherited_cargo_vars() {
-        cargo.env_remove(name);
-    }
     cmd::status(
-        cargo
-            .current_dir(repo)
+        cargo(repo, target_dir)
             .args(["build", "--release", "--locked", "--target", MUSL_TARGET])
             .args(["-p", binary.package, "--bin", binary.name])
-            .env("CARGO_TARGET_DIR", target_dir)
             .env("CARGO_INCREMENTAL", "0")
             .env("SOURCE_DATE_EPOCH", "0")
             .env("RUSTFLAGS", rustflags()),
     )?;
     Ok(target_dir.join(MUSL_TARGET).join("release").join(binary.name))
+}
+
+/// Removes what `target_dir` holds of the workspace's own packages (`cargo clean -p` each),
+/// keeping the registry crates.
+pub fn clean_workspace_members(repo: &Path, target_dir: &Path) -> Result<(), ImageError> {
+    let metadata =
+        cmd::output(cargo(repo, target_dir).args(["metadata", "--no-deps", "--locked", "--format-version", "1"]))?;
+    let members = workspace_members(&metadata.stdout)?;
+    let mut clean = cargo(repo, target_dir);
+    clean.args(["clean", "--release", "--target", MUSL_TARGET]);
+    for member in &members {
+        clean.args(["-p", member]);
+    }
+    cmd::status(&mut clean)
+}
+
+/// The package names in `cargo metadata --no-deps` output.
+fn workspace_members(metadata: &[u8]) -> Result<Vec<String>, ImageError> {
+    let json: serde_json::Value = serde_json::from_slice(metadata).map_err(super::oci::OciError::from)?;
+    Ok(json["packages"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str().map(String::from)).collect())
 }
 
 /// The image of a built binary: `/<name>` (0755, root-owned like Docker's COPY), USER
