@@ -859,27 +859,8 @@ async fn a_webhook_outage_blocks_no_pod_of_a_statefulset_that_did_not_opt_in() -
         &format!("lacks the label {}: \"true\"", contract::LABEL_INJECT),
     );
 
-    // The outage: no webhook replica answers; the configuration stays, failurePolicy Fail.
-    webhook.stop().await?;
-    assert!(http_status(webhook.health_port, "/readyz").await.is_err(), "the webhook still answers");
-
-    // A StatefulSet that did not opt in gets its pods all the same ...
-    sets.create(&PostParams::default(), &fixtures::statefulset("other", 2, json!({}))?).await?;
-    wait_for("the pods of a StatefulSet that did not opt in", T, || async {
-        let mut missing = Vec::new();
-        for name in [contract::pod_name("other", 0), contract::pod_name("other", 1)] {
-            if pods.get_opt(&name).await.map_err(|e| e.to_string())?.is_none() {
-                missing.push(name);
-            }
-        }
-        missing.is_empty().then_some(()).ok_or(format!("missing {missing:?}"))
-    })
-    .await?;
-    // ... while an opted-in one gets none: no slapd starts without its elector.
-    let late = "late";
-    sets.create(&PostParams::default(), &labelled(late)?).await?;
-    wait_event(&admin, late, "FailedCreate", "pods.ldap-elector.dev").await?;
-    assert!(pods.get_opt(&contract::pod_name(late, 0)).await?.is_none(), "an opted-in pod started uninjected");
+    // The outage: an opted-in StatefulSet gets no pods, one that did not opt in gets them.
+    outage_spares_what_the_webhook_does_not_see(&mut webhook, &admin, &sets, &sets, &labelled("late")?).await?;
     Ok(())
 }
 
@@ -928,30 +909,43 @@ async fn by_default_a_webhook_outage_blocks_pods_only_in_namespaces_an_admin_opt
         &format!("lacks the labels {}=true", contract::LABEL_NAMESPACE_ENABLED),
     );
 
-    // The outage: no webhook replica answers; the configuration stays, failurePolicy Fail.
+    // The outage: an opted-in StatefulSet gets no pods, one in a namespace nobody opted in gets them.
+    let late = fixtures::statefulset("late", 2, opted_in())?;
+    let tenant_sets = Api::namespaced(tenant.clone(), NS);
+    outage_spares_what_the_webhook_does_not_see(&mut webhook, &admin, &elsewhere, &tenant_sets, &late).await?;
+    Ok(())
+}
+
+/// The outage of item 5: the webhook stopped (its configuration stays, failurePolicy Fail).
+/// A StatefulSet that did not opt in, created through `unseen` (where the webhook does not
+/// look), still gets its pods, while `opted_in`, created through `tenant` (in [`NS`]), gets
+/// none: no slapd starts without its elector.
+async fn outage_spares_what_the_webhook_does_not_see(
+    webhook: &mut Webhook,
+    admin: &Client,
+    unseen: &Api<StatefulSet>,
+    tenant: &Api<StatefulSet>,
+    opted_in: &StatefulSet,
+) -> anyhow::Result<()> {
     webhook.stop().await?;
     assert!(http_status(webhook.health_port, "/readyz").await.is_err(), "the webhook still answers");
-    // A StatefulSet of a namespace nobody opted in gets its pods all the same ...
-    elsewhere.create(&PostParams::default(), &fixtures::statefulset("other", 2, json!({}))?).await?;
-    let pods_elsewhere: Api<Pod> = Api::namespaced(admin.clone(), other);
-    wait_for("the pods of a StatefulSet outside the webhook's namespaces", T, || async {
+    unseen.create(&PostParams::default(), &fixtures::statefulset("other", 2, json!({}))?).await?;
+    let pods_unseen: Api<Pod> = Api::namespaced(admin.clone(), unseen.namespace().unwrap_or(NS));
+    wait_for("the pods of a StatefulSet the webhook does not see", T, || async {
         let mut missing = Vec::new();
         for name in [contract::pod_name("other", 0), contract::pod_name("other", 1)] {
-            if pods_elsewhere.get_opt(&name).await.map_err(|e| e.to_string())?.is_none() {
+            if pods_unseen.get_opt(&name).await.map_err(|e| e.to_string())?.is_none() {
                 missing.push(name);
             }
         }
         missing.is_empty().then_some(()).ok_or(format!("missing {missing:?}"))
     })
     .await?;
-    // ... while in the opted-in namespace an opted-in one gets none: no slapd without its elector.
-    let late = "late";
-    Api::<StatefulSet>::namespaced(tenant.clone(), NS)
-        .create(&PostParams::default(), &fixtures::statefulset(late, 2, opted_in())?)
-        .await?;
-    wait_event(&admin, late, "FailedCreate", "pods.ldap-elector.dev").await?;
+    let late = opted_in.metadata.name.clone().unwrap_or_default();
+    tenant.create(&PostParams::default(), opted_in).await?;
+    wait_event(admin, &late, "FailedCreate", "pods.ldap-elector.dev").await?;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
-    assert!(pods.get_opt(&contract::pod_name(late, 0)).await?.is_none(), "an opted-in pod started uninjected");
+    assert!(pods.get_opt(&contract::pod_name(&late, 0)).await?.is_none(), "an opted-in pod started uninjected");
     Ok(())
 }
 

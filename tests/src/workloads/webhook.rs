@@ -109,6 +109,18 @@ fn serving_files_in(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, String)> {
     Ok((cert, key, ca.cert_pem()))
 }
 
+/// The flags of a webhook on loopback `port` (health: `health_port`) serving `cert`/`key`.
+fn files_mode_args(port: u16, health_port: u16, cert: &Path, key: &Path) -> [String; 6] {
+    [
+        format!("--listen=127.0.0.1:{port}"),
+        format!("--health-listen=127.0.0.1:{health_port}"),
+        "--cert-mode=files".into(),
+        format!("--cert-file={}", cert.display()),
+        format!("--key-file={}", key.display()),
+        format!("--sidecar-image={SIDECAR_IMAGE}"),
+    ]
+}
+
 /// `GET path` on a plain-HTTP port (`Connection: close`); the whole response.
 async fn http_response(port: u16, path: &str) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -203,15 +215,8 @@ impl Webhook {
     pub async fn start_as(bed: &Bed, client: Client, flags: &[&str]) -> anyhow::Result<Webhook> {
         let (cert, key, ca_pem) = serving_files(bed)?;
         let (port, health_port) = (free_port()?, free_port()?);
-        let mut args = vec![
-            "ldap-elector-webhook".to_string(),
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--health-listen=127.0.0.1:{health_port}"),
-            "--cert-mode=files".into(),
-            format!("--cert-file={}", cert.display()),
-            format!("--key-file={}", key.display()),
-            format!("--sidecar-image={SIDECAR_IMAGE}"),
-        ];
+        let mut args = vec!["ldap-elector-webhook".to_string()];
+        args.extend(files_mode_args(port, health_port, &cert, &key));
         args.extend(flags.iter().map(|f| f.to_string()));
         let settings = Args::try_parse_from(args)?.into_settings().map_err(anyhow::Error::msg)?;
         let shutdown = CancellationToken::new();
@@ -307,15 +312,7 @@ impl WebhookProcess {
         let (cert, key, ca_pem) = serving_files_in(&bed.dir.join(name))?;
         let (port, health_port) = (free_port()?, free_port()?);
         let mut cmd = std::process::Command::new(binary);
-        cmd.args([
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--health-listen=127.0.0.1:{health_port}"),
-            "--cert-mode=files".into(),
-            format!("--cert-file={}", cert.display()),
-            format!("--key-file={}", key.display()),
-            format!("--sidecar-image={SIDECAR_IMAGE}"),
-        ])
-        .env("KUBECONFIG", kubeconfig);
+        cmd.args(files_mode_args(port, health_port, &cert, &key)).env("KUBECONFIG", kubeconfig);
         let log = bed.dir.join(format!("{name}.log"));
         let child = Child::spawn(name, cmd, &log)?;
         wait_for("webhook process /readyz", Duration::from_secs(60), || async {
