@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +69,10 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Largest accepted request body; larger → 413.
     pub max_body_bytes: usize,
+    /// Request bodies read or handled at once, over all connections: bounds their memory
+    /// (this × `max_body_bytes`) whatever the number of peers. A request waits for a turn
+    /// (at most `request_timeout`, then 503).
+    pub max_bodies_in_flight: usize,
     /// Open connections overall; a connection over it is closed at once (not left in the
     /// listen backlog, where the API server's connections would queue behind a flood).
     pub max_connections: usize,
@@ -94,6 +98,8 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
+            // 32 MiB of the chart's 128 MiB limit; far more than the API server sends at once.
+            max_bodies_in_flight: 32,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             idle_timeout: Duration::from_secs(30),
@@ -118,9 +124,14 @@ impl Limits {
         if let Some((name, _)) = zero_duration {
             return Err(ServerError::InvalidLimits(format!("{name} must be > 0")));
         }
-        if self.max_connections == 0 || self.max_connections_per_peer == 0 || self.max_streams_per_connection == 0 {
+        if self.max_connections == 0
+            || self.max_connections_per_peer == 0
+            || self.max_streams_per_connection == 0
+            || self.max_bodies_in_flight == 0
+        {
             return Err(ServerError::InvalidLimits(
-                "max_connections, max_connections_per_peer and max_streams_per_connection must be ≥ 1".into(),
+                "max_connections, max_connections_per_peer, max_streams_per_connection and max_bodies_in_flight must be ≥ 1"
+                    .into(),
             ));
         }
         Ok(())
@@ -214,7 +225,8 @@ async fn serve<H: Handler>(
 ) -> Result<(), ServerError> {
     limits.validate()?;
     let local = listener.local_addr().ok();
-    let server = Arc::new(Server { protocols: Protocols::new(&limits), handler, limits, shutdown });
+    let bodies = Semaphore::new(limits.max_bodies_in_flight);
+    let server = Arc::new(Server { protocols: Protocols::new(&limits), handler, limits, bodies, shutdown });
     let slots = Slots::new(server.limits.max_connections, server.limits.max_connections_per_peer);
     let mut conns = JoinSet::new();
     loop {
@@ -262,6 +274,8 @@ struct Server<H> {
     protocols: Protocols,
     handler: H,
     limits: Limits,
+    /// Turns for [`Limits::max_bodies_in_flight`].
+    bodies: Semaphore,
     shutdown: CancellationToken,
 }
 
@@ -320,7 +334,7 @@ where
         let _busy = Busy::start(&in_flight);
         async move {
             let _busy = _busy;
-            let response = respond(&server.handler, &server.limits, req).await;
+            let response = respond(&server.handler, &server.limits, &server.bodies, req).await;
             Ok::<_, Infallible>(response.map(Full::new))
         }
     });
@@ -439,13 +453,17 @@ impl Drop for Slot {
     }
 }
 
-/// Read the body within the limits, then hand the request to the handler.
-async fn respond<H, B>(handler: &H, limits: &Limits, req: Request<B>) -> Response<Bytes>
+/// Read the body within the limits, then hand the request to the handler; one of `bodies`'
+/// turns is held throughout (the body lives until the handler is done with it).
+async fn respond<H, B>(handler: &H, limits: &Limits, bodies: &Semaphore, req: Request<B>) -> Response<Bytes>
 where
     H: Handler,
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let Ok(Ok(_turn)) = tokio::time::timeout(limits.request_timeout, bodies.acquire()).await else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight; retry");
+    };
     let (parts, body) = req.into_parts();
     let max = limits.max_body_bytes;
     let mut body = std::pin::pin!(body);
@@ -641,8 +659,24 @@ mod tests {
             [&b"0123456"[..], &b"789abc"[..]].map(|c| Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(c)))),
         );
         let req = Request::new(http_body_util::StreamBody::new(frames));
-        let response = respond(&echo, &limits, req).await;
+        let response = respond(&echo, &limits, &Semaphore::new(1), req).await;
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_a_turn_among_the_bodies_in_flight_and_gets_503_without_one() {
+        let limits = Limits { request_timeout: Duration::from_millis(200), ..Limits::default() };
+        let bodies = Semaphore::new(1);
+        let request = || Request::new(Full::new(Bytes::from_static(b"{}")));
+        let taken = bodies.acquire().await.unwrap();
+        let response = respond(&echo, &limits, &bodies, request()).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // A turn freed while the request waits is taken.
+        let (response, ()) = tokio::join!(respond(&echo, &limits, &bodies, request()), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(taken);
+        });
+        assert_eq!(response.status(), StatusCode::OK);
     }
 
     #[tokio::test]
@@ -650,7 +684,7 @@ mod tests {
         let limits = Limits { request_timeout: Duration::from_millis(50), ..Limits::default() };
         let stalled = futures::stream::pending::<Result<hyper::body::Frame<Bytes>, Infallible>>();
         let req = Request::new(http_body_util::StreamBody::new(stalled));
-        let response = respond(&echo, &limits, req).await;
+        let response = respond(&echo, &limits, &Semaphore::new(1), req).await;
         assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
     }
 
@@ -910,6 +944,8 @@ mod tests {
     #[test]
     fn zero_limits_are_rejected_at_start() {
         let limits = Limits { max_connections: 0, ..Limits::default() };
+        assert!(limits.validate().is_err());
+        let limits = Limits { max_bodies_in_flight: 0, ..Limits::default() };
         assert!(limits.validate().is_err());
         let limits = Limits { request_timeout: Duration::ZERO, ..Limits::default() };
         assert!(limits.validate().is_err());
