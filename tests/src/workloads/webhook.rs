@@ -91,13 +91,9 @@ pub fn unpublished_configuration() -> anyhow::Result<MutatingWebhookConfiguratio
     }))?)
 }
 
-/// A serving certificate for `127.0.0.1` and its CA, written to files: (cert, key, CA PEM).
-pub fn serving_files(bed: &Bed) -> anyhow::Result<(PathBuf, PathBuf, String)> {
-    serving_files_in(&bed.dir.join("webhook"))
-}
-
-/// [`serving_files`] in `dir`.
-fn serving_files_in(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, String)> {
+/// A serving certificate for `127.0.0.1` and its CA, written to files in `dir`: (cert, key,
+/// CA PEM).
+fn serving_files(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, String)> {
     let validity = Duration::from_secs(24 * 3600);
     let ca = ldap_elector_certs::generate_ca("webhook-e2e-ca", validity)?;
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -213,8 +209,9 @@ impl Webhook {
 
     /// Another replica: [`Webhook::start_with`] as `client` (from [`webhook_identity`]).
     pub async fn start_as(bed: &Bed, client: Client, flags: &[&str]) -> anyhow::Result<Webhook> {
-        let (cert, key, ca_pem) = serving_files(bed)?;
         let (port, health_port) = (free_port()?, free_port()?);
+        // Files of its own: a replica polls its files and would reload another's.
+        let (cert, key, ca_pem) = serving_files(&bed.dir.join(format!("webhook-{port}")))?;
         let mut args = vec!["ldap-elector-webhook".to_string()];
         args.extend(files_mode_args(port, health_port, &cert, &key));
         args.extend(flags.iter().map(|f| f.to_string()));
@@ -309,7 +306,7 @@ impl WebhookProcess {
     /// Starts the webhook as `name` (its log: `<bed>/<name>.log`) and waits until `/readyz`.
     pub async fn start(bed: &Bed, kubeconfig: &Path, name: &str) -> anyhow::Result<WebhookProcess> {
         let binary = crate::workloads::build::webhook_debug_binary()?;
-        let (cert, key, ca_pem) = serving_files_in(&bed.dir.join(name))?;
+        let (cert, key, ca_pem) = serving_files(&bed.dir.join(name))?;
         let (port, health_port) = (free_port()?, free_port()?);
         let mut cmd = std::process::Command::new(binary);
         cmd.args(files_mode_args(port, health_port, &cert, &key)).env("KUBECONFIG", kubeconfig);
