@@ -123,7 +123,7 @@ pub async fn run(
         (SharedWatches::start(&client, &background), None)
     };
     let cluster = ClusterCache::new(client.clone(), &watches);
-    // Set only with the reconciler on.
+    // `reconciler_lease` is set only with the reconciler on and a namespace to hold the Lease.
     let (leadership, election) = match &settings.reconciler_lease {
         Some(lease) => {
             let (leadership, task) = Leadership::start(client.clone(), lease, background.clone());

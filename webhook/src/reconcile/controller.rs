@@ -176,13 +176,14 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Reconciler>) -> Result<Action
     // The store keeps a pruned copy (`watches::prune`): an opted-in StatefulSet's objects
     // are derived from the whole of it (template account and ports, selector), read live.
     // Every watch event triggers this, so a change of a pruned field is seen here too.
-    let sts = match contract::is_opted_in(sts.metadata.annotations.as_ref()) {
-        true => match ctx.live(&sts).await? {
+    let sts = if contract::is_opted_in(sts.metadata.annotations.as_ref()) {
+        match ctx.live(&sts).await? {
             Some(live) => Arc::new(live),
             // Deleted meanwhile; the watch reports it.
             None => return Ok(Action::await_change()),
-        },
-        false => sts,
+        }
+    } else {
+        sts
     };
     if sts.metadata.deletion_timestamp.is_some() {
         // The garbage collector removes what we own; Services keep their selector, which
