@@ -396,8 +396,11 @@ async fn rendered_chart_passes_server_dry_run_in_a_namespace_enforcing_restricte
     let expected = |rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>| -> Vec<Value> {
         rules.iter().map(|r| serde_json::to_value(r).expect("rule serialises")).collect()
     };
-    assert_eq!(rules("ClusterRole"), expected(ldap_elector_webhook::reconcile::cluster_role_rules(WEBHOOK_CONFIG)));
-    assert_eq!(rules("Role"), expected(ldap_elector_webhook::reconcile::namespace_role_rules(TLS_SECRET)));
+    assert_eq!(
+        rules("ClusterRole"),
+        expected(ldap_elector_webhook::reconcile::controller_cluster_role_rules(WEBHOOK_CONFIG))
+    );
+    assert_eq!(rules("Role"), expected(ldap_elector_webhook::reconcile::controller_namespace_role_rules(TLS_SECRET)));
 
     // The webhook configuration.
     let mwc = one(&items, "MutatingWebhookConfiguration");

@@ -15,7 +15,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use ldap_elector_webhook::args::Args;
-use ldap_elector_webhook::reconcile::{cluster_role_rules, namespace_role_rules};
+use ldap_elector_webhook::reconcile::{
+    controller_cluster_role_rules as cluster_role_rules, controller_namespace_role_rules as namespace_role_rules,
+};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

@@ -49,7 +49,10 @@ use ldap_elector_contract::api::{self, ApiError, Hints};
 pub use controller::{run_reconciler, run_reconciler_on};
 pub use desired::{desired, elector_replicas, ldap_network_policy, DesiredObjects};
 pub use empty::family as leader_service_empty_family;
-pub use rbac::{cluster_role_rules, namespace_role_rules};
+pub use rbac::{
+    admission_cluster_role_rules, admission_namespace_role_rules, controller_cluster_role_rules,
+    controller_namespace_role_rules,
+};
 
 /// The one field manager of every server-side apply (see "Several webhook replicas").
 pub const FIELD_MANAGER: &str = "ldap-elector-webhook";
