@@ -154,6 +154,15 @@ pub fn merge_ca_bundle(
     Ok(Some(merged.into_iter().map(to_pem).collect()))
 }
 
+/// Whether the `caBundle` `existing` already trusts every CA of `ca_pem`: what a replica that
+/// only serves a certificate checks before serving it (it cannot publish).
+pub fn trusts(existing: Option<&[u8]>, ca_pem: &str) -> Result<bool, CertError> {
+    let wanted = parse_pem_certs(ca_pem, "CA to look for")?;
+    let existing: Vec<CertificateDer<'static>> =
+        existing.map(|pem| CertificateDer::pem_slice_iter(pem).map_while(Result::ok).collect()).unwrap_or_default();
+    Ok(wanted.iter().all(|der| existing.contains(der)))
+}
+
 /// The one certificate of the trust list `bundle.ca_pem` that issued the serving certificate
 /// (subject = its issuer, a CA, and its signature verifies), as PEM: the only CA a replica
 /// publishes into `caBundle`. Anything else in the Secret's `ca.crt` is never published from
@@ -272,6 +281,19 @@ mod tests {
 
     fn leaf_info(bundle: &CertBundle) -> CertInfo {
         cert_info(&parse_pem_certs(&bundle.cert_pem, "t").expect("PEM")[0]).expect("info")
+    }
+
+    #[test]
+    fn a_ca_bundle_trusts_a_ca_only_when_it_holds_that_very_certificate() {
+        let (old, new) = (fresh_bundle(t0()), fresh_bundle(t0()));
+        let issuer = |b: &CertBundle| issuing_ca_pem(b).expect("issuer");
+        let both = format!("{}{}", issuer(&new), issuer(&old));
+        assert!(trusts(Some(both.as_bytes()), &issuer(&old)).expect("PEM"));
+        assert!(trusts(Some(issuer(&new).as_bytes()), &issuer(&new)).expect("PEM"));
+        assert!(!trusts(Some(issuer(&new).as_bytes()), &issuer(&old)).expect("PEM"));
+        assert!(!trusts(None, &issuer(&old)).expect("PEM"));
+        assert!(!trusts(Some(b"garbage"), &issuer(&old)).expect("PEM"));
+        assert!(trusts(None, "not PEM").is_err(), "nothing to look for is an error, not a yes");
     }
 
     #[test]

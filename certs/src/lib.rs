@@ -30,6 +30,9 @@
 //!   [`store::publish_ca_bundle`]; never the rest of `ca.crt`, which whoever may write the
 //!   Secret could extend), and only then serve the bundle's certificate
 //!   ([`load::load_rustls`]). Then no client sees a certificate whose CA it lacks.
+//!   A replica that may not write (the webhook's admission server; its controller writes)
+//!   reads the Secret ([`store::read_secret`]) and serves a certificate only once
+//!   [`store::ca_bundle_published`] says its issuing CA is trusted.
 //! * To drop a compromised CA at once: delete the Secret and clear `caBundle` (or re-apply the
 //!   webhook configuration); the next start creates and publishes a fresh bundle.
 
@@ -42,11 +45,12 @@ mod test_support;
 
 pub use generate::{generate_ca, issue_serving, rotate, webhook_dns_names, Ca, ServingCert, DEFAULT_VALIDITY};
 pub use inspect::{
-    cert_info, issuing_ca_pem, merge_ca_bundle, reissue_reason, renewal_due, validate, CertInfo, Reissue,
+    cert_info, issuing_ca_pem, merge_ca_bundle, reissue_reason, renewal_due, trusts, validate, CertInfo, Reissue,
 };
 pub use load::load_rustls;
 pub use store::{
-    ensure_secret, ensure_secret_with_validity, publish_ca_bundle, publish_validating_ca_bundle, StoreError,
+    ca_bundle_published, ensure_secret, ensure_secret_with_validity, publish_ca_bundle, publish_validating_ca_bundle,
+    read_secret, StoreError,
 };
 
 use std::fmt;

@@ -2,9 +2,10 @@
 //!
 //! Every API call is bounded by [`API_TIMEOUT`]. Writes are compare-and-swap on
 //! `resourceVersion`, so two replicas starting at once converge on one bundle: the loser of a
-//! create or replace re-reads and uses the winner's. The webhook's ServiceAccount needs `get`,
-//! `create` and `update` on Secrets in its namespace, and `get` and `update` on the named
-//! webhook configuration.
+//! create or replace re-reads and uses the winner's. The account that writes (the webhook's
+//! controller) needs `get`, `create` and `update` on Secrets in its namespace, and `get` and
+//! `update` on the named webhook configuration; one that only serves the certificate
+//! ([`read_secret`], [`ca_bundle_published`]) needs `get` on both.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -55,6 +56,10 @@ pub enum StoreError {
     ConfigNotFound { kind: String, name: String },
     #[error("{op} conflicted with concurrent writers {attempts} times in a row; retry later")]
     Contended { op: String, attempts: usize },
+    #[error("Secret {namespace}/{name} does not exist yet; the controller creates it (is it running?)")]
+    SecretNotFound { namespace: String, name: String },
+    #[error("Secret {namespace}/{name} holds no usable bundle: {why}")]
+    InvalidSecret { namespace: String, name: String, why: String },
     #[error(transparent)]
     Cert(#[from] CertError),
 }
@@ -137,6 +142,36 @@ pub async fn ensure_secret_with_validity(
         }
     }
     Err(StoreError::Contended { op: format!("writing {what}"), attempts: MAX_ATTEMPTS })
+}
+
+/// Reads the webhook's TLS Secret as it is, never writing it: for a replica that only serves
+/// the certificate (the admission server; the controller creates and rotates the Secret).
+pub async fn read_secret(client: Client, namespace: &str, name: &str) -> Result<CertBundle, StoreError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let secret = call(format!("reading Secret {namespace}/{name}"), api.get_opt(name))
+        .await?
+        .ok_or_else(|| StoreError::SecretNotFound { namespace: namespace.to_owned(), name: name.to_owned() })?;
+    let invalid =
+        |why: String| StoreError::InvalidSecret { namespace: namespace.to_owned(), name: name.to_owned(), why };
+    let bundle = bundle_from_secret(&secret).map_err(invalid)?;
+    crate::inspect::validate(&bundle).map_err(|e| invalid(e.to_string()))?;
+    Ok(bundle)
+}
+
+/// Whether every webhook of the MutatingWebhookConfiguration `name` already trusts every CA
+/// of `ca_pem` ([`crate::inspect::trusts`]); reads only.
+pub async fn ca_bundle_published(client: Client, name: &str, ca_pem: &str) -> Result<bool, StoreError> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let what = format!("MutatingWebhookConfiguration {name}");
+    let Some(mut config) = call(format!("reading {what}"), api.get_opt(name)).await? else {
+        return Err(StoreError::ConfigNotFound { kind: "MutatingWebhookConfiguration".into(), name: name.to_owned() });
+    };
+    for client_config in config.client_configs() {
+        if !crate::inspect::trusts(client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()), ca_pem)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Adds the CAs of `ca_pem` to the `caBundle` of every webhook of the

@@ -50,8 +50,8 @@ use ldap_elector_certs::store::SECRET_KEY_CA;
 use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::{free_port, request_token, TENANT_USER};
 use ldap_elector_tests::workloads::webhook::{
-    grant_secret_role, http_status, unpublished_configuration, webhook_identity, Webhook, WebhookProcess,
-    SIDECAR_IMAGE, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
+    grant_secret_roles, http_status, unpublished_configuration, webhook_identities, Webhook, WebhookProcess,
+    CONTROLLER_SA, SIDECAR_IMAGE, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
 };
 use ldap_elector_tests::workloads::{fixtures, policies};
 use ldap_elector_tests::{wait_for, Bed};
@@ -1033,7 +1033,88 @@ async fn a_statefulset_cannot_steer_or_take_over_what_another_team_owns() -> any
 
 // ---- Item 2: a stolen webhook token ----
 
-/// The webhook's account may `update` its MutatingWebhookConfiguration (to publish the
+/// The admission server is what every pod of the cluster can reach over the network; it ran
+/// under the account that also held the reconciler's write rights (patch any pod, create
+/// Roles and RoleBindings, update Leases, its webhook configuration, Secrets). Now it runs
+/// apart from the controller, under an account that may only read: with its token an
+/// attacker reads what admission reads and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_admission_server_token_writes_nothing() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let admin = bed.admin_client()?;
+    let webhook = Webhook::start(&bed).await?;
+    fixtures::namespace(&admin, NS, Some("restricted")).await?;
+    webhook.register(&bed, NS, "Fail").await?;
+    let pp = PostParams::default();
+    Api::<StatefulSet>::namespaced(admin.clone(), NS)
+        .create(&pp, &fixtures::statefulset(STS, 0, json!({contract::ANNOTATION_INJECT: "true"}))?)
+        .await?;
+    Api::<Service>::namespaced(admin.clone(), NS)
+        .create(&pp, &fixtures::service("ldap-primary", json!({"app": STS}))?)
+        .await?;
+    let lease: Lease = serde_json::from_value(json!({"metadata": {"name": contract::lease_name(STS)}}))?;
+    let leases = Api::<Lease>::namespaced(admin.clone(), NS);
+    if leases.get_opt(&contract::lease_name(STS)).await?.is_none() {
+        leases.create(&pp, &lease).await?;
+    }
+
+    let stolen = bed.service_account_client(WEBHOOK_NS, WEBHOOK_SA).await?;
+    // Neighbour: what the token is for, reading StatefulSets and Services.
+    Api::<StatefulSet>::namespaced(stolen.clone(), NS).get(STS).await?;
+    Api::<Service>::namespaced(stolen.clone(), NS).get("ldap-primary").await?;
+
+    let user = format!("User \"system:serviceaccount:{WEBHOOK_NS}:{WEBHOOK_SA}\"");
+    let label = Patch::Merge(json!({"metadata": {"labels": {contract::LABEL_ROLE: contract::ROLE_LEADER}}}));
+    let selector = Patch::Merge(json!({"spec": {"selector": {"app": "attacker"}}}));
+    let patch = PatchParams::default();
+    refused(
+        Api::<Pod>::namespaced(stolen.clone(), NS).patch("ldap-1", &patch, &label).await,
+        "label a pod leader",
+        &user,
+        "cannot patch resource \"pods\"",
+    );
+    refused(
+        Api::<Service>::namespaced(stolen.clone(), NS).patch("ldap-primary", &patch, &selector).await,
+        "point a write Service at its own pods",
+        &user,
+        "cannot patch resource \"services\"",
+    );
+    let holder = Patch::Merge(json!({"spec": {"holderIdentity": "attacker"}}));
+    refused(
+        Api::<Lease>::namespaced(stolen.clone(), NS).patch(&contract::lease_name(STS), &patch, &holder).await,
+        "take the elector Lease",
+        &user,
+        "cannot patch resource \"leases\"",
+    );
+    let role: Role = serde_json::from_value(json!({"metadata": {"name": "grab"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]}))?;
+    refused(
+        Api::<Role>::namespaced(stolen.clone(), NS).create(&pp, &role).await,
+        "grant rights in a namespace",
+        &user,
+        "cannot create resource \"roles\"",
+    );
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "planted"}}))?;
+    refused(
+        Api::<Secret>::namespaced(stolen.clone(), WEBHOOK_NS).create(&pp, &secret).await,
+        "plant a Secret in the release namespace",
+        &user,
+        "cannot create resource \"secrets\"",
+    );
+    let configs = Api::<MutatingWebhookConfiguration>::all(stolen);
+    let redirect: Edit = |w| w.client_config.url = Some("https://198.51.100.7/mutate".into());
+    let config = edited(&Api::<MutatingWebhookConfiguration>::all(admin).get(WEBHOOK_CONFIG).await?, redirect);
+    refused(
+        configs.replace(WEBHOOK_CONFIG, &pp, &config).await,
+        "redirect the webhook",
+        &user,
+        "cannot update resource \"mutatingwebhookconfigurations\"",
+    );
+    drop(webhook);
+    Ok(())
+}
+
+/// The webhook's controller may `update` its MutatingWebhookConfiguration (to publish the
 /// caBundle); `resourceNames` limits the object, not the fields. With its token an attacker
 /// could point the webhook elsewhere or drop its selectors. The policy
 /// `<fullname>-webhook-configuration` lets that account change only the caBundle.
@@ -1043,7 +1124,7 @@ async fn a_stolen_webhook_token_changes_only_the_ca_bundle_of_its_configuration(
     let webhook = Webhook::start(&bed).await?;
     webhook.register(&bed, NS, "Fail").await?;
     policies::install_with(&bed, &["templates/webhook-configuration-guard.yaml"], &[]).await?;
-    let stolen = bed.service_account_client(WEBHOOK_NS, WEBHOOK_SA).await?;
+    let stolen = bed.service_account_client(WEBHOOK_NS, CONTROLLER_SA).await?;
     let configs: Api<MutatingWebhookConfiguration> = Api::all(stolen);
     let redirect: Edit = |w| w.client_config.url = Some("https://198.51.100.7/mutate".into());
     let dry = PostParams { dry_run: true, ..Default::default() };
@@ -1281,8 +1362,9 @@ async fn a_tenant_cannot_request_a_switchover_or_allow_a_diverged_standby() -> a
 /// The webhook's TLS Secret (certMode=secret) in [`WEBHOOK_NS`].
 const TLS_SECRET: &str = "ldap-elector-webhook-tls";
 
-/// The webhook in certMode=secret as `client` (its account), the reconciler off, with
-/// `health_port`; returns once ready, with the token that stops it.
+/// The webhook in certMode=secret as `client` (the controller's account: `--component=all`
+/// writes the Secret and the caBundle), the reconciler off, with `health_port`; returns once
+/// ready, with the token that stops it.
 async fn secret_mode_webhook(client: &Client, health_port: u16) -> anyhow::Result<CancellationToken> {
     let settings = Args::try_parse_from([
         "ldap-elector-webhook".to_string(),
@@ -1324,9 +1406,9 @@ async fn published_cas(configs: &Api<MutatingWebhookConfiguration>) -> anyhow::R
 async fn a_ca_added_to_the_webhook_secret_is_not_published_into_the_ca_bundle() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
     let admin = bed.admin_client()?;
-    let account = webhook_identity(&bed).await?;
+    let account = webhook_identities(&bed).await?.controller;
     let pp = PostParams::default();
-    grant_secret_role(&admin, TLS_SECRET).await?;
+    grant_secret_roles(&admin, TLS_SECRET).await?;
     let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
     configs.create(&pp, &unpublished_configuration()?).await?;
     let health_port = free_port()?;
@@ -1372,7 +1454,7 @@ async fn a_ca_added_to_the_webhook_secret_is_not_published_into_the_ca_bundle() 
     Ok(())
 }
 
-/// The webhook's account may `create` Secrets in the release namespace (its serving
+/// The webhook's controller may `create` Secrets in the release namespace (its serving
 /// certificate's, certMode=secret); RBAC cannot limit `create` by name. With a stolen token
 /// an attacker planted other Secrets there, e.g. a `kubernetes.io/service-account-token`
 /// Secret, which the token controller fills with a never-expiring token of a service account
@@ -1382,9 +1464,9 @@ async fn a_ca_added_to_the_webhook_secret_is_not_published_into_the_ca_bundle() 
 async fn a_stolen_webhook_token_creates_no_secret_but_its_serving_certificate() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
     let admin = bed.admin_client()?;
-    let stolen = webhook_identity(&bed).await?;
+    let stolen = webhook_identities(&bed).await?.controller;
     let pp = PostParams::default();
-    grant_secret_role(&admin, TLS_SECRET).await?;
+    grant_secret_roles(&admin, TLS_SECRET).await?;
     policies::install_with(&bed, &["templates/webhook-configuration-guard.yaml"], &[]).await?;
 
     let secrets: Api<Secret> = Api::namespaced(stolen, WEBHOOK_NS);
@@ -1402,7 +1484,7 @@ async fn a_stolen_webhook_token_creates_no_secret_but_its_serving_certificate() 
     secrets.create(&dry, &secret(TLS_SECRET, "kubernetes.io/tls", json!({}))?).await?;
     // Attacks: another Secret; a never-expiring token of its own account, under the
     // certificate's name and under another.
-    let token = json!({"kubernetes.io/service-account.name": WEBHOOK_SA});
+    let token = json!({"kubernetes.io/service-account.name": CONTROLLER_SA});
     for (what, attempt) in [
         ("plant a Secret in the release namespace", planted.clone()),
         (

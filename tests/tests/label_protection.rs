@@ -18,7 +18,7 @@ use ldap_elector_tests::bed::kubelet::Runner;
 use ldap_elector_tests::bed::process::Signal;
 use ldap_elector_tests::measure::observer::Observer;
 use ldap_elector_tests::workloads::build::elector_binary;
-use ldap_elector_tests::workloads::webhook::{Webhook, WEBHOOK_NS, WEBHOOK_SA};
+use ldap_elector_tests::workloads::webhook::{Webhook, CONTROLLER_SA, WEBHOOK_NS};
 use ldap_elector_tests::workloads::{fixtures, policies};
 use ldap_elector_tests::{wait_for, Bed, Kubelet};
 use serde_json::{json, Value};
@@ -288,9 +288,9 @@ async fn a_write_service_keeps_its_leader_selector_against_all_but_the_webhook_a
         json!([{"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "patch", "update"]}]);
     service_account(&admin, NS, INTRUDER).await?;
     let intruder = grant(&bed, NS, NS, INTRUDER, service_rules.clone()).await?;
-    // The webhook's account, as the chart names it (it is exempt from this policy only).
-    service_account(&admin, WEBHOOK_NS, WEBHOOK_SA).await?;
-    let webhook = grant(&bed, NS, WEBHOOK_NS, WEBHOOK_SA, service_rules).await?;
+    // The webhook controller's account, as the chart names it (it is exempt from this policy only).
+    service_account(&admin, WEBHOOK_NS, CONTROLLER_SA).await?;
+    let webhook = grant(&bed, NS, WEBHOOK_NS, CONTROLLER_SA, service_rules).await?;
     install_label_protection(&bed).await?;
 
     let leader_selector = json!({"app": STS, contract::LABEL_ROLE: contract::ROLE_LEADER});

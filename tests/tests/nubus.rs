@@ -109,6 +109,7 @@ fn selector(svc: &Service) -> serde_json::Value {
 async fn annotating_the_live_statefulset_adopts_it_and_opting_out_restores_it() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
     let (_kubelet, admin, webhook) = injecting(&bed, NS).await?;
+    let controller_port = webhook.controller_port()?;
 
     // Installed as its chart would, before anyone thinks of ldap-elector.
     let nubus = Nubus::new("nubus");
@@ -140,7 +141,7 @@ async fn annotating_the_live_statefulset_adopts_it_and_opting_out_restores_it() 
                 && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(nubus.statefulset_name().as_str())
                 && e.note.as_deref().is_some_and(|n| n.contains(&write))
         });
-        let metrics = http_get(webhook.health_port, "/metrics").await?;
+        let metrics = http_get(controller_port, "/metrics").await?;
         match (event, metrics.contains(&gauge)) {
             (Some(_), true) => Ok(()),
             (event, gauge) => Err(format!("event {:?}, gauge {gauge}", event.map(|e| &e.note))),
@@ -181,7 +182,7 @@ async fn annotating_the_live_statefulset_adopts_it_and_opting_out_restores_it() 
     }
     observer.assert_never_two_leaders();
     wait_for("the gauge to clear", T, || async {
-        let metrics = http_get(webhook.health_port, "/metrics").await?;
+        let metrics = http_get(controller_port, "/metrics").await?;
         (!metrics.contains(&gauge)).then_some(()).ok_or_else(|| "still reported".to_string())
     })
     .await?;

@@ -24,7 +24,7 @@ use ldap_elector_tests::bed::free_port;
 use ldap_elector_tests::workloads::electors::create_identity;
 use ldap_elector_tests::workloads::fixtures;
 use ldap_elector_tests::workloads::webhook::{
-    http_get, http_status, webhook_identity, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
+    http_get, http_status, webhook_identities, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
 };
 use ldap_elector_tests::{wait_for, Bed, Kubelet};
 use ldap_elector_webhook::args::Args;
@@ -101,7 +101,7 @@ async fn reconciler_creates_identity_role_lease_policy_and_selector_follows_scal
     logs();
     let bed = Bed::start().await?;
     let admin = bed.admin_client()?;
-    let webhook = webhook_identity(&bed).await?;
+    let webhook = webhook_identities(&bed).await?.controller;
     let ns = "reconcile";
     fixtures::namespace(&admin, ns, None).await?;
     let services: Api<Service> = Api::namespaced(admin.clone(), ns);
@@ -394,40 +394,60 @@ async fn presented_certificate(
     peer.map(|c| c.into_owned()).ok_or_else(|| "no peer certificate".to_string())
 }
 
+/// certMode=secret as the chart runs it (issue 17, item 2): the admission server reads only;
+/// the controller creates the Secret and publishes its CA. The admission server, started
+/// first, serves nothing until the CA of the Secret's certificate is in the caBundle, then
+/// serves exactly that certificate; a configuration re-applied without the caBundle gets it
+/// back from the controller at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_mode_publishes_the_ca_bundle_and_serves_the_secret_certificate() -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::Secret;
-    use ldap_elector_tests::workloads::webhook::{grant_secret_role, unpublished_configuration};
+    use ldap_elector_tests::workloads::webhook::{grant_secret_roles, unpublished_configuration, SIDECAR_IMAGE};
     use rustls_pki_types::pem::PemObject;
     const TLS_SECRET: &str = "ldap-elector-webhook-tls";
     logs();
     let bed = Bed::start().await?;
     let admin = bed.admin_client()?;
-    let webhook = webhook_identity(&bed).await?;
-    grant_secret_role(&admin, TLS_SECRET).await?;
+    let accounts = webhook_identities(&bed).await?;
+    grant_secret_roles(&admin, TLS_SECRET).await?;
     let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
     configs.create(&PostParams::default(), &unpublished_configuration()?).await?;
 
-    let (port, health_port) = (free_port()?, free_port()?);
-    let settings = Args::try_parse_from([
-        "ldap-elector-webhook".to_string(),
-        format!("--listen=127.0.0.1:{port}"),
-        format!("--health-listen=127.0.0.1:{health_port}"),
-        format!("--namespace={WEBHOOK_NS}"),
-        "--reconcile=false".into(),
-        "--sidecar-image=registry.invalid/ldap-elector:e2e".into(),
-    ])?
-    .into_settings()
-    .map_err(anyhow::Error::msg)?;
+    let component = |component: &str, listen: u16, health: u16| -> anyhow::Result<_> {
+        Args::try_parse_from([
+            "ldap-elector-webhook".to_string(),
+            format!("--component={component}"),
+            format!("--listen=127.0.0.1:{listen}"),
+            format!("--health-listen=127.0.0.1:{health}"),
+            format!("--namespace={WEBHOOK_NS}"),
+            "--reconcile=false".into(),
+            format!("--sidecar-image={SIDECAR_IMAGE}"),
+        ])?
+        .into_settings()
+        .map_err(anyhow::Error::msg)
+    };
     let shutdown = CancellationToken::new();
-    let app = tokio::spawn(ldap_elector_webhook::app::run(settings, webhook, shutdown.clone(), Duration::ZERO));
-    wait_for("webhook /readyz", T, || async {
-        match http_status(health_port, "/readyz").await? {
+    let run = |settings, client| {
+        tokio::spawn(ldap_elector_webhook::app::run(settings, client, shutdown.clone(), Duration::ZERO))
+    };
+    let (port, health_port, controller_health) = (free_port()?, free_port()?, free_port()?);
+    let ready = |port: u16| async move {
+        match http_status(port, "/readyz").await? {
             200 => Ok(()),
             status => Err(format!("status {status}")),
         }
-    })
-    .await?;
+    };
+
+    // The admission server alone: no Secret yet, and it may not create one.
+    let admission = run(component("admission", port, health_port)?, accounts.admission.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(ready(health_port).await.is_err(), "the admission server is ready without a certificate");
+    let secrets = Api::<Secret>::namespaced(admin.clone(), WEBHOOK_NS);
+    assert!(secrets.get_opt(TLS_SECRET).await?.is_none(), "the admission server wrote the Secret");
+
+    let controller = run(component("controller", free_port()?, controller_health)?, accounts.controller.clone());
+    wait_for("the controller /readyz", T, || ready(controller_health)).await?;
+    wait_for("the admission server /readyz once the CA is published", T, || ready(health_port)).await?;
 
     let secret = Api::<Secret>::namespaced(admin.clone(), WEBHOOK_NS).get(TLS_SECRET).await?;
     let data = secret.data.unwrap_or_default();
@@ -466,7 +486,9 @@ async fn secret_mode_publishes_the_ca_bundle_and_serves_the_secret_certificate()
     .await?;
 
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), app).await.context("webhook stops on shutdown")???;
+    for task in [admission, controller] {
+        tokio::time::timeout(Duration::from_secs(30), task).await.context("webhook stops on shutdown")???;
+    }
     Ok(())
 }
 
@@ -549,7 +571,7 @@ async fn one_webhook_replica_reconciles_at_a_time_and_another_takes_over_when_it
     logs();
     let bed = Bed::start().await?;
     let admin = bed.admin_client()?;
-    let client = webhook_identity(&bed).await?;
+    let accounts = webhook_identities(&bed).await?;
     let ns = "elected";
     fixtures::namespace(&admin, ns, None).await?;
     let sets: Api<StatefulSet> = Api::namespaced(admin.clone(), ns);
@@ -584,10 +606,10 @@ async fn one_webhook_replica_reconciles_at_a_time_and_another_takes_over_when_it
         }
     });
     let replica = |id: &'static str| {
-        let (bed, client) = (&bed, client.clone());
+        let (bed, accounts) = (&bed, accounts.clone());
         async move {
             let flags = [format!("--namespace={WEBHOOK_NS}"), format!("--identity={id}")];
-            Webhook::start_as(bed, client, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await
+            Webhook::start_as(bed, &accounts, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await
         }
     };
     let mut replicas = vec![("replica-a", replica("replica-a").await?), ("replica-b", replica("replica-b").await?)];
@@ -595,7 +617,7 @@ async fn one_webhook_replica_reconciles_at_a_time_and_another_takes_over_when_it
     // Neither reconciles while another holds the Lease: an opted-in StatefulSet gets no Role.
     let first = sets.create(&PostParams::default(), &fixtures::statefulset("first", 2, opted_in.clone())?).await?;
     for (id, w) in &replicas {
-        let port = w.health_port;
+        let port = w.controller_port()?;
         wait_for(&format!("{id} reporting that it does not reconcile"), T, || async {
             (reconciling(port).await == Some(0)).then_some(()).ok_or("not yet".to_string())
         })
@@ -623,7 +645,7 @@ async fn one_webhook_replica_reconciles_at_a_time_and_another_takes_over_when_it
     .await?;
     let mut gauges = Vec::new();
     for (id, w) in &replicas {
-        gauges.push((*id, reconciling(w.health_port).await));
+        gauges.push((*id, reconciling(w.controller_port()?).await));
     }
     let reconcilers: Vec<&str> = gauges.iter().filter(|(_, g)| *g == Some(1)).map(|(id, _)| *id).collect();
     assert_eq!(reconcilers, [holder.as_str()], "exactly the holder reconciles: {gauges:?}");
@@ -639,7 +661,7 @@ async fn one_webhook_replica_reconciles_at_a_time_and_another_takes_over_when_it
         (holder == *other).then_some(()).ok_or(holder)
     })
     .await?;
-    assert_eq!(reconciling(survivor.health_port).await, Some(1));
+    assert_eq!(reconciling(survivor.controller_port()?).await, Some(1));
     let second = sets.create(&PostParams::default(), &fixtures::statefulset("second", 2, opted_in)?).await?;
     wait_for("the Role of a StatefulSet opted in after the hand-over", T, || async {
         generated::<Role>(&admin, ns, &contract::identity_name("second"), &second).await.map(drop)

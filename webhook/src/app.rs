@@ -3,14 +3,20 @@
 //! reconciler and the TLS admission server, started and stopped in the right order.
 //! Tests run it in-process with [`run`].
 //!
-//! Certificate order in secret mode (see the `ldap_elector_certs` crate docs): ensure the
-//! Secret, publish its CA list into the webhook configuration's `caBundle`, and only then
-//! serve its certificate, at start and at every rotation; so the API server never sees a
-//! certificate whose CA it does not trust. The `caBundle` is also re-published whenever the
-//! webhook configuration changes (a watch on that one object) and every minute, which
-//! repairs a configuration re-applied without it (e.g. by a `helm rollback` to a revision
-//! rendered before it existed) at once instead of failing pod creation until the next
-//! rotation.
+//! Components ([`Component`]): the chart runs the admission server (reads only) and the
+//! controller (reconciler and certificate, every write) as two Deployments under two
+//! ServiceAccounts; `all` runs both in one process.
+//!
+//! Certificate order in secret mode (see the `ldap_elector_certs` crate docs): the writer
+//! (controller, or `all`) ensures the Secret and publishes the CA that issued it into the
+//! webhook configuration's `caBundle`; a server serves a certificate only after that: `all`
+//! because it published first, the admission server because it reads the `caBundle` and
+//! finds the CA there. So the API server never sees a certificate whose CA it does not
+//! trust, at start and at every rotation. The writer also re-publishes the `caBundle`
+//! whenever the webhook configuration changes (a watch on that one object) and every minute,
+//! which repairs a configuration re-applied without it (e.g. by a `helm rollback` to a
+//! revision rendered before it existed) at once instead of failing pod creation until the
+//! next rotation.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,14 +28,15 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use ldap_elector_certs::{
-    ensure_secret, issuing_ca_pem, load_rustls, publish_ca_bundle, CertBundle, CertError, StoreError,
+    ca_bundle_published, ensure_secret, issuing_ca_pem, load_rustls, publish_ca_bundle, read_secret, CertBundle,
+    CertError, StoreError,
 };
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::args::{CertSource, SecretCert, Settings};
+use crate::args::{CertSource, Component, SecretCert, Settings};
 use crate::cluster::ClusterCache;
 use crate::handler::AdmissionHandler;
 use crate::metrics::WebhookMetrics;
@@ -79,7 +86,10 @@ pub async fn run(
         TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })
     };
     let health_listener = bind(settings.health_listen).await?;
-    let listener = bind(settings.listen).await?;
+    let listener = match settings.component.serves_admission() {
+        true => Some(bind(settings.listen).await?),
+        false => None,
+    };
 
     let ready = Arc::new(AtomicBool::new(false));
     let health_stop = CancellationToken::new();
@@ -96,9 +106,11 @@ pub async fn run(
     // Background work (cert reload, caches, reconciler) stops after the server drained.
     let background = CancellationToken::new();
     let started = async {
-        let cert = start_certificate(&settings.cert, &client, &shutdown, &background).await?;
+        let Some(cert) = start_certificate(&settings, &client, &shutdown, &background).await? else {
+            return Ok(None);
+        };
         metrics.serving(cert.clone());
-        Ok::<_, AppError>(Arc::new(server_config(settings.tls_profile, cert)?))
+        Ok::<_, AppError>(Some(Arc::new(server_config(settings.tls_profile, cert)?)))
     };
     let tls = match started.await {
         Ok(tls) => tls,
@@ -115,14 +127,16 @@ pub async fn run(
             };
         }
     };
-    // One watch per kind, shared by admission and the reconciler.
-    let (watches, changes) = if settings.reconcile {
-        let (watches, changes) = SharedWatches::start_with_changes(&client, &background);
-        (watches, Some(changes))
-    } else {
-        (SharedWatches::start(&client, &background), None)
+    // One watch per kind, shared by admission and the reconciler; none for a controller
+    // that only keeps the certificate.
+    let (watches, changes) = match (settings.reconcile, tls.is_some()) {
+        (true, _) => {
+            let (watches, changes) = SharedWatches::start_with_changes(&client, &background);
+            (Some(watches), Some(changes))
+        }
+        (false, true) => (Some(SharedWatches::start(&client, &background)), None),
+        (false, false) => (None, None),
     };
-    let cluster = ClusterCache::new(client.clone(), &watches);
     // `reconciler_lease` is set only with the reconciler on and a namespace to hold the Lease.
     let (leadership, election) = match &settings.reconciler_lease {
         Some(lease) => {
@@ -131,32 +145,41 @@ pub async fn run(
         }
         None => (Leadership::alone(), None),
     };
-    let reconciler = changes.map(|changes| {
+    let reconciler = changes.zip(watches.clone()).map(|(changes, watches)| {
         metrics.reconciling(leadership.clone());
         tokio::spawn(run_reconciler_on(client.clone(), watches, changes, leadership, background.clone()))
     });
 
     let server_stop = CancellationToken::new();
-    let handler = AdmissionHandler::new(settings.inject.clone(), cluster).with_metrics(metrics.clone());
-    let limits = Limits {
-        max_connections: settings.max_connections,
-        max_connections_per_peer: settings.max_connections_per_peer,
-        ..Limits::default()
+    let server = match (tls, listener, watches) {
+        (Some(tls), Some(listener), Some(watches)) => {
+            let cluster = ClusterCache::new(client.clone(), &watches);
+            let handler = AdmissionHandler::new(settings.inject.clone(), cluster).with_metrics(metrics.clone());
+            let limits = Limits {
+                max_connections: settings.max_connections,
+                max_connections_per_peer: settings.max_connections_per_peer,
+                ..Limits::default()
+            };
+            Some(tokio::spawn(serve_tls(listener, tls, handler, limits, server_stop.clone())))
+        }
+        _ => None,
     };
-    let server = tokio::spawn(serve_tls(listener, tls, handler, limits, server_stop.clone()));
     ready.store(true, Ordering::Relaxed);
-    info!(listen = %settings.listen, health = %settings.health_listen, tls_profile = %settings.tls_profile,
-          reconcile = settings.reconcile, "webhook ready");
+    info!(component = ?settings.component, listen = %settings.listen, health = %settings.health_listen,
+          tls_profile = %settings.tls_profile, admission = server.is_some(), reconcile = settings.reconcile,
+          "webhook ready");
 
     shutdown.cancelled().await;
     ready.store(false, Ordering::Relaxed);
-    info!(delay_s = shutdown_delay.as_secs_f64(), "shutting down: readiness off, draining after the delay");
-    tokio::time::sleep(shutdown_delay).await;
-    server_stop.cancel();
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => warn!(%error, "admission server stopped with an error"),
-        Err(error) => warn!(%error, "admission server task failed"),
+    if let Some(server) = server {
+        info!(delay_s = shutdown_delay.as_secs_f64(), "shutting down: readiness off, draining after the delay");
+        tokio::time::sleep(shutdown_delay).await;
+        server_stop.cancel();
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "admission server stopped with an error"),
+            Err(error) => warn!(%error, "admission server task failed"),
+        }
     }
     background.cancel();
     if let Some(reconciler) = reconciler {
@@ -172,45 +195,69 @@ pub async fn run(
     Ok(())
 }
 
-/// The serving certificate, with its reload/rotation task running under `background`.
+/// The serving certificate (`None` for the controller: it serves none), with its reload or
+/// rotation task running under `background`.
 async fn start_certificate(
-    source: &CertSource,
+    settings: &Settings,
     client: &Client,
     shutdown: &CancellationToken,
     background: &CancellationToken,
-) -> Result<Arc<ReloadingCert>, AppError> {
-    match source {
-        CertSource::Files { cert, key } => {
+) -> Result<Option<Arc<ReloadingCert>>, AppError> {
+    let source = match &settings.cert {
+        None => return Ok(None),
+        Some(CertSource::Files { cert, key }) => {
             let resolver = Arc::new(ReloadingCert::from_pem_files(cert, key)?);
             let (r, c, k, stop) = (resolver.clone(), cert.clone(), key.clone(), background.clone());
             tokio::spawn(async move { r.watch_files(c, k, FILE_POLL_INTERVAL, stop).await });
             info!(cert = %cert.display(), key = %key.display(), "serving certificate from files (polled)");
-            Ok(resolver)
+            return Ok(Some(resolver));
         }
-        CertSource::Secret(source) => {
-            let mut delay = BOOTSTRAP_BACKOFF_MIN;
-            let (bundle, resolver) = loop {
-                match secret_round(client, source).await {
-                    Ok(bundle) => match load(&bundle) {
-                        Ok((chain, key)) => break (bundle, Arc::new(ReloadingCert::new(chain, key)?)),
-                        Err(error) => warn!(%error, "certificate from the Secret is unusable; retrying"),
-                    },
-                    Err(error) => {
-                        warn!(%error, retry_in_s = delay.as_secs(), "cannot obtain the serving certificate yet")
-                    }
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(AppError::Cancelled),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(BOOTSTRAP_BACKOFF_MAX);
-            };
-            info!("serving certificate from the Secret; caBundle published");
-            let (c, s, r, stop) = (client.clone(), source.clone(), resolver.clone(), background.clone());
-            tokio::spawn(async move { keep_rotating(c, s, r, bundle, stop).await });
-            Ok(resolver)
+        Some(CertSource::Secret(source)) => source.clone(),
+    };
+    let component = settings.component;
+    let round = || async {
+        match component {
+            // Reads only: the controller writes the Secret and publishes its CA.
+            Component::Admission => read_round(client, &source).await,
+            Component::All | Component::Controller => secret_round(client, &source).await.map_err(|e| e.to_string()),
+        }
+    };
+    let mut delay = BOOTSTRAP_BACKOFF_MIN;
+    let (bundle, resolver) = loop {
+        let attempt = match round().await {
+            Ok(bundle) if !component.serves_admission() => Ok((bundle, None)),
+            Ok(bundle) => load(&bundle).map_err(|e| format!("the Secret's certificate is unusable: {e}")).and_then(
+                |(chain, key)| {
+                    let resolver = ReloadingCert::new(chain, key).map_err(|e| e.to_string())?;
+                    Ok((bundle, Some(Arc::new(resolver))))
+                },
+            ),
+            Err(error) => Err(error),
+        };
+        match attempt {
+            Ok(started) => break started,
+            Err(error) => warn!(%error, retry_in_s = delay.as_secs(), "cannot obtain the serving certificate yet"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(AppError::Cancelled),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(BOOTSTRAP_BACKOFF_MAX);
+    };
+    let (c, r, stop) = (client.clone(), resolver.clone(), background.clone());
+    match component {
+        Component::Admission => {
+            info!("serving certificate from the Secret; its CA is published");
+            if let Some(r) = r {
+                tokio::spawn(async move { keep_reading(c, source, r, bundle, stop).await });
+            }
+        }
+        Component::All | Component::Controller => {
+            info!(serving = resolver.is_some(), "the Secret's certificate is current; caBundle published");
+            tokio::spawn(async move { keep_rotating(c, source, r, bundle, stop).await });
         }
     }
+    Ok(resolver)
 }
 
 /// Ensure the Secret (creating or rotating it when due), then publish the CA that issued its
@@ -221,20 +268,80 @@ async fn secret_round(client: &Client, source: &SecretCert) -> Result<CertBundle
     Ok(bundle)
 }
 
+/// The admission server's round: read the Secret, and accept its certificate only once the CA
+/// that issued it is in the webhook configuration's `caBundle`.
+async fn read_round(client: &Client, source: &SecretCert) -> Result<CertBundle, String> {
+    let bundle = read_secret(client.clone(), &source.namespace, &source.secret).await.map_err(|e| e.to_string())?;
+    let issuer = issuing_ca_pem(&bundle).map_err(|e| e.to_string())?;
+    match ca_bundle_published(client.clone(), &source.webhook_config, &issuer).await {
+        Ok(true) => Ok(bundle),
+        Ok(false) => Err(format!(
+            "the CA of Secret {}/{} is not in the caBundle of {} yet; the controller publishes it",
+            source.namespace, source.secret, source.webhook_config
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 type Loaded = (Vec<rustls_pki_types::CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>);
 
 fn load(bundle: &CertBundle) -> Result<Loaded, CertError> {
     load_rustls(bundle)
 }
 
-/// Secret mode after start: re-publish the caBundle when the webhook configuration changes
-/// and every minute, re-check the Secret
-/// every hour (every minute after a failure), and swap in a rotated certificate only after
-/// its CA list was published.
-async fn keep_rotating(
+/// Swaps in `bundle` when it differs from what is served; `false` when it is unusable.
+fn swap_in(resolver: &ReloadingCert, serving: &mut CertBundle, bundle: CertBundle) -> bool {
+    if bundle.cert_pem == serving.cert_pem {
+        *serving = bundle;
+        return true;
+    }
+    match load(&bundle).map_err(|e| e.to_string()).and_then(|(c, k)| resolver.replace(c, k).map_err(|e| e.to_string()))
+    {
+        Ok(()) => {
+            info!("serving the rotated certificate (its CA was published first)");
+            *serving = bundle;
+            true
+        }
+        Err(error) => {
+            warn!(%error, "rotated certificate is unusable; still serving the current one");
+            false
+        }
+    }
+}
+
+/// The admission server in secret mode after start: every minute, read the Secret and serve a
+/// rotated certificate once its CA is published.
+async fn keep_reading(
     client: Client,
     source: SecretCert,
     resolver: Arc<ReloadingCert>,
+    mut serving: CertBundle,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(CA_BUNDLE_RECHECK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate; we just read it
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match read_round(&client, &source).await {
+            Ok(bundle) => {
+                swap_in(&resolver, &mut serving, bundle);
+            }
+            Err(error) => warn!(%error, "certificate re-check failed; still serving the current certificate"),
+        }
+    }
+}
+
+/// Secret mode, the writer after start: re-publish the caBundle when the webhook configuration
+/// changes and every minute, re-check the Secret every hour (every minute after a failure),
+/// and (when it serves too) swap in a rotated certificate only after its CA was published.
+async fn keep_rotating(
+    client: Client,
+    source: SecretCert,
+    resolver: Option<Arc<ReloadingCert>>,
     mut serving: CertBundle,
     stop: CancellationToken,
 ) {
@@ -281,19 +388,11 @@ async fn keep_rotating(
             }
         };
         next_check = Instant::now() + CERT_RECHECK_INTERVAL;
-        if bundle.cert_pem == serving.cert_pem {
-            serving = bundle;
-            continue;
-        }
-        match load(&bundle)
-            .map_err(|e| e.to_string())
-            .and_then(|(c, k)| resolver.replace(c, k).map_err(|e| e.to_string()))
-        {
-            Ok(()) => {
-                info!("serving the rotated certificate (its CA was published first)");
-                serving = bundle;
+        match &resolver {
+            Some(resolver) => {
+                swap_in(resolver, &mut serving, bundle);
             }
-            Err(error) => warn!(%error, "rotated certificate is unusable; still serving the current one"),
+            None => serving = bundle,
         }
     }
 }

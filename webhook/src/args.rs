@@ -26,6 +26,33 @@ pub enum CertMode {
     Files,
 }
 
+/// What this process runs (issue 17, item 2: the network-facing part holds no write right).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Component {
+    /// Admission server and controller in one process, under one account holding the rights
+    /// of both (development and tests; the chart runs the two apart).
+    #[default]
+    All,
+    /// The TLS admission server alone (the chart's `<fullname>-webhook`): it reads, never
+    /// writes; in secret mode it serves the Secret's certificate once its CA is published.
+    Admission,
+    /// The controller alone (the chart's `<fullname>-controller`): the reconciler and, in
+    /// secret mode, the serving certificate's Secret and the `caBundle`. Serves health only.
+    Controller,
+}
+
+impl Component {
+    /// Whether it serves `/mutate` (and needs a serving certificate).
+    pub fn serves_admission(self) -> bool {
+        self != Component::Controller
+    }
+
+    /// Whether it writes: reconciles, and in secret mode creates the certificate.
+    pub fn controls(self) -> bool {
+        self != Component::Admission
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// One JSON object per line (production).
@@ -43,6 +70,9 @@ pub enum LogFormat {
              and the reconciler that creates their RBAC, Lease and leader Service selector"
 )]
 pub struct Args {
+    /// What this process runs: `admission`, `controller`, or `all` of it.
+    #[arg(long, env = "WEBHOOK_COMPONENT", value_enum, default_value_t = Component::All)]
+    pub component: Component,
     /// HTTPS address of the admission endpoint (`POST /mutate`).
     #[arg(long, env = "WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
@@ -95,7 +125,7 @@ pub struct Args {
     #[arg(long, env = "WEBHOOK_ELECTOR_CONTAINERS", value_delimiter = ',', default_value = contract::KNOWN_ELECTOR_CONTAINER)]
     pub elector_containers: Vec<String>,
     /// Run the reconciler (per-StatefulSet ServiceAccount, Role, RoleBinding, Lease and
-    /// leader Service selector). `--reconcile=false` serves admission only.
+    /// leader Service selector); `--component=admission` never does.
     #[arg(
         long,
         env = "WEBHOOK_RECONCILE",
@@ -141,11 +171,14 @@ pub struct SecretCert {
 /// Everything the webhook needs, validated.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    pub component: Component,
     pub listen: SocketAddr,
     pub health_listen: SocketAddr,
     pub tls_profile: TlsProfile,
-    pub cert: CertSource,
+    /// `None` only for the controller in files mode: it serves and manages no certificate.
+    pub cert: Option<CertSource>,
     pub inject: InjectConfig,
+    /// Whether the reconciler runs (never with `--component=admission`).
     pub reconcile: bool,
     /// Where the replicas elect the one that reconciles: with `--namespace` (the chart sets
     /// it); without, a reconciler runs alone.
@@ -173,17 +206,29 @@ impl Args {
             return Err(format!("--elector-containers: {bad:?} is not a container name"));
         }
         inject.validate().map_err(|e| format!("--sidecar-image/--sidecar-image-pull-policy: {e}"))?;
-        if self.listen.port() == 0 || self.health_listen.port() == 0 {
+        let serves = self.component.serves_admission();
+        if (serves && self.listen.port() == 0) || self.health_listen.port() == 0 {
             return Err("--listen and --health-listen need a non-zero port".into());
         }
         if self.max_connections == 0 || self.max_connections_per_peer == 0 {
             return Err("--max-connections and --max-connections-per-peer must be at least 1".into());
         }
-        if self.listen == self.health_listen {
+        if serves && self.listen == self.health_listen {
             return Err(format!("--listen and --health-listen must differ (both {})", self.listen));
         }
+        let reconcile = self.reconcile && self.component.controls();
+        if self.component == Component::Controller && self.cert_mode == CertMode::Files {
+            if !reconcile {
+                return Err(
+                    "--component=controller with --cert-mode=files and --reconcile=false has nothing to do".into()
+                );
+            }
+            if self.cert_file.is_some() || self.key_file.is_some() {
+                return Err("--cert-file/--key-file: --component=controller serves no certificate".into());
+            }
+        }
         let namespace = self.namespace.filter(|n| !n.trim().is_empty());
-        let reconciler_lease = namespace.clone().filter(|_| self.reconcile).map(|namespace| ReconcilerLease {
+        let reconciler_lease = namespace.clone().filter(|_| reconcile).map(|namespace| ReconcilerLease {
             namespace,
             name: crate::reconcile::leadership::lease_name(&self.webhook_config),
             identity: self.identity.filter(|i| !i.trim().is_empty()).unwrap_or_else(default_identity),
@@ -213,13 +258,14 @@ impl Args {
                         .into());
                 }
                 let dns_names = ldap_elector_certs::webhook_dns_names(&self.service_name, &namespace);
-                CertSource::Secret(SecretCert {
+                Some(CertSource::Secret(SecretCert {
                     namespace,
                     secret: self.cert_secret,
                     dns_names,
                     webhook_config: self.webhook_config,
-                })
+                }))
             }
+            CertMode::Files if !serves => None,
             CertMode::Files => match (self.cert_file, self.key_file) {
                 (Some(cert), Some(key)) => {
                     if !self.extra_ip_san.is_empty() {
@@ -227,18 +273,19 @@ impl Args {
                                     certificate file decides its SANs"
                             .into());
                     }
-                    CertSource::Files { cert, key }
+                    Some(CertSource::Files { cert, key })
                 }
                 _ => return Err("--cert-mode=files needs both --cert-file and --key-file".into()),
             },
         };
         Ok(Settings {
+            component: self.component,
             listen: self.listen,
             health_listen: self.health_listen,
             tls_profile: self.tls_profile,
             cert,
             inject,
-            reconcile: self.reconcile,
+            reconcile,
             reconciler_lease,
             max_connections: self.max_connections,
             max_connections_per_peer: self.max_connections_per_peer,
@@ -285,7 +332,10 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:8443".parse().unwrap());
         assert_eq!(s.health_listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(s.inject.image_pull_policy, "IfNotPresent");
-        let CertSource::Secret(SecretCert { namespace, secret, dns_names, webhook_config }) = s.cert else { panic!() };
+        assert_eq!(s.component, Component::All);
+        let Some(CertSource::Secret(SecretCert { namespace, secret, dns_names, webhook_config })) = s.cert else {
+            panic!()
+        };
         assert_eq!(
             (namespace.as_str(), secret.as_str(), webhook_config.as_str()),
             ("sys", "ldap-elector-webhook-tls", "ldap-elector")
@@ -336,7 +386,30 @@ mod tests {
         let err = settings(&["--sidecar-image=r/e:1", "--cert-mode=files", "--cert-file=/c"]).unwrap_err();
         assert!(err.contains("--key-file"), "{err}");
         let s = settings(&["--sidecar-image=r/e:1", "--cert-mode=files", "--cert-file=/c", "--key-file=/k"]).unwrap();
-        assert_eq!(s.cert, CertSource::Files { cert: "/c".into(), key: "/k".into() });
+        assert_eq!(s.cert, Some(CertSource::Files { cert: "/c".into(), key: "/k".into() }));
+    }
+
+    #[test]
+    fn the_admission_server_never_reconciles_and_the_controller_serves_no_certificate() {
+        let admission = settings(&["--sidecar-image=r/e:1", "--namespace=sys", "--component=admission"]).unwrap();
+        assert!(!admission.reconcile && admission.reconciler_lease.is_none());
+        assert!(matches!(admission.cert, Some(CertSource::Secret(_))), "reads the Secret's certificate");
+
+        let controller = ["--sidecar-image=r/e:1", "--namespace=sys", "--component=controller"];
+        let secret_mode = settings(&controller).unwrap();
+        assert!(secret_mode.reconcile && secret_mode.reconciler_lease.is_some());
+        assert!(matches!(secret_mode.cert, Some(CertSource::Secret(_))), "creates the Secret, publishes its CA");
+        // `--listen` is not used by the controller: it may even equal the health address.
+        let same = [&controller[..], &["--listen=0.0.0.0:8080"]].concat();
+        assert!(settings(&same).is_ok());
+
+        let files = [&controller[..], &["--cert-mode=files"]].concat();
+        assert_eq!(settings(&files).unwrap().cert, None, "cert-manager's or the admin's certificate");
+        let with_files = [&files[..], &["--cert-file=/c", "--key-file=/k"]].concat();
+        assert!(settings(&with_files).unwrap_err().contains("serves no certificate"));
+        let idle = [&files[..], &["--reconcile=false"]].concat();
+        assert!(settings(&idle).unwrap_err().contains("nothing to do"));
+        assert!(parse(&["--sidecar-image=r/e:1", "--component=reconciler"]).is_err());
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::bed::free_port;
 use crate::bed::process::Child;
 use crate::measure::{Machine, Usage};
 use crate::workloads::fixtures;
-use crate::workloads::webhook::{http_status, webhook_identity, SIDECAR_IMAGE, WEBHOOK_NS, WEBHOOK_SA};
+use crate::workloads::webhook::{http_status, webhook_identities, SIDECAR_IMAGE, WEBHOOK_NS, WEBHOOK_SA};
 use crate::{wait_for, Bed};
 
 /// The StatefulSet the reviewed pod belongs to (the fixture's names).
@@ -110,7 +110,7 @@ impl Setup {
         let taskset = which("taskset");
         let admin = bed.admin_client()?;
         // The webhook's identity, and an opted-in StatefulSet for the owner cache to hold.
-        webhook_identity(bed).await?;
+        webhook_identities(bed).await?;
         fixtures::namespace(&admin, NAMESPACE, None).await?;
         let annotations = json!({
             contract::ANNOTATION_INJECT: "true",
@@ -151,7 +151,8 @@ impl Setup {
             format!("--cert-file={}", certs.cert_path().display()),
             format!("--key-file={}", certs.key_path().display()),
             format!("--sidecar-image={SIDECAR_IMAGE}"),
-            "--reconcile=false".into(),
+            // The admission server as the chart runs it, as its (read-only) account.
+            "--component=admission".into(),
             // The load generator is one peer with WEBHOOK_BENCH_CONNS (default 16) connections
             // plus fresh ones: above the per-peer cap meant for a flooding pod.
             "--max-connections-per-peer=1024".into(),

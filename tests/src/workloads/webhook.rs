@@ -1,6 +1,8 @@
-//! The webhook run in-process against a bed, as a ServiceAccount holding exactly the
-//! ClusterRole of `reconcile::cluster_role_rules` (a missing rule fails the tests), serving
-//! a certificate for 127.0.0.1 and registered with `clientConfig.url`.
+//! The webhook run in-process against a bed as the chart runs it: the admission server and
+//! the controller apart, each as its own ServiceAccount holding exactly the rules of
+//! `reconcile::{admission,controller}_cluster_role_rules` (a missing rule fails the tests);
+//! the admission server serves a certificate for 127.0.0.1 and is registered with
+//! `clientConfig.url`.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -10,13 +12,14 @@ use base64::Engine;
 use clap::Parser;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use ldap_elector_webhook::args::Args;
 use ldap_elector_webhook::reconcile::{
-    controller_cluster_role_rules as cluster_role_rules, controller_namespace_role_rules as namespace_role_rules,
+    admission_cluster_role_rules, admission_namespace_role_rules, controller_cluster_role_rules,
+    controller_namespace_role_rules,
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -45,37 +48,58 @@ pub async fn injecting(bed: &Bed, namespace: &str) -> anyhow::Result<(crate::Kub
 }
 
 pub const WEBHOOK_NS: &str = "ldap-elector-system";
+/// The admission server's account (reads only).
 pub const WEBHOOK_SA: &str = "ldap-elector-webhook";
+/// The controller's account (reconciler and certificate: every write).
+pub const CONTROLLER_SA: &str = "ldap-elector-controller";
 pub const WEBHOOK_CONFIG: &str = "ldap-elector";
 pub const SIDECAR_IMAGE: &str = "registry.invalid/ldap-elector:e2e";
 
-/// Namespace, ServiceAccount and ClusterRole(Binding) of the webhook, exactly as
-/// documented; returns a client acting as that ServiceAccount.
-pub async fn webhook_identity(bed: &Bed) -> anyhow::Result<Client> {
+/// Clients acting as the webhook's two ServiceAccounts.
+#[derive(Clone)]
+pub struct Identities {
+    pub admission: Client,
+    /// Also what `--component=all` needs: its rules include the admission server's.
+    pub controller: Client,
+}
+
+/// Namespace, the two ServiceAccounts and their ClusterRole(Binding)s, exactly as the chart
+/// creates them (certMode=secret rules; files mode needs a subset).
+pub async fn webhook_identities(bed: &Bed) -> anyhow::Result<Identities> {
     let admin = bed.admin_client()?;
     fixtures::namespace(&admin, WEBHOOK_NS, None).await?;
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": WEBHOOK_SA}}))?;
+    Ok(Identities {
+        admission: account(bed, &admin, WEBHOOK_SA, admission_cluster_role_rules(WEBHOOK_CONFIG)).await?,
+        controller: account(bed, &admin, CONTROLLER_SA, controller_cluster_role_rules(WEBHOOK_CONFIG)).await?,
+    })
+}
+
+/// The ServiceAccount `name` in [`WEBHOOK_NS`] bound to a ClusterRole `name` of `rules`.
+async fn account(bed: &Bed, admin: &Client, name: &str, rules: Vec<PolicyRule>) -> anyhow::Result<Client> {
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
     Api::<ServiceAccount>::namespaced(admin.clone(), WEBHOOK_NS).create(&PostParams::default(), &sa).await?;
     let role = ClusterRole {
-        metadata: ObjectMeta { name: Some(WEBHOOK_SA.into()), ..Default::default() },
-        rules: Some(cluster_role_rules(WEBHOOK_CONFIG)),
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        rules: Some(rules),
         ..Default::default()
     };
     Api::<ClusterRole>::all(admin.clone()).create(&PostParams::default(), &role).await?;
     let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": WEBHOOK_SA},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": WEBHOOK_SA},
-        "subjects": [{"kind": "ServiceAccount", "name": WEBHOOK_SA, "namespace": WEBHOOK_NS}],
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": WEBHOOK_NS}],
     }))?;
-    Api::<ClusterRoleBinding>::all(admin).create(&PostParams::default(), &binding).await?;
-    bed.service_account_client(WEBHOOK_NS, WEBHOOK_SA).await
+    Api::<ClusterRoleBinding>::all(admin.clone()).create(&PostParams::default(), &binding).await?;
+    bed.service_account_client(WEBHOOK_NS, name).await
 }
 
-/// The webhook's namespaced Role and RoleBinding for its serving certificate's Secret
-/// `tls_secret` (certMode=secret), exactly as documented.
-pub async fn grant_secret_role(admin: &Client, tls_secret: &str) -> anyhow::Result<()> {
-    let rules = namespace_role_rules(tls_secret);
-    crate::workloads::fixtures::service_account_role(admin, WEBHOOK_NS, WEBHOOK_SA, WEBHOOK_NS, rules).await
+/// The Roles of both accounts for the serving certificate's Secret `tls_secret`
+/// (certMode=secret), exactly as the chart creates them.
+pub async fn grant_secret_roles(admin: &Client, tls_secret: &str) -> anyhow::Result<()> {
+    use crate::workloads::fixtures::service_account_role;
+    service_account_role(admin, WEBHOOK_NS, WEBHOOK_SA, WEBHOOK_NS, admission_namespace_role_rules(tls_secret)).await?;
+    service_account_role(admin, WEBHOOK_NS, CONTROLLER_SA, WEBHOOK_NS, controller_namespace_role_rules(tls_secret))
+        .await
 }
 
 /// The webhook configuration as the chart installs it before the webhook published its CA
@@ -189,45 +213,55 @@ pub fn configuration(
     }))?)
 }
 
-/// A running in-process webhook (files mode) with its reconciler.
+/// A running in-process webhook (files mode): its admission server and, unless started with
+/// `--reconcile=false`, its controller, each as its own account.
 pub struct Webhook {
     pub port: u16,
+    /// The admission server's health and metrics.
     pub health_port: u16,
+    /// The controller's health and metrics (the reconciler's gauges); `None` without one.
+    pub controller_health_port: Option<u16>,
     pub ca_pem: String,
     shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<Result<(), ldap_elector_webhook::app::AppError>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), ldap_elector_webhook::app::AppError>>>,
 }
 
 impl Webhook {
-    /// Starts the webhook as its own ServiceAccount and waits until `/readyz`.
+    /// Starts the webhook as its own ServiceAccounts and waits until `/readyz`.
     pub async fn start(bed: &Bed) -> anyhow::Result<Webhook> {
         Self::start_with(bed, &[]).await
     }
 
-    /// [`Webhook::start`] with extra command-line flags (e.g. `--reconcile=false`).
+    /// [`Webhook::start`] with extra command-line flags for both components (e.g.
+    /// `--reconcile=false`: no controller).
     pub async fn start_with(bed: &Bed, flags: &[&str]) -> anyhow::Result<Webhook> {
-        Self::start_as(bed, webhook_identity(bed).await?, flags).await
+        Self::start_as(bed, &webhook_identities(bed).await?, flags).await
     }
 
-    /// Another replica: [`Webhook::start_with`] as `client` (from [`webhook_identity`]).
-    pub async fn start_as(bed: &Bed, client: Client, flags: &[&str]) -> anyhow::Result<Webhook> {
+    /// Another replica: [`Webhook::start_with`] as `identities` (from [`webhook_identities`]).
+    pub async fn start_as(bed: &Bed, identities: &Identities, flags: &[&str]) -> anyhow::Result<Webhook> {
         let (port, health_port) = (free_port()?, free_port()?);
         // Files of its own: a replica polls its files and would reload another's.
         let (cert, key, ca_pem) = serving_files(&bed.dir.join(format!("webhook-{port}")))?;
-        let mut args = vec!["ldap-elector-webhook".to_string()];
-        args.extend(files_mode_args(port, health_port, &cert, &key));
-        args.extend(flags.iter().map(|f| f.to_string()));
-        let settings = Args::try_parse_from(args)?.into_settings().map_err(anyhow::Error::msg)?;
+        let mut admission = vec!["--component=admission".to_string()];
+        admission.extend(files_mode_args(port, health_port, &cert, &key));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(ldap_elector_webhook::app::run(settings, client, shutdown.clone(), Duration::ZERO));
-        wait_for("webhook /readyz", Duration::from_secs(60), || async {
-            match http_status(health_port, "/readyz").await? {
-                200 => Ok(()),
-                status => Err(format!("status {status}")),
+        let mut tasks = vec![start_component(&identities.admission, admission, flags, health_port, &shutdown).await?];
+        let controller_health_port = match flags.contains(&"--reconcile=false") {
+            true => None,
+            false => {
+                let health = free_port()?;
+                let controller = vec![
+                    "--component=controller".to_string(),
+                    format!("--health-listen=127.0.0.1:{health}"),
+                    "--cert-mode=files".into(),
+                    format!("--sidecar-image={SIDECAR_IMAGE}"),
+                ];
+                tasks.push(start_component(&identities.controller, controller, flags, health, &shutdown).await?);
+                Some(health)
             }
-        })
-        .await?;
-        Ok(Webhook { port, health_port, ca_pem, shutdown, task: Some(task) })
+        };
+        Ok(Webhook { port, health_port, controller_health_port, ca_pem, shutdown, tasks })
     }
 
     /// Registers the webhook as the chart does (see [`configuration`]), for `namespace`.
@@ -251,19 +285,49 @@ impl Webhook {
         replace_configuration(bed, mwc).await
     }
 
+    /// The controller's health port; an error when it was started without one.
+    pub fn controller_port(&self) -> anyhow::Result<u16> {
+        self.controller_health_port.ok_or_else(|| anyhow::anyhow!("the webhook was started without its controller"))
+    }
+
     /// Stops the webhook gracefully and waits for it.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
+        for task in self.tasks.drain(..) {
             tokio::time::timeout(Duration::from_secs(30), task).await???;
         }
         Ok(())
     }
 }
 
-/// The debug `ldap-elector-webhook` binary as a process of its own (files mode, with its
-/// reconciler, as the chart runs it), acting as its ServiceAccount: for what an in-process
-/// webhook cannot show, such as its memory.
+/// Runs one component (`args`, then `flags`) in-process as `client` and waits until its
+/// `/readyz` on `health_port` answers 200.
+async fn start_component(
+    client: &Client,
+    args: Vec<String>,
+    flags: &[&str],
+    health_port: u16,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), ldap_elector_webhook::app::AppError>>> {
+    let args =
+        std::iter::once("ldap-elector-webhook".to_string()).chain(args).chain(flags.iter().map(|f| f.to_string()));
+    let settings = Args::try_parse_from(args)?.into_settings().map_err(anyhow::Error::msg)?;
+    let component = settings.component;
+    let task = tokio::spawn(ldap_elector_webhook::app::run(settings, client.clone(), shutdown.clone(), Duration::ZERO));
+    wait_for(&format!("webhook {component:?} /readyz"), Duration::from_secs(60), || async {
+        match http_status(health_port, "/readyz").await? {
+            200 => Ok(()),
+            status => Err(format!("status {status}")),
+        }
+    })
+    .await?;
+    Ok(task)
+}
+
+/// The debug `ldap-elector-webhook` binary as a process of its own (files mode, admission and
+/// reconciler in one: `--component=all`), acting as the controller's ServiceAccount (whose
+/// rules include the admission server's): for what an in-process webhook cannot show, such
+/// as its memory.
 pub struct WebhookProcess {
     pub port: u16,
     pub health_port: u16,
@@ -292,14 +356,14 @@ impl Memory {
 }
 
 impl WebhookProcess {
-    /// The webhook's identity ([`webhook_identity`]) and a kubeconfig acting as it, in
-    /// `<bed>/webhook-process`; once per bed, for every process started with it.
+    /// The webhook's identities ([`webhook_identities`]) and a kubeconfig acting as the
+    /// controller, in `<bed>/webhook-process`; once per bed, for every process started with it.
     pub async fn kubeconfig(bed: &Bed) -> anyhow::Result<PathBuf> {
-        webhook_identity(bed).await?;
+        webhook_identities(bed).await?;
         let dir = bed.dir.join("webhook-process");
         std::fs::create_dir_all(&dir)?;
         let token_file = dir.join("token");
-        std::fs::write(&token_file, bed.service_account_token(WEBHOOK_NS, WEBHOOK_SA, None).await?)?;
+        std::fs::write(&token_file, bed.service_account_token(WEBHOOK_NS, CONTROLLER_SA, None).await?)?;
         let kubeconfig = dir.join("webhook.kubeconfig");
         std::fs::write(&kubeconfig, bed.kubeconfig_for_token_file(&token_file))?;
         Ok(kubeconfig)

@@ -20,20 +20,20 @@
 //! [`desired`] and the Service decisions ([`crate::leader_service`]) are pure and
 //! unit-tested; the rest is the edge.
 //!
-//! # Several webhook replicas
-//! Every replica reconciles everything; no leader election is needed because every write
-//! is idempotent and converges: the generated objects are written by server-side apply
-//! with one fixed field manager ([`FIELD_MANAGER`]), so two replicas applying the same
-//! desired state are one owner applying it twice, and a replica with a stale view is
-//! corrected by the next apply of a replica (or itself) with the fresh one. Service
-//! selectors are JSON merge patches guarded by `resourceVersion`, deletions carry a UID
-//! precondition, so a concurrent change makes the write fail and retry instead of
-//! clobbering it. Leader election would only save a few duplicate no-op requests.
+//! # Several controller replicas
+//! One replica reconciles at a time: the replicas compete for a Lease ([`leadership`]), and
+//! a replica that takes it reconciles every StatefulSet. The writes stay safe when two ever
+//! overlap (a replica that missed losing its Lease): the generated objects are written by
+//! server-side apply with one fixed field manager ([`FIELD_MANAGER`]), so two replicas
+//! applying the same desired state are one owner applying it twice; Service selectors are
+//! JSON merge patches guarded by `resourceVersion`, deletions carry a UID precondition, so a
+//! concurrent change makes the write fail and retry instead of clobbering it.
 //!
 //! # Layout
 //! [`desired`] (pure: what should exist) → [`apply`] (the API calls that make it so) under
-//! [`controller`] (watches, triggers, backoff); [`rbac`] is the webhook's own RBAC in code.
-//! The chart's ClusterRole and Role are the webhook's RBAC, with the reason for every rule.
+//! [`controller`] (watches, triggers, backoff); [`rbac`] is the RBAC of the webhook's two
+//! accounts in code. The chart's ClusterRoles and Roles are the source, with the reason for
+//! every rule.
 
 mod apply;
 mod controller;
@@ -85,7 +85,7 @@ async fn call<T>(op: &str, request: impl Future<Output = Result<T, kube::Error>>
 
 const HINTS: Hints = Hints {
     unauthorized: "",
-    forbidden: "; RBAC denies it: grant the webhook's ServiceAccount the rules of the chart's ClusterRole (templates/clusterrole.yaml)",
+    forbidden: "; RBAC denies it: grant the controller's ServiceAccount the rules of the chart's ClusterRole (templates/clusterrole.yaml)",
     conflict: "; changed concurrently, will retry",
     invalid: "; rejected as invalid (an existing object with this name and an immutable field?)",
 };
