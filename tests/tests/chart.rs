@@ -1,26 +1,28 @@
 //! The Helm chart: it lints strictly, renders in every certificate mode, refuses unsafe
 //! values, is accepted by a real API server (server-side dry run) in a namespace that
-//! enforces Pod Security `restricted`, and once installed its pods are admitted there, its
-//! ServiceAccount may create exactly the per-StatefulSet RBAC it needs (no `escalate`),
-//! and an upgrade keeps the caBundle the webhook published.
+//! enforces Pod Security `restricted`, and once installed its pods are admitted there. Two
+//! Deployments with an account each (issue 17, item 2): the admission server's only reads,
+//! the controller's may create exactly the per-StatefulSet RBAC it needs (no `escalate`);
+//! and an upgrade keeps the caBundle the controller published.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::ByteString;
 use kube::api::{ListParams, PostParams};
-use kube::Api;
+use kube::{Api, ResourceExt};
 use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::process::{output, run};
 use ldap_elector_tests::bed::{binaries, random_hex};
 use ldap_elector_tests::workloads::fixtures;
 use ldap_elector_tests::{wait_for, Bed};
+use ldap_elector_webhook::reconcile as rbac;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
@@ -28,6 +30,8 @@ const RELEASE: &str = "ldap-elector";
 const NS: &str = "ldap-elector";
 /// Object names with the default values and release name `ldap-elector`.
 const WEBHOOK: &str = "ldap-elector-webhook";
+/// The controller's Deployment, ServiceAccount, RBAC, PDB and NetworkPolicy.
+const CONTROLLER: &str = "ldap-elector-controller";
 const WEBHOOK_CONFIG: &str = "ldap-elector";
 const TLS_SECRET: &str = "ldap-elector-webhook-tls";
 const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -91,6 +95,10 @@ fn chart_lints_strictly_and_renders_in_every_cert_mode_and_refuses_unsafe_values
             assert!(text.contains(&format!("\nkind: {kind}\n")), "certMode={mode}: no {kind} rendered");
         }
         assert!(text.contains("kind: MutatingWebhookConfiguration"), "certMode={mode}");
+        // The admission server, and the controller (reconcile is on by default).
+        assert!(text.contains("- --component=admission\n"), "certMode={mode}");
+        assert!(text.contains("- --component=controller\n"), "certMode={mode}");
+        assert!(text.contains(&format!("\nkind: Deployment\nmetadata:\n  name: {CONTROLLER}\n")), "certMode={mode}");
         match mode {
             "secret" => {
                 assert!(text.contains("--cert-mode=secret") && text.contains(&format!("--cert-secret={TLS_SECRET}")));
@@ -113,6 +121,16 @@ fn chart_lints_strictly_and_renders_in_every_cert_mode_and_refuses_unsafe_values
         }
     }
 
+    // Without the reconciler and with a certificate the controller does not write, nothing
+    // is left for a controller to do: none is rendered, nor its account or rights.
+    let no_controller = [CERT_MANAGER, &["--set", "reconcile=false"]].concat();
+    let mut lint = vec!["lint", "--strict", &chart, "--namespace", NS, "--kube-version", KUBE_VERSION];
+    lint.extend_from_slice(&no_controller);
+    run(&mut helm.cmd(&lint), None).map_err(|e| e.context("helm lint --strict, no controller"))?;
+    let text = String::from_utf8(run(&mut helm.cmd(&template_args(&chart, &no_controller)), None)?.stdout)?;
+    assert!(text.contains("- --component=admission\n"));
+    assert!(!text.contains(CONTROLLER) && !text.contains("component: controller"), "{text}");
+
     // Values that would produce an unsafe or broken install are refused with a clear message.
     let refused: &[(&[&str], &str)] = &[
         (&["--set", "image.tag=latest"], "latest"),
@@ -123,6 +141,7 @@ fn chart_lints_strictly_and_renders_in_every_cert_mode_and_refuses_unsafe_values
         (&["--set", "tlsProfile=legacy"], "tlsProfile"),
         (&["--set", "sidecar.image.digest=md5:abc"], "digest"),
         (&["--set", "tokenExpirationSeconds=60"], "tokenExpirationSeconds"),
+        (&["--set", "controller.serviceAccount.name=ldap-elector-webhook"], "must differ"),
     ];
     for (extra, needle) in refused {
         let out = output(&mut helm.cmd(&template_args(&chart, extra)), None)?;
@@ -232,6 +251,39 @@ fn one<'a>(items: &'a [Value], kind: &str) -> &'a Value {
     found[0]
 }
 
+/// The one object of `kind` named `name`.
+fn named<'a>(items: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let found: Vec<&Value> = items_of_kind(items, kind).into_iter().filter(|o| o["metadata"]["name"] == name).collect();
+    assert_eq!(found.len(), 1, "expected one {kind} {name}, got {}", found.len());
+    found[0]
+}
+
+/// A `matchLabels` selector selects `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let selector = selector.as_object().filter(|s| !s.is_empty()).expect("a non-empty matchLabels selector");
+    selector.iter().all(|(k, v)| &labels[k] == v)
+}
+
+/// The rules of the `kind` (ClusterRole or Role) `name`, with only the fields a PolicyRule has.
+fn rules(items: &[Value], kind: &str, name: &str) -> Vec<Value> {
+    named(items, kind, name)["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let mut r = r.clone();
+            if let Some(o) = r.as_object_mut() {
+                o.retain(|k, _| ["apiGroups", "resources", "resourceNames", "verbs"].contains(&k.as_str()));
+            }
+            r
+        })
+        .collect()
+}
+
+fn expected_rules(rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>) -> Vec<Value> {
+    rules.iter().map(|r| serde_json::to_value(r).expect("rule serialises")).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_chart_passes_server_dry_run_in_a_namespace_enforcing_restricted() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
@@ -277,59 +329,54 @@ async fn rendered_chart_passes_server_dry_run_in_a_namespace_enforcing_restricte
         assert!(kinds.contains(&kind), "server dry run lacks {kind}: {kinds:?}");
     }
 
-    // High availability (BSI APP.4.4.A19): 2 replicas spread over nodes and zones, kept
-    // apart by anti-affinity, at most one down at a time.
-    let deployment = one(&items, "Deployment");
-    assert_eq!(deployment["spec"]["replicas"], 2);
-    let pod = &deployment["spec"]["template"]["spec"];
-    let spread: Vec<&str> = pod["topologySpreadConstraints"]
-        .as_array()
-        .map(|c| c.iter().filter_map(|c| c["topologyKey"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(spread, ["kubernetes.io/hostname", "topology.kubernetes.io/zone"], "{pod}");
-    let anti = &pod["affinity"]["podAntiAffinity"];
-    assert!(anti.is_object(), "no pod anti-affinity: {pod}");
-    let pdb = one(&items, "PodDisruptionBudget");
-    assert_eq!(pdb["spec"]["minAvailable"], 1, "{pdb}");
-
-    // app.kubernetes.io/* labels on every object (BSI APP.4.4.A8).
-    for o in &items {
-        let labels = &o["metadata"]["labels"];
-        for key in ["name", "instance", "version", "managed-by", "component", "part-of"] {
-            assert!(
-                labels[format!("app.kubernetes.io/{key}")].is_string(),
-                "{} lacks app.kubernetes.io/{key}",
-                o["kind"]
-            );
-        }
-        if o["metadata"]["namespace"].is_string() {
-            assert_eq!(o["metadata"]["namespace"], NS, "{} outside the release namespace", o["kind"]);
+    // Two Deployments (issue 17, item 2): the admission server and the controller, each
+    // with its own account; restricted pods, explicit projected token only.
+    let admission = named(&items, "Deployment", WEBHOOK);
+    let controller = named(&items, "Deployment", CONTROLLER);
+    assert_eq!(items_of_kind(&items, "Deployment").len(), 2);
+    for (deploy, account) in [(admission, WEBHOOK), (controller, CONTROLLER)] {
+        let name = &deploy["metadata"]["name"];
+        // High availability (BSI APP.4.4.A19): 2 replicas spread over nodes and zones, kept
+        // apart by anti-affinity.
+        assert_eq!(deploy["spec"]["replicas"], 2, "{name}");
+        let spec = &deploy["spec"]["template"]["spec"];
+        let spread: Vec<&str> = spec["topologySpreadConstraints"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|c| c["topologyKey"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(spread, ["kubernetes.io/hostname", "topology.kubernetes.io/zone"], "{name}: {spec}");
+        assert!(spec["affinity"]["podAntiAffinity"].is_object(), "{name}: no pod anti-affinity: {spec}");
+        let violations = restricted_violations(spec);
+        assert!(violations.is_empty(), "{name}: restricted violations: {violations:#?}");
+        assert_eq!(spec["automountServiceAccountToken"], false, "{name}");
+        assert_eq!(spec["enableServiceLinks"], false, "{name}");
+        assert_eq!(spec["securityContext"]["runAsUser"], 65532, "{name}");
+        assert_eq!(spec["serviceAccountName"], account, "{name}");
+        let containers = spec["containers"].as_array().cloned().unwrap_or_default();
+        assert_eq!(containers.len(), 1, "{name}");
+        let container = &containers[0];
+        let token_volume = spec["volumes"]
+            .as_array()
+            .and_then(|vols| vols.iter().find(|v| v["projected"]["sources"][0]["serviceAccountToken"].is_object()))
+            .expect("a projected token volume");
+        assert_eq!(token_volume["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"], 3600);
+        let mount = container["volumeMounts"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == token_volume["name"]))
+            .expect("the token volume is mounted");
+        assert_eq!(mount["mountPath"], TOKEN_MOUNT, "{name}");
+        assert_eq!(mount["readOnly"], true, "{name}");
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(container[probe]["httpGet"]["port"], "health", "{name}: {probe}");
         }
     }
-
-    // The Deployment: 2 replicas, restricted pods, explicit projected token only.
-    let deploy = one(&items, "Deployment");
-    assert_eq!(deploy["spec"]["replicas"], 2);
-    let spec = &deploy["spec"]["template"]["spec"];
-    let violations = restricted_violations(spec);
-    assert!(violations.is_empty(), "restricted violations: {violations:#?}");
-    assert_eq!(spec["automountServiceAccountToken"], false);
-    assert_eq!(spec["securityContext"]["runAsUser"], 65532);
-    assert_eq!(spec["serviceAccountName"], WEBHOOK);
-    let container = &spec["containers"][0];
-    let token_volume = spec["volumes"]
-        .as_array()
-        .and_then(|vols| vols.iter().find(|v| v["projected"]["sources"][0]["serviceAccountToken"].is_object()))
-        .expect("a projected token volume");
-    assert_eq!(token_volume["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"], 3600);
-    let mount = container["volumeMounts"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["name"] == token_volume["name"]))
-        .expect("the token volume is mounted");
-    assert_eq!(mount["mountPath"], TOKEN_MOUNT);
-    assert_eq!(mount["readOnly"], true);
-    let args: Vec<&str> = container["args"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let args = |deploy: &Value| -> Vec<String> {
+        let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"].as_array().cloned();
+        args.into_iter().flatten().filter_map(|a| a.as_str().map(String::from)).collect()
+    };
+    let admission_args = args(admission);
     for expected in [
+        "--component=admission",
         "--listen=0.0.0.0:8443",
         "--health-listen=0.0.0.0:8080",
         "--tls-profile=bsi",
@@ -338,27 +385,100 @@ async fn rendered_chart_passes_server_dry_run_in_a_namespace_enforcing_restricte
         "--webhook-config=ldap-elector",
         "--sidecar-image=ghcr.io/ldap-elector/ldap-elector:0.1.0",
     ] {
-        assert!(args.contains(&expected), "{expected} missing from {args:?}");
+        assert!(admission_args.iter().any(|a| a == expected), "admission: {expected} missing from {admission_args:?}");
     }
-    for probe in ["livenessProbe", "readinessProbe"] {
-        assert_eq!(container[probe]["httpGet"]["port"], "health", "{probe}");
+    let controller_args = args(controller);
+    for expected in [
+        "--component=controller",
+        "--health-listen=0.0.0.0:8080",
+        "--cert-mode=secret",
+        &format!("--cert-secret={TLS_SECRET}"),
+        // The admission Service's name: its DNS names go into the certificate.
+        "--service-name=ldap-elector-webhook",
+        "--webhook-config=ldap-elector",
+        "--sidecar-image=ghcr.io/ldap-elector/ldap-elector:0.1.0",
+    ] {
+        assert!(
+            controller_args.iter().any(|a| a == expected),
+            "controller: {expected} missing from {controller_args:?}"
+        );
     }
-    let ports = container["ports"].as_array().cloned().unwrap_or_default();
-    assert!(ports.iter().any(|p| p["name"] == "https" && p["containerPort"] == 8443));
+    assert!(!controller_args.iter().any(|a| a.starts_with("--listen")), "controller listens: {controller_args:?}");
+    let env_names = |deploy: &Value| -> Vec<String> {
+        let env = deploy["spec"]["template"]["spec"]["containers"][0]["env"].as_array().cloned();
+        env.into_iter().flatten().filter_map(|e| e["name"].as_str().map(String::from)).collect()
+    };
+    // The admission server neither reconciles nor competes for the reconciler Lease.
+    assert_eq!(env_names(admission), ["POD_NAMESPACE"]);
+    assert_eq!(env_names(controller), ["POD_NAMESPACE", "POD_NAME", "WEBHOOK_RECONCILE"]);
+    // Ports: admission https + health; the controller health only.
+    let ports = |deploy: &Value| -> Vec<(String, i64)> {
+        let ports = deploy["spec"]["template"]["spec"]["containers"][0]["ports"].as_array().cloned();
+        ports
+            .into_iter()
+            .flatten()
+            .map(|p| (p["name"].as_str().unwrap_or("?").to_string(), p["containerPort"].as_i64().unwrap_or(0)))
+            .collect()
+    };
+    assert_eq!(ports(admission), [("https".to_string(), 8443), ("health".to_string(), 8080)]);
+    assert_eq!(ports(controller), [("health".to_string(), 8080)]);
 
-    // The Service exposes only 443 -> https (8443); PDB keeps one replica.
-    let service = one(&items, "Service");
+    // The Service exposes only 443 -> https (8443); each PDB keeps one replica.
+    let service = named(&items, "Service", WEBHOOK);
+    assert_eq!(items_of_kind(&items, "Service").len(), 1, "no Service for the controller");
     assert_eq!(
         service["spec"]["ports"],
         json!([{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}])
     );
-    assert_eq!(one(&items, "PodDisruptionBudget")["spec"]["minAvailable"], 1);
+    assert_eq!(named(&items, "PodDisruptionBudget", WEBHOOK)["spec"]["minAvailable"], 1);
+    assert_eq!(named(&items, "PodDisruptionBudget", CONTROLLER)["spec"]["minAvailable"], 1);
 
-    // NetworkPolicy: in only to 8443, out only to the API server ports.
-    let np = &one(&items, "NetworkPolicy")["spec"];
+    // NetworkPolicies: the admission server takes 8443 only; the controller nothing (its
+    // health port only from networkPolicy.healthIngressFrom, empty by default); both go out
+    // only to the API server ports.
+    let api_server = json!([{"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}]);
+    let np = &named(&items, "NetworkPolicy", WEBHOOK)["spec"];
     assert_eq!(np["policyTypes"], json!(["Ingress", "Egress"]));
     assert_eq!(np["ingress"], json!([{"ports": [{"port": 8443, "protocol": "TCP"}]}]));
-    assert_eq!(np["egress"], json!([{"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}]));
+    assert_eq!(np["egress"], api_server);
+    let np = &named(&items, "NetworkPolicy", CONTROLLER)["spec"];
+    assert_eq!(np["policyTypes"], json!(["Ingress", "Egress"]));
+    // `ingress: []` with policyType Ingress: nothing in (the API server drops the empty list).
+    assert!(np["ingress"].as_array().is_none_or(|i| i.is_empty()), "controller ingress: {np}");
+    assert_eq!(np["egress"], api_server);
+
+    // No selector of one Deployment's objects matches the other's pods: the admission Service
+    // never routes to a controller, and neither Deployment's PDB, NetworkPolicy,
+    // anti-affinity or spread counts the other's pods.
+    let pod_labels = |deploy: &Value| deploy["spec"]["template"]["metadata"]["labels"].clone();
+    for (own, other) in [(admission, controller), (controller, admission)] {
+        let name = own["metadata"]["name"].as_str().unwrap_or("?");
+        let spec = &own["spec"]["template"]["spec"];
+        let mut selectors = vec![
+            ("Deployment", own["spec"]["selector"]["matchLabels"].clone()),
+            (
+                "PodDisruptionBudget",
+                named(&items, "PodDisruptionBudget", name)["spec"]["selector"]["matchLabels"].clone(),
+            ),
+            ("NetworkPolicy", named(&items, "NetworkPolicy", name)["spec"]["podSelector"]["matchLabels"].clone()),
+            (
+                "anti-affinity",
+                spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+                    ["podAffinityTerm"]["labelSelector"]["matchLabels"]
+                    .clone(),
+            ),
+        ];
+        for c in spec["topologySpreadConstraints"].as_array().into_iter().flatten() {
+            selectors.push(("spread", c["labelSelector"]["matchLabels"].clone()));
+        }
+        if name == WEBHOOK {
+            selectors.push(("Service", service["spec"]["selector"].clone()));
+        }
+        for (what, selector) in selectors {
+            assert!(selects(&selector, &pod_labels(own)), "{name}: {what} {selector} misses its own pods");
+            assert!(!selects(&selector, &pod_labels(other)), "{name}: {what} {selector} selects the other's pods");
+        }
+    }
 
     // RBAC: enumerated, no wildcards; cluster-scoped write on the webhook config by name only;
     // Secrets only in the release namespace.
@@ -378,29 +498,69 @@ async fn rendered_chart_passes_server_dry_run_in_a_namespace_enforcing_restricte
         }
     }
 
-    // Exactly the rules the webhook's code needs (`cluster_role_rules`, `namespace_role_rules`).
-    let rules = |kind: &str| -> Vec<Value> {
-        one(&items, kind)["rules"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                let mut r = r.clone();
-                if let Some(o) = r.as_object_mut() {
-                    o.retain(|k, _| ["apiGroups", "resources", "resourceNames", "verbs"].contains(&k.as_str()));
-                }
-                r
-            })
-            .collect()
-    };
-    let expected = |rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>| -> Vec<Value> {
-        rules.iter().map(|r| serde_json::to_value(r).expect("rule serialises")).collect()
-    };
+    // Exactly the rules the webhook's code states for each account (webhook/src/reconcile/rbac.rs),
+    // each bound to its own account only.
     assert_eq!(
-        rules("ClusterRole"),
-        expected(ldap_elector_webhook::reconcile::controller_cluster_role_rules(WEBHOOK_CONFIG))
+        rules(&items, "ClusterRole", WEBHOOK),
+        expected_rules(rbac::admission_cluster_role_rules(WEBHOOK_CONFIG))
     );
-    assert_eq!(rules("Role"), expected(ldap_elector_webhook::reconcile::controller_namespace_role_rules(TLS_SECRET)));
+    assert_eq!(rules(&items, "Role", WEBHOOK), expected_rules(rbac::admission_namespace_role_rules(TLS_SECRET)));
+    assert_eq!(
+        rules(&items, "ClusterRole", CONTROLLER),
+        expected_rules(rbac::controller_cluster_role_rules(WEBHOOK_CONFIG))
+    );
+    assert_eq!(rules(&items, "Role", CONTROLLER), expected_rules(rbac::controller_namespace_role_rules(TLS_SECRET)));
+    for (kind, name, account) in [
+        ("ClusterRoleBinding", WEBHOOK, WEBHOOK),
+        ("RoleBinding", WEBHOOK, WEBHOOK),
+        ("ClusterRoleBinding", CONTROLLER, CONTROLLER),
+        ("RoleBinding", CONTROLLER, CONTROLLER),
+    ] {
+        let binding = named(&items, kind, name);
+        assert_eq!(binding["roleRef"]["name"], name, "{kind} {name}");
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": account, "namespace": NS}]),
+            "{kind} {name}"
+        );
+    }
+
+    // The policies that let only the release's writer write name the controller's account;
+    // none names the admission server's, which writes nothing.
+    let controller_user = format!("system:serviceaccount:{NS}:{CONTROLLER}");
+    let webhook_user = format!("system:serviceaccount:{NS}:{WEBHOOK}");
+    for (policy, condition) in [
+        ("webhook-configuration", "by-the-ldap-elector-webhook"),
+        ("webhook-secret", "by-the-ldap-elector-webhook"),
+        ("leader-service", "not-the-ldap-elector-webhook"),
+    ] {
+        let policy = named(&items, "ValidatingAdmissionPolicy", &format!("{RELEASE}-{policy}"));
+        let conditions = policy["spec"]["matchConditions"].as_array().cloned().unwrap_or_default();
+        let expression = conditions.iter().find(|c| c["name"] == condition).map(|c| &c["expression"]);
+        assert!(
+            expression.and_then(Value::as_str).is_some_and(|e| e.contains(&format!("'{controller_user}'"))),
+            "{}: {condition} does not name {controller_user}: {conditions:?}",
+            policy["metadata"]["name"]
+        );
+    }
+    for policy in items_of_kind(&items, "ValidatingAdmissionPolicy") {
+        assert!(!policy.to_string().contains(&webhook_user), "{} names {webhook_user}", policy["metadata"]["name"]);
+    }
+
+    // app.kubernetes.io/* labels on every object (BSI APP.4.4.A8).
+    for o in &items {
+        let labels = &o["metadata"]["labels"];
+        for key in ["name", "instance", "version", "managed-by", "component", "part-of"] {
+            assert!(
+                labels[format!("app.kubernetes.io/{key}")].is_string(),
+                "{} lacks app.kubernetes.io/{key}",
+                o["kind"]
+            );
+        }
+        if o["metadata"]["namespace"].is_string() {
+            assert_eq!(o["metadata"]["namespace"], NS, "{} outside the release namespace", o["kind"]);
+        }
+    }
 
     // The webhook configuration.
     let mwc = one(&items, "MutatingWebhookConfiguration");
@@ -463,6 +623,27 @@ async fn rendered_chart_passes_server_dry_run_in_a_namespace_enforcing_restricte
     .collect();
     assert_eq!(names("ValidatingAdmissionPolicy"), expected);
     assert_eq!(names("ValidatingAdmissionPolicyBinding"), expected);
+
+    // reconcile=false (certMode=secret): the controller keeps only its certificate rights,
+    // and no account is exempt from the leader-Service policy.
+    let rendered = run(bed.helm().args(template_args(&chart, &["--set", "reconcile=false"])), None)?.stdout;
+    let applied = run(bed.kubectl().args(["apply", "--dry-run=server", "-o", "json", "-f", "-"]), Some(&rendered))?;
+    let list: Value = serde_json::from_slice(&applied.stdout)?;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let certificate_rules: Vec<_> = rbac::controller_cluster_role_rules(WEBHOOK_CONFIG)
+        .into_iter()
+        .filter(|r| r.resources.iter().flatten().any(|r| r == "mutatingwebhookconfigurations"))
+        .collect();
+    assert_eq!(rules(&items, "ClusterRole", CONTROLLER), expected_rules(certificate_rules));
+    assert_eq!(
+        rules(&items, "ClusterRole", WEBHOOK),
+        expected_rules(rbac::admission_cluster_role_rules(WEBHOOK_CONFIG))
+    );
+    assert_eq!(rules(&items, "Role", CONTROLLER), expected_rules(rbac::controller_namespace_role_rules(TLS_SECRET)));
+    let controller = named(&items, "Deployment", CONTROLLER);
+    assert!(controller.to_string().contains(r#"{"name":"WEBHOOK_RECONCILE","value":"false"}"#), "{controller}");
+    let leader_service = named(&items, "ValidatingAdmissionPolicy", &format!("{RELEASE}-leader-service"));
+    assert!(!leader_service.to_string().contains("system:serviceaccount:"), "{leader_service}");
     Ok(())
 }
 
@@ -482,9 +663,13 @@ async fn installed_chart_runs_restricted_grants_elector_rbac_without_escalate_an
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), NS);
     let selector = format!("app.kubernetes.io/instance={RELEASE}");
-    let admitted = wait_for("2 webhook pods admitted in the restricted namespace", T, || async {
+    let admitted = wait_for("2 webhook and 2 controller pods admitted in the restricted namespace", T, || async {
         let list = pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| e.to_string())?;
-        if list.items.len() == 2 {
+        let of = |component: &str| {
+            let component = Some(component.to_string());
+            list.items.iter().filter(|p| p.labels().get("app.kubernetes.io/component") == component.as_ref()).count()
+        };
+        if of("webhook") == 2 && of("controller") == 2 {
             return Ok(list.items);
         }
         let rs = sets.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
@@ -507,45 +692,77 @@ async fn installed_chart_runs_restricted_grants_elector_rbac_without_escalate_an
         assert_eq!(token_mounts[0]["name"], "api-token");
     }
 
-    // The webhook's identity may create the elector's per-StatefulSet RBAC and Lease in a
+    // The controller's identity may create the elector's per-StatefulSet RBAC and Lease in a
     // tenant namespace without `escalate`/`bind`, because it holds those rights itself.
     fixtures::namespace(&client, "tenant", None).await?;
-    let webhook = bed.service_account_client(NS, WEBHOOK).await?;
+    let controller = bed.service_account_client(NS, CONTROLLER).await?;
     let sa_name = contract::identity_name("ldap");
     let pp = PostParams::default();
-    Api::<ServiceAccount>::namespaced(webhook.clone(), "tenant")
-        .create(&pp, &serde_json::from_value(json!({"metadata": {"name": sa_name}}))?)
-        .await?;
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": sa_name}}))?;
+    Api::<ServiceAccount>::namespaced(controller.clone(), "tenant").create(&pp, &sa).await?;
     let rules = contract::elector_role_rules("ldap", 2);
-    fixtures::service_account_role(&webhook, "tenant", &sa_name, "tenant", rules).await?;
+    fixtures::service_account_role(&controller, "tenant", &sa_name, "tenant", rules).await?;
     let lease: Lease = serde_json::from_value(json!({"metadata": {"name": contract::lease_name("ldap")}, "spec": {}}))?;
-    Api::<Lease>::namespaced(webhook.clone(), "tenant").create(&pp, &lease).await?;
+    Api::<Lease>::namespaced(controller.clone(), "tenant").create(&pp, &lease).await?;
 
     // ... and nothing beyond: no Secrets outside its own, no other webhook config, no ClusterRoles.
     forbidden(
-        Api::<Secret>::namespaced(webhook.clone(), "tenant").list(&ListParams::default()).await,
+        Api::<Secret>::namespaced(controller.clone(), "tenant").list(&ListParams::default()).await,
         "list tenant Secrets",
     );
-    forbidden(Api::<Secret>::namespaced(webhook.clone(), NS).get("other").await, "get another Secret");
+    forbidden(Api::<Secret>::namespaced(controller.clone(), NS).get("other").await, "get another Secret");
     forbidden(
-        Api::<MutatingWebhookConfiguration>::all(webhook.clone()).get("someone-elses").await,
+        Api::<MutatingWebhookConfiguration>::all(controller.clone()).get("someone-elses").await,
         "get another webhook configuration",
     );
     forbidden(
-        Api::<ClusterRole>::all(webhook.clone())
+        Api::<ClusterRole>::all(controller.clone())
             .create(&pp, &serde_json::from_value(json!({"metadata": {"name": "x"}}))?)
             .await,
         "create a ClusterRole",
     );
-    // Its own TLS Secret: allowed (not found yet, as no webhook ran), its configuration readable.
-    match Api::<Secret>::namespaced(webhook.clone(), NS).get(TLS_SECRET).await {
+    // Its own TLS Secret: allowed (not found yet, as no controller ran).
+    match Api::<Secret>::namespaced(controller.clone(), NS).get(TLS_SECRET).await {
         Err(kube::Error::Api(e)) if e.code == 404 => {}
-        other => panic!("own TLS Secret: expected 404, got {:?}", other.map(|_| ())),
+        other => panic!("controller, own TLS Secret: expected 404, got {:?}", other.map(|_| ())),
     }
-    let configs: Api<MutatingWebhookConfiguration> = Api::all(webhook.clone());
+
+    // The admission server's identity, which every pod creation reaches, only reads: its
+    // certificate's Secret and its webhook configuration, and the objects admission needs.
+    let admission = bed.service_account_client(NS, WEBHOOK).await?;
+    match Api::<Secret>::namespaced(admission.clone(), NS).get(TLS_SECRET).await {
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        other => panic!("admission, own TLS Secret: expected 404, got {:?}", other.map(|_| ())),
+    }
+    let mut seen = Api::<MutatingWebhookConfiguration>::all(admission.clone()).get(WEBHOOK_CONFIG).await?;
+    Api::<StatefulSet>::namespaced(admission.clone(), "tenant").list(&ListParams::default()).await?;
+    Api::<Service>::namespaced(admission.clone(), "tenant").list(&ListParams::default()).await?;
+    let tls: Secret = serde_json::from_value(json!({"metadata": {"name": TLS_SECRET}, "type": "kubernetes.io/tls"}))?;
+    forbidden(Api::<Secret>::namespaced(admission.clone(), NS).create(&pp, &tls).await, "admission: create its Secret");
+    for hook in seen.webhooks.iter_mut().flatten() {
+        hook.client_config.ca_bundle = Some(ByteString(b"planted".to_vec()));
+    }
+    forbidden(
+        Api::<MutatingWebhookConfiguration>::all(admission.clone()).replace(WEBHOOK_CONFIG, &pp, &seen).await,
+        "admission: update its webhook configuration",
+    );
+    let other_sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "other"}}))?;
+    forbidden(
+        Api::<ServiceAccount>::namespaced(admission.clone(), "tenant").create(&pp, &other_sa).await,
+        "admission: create a ServiceAccount",
+    );
+    forbidden(
+        Api::<Lease>::namespaced(admission.clone(), "tenant").get(&contract::lease_name("ldap")).await,
+        "admission: read a Lease",
+    );
+    forbidden(
+        Api::<Pod>::namespaced(admission.clone(), "tenant").list(&ListParams::default()).await,
+        "admission: list pods",
+    );
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(controller.clone());
     let mut config = configs.get(WEBHOOK_CONFIG).await?;
 
-    // The webhook publishes its caBundle (as certs::publish_ca_bundle does) ...
+    // The controller publishes the caBundle (as certs::publish_ca_bundle does) ...
     let ca = ByteString(bed.ca_pem.clone().into_bytes());
     for hook in config.webhooks.iter_mut().flatten() {
         hook.client_config.ca_bundle = Some(ca.clone());

@@ -1,7 +1,9 @@
 {{/*
 Naming and labels. Every object of this chart carries the app.kubernetes.io/* labels
-(BSI APP.4.4.A8); the selector labels are the stable subset used by the Deployment,
-Service, PodDisruptionBudget, NetworkPolicy and spread constraints.
+(BSI APP.4.4.A8); the selector labels are the stable subset used by the Deployments,
+Service, PodDisruptionBudgets, NetworkPolicies and spread constraints. The admission
+server's pods are component "webhook", the controller's "controller", so no selector of
+one ever matches the other's pods.
 */}}
 
 {{- define "ldap-elector.name" -}}
@@ -22,13 +24,39 @@ Service, PodDisruptionBudget, NetworkPolicy and spread constraints.
 {{- end }}
 {{- end }}
 
-{{/* Name of the webhook's Deployment, Service, ServiceAccount and RBAC objects. */}}
+{{/*
+Name of the admission server's Deployment, Service, ServiceAccount and RBAC objects. Kept
+from the single-Deployment chart: a Deployment's selector is immutable, so helm upgrade
+must find the same name and labels.
+*/}}
 {{- define "ldap-elector.webhookName" -}}
 {{- printf "%s-webhook" (include "ldap-elector.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{- define "ldap-elector.serviceAccountName" -}}
 {{- default (include "ldap-elector.webhookName" .) .Values.serviceAccount.name }}
+{{- end }}
+
+{{/* Name of the controller's Deployment, ServiceAccount, RBAC, NetworkPolicy and PDB. */}}
+{{- define "ldap-elector.controllerName" -}}
+{{- printf "%s-controller" (include "ldap-elector.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ldap-elector.controllerServiceAccountName" -}}
+{{- default (include "ldap-elector.controllerName" .) .Values.controller.serviceAccount.name }}
+{{- end }}
+
+{{/*
+"true" when the controller runs: it reconciles (reconcile) or owns the serving certificate
+(certMode=secret); "" otherwise.
+*/}}
+{{- define "ldap-elector.controllerEnabled" -}}
+{{- if or .Values.reconcile (eq .Values.certMode "secret") }}true{{ end }}
+{{- end }}
+
+{{/* The user name the controller's token authenticates as (the policies' exemptions). */}}
+{{- define "ldap-elector.controllerUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "ldap-elector.controllerServiceAccountName" .) }}
 {{- end }}
 
 {{/* The Secret holding the serving certificate (secret and certManager modes). */}}
@@ -50,15 +78,31 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: webhook
 {{- end }}
 
-{{- define "ldap-elector.labels" -}}
+{{- define "ldap-elector.controllerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "ldap-elector.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{/* The labels of every object but the selector labels. */}}
+{{- define "ldap-elector.commonLabels" -}}
 helm.sh/chart: {{ include "ldap-elector.chart" . }}
-{{ include "ldap-elector.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: ldap-elector
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{- define "ldap-elector.labels" -}}
+{{ include "ldap-elector.selectorLabels" . }}
+{{ include "ldap-elector.commonLabels" . }}
+{{- end }}
+
+{{- define "ldap-elector.controllerLabels" -}}
+{{ include "ldap-elector.controllerSelectorLabels" . }}
+{{ include "ldap-elector.commonLabels" . }}
 {{- end }}
 
 {{/*
@@ -148,6 +192,9 @@ Validation of values that would otherwise render a broken or unsafe install.
 {{- if and (eq .Values.certMode "files") (not .Values.files.caBundle) }}
 {{- fail "files.caBundle (base64 PEM of the CA that signed files.secretName) is required when certMode=files" }}
 {{- end }}
+{{- if and (include "ldap-elector.controllerEnabled" .) (eq (include "ldap-elector.serviceAccountName" .) (include "ldap-elector.controllerServiceAccountName" .)) }}
+{{- fail "serviceAccount.name and controller.serviceAccount.name must differ: the admission server's account only reads, the controller's writes" }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -190,4 +237,82 @@ objectSelector and matchConditions, as rendered in mutatingwebhookconfiguration.
 {{- $ns := include "ldap-elector.selectorCel" (dict "meta" "namespaceObject.metadata" "selector" $nsSelector) }}
 {{- $pod := include "ldap-elector.selectorCel" (dict "meta" "object.metadata" "selector" (dict "matchLabels" $podLabels "matchExpressions" $podExpressions)) }}
 {{- printf "!(namespaceObject.metadata.name in %s) && %s && %s && has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, r.kind == 'StatefulSet')" (toJson $excluded) $ns $pod }}
+{{- end }}
+
+{{/*
+Where a Deployment's pods run: nodeSelector, tolerations, affinity and spread, shared by the
+admission server and the controller. `.root` is the chart context, `.selector` the pods'
+selector labels (YAML), so each Deployment spreads and repels only its own replicas.
+*/}}
+{{- define "ldap-elector.scheduling" -}}
+{{- $v := .root.Values }}
+{{- with $v.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if $v.affinity }}
+affinity:
+  {{- toYaml $v.affinity | nindent 2 }}
+{{- else if eq $v.podAntiAffinity "hard" }}
+affinity:
+  podAntiAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      - topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- .selector | nindent 12 }}
+{{- else if eq $v.podAntiAffinity "soft" }}
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- .selector | nindent 14 }}
+{{- end }}
+topologySpreadConstraints:
+  {{- if $v.topologySpreadConstraints }}
+  {{- toYaml $v.topologySpreadConstraints | nindent 2 }}
+  {{- else }}
+  {{- range list "kubernetes.io/hostname" "topology.kubernetes.io/zone" }}
+  - maxSkew: 1
+    topologyKey: {{ . }}
+    whenUnsatisfiable: ScheduleAnyway
+    matchLabelKeys:
+      - pod-template-hash
+    labelSelector:
+      matchLabels:
+        {{- $.selector | nindent 8 }}
+  {{- end }}
+  {{- end }}
+{{- end }}
+
+{{/*
+The API token volume of both Deployments (automountServiceAccountToken is false): the same
+three files as the default token volume, so in-cluster config works.
+*/}}
+{{- define "ldap-elector.apiTokenVolume" -}}
+- name: api-token
+  projected:
+    defaultMode: 0440
+    sources:
+      - serviceAccountToken:
+          path: token
+          expirationSeconds: {{ .Values.tokenExpirationSeconds }}
+      - configMap:
+          name: kube-root-ca.crt
+          items:
+            - key: ca.crt
+              path: ca.crt
+      - downwardAPI:
+          items:
+            - path: namespace
+              fieldRef:
+                fieldPath: metadata.namespace
 {{- end }}

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -27,11 +27,14 @@ pub const RELEASE: &str = "ldap-elector";
 pub const RELEASE_NAMESPACE: &str = "ldap-elector-system";
 /// The chart's webhook configuration (values.yaml `webhookConfiguration.name`).
 const WEBHOOK_CONFIG: &str = "ldap-elector";
+/// The chart's controller Deployment (`<fullname>-controller`).
+const CONTROLLER: &str = "ldap-elector-controller";
 const CHART_TIMEOUT: Duration = Duration::from_secs(150);
 const PODS_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `helm install` of charts/ldap-elector with the local images; waits until the webhook's
-/// Deployment is available and its configuration carries a CA bundle.
+/// Deployment is available, its configuration carries a CA bundle and the controller's
+/// Deployment (reconciler, certificate) is available.
 pub async fn install_chart(bed: &Bed, images: &Images) -> anyhow::Result<()> {
     let chart = crate::repo_root().join("charts/ldap-elector");
     let mut helm = bed.helm();
@@ -51,6 +54,20 @@ pub async fn install_chart(bed: &Bed, images: &Images) -> anyhow::Result<()> {
             Ok(())
         } else {
             Err("caBundle not set yet".to_string())
+        }
+    })
+    .await?;
+    // `--wait` covers it too; explicit, so a controller that never becomes available is
+    // named as such rather than as a missing caBundle or an uninjected pod later.
+    let deployments: Api<Deployment> = Api::namespaced(bed.admin_client()?, RELEASE_NAMESPACE);
+    wait_for("the controller's Deployment available", CHART_TIMEOUT, || async {
+        let deployment = deployments.get(CONTROLLER).await.map_err(|e| e.to_string())?;
+        let wanted = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = deployment.status.unwrap_or_default();
+        if status.available_replicas.unwrap_or(0) >= wanted && status.updated_replicas.unwrap_or(0) >= wanted {
+            Ok(())
+        } else {
+            Err(format!("{wanted} wanted; status: {status:?}"))
         }
     })
     .await
