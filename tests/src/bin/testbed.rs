@@ -1,5 +1,5 @@
 //! `testbed` (`make bed`): start a real control plane with an emulated pod network and a test
-//! kubelet that runs the Helm chart's webhook pods (`ldap-elector-webhook`) and the injected
+//! kubelet that runs the Helm chart's webhook and controller pods (`ldap-elector-webhook`) and the injected
 //! elector sidecars (`ldap-elector`) as local processes; print how to use it; keep it running
 //! until Ctrl-C (or SIGTERM), then tear everything down. docs/getting-started.md walks through
 //! it, and tests/tests/getting_started.rs runs that walk-through against this binary.
@@ -9,8 +9,8 @@ use ldap_elector_tests::bed::BedOptions;
 use ldap_elector_tests::workloads::build::{elector_binary, webhook_debug_binary};
 use ldap_elector_tests::{Bed, Kubelet};
 
-/// The container name of the chart's webhook Deployment.
-const WEBHOOK_CONTAINER: &str = "webhook";
+/// The container names of the chart's admission and controller Deployments (one binary).
+const WEBHOOK_CONTAINERS: [&str; 2] = ["webhook", "controller"];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,7 +20,9 @@ async fn main() -> anyhow::Result<()> {
     let webhook = webhook_debug_binary()?;
     let bed = Bed::start_with(BedOptions { pod_network: true, ..Default::default() }).await?;
     let kubelet = Kubelet::start(&bed, "bed-node").await?;
-    kubelet.add_runner(Runner { container: WEBHOOK_CONTAINER.into(), program: webhook, env: Vec::new() });
+    for container in WEBHOOK_CONTAINERS {
+        kubelet.add_runner(Runner { container: container.into(), program: webhook.clone(), env: Vec::new() });
+    }
     kubelet.add_runner(Runner {
         container: contract::SIDECAR_CONTAINER.into(),
         program: elector.clone(),
