@@ -48,7 +48,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use ldap_elector_certs::store::SECRET_KEY_CA;
 use ldap_elector_contract as contract;
-use ldap_elector_tests::bed::{free_port, request_token, TENANT_USER};
+use ldap_elector_tests::bed::{free_port, request_token, TENANT_USER, WEBHOOK_CLIENT_CA};
 use ldap_elector_tests::workloads::webhook::{
     grant_secret_roles, http_status, unpublished_configuration, webhook_identities, Webhook, WebhookProcess,
     CONTROLLER_SA, SIDECAR_IMAGE, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
@@ -417,6 +417,66 @@ async fn a_connection_flood_from_one_pod_leaves_admission_answering() -> anyhow:
     }
     drop(held);
     drop(webhook);
+    Ok(())
+}
+
+/// What a TLS client without the API server's client certificate gets from `/mutate` at
+/// `port`, trusting `ca_pem`: the response's first line, or the error that ended it.
+async fn answer_without_a_client_certificate(port: u16, ca_pem: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| e.to_string())?;
+    roots.add(ca).map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect: {e}"))?;
+    let name = rustls_pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut tls = connector.connect(name, tcp).await.map_err(|e| format!("handshake: {e}"))?;
+    let request = "POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n\
+                   Content-Length: 2\r\nConnection: close\r\n\r\n{}";
+    tls.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+    match read {
+        Err(_) => Err("no answer within 10 s".into()),
+        Ok(Err(e)) if answer.is_empty() => Err(format!("read: {e}")),
+        Ok(_) => Ok(String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_string()),
+    }
+}
+
+/// `/mutate` had no client authentication: any pod that reaches the admission port completes
+/// TLS and has its bodies read and handled (here: an empty review gets an HTTP answer). With
+/// `--client-ca-file` (chart: `clientAuth.caBundle`), the CA of the API server's client
+/// certificate for webhooks, such a client fails the handshake and sends nothing that is read,
+/// while the API server's reviews still arrive: the tenant's StatefulSet is injected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_client_authentication_a_pod_gets_no_tls_session_with_the_webhook_and_the_api_server_does(
+) -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let tenant = tenant(&bed).await?;
+    let admin = bed.admin_client()?;
+    let accounts = webhook_identities(&bed).await?;
+    // Without client authentication (the chart's default), any client gets an answer.
+    let mut open = Webhook::start_as(&bed, &accounts, &[]).await?;
+    let answer = answer_without_a_client_certificate(open.port, &open.ca_pem).await.map_err(anyhow::Error::msg)?;
+    assert!(answer.starts_with("HTTP/1.1 4"), "an empty review from a pod was answered: {answer:?}");
+    println!("without client authentication a pod is answered: {answer}");
+    open.stop().await?;
+
+    let client_ca = format!("--client-ca-file={}", bed.dir.join(WEBHOOK_CLIENT_CA).display());
+    let mut webhook = Webhook::start_as(&bed, &accounts, &[&client_ca]).await?;
+    webhook.register(&bed, NS, "Fail").await?;
+    // Neighbour: the port is reachable (TCP), as from any pod.
+    tokio::net::TcpStream::connect(("127.0.0.1", webhook.port)).await?;
+    match answer_without_a_client_certificate(webhook.port, &webhook.ca_pem).await {
+        Err(e) => println!("refused as expected (no client certificate): {e}"),
+        Ok(answer) => panic!("ATTACK SUCCEEDED: a client without a certificate was answered: {answer:?}"),
+    }
+    // The API server presents its client certificate: the tenant's pods are injected.
+    let sets: Api<StatefulSet> = Api::namespaced(tenant.clone(), NS);
+    sets.create(&PostParams::default(), &fixtures::statefulset(STS, 2, opted_in())?).await?;
+    wait_injected(&Api::<Pod>::namespaced(admin, NS), STS, 2).await?;
+    webhook.stop().await?;
     Ok(())
 }
 

@@ -131,6 +131,17 @@ fn chart_lints_strictly_and_renders_in_every_cert_mode_and_refuses_unsafe_values
     assert!(text.contains("- --component=admission\n"));
     assert!(!text.contains(CONTROLLER) && !text.contains("component: controller"), "{text}");
 
+    // Client authentication: the CA reaches the admission server only, as a ConfigMap
+    // mounted and named by --client-ca-file; by default there is none.
+    let default = String::from_utf8(run(&mut helm.cmd(&template_args(&chart, &[])), None)?.stdout)?;
+    assert!(!default.contains("--client-ca-file"), "no client authentication by default");
+    let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let client_auth = ["--set", &format!("clientAuth.caBundle={ca}")].map(String::from);
+    let client_auth: Vec<&str> = client_auth.iter().map(String::as_str).collect();
+    let text = String::from_utf8(run(&mut helm.cmd(&template_args(&chart, &client_auth)), None)?.stdout)?;
+    assert_eq!(text.matches("- --client-ca-file=/etc/ldap-elector-webhook/client-ca/ca.crt").count(), 1, "{text}");
+    assert!(text.contains(&format!("name: {WEBHOOK}-client-ca")) && text.contains("kind: ConfigMap"), "{text}");
+
     // Values that would produce an unsafe or broken install are refused with a clear message.
     let refused: &[(&[&str], &str)] = &[
         (&["--set", "image.tag=latest"], "latest"),
@@ -142,6 +153,7 @@ fn chart_lints_strictly_and_renders_in_every_cert_mode_and_refuses_unsafe_values
         (&["--set", "sidecar.image.digest=md5:abc"], "digest"),
         (&["--set", "tokenExpirationSeconds=60"], "tokenExpirationSeconds"),
         (&["--set", "controller.serviceAccount.name=ldap-elector-webhook"], "must differ"),
+        (&["--set", "clientAuth.caBundle=not-pem"], "clientAuth.caBundle must be PEM"),
     ];
     for (extra, needle) in refused {
         let out = output(&mut helm.cmd(&template_args(&chart, extra)), None)?;

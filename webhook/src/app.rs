@@ -43,10 +43,10 @@ use crate::metrics::WebhookMetrics;
 use crate::reconcile::leadership::Leadership;
 use crate::reconcile::run_reconciler_on;
 use crate::server::{serve_health, serve_tls, Limits};
-use crate::tls::{server_config, ReloadingCert, TlsError};
+use crate::tls::{crypto_provider, server_config, ClientCas, ReloadingCert, TlsError};
 use crate::watches::SharedWatches;
 
-/// Files mode: how often the PEM files are compared with what is served.
+/// Files mode and the client CA file: how often the PEM files are compared with what is in force.
 pub const FILE_POLL_INTERVAL: Duration = Duration::from_secs(10);
 /// Secret mode: how often the Secret is checked for a due rotation.
 pub const CERT_RECHECK_INTERVAL: Duration = Duration::from_secs(3600);
@@ -110,7 +110,18 @@ pub async fn run(
             return Ok(None);
         };
         metrics.serving(cert.clone());
-        Ok::<_, AppError>(Some(Arc::new(server_config(settings.tls_profile, cert)?)))
+        let client_cas = match &settings.client_ca_file {
+            Some(path) => {
+                let provider = Arc::new(crypto_provider(settings.tls_profile));
+                let cas = Arc::new(ClientCas::from_pem_file(path, provider)?);
+                let (c, p, stop) = (cas.clone(), path.clone(), background.clone());
+                tokio::spawn(async move { c.watch_file(p, FILE_POLL_INTERVAL, stop).await });
+                info!(client_ca = %path.display(), "admission clients must present a certificate of these CAs");
+                Some(cas)
+            }
+            None => None,
+        };
+        Ok::<_, AppError>(Some(Arc::new(server_config(settings.tls_profile, cert, client_cas)?)))
     };
     let tls = match started.await {
         Ok(tls) => tls,

@@ -100,6 +100,12 @@ pub struct Args {
     /// Files mode: PEM private key (polled for changes).
     #[arg(long, env = "WEBHOOK_KEY_FILE")]
     pub key_file: Option<PathBuf>,
+    /// Require every admission client to present a certificate issued by a CA of this PEM
+    /// file: the API server's client certificate for webhooks (its AdmissionConfiguration
+    /// kubeconfig). Polled; unset, any client that reaches the port may send reviews. Not
+    /// used by the controller.
+    #[arg(long, env = "WEBHOOK_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
     /// Secret mode: an IP address SAN for the generated certificate (repeatable), for tests
     /// registering `https://127.0.0.1:<port>`. Not supported yet (the Secret store issues
     /// DNS SANs only), so it is refused at start rather than silently ignored.
@@ -177,6 +183,8 @@ pub struct Settings {
     pub tls_profile: TlsProfile,
     /// `None` only for the controller in files mode: it serves and manages no certificate.
     pub cert: Option<CertSource>,
+    /// The CAs whose client certificates admission accepts (`None`: no client authentication).
+    pub client_ca_file: Option<PathBuf>,
     pub inject: InjectConfig,
     /// Whether the reconciler runs (never with `--component=admission`).
     pub reconcile: bool,
@@ -284,6 +292,7 @@ impl Args {
             health_listen: self.health_listen,
             tls_profile: self.tls_profile,
             cert,
+            client_ca_file: self.client_ca_file,
             inject,
             reconcile,
             reconciler_lease,
@@ -407,6 +416,9 @@ mod tests {
         assert_eq!(settings(&files).unwrap().cert, None, "cert-manager's or the admin's certificate");
         let with_files = [&files[..], &["--cert-file=/c", "--key-file=/k"]].concat();
         assert!(settings(&with_files).unwrap_err().contains("serves no certificate"));
+        // Like `--listen`, the admission server's client CAs are not the controller's concern.
+        let client_auth = [&controller[..], &["--client-ca-file=/ca.crt"]].concat();
+        assert!(settings(&client_auth).is_ok());
         let idle = [&files[..], &["--reconcile=false"]].concat();
         assert!(settings(&idle).unwrap_err().contains("nothing to do"));
         assert!(parse(&["--sidecar-image=r/e:1", "--component=reconciler"]).is_err());

@@ -574,7 +574,7 @@ mod tests {
 
     async fn start<H: Handler>(handler: H, limits: Limits) -> TestServer {
         let cert = TestCert::generate();
-        let config = Arc::new(server_config(TlsProfile::Bsi, cert.resolver()).unwrap());
+        let config = Arc::new(server_config(TlsProfile::Bsi, cert.resolver(), None).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();

@@ -63,6 +63,37 @@ pub struct Bed {
     pub real_node: Option<crate::node::RealNode>,
 }
 
+/// The CA (in the bed's directory) of the API server's client certificate for admission
+/// webhooks: what a webhook run with `--client-ca-file` trusts.
+pub const WEBHOOK_CLIENT_CA: &str = "webhook-client-ca.crt";
+
+/// The API server authenticates to admission webhooks with a client certificate (the webhook
+/// admission plugins' `kubeConfigFile`, user `*`: every webhook), as a cluster admin would
+/// configure it for a webhook that requires one (`--client-ca-file`); a webhook that asks
+/// for none sees no difference.
+fn write_webhook_client_config(dir: &Path) -> anyhow::Result<()> {
+    let d = |p: &str| dir.join(p).display().to_string();
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nusers:\n- name: '*'\n  user:\n    client-certificate: {}\n    client-key: {}\n",
+        d("webhook-client.crt"),
+        d("webhook-client.key")
+    );
+    write_private(&dir.join("webhook-client.kubeconfig"), &kubeconfig)?;
+    let plugin = |name: &str| {
+        format!(
+            "- name: {name}\n  configuration:\n    apiVersion: apiserver.config.k8s.io/v1\n    \
+             kind: WebhookAdmissionConfiguration\n    kubeConfigFile: {}\n",
+            d("webhook-client.kubeconfig")
+        )
+    };
+    let admission = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n{}{}",
+        plugin("ValidatingAdmissionWebhook"),
+        plugin("MutatingAdmissionWebhook")
+    );
+    write_private(&dir.join("admission.yaml"), &admission)
+}
+
 /// Optional features of a bed.
 #[derive(Clone, Debug, Default)]
 pub struct BedOptions {
@@ -96,6 +127,9 @@ impl Bed {
             ("apiserver.key", &pki.serving_key_pem),
             ("sa.key", &pki.sa_key_pem),
             ("sa.pub", &pki.sa_pub_pem),
+            (WEBHOOK_CLIENT_CA, &pki.webhook_client_ca_pem),
+            ("webhook-client.crt", &pki.webhook_client_cert_pem),
+            ("webhook-client.key", &pki.webhook_client_key_pem),
         ] {
             write_private(&dir.join(name), body)?;
         }
@@ -116,6 +150,7 @@ impl Bed {
             ),
         )?;
 
+        write_webhook_client_config(&dir)?;
         let etcd_client = free_port()?;
         let etcd_peer = free_port()?;
         let api_port = free_port()?;
@@ -150,6 +185,7 @@ impl Bed {
             format!("--token-auth-file={}", d("tokens.csv")),
             "--authorization-mode=Node,RBAC".into(),
             format!("--enable-admission-plugins={ADMISSION_PLUGINS}"),
+            format!("--admission-control-config-file={}", d("admission.yaml")),
             format!("--service-account-issuer={SA_ISSUER}"),
             format!("--service-account-key-file={}", d("sa.pub")),
             format!("--service-account-signing-key-file={}", d("sa.key")),

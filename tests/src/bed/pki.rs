@@ -19,6 +19,11 @@ pub struct BedPki {
     /// Service-account token signing key (ECDSA P-256, PKCS#8) and its public key.
     pub sa_key_pem: String,
     pub sa_pub_pem: String,
+    /// The CA of the API server's client certificate for admission webhooks, and that
+    /// certificate and key.
+    pub webhook_client_ca_pem: String,
+    pub webhook_client_cert_pem: String,
+    pub webhook_client_key_pem: String,
 }
 
 impl BedPki {
@@ -37,12 +42,21 @@ impl BedPki {
         let cert = params.signed_by(&key, &issuer)?;
 
         let sa = KeyPair::generate()?;
+        let (webhook_client_ca_pem, client_issuer) = test_ca("ldap-elector test bed webhook client CA")?;
+        let client_key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, "kube-apiserver-webhook-client");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client = params.signed_by(&client_key, &client_issuer)?;
         Ok(BedPki {
             ca_pem,
             serving_cert_pem: cert.pem(),
             serving_key_pem: key.serialize_pem(),
             sa_key_pem: sa.serialize_pem(),
             sa_pub_pem: sa.public_key_pem(),
+            webhook_client_ca_pem,
+            webhook_client_cert_pem: client.pem(),
+            webhook_client_key_pem: client_key.serialize_pem(),
         })
     }
 }

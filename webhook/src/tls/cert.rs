@@ -172,7 +172,7 @@ mod tests {
     async fn replaced_cert_serves_new_handshakes_while_old_connections_continue() {
         let (old, new) = (TestCert::generate(), TestCert::generate());
         let resolver = old.resolver();
-        let server = Arc::new(server_config(TlsProfile::Bsi, resolver.clone()).unwrap());
+        let server = Arc::new(server_config(TlsProfile::Bsi, resolver.clone(), None).unwrap());
         let mut roots = RootCertStore::empty();
         roots.add(old.chain[0].clone()).unwrap();
         roots.add(new.chain[0].clone()).unwrap();
@@ -219,22 +219,6 @@ mod tests {
         assert!(matches!(mismatch, Err(TlsError::Key(_))));
         assert!(resolver.replace(Vec::new(), b.key.clone_key()).is_err());
         assert_eq!(resolver.current().cert, a.chain);
-    }
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-            let dir = std::env::temp_dir().join(format!("ldap-elector-{tag}-{}-{nanos}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 
     fn write_pair(dir: &Path, cert_pem: &str, key_pem: &str) -> (PathBuf, PathBuf) {

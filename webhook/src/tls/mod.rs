@@ -6,6 +6,7 @@
 //! [`cert`] holds the replaceable serving certificate.
 
 mod cert;
+mod client_auth;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -21,6 +22,7 @@ use rustls::{CipherSuite, NamedGroup, ServerConfig};
 #[cfg(test)]
 pub(crate) use cert::parse_pem;
 pub use cert::ReloadingCert;
+pub use client_auth::ClientCas;
 
 /// ALPN identifiers we serve, most preferred first.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -50,6 +52,8 @@ pub enum TlsError {
     NoCertificate(String),
     #[error("certificate and key unusable (unsupported key type, or the key does not match the certificate): {0}")]
     Key(rustls::Error),
+    #[error("the client CAs are unusable: {0}")]
+    ClientVerifier(String),
     #[error("building the TLS server config failed: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -100,11 +104,20 @@ pub fn crypto_provider(profile: TlsProfile) -> CryptoProvider {
 
 /// A server config for `profile`: TLS 1.3 and 1.2, ALPN h2 then http/1.1, no 0-RTT, no
 /// client authentication (the API server authenticates us, not the other way round).
-pub fn server_config(profile: TlsProfile, cert_resolver: Arc<dyn ResolvesServerCert>) -> Result<ServerConfig> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(crypto_provider(profile)))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(cert_resolver);
+/// The server's TLS configuration; with `client_cas` every client must present a
+/// certificate one of them issued ([`ClientCas`]).
+pub fn server_config(
+    profile: TlsProfile,
+    cert_resolver: Arc<dyn ResolvesServerCert>,
+    client_cas: Option<Arc<ClientCas>>,
+) -> Result<ServerConfig> {
+    let builder = ServerConfig::builder_with_provider(Arc::new(crypto_provider(profile)))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_cas {
+        Some(cas) => builder.with_client_cert_verifier(cas),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(cert_resolver);
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
     config.max_early_data_size = 0;
     // The API server keeps connections open; resumption tickets buy little and would
@@ -125,7 +138,7 @@ mod tests {
     use tokio_rustls::TlsAcceptor;
 
     fn bsi_server(cert: &TestCert) -> ServerConfig {
-        server_config(TlsProfile::Bsi, cert.resolver()).unwrap()
+        server_config(TlsProfile::Bsi, cert.resolver(), None).unwrap()
     }
 
     use rustls::crypto::ring::{cipher_suite as cs, kx_group as kx};
@@ -306,7 +319,7 @@ mod tests {
     #[tokio::test]
     async fn rustls_default_profile_accepts_x25519() {
         let cert = TestCert::generate();
-        let server = server_config(TlsProfile::RustlsDefault, cert.resolver()).unwrap();
+        let server = server_config(TlsProfile::RustlsDefault, cert.resolver(), None).unwrap();
         let client = cert.client(&[cs::TLS13_AES_128_GCM_SHA256], &[kx::X25519], BOTH, &[]);
         let n = handshake(server, client).await.unwrap();
         assert_eq!(n.group, NamedGroup::X25519);
