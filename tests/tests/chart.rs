@@ -142,6 +142,12 @@ fn chart_lints_strictly_and_renders_in_every_cert_mode_and_refuses_unsafe_values
     assert_eq!(text.matches("- --client-ca-file=/etc/ldap-elector-webhook/client-ca/ca.crt").count(), 1, "{text}");
     assert!(text.contains(&format!("name: {WEBHOOK}-client-ca")) && text.contains("kind: ConfigMap"), "{text}");
 
+    // The API server's addresses for the LDAP NetworkPolicies reach the controller only.
+    let cidrs = ["--set", "ldapNetworkPolicy.apiServerCIDRs={198.51.100.10/32,2001:db8::/64}"];
+    let text = String::from_utf8(run(&mut helm.cmd(&template_args(&chart, &cidrs)), None)?.stdout)?;
+    assert_eq!(text.matches("- --api-server-cidrs=198.51.100.10/32,2001:db8::/64").count(), 1, "{text}");
+    assert!(!default.contains("--api-server-cidrs"), "any address by default");
+
     // Values that would produce an unsafe or broken install are refused with a clear message.
     let refused: &[(&[&str], &str)] = &[
         (&["--set", "image.tag=latest"], "latest"),
@@ -154,6 +160,7 @@ fn chart_lints_strictly_and_renders_in_every_cert_mode_and_refuses_unsafe_values
         (&["--set", "tokenExpirationSeconds=60"], "tokenExpirationSeconds"),
         (&["--set", "controller.serviceAccount.name=ldap-elector-webhook"], "must differ"),
         (&["--set", "clientAuth.caBundle=not-pem"], "clientAuth.caBundle must be PEM"),
+        (&["--set", "ldapNetworkPolicy.apiServerCIDRs={api.example}"], "apiServerCIDRs"),
     ];
     for (extra, needle) in refused {
         let out = output(&mut helm.cmd(&template_args(&chart, extra)), None)?;

@@ -158,7 +158,8 @@ pub async fn run(
     };
     let reconciler = changes.zip(watches.clone()).map(|(changes, watches)| {
         metrics.reconciling(leadership.clone());
-        tokio::spawn(run_reconciler_on(client.clone(), watches, changes, leadership, background.clone()))
+        let egress = settings.egress.clone();
+        tokio::spawn(run_reconciler_on(client.clone(), watches, changes, leadership, egress, background.clone()))
     });
 
     let server_stop = CancellationToken::new();

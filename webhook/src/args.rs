@@ -11,6 +11,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 use ldap_elector_contract as contract;
 
 use crate::inject::InjectConfig;
+use crate::reconcile::Egress;
 use crate::server::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_PEER};
 use crate::tls::TlsProfile;
 
@@ -140,6 +141,11 @@ pub struct Args {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub reconcile: bool,
+    /// The API server's addresses (CIDRs, comma-separated) the LDAP NetworkPolicy
+    /// (`ldap-elector.dev/network-policy`) lets the electors reach on 443/6443. Empty: any
+    /// address. Give the addresses kube-proxy translates the `kubernetes` Service to.
+    #[arg(long, env = "WEBHOOK_API_SERVER_CIDRS", value_delimiter = ',')]
+    pub api_server_cidrs: Vec<String>,
     /// This replica's name in the reconciler Lease (downward API: the pod name). Default:
     /// the host name and the process id.
     #[arg(long, env = "POD_NAME")]
@@ -188,6 +194,8 @@ pub struct Settings {
     pub inject: InjectConfig,
     /// Whether the reconciler runs (never with `--component=admission`).
     pub reconcile: bool,
+    /// Where the generated LDAP NetworkPolicies let the electors go.
+    pub egress: Egress,
     /// Where the replicas elect the one that reconciles: with `--namespace` (the chart sets
     /// it); without, a reconciler runs alone.
     pub reconciler_lease: Option<ReconcilerLease>,
@@ -234,6 +242,11 @@ impl Args {
             if self.cert_file.is_some() || self.key_file.is_some() {
                 return Err("--cert-file/--key-file: --component=controller serves no certificate".into());
             }
+        }
+        let api_server_cidrs: Vec<String> =
+            self.api_server_cidrs.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
+        if let Some(bad) = api_server_cidrs.iter().find(|c| !is_cidr(c)) {
+            return Err(format!("--api-server-cidrs: {bad:?} is not an address block like 198.51.100.10/32"));
         }
         let namespace = self.namespace.filter(|n| !n.trim().is_empty());
         let reconciler_lease = namespace.clone().filter(|_| reconcile).map(|namespace| ReconcilerLease {
@@ -295,6 +308,7 @@ impl Args {
             client_ca_file: self.client_ca_file,
             inject,
             reconcile,
+            egress: Egress { api_server_cidrs },
             reconciler_lease,
             max_connections: self.max_connections,
             max_connections_per_peer: self.max_connections_per_peer,
@@ -307,6 +321,13 @@ impl Args {
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+/// `address/prefix` with a prefix no longer than the address, as NetworkPolicy's `ipBlock`.
+fn is_cidr(cidr: &str) -> bool {
+    let Some((address, prefix)) = cidr.split_once('/') else { return false };
+    let (Ok(address), Ok(prefix)) = (address.parse::<IpAddr>(), prefix.parse::<u8>()) else { return false };
+    prefix <= if address.is_ipv4() { 32 } else { 128 }
 }
 
 /// RFC 1123 subdomain, as Kubernetes names most objects.
@@ -396,6 +417,20 @@ mod tests {
         assert!(err.contains("--key-file"), "{err}");
         let s = settings(&["--sidecar-image=r/e:1", "--cert-mode=files", "--cert-file=/c", "--key-file=/k"]).unwrap();
         assert_eq!(s.cert, Some(CertSource::Files { cert: "/c".into(), key: "/k".into() }));
+    }
+
+    #[test]
+    fn api_server_cidrs_narrow_the_ldap_network_policy_and_bad_ones_are_refused() {
+        let base = ["--sidecar-image=r/e:1", "--namespace=sys"];
+        let cidrs = |v: &str| settings(&[base[0], base[1], v]).map(|s| s.egress.api_server_cidrs);
+        assert_eq!(settings(&base).unwrap().egress, Egress::default());
+        assert_eq!(
+            cidrs("--api-server-cidrs=198.51.100.10/32, 2001:db8::/64"),
+            Ok(vec!["198.51.100.10/32".to_string(), "2001:db8::/64".to_string()])
+        );
+        for bad in ["198.51.100.10", "198.51.100.10/33", "2001:db8::/129", "api.example/32"] {
+            assert!(cidrs(&format!("--api-server-cidrs={bad}")).unwrap_err().contains("--api-server-cidrs"), "{bad}");
+        }
     }
 
     #[test]

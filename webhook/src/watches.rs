@@ -294,7 +294,7 @@ mod tests {
             // Admission and the reconciler decide the same: not ours.
             for sts in [&whole, &pruned] {
                 assert_eq!(inject(&pod(), Some(sts), &cfg()).unwrap(), Decision::Skip(SkipReason::NotOptedIn));
-                assert_eq!(desired(sts, &BTreeSet::new()).unwrap(), None);
+                assert_eq!(desired(sts, &BTreeSet::new(), &Default::default()).unwrap(), None);
                 assert!(statefulset_naming("ldap-primary", [sts]).is_none());
                 assert!(!needs_live_read(sts));
             }

@@ -19,7 +19,7 @@ use ldap_elector_contract::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::desired::desired;
+use super::desired::{desired, Egress};
 use super::empty::EmptyServices;
 use super::leadership::Leadership;
 use super::{ReconcileError, FIELD_MANAGER};
@@ -93,6 +93,8 @@ pub(super) struct Reconciler {
     failures: Mutex<HashMap<ObjectRef<StatefulSet>, u32>>,
     /// Only the replica holding the reconciler Lease writes.
     leadership: Leadership,
+    /// Where the generated LDAP NetworkPolicies let the electors go.
+    egress: Egress,
 }
 
 impl Reconciler {
@@ -106,7 +108,7 @@ impl Reconciler {
 /// with admission instead), alone (no Lease).
 pub async fn run_reconciler(client: Client, shutdown: CancellationToken) {
     let (watches, changes) = SharedWatches::start_with_changes(&client, &shutdown);
-    run_reconciler_on(client, watches, changes, Leadership::alone(), shutdown).await
+    run_reconciler_on(client, watches, changes, Leadership::alone(), Egress::default(), shutdown).await
 }
 
 /// Reconciles all StatefulSets of the cluster until `shutdown`, triggered by `changes` of
@@ -117,6 +119,7 @@ pub async fn run_reconciler_on(
     watches: SharedWatches,
     changes: Changes,
     leadership: Leadership,
+    egress: Egress,
     shutdown: CancellationToken,
 ) {
     let footprint = Footprint::start(&client, watches.marked_services.clone(), &shutdown);
@@ -134,6 +137,7 @@ pub async fn run_reconciler_on(
         empty: Mutex::new(EmptyServices::default()),
         failures: Mutex::new(HashMap::new()),
         leadership: leadership.clone(),
+        egress,
     });
     // Whenever this replica starts leading, everything is reconciled once: what the previous
     // holder left undone, and what changed while this one only watched.
@@ -195,7 +199,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Reconciler>) -> Result<Action
     } else {
         BTreeSet::new()
     };
-    let outcome = match desired(&sts, &in_use) {
+    let outcome = match desired(&sts, &in_use, &ctx.egress) {
         Ok(Some(want)) => ctx.ensure(&sts, &want).await,
         Ok(None) => ctx.clean_up(&sts).await,
         Err(e) => Err(e),

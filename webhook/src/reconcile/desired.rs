@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta, OwnerReference};
@@ -58,6 +58,7 @@ pub fn elector_replicas(sts: &StatefulSet) -> Result<u32, contract::ReplicasOutO
 pub fn desired(
     sts: &StatefulSet,
     accounts_in_use: &BTreeSet<String>,
+    egress: &Egress,
 ) -> Result<Option<DesiredObjects>, ReconcileError> {
     if !contract::is_opted_in(sts.metadata.annotations.as_ref()) {
         return Ok(None);
@@ -117,8 +118,9 @@ pub fn desired(
     };
     let lease = Lease { metadata: meta(contract::lease_name(&name)), spec: None };
     let wants_policy = sts.metadata.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_NETWORK_POLICY));
-    let network_policy =
-        wants_policy.is_some_and(|v| v == "true").then(|| ldap_network_policy(sts, replicas, meta(identity.clone())));
+    let network_policy = wants_policy
+        .is_some_and(|v| v == "true")
+        .then(|| ldap_network_policy(sts, replicas, egress, meta(identity.clone())));
     Ok(Some(DesiredObjects {
         leader_services: contract::leader_services(sts.metadata.annotations.as_ref()),
         namespace: namespace.clone(),
@@ -142,7 +144,7 @@ pub fn desired(
 /// The pods are the StatefulSet's selector AND their names `<sts>-0..replicas`: a selector
 /// alone may match other teams' pods with the same labels, whose egress the policy would then
 /// cut (issue 17, item 6).
-pub fn ldap_network_policy(sts: &StatefulSet, replicas: u32, metadata: ObjectMeta) -> NetworkPolicy {
+pub fn ldap_network_policy(sts: &StatefulSet, replicas: u32, egress: &Egress, metadata: ObjectMeta) -> NetworkPolicy {
     let spec = sts.spec.as_ref();
     let mut pods = spec.map(|s| s.selector.clone()).unwrap_or_default();
     let names =
@@ -180,7 +182,7 @@ pub fn ldap_network_policy(sts: &StatefulSet, replicas: u32, metadata: ObjectMet
             pod_selector: Some(pods.clone()),
             policy_types: Some(vec!["Egress".into()]),
             egress: Some(vec![
-                NetworkPolicyEgressRule { ports: Some(vec![tcp(443), tcp(6443)]), to: None },
+                NetworkPolicyEgressRule { ports: Some(vec![tcp(443), tcp(6443)]), to: egress.api_server_peers() },
                 NetworkPolicyEgressRule {
                     ports: (!peer_ports.is_empty()).then_some(peer_ports),
                     to: Some(vec![NetworkPolicyPeer { pod_selector: Some(pods), ..Default::default() }]),
@@ -189,6 +191,27 @@ pub fn ldap_network_policy(sts: &StatefulSet, replicas: u32, metadata: ObjectMet
             ]),
             ingress: None,
         }),
+    }
+}
+
+/// Where the generated LDAP NetworkPolicy lets the electors go, as the cluster admin knows it
+/// (`--api-server-cidrs`): the same for every StatefulSet, so a tenant cannot widen it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Egress {
+    /// The API server's addresses (after kube-proxy's translation of the `kubernetes`
+    /// Service, which is what most CNIs judge egress by); empty: any address on 443/6443.
+    pub api_server_cidrs: Vec<String>,
+}
+
+impl Egress {
+    fn api_server_peers(&self) -> Option<Vec<NetworkPolicyPeer>> {
+        (!self.api_server_cidrs.is_empty()).then(|| {
+            let block = |cidr: &String| IPBlock { cidr: cidr.clone(), except: None };
+            self.api_server_cidrs
+                .iter()
+                .map(|cidr| NetworkPolicyPeer { ip_block: Some(block(cidr)), ..Default::default() })
+                .collect()
+        })
     }
 }
 
@@ -231,7 +254,7 @@ pub(super) mod tests {
 
     /// `desired` with no pod running an elector yet.
     pub(crate) fn desired_now(s: &StatefulSet) -> Result<Option<DesiredObjects>, ReconcileError> {
-        desired(s, &BTreeSet::new())
+        desired(s, &BTreeSet::new(), &Egress::default())
     }
 
     pub(crate) fn opted_in() -> Value {
@@ -282,7 +305,8 @@ pub(super) mod tests {
     fn accounts_of_running_electors_stay_bound_until_their_pods_are_replaced() {
         let identity = contract::identity_name("ldap");
         let in_use = BTreeSet::from([identity.clone(), "default".to_string(), String::new()]);
-        let want = desired(&sts(opted_in(), 2, None, Some("ldap-custom")), &in_use).unwrap().unwrap();
+        let want =
+            desired(&sts(opted_in(), 2, None, Some("ldap-custom")), &in_use, &Egress::default()).unwrap().unwrap();
         let bound: Vec<String> = want.role_binding.subjects.unwrap().into_iter().map(|s| s.name).collect();
         assert_eq!(bound, vec!["ldap-custom".to_string(), identity.clone()], "default is never bound");
         assert!(want.service_account.is_some(), "the generated account stays while pods use it");
@@ -345,5 +369,15 @@ pub(super) mod tests {
         assert_eq!(ports(1), vec![json!(389), json!(636)], "the Mirror-Mode peer");
         assert_eq!(rules[1]["to"], json!([{"podSelector": pods}]));
         assert_eq!(ports(2), vec![json!(53), json!(53)], "DNS, UDP and TCP");
+        assert_eq!(rules[0].get("to"), None, "without --api-server-cidrs: any address");
+
+        // With the API server's addresses the admin gave, 443/6443 go only there.
+        let egress = Egress { api_server_cidrs: vec!["198.51.100.10/32".into(), "2001:db8::1/128".into()] };
+        let policy = desired(&s, &BTreeSet::new(), &egress).unwrap().unwrap().network_policy.expect("requested");
+        let value = serde_json::to_value(&policy.spec).unwrap();
+        assert_eq!(
+            value["egress"][0]["to"],
+            json!([{"ipBlock": {"cidr": "198.51.100.10/32"}}, {"ipBlock": {"cidr": "2001:db8::1/128"}}])
+        );
     }
 }

@@ -47,7 +47,7 @@ use std::future::Future;
 use ldap_elector_contract::api::{self, ApiError, Hints};
 
 pub use controller::{run_reconciler, run_reconciler_on};
-pub use desired::{desired, elector_replicas, ldap_network_policy, DesiredObjects};
+pub use desired::{desired, elector_replicas, ldap_network_policy, DesiredObjects, Egress};
 pub use empty::family as leader_service_empty_family;
 pub use rbac::{
     admission_cluster_role_rules, admission_namespace_role_rules, controller_cluster_role_rules,
