@@ -110,17 +110,7 @@ pub async fn run(
             return Ok(None);
         };
         metrics.serving(cert.clone());
-        let client_cas = match &settings.client_ca_file {
-            Some(path) => {
-                let provider = Arc::new(crypto_provider(settings.tls_profile));
-                let cas = Arc::new(ClientCas::from_pem_file(path, provider)?);
-                let (c, p, stop) = (cas.clone(), path.clone(), background.clone());
-                tokio::spawn(async move { c.watch_file(p, FILE_POLL_INTERVAL, stop).await });
-                info!(client_ca = %path.display(), "admission clients must present a certificate of these CAs");
-                Some(cas)
-            }
-            None => None,
-        };
+        let client_cas = start_client_cas(&settings, &background)?;
         Ok::<_, AppError>(Some(Arc::new(server_config(settings.tls_profile, cert, client_cas)?)))
     };
     let tls = match started.await {
@@ -207,6 +197,16 @@ pub async fn run(
     Ok(())
 }
 
+/// The CAs of `--client-ca-file`, polled under `background`; `None` without the flag.
+fn start_client_cas(settings: &Settings, background: &CancellationToken) -> Result<Option<Arc<ClientCas>>, AppError> {
+    let Some(path) = &settings.client_ca_file else { return Ok(None) };
+    let cas = Arc::new(ClientCas::from_pem_file(path, Arc::new(crypto_provider(settings.tls_profile)))?);
+    let (c, p, stop) = (cas.clone(), path.clone(), background.clone());
+    tokio::spawn(async move { c.watch_file(p, FILE_POLL_INTERVAL, stop).await });
+    info!(client_ca = %path.display(), "admission clients must present a certificate of these CAs");
+    Ok(Some(cas))
+}
+
 /// The serving certificate (`None` for the controller: it serves none), with its reload or
 /// rotation task running under `background`.
 async fn start_certificate(
@@ -236,17 +236,16 @@ async fn start_certificate(
     };
     let mut delay = BOOTSTRAP_BACKOFF_MIN;
     let (bundle, resolver) = loop {
-        let attempt = match round().await {
-            Ok(bundle) if !component.serves_admission() => Ok((bundle, None)),
-            Ok(bundle) => load(&bundle).map_err(|e| format!("the Secret's certificate is unusable: {e}")).and_then(
-                |(chain, key)| {
-                    let resolver = ReloadingCert::new(chain, key).map_err(|e| e.to_string())?;
-                    Ok((bundle, Some(Arc::new(resolver))))
-                },
-            ),
-            Err(error) => Err(error),
+        let attempt = async {
+            let bundle = round().await?;
+            if !component.serves_admission() {
+                return Ok((bundle, None));
+            }
+            let (chain, key) = load(&bundle).map_err(|e| format!("the Secret's certificate is unusable: {e}"))?;
+            let resolver = ReloadingCert::new(chain, key).map_err(|e| e.to_string())?;
+            Ok::<_, String>((bundle, Some(Arc::new(resolver))))
         };
-        match attempt {
+        match attempt.await {
             Ok(started) => break started,
             Err(error) => warn!(%error, retry_in_s = delay.as_secs(), "cannot obtain the serving certificate yet"),
         }
@@ -301,23 +300,19 @@ fn load(bundle: &CertBundle) -> Result<Loaded, CertError> {
     load_rustls(bundle)
 }
 
-/// Swaps in `bundle` when it differs from what is served; `false` when it is unusable.
-fn swap_in(resolver: &ReloadingCert, serving: &mut CertBundle, bundle: CertBundle) -> bool {
+/// Swaps in `bundle` when it differs from what is served (kept when it is unusable).
+fn swap_in(resolver: &ReloadingCert, serving: &mut CertBundle, bundle: CertBundle) {
     if bundle.cert_pem == serving.cert_pem {
         *serving = bundle;
-        return true;
+        return;
     }
     match load(&bundle).map_err(|e| e.to_string()).and_then(|(c, k)| resolver.replace(c, k).map_err(|e| e.to_string()))
     {
         Ok(()) => {
             info!("serving the rotated certificate (its CA was published first)");
             *serving = bundle;
-            true
         }
-        Err(error) => {
-            warn!(%error, "rotated certificate is unusable; still serving the current one");
-            false
-        }
+        Err(error) => warn!(%error, "rotated certificate is unusable; still serving the current one"),
     }
 }
 
@@ -339,9 +334,7 @@ async fn keep_reading(
             _ = ticker.tick() => {}
         }
         match read_round(&client, &source).await {
-            Ok(bundle) => {
-                swap_in(&resolver, &mut serving, bundle);
-            }
+            Ok(bundle) => swap_in(&resolver, &mut serving, bundle),
             Err(error) => warn!(%error, "certificate re-check failed; still serving the current certificate"),
         }
     }
@@ -401,9 +394,7 @@ async fn keep_rotating(
         };
         next_check = Instant::now() + CERT_RECHECK_INTERVAL;
         match &resolver {
-            Some(resolver) => {
-                swap_in(resolver, &mut serving, bundle);
-            }
+            Some(resolver) => swap_in(resolver, &mut serving, bundle),
             None => serving = bundle,
         }
     }
