@@ -250,7 +250,7 @@ async fn call<T>(op: String, request: impl Future<Output = Result<T, kube::Error
 
 const HINTS: Hints = Hints {
     unauthorized: "; the webhook's credentials were rejected: check its ServiceAccount token",
-    forbidden: "; RBAC denies it: grant the webhook's ServiceAccount this verb on this object",
+    forbidden: "; RBAC denies it: grant the ServiceAccount (the webhook controller's writes, the admission server's reads) this verb on this object, as the chart does",
     conflict: "",
     invalid: "; the object was rejected as invalid (immutable Secret?): delete it so it is recreated",
 };
