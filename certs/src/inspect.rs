@@ -129,8 +129,7 @@ pub fn merge_ca_bundle(
     now: SystemTime,
 ) -> Result<Option<String>, CertError> {
     let desired = parse_pem_certs(desired_pem, "trust list to publish")?;
-    let existing: Vec<CertificateDer<'static>> =
-        existing.map(|pem| CertificateDer::pem_slice_iter(pem).map_while(Result::ok).collect()).unwrap_or_default();
+    let existing = bundle_certs(existing);
 
     let mut merged: Vec<&CertificateDer<'static>> = Vec::new();
     for der in &desired {
@@ -154,12 +153,17 @@ pub fn merge_ca_bundle(
     Ok(Some(merged.into_iter().map(to_pem).collect()))
 }
 
+/// The certificates of a `caBundle` as published, up to the first unparseable entry (none
+/// when it is absent).
+fn bundle_certs(existing: Option<&[u8]>) -> Vec<CertificateDer<'static>> {
+    existing.map(|pem| CertificateDer::pem_slice_iter(pem).map_while(Result::ok).collect()).unwrap_or_default()
+}
+
 /// Whether the `caBundle` `existing` already trusts every CA of `ca_pem`: what a replica that
 /// only serves a certificate checks before serving it (it cannot publish).
 pub fn trusts(existing: Option<&[u8]>, ca_pem: &str) -> Result<bool, CertError> {
     let wanted = parse_pem_certs(ca_pem, "CA to look for")?;
-    let existing: Vec<CertificateDer<'static>> =
-        existing.map(|pem| CertificateDer::pem_slice_iter(pem).map_while(Result::ok).collect()).unwrap_or_default();
+    let existing = bundle_certs(existing);
     Ok(wanted.iter().all(|der| existing.contains(der)))
 }
 

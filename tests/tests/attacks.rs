@@ -50,8 +50,8 @@ use ldap_elector_certs::store::SECRET_KEY_CA;
 use ldap_elector_contract as contract;
 use ldap_elector_tests::bed::{free_port, request_token, TENANT_USER, WEBHOOK_CLIENT_CA};
 use ldap_elector_tests::workloads::webhook::{
-    grant_secret_roles, http_status, unpublished_configuration, webhook_identities, Webhook, WebhookProcess,
-    CONTROLLER_SA, SIDECAR_IMAGE, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
+    grant_secret_roles, http_status, unpublished_configuration, wait_ready, webhook_identities, Webhook,
+    WebhookProcess, CONTROLLER_SA, SIDECAR_IMAGE, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
 };
 use ldap_elector_tests::workloads::{fixtures, policies};
 use ldap_elector_tests::{wait_for, Bed};
@@ -1438,13 +1438,7 @@ async fn secret_mode_webhook(client: &Client, health_port: u16) -> anyhow::Resul
     .map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(ldap_elector_webhook::app::run(settings, client.clone(), shutdown.clone(), Duration::ZERO));
-    wait_for("webhook /readyz", T, || async {
-        match http_status(health_port, "/readyz").await? {
-            200 => Ok(()),
-            status => Err(format!("status {status}")),
-        }
-    })
-    .await?;
+    wait_ready("webhook", health_port, T).await?;
     Ok(shutdown)
 }
 

@@ -24,7 +24,7 @@ use ldap_elector_tests::bed::free_port;
 use ldap_elector_tests::workloads::electors::create_identity;
 use ldap_elector_tests::workloads::fixtures;
 use ldap_elector_tests::workloads::webhook::{
-    http_get, http_status, webhook_identities, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
+    http_get, ready, wait_ready, webhook_identities, Webhook, WEBHOOK_CONFIG, WEBHOOK_NS, WEBHOOK_SA,
 };
 use ldap_elector_tests::{wait_for, Bed, Kubelet};
 use ldap_elector_webhook::args::Args;
@@ -431,13 +431,6 @@ async fn secret_mode_publishes_the_ca_bundle_and_serves_the_secret_certificate()
         tokio::spawn(ldap_elector_webhook::app::run(settings, client, shutdown.clone(), Duration::ZERO))
     };
     let (port, health_port, controller_health) = (free_port()?, free_port()?, free_port()?);
-    let ready = |port: u16| async move {
-        match http_status(port, "/readyz").await? {
-            200 => Ok(()),
-            status => Err(format!("status {status}")),
-        }
-    };
-
     // The admission server alone: no Secret yet, and it may not create one.
     let admission = run(component("admission", port, health_port)?, accounts.admission.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -446,8 +439,8 @@ async fn secret_mode_publishes_the_ca_bundle_and_serves_the_secret_certificate()
     assert!(secrets.get_opt(TLS_SECRET).await?.is_none(), "the admission server wrote the Secret");
 
     let controller = run(component("controller", free_port()?, controller_health)?, accounts.controller.clone());
-    wait_for("the controller /readyz", T, || ready(controller_health)).await?;
-    wait_for("the admission server /readyz once the CA is published", T, || ready(health_port)).await?;
+    wait_ready("the controller", controller_health, T).await?;
+    wait_ready("the admission server, once the CA is published,", health_port, T).await?;
 
     let secret = Api::<Secret>::namespaced(admin.clone(), WEBHOOK_NS).get(TLS_SECRET).await?;
     let data = secret.data.unwrap_or_default();

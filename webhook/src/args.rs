@@ -216,8 +216,7 @@ impl Args {
     pub fn into_settings(self) -> Result<Settings, String> {
         let mut inject = InjectConfig::new(self.sidecar_image.trim());
         inject.image_pull_policy = self.sidecar_image_pull_policy;
-        inject.elector_containers =
-            self.elector_containers.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+        inject.elector_containers = trimmed(&self.elector_containers);
         if let Some(bad) = inject.elector_containers.iter().find(|n| !is_dns_label_like(n)) {
             return Err(format!("--elector-containers: {bad:?} is not a container name"));
         }
@@ -243,8 +242,7 @@ impl Args {
                 return Err("--cert-file/--key-file: --component=controller serves no certificate".into());
             }
         }
-        let api_server_cidrs: Vec<String> =
-            self.api_server_cidrs.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
+        let api_server_cidrs = trimmed(&self.api_server_cidrs);
         if let Some(bad) = api_server_cidrs.iter().find(|c| !is_cidr(c)) {
             return Err(format!("--api-server-cidrs: {bad:?} is not an address block like 198.51.100.10/32"));
         }
@@ -321,6 +319,11 @@ impl Args {
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+/// The entries of a comma-separated flag, trimmed, without empty ones.
+fn trimmed(values: &[String]) -> Vec<String> {
+    values.iter().map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect()
 }
 
 /// `address/prefix` with a prefix no longer than the address, as NetworkPolicy's `ipBlock`.

@@ -39,8 +39,8 @@ use crate::bed::free_port;
 use crate::bed::process::Child;
 use crate::measure::{Machine, Usage};
 use crate::workloads::fixtures;
-use crate::workloads::webhook::{http_status, webhook_identities, SIDECAR_IMAGE, WEBHOOK_NS, WEBHOOK_SA};
-use crate::{wait_for, Bed};
+use crate::workloads::webhook::{wait_ready, webhook_identities, SIDECAR_IMAGE, WEBHOOK_NS, WEBHOOK_SA};
+use crate::Bed;
 
 /// The StatefulSet the reviewed pod belongs to (the fixture's names).
 pub const NAMESPACE: &str = "ldap";
@@ -172,14 +172,9 @@ impl Setup {
         cmd.args(&args).env("KUBECONFIG", &kubeconfig);
         let log = bed.dir.join("webhook.log");
         let webhook = Child::spawn("ldap-elector-webhook", cmd, &log)?;
-        wait_for("webhook /readyz", Duration::from_secs(60), || async {
-            match http_status(health_port, "/readyz").await? {
-                200 => Ok(()),
-                status => Err(format!("status {status}")),
-            }
-        })
-        .await
-        .with_context(|| format!("see {}", log.display()))?;
+        wait_ready("webhook", health_port, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("see {}", log.display()))?;
         let affinity = cpus_allowed(webhook.pid()).unwrap_or_else(|| "?".into());
         let idle_rss = Usage::of(Some(webhook.pid())).rss_kib;
 

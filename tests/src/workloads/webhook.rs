@@ -160,6 +160,19 @@ pub async fn http_status(port: u16, path: &str) -> Result<u16, String> {
     response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or(response)
 }
 
+/// Whether `/readyz` on the plain-HTTP `health_port` answers 200; why not otherwise.
+pub async fn ready(health_port: u16) -> Result<(), String> {
+    match http_status(health_port, "/readyz").await? {
+        200 => Ok(()),
+        status => Err(format!("status {status}")),
+    }
+}
+
+/// Waits up to `timeout` until `what` is [`ready`] on `health_port`.
+pub async fn wait_ready(what: &str, health_port: u16, timeout: Duration) -> anyhow::Result<()> {
+    wait_for(&format!("{what} /readyz"), timeout, || ready(health_port)).await
+}
+
 /// `GET path` on a plain-HTTP port; the body of a 200 response.
 pub async fn http_get(port: u16, path: &str) -> Result<String, String> {
     let response = http_response(port, path).await?;
@@ -314,13 +327,7 @@ async fn start_component(
     let settings = Args::try_parse_from(args)?.into_settings().map_err(anyhow::Error::msg)?;
     let component = settings.component;
     let task = tokio::spawn(ldap_elector_webhook::app::run(settings, client.clone(), shutdown.clone(), Duration::ZERO));
-    wait_for(&format!("webhook {component:?} /readyz"), Duration::from_secs(60), || async {
-        match http_status(health_port, "/readyz").await? {
-            200 => Ok(()),
-            status => Err(format!("status {status}")),
-        }
-    })
-    .await?;
+    wait_ready(&format!("webhook {component:?}"), health_port, Duration::from_secs(60)).await?;
     Ok(task)
 }
 
@@ -378,14 +385,9 @@ impl WebhookProcess {
         cmd.args(files_mode_args(port, health_port, &cert, &key)).env("KUBECONFIG", kubeconfig);
         let log = bed.dir.join(format!("{name}.log"));
         let child = Child::spawn(name, cmd, &log)?;
-        wait_for("webhook process /readyz", Duration::from_secs(60), || async {
-            match http_status(health_port, "/readyz").await? {
-                200 => Ok(()),
-                status => Err(format!("status {status}")),
-            }
-        })
-        .await
-        .map_err(|e| e.context(format!("see {}", log.display())))?;
+        wait_ready("webhook process", health_port, Duration::from_secs(60))
+            .await
+            .map_err(|e| e.context(format!("see {}", log.display())))?;
         Ok(WebhookProcess { port, health_port, ca_pem, child })
     }
 

@@ -102,10 +102,9 @@ pub fn crypto_provider(profile: TlsProfile) -> CryptoProvider {
     provider
 }
 
-/// A server config for `profile`: TLS 1.3 and 1.2, ALPN h2 then http/1.1, no 0-RTT, no
-/// client authentication (the API server authenticates us, not the other way round).
-/// The server's TLS configuration; with `client_cas` every client must present a
-/// certificate one of them issued ([`ClientCas`]).
+/// A server config for `profile`: TLS 1.3 and 1.2, ALPN h2 then http/1.1, no 0-RTT. Client
+/// authentication only with `client_cas` (every client must then present a certificate one
+/// of them issued, [`ClientCas`]); without, any client that reaches the port may talk.
 pub fn server_config(
     profile: TlsProfile,
     cert_resolver: Arc<dyn ResolvesServerCert>,
