@@ -316,3 +316,58 @@ three files as the default token volume, so in-cluster config works.
               fieldRef:
                 fieldPath: metadata.namespace
 {{- end }}
+
+{{/*
+Pod template parts both Deployments (admission server and controller) share.
+podAnnotations: the pod's annotations (scrape hints, podAnnotations), or nothing.
+*/}}
+{{- define "ldap-elector.podAnnotations" -}}
+{{- if or .Values.podAnnotations .Values.metrics.scrapeAnnotations }}
+annotations:
+  {{- if .Values.metrics.scrapeAnnotations }}
+  prometheus.io/scrape: "true"
+  prometheus.io/port: {{ .Values.ports.health | quote }}
+  prometheus.io/path: /metrics
+  {{- end }}
+  {{- with .Values.podAnnotations }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The pod spec's hardening: no implicit token, no host namespaces, podSecurityContext. */}}
+{{- define "ldap-elector.podHardening" -}}
+automountServiceAccountToken: false
+enableServiceLinks: false
+hostNetwork: false
+hostPID: false
+hostIPC: false
+terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end }}
+
+{{/* Liveness and readiness on the health port (/livez, /readyz). */}}
+{{- define "ldap-elector.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /livez
+    port: health
+    scheme: HTTP
+  {{- toYaml .Values.livenessProbe | nindent 2 }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: health
+    scheme: HTTP
+  {{- toYaml .Values.readinessProbe | nindent 2 }}
+{{- end }}
