@@ -349,7 +349,7 @@ fn percentiles(mut v: Vec<Duration>) -> String {
 async fn writes_through_the_service_survive_every_failover_and_only_the_leader_accepts_them() -> anyhow::Result<()> {
     let started = Instant::now();
     // syncrepl timeout=1: a cn=config change (the fence) can wait that long for a consumer
-    // that has just reconnected; docs/design.md asks for at most the fence budget (1 s).
+    // in its refresh read (docs/openldap.md); docs/design.md asks for at most the fence budget (1 s).
     let slapd = MirrorPair::start(slapd::PairOptions::default().sync_timeout(SYNC_TIMEOUT)).await?;
     let dir = slapd.dir.clone();
     // The role-change hook: records each pod's role in <dir>/role-<pod>.

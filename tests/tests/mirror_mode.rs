@@ -220,10 +220,6 @@ async fn read_only_fence_refuses_writes_on_open_connections_while_replication_st
     Ok(())
 }
 
-/// slapd pauses its thread pool for every cn=config change; a syncrepl consumer that has
-/// just reconnected blocks in its refresh read until a message arrives or the syncrepl
-/// `timeout=` passes, so the fence (and every other operation on that server) can wait up
-/// to that timeout. This pins the bound the elector's timing must budget for.
 /// `ldap-elector start-fenced` (the init container before slapd's): a slapd whose
 /// configuration says writable is restarted writable (the control), and after the offline
 /// fence of its slapd.d it starts read-only, with no checksum complaint from back-ldif, and

@@ -14,7 +14,9 @@
 //!
 //! With a real Mirror-Mode slapd pair behind the injected electors: status shows the published
 //! contextCSNs (standby caught up, lag 0), and after the switchover the old leader's slapd is
-//! read-only (a write answers 53) and the new leader's takes writes.
+//! read-only (a write answers 53) and the new leader's takes writes. A switchover onto a
+//! standby whose slapd restarted while the leader took writes does not wait for the syncrepl
+//! `timeout=` before the new leader takes writes.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,6 +27,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use ldap_elector_contract as contract;
 use ldap_elector_tests::ldap::rig::{self, ordinal, LdapRig};
+use ldap_elector_tests::ldap::writer::Writer;
 use ldap_elector_tests::wait_for;
 use ldap_elector_tests::workloads::build::elector_binary;
 use ldap_elector_tests::workloads::electors::{Pair, PairOptions, WRITE_SERVICE};
@@ -298,8 +301,9 @@ struct Rig {
     cli: Cli,
 }
 
-async fn start_with_slapd() -> anyhow::Result<Rig> {
-    let ldap = LdapRig::start(1).await?;
+/// `sync_timeout`: the pair's syncrepl `timeout=` (seconds).
+async fn start_with_slapd(sync_timeout: u32) -> anyhow::Result<Rig> {
+    let ldap = LdapRig::start(sync_timeout).await?;
     let cli = Cli {
         kubeconfig: ldap.bed.kubeconfig.clone(),
         namespace: rig::NAMESPACE.into(),
@@ -335,7 +339,7 @@ impl Rig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_with_slapd_fences_the_old_leader_and_unfences_the_new_one() -> anyhow::Result<()> {
-    let rig = start_with_slapd().await?;
+    let rig = start_with_slapd(1).await?;
     let a = rig.ldap.observer.wait_for_single_leader(ELECT).await?;
     let b = contract::pod_name("ldap-server", 1 - ordinal(&a).min(1));
     rig.ldap.wait_fences(&a, &b, FENCE).await?;
@@ -355,6 +359,74 @@ async fn switchover_with_slapd_fences_the_old_leader_and_unfences_the_new_one() 
     let refused = rig.ldap.slapd.node(ordinal(&a) + 1).admin().await?.add_person("to-the-old-leader").await?;
     assert_eq!(refused.rc, 53, "{refused:?}");
     rig.wait_caught_up(&b, &a).await?;
+    rig.ldap.observer.assert_never_two_leaders();
+    Ok(())
+}
+
+/// The syncrepl `timeout=` of the pair below: long enough that waiting for it is unmistakable.
+const SLOW_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Entries the standby's slapd copies when it starts on an empty database.
+const REFRESHED_ENTRIES: usize = 3000;
+/// The deletion gap of the real node (BENCHMARKS.md): after its slapd (re)started while the
+/// leader took writes, a standby's syncrepl consumer began its refresh under a steady stream
+/// of changes, and slapd 2.5 then keeps that consumer in a read that waits up to the
+/// syncrepl `timeout=` for the next change; every cn=config change waits for that read. The
+/// unfence that makes the standby the writer is one: right after the old leader's last
+/// write, it waited for the timeout (0.7 s of the ~1 s deletion gap with `timeout=1`; here,
+/// with 5 s, it would be ~5 s, longer than the elector's fence budget). The standby's
+/// elector keeps its consumer out of that read while changes arrive, so the new leader
+/// takes writes well within half the timeout (before the fix: 5.1 s; after: 0.66 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_onto_a_standby_restarted_under_writes_does_not_wait_for_the_syncrepl_timeout(
+) -> anyhow::Result<()> {
+    let rig = start_with_slapd(SLOW_SYNC_TIMEOUT.as_secs() as u32).await?;
+    let a = rig.ldap.observer.wait_for_single_leader(ELECT).await?;
+    let b = contract::pod_name("ldap-server", 1 - ordinal(&a).min(1));
+    rig.ldap.wait_fences(&a, &b, FENCE).await?;
+    // Enough entries that the standby's refresh outlasts the fence its elector sets at once
+    // when slapd starts (a cn=config change, which the refresh would otherwise pause out of).
+    let mut conn = rig.ldap.node(&a).admin().await?;
+    for i in 0..REFRESHED_ENTRIES {
+        conn.add_person(&format!("preloaded-{i}")).await?.success()?;
+    }
+    // The leader's clients write on, every 10 ms.
+    let writer = Writer::start(rig.ldap.node(&a).ldap_url());
+
+    // The standby's slapd restarts on an empty database (a re-created pod): its consumer
+    // refreshes everything under the leader's writes.
+    let standby = rig.ldap.node(&b);
+    standby.stop().await;
+    for entry in std::fs::read_dir(standby.data_dir())? {
+        std::fs::remove_file(entry?.path())?;
+    }
+    standby.start().await?;
+    rig.ldap.wait_fences(&a, &b, FENCE).await?;
+    // The old leader's consumer reconnected to the restarted standby and refreshed from it
+    // too; its peer sends it nothing afterwards, so after three timeouts it has left its
+    // refresh read, and the old leader's own fence does not wait for it.
+    tokio::time::sleep(SLOW_SYNC_TIMEOUT * 3).await;
+
+    let started = Instant::now();
+    let run = rig.cli.switchover(&b).await?;
+    assert_eq!(run.code, 0, "{run}");
+    let new_leader = rig.ldap.node(&b);
+    wait_for(&format!("{b}'s slapd to take writes"), T, || async {
+        let mut conn = new_leader.admin().await.map_err(|e| e.to_string())?;
+        match conn.add_person(&format!("after-switchover-{}", started.elapsed().as_micros())).await {
+            Ok(r) if r.rc == 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    let writable_after = started.elapsed();
+    writer.stop().await;
+    println!("switchover {a} -> {b}: {b}'s slapd took writes {writable_after:?} after the command started");
+    assert!(
+        writable_after < SLOW_SYNC_TIMEOUT / 2,
+        "{b}'s slapd took writes only {writable_after:?} after the switchover started: the unfence waited for \
+         the syncrepl timeout ({SLOW_SYNC_TIMEOUT:?})\n{}",
+        rig.ldap.logs()
+    );
     rig.ldap.observer.assert_never_two_leaders();
     Ok(())
 }

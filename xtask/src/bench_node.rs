@@ -13,7 +13,9 @@
 //!   slapd accepted any; the pod is deleted afterwards to reset CrashLoopBackOff;
 //! - the sidecar container's working set (cgroup) at steady state.
 //!
-//! `BENCH_FAULTS` (e.g. `deletion`, or `slapd,elector`; default all three) picks the faults.
+//! `BENCH_FAULTS` (e.g. `deletion`, or `slapd,elector`; default all three) picks the faults;
+//! `LDAP_ELECTOR_KUBE_PROXY_MIN_SYNC_MS` measures a cluster whose kube-proxy syncs more often
+//! than its default (1000).
 //! Each deletion run also prints what the client saw in its longest gap. After every round
 //! all acknowledged writes must be on both servers: a loss stops the bench with the logs
 //! (`BENCH_AUDIT=end`: only at the end, as before).
@@ -26,6 +28,7 @@ use ldap_elector_contract::SIDECAR_CONTAINER;
 use ldap_elector_tests::ldap::writer::{Attempt, ConnectFailure};
 use ldap_elector_tests::measure::writability::Answer;
 use ldap_elector_tests::measure::{self, Machine};
+use ldap_elector_tests::node::config;
 use ldap_elector_tests::node::consumer::manifests::SLAPD_CONTAINER;
 use ldap_elector_tests::node::consumer::scenario::{Plain, Scenario, LEASE};
 use ldap_elector_tests::node::consumer::{faults, pod_name, summary, NAMESPACE};
@@ -40,7 +43,8 @@ pub async fn run() -> anyhow::Result<()> {
     ldap_elector_tests::logging::init("warn,kube_client=off");
     let runs = measure::runs();
     let s = Scenario::start_writing_for(&Plain, WRITE_FOR).await?;
-    eprintln!("set-up {:.1}s", s.setup.as_secs_f64());
+    let min_sync = config::kube_proxy_min_sync(std::env::var(config::KUBE_PROXY_MIN_SYNC_ENV).ok().as_deref())?;
+    eprintln!("set-up {:.1}s; kube-proxy minSyncPeriod {min_sync:?}", s.setup.as_secs_f64());
 
     let mut memory = Vec::new();
     for _ in 0..MEMORY_SAMPLES {

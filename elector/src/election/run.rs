@@ -41,6 +41,9 @@ mod old_leader;
 const TICK: Duration = Duration::from_secs(1);
 /// How often a stepped-down elector looks whether its unconfirmed fence is confirmed now.
 const UNFENCED_POLL: Duration = Duration::from_millis(100);
+/// How often a standby at most has its fence written again while its slapd replicates
+/// changes ([`FenceKeeper::unblock_replication`]).
+const UNBLOCK_EVERY: Duration = Duration::from_secs(1);
 /// Backoff bounds after a failed API call.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -78,6 +81,10 @@ pub struct Elector {
     heartbeat: Heartbeat,
     /// The local contextCSN as last seen (published by the leader on each write).
     my_csn: Vec<String>,
+    /// The local contextCSN when the standby fence was last written again, and when it may
+    /// be next (`keep_replication_unblocked`).
+    unblocked_at_csn: Vec<String>,
+    next_unblock: Moment,
     waiting_to_catch_up: bool,
     /// The expired holder whose slapd is being read (catch-up after an expiry).
     old_leader: Option<old_leader::OldLeaderReader>,
@@ -134,6 +141,8 @@ impl Elector {
             watchdog,
             heartbeat,
             my_csn: Vec::new(),
+            unblocked_at_csn: Vec::new(),
+            next_unblock: Moment::ZERO,
             waiting_to_catch_up: false,
             old_leader: None,
             uncovered: None,
@@ -238,6 +247,7 @@ impl Elector {
             self.my_csn.clone_from(&csn.borrow_and_update());
             let healthy_now = *healthy.borrow_and_update();
             self.publish_readiness(now);
+            self.keep_replication_unblocked(now);
             // Issue 15 item 2: lead only while the guard would fence slapd on our death; a
             // lost guard is a fence we cannot trust: step down without releasing.
             let mut guard_changes = self.watchdog.as_ref().map_or_else(Changes::never, Watchdog::changes);
@@ -324,6 +334,18 @@ impl Elector {
                 }
             }
         }
+    }
+
+    /// While a standby's slapd replicates changes (its contextCSN moves), has its fence
+    /// written again at most every [`UNBLOCK_EVERY`], so that the unfence of a hand-over to it
+    /// does not wait for the syncrepl `timeout=` ([`FenceKeeper::unblock_replication`]).
+    fn keep_replication_unblocked(&mut self, now: Moment) {
+        if self.leading.is_some() || now < self.next_unblock || self.my_csn == self.unblocked_at_csn {
+            return;
+        }
+        self.fence.unblock_replication();
+        self.unblocked_at_csn.clone_from(&self.my_csn);
+        self.next_unblock = now + UNBLOCK_EVERY;
     }
 
     /// Catch-up gating for a follower (`catch_up::gate`): caught up with the leader's

@@ -209,8 +209,8 @@ pub fn fence_target_finding(dbs: &[DatabaseConfig], target: &FenceTarget) -> Opt
     })
 }
 
-/// The syncrepl `timeout=` the fence budget relies on: a cn=config change (the fence) waits
-/// for a consumer that has just reconnected for up to that many seconds, so anything but
+/// The syncrepl `timeout=` the fence budget relies on: a cn=config change (the fence) can wait
+/// up to that many seconds for a consumer in its refresh read ([`super::ldap::set_read_only`]), so anything but
 /// `1` (larger, `0`, missing: no bound) lets a fence outlast its 1 s budget, and a deposed
 /// leader stay writable after a follower may take over.
 fn syncrepl_timeout_finding(db: &DatabaseConfig, syncrepl: &str) -> Option<Finding> {
@@ -229,8 +229,8 @@ fn syncrepl_timeout_finding(db: &DatabaseConfig, syncrepl: &str) -> Option<Findi
         code: "syncrepl-timeout",
         entry: db.dn.clone(),
         message: format!(
-            "olcSyncrepl {rid} of {} has {seen}: a fence (a cn=config change) waits for a consumer that has just \
-             reconnected for up to this timeout, and the election's safety bound allows {max} s; set timeout={max} \
+            "olcSyncrepl {rid} of {} has {seen}: a fence (a cn=config change) can wait up to this timeout for a \
+             syncrepl consumer, and the election's safety bound allows {max} s; set timeout={max} \
              (docs/openldap.md)",
             db.suffix.as_deref().unwrap_or(&db.dn)
         ),

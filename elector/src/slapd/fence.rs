@@ -153,10 +153,12 @@ const RETRY_EVERY: Duration = Duration::from_millis(200);
 
 /// Keeps the fence where the elector wants it, in its own task: applies changes, retries
 /// failures (slapd down or restarting), sets it again as soon as slapd (re)starts (it
-/// comes back with whatever `olcReadOnly` it had on disk), and re-applies when it drifted.
+/// comes back with whatever `olcReadOnly` it had on disk), re-applies when it drifted, and
+/// writes a standby's fence again when asked ([`FenceKeeper::unblock_replication`]).
 pub struct FenceKeeper {
     desired: watch::Sender<WantedFence>,
     applied: watch::Receiver<Option<&'static str>>,
+    rewrite: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl FenceKeeper {
@@ -164,6 +166,8 @@ impl FenceKeeper {
         let (desired, mut want) = watch::channel(WantedFence::Standby);
         let (applied_tx, applied) = watch::channel(None);
         let wish = want.clone();
+        let rewrite = std::sync::Arc::new(tokio::sync::Notify::new());
+        let rewrite_asked = rewrite.clone();
         tokio::spawn(async move {
             // Asked again after every await, immediately before slapd is made writable: the
             // wish may have changed, or its deadline passed, while the keeper waited on slapd.
@@ -176,7 +180,7 @@ impl FenceKeeper {
             let watch_starts = fence.watch_starts(&on_start);
             let keep = async {
                 let mut applied_role: Option<&'static str> = None;
-                let mut restarted = false;
+                let (mut restarted, mut rewrite) = (false, false);
                 loop {
                     let desired = *want.borrow_and_update();
                     let role = desired.role(Moment::now());
@@ -184,6 +188,11 @@ impl FenceKeeper {
                         fence.apply(role, &|| still(role)).await
                     } else if std::mem::take(&mut restarted) {
                         tracing::info!(role, "slapd (re)started: setting its fence at once");
+                        fence.repair(role, &|| still(role)).await
+                    } else if std::mem::take(&mut rewrite) && role == ROLE_STANDBY {
+                        tracing::debug!(
+                            "writing the standby fence again (slapd's syncrepl consumer leaves its blocking read)"
+                        );
                         fence.repair(role, &|| still(role)).await
                     } else {
                         match fence.verify(role).await {
@@ -210,6 +219,7 @@ impl FenceKeeper {
                             applied_tx.send_replace(None);
                             restarted = true;
                         }
+                        _ = rewrite_asked.notified() => rewrite = true,
                         _ = tokio::time::sleep(nap) => {}
                     }
                 }
@@ -219,7 +229,17 @@ impl FenceKeeper {
                 _ = watch_starts => {}
             }
         });
-        FenceKeeper { desired, applied }
+        FenceKeeper { desired, applied, rewrite }
+    }
+
+    /// Asks the keeper to write a standby's fence again (nothing while leading). slapd 2.5 keeps
+    /// a syncrepl consumer that began its refresh under a steady stream of changes in a read
+    /// that waits up to the syncrepl `timeout=` for the next one, and every cn=config change
+    /// waits for that read; a change made while changes arrive ends it at the next one, for the
+    /// rest of the consumer's session. Otherwise the unfence that makes this standby the writer
+    /// would wait for the timeout after the old leader's last write (docs/openldap.md).
+    pub fn unblock_replication(&self) {
+        self.rewrite.notify_one();
     }
 
     /// Whether slapd is confirmed fenced (the last standby change was read back, or slapd is
@@ -427,6 +447,59 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             slapd.stop();
         }
+        cancel.cancel();
+    }
+
+    /// A slapd that counts the fence writes it gets, by role.
+    #[derive(Clone, Default)]
+    struct CountingSlapd {
+        writes: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
+    }
+
+    impl CountingSlapd {
+        fn writes(&self) -> Vec<&'static str> {
+            self.writes.lock().unwrap().clone()
+        }
+    }
+
+    impl Fencing for CountingSlapd {
+        async fn apply(&self, role: &'static str, _still: &(dyn Fn() -> bool + Sync)) -> bool {
+            self.writes.lock().unwrap().push(role);
+            true
+        }
+        async fn verify(&self, _role: &'static str) -> Option<bool> {
+            Some(true)
+        }
+        async fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+            self.apply(role, still).await
+        }
+    }
+
+    /// The unfence of a hand-over must not wait for slapd's syncrepl consumer: a standby's
+    /// fence is written again when asked (a verify only reads), a leader's never.
+    #[tokio::test]
+    async fn asked_to_unblock_replication_a_standby_writes_its_fence_again_and_a_leader_does_not() {
+        let slapd = CountingSlapd::default();
+        let cancel = CancellationToken::new();
+        let keeper = FenceKeeper::start(slapd.clone(), cancel.clone());
+        assert!(keeper.set(WantedFence::Standby, Duration::from_secs(1)).await);
+        for _ in 0..2 {
+            let before = slapd.writes().len();
+            keeper.unblock_replication();
+            let wrote_again = async {
+                while slapd.writes().len() == before {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_millis(500), wrote_again).await.expect("written again, not only read");
+        }
+        assert_eq!(slapd.writes(), [ROLE_STANDBY; 3]);
+
+        let leader = WantedFence::Leader { until: Moment::now() + Duration::from_secs(60) };
+        assert!(keeper.set(leader, Duration::from_secs(1)).await);
+        keeper.unblock_replication();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(slapd.writes(), [ROLE_STANDBY, ROLE_STANDBY, ROLE_STANDBY, ROLE_LEADER], "a leader's fence stays");
         cancel.cancel();
     }
 

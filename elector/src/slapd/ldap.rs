@@ -131,10 +131,13 @@ impl Probe for LdapCheck {
 /// (their writes get `53 unwillingToPerform`); replication into the database still applies.
 ///
 /// Latency: usually a few milliseconds, but slapd pauses all its threads for a cn=config
-/// change, and a syncrepl consumer that has just (re)connected holds that pause off until
-/// a message arrives or its syncrepl `timeout=` passes (2.5.13, observed and in the
-/// source). Budget that timeout; on `Timeout` the change is still queued in slapd and will
-/// apply later, so read back with [`is_read_only`] before trusting either state.
+/// change, and a syncrepl consumer holds that pause off until a message arrives or its
+/// syncrepl `timeout=` passes when it is in its refresh read: from the start of its session
+/// for as long as changes keep arriving less than that timeout apart (2.5.13, observed and in
+/// the source: `do_syncrep2` takes its read timeout once, when the refresh begins; a pause
+/// ends that read at the next change). Budget that timeout; on `Timeout` the change is still
+/// queued in slapd and will apply later, so read back with [`is_read_only`] before trusting
+/// either state.
 pub async fn set_read_only(
     ldapi_url: &str,
     database: &FencedDatabase,

@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The node's own address, on an interface of its own (TEST-NET-3): the kubelet serves
 /// on it, the API server listens and advertises on it, and pods reach it through their gateway.
@@ -212,10 +213,33 @@ shutdownGracePeriod: 0s
     )
 }
 
+/// kube-proxy's own default `minSyncPeriod`: after each sync of its rules it waits this long
+/// before the next (1.35 has no burst), so the second of two endpoint changes a few hundred
+/// milliseconds apart is programmed about a second after the first. (A `0s` in the file is
+/// not "no wait": kube-proxy reads a zero as unset and applies this default.)
+pub const KUBE_PROXY_MIN_SYNC: Duration = Duration::from_secs(1);
+
+/// A bench's other cluster setting: kube-proxy's `minSyncPeriod` in milliseconds (default
+/// [`KUBE_PROXY_MIN_SYNC`], kube-proxy's own). docs/real-node.md, "Settings".
+pub const KUBE_PROXY_MIN_SYNC_ENV: &str = "LDAP_ELECTOR_KUBE_PROXY_MIN_SYNC_MS";
+
+/// kube-proxy's minimum sync period from [`KUBE_PROXY_MIN_SYNC_ENV`]'s value, if set: a whole
+/// number of milliseconds ≥ 1 (kube-proxy reads 0 as "use the default").
+pub fn kube_proxy_min_sync(value: Option<&str>) -> anyhow::Result<Duration> {
+    let Some(value) = value else { return Ok(KUBE_PROXY_MIN_SYNC) };
+    match value.trim().parse::<u64>() {
+        Ok(ms) if ms >= 1 => Ok(Duration::from_millis(ms)),
+        _ => anyhow::bail!("{KUBE_PROXY_MIN_SYNC_ENV}={value:?}: expected whole milliseconds ≥ 1 (e.g. 100)"),
+    }
+}
+
 /// kube-proxy in iptables mode: NodePorts only on the node IP, no localhost NodePorts (that
 /// would set route_localnet), conntrack sysctls left alone, health/metrics only on the node IP
-/// (empty means the defaults, which listen on all addresses).
-pub fn kube_proxy_yaml(kubeconfig: &Path) -> String {
+/// (empty means the defaults, which listen on all addresses). `min_sync`: the rules' minimum
+/// sync period (a whole number of milliseconds ≥ 1; [`KUBE_PROXY_MIN_SYNC`] unless a bench
+/// measures another cluster setting).
+pub fn kube_proxy_yaml(kubeconfig: &Path, min_sync: Duration) -> String {
+    let min_sync_ms = min_sync.as_millis().max(1);
     format!(
         r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -232,7 +256,7 @@ iptables:
   localhostNodePorts: false
   masqueradeAll: false
   syncPeriod: 10s
-  minSyncPeriod: 0s
+  minSyncPeriod: {min_sync_ms}ms
 conntrack:
   maxPerCore: 0
   min: 0
@@ -304,6 +328,19 @@ mod tests {
         for line in toml.lines().filter(|l| l.contains("= \"/")) {
             let path = line.split('"').nth(1).unwrap_or_default();
             assert!(path.starts_with("/m/") || path == CNI_BIN_DIR || path == RUNC, "{line}");
+        }
+    }
+
+    #[test]
+    fn kube_proxy_gets_the_minimum_sync_period_it_is_given_never_a_zero_it_would_read_as_unset() {
+        let yaml = |d| kube_proxy_yaml(Path::new("/k"), d);
+        assert!(yaml(KUBE_PROXY_MIN_SYNC).contains("minSyncPeriod: 1000ms"));
+        assert!(yaml(Duration::from_millis(100)).contains("minSyncPeriod: 100ms"));
+        assert!(yaml(Duration::ZERO).contains("minSyncPeriod: 1ms"));
+        assert_eq!(kube_proxy_min_sync(None).ok(), Some(KUBE_PROXY_MIN_SYNC));
+        assert_eq!(kube_proxy_min_sync(Some("100")).ok(), Some(Duration::from_millis(100)));
+        for bad in ["0", "1s", "-5", ""] {
+            assert!(kube_proxy_min_sync(Some(bad)).is_err(), "{bad}");
         }
     }
 

@@ -147,7 +147,8 @@ impl Prepared {
         write_private(&l.cni_conf_dir().join("10-ldap-elector-bed.conflist"), &config::cni_conflist(&l))?;
         let kubelet_port = free_node_port()?;
         write_private(&l.path("kubelet.yaml"), &config::kubelet_yaml(&l, kubelet_port))?;
-        write_private(&l.path("kube-proxy.yaml"), &config::kube_proxy_yaml(&proxy_kubeconfig))?;
+        let min_sync = config::kube_proxy_min_sync(std::env::var(config::KUBE_PROXY_MIN_SYNC_ENV).ok().as_deref())?;
+        write_private(&l.path("kube-proxy.yaml"), &config::kube_proxy_yaml(&proxy_kubeconfig, min_sync))?;
 
         let mut containerd = Command::new("containerd");
         containerd.arg("--config").arg(l.containerd_config());
