@@ -28,7 +28,6 @@ use ldap_elector_contract::SIDECAR_CONTAINER;
 use ldap_elector_tests::ldap::writer::{Attempt, ConnectFailure};
 use ldap_elector_tests::measure::writability::Answer;
 use ldap_elector_tests::measure::{self, Machine};
-use ldap_elector_tests::node::config;
 use ldap_elector_tests::node::consumer::manifests::SLAPD_CONTAINER;
 use ldap_elector_tests::node::consumer::scenario::{Plain, Scenario, LEASE};
 use ldap_elector_tests::node::consumer::{faults, pod_name, summary, NAMESPACE};
@@ -43,8 +42,7 @@ pub async fn run() -> anyhow::Result<()> {
     ldap_elector_tests::logging::init("warn,kube_client=off");
     let runs = measure::runs();
     let s = Scenario::start_writing_for(&Plain, WRITE_FOR).await?;
-    let min_sync = config::kube_proxy_min_sync(std::env::var(config::KUBE_PROXY_MIN_SYNC_ENV).ok().as_deref())?;
-    eprintln!("set-up {:.1}s; kube-proxy minSyncPeriod {min_sync:?}", s.setup.as_secs_f64());
+    eprintln!("set-up {:.1}s; kube-proxy minSyncPeriod {:?}", s.setup.as_secs_f64(), s.node().kube_proxy_min_sync);
 
     let mut memory = Vec::new();
     for _ in 0..MEMORY_SAMPLES {

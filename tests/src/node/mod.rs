@@ -218,6 +218,7 @@ impl Prepared {
         Ok(RealNode {
             images: images.images,
             timings,
+            kube_proxy_min_sync: min_sync,
             processes: vec![kubelet, kube_proxy, scheduler, containerd],
             teardown: self.teardown,
         })
@@ -239,6 +240,8 @@ pub struct RealNode {
     /// The images imported into the node's containerd.
     pub images: images::Images,
     pub timings: Timings,
+    /// kube-proxy's `minSyncPeriod` on this node ([`config::KUBE_PROXY_MIN_SYNC_ENV`]).
+    pub kube_proxy_min_sync: Duration,
     /// In stop order: the kubelet first (it would restart containers), containerd last.
     processes: Vec<Child>,
     teardown: Teardown,
