@@ -117,12 +117,23 @@ pub fn build(repo: &Path, target_dir: &Path, binary: &Binary) -> Result<PathBuf,
     Ok(target_dir.join(MUSL_TARGET).join("release").join(binary.name))
 }
 
+/// `cargo metadata --no-deps` of the workspace in `repo` (JSON).
+pub fn workspace_metadata(repo: &Path, target_dir: &Path) -> Result<Vec<u8>, ImageError> {
+    let args = ["metadata", "--no-deps", "--locked", "--format-version", "1"];
+    Ok(cmd::output(cargo(repo, target_dir).args(args))?.stdout)
+}
+
+/// What reaches a binary besides its sources: the target, the flags, the profile and the
+/// toolchain (`rustc -vV` in `repo`, which picks rust-toolchain.toml).
+pub fn build_facts(repo: &Path) -> Result<String, ImageError> {
+    let rustc = cmd::output(Command::new("rustc").current_dir(repo).arg("-vV"))?;
+    Ok(format!("{MUSL_TARGET}\n{}\nrelease\n{}", rustflags(), String::from_utf8_lossy(&rustc.stdout)))
+}
+
 /// Removes what `target_dir` holds of the workspace's own packages (`cargo clean -p` each),
 /// keeping the registry crates.
 pub fn clean_workspace_members(repo: &Path, target_dir: &Path) -> Result<(), ImageError> {
-    let metadata =
-        cmd::output(cargo(repo, target_dir).args(["metadata", "--no-deps", "--locked", "--format-version", "1"]))?;
-    let members = workspace_members(&metadata.stdout)?;
+    let members = workspace_members(&workspace_metadata(repo, target_dir)?)?;
     let mut clean = cargo(repo, target_dir);
     clean.args(["clean", "--release", "--target", MUSL_TARGET]);
     for member in &members {

@@ -10,6 +10,7 @@ pub mod layer;
 pub mod oci;
 pub mod openldap;
 pub mod pause;
+mod source_key;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ pub enum ImageError {
     MissingTool { tool: &'static str, package: &'static str },
     #[error("apt-cache knows no candidate for {0}: run apt-get update")]
     NoCandidate(String),
+    #[error("cargo metadata lists no workspace package {0}")]
+    NotInWorkspace(String),
     #[error("the OpenLDAP rootfs lacks {0}")]
     RootfsLacks(String),
     #[error("cannot run {command}: {source}")]
@@ -275,6 +278,51 @@ fn mark_used_and_prune(cache: &Path, dir: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
+/// Where built binaries are kept by [`source_key::key`]: `<name>-<key>`.
+const KEPT_BINARIES: &str = "binaries";
+
+/// Removes kept binaries unused for [`UNUSED_MUSL_TARGET_KEPT`] (each commit that changes
+/// the sources keeps ~17 MB).
+fn prune_kept_binaries(dir: &Path) {
+    let now = std::time::SystemTime::now();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let used = entry.metadata().and_then(|m| m.modified());
+        if used.is_ok_and(|used| now.duration_since(used).is_ok_and(|age| age > UNUSED_MUSL_TARGET_KEPT)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The binary built from the sources `key` names: the kept copy when there is one (a checkout
+/// of the same sources built it before), else a build in this checkout's musl target directory
+/// (seeded from another checkout's registry crates), then kept.
+fn kept_binary(
+    root: &Path,
+    repo: &Path,
+    target_dir: &Path,
+    binary: &binaries::Binary,
+    key: &str,
+) -> Result<Vec<u8>, ImageError> {
+    let kept_dir = root.join(KEPT_BINARIES);
+    let kept = kept_dir.join(format!("{}-{key}", binary.name));
+    if let Ok(data) = std::fs::read(&kept) {
+        // Marks it used for the pruning below.
+        let _ = std::fs::File::options()
+            .append(true)
+            .open(&kept)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        tracing::info!(binary = binary.name, key, "kept binary of the same sources, no build");
+        return Ok(data);
+    }
+    seed_musl_target_dir(root, target_dir, repo)?;
+    let path = binaries::build(repo, target_dir, binary)?;
+    mark_used_and_prune(root, target_dir)?;
+    let data = std::fs::read(&path).map_err(|e| ImageError::io(&path, e))?;
+    std::fs::create_dir_all(&kept_dir).map_err(|e| ImageError::io(&kept_dir, e))?;
+    write_atomically(&kept, &data)?;
+    Ok(data)
+}
+
 /// Builds what is missing, without touching containerd: cargo decides for the musl binaries,
 /// the OpenLDAP rootfs is cached by package versions, archives are written only when their
 /// digest is new. Blocking (minutes when cold): call it through `spawn_blocking`.
@@ -290,16 +338,18 @@ pub fn build() -> Result<Built, ImageError> {
 
     let repo = repo_root();
     let target_dir = musl_target_dir(&root, &repo);
-    seed_musl_target_dir(&root, &target_dir, &repo)?;
+    let metadata = binaries::workspace_metadata(&repo, &target_dir)?;
+    let facts = binaries::build_facts(&repo)?;
     let mut shipped = Vec::new();
     for binary in [binaries::ELECTOR, binaries::WEBHOOK] {
         let started = Instant::now();
-        let path = binaries::build(&repo, &target_dir, &binary)?;
-        let data = std::fs::read(&path).map_err(|e| ImageError::io(&path, e))?;
+        let dirs = source_key::package_dirs(&metadata, binary.package)?;
+        let key = source_key::key(&repo, &dirs, &[&facts, binary.name])?;
+        let data = kept_binary(&root, &repo, &target_dir, &binary, &key)?;
         let (spec, tree) = binaries::image(&binary, version, data)?;
         shipped.push(save(&store, &spec, &tree, started)?);
     }
-    mark_used_and_prune(&root, &target_dir)?;
+    prune_kept_binaries(&root.join(KEPT_BINARIES));
 
     let started = Instant::now();
     let (openldap, openldap_uid, openldap_gid) = openldap_image(&store, started)?;
