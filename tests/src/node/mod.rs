@@ -76,6 +76,8 @@ pub struct Prepared {
     kubelet_token: String,
     proxy_token: String,
     scheduler_token: String,
+    /// The images, built (or found) while the control plane starts.
+    images: tokio::task::JoinHandle<Result<images::Built, images::ImageError>>,
 }
 
 impl Prepared {
@@ -103,6 +105,7 @@ impl Prepared {
             write_private(&l.pki(name), body)?;
         }
         Ok(Prepared {
+            images: tokio::task::spawn_blocking(images::build_once),
             teardown,
             kubelet_token: random_hex(24)?,
             proxy_token: random_hex(24)?,
@@ -134,7 +137,7 @@ impl Prepared {
     pub async fn start(self, bed: &Bed) -> anyhow::Result<RealNode> {
         let started = Instant::now();
         let l = self.teardown.layout.clone();
-        let images = tokio::task::spawn_blocking(images::build).await??;
+        let images = self.images.await??;
         let kubeconfig = |name: &str, token: &str| -> anyhow::Result<PathBuf> {
             let path = l.path(&format!("{name}.kubeconfig"));
             write_private(&path, &kubeconfig_yaml(&bed.api_url, &bed.ca_pem, Token::Inline(token)))?;

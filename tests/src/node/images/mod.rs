@@ -369,11 +369,17 @@ pub fn build() -> Result<Built, ImageError> {
     Ok(Built { images, archives })
 }
 
-/// The one entry point: `build()` and import into `target`. Blocking.
-pub fn ensure(target: &ImportTarget) -> Result<Images, ImageError> {
-    let built = build()?;
-    built.import(target)?;
-    Ok(built.images)
+/// [`build`] once per process: a test binary's sources do not change while it runs, and even
+/// a warm build reads the package versions and hashes the sources (~3 s per real node).
+pub fn build_once() -> Result<Built, ImageError> {
+    static BUILT: std::sync::Mutex<Option<Built>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(built) = built.as_ref() {
+        return Ok(built.clone());
+    }
+    let fresh = build()?;
+    *built = Some(fresh.clone());
+    Ok(fresh)
 }
 
 #[cfg(test)]
