@@ -1,6 +1,7 @@
 //! Container images for the real node, built without Docker or a registry: reproducible OCI
 //! archives (`oci`, `layer`) of the pause process (`pause`), the two shipped binaries
-//! (`binaries`, as their Dockerfiles build them) and an OpenLDAP rootfs from Debian packages
+//! (`binaries`, as their Dockerfiles build them, kept by a key of their sources: `source_key`)
+//! and an OpenLDAP rootfs from Debian packages
 //! (`openldap`), cached under `~/.cache/ldap-elector/images` and imported with `ctr`.
 //! docs/images.md describes the images and the cache.
 pub mod binaries;
