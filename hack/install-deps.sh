@@ -9,8 +9,9 @@ command -v make >/dev/null || need+=(make)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 { command -v slapd >/dev/null || [ -x /usr/sbin/slapd ]; } || need+=(slapd)
 command -v ldapsearch >/dev/null || need+=(ldap-utils)
-# The real node (docs/real-node.md): containerd + runc, CNI plugins, kube-proxy's iptables and
-# conntrack, and busybox-static (a static httpd the real-node e2e mounts into a container).
+# The real node (docs/real-node.md): containerd + runc, CNI plugins, kube-proxy's iptables,
+# nft (its nftables mode) and conntrack, and busybox-static (a static httpd the real-node e2e
+# mounts into a container).
 # The bed starts its own containerd; the package's system service is kept from running.
 real_node=()
 command -v containerd >/dev/null || real_node+=(containerd)
@@ -18,6 +19,7 @@ command -v runc >/dev/null || real_node+=(runc)
 [ -x /usr/lib/cni/bridge ] || real_node+=(containernetworking-plugins)
 command -v iptables >/dev/null || real_node+=(iptables)
 command -v conntrack >/dev/null || real_node+=(conntrack)
+command -v nft >/dev/null || real_node+=(nftables)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || real_node+=(busybox-static)
 need+=("${real_node[@]}")
 # Container images without a registry (docs/images.md): musl-gcc for the static binaries and

@@ -15,7 +15,8 @@
 //!
 //! `BENCH_FAULTS` (e.g. `deletion`, or `slapd,elector`; default all three) picks the faults;
 //! `LDAP_ELECTOR_KUBE_PROXY_MIN_SYNC_MS` measures a cluster whose kube-proxy syncs more often
-//! than its default (1000).
+//! than its default (1000), `LDAP_ELECTOR_KUBE_PROXY_MODE=nftables` one whose kube-proxy runs
+//! in nftables mode (default iptables).
 //! Each deletion run also prints what the client saw in its longest gap. After every round
 //! all acknowledged writes must be on both servers: a loss stops the bench with the logs
 //! (`BENCH_AUDIT=end`: only at the end, as before).
@@ -42,7 +43,13 @@ pub async fn run() -> anyhow::Result<()> {
     ldap_elector_tests::logging::init("warn,kube_client=off");
     let runs = measure::runs();
     let s = Scenario::start_writing_for(&Plain, WRITE_FOR).await?;
-    eprintln!("set-up {:.1}s; kube-proxy minSyncPeriod {:?}", s.setup.as_secs_f64(), s.node().kube_proxy_min_sync);
+    let proxy = s.node().proxy_settings;
+    eprintln!(
+        "set-up {:.1}s; kube-proxy mode {}, minSyncPeriod {:?}",
+        s.setup.as_secs_f64(),
+        proxy.mode.as_str(),
+        proxy.min_sync
+    );
 
     let mut memory = Vec::new();
     for _ in 0..MEMORY_SAMPLES {

@@ -1,6 +1,7 @@
 //! Removing a real node, idempotently: after a normal stop, and at the next start when a
 //! crashed run left one behind (a kill -9 of the test leaves containerd's shims, the
-//! containers, mounts, the bridge, iptables chains, cgroups and changed sysctls).
+//! containers, mounts, the bridge, iptables chains or nftables tables, cgroups and changed
+//! sysctls).
 //! Everything is found from fixed names (the machine dir, our links, our chain prefixes, the
 //! `kubepods` cgroups) — never by a broad process name.
 
@@ -46,6 +47,7 @@ pub fn cleanup(layout: &Layout) -> Vec<String> {
         }
     }
     host::remove_chains();
+    host::remove_nft_tables();
     let state_file = layout.machine.join(HOST_STATE_FILE);
     if let Ok(text) = std::fs::read_to_string(&state_file) {
         HostState::parse(&text).restore();
@@ -81,6 +83,9 @@ pub fn leftovers(layout: &Layout) -> Vec<String> {
         if host::strip_chains(&dump).is_some() {
             left.push(format!("{save}: KUBE-/CNI- chains"));
         }
+    }
+    if host::nft_tables_left() {
+        left.push("nftables table kube-proxy".into());
     }
     if layout.machine.exists() {
         left.push(format!("dir {machine}"));

@@ -223,27 +223,79 @@ pub const KUBE_PROXY_MIN_SYNC: Duration = Duration::from_secs(1);
 /// [`KUBE_PROXY_MIN_SYNC`], kube-proxy's own). docs/real-node.md, "Settings".
 pub const KUBE_PROXY_MIN_SYNC_ENV: &str = "LDAP_ELECTOR_KUBE_PROXY_MIN_SYNC_MS";
 
-/// kube-proxy's minimum sync period from [`KUBE_PROXY_MIN_SYNC_ENV`]'s value, if set: a whole
-/// number of milliseconds ≥ 1 (kube-proxy reads 0 as "use the default").
-pub fn kube_proxy_min_sync(value: Option<&str>) -> anyhow::Result<Duration> {
-    let Some(value) = value else { return Ok(KUBE_PROXY_MIN_SYNC) };
-    match value.trim().parse::<u64>() {
-        Ok(ms) if ms >= 1 => Ok(Duration::from_millis(ms)),
-        _ => anyhow::bail!("{KUBE_PROXY_MIN_SYNC_ENV}={value:?}: expected whole milliseconds ≥ 1 (e.g. 100)"),
+/// A bench's other cluster setting: kube-proxy's backend, `iptables` (default, what most
+/// clusters run) or `nftables`. docs/real-node.md, "Settings".
+pub const KUBE_PROXY_MODE_ENV: &str = "LDAP_ELECTOR_KUBE_PROXY_MODE";
+
+/// kube-proxy's backend. They differ in how a sync is applied: iptables mode writes its
+/// rules with one `iptables-restore` that commits the `filter` table and then the `nat`
+/// table, two separate commits; nftables mode replaces its one table in one transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyMode {
+    Iptables,
+    Nftables,
+}
+
+impl ProxyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyMode::Iptables => "iptables",
+            ProxyMode::Nftables => "nftables",
+        }
     }
 }
 
-/// kube-proxy in iptables mode: NodePorts only on the node IP, no localhost NodePorts (that
+/// The kube-proxy settings a node runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxySettings {
+    pub mode: ProxyMode,
+    /// `minSyncPeriod`: a whole number of milliseconds ≥ 1 (kube-proxy reads 0 as unset).
+    pub min_sync: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings { mode: ProxyMode::Iptables, min_sync: KUBE_PROXY_MIN_SYNC }
+    }
+}
+
+impl ProxySettings {
+    /// From [`KUBE_PROXY_MODE_ENV`] and [`KUBE_PROXY_MIN_SYNC_ENV`]'s values, where set.
+    pub fn parse(mode: Option<&str>, min_sync: Option<&str>) -> anyhow::Result<ProxySettings> {
+        let mut settings = ProxySettings::default();
+        if let Some(mode) = mode {
+            settings.mode = match mode.trim() {
+                "iptables" => ProxyMode::Iptables,
+                "nftables" => ProxyMode::Nftables,
+                _ => anyhow::bail!("{KUBE_PROXY_MODE_ENV}={mode:?}: expected iptables or nftables"),
+            };
+        }
+        if let Some(value) = min_sync {
+            settings.min_sync = match value.trim().parse::<u64>() {
+                Ok(ms) if ms >= 1 => Duration::from_millis(ms),
+                _ => anyhow::bail!("{KUBE_PROXY_MIN_SYNC_ENV}={value:?}: expected whole milliseconds ≥ 1 (e.g. 100)"),
+            };
+        }
+        Ok(settings)
+    }
+
+    /// From this process's environment.
+    pub fn from_env() -> anyhow::Result<ProxySettings> {
+        let var = |name| std::env::var(name).ok();
+        ProxySettings::parse(var(KUBE_PROXY_MODE_ENV).as_deref(), var(KUBE_PROXY_MIN_SYNC_ENV).as_deref())
+    }
+}
+
+/// kube-proxy in `settings.mode`: NodePorts only on the node IP, no localhost NodePorts (that
 /// would set route_localnet), conntrack sysctls left alone, health/metrics only on the node IP
-/// (empty means the defaults, which listen on all addresses). `min_sync`: the rules' minimum
-/// sync period (a whole number of milliseconds ≥ 1; [`KUBE_PROXY_MIN_SYNC`] unless a bench
-/// measures another cluster setting).
-pub fn kube_proxy_yaml(kubeconfig: &Path, min_sync: Duration) -> String {
-    let min_sync_ms = min_sync.as_millis().max(1);
+/// (empty means the defaults, which listen on all addresses); both backends' sections carry
+/// the same sync periods (the other one is ignored).
+pub fn kube_proxy_yaml(kubeconfig: &Path, settings: ProxySettings) -> String {
+    let min_sync_ms = settings.min_sync.as_millis().max(1);
     format!(
         r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
-mode: iptables
+mode: {mode}
 clusterCIDR: {POD_CIDR}
 hostnameOverride: {NODE_NAME}
 bindAddress: {NODE_IP}
@@ -257,12 +309,17 @@ iptables:
   masqueradeAll: false
   syncPeriod: 10s
   minSyncPeriod: {min_sync_ms}ms
+nftables:
+  masqueradeAll: false
+  syncPeriod: 10s
+  minSyncPeriod: {min_sync_ms}ms
 conntrack:
   maxPerCore: 0
   min: 0
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
 "#,
+        mode = settings.mode.as_str(),
         kubeconfig = s(kubeconfig),
     )
 }
@@ -332,16 +389,21 @@ mod tests {
     }
 
     #[test]
-    fn kube_proxy_gets_the_minimum_sync_period_it_is_given_never_a_zero_it_would_read_as_unset() {
-        let yaml = |d| kube_proxy_yaml(Path::new("/k"), d);
-        assert!(yaml(KUBE_PROXY_MIN_SYNC).contains("minSyncPeriod: 1000ms"));
-        assert!(yaml(Duration::from_millis(100)).contains("minSyncPeriod: 100ms"));
-        assert!(yaml(Duration::ZERO).contains("minSyncPeriod: 1ms"));
-        assert_eq!(kube_proxy_min_sync(None).ok(), Some(KUBE_PROXY_MIN_SYNC));
-        assert_eq!(kube_proxy_min_sync(Some("100")).ok(), Some(Duration::from_millis(100)));
+    fn kube_proxy_gets_the_mode_and_minimum_sync_period_it_is_given_never_a_zero_it_would_read_as_unset() {
+        let yaml = |mode, min_sync| kube_proxy_yaml(Path::new("/k"), ProxySettings { mode, min_sync });
+        let default = kube_proxy_yaml(Path::new("/k"), ProxySettings::default());
+        assert!(default.contains("mode: iptables\n") && default.matches("minSyncPeriod: 1000ms").count() == 2);
+        let nft = yaml(ProxyMode::Nftables, Duration::from_millis(100));
+        assert!(nft.contains("mode: nftables\n") && nft.matches("minSyncPeriod: 100ms").count() == 2);
+        assert!(yaml(ProxyMode::Iptables, Duration::ZERO).contains("minSyncPeriod: 1ms"));
+
+        assert_eq!(ProxySettings::parse(None, None).ok(), Some(ProxySettings::default()));
+        let parsed = ProxySettings::parse(Some("nftables"), Some("100")).ok();
+        assert_eq!(parsed, Some(ProxySettings { mode: ProxyMode::Nftables, min_sync: Duration::from_millis(100) }));
         for bad in ["0", "1s", "-5", ""] {
-            assert!(kube_proxy_min_sync(Some(bad)).is_err(), "{bad}");
+            assert!(ProxySettings::parse(None, Some(bad)).is_err(), "{bad}");
         }
+        assert!(ProxySettings::parse(Some("ipvs"), None).is_err());
     }
 
     #[test]

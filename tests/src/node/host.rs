@@ -169,6 +169,29 @@ pub fn remove_chains() {
     }
 }
 
+/// kube-proxy's table in nftables mode, in both families.
+const NFT_TABLES: [(&str, &str); 2] = [("ip", "kube-proxy"), ("ip6", "kube-proxy")];
+
+/// Removes kube-proxy's nftables tables (nftables mode); nothing without `nft` or the tables.
+pub fn remove_nft_tables() {
+    for (family, table) in NFT_TABLES {
+        if nft_table_exists(family, table) {
+            if let Err(e) = run("nft", &["delete", "table", family, table]) {
+                tracing::warn!(family, table, error = %e, "real node: cannot remove the nftables table");
+            }
+        }
+    }
+}
+
+/// Whether one of kube-proxy's nftables tables is still there.
+pub fn nft_tables_left() -> bool {
+    NFT_TABLES.iter().any(|(family, table)| nft_table_exists(family, table))
+}
+
+fn nft_table_exists(family: &str, table: &str) -> bool {
+    run("nft", &["list", "table", family, table]).is_ok()
+}
+
 fn restore_table(restore: &str, rules: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut child = Command::new(restore)

@@ -150,8 +150,8 @@ impl Prepared {
         write_private(&l.cni_conf_dir().join("10-ldap-elector-bed.conflist"), &config::cni_conflist(&l))?;
         let kubelet_port = free_node_port()?;
         write_private(&l.path("kubelet.yaml"), &config::kubelet_yaml(&l, kubelet_port))?;
-        let min_sync = config::kube_proxy_min_sync(std::env::var(config::KUBE_PROXY_MIN_SYNC_ENV).ok().as_deref())?;
-        write_private(&l.path("kube-proxy.yaml"), &config::kube_proxy_yaml(&proxy_kubeconfig, min_sync))?;
+        let proxy_settings = config::ProxySettings::from_env()?;
+        write_private(&l.path("kube-proxy.yaml"), &config::kube_proxy_yaml(&proxy_kubeconfig, proxy_settings))?;
 
         let mut containerd = Command::new("containerd");
         containerd.arg("--config").arg(l.containerd_config());
@@ -221,7 +221,7 @@ impl Prepared {
         Ok(RealNode {
             images: images.images,
             timings,
-            kube_proxy_min_sync: min_sync,
+            proxy_settings,
             processes: vec![kubelet, kube_proxy, scheduler, containerd],
             teardown: self.teardown,
         })
@@ -243,8 +243,8 @@ pub struct RealNode {
     /// The images imported into the node's containerd.
     pub images: images::Images,
     pub timings: Timings,
-    /// kube-proxy's `minSyncPeriod` on this node ([`config::KUBE_PROXY_MIN_SYNC_ENV`]).
-    pub kube_proxy_min_sync: Duration,
+    /// kube-proxy's mode and `minSyncPeriod` on this node ([`config::ProxySettings::from_env`]).
+    pub proxy_settings: config::ProxySettings,
     /// In stop order: the kubelet first (it would restart containers), containerd last.
     processes: Vec<Child>,
     teardown: Teardown,
