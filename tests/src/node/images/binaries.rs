@@ -123,12 +123,26 @@ pub fn workspace_metadata(repo: &Path, target_dir: &Path) -> Result<Vec<u8>, Ima
     Ok(cmd::output(cargo(repo, target_dir).args(args))?.stdout)
 }
 
-/// What reaches a binary besides its sources: the target, the flags, the profile and the
-/// toolchain (`rustc -vV` in `repo`, which picks rust-toolchain.toml).
+/// What reaches a binary besides its sources: the target, the flags, the profile, the
+/// toolchain (`rustc -vV` in `repo`, which picks rust-toolchain.toml) and the user's build
+/// settings ([`BUILD_VARIABLE_PREFIXES`]).
 pub fn build_facts(repo: &Path) -> Result<String, ImageError> {
     let rustc = cmd::output(Command::new("rustc").current_dir(repo).arg("-vV"))?;
-    Ok(format!("{MUSL_TARGET}\n{}\nrelease\n{}", rustflags(), String::from_utf8_lossy(&rustc.stdout)))
+    let mut facts = format!("{MUSL_TARGET}\n{}\nrelease\n{}", rustflags(), String::from_utf8_lossy(&rustc.stdout));
+    let mut variables: Vec<String> = std::env::vars()
+        .filter(|(name, _)| BUILD_VARIABLE_PREFIXES.iter().any(|p| name.starts_with(p)))
+        .map(|(name, value)| format!("{name}={value}\n"))
+        .collect();
+    variables.sort();
+    facts.extend(variables);
+    facts.push_str(&std::fs::read_to_string(cargo_home().join("config.toml")).unwrap_or_default());
+    Ok(facts)
 }
+
+/// Variables a user may set that change what cargo or the C compiler (ring's) builds: profile
+/// and target overrides, compilers and their flags. The user's cargo config counts too.
+const BUILD_VARIABLE_PREFIXES: [&str; 6] =
+    ["CARGO_PROFILE_", "CARGO_TARGET_X86_64", "CC", "CFLAGS", "TARGET_C", "RUSTC"];
 
 /// Removes what `target_dir` holds of the workspace's own packages (`cargo clean -p` each),
 /// keeping the registry crates.

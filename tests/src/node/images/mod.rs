@@ -1,9 +1,9 @@
 //! Container images for the real node, built without Docker or a registry: reproducible OCI
 //! archives (`oci`, `layer`) of the pause process (`pause`), the two shipped binaries
-//! (`binaries`, as their Dockerfiles build them, kept by a key of their sources: `source_key`)
-//! and an OpenLDAP rootfs from Debian packages
-//! (`openldap`), cached under `~/.cache/ldap-elector/images` and imported with `ctr`.
-//! docs/images.md describes the images and the cache.
+//! (`binaries`, as their Dockerfiles build them, kept by a key of their sources:
+//! `source_key`) and an OpenLDAP rootfs from Debian packages (`openldap`), cached under
+//! `~/.cache/ldap-elector` and imported with `ctr`. docs/images.md describes the images and
+//! the cache.
 pub mod binaries;
 mod cmd;
 pub mod ctr;
@@ -324,8 +324,8 @@ fn kept_binary(
     Ok(data)
 }
 
-/// Builds what is missing, without touching containerd: cargo decides for the musl binaries,
-/// the OpenLDAP rootfs is cached by package versions, archives are written only when their
+/// Builds what is missing, without touching containerd: a musl binary is built (cargo decides
+/// what is stale) only when none is kept for the key of its sources, the OpenLDAP rootfs is cached by package versions, archives are written only when their
 /// digest is new. Blocking (minutes when cold): call it through `spawn_blocking`.
 pub fn build() -> Result<Built, ImageError> {
     let root = cache_root();
