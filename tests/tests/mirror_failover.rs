@@ -310,12 +310,12 @@ impl Rig {
 
         // Converged: pause the writer, compare, resume.
         let pause = self.writer.pause().await;
-        let unacknowledged = unacknowledged(&self.writer.attempts());
+        let unacknowledged = writer::unacknowledged(&self.writer.attempts());
         let converged = self.slapd.wait_converged_tolerating(HEAL, &unacknowledged).await;
         let acked = self.writer.acked();
         let checked = match converged {
             Ok((uids, csn, one_sided)) => {
-                report_one_sided(&one_sided, kind.describe());
+                writer::report_one_sided(&one_sided, kind.describe());
                 let present: HashSet<&String> = uids.iter().collect();
                 let missing: Vec<&str> =
                     acked.iter().filter(|a| !present.contains(&a.uid)).map(|a| a.uid.as_str()).collect();
@@ -405,8 +405,8 @@ async fn writes_through_the_service_survive_every_failover_and_only_the_leader_a
     let acked: Vec<&Attempt> = attempts.iter().filter(|a| a.outcome == Outcome::Acked).collect();
 
     // Healed: every acknowledged write on both servers, the same contextCSN.
-    let (uids, csn, one_sided) = slapd.wait_converged_tolerating(HEAL, &unacknowledged(&attempts)).await?;
-    report_one_sided(&one_sided, "run");
+    let (uids, csn, one_sided) = slapd.wait_converged_tolerating(HEAL, &writer::unacknowledged(&attempts)).await?;
+    writer::report_one_sided(&one_sided, "run");
     let present: HashSet<&String> = uids.iter().collect();
     let lost: Vec<&str> = acked.iter().filter(|a| !present.contains(&a.uid)).map(|a| a.uid.as_str()).collect();
     assert!(lost.is_empty(), "{} acknowledged writes lost: {:?}", lost.len(), &lost[..lost.len().min(10)]);
@@ -491,19 +491,4 @@ async fn writes_through_the_service_survive_every_failover_and_only_the_leader_a
     );
     assert!(findings.is_empty(), "safety findings:\n{}", findings.join("\n"));
     Ok(())
-}
-
-/// The uids of writes the client never saw acknowledged (failed or cut off).
-fn unacknowledged(attempts: &[Attempt]) -> HashSet<String> {
-    attempts.iter().filter(|a| a.outcome != Outcome::Acked).map(|a| a.uid.clone()).collect()
-}
-
-/// A write the client saw fail may still be committed on the slapd that was killed under it
-/// and never replicate (the contextCSNs converge all the same): not a lost acknowledged
-/// write, but the servers differ. Reported, not failed on; the entry-level audit of
-/// docs/divergence.md is what detects it in production.
-fn report_one_sided(one_sided: &[String], after: &str) {
-    if !one_sided.is_empty() {
-        println!("          DIVERGED after the {after}: unacknowledged writes on one server only: {one_sided:?}");
-    }
 }

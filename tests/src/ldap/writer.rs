@@ -307,3 +307,18 @@ pub fn accepted_by_standby(
     }
     problems
 }
+
+/// The uids of writes the client never saw acknowledged (failed or cut off).
+pub fn unacknowledged(attempts: &[Attempt]) -> std::collections::HashSet<String> {
+    attempts.iter().filter(|a| a.outcome != Outcome::Acked).map(|a| a.uid.clone()).collect()
+}
+
+/// A write the client saw fail may still be committed on the slapd that was killed under it
+/// and never replicate (the contextCSNs converge all the same): not a lost acknowledged
+/// write, but the servers differ. Reported, not failed on; the entry-level audit of
+/// docs/divergence.md is what detects it in production.
+pub fn report_one_sided(one_sided: &[String], after: &str) {
+    if !one_sided.is_empty() {
+        println!("          DIVERGED after the {after}: unacknowledged writes on one server only: {one_sided:?}");
+    }
+}
