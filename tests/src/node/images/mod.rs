@@ -225,9 +225,15 @@ fn musl_target_dir(cache: &Path, repo: &Path) -> PathBuf {
     cache.join(format!("musl-target-{:016x}", hasher.finish()))
 }
 
-/// How long an unused musl target directory of another checkout is kept (a CI that clones to
-/// a new path each run would otherwise leave ~0.8 GiB per run).
-const UNUSED_MUSL_TARGET_KEPT: Duration = Duration::from_secs(3 * 24 * 3600);
+/// How long an unused musl target directory of another checkout, or an unused kept binary, is
+/// kept (a CI that clones to a new path each run would otherwise leave ~0.8 GiB per run, and
+/// each commit that changes the sources ~17 MB of binaries).
+const UNUSED_KEPT: Duration = Duration::from_secs(3 * 24 * 3600);
+
+/// Whether something last used at `used` has been unused for longer than [`UNUSED_KEPT`].
+fn unused_too_long(used: std::time::SystemTime, now: std::time::SystemTime) -> bool {
+    now.duration_since(used).is_ok_and(|age| age > UNUSED_KEPT)
+}
 /// Touched on every use of a musl target directory.
 const LAST_USED: &str = ".last-used";
 
@@ -266,13 +272,13 @@ fn musl_target_dirs(cache: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
 }
 
 /// Marks `dir` used now and removes the directories of other checkouts unused for
-/// [`UNUSED_MUSL_TARGET_KEPT`].
+/// [`UNUSED_KEPT`].
 fn mark_used_and_prune(cache: &Path, dir: &Path) -> Result<(), ImageError> {
     let marker = dir.join(LAST_USED);
     std::fs::write(&marker, b"").map_err(|e| ImageError::io(&marker, e))?;
     let now = std::time::SystemTime::now();
     for (other, used) in musl_target_dirs(cache) {
-        if other != dir && now.duration_since(used).is_ok_and(|age| age > UNUSED_MUSL_TARGET_KEPT) {
+        if other != dir && unused_too_long(used, now) {
             let _ = std::fs::remove_dir_all(&other);
         }
     }
@@ -282,13 +288,11 @@ fn mark_used_and_prune(cache: &Path, dir: &Path) -> Result<(), ImageError> {
 /// Where built binaries are kept by [`source_key::key`]: `<name>-<key>`.
 const KEPT_BINARIES: &str = "binaries";
 
-/// Removes kept binaries unused for [`UNUSED_MUSL_TARGET_KEPT`] (each commit that changes
-/// the sources keeps ~17 MB).
+/// Removes kept binaries unused for [`UNUSED_KEPT`].
 fn prune_kept_binaries(dir: &Path) {
     let now = std::time::SystemTime::now();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let used = entry.metadata().and_then(|m| m.modified());
-        if used.is_ok_and(|used| now.duration_since(used).is_ok_and(|age| age > UNUSED_MUSL_TARGET_KEPT)) {
+        if entry.metadata().and_then(|m| m.modified()).is_ok_and(|used| unused_too_long(used, now)) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -325,8 +329,9 @@ fn kept_binary(
 }
 
 /// Builds what is missing, without touching containerd: a musl binary is built (cargo decides
-/// what is stale) only when none is kept for the key of its sources, the OpenLDAP rootfs is cached by package versions, archives are written only when their
-/// digest is new. Blocking (minutes when cold): call it through `spawn_blocking`.
+/// what is stale) only when none is kept for the key of its sources, the OpenLDAP rootfs is
+/// cached by package versions, archives are written only when their digest is new. Blocking
+/// (minutes when cold): call it through `spawn_blocking`.
 pub fn build() -> Result<Built, ImageError> {
     let root = cache_root();
     let store = root.join("images");
