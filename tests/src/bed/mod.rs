@@ -1,7 +1,10 @@
 //! A real control plane on loopback: etcd, kube-apiserver (RBAC, PodSecurity, admission
 //! webhooks on) and kube-controller-manager, in a fresh temporary directory on free
 //! ports. Several beds can run at once. Dropping the `Bed` stops everything; with
-//! `LDAP_ELECTOR_KEEP_BED=1` the directory (logs, kubeconfig) is kept for inspection.
+//! `LDAP_ELECTOR_KEEP_BED=1` the directory (logs, kubeconfig) is kept for inspection;
+//! `LDAP_ELECTOR_APISERVER_V` and `LDAP_ELECTOR_KCM_V` raise the log level (klog `--v`,
+//! default 1) of kube-apiserver and kube-controller-manager, e.g. `4` shows every
+//! informer's watch and relist.
 //!
 //! Its parts: the bed's key material (`pki`), child processes that die with the test
 //! (`process`), a test kubelet (`kubelet`), an emulated pod network (`pod_network`), a
@@ -41,6 +44,9 @@ clusterrole-aggregation-controller";
 /// `system:authenticated`): tests bind it to what a tenant holds (see [`Bed::tenant_client`]).
 pub const TENANT_USER: &str = "tenant";
 const SERVICE_CIDR: &str = "198.19.0.0/16";
+/// Log levels of the control plane (module docs).
+const APISERVER_V_ENV: &str = "LDAP_ELECTOR_APISERVER_V";
+const KCM_V_ENV: &str = "LDAP_ELECTOR_KCM_V";
 pub const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 pub struct Bed {
@@ -192,7 +198,7 @@ impl Bed {
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             "--allow-privileged=true".into(), // as real clusters: Pod Security decides
             "--profiling=false".into(),
-            "--v=1".into(),
+            verbosity(APISERVER_V_ENV),
         ];
         let mut apiserver_args = apiserver_args;
         if options.audit {
@@ -251,7 +257,7 @@ impl Bed {
             "--leader-elect=false".into(),
             "--secure-port=0".into(),
             "--concurrent-statefulset-syncs=2".into(),
-            "--v=1".into(),
+            verbosity(KCM_V_ENV),
         ]);
         let mut bed = bed;
         bed.controller_manager =
@@ -409,6 +415,11 @@ impl Drop for Bed {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// klog's `--v` from `env`, 1 when unset.
+fn verbosity(env: &str) -> String {
+    format!("--v={}", std::env::var(env).ok().and_then(|v| v.parse::<u8>().ok()).unwrap_or(1))
 }
 
 fn process_exited(what: &str) -> String {
