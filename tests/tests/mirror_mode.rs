@@ -5,10 +5,14 @@
 use std::time::{Duration, Instant};
 
 use ldap_elector::slapd::database::FencedDatabase;
+use ldap_elector::slapd::fence::{Fence, Fencing as _, LdapFence};
 use ldap_elector::slapd::health::HealthCheck;
 use ldap_elector::slapd::health::RunCheck as _;
 use ldap_elector::slapd::ldap::Probe as _;
 use ldap_elector::slapd::ldap::{self, Credentials};
+use ldap_elector_contract::ROLE_STANDBY;
+use ldap_elector_tests::bed::process::Signal;
+use ldap_elector_tests::ldap::conn::Conn;
 use ldap_elector_tests::ldap::slapd::{MirrorPair, PairOptions, ADMIN_DN, ADMIN_PASSWORD, DATA_DB, SUFFIX};
 use ldap_elector_tests::wait_for;
 
@@ -359,5 +363,40 @@ async fn a_server_recreated_from_nothing_and_started_fenced_replicates_both_ways
     println!("1 -> 2 after the re-creation: {:?}", wait_visible(&pair, 2, "after-recreation-1", true).await?);
     pair.add_entry(2, "after-recreation-2").await?;
     println!("2 -> 1 after the re-creation: {:?}", wait_visible(&pair, 1, "after-recreation-2", true).await?);
+    Ok(())
+}
+
+/// The whole leader pod frozen past the Lease and thawed (docs/design.md): slapd, the guard
+/// and every client resume at once, and slapd serves what reached it first. Emulated here
+/// without a pod: slapd stopped (SIGSTOP), a client's connect and bind sent to it, then the
+/// guard's fence (at its deadline), then slapd continued. The client's write follows its bind
+/// answer, so it is refused only if the fence is already queued as one request: a fence that
+/// opens its session then (bind, DN search, modify) lost this race in CI on the real node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_fence_sent_to_a_stopped_slapd_lands_before_a_write_that_follows_an_earlier_bind(
+) -> anyhow::Result<()> {
+    let pair = MirrorPair::start(PairOptions::default()).await?;
+    let node = pair.node(1);
+    let fence = LdapFence { ldapi_url: node.ldapi_url(), database: by_suffix() };
+    let fence = std::sync::Arc::new(Fence::new(Some(fence), None, CHECK));
+    fence.prepare().await; // what the guard does when the leader arms it
+    let url = node.ldap_url();
+    assert!(node.signal(Signal::Stop), "slapd runs");
+    let client = tokio::spawn(async move {
+        let mut conn = Conn::open(&url).await?;
+        conn.ldap.simple_bind(ADMIN_DN, ADMIN_PASSWORD).await?.success()?;
+        conn.add_person("after-the-thaw").await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await; // the client's bind is queued
+    let fenced = tokio::spawn({
+        let fence = fence.clone();
+        async move { fence.apply(ROLE_STANDBY).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await; // and the fence behind it
+    assert!(node.signal(Signal::Cont));
+    let write = client.await??;
+    assert!(fenced.await?, "the fence is confirmed");
+    assert_eq!(write.rc, 53, "the write after the thaw must be refused, got {write}");
+    assert!(ldap::is_read_only(&node.ldapi_url(), &data(), CHECK).await?);
     Ok(())
 }

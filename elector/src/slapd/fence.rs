@@ -26,11 +26,17 @@ pub struct Fence {
     ldap: Option<LdapFence>,
     hook: RoleHook,
     timeout: Duration,
+    /// The built-in fence made ready by [`Fencing::prepare`] (the guard's, while armed).
+    ready: tokio::sync::Mutex<Option<ldap::ReadyFence>>,
 }
+
+/// How long [`Fencing::prepare`] may take: it runs in the guard's loop, right after an arm
+/// moved the deadline a renew deadline ahead; over ldapi it takes a few milliseconds.
+const PREPARE_TIMEOUT: Duration = Duration::from_millis(200);
 
 impl Fence {
     pub fn new(ldap: Option<LdapFence>, hook_command: Option<String>, timeout: Duration) -> Self {
-        Fence { ldap, hook: RoleHook::new(hook_command, timeout), timeout }
+        Fence { ldap, hook: RoleHook::new(hook_command, timeout), timeout, ready: Default::default() }
     }
 
     /// Whether anything is configured (otherwise the elector only labels).
@@ -64,6 +70,17 @@ impl Fence {
         let Some(f) = &self.ldap else { return true };
         let read_only = role != ROLE_LEADER;
         let started = std::time::Instant::now();
+        let ready = if read_only { self.ready.lock().await.take() } else { None };
+        if let Some(ready) = ready {
+            match ready.fence(self.timeout).await {
+                Ok(()) => {
+                    let millis = started.elapsed().as_millis() as u64;
+                    tracing::info!(role, read_only, millis, "slapd fence set (prepared session)");
+                    return true;
+                }
+                Err(e) => tracing::warn!(role, error = %e, "the prepared fence failed; fencing in a new session"),
+            }
+        }
         let proceed = || read_only || still();
         match ldap::set_read_only_if(&f.ldapi_url, &f.database, read_only, self.timeout, &proceed).await {
             Ok(()) => {
@@ -103,6 +120,12 @@ pub trait Fencing: Send + Sync + 'static {
     fn verify(&self, role: &'static str) -> impl Future<Output = Option<bool>> + Send;
     /// Puts slapd back into `role`'s state after it drifted (the built-in fence only).
     fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> impl Future<Output = bool> + Send;
+    /// Makes a later fence (`apply` of a standby role) as short as it can be: the guard calls
+    /// it when armed, so that at its deadline the first request to slapd is the change itself.
+    /// Default: nothing to prepare.
+    fn prepare(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
     /// Runs for as long as the keeper, calling `started` each time slapd (re)starts and
     /// accepts connections (the first time included). Default: never (nothing to watch).
     fn watch_starts(&self, started: &(dyn Fn() + Sync)) -> impl Future<Output = ()> + Send {
@@ -120,6 +143,20 @@ impl Fencing for Fence {
     }
     async fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
         self.apply_ldap(role, still).await
+    }
+    async fn prepare(&self) {
+        let Some(f) = &self.ldap else { return };
+        let mut ready = self.ready.lock().await;
+        if ready.as_mut().is_some_and(ldap::ReadyFence::is_open) {
+            return;
+        }
+        *ready = match ldap::ReadyFence::open(&f.ldapi_url, &f.database, PREPARE_TIMEOUT).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not prepare the fence (the fence opens its own session)");
+                None
+            }
+        };
     }
     async fn watch_starts(&self, started: &(dyn Fn() + Sync)) {
         match &self.ldap {

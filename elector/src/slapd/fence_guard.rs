@@ -100,7 +100,14 @@ pub async fn serve(fence: impl Fencing, path: &Path, stop: CancellationToken) ->
             },
             line = next_line(&mut conn) => match line {
                 Ok(Some(line)) => match parse(&line) {
-                    Some(command) => warden.command(command),
+                    Some(command) => {
+                        warden.command(command);
+                        // The deadline just moved a renew deadline ahead: time to ready the
+                        // fence, so that at the deadline (or a thaw) it is one request.
+                        if warden.is_armed() {
+                            fence.prepare().await;
+                        }
+                    }
                     None => tracing::warn!(line, "guard: ignoring an unknown command"),
                 },
                 Ok(None) | Err(_) => {
@@ -370,6 +377,54 @@ mod tests {
         fence.starts.notify_one();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(fence.fences.count(), connected, "no fence from the guard while an elector is in charge");
+
+        stop.cancel();
+        guard.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Counts fences and preparations.
+    #[derive(Clone, Default)]
+    struct Preparing {
+        fences: Counting,
+        prepared: Counting,
+    }
+
+    impl Fencing for Preparing {
+        async fn apply(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+            self.fences.apply(role, still).await
+        }
+        async fn verify(&self, role: &'static str) -> Option<bool> {
+            self.fences.verify(role).await
+        }
+        async fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
+            self.fences.repair(role, still).await
+        }
+        async fn prepare(&self) {
+            self.prepared.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// An armed guard readies its fence (a frozen pod's thaw is a race its fence must win,
+    /// docs/design.md); a guard nobody armed has no deadline to ready it for.
+    #[tokio::test]
+    async fn the_guard_prepares_its_fence_when_armed_and_not_before() {
+        let dir = std::env::temp_dir().join(format!("guard-prepare-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(ldap_elector_contract::GUARD_SOCKET_NAME);
+        let fence = Preparing::default();
+        let stop = CancellationToken::new();
+        let guard = tokio::spawn({
+            let (fence, path, stop) = (fence.clone(), path.clone(), stop.clone());
+            async move { serve(fence, &path, stop).await }
+        });
+        let mut link = Link::connect(path.clone());
+        until("the connection", || link.trusted()).await;
+        link.send(Command::Disarm).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(fence.prepared.count(), 0, "nothing to prepare while disarmed");
+        link.send(Command::Arm(Moment::now() + Duration::from_secs(60))).await;
+        fence.prepared.more_than(0).await.unwrap();
 
         stop.cancel();
         guard.await.unwrap().unwrap();

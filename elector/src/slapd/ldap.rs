@@ -172,22 +172,41 @@ pub async fn set_read_only_if(
         session.close().await;
         return Err(LdapError::Withdrawn { url: ldapi_url.to_string() });
     }
-    let value = if read_only { "TRUE" } else { "FALSE" };
-    deadline
-        .step(ldapi_url, Step::WriteConfig, async {
-            session
-                .ldap
-                .modify(database_dn, vec![Mod::Replace("olcReadOnly", HashSet::from([value]))])
-                .await?
-                .success()?;
-            Ok(())
-        })
-        .await?;
-    let confirmed = session.read_only(database_dn, deadline).await;
+    let confirmed = session.write_read_only(database_dn, read_only, deadline).await;
     session.close().await;
-    match confirmed? {
-        now if now == read_only => Ok(()),
-        now => Err(failed(ldapi_url, Step::ReadConfig, format!("olcReadOnly reads {now} after setting {read_only}"))),
+    confirmed
+}
+
+/// A fence made ready in advance: an ldapi session bound with SASL EXTERNAL and the fenced
+/// database's cn=config DN found, so that fencing is the modify alone. The guard holds one
+/// while armed: after a thaw (the whole pod frozen past the Lease) slapd serves requests in
+/// the order they reach it, and a fence of four requests in a row (connect and bind, the DN
+/// search, the modify) lost that race to a client's bind and write (docs/design.md).
+pub struct ReadyFence {
+    session: Session,
+    database_dn: String,
+}
+
+impl ReadyFence {
+    pub async fn open(ldapi_url: &str, database: &FencedDatabase, timeout: Duration) -> Result<ReadyFence, LdapError> {
+        let deadline = Deadline { at: Instant::now() + timeout, timeout };
+        let mut session = Session::open_ldapi(ldapi_url, deadline).await?;
+        let database_dn = session.database_dn(database, deadline).await?;
+        Ok(ReadyFence { session, database_dn })
+    }
+
+    /// Whether the session may still carry a fence (slapd has not closed it).
+    pub fn is_open(&mut self) -> bool {
+        !self.session.ldap.is_closed()
+    }
+
+    /// Sets `olcReadOnly: TRUE` and reads it back, in this session.
+    pub async fn fence(mut self, timeout: Duration) -> Result<(), LdapError> {
+        let deadline = Deadline { at: Instant::now() + timeout, timeout };
+        let database_dn = std::mem::take(&mut self.database_dn);
+        let confirmed = self.session.write_read_only(&database_dn, true, deadline).await;
+        self.session.close().await;
+        confirmed
     }
 }
 
@@ -347,6 +366,30 @@ impl Session {
             .collect();
         let pairs = found.iter().map(|(dn, s)| (dn.as_str(), s.as_deref()));
         database.find(pairs).map(str::to_string).map_err(|m| failed(&url, Step::ReadConfig, m))
+    }
+
+    /// Sets `olcReadOnly` of `database_dn` and reads it back: `Ok` only when slapd confirms.
+    async fn write_read_only(
+        &mut self,
+        database_dn: &str,
+        read_only: bool,
+        deadline: Deadline,
+    ) -> Result<(), LdapError> {
+        let url = self.url.clone();
+        let value = if read_only { "TRUE" } else { "FALSE" };
+        deadline
+            .step(&url, Step::WriteConfig, async {
+                self.ldap
+                    .modify(database_dn, vec![Mod::Replace("olcReadOnly", HashSet::from([value]))])
+                    .await?
+                    .success()?;
+                Ok(())
+            })
+            .await?;
+        match self.read_only(database_dn, deadline).await? {
+            now if now == read_only => Ok(()),
+            now => Err(failed(&url, Step::ReadConfig, format!("olcReadOnly reads {now} after setting {read_only}"))),
+        }
     }
 
     /// `olcReadOnly` of `database_dn` from cn=config (absent = writable).

@@ -14,7 +14,8 @@
 //! Protocol, one line each: `arm <ms>` (fence at `<ms>` on the boot-time clock unless armed
 //! again), `disarm` (the elector fenced itself; nothing to do).
 //! Limit: a freezer on the watchdog too (e.g. `docker pause` of its container) stops it;
-//! SIGSTOP of the elector, a hung loop, or an exited elector do not.
+//! SIGSTOP of the elector, a hung loop, or an exited elector do not. Both keep their fence
+//! ready while armed ([`Fencing::prepare`]), so that at a thaw it is one request.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 use crate::clock::Moment;
-use crate::slapd::fence::Fence;
+use crate::slapd::fence::{Fence, Fencing};
 use crate::slapd::fence_guard::Link;
 use ldap_elector_contract::ROLE_STANDBY;
 
@@ -145,7 +146,12 @@ pub async fn serve(fence: Fence) {
         tokio::select! {
             line = lines.next_line(), if !gone => match line {
                 Ok(Some(line)) => match parse(&line) {
-                    Some(command) => warden.command(command),
+                    Some(command) => {
+                        warden.command(command);
+                        if warden.is_armed() {
+                            Fencing::prepare(&fence).await; // as the guard does
+                        }
+                    }
                     None => tracing::warn!(line, "watchdog: ignoring an unknown command"),
                 },
                 Ok(None) | Err(_) => {
