@@ -324,14 +324,32 @@ mod tests {
         }
     }
 
-    /// Counts fences, and reports a slapd start each time `starts` is notified.
+    /// A guard serving `fence` on a socket in a fresh directory named after `test`: the
+    /// directory, the socket, the guard's stop and its task.
+    fn spawn_guard<F: Fencing + Clone>(
+        test: &str,
+        fence: &F,
+    ) -> (PathBuf, PathBuf, CancellationToken, tokio::task::JoinHandle<Result<(), GuardError>>) {
+        let dir = std::env::temp_dir().join(format!("{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(ldap_elector_contract::GUARD_SOCKET_NAME);
+        let stop = CancellationToken::new();
+        let guard = tokio::spawn({
+            let (fence, path, stop) = (fence.clone(), path.clone(), stop.clone());
+            async move { serve(fence, &path, stop).await }
+        });
+        (dir, path, stop, guard)
+    }
+
+    /// Counts fences and preparations, and reports a slapd start each time `starts` is notified.
     #[derive(Clone, Default)]
-    struct Restarting {
+    struct Recording {
         fences: Counting,
+        prepared: Counting,
         starts: Arc<tokio::sync::Notify>,
     }
 
-    impl Fencing for Restarting {
+    impl Fencing for Recording {
         async fn apply(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
             self.fences.apply(role, still).await
         }
@@ -340,6 +358,9 @@ mod tests {
         }
         async fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
             self.fences.repair(role, still).await
+        }
+        async fn prepare(&self) {
+            self.prepared.0.fetch_add(1, Ordering::SeqCst);
         }
         async fn watch_starts(&self, started: &(dyn Fn() + Sync)) {
             loop {
@@ -355,15 +376,8 @@ mod tests {
     /// looked again). With an elector connected, the elector's keeper handles restarts.
     #[tokio::test]
     async fn without_an_elector_the_guard_fences_every_slapd_start() {
-        let dir = std::env::temp_dir().join(format!("guard-restart-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(ldap_elector_contract::GUARD_SOCKET_NAME);
-        let fence = Restarting::default();
-        let stop = CancellationToken::new();
-        let guard = tokio::spawn({
-            let (fence, path, stop) = (fence.clone(), path.clone(), stop.clone());
-            async move { serve(fence, &path, stop).await }
-        });
+        let fence = Recording::default();
+        let (dir, path, stop, guard) = spawn_guard("guard-restart-test", &fence);
         let at_start = fence.fences.more_than(0).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         fence.starts.notify_one();
@@ -383,41 +397,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Counts fences and preparations.
-    #[derive(Clone, Default)]
-    struct Preparing {
-        fences: Counting,
-        prepared: Counting,
-    }
-
-    impl Fencing for Preparing {
-        async fn apply(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
-            self.fences.apply(role, still).await
-        }
-        async fn verify(&self, role: &'static str) -> Option<bool> {
-            self.fences.verify(role).await
-        }
-        async fn repair(&self, role: &'static str, still: &(dyn Fn() -> bool + Sync)) -> bool {
-            self.fences.repair(role, still).await
-        }
-        async fn prepare(&self) {
-            self.prepared.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
     /// An armed guard readies its fence (a frozen pod's thaw is a race its fence must win,
     /// docs/design.md); a guard nobody armed has no deadline to ready it for.
     #[tokio::test]
     async fn the_guard_prepares_its_fence_when_armed_and_not_before() {
-        let dir = std::env::temp_dir().join(format!("guard-prepare-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(ldap_elector_contract::GUARD_SOCKET_NAME);
-        let fence = Preparing::default();
-        let stop = CancellationToken::new();
-        let guard = tokio::spawn({
-            let (fence, path, stop) = (fence.clone(), path.clone(), stop.clone());
-            async move { serve(fence, &path, stop).await }
-        });
+        let fence = Recording::default();
+        let (dir, path, stop, guard) = spawn_guard("guard-prepare-test", &fence);
         let mut link = Link::connect(path.clone());
         until("the connection", || link.trusted()).await;
         link.send(Command::Disarm).await;
