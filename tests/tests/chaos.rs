@@ -60,8 +60,9 @@ const LEADER_AGAIN: Duration = Duration::from_secs(45);
 /// minute apart leave the EndpointSlice informer stale for up to ~2 min; meanwhile the
 /// endpointslice controller refuses to sync on a stale informer and retries at 1, 2, 4 … s
 /// after its first refusal (a pod event in between counts as one more), so the sync that
-/// succeeds can come up to twice as late. Seen with `LDAP_ELECTOR_KCM_V=4`: informer stale
-/// for 84 s, Service lags of 87 s, 121 s and over 180 s (CHAOS_SEED=1796672751405233522).
+/// succeeds can come up to twice as late. The relists seen with `LDAP_ELECTOR_KCM_V=4`; the
+/// informer still stale 84 s after a restart in a CI log; Service lags of 87 s, 121 s and
+/// over 180 s (CHAOS_SEED=1796672751405233522).
 const CONTROLLERS: Duration = Duration::from_secs(300);
 /// One sequence (fault, healing, checks) as a whole, so that no step can hang a run: a
 /// fault, the leader's return and two controller waits.

@@ -201,11 +201,11 @@ impl ReadyFence {
     }
 
     /// Sets `olcReadOnly: TRUE` and reads it back, in this session.
-    pub async fn fence(mut self, timeout: Duration) -> Result<(), LdapError> {
+    pub async fn fence(self, timeout: Duration) -> Result<(), LdapError> {
         let deadline = Deadline { at: Instant::now() + timeout, timeout };
-        let database_dn = std::mem::take(&mut self.database_dn);
-        let confirmed = self.session.write_read_only(&database_dn, true, deadline).await;
-        self.session.close().await;
+        let ReadyFence { mut session, database_dn } = self;
+        let confirmed = session.write_read_only(&database_dn, true, deadline).await;
+        session.close().await;
         confirmed
     }
 }

@@ -149,7 +149,7 @@ pub async fn serve(fence: Fence) {
                     Some(command) => {
                         warden.command(command);
                         if warden.is_armed() {
-                            Fencing::prepare(&fence).await; // as the guard does
+                            fence.prepare().await; // as the guard does
                         }
                     }
                     None => tracing::warn!(line, "watchdog: ignoring an unknown command"),
