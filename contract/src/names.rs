@@ -204,6 +204,9 @@ pub const LABEL_STATEFULSET_POD_NAME: &str = "statefulset.kubernetes.io/pod-name
 /// ([`LABEL_STATEFULSET_POD_NAME`], e.g. a placeholder another elector was to fill in): the
 /// replaced selector entries as a JSON object, put back on opt-out.
 pub const ANNOTATION_REPLACED_SELECTOR: &str = "ldap-elector.dev/replaced-selector";
+/// Annotation on a write Service whose `publishNotReadyAddresses` the reconciler turned on:
+/// the value it replaced (`false`), put back on opt-out.
+pub const ANNOTATION_REPLACED_PUBLISH_NOT_READY: &str = "ldap-elector.dev/replaced-publish-not-ready-addresses";
 
 /// The Lease the pods of `statefulset` compete for.
 pub fn lease_name(statefulset: &str) -> String {

@@ -101,6 +101,11 @@ fn has_token(pod: &Pod, container: &str) -> bool {
         .is_some_and(|c| c.volume_mounts.iter().flatten().any(|m| m.mount_path == contract::TOKEN_MOUNT_PATH))
 }
 
+/// The API server omits `false`.
+fn publishes_not_ready(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses).unwrap_or(false)
+}
+
 fn selector(svc: &Service) -> serde_json::Value {
     json!(svc.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default())
 }
@@ -160,6 +165,7 @@ async fn annotating_the_live_statefulset_adopts_it_and_opting_out_restores_it() 
     assert_eq!(selector(&svc), want, "the placeholder is replaced, not kept beside ours");
     let recorded = svc.annotations().get(contract::ANNOTATION_REPLACED_SELECTOR).cloned().unwrap_or_default();
     assert!(recorded.contains(nubus::PLACEHOLDER), "recorded for the opt-out: {recorded:?}");
+    assert!(publishes_not_ready(&svc), "the leader's endpoint does not wait for readiness");
     wait_for(&format!("{write} to list exactly {leader}"), T, || async {
         match ready_endpoints(&admin, &write).await?.as_slice() {
             [one] if *one == leader => Ok(()),
@@ -200,6 +206,8 @@ async fn annotating_the_live_statefulset_adopts_it_and_opting_out_restores_it() 
         let svc = services.get(&write).await.map_err(|e| e.to_string())?;
         let restored = selector(&svc) == original
             && !svc.annotations().contains_key(contract::ANNOTATION_REPLACED_SELECTOR)
+            && !svc.annotations().contains_key(contract::ANNOTATION_REPLACED_PUBLISH_NOT_READY)
+            && !publishes_not_ready(&svc)
             && !svc.labels().contains_key(contract::LABEL_STATEFULSET);
         restored.then_some(()).ok_or_else(|| format!("{:?} {:?}", selector(&svc), svc.metadata.annotations))
     })

@@ -3,6 +3,14 @@
 //! restoring them on opt-out) and by admission (a Service created or replaced after its
 //! StatefulSet, and pods, which are refused until their write Services select the leader).
 //!
+//! Why a write Service publishes not-ready addresses: it selects one pod, the Lease holder,
+//! and the fence, not readiness, keeps writes off every other. A leader whose slapd container
+//! restarts is NotReady until the consumer's readiness probe passes again; a Service that
+//! lists ready pods only would drop its endpoint and add it back (a probe period and two
+//! endpoint propagations, kube-proxy's sync among them) although no other pod may take the
+//! writes. Published regardless of readiness, the endpoint stays and writes succeed as soon
+//! as slapd listens again (real node, slapd killed: docs/design.md).
+//!
 //! Why pods wait for the Service: a StatefulSet pod starts labelled `role=standby`, but a
 //! Service whose selector lacks `role=leader` selects every pod of the set. Were pods
 //! admitted before the selector is in place (a Service and a StatefulSet applied together),
@@ -45,6 +53,11 @@ fn pinned(svc: &Service) -> BTreeMap<String, String> {
     selector.into_iter().flatten().filter(|(k, _)| is_replaced_key(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// Whether `svc` lists its pods whether they are ready or not.
+fn publishes_not_ready(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses).unwrap_or(false)
+}
+
 /// The replaced entries recorded on `svc` (see [`contract::ANNOTATION_REPLACED_SELECTOR`]);
 /// `None` when nothing is recorded, or the record is not ours to read.
 fn recorded(svc: &Service) -> Option<BTreeMap<String, String>> {
@@ -55,10 +68,12 @@ fn recorded(svc: &Service) -> Option<BTreeMap<String, String>> {
 
 /// Make `svc` select only the leader of `statefulset`: add `LABEL_ROLE: ROLE_LEADER` to its
 /// selector (keeping the rest, but replacing a pinned pod name, [`REPLACED_SELECTOR_KEYS`],
-/// recorded in [`contract::ANNOTATION_REPLACED_SELECTOR`] for the opt-out) and mark it with
-/// `LABEL_STATEFULSET`, which later tells us which Services to restore (the leader-service
-/// annotation may be gone by then). The selector map is atomic for server-side apply, so a
-/// merge patch is used instead: it touches exactly our keys.
+/// recorded in [`contract::ANNOTATION_REPLACED_SELECTOR`] for the opt-out), publish its
+/// endpoint whether ready or not (module docs; the old value recorded in
+/// [`contract::ANNOTATION_REPLACED_PUBLISH_NOT_READY`]) and mark it with `LABEL_STATEFULSET`,
+/// which later tells us which Services to restore (the leader-service annotation may be gone
+/// by then). The selector map is atomic for server-side apply, so a merge patch is used
+/// instead: it touches exactly our keys.
 pub fn leader_selector_change(svc: &Service, statefulset: &str) -> ServiceChange {
     let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty());
     let Some(selector) = selector else {
@@ -74,7 +89,7 @@ pub fn leader_selector_change(svc: &Service, statefulset: &str) -> ServiceChange
     let role = selector.get(contract::LABEL_ROLE).map(String::as_str);
     let pins = pinned(svc);
     match (role, marked.is_some()) {
-        (Some(contract::ROLE_LEADER), true) if pins.is_empty() => ServiceChange::Unchanged,
+        (Some(contract::ROLE_LEADER), true) if pins.is_empty() && publishes_not_ready(svc) => ServiceChange::Unchanged,
         // The consumer selects the leader by itself: theirs to keep, nothing for us to undo.
         (Some(contract::ROLE_LEADER), false) => ServiceChange::Unchanged,
         (Some(other), false) => ServiceChange::Refuse(format!(
@@ -90,21 +105,32 @@ pub fn leader_selector_change(svc: &Service, statefulset: &str) -> ServiceChange
                 "resourceVersion": svc.metadata.resource_version,
                 "labels": {contract::LABEL_STATEFULSET: statefulset},
             });
-            // The first record wins: a pin put back later (by another elector, or a chart
-            // upgrade) is not what the consumer had before us.
-            if let Some(record) = replaced_record(svc, &pins) {
-                metadata["annotations"] = json!({contract::ANNOTATION_REPLACED_SELECTOR: record});
+            let records = records(svc, &pins);
+            if !records.is_empty() {
+                metadata["annotations"] = serde_json::Value::from_iter(records);
             }
-            ServiceChange::Patch(json!({"metadata": metadata, "spec": {"selector": selector}}))
+            ServiceChange::Patch(
+                json!({"metadata": metadata, "spec": {"selector": selector, "publishNotReadyAddresses": true}}),
+            )
         }
     }
 }
 
-/// The value of [`contract::ANNOTATION_REPLACED_SELECTOR`] to write when `pins` are replaced
-/// (`None`: nothing replaced, or already recorded).
-fn replaced_record(svc: &Service, pins: &BTreeMap<String, String>) -> Option<String> {
-    let already = svc.annotations().contains_key(contract::ANNOTATION_REPLACED_SELECTOR);
-    (!pins.is_empty() && !already).then(|| serde_json::Value::from_iter(pins.clone()).to_string())
+/// The annotations that record what making `svc` a write Service replaces: the pinned
+/// selector entries `pins` ([`contract::ANNOTATION_REPLACED_SELECTOR`]) and a
+/// `publishNotReadyAddresses` that was off ([`contract::ANNOTATION_REPLACED_PUBLISH_NOT_READY`]).
+/// The first record wins: a pin or setting put back later (by another elector, or a chart
+/// upgrade) is not what the consumer had before us.
+fn records(svc: &Service, pins: &BTreeMap<String, String>) -> BTreeMap<&'static str, String> {
+    let mut records = BTreeMap::new();
+    let unrecorded = |key: &str| !svc.annotations().contains_key(key);
+    if !pins.is_empty() && unrecorded(contract::ANNOTATION_REPLACED_SELECTOR) {
+        records.insert(contract::ANNOTATION_REPLACED_SELECTOR, serde_json::Value::from_iter(pins.clone()).to_string());
+    }
+    if !publishes_not_ready(svc) && unrecorded(contract::ANNOTATION_REPLACED_PUBLISH_NOT_READY) {
+        records.insert(contract::ANNOTATION_REPLACED_PUBLISH_NOT_READY, false.to_string());
+    }
+    records
 }
 
 /// Why `svc` is not a write Service of `sts` at all (`None`: it is, or it has no selector,
@@ -143,7 +169,7 @@ pub fn leader_selector_change_for(svc: &Service, sts: &StatefulSet) -> ServiceCh
 }
 
 /// Undo [`leader_selector_change`] on a Service we marked for `statefulset`: drop the role
-/// key and put back the selector entries it replaced.
+/// key and put back the selector entries and the `publishNotReadyAddresses` it replaced.
 pub fn restore_selector_change(svc: &Service, statefulset: &str) -> ServiceChange {
     if svc.labels().get(contract::LABEL_STATEFULSET).map(String::as_str) != Some(statefulset) {
         return ServiceChange::Unchanged;
@@ -156,11 +182,18 @@ pub fn restore_selector_change(svc: &Service, statefulset: &str) -> ServiceChang
     }
     let mut metadata =
         json!({"resourceVersion": svc.metadata.resource_version, "labels": {contract::LABEL_STATEFULSET: null}});
+    let mut spec = json!({});
     if let Some(entries) = recorded(svc) {
         selector.extend(entries.into_iter().map(|(k, v)| (k, json!(v))));
         metadata["annotations"] = json!({contract::ANNOTATION_REPLACED_SELECTOR: null});
     }
-    let spec = if selector.is_empty() { json!({}) } else { json!({"selector": selector}) };
+    if svc.annotations().contains_key(contract::ANNOTATION_REPLACED_PUBLISH_NOT_READY) {
+        spec["publishNotReadyAddresses"] = json!(false); // the only value ever recorded
+        metadata["annotations"][contract::ANNOTATION_REPLACED_PUBLISH_NOT_READY] = serde_json::Value::Null;
+    }
+    if !selector.is_empty() {
+        spec["selector"] = selector.into();
+    }
     ServiceChange::Patch(json!({"metadata": metadata, "spec": spec}))
 }
 
@@ -198,13 +231,16 @@ pub fn admission_patch(svc: &Service, sts: &StatefulSet) -> Option<Patch> {
     };
     // A Patch decision implies a non-empty selector, so the map exists.
     let selector = add(&["spec", "selector", contract::LABEL_ROLE], json!(contract::ROLE_LEADER));
+    let published = add(&["spec", "publishNotReadyAddresses"], json!(true));
     let pins = pinned(svc);
-    let mut ops = vec![label, selector];
-    if let Some(record) = replaced_record(svc, &pins) {
-        ops.push(match svc.metadata.annotations {
-            Some(_) => add(&["metadata", "annotations", contract::ANNOTATION_REPLACED_SELECTOR], json!(record)),
-            None => add(&["metadata", "annotations"], json!({contract::ANNOTATION_REPLACED_SELECTOR: record})),
-        });
+    let mut ops = vec![label, selector, published];
+    let records = records(svc, &pins);
+    match svc.metadata.annotations {
+        Some(_) => {
+            ops.extend(records.into_iter().map(|(key, record)| add(&["metadata", "annotations", key], json!(record))))
+        }
+        None if records.is_empty() => {}
+        None => ops.push(add(&["metadata", "annotations"], serde_json::Value::from_iter(records))),
     }
     ops.extend(pins.keys().map(|key| {
         PatchOperation::Remove(RemoveOperation { path: PointerBuf::from_tokens(["spec", "selector", key.as_str()]) })
@@ -213,11 +249,18 @@ pub fn admission_patch(svc: &Service, sts: &StatefulSet) -> Option<Patch> {
 }
 
 /// The Services among `services` (those of `statefulset`'s leader-service annotation that
-/// exist) that do not select its leader yet: while any does, its pods are refused.
+/// exist) that do not select its leader yet: while any does, its pods are refused. Only the
+/// selector counts: whether the Service publishes not-ready addresses is not a matter of
+/// safety (module docs).
 pub fn not_selecting_leader<'a>(services: &'a [Service], sts: &StatefulSet) -> Vec<&'a str> {
+    let selects_leader = |svc: &Service| {
+        let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
+        let role = selector.and_then(|s| s.get(contract::LABEL_ROLE)).map(String::as_str);
+        role == Some(contract::ROLE_LEADER) && pinned(svc).is_empty()
+    };
     services
         .iter()
-        .filter(|svc| matches!(leader_selector_change_for(svc, sts), ServiceChange::Patch(_)))
+        .filter(|svc| matches!(leader_selector_change_for(svc, sts), ServiceChange::Patch(_)) && !selects_leader(svc))
         .map(|svc| svc.metadata.name.as_deref().unwrap_or_default())
         .collect()
 }
@@ -289,6 +332,39 @@ mod tests {
         json_patch::merge(&mut restored, &undo);
         assert_eq!(restored["spec"]["selector"], json!({"app": "ldap"}));
         assert_eq!(restored["metadata"]["labels"], json!({"team": "x"}));
+        assert_eq!(restored["metadata"]["annotations"], json!({}));
+    }
+
+    #[test]
+    fn a_write_service_lists_its_leader_ready_or_not_and_the_opt_out_restores_the_consumers_setting() {
+        let original = svc(Some(json!({"app": "ldap"})), json!({}));
+        let ours = merged(&original, leader_selector_change(&original, "ldap"));
+        assert_eq!(ours.spec.as_ref().unwrap().publish_not_ready_addresses, Some(true));
+        assert_eq!(ours.annotations().get(contract::ANNOTATION_REPLACED_PUBLISH_NOT_READY).unwrap(), "false");
+        assert_eq!(leader_selector_change(&ours, "ldap"), ServiceChange::Unchanged, "idempotent");
+
+        // Turned off again (a chart upgrade): on again, the first record kept.
+        let mut off = ours.clone();
+        off.spec.as_mut().unwrap().publish_not_ready_addresses = Some(false);
+        let again = merged(&off, leader_selector_change(&off, "ldap"));
+        assert_eq!(again.spec.as_ref().unwrap().publish_not_ready_addresses, Some(true));
+        assert_eq!(again.annotations(), ours.annotations());
+        assert!(
+            not_selecting_leader(std::slice::from_ref(&off), &ldap()).is_empty(),
+            "pods wait for the selector only"
+        );
+
+        let restored = merged(&again, restore_selector_change(&again, "ldap"));
+        assert_eq!(restored.spec.as_ref().unwrap().publish_not_ready_addresses, Some(false));
+        assert!(restored.annotations().is_empty(), "{:?}", restored.annotations());
+
+        // A consumer's Service that published them already keeps doing so after the opt-out.
+        let mut publishing = original.clone();
+        publishing.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
+        let ours = merged(&publishing, leader_selector_change(&publishing, "ldap"));
+        assert!(ours.annotations().is_empty(), "nothing replaced, nothing recorded");
+        let restored = merged(&ours, restore_selector_change(&ours, "ldap"));
+        assert_eq!(restored.spec.as_ref().unwrap().publish_not_ready_addresses, Some(true));
     }
 
     /// Univention Nubus' write Service: its selector pins a pod name another elector was to
