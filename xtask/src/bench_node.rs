@@ -104,9 +104,10 @@ pub async fn run() -> anyhow::Result<()> {
             deletion_gap.push(gap);
             let story = gap_story(&s.writer.attempts(), &s.writer.connect_failures(), fault, next.end);
             let label = (at - fault).as_secs_f64();
+            let endpoints = endpoint_story(&s.observer.endpoint_history(), fault, next.end);
             eprintln!(
                 "deletion {run}: pod {leader}, new leader label after {label:.3}s, longest gap between acknowledgements \
-                 {gap:?}; the client saw: {story}"
+                 {gap:?}; write Service endpoints: {endpoints}; the client saw: {story}"
             );
             audit(&s, "deletion", run).await?;
         }
