@@ -34,6 +34,11 @@ use ldap_elector_tests::node::consumer::scenario::{Plain, Scenario, LEASE};
 use ldap_elector_tests::node::consumer::{faults, pod_name, summary, NAMESPACE};
 
 const RECOVERY: Duration = Duration::from_secs(120);
+/// How long a re-created pod may take to become Ready: it copies every entry written so far
+/// from its peer (the client writes all along, ~50 a second) and is Ready only once it holds
+/// them. A 20 + 20 round run (2026-12-08) stopped after 41,000 writes because a re-created pod
+/// was not Ready within `RECOVERY`.
+const SEEDING: Duration = Duration::from_secs(600);
 const MEMORY_SAMPLES: usize = 10;
 /// How long the client may write: longer than any bench (its default bound is a test's).
 const WRITE_FOR: Duration = Duration::from_secs(6 * 3600);
@@ -261,7 +266,7 @@ fn short(error: &str) -> String {
 async fn replace_pod(s: &Scenario, ordinal: usize) -> anyhow::Result<()> {
     let old = s.consumer.pod_uid(ordinal).await?;
     delete_pod(s, ordinal)?;
-    s.consumer.wait_replaced(ordinal, old.as_deref(), RECOVERY).await
+    s.consumer.wait_replaced(ordinal, old.as_deref(), SEEDING).await
 }
 
 /// Both pods Ready (none terminating), one leader, and a write acknowledged after now.
@@ -277,7 +282,7 @@ async fn settle(s: &Scenario) -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
-    s.consumer.wait_ready(RECOVERY).await?;
+    s.consumer.wait_ready(SEEDING).await?;
     s.observer.wait_for_single_leader(RECOVERY).await?;
     s.writer.wait_ack_after(Instant::now(), RECOVERY).await?;
     Ok(())
